@@ -1,0 +1,131 @@
+"""The one settings object: environment variables (prefix ``CXP_``) over an optional YAML file.
+
+Precedence, highest first: explicit arguments, environment, the file named by ``CXP_CONFIG_FILE``,
+the defaults below. Every field's description is the documentation (``cxp config`` prints it).
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Optional
+from urllib.parse import urlparse
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+
+
+def duration_ms(text: str) -> int:
+    """'90s', '5m', '24h', '7d' -> milliseconds. A bare number means seconds."""
+    match = _DURATION.match(str(text))
+    if not match:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 30s, 5m, 24h, 7d)")
+    return int(float(match.group(1)) * _UNIT_MS[match.group(2) or "s"])
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CXP_", extra="forbid")
+
+    config_file: Optional[Path] = Field(None, description="YAML file with any of these settings (keys in lower case).")
+    data_dir: Path = Field(Path(".cxp"), description="Folder for local state: embedded ClickHouse, broker and demo logs.")
+    kafka_url: Optional[str] = Field(
+        None,
+        description="Kafka bootstrap servers as kafka://host:port[,host:port]. Unset: `cxp demo` starts a local "
+        "Tansu broker; `cxp worker` requires it.",
+    )
+    schema_registry_url: Optional[str] = Field(
+        None, description="Confluent-compatible schema registry URL. Unset: the bundled schemas with fixed ids."
+    )
+    clickhouse_url: Optional[str] = Field(
+        None,
+        description="ClickHouse server as clickhouse://user:password@host:9000/cx (native protocol). "
+        "Unset: embedded chdb under data_dir/clickhouse.",
+    )
+    clickhouse_database: str = Field("cx", description="ClickHouse database for all tables.")
+    topic_prefix: str = Field("cx.", description="Prefix of every topic name (cx.events.web, cx.deadletter, ...).")
+    partitions: int = Field(4, ge=1, description="Partitions per input topic when cx-pipeline creates the topics.")
+    app_id: str = Field("cx-pipeline", description="Faust application id: the consumer group of the workers.")
+    web_host: str = Field("127.0.0.1", description="Address the worker's web server (/metrics, collector) binds.")
+    web_port: int = Field(6066, description="Port of the worker's web server. Give each worker on a host its own.")
+    windows: Annotated[list[str], NoDecode] = Field(
+        ["1h", "24h", "7d"], description="Rolling metric windows, by event time (comma-separated)."
+    )
+    max_future_skew: str = Field("5m", description="Reject events this far ahead of the worker's wall clock.")
+    max_lateness: str = Field("7d", description="Reject events this far behind the worker's event-time clock.")
+    dedup_horizon: str = Field("24h", description="An event_id seen again within this event-time span is a duplicate.")
+    batch_max_messages: int = Field(100, ge=1, description="Kafka messages the worker processes per batch.")
+    batch_within: float = Field(0.2, gt=0, description="Seconds the worker waits to fill a batch before processing it.")
+    sink_batch_rows: int = Field(50_000, ge=1, description="Buffered rows that trigger a ClickHouse flush.")
+    sink_flush_interval: float = Field(
+        1.0, gt=0, description="Seconds after which buffered rows are flushed even if the batch is not full."
+    )
+    sink_max_retries: int = Field(5, ge=0, description="Retries of a failed ClickHouse insert before backing off.")
+    sink_retry_backoff: float = Field(0.2, gt=0, description="First retry delay in seconds; doubles per retry.")
+    snapshot_interval: float = Field(
+        10.0, gt=0, description="Seconds between metric_snapshots rows of the current metric values."
+    )
+    session_timeout: float = Field(
+        10.0, gt=0, description="Kafka consumer-group session timeout in seconds (group joins take about half)."
+    )
+    collector_max_body: int = Field(1_048_576, description="Largest HTTP collector request body in bytes.")
+    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
+    log_format: str = Field("json", description="json (one object per line) or console.")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources = [init_settings, env_settings]
+        config_file = init_settings.init_kwargs.get("config_file") or env_settings().get("config_file")
+        if config_file:
+            if not Path(config_file).is_file():
+                raise FileNotFoundError(f"config file {config_file} not found (set by CXP_CONFIG_FILE or --config)")
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
+        return tuple(sources)
+
+    @field_validator("windows", mode="before")
+    @classmethod
+    def _split_windows(cls, value):
+        return [w.strip() for w in value.split(",")] if isinstance(value, str) else value
+
+    @field_validator("windows", "max_future_skew", "max_lateness", "dedup_horizon")
+    @classmethod
+    def _check_duration(cls, value):
+        for item in value if isinstance(value, list) else [value]:
+            duration_ms(item)
+        return value
+
+    @field_validator("kafka_url")
+    @classmethod
+    def _check_kafka_url(cls, value):
+        if value and urlparse(value).scheme not in ("kafka", ""):
+            raise ValueError(f"kafka_url must look like kafka://host:9092, got {value!r}")
+        return value
+
+    @property
+    def bootstrap_servers(self) -> str:
+        """host:port[,host:port] from kafka_url."""
+        if not self.kafka_url:
+            raise ValueError("no Kafka configured: set CXP_KAFKA_URL=kafka://host:9092 (or run `cxp demo`)")
+        return self.kafka_url.split("://", 1)[-1].rstrip("/")
+
+    @property
+    def window_ms(self) -> dict[str, int]:
+        return {label: duration_ms(label) for label in self.windows}
+
+    def topic(self, name: str) -> str:
+        """Full topic name: topic('events.web') -> 'cx.events.web'."""
+        return f"{self.topic_prefix}{name}"

@@ -1,0 +1,81 @@
+"""The NPS / CSAT / CES core against a plain recomputation from the responses."""
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.surveys import SurveyWindows, Totals, ces, classify, csat, nps, nps_margin_of_error
+
+WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}
+
+
+def test_nps_buckets():
+    assert [classify("NPS", s) for s in range(11)] == [2] * 7 + [1, 1] + [0, 0]
+    assert [classify("CSAT", s) for s in range(1, 6)] == [2, 2, 1, 0, 0]
+    assert {classify("CES", s) for s in range(1, 8)} == {0}
+
+
+def test_nps_and_margin_by_hand():
+    t = Totals(n=100, classes=(50, 30, 20), score_sum=0)
+    assert nps(t) == 30.0
+    # p=.5 d=.2: 1.96*100*sqrt((.7-.09)/100) = 15.308...
+    assert math.isclose(nps_margin_of_error(t), 196 * math.sqrt(0.61 / 100))
+    assert nps(Totals()) is None and nps_margin_of_error(Totals()) is None
+
+
+def test_csat_ces():
+    assert csat(Totals(n=4, classes=(3, 1, 0))) == 75.0
+    assert ces(Totals(n=4, classes=(4, 0, 0), score_sum=10)) == 2.5
+
+
+def oracle(responses, clock_ms, window_ms):
+    """Plain recomputation: the responses inside (clock - W, clock] with the boundary rounded to the minute."""
+    out = {}
+    for tenant, kind, score, t in responses:
+        if t // 60_000 > (clock_ms - window_ms) // 60_000 and t <= clock_ms:
+            n, classes, total = out.get((tenant, kind), (0, [0, 0, 0], 0))
+            classes = list(classes)
+            classes[classify(kind, score)] += 1
+            out[(tenant, kind)] = (n + 1, classes, total + score)
+    return out
+
+
+responses = st.lists(
+    st.tuples(st.sampled_from(["acme", "globex"]), st.just("NPS"), st.integers(0, 10),
+              st.integers(0, 10 * 86_400_000)),
+    min_size=1, max_size=300)
+
+
+@settings(max_examples=200, deadline=None)
+@given(responses)
+def test_windows_match_recomputation(responses):
+    windows = SurveyWindows(WINDOWS)
+    for tenant, kind, score, t in responses:
+        windows.add(tenant, kind, score, t)
+    clock = max(t for *_, t in responses)
+    windows.prune(clock)  # pruning must not change any window's result
+    totals = windows.totals(clock)
+    for label, w in WINDOWS.items():
+        expected = oracle(responses, clock, w)
+        for tenant in ("acme", "globex"):
+            got = totals.get((tenant, "NPS", label), Totals())
+            n, classes, total = expected.get((tenant, "NPS"), (0, [0, 0, 0], 0))
+            assert (got.n, list(got.classes), got.score_sum) == (n, classes, total)
+
+
+def test_late_event_updates_its_bucket():
+    windows = SurveyWindows(WINDOWS)
+    now = 10 * 86_400_000
+    windows.add("acme", "NPS", 10, now)
+    windows.add("acme", "NPS", 0, now - 2 * 3_600_000)  # late: outside 1h, inside 24h
+    totals = windows.totals(now)
+    assert totals[("acme", "NPS", "1h")].n == 1
+    assert totals[("acme", "NPS", "24h")].classes == (1, 0, 1)
+
+
+def test_add_bucket_equals_adds():
+    a, b = SurveyWindows(WINDOWS), SurveyWindows(WINDOWS)
+    for score in (10, 9, 3, 7):
+        a.add("acme", "NPS", score, 120_000)
+    b.add_bucket("acme", "NPS", 2, [4, 2, 1, 1, 29])
+    assert a.totals(200_000) == b.totals(200_000)
