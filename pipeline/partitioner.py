@@ -1,0 +1,18 @@
+"""Kafka's default partitioner (murmur2 of the key, as the Java client and kafka-python compute it).
+
+Batch messages must land where each of their events would land alone (SPEC §3), so the SDK, the
+collector and any test agree with every standard Kafka client by using this one function.
+"""
+from __future__ import annotations
+
+from kafka.partitioner.default import murmur2
+
+
+def partition_for(key: bytes, num_partitions: int) -> int:
+    return (murmur2(key) & 0x7FFFFFFF) % num_partitions
+
+
+def event_key(source: str, event: dict) -> bytes:
+    """customer_id, else (web only) anonymous_id, UTF-8."""
+    key = event.get("customer_id") or (event.get("anonymous_id") if source == "web" else None) or ""
+    return key.encode("utf-8")
