@@ -1,0 +1,101 @@
+"""SPEC §4 validation rules for one decoded event. Pure: no I/O, no clock of its own."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+# Reason codes (SPEC §4): each rejected event carries exactly one.
+UNDECODABLE = "undecodable"
+MISSING_FIELD = "missing_field"
+INVALID_VALUE = "invalid_value"
+FUTURE_TIMESTAMP = "future_timestamp"
+TOO_LATE = "too_late"
+REASONS = (UNDECODABLE, MISSING_FIELD, INVALID_VALUE, FUTURE_TIMESTAMP, TOO_LATE)
+
+SCORE_RANGES = {"NPS": (0, 10), "CSAT": (1, 5), "CES": (1, 7)}
+MAX_EVENT_ID = 128
+# Fields that must be a non-empty string, per source, beyond the common ones.
+REQUIRED_IDS = {"chatbot": ("conversation_id",), "complaints": ("complaint_id",)}
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+    error: str
+
+
+@dataclass(frozen=True)
+class Rules:
+    """What a valid event is: the enum symbols come from the bundled schemas, the limits from settings."""
+
+    event_types: dict[str, frozenset[str]]
+    max_future_skew_ms: int
+    max_lateness_ms: int
+    priorities: frozenset[str] = frozenset({"low", "normal", "high", "urgent"})
+
+    @classmethod
+    def from_schemas(cls, event_schemas: dict[str, dict], max_future_skew_ms: int, max_lateness_ms: int) -> "Rules":
+        """event_schemas: source -> raw Avro schema of that source's event."""
+        types = {}
+        for source, schema in event_schemas.items():
+            field = next(f for f in schema["fields"] if f["name"] == "event_type")
+            types[source] = frozenset(field["type"]["symbols"])
+        return cls(types, max_future_skew_ms, max_lateness_ms)
+
+
+def _blank(value) -> bool:
+    return value is None or value == ""
+
+
+def validate(source: str, event: dict, rules: Rules, now_ms: int, clock_ms: int) -> Optional[Rejection]:
+    """None if the event is valid, else why not. clock_ms is the worker's event-time clock (0 = none yet)."""
+    return check_fields(source, event, rules) or check_time(event["event_time"], rules, now_ms, clock_ms)
+
+
+def check_fields(source: str, event: dict, rules: Rules) -> Optional[Rejection]:
+    """Required fields, enum symbols and survey scores: everything but the clocks."""
+    event_id = event.get("event_id")
+    if _blank(event_id):
+        return Rejection(MISSING_FIELD, "event_id is missing or empty")
+    if len(event_id) > MAX_EVENT_ID:
+        return Rejection(INVALID_VALUE, f"event_id is {len(event_id)} characters, at most {MAX_EVENT_ID} allowed")
+    event_type = event.get("event_type")
+    if _blank(event_type):
+        return Rejection(MISSING_FIELD, "event_type is missing")
+    if event.get("event_time") is None:
+        return Rejection(MISSING_FIELD, "event_time is missing")
+    if _blank(event.get("tenant")):
+        return Rejection(MISSING_FIELD, "tenant is empty")
+    if _blank(event.get("customer_id")) and not (source == "web" and not _blank(event.get("anonymous_id"))):
+        what = "customer_id (or anonymous_id for web events)" if source == "web" else "customer_id"
+        return Rejection(MISSING_FIELD, f"{what} is missing")
+    for name in REQUIRED_IDS.get(source, ()):
+        if _blank(event.get(name)):
+            return Rejection(MISSING_FIELD, f"{name} is missing or empty")
+
+    if event_type not in rules.event_types[source]:
+        return Rejection(INVALID_VALUE, f"unknown {source} event_type {event_type!r}")
+    if source == "complaints" and event.get("priority") not in rules.priorities:
+        return Rejection(INVALID_VALUE, f"unknown complaint priority {event.get('priority')!r}")
+    survey = event.get("survey")
+    if event_type == "survey_response" and survey is None:
+        return Rejection(INVALID_VALUE, "survey_response without a survey")
+    if survey is not None:
+        bounds = SCORE_RANGES.get(survey.get("kind"))
+        if bounds is None:
+            return Rejection(INVALID_VALUE, f"unknown survey kind {survey.get('kind')!r}")
+        score = survey.get("score")
+        if not isinstance(score, int) or not bounds[0] <= score <= bounds[1]:
+            return Rejection(INVALID_VALUE, f"{survey['kind']} score {score!r} outside {bounds[0]}..{bounds[1]}")
+    return None
+
+
+def check_time(event_time: int, rules: Rules, now_ms: int, clock_ms: int) -> Optional[Rejection]:
+    """future_timestamp against the wall clock, too_late against the event-time clock."""
+    if event_time > now_ms + rules.max_future_skew_ms:
+        ahead = (event_time - now_ms) / 1000
+        return Rejection(FUTURE_TIMESTAMP, f"event_time is {ahead:.0f} s ahead of the worker's clock")
+    if clock_ms and event_time < clock_ms - rules.max_lateness_ms:
+        behind = (clock_ms - event_time) / 1000
+        return Rejection(TOO_LATE, f"event_time is {behind:.0f} s behind the event-time clock")
+    return None

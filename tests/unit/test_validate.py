@@ -1,0 +1,75 @@
+"""SPEC §4 rules, one per reason code."""
+import pytest
+
+from pipeline.registry import EVENT_SCHEMAS, BundledRegistry
+from pipeline.validate import FUTURE_TIMESTAMP, INVALID_VALUE, MISSING_FIELD, TOO_LATE, Rules, validate
+
+NOW = 1_700_000_000_000
+MIN = 60_000
+DAY = 86_400_000
+
+
+@pytest.fixture(scope="module")
+def rules():
+    registry = BundledRegistry()
+    return Rules.from_schemas({s: registry.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 5 * MIN, 7 * DAY)
+
+
+def web(**over):
+    event = {"event_id": "e1", "event_type": "page_view", "event_time": NOW, "tenant": "acme",
+             "customer_id": "c1", "attributes": {}}
+    event.update(over)
+    return event
+
+
+def reason(rules, source, event, clock=NOW):
+    rejection = validate(source, event, rules, NOW, clock)
+    return rejection and rejection.reason
+
+
+def test_valid_events_pass(rules):
+    assert reason(rules, "web", web()) is None
+    assert reason(rules, "web", web(customer_id=None, anonymous_id="anon-1")) is None
+    survey = {"kind": "NPS", "score": 10, "comment": None, "touchpoint": None}
+    assert reason(rules, "crm", web(event_type="survey_response", survey=survey)) is None
+
+
+@pytest.mark.parametrize("source,over", [
+    ("web", {"event_id": ""}),
+    ("web", {"event_id": None}),
+    ("web", {"customer_id": None}),
+    ("crm", {"customer_id": None, "anonymous_id": "a", "event_type": "order_placed"}),  # anonymous only on web
+    ("web", {"tenant": ""}),
+    ("chatbot", {"event_type": "user_message", "conversation_id": ""}),
+    ("complaints", {"event_type": "opened", "complaint_id": None, "priority": "high"}),
+])
+def test_missing_field(rules, source, over):
+    assert reason(rules, source, web(**over)) == MISSING_FIELD
+
+
+@pytest.mark.parametrize("source,over", [
+    ("web", {"event_id": "x" * 129}),
+    ("web", {"event_type": "teleport"}),
+    ("web", {"event_type": "survey_response", "survey": None}),
+    ("web", {"event_type": "survey_response", "survey": {"kind": "NPS", "score": 11}}),
+    ("web", {"event_type": "survey_response", "survey": {"kind": "CSAT", "score": 0}}),
+    ("web", {"event_type": "survey_response", "survey": {"kind": "CES", "score": 8}}),
+    ("complaints", {"event_type": "opened", "complaint_id": "k1", "priority": "whenever"}),
+])
+def test_invalid_value(rules, source, over):
+    assert reason(rules, source, web(**over)) == INVALID_VALUE
+
+
+@pytest.mark.parametrize("kind,low,high", [("NPS", 0, 10), ("CSAT", 1, 5), ("CES", 1, 7)])
+def test_score_range_edges(rules, kind, low, high):
+    for score, ok in ((low, True), (high, True), (low - 1, False), (high + 1, False)):
+        event = web(event_type="survey_response", survey={"kind": kind, "score": score})
+        assert (reason(rules, "web", event) is None) is ok
+
+
+def test_time_limits(rules):
+    assert reason(rules, "web", web(event_time=NOW + 5 * MIN)) is None
+    assert reason(rules, "web", web(event_time=NOW + 5 * MIN + 1)) == FUTURE_TIMESTAMP
+    assert reason(rules, "web", web(event_time=NOW - 7 * DAY)) is None
+    assert reason(rules, "web", web(event_time=NOW - 7 * DAY - 1)) == TOO_LATE
+    assert reason(rules, "web", web(event_time=NOW - 30 * DAY), clock=0) is None  # no clock yet
