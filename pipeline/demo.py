@@ -1,0 +1,182 @@
+"""``cxp demo``: broker, worker and simulator on one machine, key numbers live, a summary at the end.
+
+Every process the demo starts it also stops. With no URLs configured, the broker is a local Tansu
+and ClickHouse is embedded chdb, both under ``<data_dir>/demo`` which each run starts afresh.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Optional
+
+from prometheus_client.parser import text_string_to_metric_families
+from rich.console import Console, Group
+from rich.live import Live
+from rich.panel import Panel
+from rich.table import Table
+
+from pipeline.localbroker import LocalBroker, free_port
+from pipeline.settings import Settings
+
+console = Console()
+TABLES = ("events", "survey_responses", "dead_letters", "metric_snapshots")
+
+
+def scrape(url: str, timeout: float = 2.0) -> dict[str, list[tuple[dict, float]]]:
+    """metric sample name -> [(labels, value)] from a /metrics endpoint."""
+    with urllib.request.urlopen(url, timeout=timeout) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict, float]]] = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name].append((sample.labels, sample.value))
+    return samples
+
+
+def total(samples: dict, name: str, **match: str) -> float:
+    return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == m for k, m in match.items()))
+
+
+def _view(samples: dict, metrics_url: str, started: float, produced: int) -> Group:
+    consumed = total(samples, "cxp_events_consumed_total")
+    head = Table.grid(padding=(0, 2))
+    head.add_row("metrics", metrics_url)
+    head.add_row("elapsed", f"{time.monotonic() - started:.0f} s")
+    head.add_row("produced / consumed", f"{produced:,} / {consumed:,.0f}")
+    head.add_row("processed", f"{total(samples, 'cxp_events_processed_total'):,.0f}")
+    head.add_row("duplicates", f"{total(samples, 'cxp_events_duplicate_total'):,.0f}")
+    head.add_row("rejected", f"{total(samples, 'cxp_events_rejected_total'):,.0f}")
+    head.add_row("rows written", ", ".join(f"{labels['table']}={v:,.0f}" for labels, v in samples.get("cxp_sink_rows_total", [])))
+    nps = Table("tenant", "window", "NPS", "± MoE", "responses", title="NPS by event-time window")
+    margins = {(l["tenant"], l["window"]): v for l, v in samples.get("cx_nps_margin_of_error", [])}
+    for labels, value in sorted(samples.get("cx_nps", []), key=lambda s: (s[0]["tenant"], s[0]["window"])):
+        n = total(samples, "cx_survey_responses", tenant=labels["tenant"], window=labels["window"], kind="NPS")
+        nps.add_row(labels["tenant"], labels["window"], f"{value:.1f}", f"{margins.get((labels['tenant'], labels['window']), 0):.1f}", f"{n:.0f}")
+    return Group(Panel(head, title="cx-pipeline demo"), nps)
+
+
+def _wait_for_metrics(url: str, worker: subprocess.Popen, log: Path, timeout_s: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode}; see {log}")
+        try:
+            scrape(url, timeout=1.0)
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise RuntimeError(f"the worker did not serve {url} within {timeout_s:.0f} s; see {log}")
+
+
+def _stop(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
+    if process.poll() is None:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_rate: float,
+             web_port: Optional[int] = None) -> int:
+    from pipeline.producer import EventProducer
+    from pipeline.registry import make_registry
+    from pipeline.simulate import Simulator, run_simulation
+    from pipeline.topics import ensure_topics
+    from pipeline.wire import Codec
+    from sinks.clickhouse.backend import open_backend
+
+    home = settings.data_dir / "demo"
+    if home.exists():
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    broker: Optional[LocalBroker] = None
+    worker: Optional[subprocess.Popen] = None
+    try:
+        if not settings.kafka_url:
+            broker = LocalBroker(home).start()
+            console.print(f"started a local Tansu broker at {broker.bootstrap_servers} (pid {broker.process.pid})")
+        settings = settings.model_copy(update={"kafka_url": settings.kafka_url or broker.url, "data_dir": home,
+                                               "web_port": web_port or free_port(), "session_timeout": 6.0})
+        ensure_topics(settings)
+
+        env = dict(os.environ, CXP_KAFKA_URL=settings.kafka_url, CXP_DATA_DIR=str(home),
+                   CXP_WEB_PORT=str(settings.web_port), CXP_SESSION_TIMEOUT="6", CXP_SNAPSHOT_INTERVAL="5")
+        if settings.clickhouse_url:
+            env["CXP_CLICKHOUSE_URL"] = settings.clickhouse_url
+        worker_log = home / "worker.log"
+        worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
+                                  stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT)
+        metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
+        _wait_for_metrics(metrics_url, worker, worker_log)
+        console.print(f"worker pid {worker.pid} serving {metrics_url}; logs in {worker_log}")
+
+        start_ms = int(time.time() * 1000)
+        simulator = Simulator(seed=seed, start_ms=start_ms, spike_at_ms=start_ms + int(duration_s * 500), bad_rate=bad_rate)
+        producer = EventProducer(settings.bootstrap_servers, Codec(make_registry(settings.schema_registry_url)),
+                                 topic_prefix=settings.topic_prefix)
+        stop = threading.Event()
+        sim_thread = threading.Thread(
+            target=run_simulation, args=(producer, simulator.events(rate=rate)),
+            kwargs={"duration_s": duration_s, "stop": stop}, daemon=True)
+        started = time.monotonic()
+        sim_thread.start()
+        samples: dict = {}
+        try:
+            with Live(console=console, refresh_per_second=2) as live:
+                while sim_thread.is_alive():
+                    samples = scrape(metrics_url)
+                    live.update(_view(samples, metrics_url, started, producer.events_sent))
+                    time.sleep(1.0)
+                producer.flush()
+                deadline = time.monotonic() + 60
+                while total(samples, "cxp_events_consumed_total") < producer.events_sent and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                    samples = scrape(metrics_url)
+                    live.update(_view(samples, metrics_url, started, producer.events_sent))
+        except KeyboardInterrupt:
+            console.print("interrupted: stopping")
+            stop.set()
+        sim_thread.join()
+        producer.close()
+        time.sleep(settings.sink_flush_interval + 0.5)  # let the last rows reach ClickHouse
+        samples = scrape(metrics_url)
+        _stop(worker)
+        backend = open_backend(settings.clickhouse_url, home, settings.clickhouse_database)
+        rows = {t: backend.query(f"SELECT count() FROM {backend.database}.{t} FINAL")[0][0] for t in TABLES}
+        backend.close()
+        _summary(samples, rows, producer.events_sent, simulator.stats)
+        return 0
+    finally:
+        if worker is not None:
+            _stop(worker)
+        if broker is not None:
+            broker.stop()
+
+
+def _summary(samples: dict, rows: dict[str, int], produced: int, sim_stats: dict) -> None:
+    table = Table("", "value", title="cx-pipeline demo summary")
+    table.add_row("events produced", f"{produced:,}")
+    table.add_row("events consumed", f"{total(samples, 'cxp_events_consumed_total'):,.0f}")
+    table.add_row("processed", f"{total(samples, 'cxp_events_processed_total'):,.0f}")
+    table.add_row("duplicates", f"{total(samples, 'cxp_events_duplicate_total'):,.0f}")
+    reasons: dict[str, float] = defaultdict(float)
+    for labels, value in samples.get("cxp_events_rejected_total", []):
+        reasons[labels["reason"]] += value
+    for reason, value in sorted(reasons.items()):
+        table.add_row(f"rejected: {reason}", f"{value:,.0f}")
+    for name, count in rows.items():
+        table.add_row(f"ClickHouse rows: {name}", f"{count:,}")
+    for labels, value in sorted(samples.get("cx_nps", []), key=lambda s: (s[0]["tenant"], s[0]["window"])):
+        table.add_row(f"NPS {labels['tenant']} {labels['window']}", f"{value:.1f}")
+    table.add_row("simulator injected", ", ".join(f"{k}={v}" for k, v in sorted(sim_stats.items())) or "-")
+    console.print(table)

@@ -1,0 +1,74 @@
+"""Run `cxp worker` as a real subprocess, the way users run it, and read its /metrics."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from pipeline.demo import scrape
+from pipeline.localbroker import free_port
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log_path: Path):
+        self.env, self.log_path = env, log_path
+        self.web_port = int(env["CXP_WEB_PORT"])
+        self.process: Optional[subprocess.Popen] = None
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/metrics"
+
+    def start(self, timeout_s: float = 60.0) -> "WorkerProcess":
+        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=self.env,
+                                        stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"worker exited early:\n{self.log_tail()}"
+            try:
+                scrape(self.metrics_url, timeout=1.0)
+                return self
+            except OSError:
+                time.sleep(0.3)
+        raise AssertionError(f"worker did not serve /metrics in {timeout_s} s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metrics(self) -> dict:
+        return scrape(self.metrics_url)
+
+    def wait_for(self, predicate, timeout_s: float = 60.0, what: str = "condition") -> dict:
+        """Poll /metrics until predicate(samples) holds; return the samples."""
+        deadline = time.monotonic() + timeout_s
+        samples: dict = {}
+        while time.monotonic() < deadline:
+            samples = self.metrics()
+            if predicate(samples):
+                return samples
+            time.sleep(0.3)
+        raise AssertionError(f"timed out waiting for {what}; last samples: "
+                             f"{ {k: v for k, v in samples.items() if k.startswith('cxp_')} }\n{self.log_tail()}")
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                os.kill(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def worker_env(kafka_url: str, data_dir: Path, clickhouse_url: Optional[str], **extra: str) -> dict[str, str]:
+    env = dict(os.environ, CXP_KAFKA_URL=kafka_url, CXP_DATA_DIR=str(data_dir), CXP_WEB_PORT=str(free_port()),
+               CXP_SESSION_TIMEOUT="6", CXP_SINK_FLUSH_INTERVAL="0.3", CXP_LOG_LEVEL="info")
+    env.pop("CXP_CLICKHOUSE_URL", None)
+    if clickhouse_url:
+        env["CXP_CLICKHOUSE_URL"] = clickhouse_url
+    env.update(extra)
+    return env
