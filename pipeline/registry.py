@@ -57,10 +57,10 @@ class RegisteredSchema:
 def load_bundled() -> dict[str, dict]:
     """Full name -> JSON schema of every bundled .avsc, with named references inlined (self-contained)."""
     raw = {f"cx.{stem}": json.loads((SCHEMA_DIR / f"{stem}.avsc").read_text()) for stem in _LOAD_ORDER}
-    return {name: _expand(schema, raw) for name, schema in raw.items() if name != "cx.Survey"}
+    return {name: expand_references(schema, raw) for name, schema in raw.items() if name != "cx.Survey"}
 
 
-def _expand(schema: dict, raw: dict[str, dict]) -> dict:
+def expand_references(schema: dict, raw: dict[str, dict]) -> dict:
     """Replace the first reference to each bundled record by its definition; later ones stay names."""
     defined: set[str] = set()
 
