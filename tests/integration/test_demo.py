@@ -1,0 +1,30 @@
+"""`cxp demo` on a fresh data folder: it starts its own broker and embedded ClickHouse, and cleans up."""
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def test_demo_runs_to_a_summary(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
+    env.update(CXP_DATA_DIR=str(tmp_path), COLUMNS="200")
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--duration", "8", "--rate", "800"],
+                            capture_output=True, text=True, timeout=240, env=env)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-4000:]
+    consumed = int(re.search(r"events consumed\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
+    produced = int(re.search(r"events produced\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
+    assert consumed == produced > 0
+    for window in ("1h", "24h", "7d"):
+        assert re.search(rf"NPS \w+ {window}\s*│\s*-?\d+\.\d", out), f"no NPS for {window}"
+    rows = int(re.search(r"ClickHouse rows: events\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
+    assert rows > 0
+    # every process the demo started (it prints their pids) is gone
+    pids = [int(p) for p in re.findall(r"\(pid (\d+)\)|worker pid (\d+)", out) for p in p if p]
+    assert len(pids) == 2
+    for pid in pids:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
