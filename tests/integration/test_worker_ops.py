@@ -9,6 +9,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -96,7 +97,8 @@ def test_metrics_pass_promtool(chdb_worker, events, tmp_path):
 
 
 def test_real_prometheus_scrapes_the_worker(chdb_worker, events, tmp_path):
-    server = PrometheusServer(tmp_path, [f"127.0.0.1:{chdb_worker.web_port}"])
+    rules = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "recording_rules.yml"
+    server = PrometheusServer(tmp_path, [f"127.0.0.1:{chdb_worker.web_port}"], rule_files=(rules,))
     try:
         nps = server.wait_for('cx_nps{window="24h"}')
         assert {r["metric"]["tenant"] for r in nps} and all("customer_id" not in r["metric"] for r in nps)
@@ -105,6 +107,10 @@ def test_real_prometheus_scrapes_the_worker(chdb_worker, events, tmp_path):
             assert float(r["value"][1]) == pytest.approx(worker_values[(r["metric"]["tenant"], "24h")])
         total = server.wait_for("sum(cxp_events_consumed_total)")
         assert float(total[0]["value"][1]) == len(events)
+        # the shipped recording rule, computed from summed counts, agrees with the worker's own NPS
+        fleet = server.wait_for('tenant_window:cx_nps:ratio{window="24h"}')
+        for r in fleet:
+            assert float(r["value"][1]) == pytest.approx(worker_values[(r["metric"]["tenant"], "24h")])
     finally:
         server.stop()
 

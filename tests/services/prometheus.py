@@ -15,13 +15,14 @@ from pipeline.localbroker import free_port
 
 
 class PrometheusServer:
-    def __init__(self, workdir: Path, targets: list[str], scrape_interval: str = "1s"):
+    def __init__(self, workdir: Path, targets: list[str], scrape_interval: str = "1s", rule_files: tuple = ()):
         if not shutil.which("prometheus"):
             raise AssertionError("prometheus is not installed: apt-get install prometheus")
         self.workdir, self.port = workdir, free_port()
         config = workdir / "prometheus.yml"
         config.write_text(json.dumps({
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
+            "rule_files": [str(path) for path in rule_files],
             "scrape_configs": [{"job_name": "cxp", "static_configs": [{"targets": targets}]}],
         }))
         self.process = subprocess.Popen(
