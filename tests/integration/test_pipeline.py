@@ -171,8 +171,9 @@ def runs(broker, clickhouse_server, tmp_path_factory):
                                    what=f"{expected} events consumed")
             # rows are acknowledged only once durable: wait until every processed event has its row
             run["worker"].wait_for(
-                lambda s: _sum(s, "cxp_sink_rows_total", table="events") >= _sum(s, "cxp_events_processed_total"),
-                what="events flushed to ClickHouse")
+                lambda s: _sum(s, "cxp_sink_rows_total", table="events") >= _sum(s, "cxp_events_processed_total")
+                and _sum(s, "cxp_sink_rows_total", table="dead_letters") >= _sum(s, "cxp_events_rejected_total"),
+                what="events and dead letters flushed to ClickHouse")
         yield started
     finally:
         for run in started.values():
