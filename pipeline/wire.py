@@ -1,8 +1,9 @@
 """Confluent wire format: magic byte 0, 4-byte big-endian schema id, then the Avro binary body.
 
-Decoding returns plain dicts with timestamps as int epoch millis (the decoder schemas have their
-logical types stripped), and raises :class:`UndecodableError` with an actionable message for
-anything that is not a complete record of a known schema.
+A message holds one event (the source's event schema) or a batch (``<Source>Batch``: a record whose
+``events`` array holds that source's events). Decoding returns plain dicts with timestamps as int epoch
+millis, and raises :class:`UndecodableError` with an actionable message for anything that is not exactly
+one complete record of a known schema.
 """
 from __future__ import annotations
 
@@ -14,15 +15,15 @@ from fastavro import schemaless_reader, schemaless_writer
 
 from pipeline.registry import BATCH_SCHEMAS, EVENT_SCHEMAS, RegisteredSchema, SchemaRegistry
 
-_HEADER = struct.Struct(">bI")
+_HEADER = struct.Struct(">BI")
 
 
 class UndecodableError(ValueError):
-    pass
+    """The message is not a decodable Confluent-framed Avro record (SPEC §4 reason ``undecodable``)."""
 
 
 class Decoded(NamedTuple):
-    schema: RegisteredSchema
+    schema: RegisteredSchema  # the writer's schema
     events: list[dict]
     is_batch: bool
 
@@ -32,6 +33,7 @@ class Codec:
         self.registry = registry
 
     def encode(self, schema_name: str, record: dict) -> bytes:
+        """``record`` framed under the registry's id for ``schema_name``; timestamps as int millis (or datetimes)."""
         schema = self.registry.by_name(schema_name)
         out = io.BytesIO()
         out.write(_HEADER.pack(0, schema.id))
@@ -45,6 +47,8 @@ class Codec:
         return self.encode(BATCH_SCHEMAS[source], {"events": events})
 
     def decode(self, data: Optional[bytes]) -> Decoded:
+        """The events of one message. A registry that cannot be reached raises SchemaRegistryError instead:
+        that is not the message's fault, so it must not be dead-lettered."""
         if not data:
             raise UndecodableError("empty message value (a tombstone?): expected Confluent-framed Avro")
         if data[0] != 0:
@@ -57,16 +61,20 @@ class Codec:
             schema = self.registry.by_id(schema_id)
         except KeyError:
             raise UndecodableError(f"unknown schema id {schema_id}: not in the schema registry") from None
+        except ValueError as exc:
+            raise UndecodableError(str(exc)) from None
         body = io.BytesIO(data)
         body.seek(_HEADER.size)
         try:
             record = schemaless_reader(body, schema.decoder_parsed, None)
-        except (EOFError, StopIteration):
-            raise UndecodableError(f"truncated Avro body for {schema.name} (schema id {schema_id})") from None
-        except Exception as exc:  # noqa: BLE001 - fastavro raises many types on corrupt input
-            raise UndecodableError(f"corrupt Avro body for {schema.name} (schema id {schema_id}): {exc!r}") from None
+        except Exception as exc:  # noqa: BLE001 - untrusted bytes make fastavro raise many kinds of error
+            # fastavro signals running out of bytes with EOFError or IndexError, depending on where it was
+            problem = "truncated" if isinstance(exc, EOFError) or body.tell() >= len(data) else "corrupt"
+            raise UndecodableError(f"{problem} Avro body for {schema.name} (schema id {schema_id}, {len(data)} "
+                                   f"bytes): {type(exc).__name__}: {exc}") from None
         if body.tell() != len(data):
-            raise UndecodableError(f"{len(data) - body.tell()} trailing bytes after the {schema.name} body: corrupt message")
+            raise UndecodableError(f"{len(data) - body.tell()} trailing bytes after the {schema.name} body "
+                                   f"(schema id {schema_id}): corrupt message, or written with another schema")
         if schema.is_batch:
             return Decoded(schema, record["events"], True)
         return Decoded(schema, [record], False)

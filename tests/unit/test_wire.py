@@ -1,5 +1,7 @@
 """Confluent wire format: round trips, the header byte by byte, and every way a message can be undecodable."""
+import datetime as dt
 import io
+import json
 import struct
 
 import fastavro
@@ -7,8 +9,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.registry import BUNDLED_IDS, EVENT_SCHEMAS, SOURCES, BundledRegistry
+from pipeline.registry import BATCH_SCHEMAS, BUNDLED_IDS, EVENT_SCHEMAS, SOURCES, BundledRegistry
 from pipeline.wire import Codec, UndecodableError
+from schemas import SCHEMA_DIR
 
 REGISTRY = BundledRegistry()
 CODEC = Codec(REGISTRY)
@@ -26,82 +29,155 @@ EXAMPLES = {
             "mrr": 19.0, "survey": None},
     "complaints": {"event_id": "k1", "event_type": "opened", "event_time": T, "tenant": "acme", "customer_id": "c3",
                    "session_id": None, "attributes": {}, "complaint_id": "cmp1", "priority": "urgent",
-                   "category": "billing", "origin_channel": "email", "agent_id": None},
+                   "category": "billing", "origin_channel": "email", "agent_id": "agent-7"},
 }
 
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_single_event_round_trip(source):
     decoded = CODEC.decode(CODEC.encode_event(source, EXAMPLES[source]))
+    assert decoded.schema is REGISTRY.by_name(EVENT_SCHEMAS[source])
     assert decoded.is_batch is False and decoded.schema.source == source
     assert decoded.events == [EXAMPLES[source]]
+    assert type(decoded.events[0]["event_time"]) is int  # int millis, not datetime
 
 
 @pytest.mark.parametrize("source", SOURCES)
 def test_batch_round_trip(source):
     events = [dict(EXAMPLES[source], event_id=f"e{i}", event_time=T + i) for i in range(50)]
     decoded = CODEC.decode(CODEC.encode_batch(source, events))
-    assert decoded.is_batch is True and decoded.events == events
-    assert decoded.schema.name == EVENT_SCHEMAS[source] + "Batch"
+    assert decoded.schema is REGISTRY.by_name(BATCH_SCHEMAS[source])
+    assert decoded.is_batch is True and decoded.schema.source == source
+    assert decoded.events == events
 
 
-def test_header_layout():
-    data = CODEC.encode_event("crm", EXAMPLES["crm"])
-    assert data[0] == 0
-    assert data[1:5] == BUNDLED_IDS["cx.CrmEvent"].to_bytes(4, "big")
-    body = fastavro.schemaless_reader(io.BytesIO(data[5:]), REGISTRY.by_name("cx.CrmEvent").decoder_parsed, None)
-    assert body == EXAMPLES["crm"]
+def test_other_records_round_trip():
+    letter = {"reason": "undecodable", "error": "bad magic byte", "source_topic": "cx.events.web", "source_partition": 3,
+              "source_offset": 2**40, "batch_index": None, "original_key": b"c1", "original_value": b"{}",
+              "received_time": T}
+    decoded = CODEC.decode(CODEC.encode("cx.DeadLetter", letter))
+    assert decoded.events == [letter] and decoded.schema.source is None and not decoded.is_batch
 
 
-def test_decodes_bytes_from_an_independent_writer():
-    """Plain fastavro with a hand-built header, as any other producer would write it."""
-    schema = fastavro.parse_schema(REGISTRY.by_name("cx.ComplaintEvent").schema)
-    out = io.BytesIO()
-    out.write(b"\x00" + struct.pack(">I", 4))
-    fastavro.schemaless_writer(out, schema, EXAMPLES["complaints"])
-    assert CODEC.decode(out.getvalue()).events == [EXAMPLES["complaints"]]
-
-
-def test_defaults_fill_in_on_encode():
-    minimal = {"event_id": "m1", "event_type": "login", "event_time": T, "customer_id": "c9"}
+def test_encode_takes_datetimes_and_fills_defaults():
+    minimal = {"event_id": "m1", "event_type": "login", "customer_id": "c9",
+               "event_time": dt.datetime.fromtimestamp(T / 1000, dt.timezone.utc)}
     event = CODEC.decode(CODEC.encode_event("web", minimal)).events[0]
+    assert event["event_time"] == T
     assert event["tenant"] == "default" and event["attributes"] == {} and event["survey"] is None
 
 
+@pytest.mark.parametrize("source", SOURCES)
+def test_header_layout(source):
+    for data, name in [(CODEC.encode_event(source, EXAMPLES[source]), EVENT_SCHEMAS[source]),
+                       (CODEC.encode_batch(source, [EXAMPLES[source]]), BATCH_SCHEMAS[source])]:
+        schema_id = BUNDLED_IDS[name]
+        assert data[0] == 0x00
+        assert list(data[1:5]) == [schema_id >> 24, (schema_id >> 16) & 0xFF, (schema_id >> 8) & 0xFF, schema_id & 0xFF]
+        body = io.BytesIO(data[5:])
+        fastavro.schemaless_reader(body, REGISTRY.by_name(name).decoder_parsed, None)
+        assert body.tell() == len(data) - 5  # the rest is exactly one Avro body
+
+
+def _independent_schemas() -> dict:
+    """The .avsc files parsed by plain fastavro, without the project's loader."""
+    named: dict = {}
+    order = ["Survey", "WebEvent", "ChatbotEvent", "CrmEvent", "ComplaintEvent"]
+    for stem in order + [f"{s}Batch" for s in order[1:]]:
+        named[f"cx.{stem}"] = fastavro.parse_schema(json.loads((SCHEMA_DIR / f"{stem}.avsc").read_text()), named)
+    return named
+
+
+@pytest.mark.parametrize("source", SOURCES)
+def test_decodes_bytes_from_an_independent_writer(source):
+    """Plain fastavro with a hand-built header, as any other producer would write it."""
+    schemas = _independent_schemas()
+    for name, record, expected in [(EVENT_SCHEMAS[source], EXAMPLES[source], [EXAMPLES[source]]),
+                                   (BATCH_SCHEMAS[source], {"events": [EXAMPLES[source]] * 3}, [EXAMPLES[source]] * 3)]:
+        out = io.BytesIO()
+        out.write(b"\x00" + struct.pack(">I", BUNDLED_IDS[name]))
+        fastavro.schemaless_writer(out, schemas[name], record)
+        assert CODEC.decode(out.getvalue()).events == expected
+
+
 @pytest.mark.parametrize("data,message", [
-    (None, "empty message"),
-    (b"", "empty message"),
-    (b'{"event_id": 1}', "bad magic byte 0x7b"),
-    (b"\x00\x00\x00", "shorter than the 5-byte"),
+    (None, "empty message value"),
+    (b"", "empty message value"),
+    (b'{"event_id": "e1"}', r"bad magic byte 0x7b \(expected 0x00\): not Confluent wire format; is the producer sending JSON\?"),
+    (b"\x01\x00\x00\x00\x01\x02", "bad magic byte 0x01"),
+    (b"\x00\x00\x00", "3 bytes is shorter than the 5-byte wire-format header"),
+    (b"\x00\x00\x00\x00", "shorter than the 5-byte"),
     (b"\x00\x00\x00\x03\xe7\x02", "unknown schema id 999"),
+    (b"\x00\x00\x00\x00\x00", "unknown schema id 0"),
 ])
-def test_undecodable(data, message):
+def test_undecodable_framing(data, message):
     with pytest.raises(UndecodableError, match=message):
         CODEC.decode(data)
 
 
-def test_truncated_and_trailing_bytes():
+@pytest.mark.parametrize("source", SOURCES)
+def test_every_truncation_is_undecodable(source):
+    for data in (CODEC.encode_event(source, EXAMPLES[source]), CODEC.encode_batch(source, [EXAMPLES[source]] * 2)):
+        for cut in range(5, len(data)):
+            with pytest.raises(UndecodableError, match="truncated Avro body for cx"):
+                CODEC.decode(data[:cut])
+
+
+def test_trailing_bytes_are_undecodable():
     data = CODEC.encode_event("web", EXAMPLES["web"])
-    for cut in (6, 10, len(data) - 1):
-        with pytest.raises(UndecodableError, match="cx.WebEvent"):
-            CODEC.decode(data[:cut])
-    with pytest.raises(UndecodableError, match="trailing bytes"):
+    with pytest.raises(UndecodableError, match="1 trailing bytes after the cx.WebEvent body"):
         CODEC.decode(data + b"\x00")
+    with pytest.raises(UndecodableError, match="trailing bytes"):
+        CODEC.decode(CODEC.encode_event("crm", EXAMPLES["crm"]) + data)
 
 
-text = st.text(max_size=20)
-web_events = st.fixed_dictionaries({
-    "event_id": st.text(min_size=1, max_size=128), "event_type": st.sampled_from(["page_view", "search", "purchase"]),
-    "event_time": st.integers(0, 2**62), "tenant": text, "customer_id": st.none() | text,
-    "session_id": st.none() | text, "attributes": st.dictionaries(text, text, max_size=3),
-    "anonymous_id": st.none() | text, "url": st.none() | text, "product_id": st.none() | text,
-    "order_id": st.none() | text, "revenue": st.none() | st.floats(allow_nan=False), "currency": st.none() | text,
-    "survey": st.none() | st.fixed_dictionaries({"kind": st.sampled_from(["NPS", "CSAT", "CES"]),
-                                                 "score": st.integers(-2**31, 2**31 - 1),
-                                                 "comment": st.none() | text, "touchpoint": st.none() | text}),
-})
+def _corrupt(data: bytes, at: int, value: bytes) -> bytes:
+    return data[:at] + value + data[at + len(value):]
 
 
-@given(st.lists(web_events, min_size=1, max_size=20))
-def test_any_batch_round_trips(events):
-    assert CODEC.decode(CODEC.encode_batch("web", events)).events == events
+def test_corrupt_bodies_are_undecodable():
+    data = CODEC.encode_event("web", EXAMPLES["web"])
+    event_type_at = 5 + 1 + len("w1")  # after the header and event_id (length byte + 2 bytes)
+    bad = {
+        "enum index out of range": _corrupt(data, event_type_at, b"\x7e"),
+        "invalid UTF-8": _corrupt(data, 5 + 1, b"\xff\xfe"),
+        "union branch out of range": data[:-1] + b"\x08",  # survey: ["null", Survey] has no branch 4
+    }
+    for case, value in bad.items():
+        with pytest.raises(UndecodableError, match="cx.WebEvent") as info:
+            CODEC.decode(value)
+        assert "schema id 1" in str(info.value), case
+
+
+# -- property: any record valid for a schema round-trips, for every bundled schema -------------------------
+
+def _strategy(schema):
+    """Records valid for an expanded, parsed schema (timestamps as int millis, like the pipeline uses)."""
+    if isinstance(schema, list):
+        return st.one_of([_strategy(branch) for branch in schema])
+    kind = schema if isinstance(schema, str) else schema["type"]
+    simple = {"null": st.none(), "boolean": st.booleans(), "int": st.integers(-2**31, 2**31 - 1),
+              "long": st.integers(-2**63, 2**63 - 1), "double": st.floats(allow_nan=False),
+              "string": st.text(max_size=12), "bytes": st.binary(max_size=12)}
+    if kind in simple:
+        return simple[kind]
+    if kind == "enum":
+        return st.sampled_from(schema["symbols"])
+    if kind == "array":
+        return st.lists(_strategy(schema["items"]), max_size=4)
+    if kind == "map":
+        return st.dictionaries(st.text(max_size=8), _strategy(schema["values"]), max_size=3)
+    assert kind == "record", kind
+    return st.fixed_dictionaries({f["name"]: _strategy(f["type"]) for f in schema["fields"]})
+
+
+STRATEGIES = {name: _strategy(fastavro.parse_schema(REGISTRY.by_name(name).schema, expand=True, _write_hint=False))
+              for name in BUNDLED_IDS}
+
+
+@given(st.sampled_from(sorted(BUNDLED_IDS)).flatmap(lambda name: st.tuples(st.just(name), STRATEGIES[name])))
+def test_any_record_round_trips(case):
+    name, record = case
+    decoded = CODEC.decode(CODEC.encode(name, record))
+    assert decoded.schema.name == name
+    assert decoded.events == (record["events"] if decoded.is_batch else [record])
