@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional
 
 from pipeline.dedup import Deduper
 from pipeline.surveys import SurveyWindows, Totals, classify
-from pipeline.validate import UNDECODABLE, Rejection, Rules, validate
+from pipeline.validate import UNDECODABLE, Rejection, Rules, check_fields, check_time
 from pipeline.wire import Codec, UndecodableError
 
 if TYPE_CHECKING:
@@ -106,40 +106,50 @@ class Processor:
         except UndecodableError as exc:
             return self._reject(record, source, None, None, Rejection(UNDECODABLE, str(exc)), now_ms, result)
 
-        state = self.state(record.partition)
-        batch_index = 0 if decoded.is_batch else None
-        for event in decoded.events:
-            result.consumed[source] += 1
-            rejection = validate(source, event, self.rules, now_ms, self.clock_ms)
-            if rejection is not None:
-                self._reject(record, source, event, batch_index, rejection, now_ms, result, counted=True)
-            elif state.dedup.seen(event["event_id"], event["event_time"]):
-                result.duplicates[source] += 1
-            else:
-                self._accept(record, source, event, state, result)
-            if batch_index is not None:
-                batch_index += 1
+        self._process_events(record, source, decoded.events, decoded.is_batch, now_ms, result)
 
-    def _accept(self, record: Record, source: str, event: dict, state: PartitionState, result: BatchResult) -> None:
-        event_ms = event["event_time"]
-        if event_ms > self.clock_ms:
-            self.clock_ms = event_ms
-        if event_ms > self.source_clock_ms.get(source, 0):
-            self.source_clock_ms[source] = event_ms
-        attributes = event.get("attributes") or {}
-        result.processed[source] += 1
-        result.rows["events"].append((
-            event["event_id"], source, event["event_type"], event_ms // 1000, event_ms, event["tenant"],
-            event.get("customer_id"), event.get("anonymous_id"), event.get("session_id"),
-            list(attributes), list(attributes.values()), record.partition, record.offset,
-        ))
-        survey = event.get("survey")
-        if survey is not None:
-            state.surveys.add(event["tenant"], survey["kind"], survey["score"], event_ms)
-            result.rows["survey_responses"].append((
-                event["event_id"], event_ms // 1000, event_ms, event["tenant"], event.get("customer_id"), source,
-                survey["kind"], survey["score"], survey.get("touchpoint"), survey.get("comment"), record.partition,
-            ))
+    def _process_events(self, record: Record, source: str, events: list[dict], is_batch: bool, now_ms: int,
+                        result: BatchResult) -> None:
+        """The per-event hot path: written flat, with the lookups hoisted, because it runs for every event."""
+        state = self.state(record.partition)
+        seen, add_survey = state.dedup.seen, state.surveys.add
+        event_rows, survey_rows = result.rows["events"].append, result.rows["survey_responses"].append
+        rules, partition, offset = self.rules, record.partition, record.offset
+        future_limit = now_ms + rules.max_future_skew_ms
+        clock, source_clock = self.clock_ms, self.source_clock_ms.get(source, 0)
+        processed = duplicates = 0
+        for index, event in enumerate(events):
+            rejection = check_fields(source, event, rules)
+            event_ms = event.get("event_time")
+            if rejection is None and (event_ms > future_limit or (clock and event_ms < clock - rules.max_lateness_ms)):
+                rejection = check_time(event_ms, rules, now_ms, clock)
+            if rejection is not None:
+                self._reject(record, source, event, index if is_batch else None, rejection, now_ms, result, counted=True)
+                continue
+            event_id, tenant = event["event_id"], event["tenant"]
+            if seen(event_id, event_ms):
+                duplicates += 1
+                continue
+            processed += 1
+            if event_ms > clock:
+                clock = event_ms
+            if event_ms > source_clock:
+                source_clock = event_ms
+            attributes = event.get("attributes") or {}
+            event_rows((event_id, source, event["event_type"], event_ms // 1000, event_ms, tenant,
+                        event.get("customer_id"), event.get("anonymous_id"), event.get("session_id"),
+                        list(attributes), list(attributes.values()), partition, offset))
+            survey = event.get("survey")
+            if survey is not None:
+                add_survey(tenant, survey["kind"], survey["score"], event_ms)
+                survey_rows((event_id, event_ms // 1000, event_ms, tenant, event.get("customer_id"), source,
+                             survey["kind"], survey["score"], survey.get("touchpoint"), survey.get("comment"), partition))
+        self.clock_ms = clock
+        if source_clock:
+            self.source_clock_ms[source] = source_clock
+        result.consumed[source] += len(events)
+        result.processed[source] += processed
+        result.duplicates[source] += duplicates
 
     def _reject(self, record: Record, source: str, event: Optional[dict], batch_index: Optional[int],
                 rejection: Rejection, now_ms: int, result: BatchResult, counted: bool = False) -> None:

@@ -43,34 +43,26 @@ class Rules:
         return cls(types, max_future_skew_ms, max_lateness_ms)
 
 
-def _blank(value) -> bool:
-    return value is None or value == ""
-
-
-def validate(source: str, event: dict, rules: Rules, now_ms: int, clock_ms: int) -> Optional[Rejection]:
-    """None if the event is valid, else why not. clock_ms is the worker's event-time clock (0 = none yet)."""
-    return check_fields(source, event, rules) or check_time(event["event_time"], rules, now_ms, clock_ms)
-
-
 def check_fields(source: str, event: dict, rules: Rules) -> Optional[Rejection]:
     """Required fields, enum symbols and survey scores: everything but the clocks."""
+    # `not value` is the blank test: every field checked here is a string (or None).
     event_id = event.get("event_id")
-    if _blank(event_id):
+    if not event_id:
         return Rejection(MISSING_FIELD, "event_id is missing or empty")
     if len(event_id) > MAX_EVENT_ID:
         return Rejection(INVALID_VALUE, f"event_id is {len(event_id)} characters, at most {MAX_EVENT_ID} allowed")
     event_type = event.get("event_type")
-    if _blank(event_type):
+    if not event_type:
         return Rejection(MISSING_FIELD, "event_type is missing")
     if event.get("event_time") is None:
         return Rejection(MISSING_FIELD, "event_time is missing")
-    if _blank(event.get("tenant")):
+    if not event.get("tenant"):
         return Rejection(MISSING_FIELD, "tenant is empty")
-    if _blank(event.get("customer_id")) and not (source == "web" and not _blank(event.get("anonymous_id"))):
+    if not event.get("customer_id") and (source != "web" or not event.get("anonymous_id")):
         what = "customer_id (or anonymous_id for web events)" if source == "web" else "customer_id"
         return Rejection(MISSING_FIELD, f"{what} is missing")
     for name in REQUIRED_IDS.get(source, ()):
-        if _blank(event.get(name)):
+        if not event.get(name):
             return Rejection(MISSING_FIELD, f"{name} is missing or empty")
 
     if event_type not in rules.event_types[source]:
@@ -78,15 +70,14 @@ def check_fields(source: str, event: dict, rules: Rules) -> Optional[Rejection]:
     if source == "complaints" and event.get("priority") not in rules.priorities:
         return Rejection(INVALID_VALUE, f"unknown complaint priority {event.get('priority')!r}")
     survey = event.get("survey")
-    if event_type == "survey_response" and survey is None:
-        return Rejection(INVALID_VALUE, "survey_response without a survey")
-    if survey is not None:
-        bounds = SCORE_RANGES.get(survey.get("kind"))
-        if bounds is None:
-            return Rejection(INVALID_VALUE, f"unknown survey kind {survey.get('kind')!r}")
-        score = survey.get("score")
-        if not isinstance(score, int) or not bounds[0] <= score <= bounds[1]:
-            return Rejection(INVALID_VALUE, f"{survey['kind']} score {score!r} outside {bounds[0]}..{bounds[1]}")
+    if survey is None:
+        return Rejection(INVALID_VALUE, "survey_response without a survey") if event_type == "survey_response" else None
+    bounds = SCORE_RANGES.get(survey.get("kind"))
+    if bounds is None:
+        return Rejection(INVALID_VALUE, f"unknown survey kind {survey.get('kind')!r}")
+    score = survey.get("score")
+    if not isinstance(score, int) or not bounds[0] <= score <= bounds[1]:
+        return Rejection(INVALID_VALUE, f"{survey['kind']} score {score!r} outside {bounds[0]}..{bounds[1]}")
     return None
 
 
