@@ -48,6 +48,7 @@ class Delivery:
         self._dead_letters: list[tuple[Optional[bytes], bytes]] = []
         self._oldest: Optional[float] = None
         self._lock = asyncio.Lock()
+        self._flushing: Optional[asyncio.Future] = None
 
     def add(self, result: BatchResult, events: list[Any]) -> None:
         for table, rows in result.rows.items():
@@ -69,33 +70,54 @@ class Delivery:
             return False
         return self.sink.pending() >= self.flush_rows or time.monotonic() - self._oldest >= self.flush_interval
 
+    async def maybe_flush(self) -> None:
+        """Start a flush in the background when one is due, so processing goes on meanwhile.
+
+        While one flush runs, rows keep buffering; past twice the flush size the caller waits for
+        the running flush (backpressure) instead of buffering without bound.
+        """
+        if self._flushing is not None and not self._flushing.done():
+            if self.sink.pending() >= 2 * self.flush_rows:
+                await asyncio.shield(self._flushing)
+        elif self.due():
+            self._flushing = asyncio.ensure_future(self.flush())
+            self._flushing.add_done_callback(_log_failure)
+
     async def flush(self) -> None:
+        """Make everything buffered so far durable, then ack its records. Flushes run one at a time."""
         async with self._lock:
             if self._oldest is None:
                 return
             events, self._events = self._events, []
             dead_letters, self._dead_letters = self._dead_letters, []
+            batch = self.sink.take()
             self._oldest = None
             futures = [await self.app.producer.send(self.deadletter_topic, key, value, None, None, None)
                        for key, value in dead_letters]
-            await self._flush_sink()
+            await self._write(batch)
             await asyncio.gather(*futures)
             for event in events:
                 await self.stream.ack(event)
 
-    async def _flush_sink(self) -> None:
-        """Retry until ClickHouse takes the rows; the sink keeps them between attempts."""
+    async def _write(self, batch: dict[str, list[tuple]]) -> None:
+        """Retry until ClickHouse takes the rows; consumption stalls behind this if it never does."""
         loop = asyncio.get_running_loop()
         delay = self.retry_backoff
         while True:
             try:
-                await loop.run_in_executor(self.executor, self.sink.flush)
+                await loop.run_in_executor(self.executor, self.sink.write, batch)
                 return
             except SinkError as exc:
                 log.error("clickhouse flush failed, consumption paused until it recovers",
                           extra={"error": str(exc), "retry_in_s": delay})
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # Its records stay unacked, so their offsets are not committed and a restart replays them.
+        log.error("flush failed", exc_info=task.exception())
 
 
 def register(app: Any, topics: Any, processor: Processor, delivery: Delivery, batch_max: int, batch_within: float) -> None:
@@ -109,10 +131,8 @@ def register(app: Any, topics: Any, processor: Processor, delivery: Delivery, ba
             result = processor.process(records, int(time.time() * 1000))
             count(result)
             delivery.add(result, events)
-            if delivery.due():
-                await delivery.flush()
+            await delivery.maybe_flush()
 
     @app.timer(interval=min(0.25, batch_within))
     async def flush_when_due() -> None:
-        if delivery.due():
-            await delivery.flush()
+        await delivery.maybe_flush()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Optional
+from typing import Iterable, Optional, Sequence
 
 BUCKET_MS = 60_000
 CLASSES = {
@@ -63,50 +63,84 @@ def ces(t: Totals) -> Optional[float]:
     return t.score_sum / t.n if t.n else None
 
 
-class SurveyWindows:
-    """Survey counts per (tenant, kind) in minute buckets of event time.
+class _Series:
+    """One (tenant, kind): minute buckets plus a running sum per window, so reading is O(1)."""
 
-    A bucket is [n, class0, class1, class2, score_sum]. Buckets older than the largest window are
-    pruned, so the state is bounded by windows, not by traffic.
+    __slots__ = ("buckets", "sums", "starts")
+
+    def __init__(self, labels: Iterable[str]):
+        self.buckets: dict[int, list[int]] = {}
+        self.sums = {label: [0, 0, 0, 0, 0] for label in labels}
+        self.starts = {label: -(2**62) for label in labels}  # minutes <= start are outside the window
+
+    def add(self, minute: int, counts: Sequence[int]) -> None:
+        bucket = self.buckets.get(minute)
+        if bucket is None:
+            bucket = self.buckets[minute] = [0, 0, 0, 0, 0]
+        targets = [bucket] + [self.sums[label] for label, start in self.starts.items() if minute > start]
+        for acc in targets:
+            for i, value in enumerate(counts):
+                acc[i] += value
+
+    def advance(self, label: str, start: int) -> None:
+        """Move a window's lower bound forward, subtracting the buckets it leaves behind."""
+        old = self.starts[label]
+        if start <= old:
+            return
+        acc = self.sums[label]
+        leaving = range(old + 1, start + 1) if start - old <= len(self.buckets) else \
+            [m for m in self.buckets if old < m <= start]
+        for minute in leaving:
+            bucket = self.buckets.get(minute)
+            if bucket is not None:
+                for i in range(5):
+                    acc[i] -= bucket[i]
+        self.starts[label] = start
+
+
+class SurveyWindows:
+    """Survey counts per (tenant, kind) in minute buckets of event time, with running window sums.
+
+    A bucket is [n, class0, class1, class2, score_sum]. Each window keeps the sum of the buckets
+    inside it: a response adds to the windows it falls in, and moving the clock subtracts the
+    buckets a window leaves, so a scrape costs nothing per bucket. Buckets older than the largest
+    window are pruned, so the state is bounded by windows, not by traffic.
     """
 
     def __init__(self, windows_ms: dict[str, int]):
         self.windows_ms = windows_ms
-        self._buckets: dict[tuple[str, str], dict[int, list[int]]] = {}
+        self._series: dict[tuple[str, str], _Series] = {}
+
+    def _get(self, tenant: str, kind: str) -> _Series:
+        series = self._series.get((tenant, kind))
+        if series is None:
+            series = self._series[(tenant, kind)] = _Series(self.windows_ms)
+        return series
 
     def add(self, tenant: str, kind: str, score: int, event_ms: int) -> None:
-        buckets = self._buckets.setdefault((tenant, kind), {})
-        bucket = buckets.get(event_ms // BUCKET_MS)
-        if bucket is None:
-            bucket = buckets[event_ms // BUCKET_MS] = [0, 0, 0, 0, 0]
-        bucket[0] += 1
-        bucket[1 + classify(kind, score)] += 1
-        bucket[4] += score
+        counts = [1, 0, 0, 0, score]
+        counts[1 + classify(kind, score)] = 1
+        self._get(tenant, kind).add(event_ms // BUCKET_MS, counts)
 
-    def add_bucket(self, tenant: str, kind: str, minute: int, counts: Iterable[int]) -> None:
+    def add_bucket(self, tenant: str, kind: str, minute: int, counts: Sequence[int]) -> None:
         """Merge pre-counted [n, c0, c1, c2, score_sum] into one minute (used to rebuild state)."""
-        bucket = self._buckets.setdefault((tenant, kind), {}).setdefault(minute, [0, 0, 0, 0, 0])
-        for i, value in enumerate(counts):
-            bucket[i] += value
+        self._get(tenant, kind).add(minute, counts)
+
+    def _advance(self, clock_ms: int) -> None:
+        for label, window in self.windows_ms.items():
+            start = (clock_ms - window) // BUCKET_MS
+            for series in self._series.values():
+                series.advance(label, start)
 
     def totals(self, clock_ms: int) -> dict[tuple[str, str, str], Totals]:
-        """(tenant, kind, window label) -> Totals at this clock; one pass over the buckets."""
-        starts = {label: (clock_ms - w) // BUCKET_MS for label, w in self.windows_ms.items()}
-        out: dict[tuple[str, str, str], Totals] = {}
-        for (tenant, kind), buckets in self._buckets.items():
-            sums = {label: [0, 0, 0, 0, 0] for label in starts}
-            for minute, bucket in buckets.items():
-                for label, start in starts.items():
-                    if minute > start:
-                        acc = sums[label]
-                        for i in range(5):
-                            acc[i] += bucket[i]
-            for label, acc in sums.items():
-                out[(tenant, kind, label)] = Totals(acc[0], (acc[1], acc[2], acc[3]), acc[4])
-        return out
+        """(tenant, kind, window label) -> Totals at this clock."""
+        self._advance(clock_ms)
+        return {(tenant, kind, label): Totals(acc[0], (acc[1], acc[2], acc[3]), acc[4])
+                for (tenant, kind), series in self._series.items() for label, acc in series.sums.items()}
 
     def prune(self, clock_ms: int) -> None:
+        self._advance(clock_ms)
         oldest = (clock_ms - max(self.windows_ms.values())) // BUCKET_MS
-        for buckets in self._buckets.values():
-            for minute in [m for m in buckets if m <= oldest]:
-                del buckets[minute]
+        for series in self._series.values():
+            for minute in [m for m in series.buckets if m <= oldest]:
+                del series.buckets[minute]

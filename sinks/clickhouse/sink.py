@@ -37,15 +37,31 @@ class ClickHouseSink:
     def pending(self) -> int:
         return sum(len(rows) for rows in self._buffers.values())
 
-    def flush(self) -> dict[str, int]:
+    def take(self) -> dict[str, list[tuple]]:
+        """Hand over everything buffered (for a write elsewhere while new rows keep arriving)."""
+        batch, self._buffers = self._buffers, {}
+        return batch
+
+    def write(self, batch: dict[str, list[tuple]]) -> dict[str, int]:
+        """Insert a taken batch. Tables are removed from it as they succeed, so a retry after
+        SinkError writes only what is left."""
         written = {}
-        for table in list(self._buffers):
-            rows = self._buffers[table]
+        for table in list(batch):
+            rows = batch[table]
             if rows:
                 self._insert(table, rows)
                 written[table] = len(rows)
-            del self._buffers[table]
+            del batch[table]
         return written
+
+    def flush(self) -> dict[str, int]:
+        """Write everything buffered; on SinkError the unwritten rows stay buffered."""
+        batch = self.take()
+        try:
+            return self.write(batch)
+        finally:
+            for table, rows in batch.items():
+                self._buffers[table] = rows + self._buffers.get(table, [])
 
     def _insert(self, table: str, rows: list[tuple]) -> None:
         columns = COLUMNS[table]

@@ -79,3 +79,26 @@ def test_add_bucket_equals_adds():
         a.add("acme", "NPS", score, 120_000)
     b.add_bucket("acme", "NPS", 2, [4, 2, 1, 1, 29])
     assert a.totals(200_000) == b.totals(200_000)
+
+
+@settings(max_examples=200, deadline=None)
+@given(responses)
+def test_running_sums_match_recomputation_at_every_step(responses):
+    """Reading between additions, with the clock moving, late events and pruning, never drifts."""
+    windows = SurveyWindows(WINDOWS)
+    clock = 0
+    seen = []
+    for tenant, kind, score, t in responses:
+        clock = max(clock, t)
+        if clock - t > 7 * 86_400_000:
+            continue  # too late: the worker rejects it before it reaches the windows
+        windows.add(tenant, kind, score, t)
+        seen.append((tenant, kind, score, t))
+        windows.prune(clock)
+        totals = windows.totals(clock)
+        for label, w in WINDOWS.items():
+            expected = oracle(seen, clock, w)
+            for tenant_ in ("acme", "globex"):
+                got = totals.get((tenant_, "NPS", label), Totals())
+                n, classes, total = expected.get((tenant_, "NPS"), (0, [0, 0, 0], 0))
+                assert (got.n, list(got.classes), got.score_sum) == (n, classes, total)
