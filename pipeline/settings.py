@@ -75,7 +75,9 @@ class Settings(BaseSettings):
     session_timeout: float = Field(
         10.0, gt=0, description="Kafka consumer-group session timeout in seconds (group joins take about half)."
     )
-    collector_max_body: int = Field(1_048_576, description="Largest HTTP collector request body in bytes.")
+    collector_max_body: int = Field(
+        1_048_576, description="Largest HTTP collector request body in bytes (at most 1 MiB, the web server's own cap)."
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: str = Field("json", description="json (one object per line) or console.")
 
