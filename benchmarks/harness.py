@@ -33,7 +33,7 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.demo import scrape, total
-from pipeline.localbroker import LocalBroker, free_port
+from pipeline.localbroker import LocalBroker, free_port, stop_process
 from pipeline.partitioner import event_key, partition_for
 from pipeline.processor import Processor, Record
 from pipeline.producer import EventProducer
@@ -131,13 +131,7 @@ class Worker:
         return 0
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(60)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, 60)
 
 
 def wait_done(workers: list[Worker], n: int, timeout_s: float = 1800) -> tuple[float, float, dict]:

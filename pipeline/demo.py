@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import threading
@@ -23,7 +22,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from pipeline.localbroker import LocalBroker, free_port
+from pipeline.localbroker import LocalBroker, free_port, stop_process
 from pipeline.settings import Settings
 
 console = Console()
@@ -74,16 +73,6 @@ def _wait_for_metrics(url: str, worker: subprocess.Popen, log: Path, timeout_s: 
         except OSError:
             time.sleep(0.5)
     raise RuntimeError(f"the worker did not serve {url} within {timeout_s:.0f} s; see {log}")
-
-
-def _stop(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
 
 
 def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_rate: float,
@@ -150,7 +139,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         producer.close()
         time.sleep(settings.sink_flush_interval + 0.5)  # let the last rows reach ClickHouse
         samples = scrape(metrics_url)
-        _stop(worker)
+        stop_process(worker)
         backend = open_backend(settings.clickhouse_url, home, settings.clickhouse_database)
         rows = {t: backend.query(f"SELECT count() FROM {backend.database}.{t} FINAL")[0][0] for t in TABLES}
         backend.close()
@@ -158,7 +147,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         return 0
     finally:
         if worker is not None:
-            _stop(worker)
+            stop_process(worker)
         if broker is not None:
             broker.stop()
 

@@ -1,9 +1,7 @@
 """A real ClickHouse server (Debian's clickhouse-server) per test session, on free loopback ports."""
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -12,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.localbroker import free_port
+from pipeline.localbroker import free_port, stop_process
 from sinks.clickhouse.backend import ChdbBackend, NativeBackend
 
 CONFIG = """<?xml version="1.0"?>
@@ -79,13 +77,7 @@ class ClickHouseServer:
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in logs if p.exists())
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                os.kill(self.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process(self.process, 20)
 
 
 @pytest.fixture(scope="session")

@@ -2,16 +2,14 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from pipeline.localbroker import free_port
+from pipeline.localbroker import free_port, stop_process
 
 
 class PrometheusServer:
@@ -51,10 +49,4 @@ class PrometheusServer:
                              + (self.workdir / "prometheus.log").read_text()[-3000:])
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process(self.process, 15)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from pipeline.demo import scrape
-from pipeline.localbroker import free_port
+from pipeline.localbroker import free_port, stop_process
 
 
 class WorkerProcess:
@@ -55,13 +54,8 @@ class WorkerProcess:
                              f"{ {k: v for k, v in samples.items() if k.startswith('cxp_')} }\n{self.log_tail()}")
 
     def stop(self, timeout_s: float = 30.0) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                os.kill(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        if self.process is not None:
+            stop_process(self.process, timeout_s)
 
 
 def worker_env(kafka_url: str, data_dir: Path, clickhouse_url: Optional[str], **extra: str) -> dict[str, str]:

@@ -40,6 +40,15 @@ def oracle(responses, clock_ms, window_ms):
     return out
 
 
+def assert_matches(totals, responses, clock):
+    for label, w in WINDOWS.items():
+        expected = oracle(responses, clock, w)
+        for tenant in ("acme", "globex"):
+            got = totals.get((tenant, "NPS", label), Totals())
+            n, classes, total = expected.get((tenant, "NPS"), (0, [0, 0, 0], 0))
+            assert (got.n, list(got.classes), got.score_sum) == (n, classes, total)
+
+
 responses = st.lists(
     st.tuples(st.sampled_from(["acme", "globex"]), st.just("NPS"), st.integers(0, 10),
               st.integers(0, 10 * 86_400_000)),
@@ -54,13 +63,7 @@ def test_windows_match_recomputation(responses):
         windows.add(tenant, kind, score, t)
     clock = max(t for *_, t in responses)
     windows.prune(clock)  # pruning must not change any window's result
-    totals = windows.totals(clock)
-    for label, w in WINDOWS.items():
-        expected = oracle(responses, clock, w)
-        for tenant in ("acme", "globex"):
-            got = totals.get((tenant, "NPS", label), Totals())
-            n, classes, total = expected.get((tenant, "NPS"), (0, [0, 0, 0], 0))
-            assert (got.n, list(got.classes), got.score_sum) == (n, classes, total)
+    assert_matches(windows.totals(clock), responses, clock)
 
 
 def test_late_event_updates_its_bucket():
@@ -95,10 +98,4 @@ def test_running_sums_match_recomputation_at_every_step(responses):
         windows.add(tenant, kind, score, t)
         seen.append((tenant, kind, score, t))
         windows.prune(clock)
-        totals = windows.totals(clock)
-        for label, w in WINDOWS.items():
-            expected = oracle(seen, clock, w)
-            for tenant_ in ("acme", "globex"):
-                got = totals.get((tenant_, "NPS", label), Totals())
-                n, classes, total = expected.get((tenant_, "NPS"), (0, [0, 0, 0], 0))
-                assert (got.n, list(got.classes), got.score_sum) == (n, classes, total)
+        assert_matches(windows.totals(clock), seen, clock)
