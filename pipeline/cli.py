@@ -82,11 +82,11 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     events = simulator.events(count=args.count, rate=args.rate)
     if args.jsonl:
         with JsonlWriter(args.jsonl) as sink:
-            run_simulation(sink, events, duration_s=args.duration, paced=False)
+            run_simulation(sink, events, None, duration_s=args.duration)
     else:
         settings = load_settings(args, kafka_url=args.kafka_url)
         with _producer(settings) as sink:
-            run_simulation(sink, events, duration_s=args.duration)
+            run_simulation(sink, events, args.rate, duration_s=args.duration)
     console.print(f"simulated: {dict(simulator.stats)}")
     return 0
 

@@ -115,7 +115,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
                                  topic_prefix=settings.topic_prefix)
         stop = threading.Event()
         sim_thread = threading.Thread(
-            target=run_simulation, args=(producer, simulator.events(rate=rate)),
+            target=run_simulation, args=(producer, simulator.events(rate=rate), rate),
             kwargs={"duration_s": duration_s, "stop": stop}, daemon=True)
         started = time.monotonic()
         sim_thread.start()

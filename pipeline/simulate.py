@@ -1,227 +1,317 @@
 """A seeded, reproducible generator of a realistic CX event mix, and a runner that paces it.
 
-The generator is pure: ``random.Random(seed)`` only, so the same seed and arguments give the same
-events. Customers start activities (a shopping journey, a survey answer, a chatbot conversation, a
-CRM change, a complaint) and each activity schedules its follow-up events in event time, so drop-off
-in the funnel and the delays of complaint handling come out as they would from real systems.
+The generator is pure: ``random.Random(seed)`` is its only source of randomness and it does no I/O, so
+the same seed and arguments give the same events. Output comes in time slots of ``1/rate`` seconds, one
+event per slot: a follow-up that is due (the next step of a shopping journey, a chatbot conversation, a
+complaint's handling) if there is one, else the first event of a new activity of a customer. So event
+time advances by exactly ``1/rate`` per event on average, without drift, and a runner pacing at ``rate``
+keeps event time on the wall clock, while funnel drop-off and complaint handling delays come out as
+they would from real systems.
 """
 from __future__ import annotations
 
+import bisect
+import copy
 import heapq
+import itertools
 import json
-import random
+import threading
 import time
-from collections import Counter
+import uuid
+from collections import Counter, deque
 from dataclasses import dataclass
 from pathlib import Path
-from threading import Event
-from typing import IO, Iterator, Optional, Sequence, Union
+from random import Random
+from typing import IO, Callable, Iterator, Optional, Sequence, Union
 
 SEC = 1000
 MIN = 60 * SEC
 HOUR = 60 * MIN
 SPIKE_MS = 10 * MIN  # how long a complaint spike lasts
-SPIKE_FACTOR = 8  # opened complaints per minute during a spike, relative to the baseline
+SPIKE_FACTOR = 6  # weight of new complaints during a spike, relative to normal
 
-# Activity mix: (name, weight). Each activity emits ~EVENTS_PER_ACTIVITY events on average.
-ACTIVITIES = (("shop", 45), ("survey", 15), ("chat", 12), ("crm", 10), ("account", 5), ("complaint", 2))
-EVENTS_PER_ACTIVITY = 3.2
-NPS_BY_TENANT = {"acme": (1, 1, 1, 1, 1, 2, 3, 6, 9, 14, 12), "globex": (3, 2, 2, 3, 4, 5, 6, 9, 9, 8, 5)}
-REGIONS, PLANS = ("eu", "us", "apac"), ("free", "basic", "pro")
-DEVICES, LANGUAGES = ("mobile", "desktop", "tablet"), ("en", "de", "fr", "es")
-CATEGORIES = ("billing", "delivery", "product", "service", "technical")
+# Fields beyond the common ones, per source: every event carries all of them, so it equals its decoded self.
+EXTRA_FIELDS = {
+    "web": ("anonymous_id", "url", "product_id", "order_id", "revenue", "currency", "survey"),
+    "chatbot": ("conversation_id", "text", "intent", "survey"),
+    "crm": ("account_id", "plan", "mrr", "survey"),
+    "complaints": ("complaint_id", "priority", "category", "origin_channel", "agent_id"),
+}
+ACTIVITIES = {"shop": 40, "browse": 12, "survey": 12, "chat": 12, "crm": 10, "complaint": 2}  # weights
+# Satisfaction profiles, given to tenants in turn: score weights for NPS 0..10, CSAT 1..5, CES 1..7.
+PROFILES = (
+    {"NPS": (1, 1, 1, 1, 1, 2, 3, 6, 9, 14, 12), "CSAT": (1, 1, 2, 6, 7), "CES": (8, 7, 4, 2, 1, 1, 1)},
+    {"NPS": (3, 2, 2, 3, 4, 5, 6, 9, 9, 8, 5), "CSAT": (3, 3, 4, 5, 3), "CES": (3, 4, 5, 4, 3, 2, 2)},
+)
+SCORES = {"NPS": range(0, 11), "CSAT": range(1, 6), "CES": range(1, 8)}
+REGIONS, DEVICES, LANGUAGES = ("eu", "us", "apac", "latam"), ("mobile", "desktop", "tablet"), ("en", "de", "fr", "es")
+PLANS = {"free": 0.0, "basic": 19.0, "pro": 99.0}  # plan -> monthly recurring revenue
+INTENTS = {"order_status": "Where is my order?", "refund": "I want my money back.",
+           "billing": "Why was I charged twice?", "technical": "The app keeps crashing.", "account": "I can't log in."}
+# Complaint handling per priority: weight, mean time to first response, mean time to resolution.
+PRIORITIES = {"low": (3, 12 * HOUR, 40 * HOUR), "normal": (10, 150 * MIN, 20 * HOUR),
+              "high": (4, 40 * MIN, 8 * HOUR), "urgent": (1, 10 * MIN, 3 * HOUR)}
+CATEGORIES = ("billing", "delivery", "product_quality", "service", "technical")
 CHANNELS = ("phone", "email", "social", "store", "web", "chatbot")
+BAD_KINDS = ("duplicate", "bad_score", "missing_survey", "empty_event_id", "missing_customer")
 
 
-@dataclass(frozen=True)
+@dataclass
 class Customer:
     id: str
     tenant: str
+    profile: dict
     attributes: dict
+    subscribed: bool
+    unhappy: bool = False  # after a detractor answer, an abandoned chat or a complaint: more likely to churn
+
+
+# An activity yields steps: (delay in ms after its previous step, source, event_type, fields of the event).
+Step = tuple[float, str, str, dict]
 
 
 class Simulator:
-    def __init__(self, seed: int, customers: int = 2000, tenants: Sequence[str] = ("acme", "globex"),
-                 start_ms: Optional[int] = None, spike_at_ms: Optional[int] = None, bad_rate: float = 0.0):
-        self.rng = random.Random(seed)
-        self.now = start_ms if start_ms is not None else int(time.time() * 1000)
-        self.spike_at_ms = spike_at_ms
-        self.bad_rate = bad_rate
-        self.customers = [self._customer(i, tenants) for i in range(customers)]
+    """``events()`` yields (source, event); ``stats`` counts the injected bad records by kind (BAD_KINDS)."""
+
+    def __init__(self, seed: int, customers: int = 2000, tenants: Sequence[str] = ("acme", "globex"), *,
+                 start_ms: int, spike_at_ms: Optional[int] = None, bad_rate: float = 0.0):
+        if customers < 1 or not tenants or not 0 <= bad_rate < 1:
+            raise ValueError("need customers >= 1, at least one tenant and 0 <= bad_rate < 1")
+        self.rng = Random(seed)
+        self.spike_at_ms, self.bad_rate = spike_at_ms, bad_rate
         self.stats: Counter = Counter()
-        self._heap: list[tuple[int, int, str, dict]] = []
-        self._seq = 0
-        self._recent: list[tuple[str, dict]] = []
-        self._complaints = 0
+        self.customers = [self._customer(i, tenants) for i in range(customers)]
+        # A few customers are far more active than most, as in real traffic.
+        self._customer_weights = list(itertools.accumulate(self.rng.lognormvariate(0, 1) for _ in self.customers))
+        self._activity_weights = list(itertools.accumulate(ACTIVITIES.values()))
+        self._spike_weights = list(itertools.accumulate(
+            w * SPIKE_FACTOR if name == "complaint" else w for name, w in ACTIVITIES.items()))
+        self._clock = float(start_ms)  # start of the next output slot
+        self._last = start_ms  # event_time of the last output
+        self._due: list[tuple[float, int, Customer, Iterator[Step], Step]] = []  # heap of next steps
+        self._seq = itertools.count()
+        self._recent: deque[tuple[str, dict]] = deque(maxlen=200)  # what duplicates copy
 
     def _customer(self, i: int, tenants: Sequence[str]) -> Customer:
         r = self.rng
-        return Customer(f"cust-{i:06d}", tenants[i % len(tenants)], {
-            "region": r.choice(REGIONS), "plan": r.choice(PLANS), "device": r.choice(DEVICES),
-            "language": r.choice(LANGUAGES)})
-
-    # -- building events -------------------------------------------------------------------------
-    def _event(self, source: str, event_type: str, at: int, customer: Optional[Customer], **extra) -> None:
-        self._seq += 1
-        event = {"event_id": f"{self.rng.getrandbits(64):016x}-{self._seq}", "event_type": event_type,
-                 "event_time": at, "tenant": customer.tenant if customer else "acme",
-                 "customer_id": customer.id if customer else None, "session_id": None,
-                 "attributes": dict(customer.attributes) if customer else {}}
-        event.update(extra)
-        heapq.heappush(self._heap, (at, self._seq, source, event))
-
-    def _survey(self, kind: str, tenant: str) -> dict:
-        if kind == "NPS":
-            score = self.rng.choices(range(11), weights=NPS_BY_TENANT.get(tenant, NPS_BY_TENANT["acme"]))[0]
-        elif kind == "CSAT":
-            score = self.rng.choices(range(1, 6), weights=(1, 1, 2, 5, 5))[0]
-        else:
-            score = self.rng.choices(range(1, 8), weights=(6, 6, 4, 3, 2, 1, 1))[0]
-        return {"kind": kind, "score": score, "comment": None, "touchpoint": self.rng.choice(("checkout", "support", "onboarding"))}
-
-    def _later(self, at: int, low_s: float, high_s: float) -> int:
-        return at + int(self.rng.uniform(low_s, high_s) * SEC)
-
-    # -- activities ------------------------------------------------------------------------------
-    def _shop(self, c: Customer, at: int) -> None:
-        anonymous = self.rng.random() < 0.2
-        who = None if anonymous else c
-        extra = {"anonymous_id": f"anon-{self.rng.getrandbits(32):08x}"} if anonymous else {}
-        session = f"s-{self.rng.getrandbits(40):010x}"
-        product = f"p-{self.rng.randrange(200):03d}"
-        self._event("web", "page_view", at, who, url="/", session_id=session, **extra)
-        at = self._later(at, 2, 30)
-        self._event("web", "product_view", at, who, url=f"/p/{product}", product_id=product, session_id=session, **extra)
-        for step, p, delay in (("add_to_cart", 0.45, 120), ("checkout_started", 0.6, 180), ("purchase", 0.7, 300)):
-            if self.rng.random() >= p:
-                return
-            at = self._later(at, 5, delay)
-            revenue = {"order_id": f"o-{self._seq}", "revenue": round(self.rng.uniform(5, 400), 2), "currency": "EUR"} \
-                if step == "purchase" else {}
-            self._event("web", step, at, who, product_id=product, session_id=session, **extra, **revenue)
-
-    def _survey_activity(self, c: Customer, at: int) -> None:
-        source, kind = self.rng.choice((("web", "NPS"), ("crm", "NPS"), ("crm", "NPS"), ("web", "CSAT"),
-                                        ("chatbot", "CSAT"), ("web", "CES"), ("crm", "CES")))
-        extra = {"conversation_id": f"conv-{self._seq}"} if source == "chatbot" else {}
-        self._event(source, "survey_response", at, c, survey=self._survey(kind, c.tenant), **extra)
-
-    def _chat(self, c: Customer, at: int) -> None:
-        conv = f"conv-{self.rng.getrandbits(40):010x}"
-        self._event("chatbot", "conversation_started", at, c, conversation_id=conv)
-        for _ in range(self.rng.randint(1, 3)):
-            at = self._later(at, 3, 40)
-            self._event("chatbot", "user_message", at, c, conversation_id=conv, intent=self.rng.choice(("order", "refund", "account")))
-            at = self._later(at, 1, 5)
-            self._event("chatbot", "bot_message", at, c, conversation_id=conv)
-        if self.rng.random() < 0.25:
-            at = self._later(at, 5, 60)
-            self._event("chatbot", "handoff_requested", at, c, conversation_id=conv)
-            if self.rng.random() < 0.8:
-                at = self._later(at, 30, 300)
-                self._event("chatbot", "agent_joined", at, c, conversation_id=conv)
-        at = self._later(at, 10, 120)
-        if self.rng.random() < 0.75:
-            self._event("chatbot", "conversation_resolved", at, c, conversation_id=conv)
-            if self.rng.random() < 0.3:
-                self._event("chatbot", "survey_response", self._later(at, 5, 60), c, conversation_id=conv,
-                            survey=self._survey("CSAT", c.tenant))
-        else:
-            self._event("chatbot", "conversation_abandoned", at, c, conversation_id=conv)
-
-    def _crm(self, c: Customer, at: int) -> None:
-        event_type = self.rng.choices(
-            ("subscription_started", "subscription_renewed", "subscription_upgraded", "subscription_downgraded",
-             "subscription_cancelled", "order_placed", "account_updated", "contact_logged"),
-            weights=(10, 25, 8, 6, 4, 25, 12, 10))[0]
-        plan = c.attributes["plan"]
-        self._event("crm", event_type, at, c, account_id=f"acc-{c.id}", plan=plan,
-                    mrr={"free": 0.0, "basic": 19.0, "pro": 99.0}[plan])
-
-    def _account(self, c: Customer, at: int) -> None:
-        self._event("web", self.rng.choice(("login", "login", "signup", "search")), at, c, url="/account")
-
-    def _complaint(self, c: Customer, at: int) -> None:
-        self._complaints += 1
-        complaint = {"complaint_id": f"cmp-{self._seq}-{self._complaints}",
-                     "priority": self.rng.choices(("low", "normal", "high", "urgent"), weights=(3, 10, 4, 1))[0],
-                     "category": self.rng.choice(CATEGORIES), "origin_channel": self.rng.choice(CHANNELS)}
-        self._event("complaints", "opened", at, c, **complaint)
-        at = self._later(at, 60, 4 * 3600)
-        self._event("complaints", "acknowledged", at, c, agent_id=f"agent-{self.rng.randrange(20)}", **complaint)
-        if self.rng.random() < 0.15:
-            at = self._later(at, 600, 6 * 3600)
-            self._event("complaints", "escalated", at, c, **complaint)
-        at = self._later(at, 1800, 48 * 3600)
-        self._event("complaints", "resolved", at, c, **complaint)
-        if self.rng.random() < 0.1:
-            at = self._later(at, 3600, 24 * 3600)
-            self._event("complaints", "reopened", at, c, **complaint)
-            at = self._later(at, 1800, 24 * 3600)
-            self._event("complaints", "resolved", at, c, **complaint)
-        self._event("complaints", "closed", self._later(at, 600, 3 * 24 * 3600), c, **complaint)
-
-    def _start_activity(self, at: int) -> None:
-        customer = self.rng.choice(self.customers)
-        if self.spike_at_ms is not None and self.spike_at_ms <= at < self.spike_at_ms + SPIKE_MS \
-                and self.rng.random() < 0.03 * (SPIKE_FACTOR - 1):
-            self._complaint(customer, at)  # the spike: extra complaints on top of the normal mix
-        name = self.rng.choices([a for a, _ in ACTIVITIES], weights=[w for _, w in ACTIVITIES])[0]
-        {"shop": self._shop, "survey": self._survey_activity, "chat": self._chat, "crm": self._crm,
-         "account": self._account, "complaint": self._complaint}[name](customer, at)
-
-    # -- bad records -----------------------------------------------------------------------------
-    def _spoil(self, source: str, event: dict) -> tuple[str, dict]:
-        """A duplicate, or a bad but encodable version of an event (SPEC §4); counted in stats."""
-        kind = self.rng.choices(("duplicate", "bad_score", "missing_survey", "empty_event_id", "missing_customer"),
-                                weights=(40, 20, 15, 10, 15))[0]
-        if kind == "duplicate" and not self._recent:
-            kind = "bad_score"
-        self.stats[kind] += 1
-        if kind == "duplicate":
-            return self.rng.choice(self._recent)
-        if kind == "empty_event_id":
-            return source, dict(event, event_id="")
-        crm = {k: event[k] for k in ("event_time", "tenant", "customer_id", "session_id", "attributes")}
-        crm["event_id"] = f"bad-{self._seq}-{self.stats.total()}"
-        if kind == "missing_customer":
-            return "crm", dict(crm, event_type="order_placed", customer_id=None)
-        survey = {"kind": "NPS", "score": 11, "comment": None, "touchpoint": None} if kind == "bad_score" else None
-        return "crm", dict(crm, event_type="survey_response", customer_id=crm["customer_id"] or "cust-anon", survey=survey)
+        plan = r.choices(tuple(PLANS), weights=(5, 3, 2))[0]
+        attributes = {"region": r.choice(REGIONS), "plan": plan, "device": r.choice(DEVICES),
+                      "language": r.choice(LANGUAGES)}
+        tenant = i % len(tenants)
+        return Customer(f"cust-{i:06d}", tenants[tenant], PROFILES[tenant % len(PROFILES)], attributes, plan != "free")
 
     # -- output ----------------------------------------------------------------------------------
-    def events(self, count: Optional[int] = None, until_ms: Optional[int] = None, rate: float = 1000.0) -> Iterator[tuple[str, dict]]:
-        """(source, event) in non-decreasing event_time, about ``rate`` events per simulated second."""
-        gap_ms = 1000.0 * EVENTS_PER_ACTIVITY / rate
-        produced = 0
-        clock = float(self.now)
-        while count is None or produced < count:
-            clock += self.rng.expovariate(1.0 / gap_ms)
-            self.now = int(clock)
-            if until_ms is not None and self.now > until_ms:
+    def events(self, count: Optional[int] = None, until_ms: Optional[int] = None,
+               rate: float = 100.0) -> Iterator[tuple[str, dict]]:
+        """(source, event) at ``rate`` events per second of event time, in non-decreasing event_time order
+        (except injected duplicates, which repeat an earlier event as it was); stops after ``count`` events
+        or before the first event after ``until_ms``, else never.
+
+        The n-th event is never later than ``start_ms + n / rate``. Follow-ups due at once wait for free
+        slots: milliseconds at 1000 events/s, but minutes at rates below one event per second."""
+        if rate <= 0:
+            raise ValueError("rate must be positive")
+        gap = 1000.0 / rate
+        for _ in itertools.count() if count is None else range(count):
+            at = int(self._clock + self.rng.random() * gap)
+            if until_ms is not None and at > until_ms:
                 return
-            self._start_activity(self.now)
-            while self._heap and self._heap[0][0] <= self.now:
-                _, _, source, event = heapq.heappop(self._heap)
-                if self.bad_rate and self.rng.random() < self.bad_rate:
-                    source, event = self._spoil(source, event)
-                else:
-                    self._recent.append((source, event))
-                    if len(self._recent) > 100:
-                        self._recent.pop(0)
-                self.stats[f"events_{source}"] += 1
-                yield source, event
-                produced += 1
-                if count is not None and produced >= count:
-                    return
+            self._clock += gap
+            yield self._next(at)
+
+    def _next(self, at: int) -> tuple[str, dict]:
+        if self.bad_rate and self.rng.random() < self.bad_rate:
+            self._last = at
+            return self._bad(at)
+        if self._due and self._due[0][0] <= at:
+            scheduled, _, customer, activity, step = heapq.heappop(self._due)
+            at = max(int(scheduled), self._last)
+        else:
+            customer, activity = self._start(at)
+            step = next(activity)
+        _, source, event_type, fields = step
+        event = self._event(source, event_type, at, customer, fields)
+        following = next(activity, None)
+        if following is not None:
+            heapq.heappush(self._due, (at + following[0], next(self._seq), customer, activity, following))
+        self._last = at
+        self._recent.append((source, event))
+        return source, event
+
+    def _start(self, at: int) -> tuple[Customer, Iterator[Step]]:
+        spiking = self.spike_at_ms is not None and self.spike_at_ms <= at < self.spike_at_ms + SPIKE_MS
+        name = self._pick(tuple(ACTIVITIES), self._spike_weights if spiking else self._activity_weights)
+        customer = self._pick(self.customers, self._customer_weights)
+        return customer, getattr(self, f"_{name}")(customer)
+
+    def _pick(self, items: Sequence, cum_weights: list[float]):
+        """``rng.choices(items, cum_weights=...)[0]`` without its overhead: this runs for most events."""
+        return items[bisect.bisect(cum_weights, self.rng.random() * cum_weights[-1])]
+
+    def _event(self, source: str, event_type: str, at: int, customer: Customer, fields: dict) -> dict:
+        event = {"event_id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)), "event_type": event_type,
+                 "event_time": at, "tenant": customer.tenant, "customer_id": customer.id, "session_id": None,
+                 "attributes": dict(customer.attributes)}
+        event.update(dict.fromkeys(EXTRA_FIELDS[source]))
+        event.update(fields)
+        return event
+
+    # -- activities ------------------------------------------------------------------------------
+    def _delay(self, mean_ms: float, low_ms: float = 1 * SEC) -> float:
+        return low_ms + self.rng.expovariate(1 / mean_ms)
+
+    def _answer(self, customer: Customer, kind: str, touchpoint: Optional[str]) -> dict:
+        score = self.rng.choices(SCORES[kind], weights=customer.profile[kind])[0]
+        low = {"NPS": score <= 6, "CSAT": score <= 2, "CES": score >= 5}[kind]
+        customer.unhappy = low or (customer.unhappy and kind != "NPS")  # an NPS answer says how they feel now
+        comment = None
+        if self.rng.random() < 0.2:
+            comment = self.rng.choice(("Too slow.", "Nobody answered.", "Too expensive.") if low else
+                                      ("Great service!", "Quick and easy.", "Works as expected."))
+        return {"kind": kind, "score": score, "comment": comment, "touchpoint": touchpoint}
+
+    def _visitor(self, customer: Customer) -> dict:
+        """Fields that make a web event anonymous, for a quarter of the visits."""
+        if self.rng.random() >= 0.25:
+            return {}
+        attributes = {k: v for k, v in customer.attributes.items() if k != "plan"}
+        return {"customer_id": None, "anonymous_id": f"anon-{self.rng.getrandbits(48):012x}", "attributes": attributes}
+
+    def _shop(self, c: Customer) -> Iterator[Step]:
+        """The purchase funnel: product_view -> add_to_cart -> checkout_started -> purchase, with drop-off."""
+        r = self.rng
+        visit = dict(self._visitor(c), session_id=f"s-{r.getrandbits(48):012x}")
+        yield 0, "web", "page_view", dict(visit, url="/")
+        for _ in range(r.choice((1, 1, 2, 3))):
+            product = f"p-{r.randrange(300):04d}"
+            page = dict(visit, url=f"/products/{product}", product_id=product)
+            yield self._delay(20 * SEC), "web", "product_view", page
+        if r.random() >= 0.35:
+            return
+        yield self._delay(40 * SEC), "web", "add_to_cart", dict(visit, product_id=product)
+        if r.random() < 0.1:
+            yield self._delay(60 * SEC), "web", "remove_from_cart", dict(visit, product_id=product)
+            return
+        if r.random() >= 0.6:
+            return
+        yield self._delay(90 * SEC), "web", "checkout_started", dict(visit, url="/checkout")
+        if r.random() >= 0.7:
+            return
+        order = {"order_id": f"o-{r.getrandbits(40):010x}", "revenue": round(r.uniform(5, 400), 2), "currency": "EUR"}
+        yield self._delay(120 * SEC), "web", "purchase", dict(visit, url="/checkout/done", **order)
+        if not visit.get("anonymous_id") and r.random() < 0.15:
+            kind = r.choice(("CES", "CSAT"))
+            yield self._delay(30 * SEC), "web", "survey_response", dict(visit, survey=self._answer(c, kind, "checkout"))
+
+    def _browse(self, c: Customer) -> Iterator[Step]:
+        r = self.rng
+        visit = dict(self._visitor(c), session_id=f"s-{r.getrandbits(48):012x}")
+        if not visit.get("anonymous_id") and r.random() < 0.6:
+            yield 0, "web", "signup" if r.random() < 0.08 else "login", dict(visit, url="/account")
+        for i in range(r.randint(1, 3)):
+            event_type = "search" if r.random() < 0.4 else "page_view"
+            yield (0 if i == 0 else self._delay(30 * SEC)), "web", event_type, dict(visit, url=f"/{event_type}/{i}")
+
+    def _survey(self, c: Customer) -> Iterator[Step]:
+        """A relationship survey answered on the web or by email (CRM)."""
+        source, kind = self.rng.choice((("web", "NPS"), ("crm", "NPS"), ("crm", "NPS"), ("web", "CSAT"), ("crm", "CES")))
+        survey = self._answer(c, kind, "relationship" if kind == "NPS" else "account")
+        yield 0, source, "survey_response", {"survey": survey}
+
+    def _chat(self, c: Customer) -> Iterator[Step]:
+        r = self.rng
+        conv = {"conversation_id": f"conv-{r.getrandbits(48):012x}", "session_id": f"s-{r.getrandbits(48):012x}"}
+        yield 0, "chatbot", "conversation_started", conv
+        intent = r.choice(tuple(INTENTS))
+        for turn in range(r.randint(1, 4)):
+            text = INTENTS[intent] if turn == 0 else r.choice(("Thanks.", "That didn't help.", "Yes.", "No."))
+            yield self._delay(20 * SEC), "chatbot", "user_message", dict(conv, text=text, intent=intent)
+            yield self._delay(2 * SEC, 200), "chatbot", "bot_message", dict(conv, text="Let me check that for you.")
+        outcome = "resolved" if r.random() < 0.75 else "abandoned"
+        if r.random() < 0.25:
+            yield self._delay(30 * SEC), "chatbot", "handoff_requested", conv
+            if r.random() < 0.85:
+                yield self._delay(3 * MIN), "chatbot", "agent_joined", conv
+                outcome = "resolved" if r.random() < 0.85 else "abandoned"
+            else:
+                outcome = "abandoned"
+        yield self._delay(2 * MIN), "chatbot", f"conversation_{outcome}", conv
+        if outcome == "abandoned":
+            c.unhappy = True
+        elif r.random() < 0.3:
+            survey = self._answer(c, "CSAT", "chatbot")
+            yield self._delay(30 * SEC), "chatbot", "survey_response", dict(conv, survey=survey)
+
+    def _crm(self, c: Customer) -> Iterator[Step]:
+        """One CRM record; subscription changes follow the customer's state and mood."""
+        r = self.rng
+        plan = c.attributes["plan"]
+        if c.subscribed:
+            churny = 4 if c.unhappy else 1
+            change = ("subscription_upgraded", 8) if plan == "basic" else ("subscription_downgraded", 3 * churny)
+            options = {"subscription_renewed": 30, "subscription_cancelled": 3 * churny, change[0]: change[1],
+                       "order_placed": 20, "account_updated": 10, "contact_logged": 10}
+        else:
+            options = {"subscription_started": 20, "order_placed": 15, "account_updated": 10, "contact_logged": 10}
+        event_type = r.choices(tuple(options), weights=tuple(options.values()))[0]
+        new_plan = {"subscription_started": r.choice(("basic", "pro")), "subscription_upgraded": "pro",
+                    "subscription_downgraded": "basic", "subscription_cancelled": "free"}.get(event_type, plan)
+        c.attributes["plan"], c.subscribed = new_plan, new_plan != "free"
+        yield 0, "crm", event_type, {"account_id": f"acc-{c.id}", "plan": new_plan, "mrr": PLANS[new_plan]}
+
+    def _complaint(self, c: Customer) -> Iterator[Step]:
+        """opened -> acknowledged -> (escalated) -> resolved -> (reopened -> resolved) -> closed."""
+        r = self.rng
+        priority = r.choices(tuple(PRIORITIES), weights=[p[0] for p in PRIORITIES.values()])[0]
+        _, mean_ack, mean_resolve = PRIORITIES[priority]
+        case = {"complaint_id": f"cmp-{r.getrandbits(48):012x}", "priority": priority,
+                "category": r.choice(CATEGORIES), "origin_channel": r.choice(CHANNELS)}
+        c.unhappy = True
+        yield 0, "complaints", "opened", case
+        case = dict(case, agent_id=f"agent-{r.randrange(40):02d}")
+        yield self._delay(mean_ack), "complaints", "acknowledged", case
+        if r.random() < 0.15:
+            yield self._delay(2 * HOUR), "complaints", "escalated", case
+        yield self._delay(mean_resolve), "complaints", "resolved", case
+        if r.random() < 0.1:
+            yield self._delay(12 * HOUR), "complaints", "reopened", case
+            yield self._delay(mean_resolve / 2), "complaints", "resolved", case
+        yield self._delay(24 * HOUR), "complaints", "closed", case
+
+    # -- bad records -----------------------------------------------------------------------------
+    def _bad(self, at: int) -> tuple[str, dict]:
+        """A duplicate or an encodable event with exactly one defect (SPEC §4), counted in ``stats``."""
+        r = self.rng
+        kind = r.choice(BAD_KINDS if self._recent else BAD_KINDS[1:])
+        self.stats[kind] += 1
+        if kind == "duplicate":
+            source, event = r.choice(self._recent)
+            return source, copy.deepcopy(event)
+        c = self._pick(self.customers, self._customer_weights)
+        if kind == "missing_customer":
+            source, event_type, fields = r.choice((
+                ("crm", "order_placed", {"account_id": f"acc-{c.id}"}),
+                ("chatbot", "conversation_started", {"conversation_id": f"conv-{r.getrandbits(48):012x}"}),
+                ("complaints", "opened", {"complaint_id": f"cmp-{r.getrandbits(48):012x}", "priority": "normal"})))
+            return source, self._event(source, event_type, at, c, dict(fields, customer_id=None))
+        if kind == "empty_event_id":
+            return "web", dict(self._event("web", "page_view", at, c, {"url": "/"}), event_id="")
+        source, survey_kind = r.choice((("web", "CSAT"), ("web", "CES"), ("crm", "NPS")))
+        survey = None
+        if kind == "bad_score":
+            scores = SCORES[survey_kind]
+            survey = {"kind": survey_kind, "score": r.choice((scores[0] - 1, scores[-1] + 1, scores[-1] + 5)),
+                      "comment": None, "touchpoint": None}
+        return source, self._event(source, "survey_response", at, c, {"survey": survey})
 
 
+# -- sinks and the runner ------------------------------------------------------------------------
 class JsonlWriter:
-    """A sink for run_simulation writing one {"source": ..., "event": {...}} per line."""
+    """A sink for run_simulation writing one ``{"source": ..., "event": {...}}`` per line."""
 
     def __init__(self, path_or_stream: Union[str, Path, IO[str]]):
         self._own = not hasattr(path_or_stream, "write")
-        self._out = open(path_or_stream, "w") if self._own else path_or_stream
+        self._out = open(path_or_stream, "w", encoding="utf-8") if self._own else path_or_stream
 
     def send(self, source: str, event: dict) -> None:
         self._out.write(json.dumps({"source": source, "event": event}, separators=(",", ":")) + "\n")
@@ -229,45 +319,53 @@ class JsonlWriter:
     def flush(self) -> None:
         self._out.flush()
 
-    def __enter__(self) -> "JsonlWriter":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self.flush()
         if self._own:
             self._out.close()
 
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
 
 def read_jsonl(path: Union[str, Path]) -> Iterator[tuple[str, dict]]:
-    with open(path) as lines:
+    with open(path, encoding="utf-8") as lines:
         for line in lines:
             if line.strip():
                 record = json.loads(line)
                 yield record["source"], record["event"]
 
 
-def run_simulation(sink, events: Iterator[tuple[str, dict]], duration_s: Optional[float] = None, paced: bool = True,
-                   stop: Optional[Event] = None) -> int:
-    """Send events to sink (anything with send(source, event)); paced, event time tracks the wall clock.
+def run_simulation(sink, events: Iterator[tuple[str, dict]], rate: Optional[float], duration_s: Optional[float] = None,
+                   progress: Optional[Callable[[int], None]] = None, stop: Optional[threading.Event] = None) -> int:
+    """Send events to ``sink.send(source, event)`` at ``rate`` per wall-clock second (None: as fast as it goes).
 
-    Stops after duration_s of event time, when events run out, or when stop is set. Returns the count.
+    Stops when the events run out, at the first event more than ``duration_s`` of event time after the first
+    one (with a simulator at the same rate that is wall-clock time too), or when ``stop`` is set. Calls
+    ``progress(sent)`` about once a second, flushes the sink and returns the number of events sent.
     """
-    sent = 0
-    first_ms: Optional[int] = None
-    wall_start = time.monotonic()
+    started = time.monotonic()
+    next_report = started + 1.0
+    sent, first_ms = 0, None
     for source, event in events:
         if first_ms is None:
             first_ms = event["event_time"]
-        offset_s = (event["event_time"] - first_ms) / 1000
-        if duration_s is not None and offset_s > duration_s:
+        if duration_s is not None and event["event_time"] - first_ms > duration_s * 1000:
             break
+        if rate:
+            while (ahead := started + sent / rate - time.monotonic()) > 0.001 and not (stop and stop.is_set()):
+                time.sleep(min(ahead, 0.1))  # short naps, so a stop request is seen quickly
         if stop is not None and stop.is_set():
             break
-        if paced:
-            ahead = offset_s - (time.monotonic() - wall_start)
-            if ahead > 0.005:
-                time.sleep(min(ahead, 0.5))
         sink.send(source, event)
         sent += 1
+        if progress is not None and time.monotonic() >= next_report:
+            progress(sent)
+            next_report += 1.0
     sink.flush()
+    if progress is not None:
+        progress(sent)
     return sent

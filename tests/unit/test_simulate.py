@@ -1,63 +1,179 @@
-from collections import Counter
+import threading
+import time
+from collections import Counter, defaultdict
 
+import pytest
+
+from pipeline.partitioner import event_key
 from pipeline.registry import EVENT_SCHEMAS, BundledRegistry
-from pipeline.simulate import SPIKE_MS, JsonlWriter, Simulator, read_jsonl
-from pipeline.validate import Rules, check_fields
+from pipeline.simulate import BAD_KINDS, SPIKE_MS, JsonlWriter, Simulator, read_jsonl, run_simulation
+from pipeline.validate import SCORE_RANGES, Rules, check_fields
+from pipeline.wire import Codec
 
 START = 1_700_000_000_000
+MIN = 60_000
 REGISTRY = BundledRegistry()
-RULES = Rules.from_schemas({s: REGISTRY.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000, 7 * 86_400_000)
+SCHEMAS = {source: REGISTRY.by_name(name).schema for source, name in EVENT_SCHEMAS.items()}
+RULES = Rules.from_schemas(SCHEMAS, 300_000, 7 * 86_400_000)
+FUNNEL = ("product_view", "add_to_cart", "checkout_started", "purchase")
 
 
-def run(count=20_000, seed=11, **kw):
+def run(count=20_000, seed=11, rate=0.1, **kw):
+    """By default 20k events at 0.1/s: 55 h of event time, long enough for complaints to be closed."""
     sim = Simulator(seed=seed, start_ms=START, **kw)
-    return sim, list(sim.events(count=count, rate=1.0))
+    return sim, list(sim.events(count=count, rate=rate))
 
 
-def test_same_seed_same_events():
-    assert run()[1] == run()[1]
-    assert run()[1] != run(seed=12)[1]
+@pytest.fixture(scope="module")
+def clean():
+    return run()[1]
 
 
-def test_time_order_and_coverage():
-    _, events = run()
-    times = [e["event_time"] for _, e in events]
-    assert times == sorted(times)
-    types = {(s, e["event_type"]) for s, e in events}
-    for source, name in EVENT_SCHEMAS.items():
-        symbols = next(f for f in REGISTRY.by_name(name).schema["fields"] if f["name"] == "event_type")["type"]["symbols"]
-        missing = {t for t in symbols if (source, t) not in types} - {"remove_from_cart", "reopened", "closed"}
-        assert not missing, (source, missing)
+@pytest.fixture(scope="module")
+def spoiled():
+    return run(bad_rate=0.05)
 
 
-def test_valid_without_bad_rate_and_funnel_drops_off():
-    _, events = run()
-    assert all(check_fields(s, e, RULES) is None for s, e in events)
-    reached = Counter(e["event_type"] for s, e in events if s == "web")
-    steps = [reached[t] for t in ("product_view", "add_to_cart", "checkout_started", "purchase")]
-    assert steps == sorted(steps, reverse=True) and steps[-1] > 0
+def test_same_seed_same_events(clean):
+    assert run()[1] == clean
+    assert run(count=500, bad_rate=0.1)[1] == run(count=500, bad_rate=0.1)[1]
+    assert run(count=500, seed=12)[1] != clean[:500]
 
 
-def test_bad_records_are_what_stats_say():
-    sim, events = run(bad_rate=0.05)
-    invalid = sum(1 for s, e in events if check_fields(s, e, RULES) is not None)
-    assert invalid == sim.stats["bad_score"] + sim.stats["missing_survey"] + sim.stats["empty_event_id"] + sim.stats["missing_customer"]
-    ids = Counter(e["event_id"] for _, e in events if e["event_id"])
-    assert sum(n - 1 for n in ids.values()) == sim.stats["duplicate"]
+def test_time_order_and_rate(clean):
+    times = [e["event_time"] for _, e in clean]
+    assert times == sorted(times) and times[0] >= START
+    # one event per 1/rate seconds: never ahead of that clock (due follow-ups may lag it a little), no drift
+    assert all(t <= START + (i + 1) * 10_000 for i, t in enumerate(times))
+    assert times[-1] >= START + len(times) * 10_000 * 0.99
+    fast = [e["event_time"] for _, e in run(count=10_000, rate=1000.0)[1]]
+    assert START + 9_900 <= fast[-1] <= START + 10_000
+
+
+def test_every_source_and_event_type_appears(clean):
+    seen = {(s, e["event_type"]) for s, e in clean}
+    for source, schema in SCHEMAS.items():
+        symbols = next(f for f in schema["fields"] if f["name"] == "event_type")["type"]["symbols"]
+        assert {(source, t) for t in symbols} <= seen
+
+
+def test_events_are_complete_records_that_round_trip(clean):
+    codec = Codec(REGISTRY)
+    for source, event in clean[:2000]:
+        assert set(event) == {f["name"] for f in SCHEMAS[source]["fields"]}
+        assert codec.decode(codec.encode_event(source, event)).events == [event]
+
+
+def test_without_bad_rate_everything_is_valid_and_unique(clean):
+    assert all(check_fields(s, e, RULES) is None for s, e in clean)
+    assert len({e["event_id"] for _, e in clean}) == len(clean)
+    assert any(s == "web" and e["customer_id"] is None for s, e in clean)  # anonymous visitors
+    assert {k for _, e in clean for k in e["attributes"]} == {"region", "plan", "device", "language"}
+
+
+def test_funnel_drops_off_step_by_step(clean):
+    reached = defaultdict(set)
+    for source, event in clean:
+        if event["event_type"] in FUNNEL:
+            reached[event["event_type"]].add(event_key(source, event))
+    counts = [len(reached[step]) for step in FUNNEL]
+    assert counts[0] > counts[1] > counts[2] > counts[3] > 0, counts
+    for earlier, later in zip(FUNNEL, FUNNEL[1:]):
+        assert reached[later] <= reached[earlier]
+
+
+def test_survey_scores_and_tenant_profiles(clean):
+    scores = defaultdict(list)
+    for source, event in clean:
+        if source == "complaints":
+            continue
+        assert (event["event_type"] == "survey_response") == (event["survey"] is not None)
+        if event["survey"]:
+            kind, score = event["survey"]["kind"], event["survey"]["score"]
+            low, high = SCORE_RANGES[kind]
+            assert low <= score <= high
+            scores[(event["tenant"], kind, source)].append(score)
+    assert {(kind, source) for _, kind, source in scores} == {
+        ("NPS", "web"), ("NPS", "crm"), ("CSAT", "web"), ("CSAT", "chatbot"), ("CES", "web"), ("CES", "crm")}
+
+    def nps(tenant):
+        answers = scores[(tenant, "NPS", "web")] + scores[(tenant, "NPS", "crm")]
+        return 100 * (sum(s >= 9 for s in answers) - sum(s <= 6 for s in answers)) / len(answers)
+
+    assert nps("acme") > nps("globex") + 20
 
 
 def test_complaint_spike_shows():
-    spike = START + 30 * 60_000
-    _, events = run(spike_at_ms=spike, count=40_000)
+    spike = START + 40 * MIN
+    _, events = run(count=50_000, rate=10.0, spike_at_ms=spike)  # 83 minutes
     opened = [e["event_time"] for s, e in events if s == "complaints" and e["event_type"] == "opened"]
-    during = sum(spike <= t < spike + SPIKE_MS for t in opened) / (SPIKE_MS / 60_000)
-    before = sum(START + 5 * 60_000 <= t < spike for t in opened) / 25
-    assert during > 3 * before
+
+    def per_minute(since, until):
+        return sum(since <= t < until for t in opened) / ((until - since) / MIN)
+
+    during = per_minute(spike, spike + SPIKE_MS)
+    assert during > 4 * per_minute(spike - 30 * MIN, spike) > 0
+    assert during > 4 * per_minute(spike + SPIKE_MS + 5 * MIN, spike + SPIKE_MS + 30 * MIN) > 0
+
+
+def test_bad_records_are_what_stats_say(spoiled):
+    sim, events = spoiled
+    stats = sim.stats
+    assert abs(sum(stats.values()) - 0.05 * len(events)) < 4 * (0.05 * len(events)) ** 0.5
+    assert all(stats[kind] > 0 for kind in BAD_KINDS)
+    ids = Counter(e["event_id"] for _, e in events)
+    assert sum(n - 1 for id_, n in ids.items() if id_) == stats["duplicate"]
+    assert ids[""] == stats["empty_event_id"]
+    assert sum(1 for s, e in events if s != "web" and e["customer_id"] is None) == stats["missing_customer"]
+    no_survey = sum(1 for s, e in events if e["event_type"] == "survey_response" and e["survey"] is None)
+    assert no_survey == stats["missing_survey"]
+    reasons = Counter(r.reason for r in (check_fields(s, e, RULES) for s, e in events) if r)
+    assert reasons == {"missing_field": stats["empty_event_id"] + stats["missing_customer"],
+                       "invalid_value": stats["bad_score"] + stats["missing_survey"]}
+    seen, times = set(), []
+    for _, event in events:
+        if event["event_id"] and event["event_id"] in seen:
+            continue  # a duplicate repeats an earlier event as it was, time included
+        seen.add(event["event_id"])
+        times.append(event["event_time"])
+    assert times == sorted(times)
 
 
 def test_jsonl_round_trip(tmp_path):
-    _, events = run(count=100)
+    _, events = run(count=300, bad_rate=0.05)
     with JsonlWriter(tmp_path / "e.jsonl") as out:
-        for source, event in events:
-            out.send(source, event)
+        assert run_simulation(out, iter(events), rate=None) == 300
     assert list(read_jsonl(tmp_path / "e.jsonl")) == events
+
+
+class ListSink:
+    def __init__(self):
+        self.sent, self.flushed = [], 0
+
+    def send(self, source, event):
+        self.sent.append((source, event))
+
+    def flush(self):
+        self.flushed += 1
+
+
+def test_run_simulation_paces_at_rate_and_reports_progress():
+    sink, reports = ListSink(), []
+    started = time.monotonic()
+    assert run_simulation(sink, iter(run(count=300, rate=200.0)[1]), rate=200.0, progress=reports.append) == 300
+    elapsed = time.monotonic() - started
+    assert 1.4 <= elapsed < 3.0, elapsed
+    assert sink.flushed == 1 and reports[-1] == 300 and len(reports) >= 2
+
+
+def test_run_simulation_stops_by_duration_and_on_request():
+    sink = ListSink()
+    events = run(count=1000, rate=100.0)[1]  # 10 s of event time
+    assert run_simulation(sink, iter(events), rate=None, duration_s=2.0) in range(195, 206)
+    assert all(e["event_time"] - events[0][1]["event_time"] <= 2000 for _, e in sink.sent)
+
+    stop = threading.Event()
+    threading.Timer(0.3, stop.set).start()
+    started = time.monotonic()
+    sent = run_simulation(ListSink(), iter(events), rate=100.0, stop=stop)
+    assert time.monotonic() - started < 1.0 and 20 <= sent <= 45
