@@ -1,29 +1,31 @@
 """Two ClickHouse backends behind one interface: a server over the native protocol, or embedded chdb.
 
 Inserts are columnar (one sequence per column): clickhouse-driver's ``columnar=True`` for a server,
-a typed Arrow table for chdb. Neither goes through per-row SQL text.
+a typed Arrow table for chdb; neither goes through per-row SQL text. ``query`` returns the same
+Python types on both: int, float, str, None, list, and naive datetime (in the engine's time zone) for
+DateTime. Strings that are not UTF-8 (dead-letter payloads) come back intact only through e.g. ``hex()``.
 """
 from __future__ import annotations
 
 import json
-import threading
 from abc import ABC, abstractmethod
+from datetime import date, datetime
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 from urllib.parse import urlparse
 
 from sinks.clickhouse.ddl import TABLES, create_statements
 
 
 class Backend(ABC):
-    database: str
+    database: str  # where the tables live; insert() writes there
 
     @abstractmethod
     def execute(self, sql: str) -> None: ...
 
     @abstractmethod
     def insert(self, table: str, columns: Sequence[str], data: Sequence[Sequence]) -> None:
-        """Insert columnar data (one sequence per column) into database.table."""
+        """Insert columnar data (one sequence per column, in ``columns`` order) into database.table."""
 
     @abstractmethod
     def query(self, sql: str) -> list[tuple]: ...
@@ -37,18 +39,20 @@ class Backend(ABC):
 
 
 class NativeBackend(Backend):
-    """A ClickHouse server: clickhouse://user:password@host:9000/database?setting=value.
+    """A ClickHouse server: ``clickhouse://user:password@host:9000/database?name=value``.
 
-    The database of the URL (else ``database``) holds the tables; the session itself connects to
-    ``default`` so that the database can be created by the DDL.
+    The URL's database (else ``database``) holds the tables. Query-string items are clickhouse-driver
+    options (``connect_timeout``, ``send_receive_timeout``, ``compression``, ``secure``...) or server
+    settings (``max_threads``...); the driver drops settings it does not know. The connection itself
+    opens the user's default database, so the DDL can create the table database.
     """
 
     def __init__(self, url: str, database: str = "cx"):
         from clickhouse_driver import Client
 
-        self.client = Client.from_url(url)
-        self.database = urlparse(url).path.strip("/") or database
-        self.client.connection.database = "default"
+        parsed = urlparse(url)
+        self.database = parsed.path.strip("/") or database
+        self.client = Client.from_url(parsed._replace(path="").geturl())
 
     def execute(self, sql: str) -> None:
         self.client.execute(sql)
@@ -58,71 +62,66 @@ class NativeBackend(Backend):
         self.client.execute(f"INSERT INTO {self.database}.{table} ({names}) VALUES", data, columnar=True)
 
     def query(self, sql: str) -> list[tuple]:
-        return [tuple(row) for row in self.client.execute(sql)]
+        return self.client.execute(sql)
 
     def close(self) -> None:
         self.client.disconnect()
 
 
 class ChdbBackend(Backend):
-    """Embedded ClickHouse (chdb) persisted in a folder. One process may open a folder at a time."""
+    """Embedded ClickHouse (chdb) persisted in a folder. chdb runs one engine per process, on one folder:
+    a process can have one folder open, and a folder can be open in one process."""
 
-    def __init__(self, path: Path, database: str = "cx"):
+    def __init__(self, path: Union[Path, str], database: str = "cx"):
         from chdb import session
 
         Path(path).mkdir(parents=True, exist_ok=True)
         self.session = session.Session(str(path))
         self.database = database
-        self._lock = threading.Lock()  # a chdb session is not safe for concurrent queries
 
     def execute(self, sql: str) -> None:
-        with self._lock:
-            self.session.query(sql)
+        self.session.query(sql)
 
     def insert(self, table: str, columns: Sequence[str], data: Sequence[Sequence]) -> None:
-        arrow_table = _arrow_table(table, columns, data)  # noqa: F841 - read by name by chdb's Python()
+        rows = _arrow_table(table, columns, data)  # noqa: F841 - chdb's Python() finds it by name
         names = ", ".join(f"`{c}`" for c in columns)
-        with self._lock:
-            self.session.query(f"INSERT INTO {self.database}.{table} ({names}) SELECT {names} FROM Python(arrow_table)")
+        self.session.query(f"INSERT INTO {self.database}.{table} ({names}) SELECT {names} FROM Python(rows)")
 
     def query(self, sql: str) -> list[tuple]:
-        with self._lock:
-            result = self.session.query(sql, "JSONCompact")
-        raw = result.bytes()
-        return [tuple(row) for row in json.loads(raw)["data"]] if raw else []
+        raw = self.session.query(sql, "JSONCompact").bytes()
+        if not raw:
+            return []
+        result = json.loads(raw)
+        convert = [_PARSE.get(_inner(c["type"]).split("(")[0]) for c in result["meta"]]
+        return [tuple(v if f is None or v is None else f(v) for f, v in zip(convert, row)) for row in result["data"]]
 
     def close(self) -> None:
         self.session.close()
 
 
-def _arrow_type(clickhouse_type: str, sample: object):
-    import pyarrow as pa
+_PARSE = {"DateTime": datetime.fromisoformat, "Date": date.fromisoformat}  # JSON gives these as text
 
-    inner = clickhouse_type[9:-1] if clickhouse_type.startswith("Nullable(") else clickhouse_type
-    if inner == "String":
-        return pa.binary() if isinstance(sample, bytes) else pa.string()
-    return {
-        "DateTime": pa.int64(), "Int64": pa.int64(), "Int32": pa.int32(), "Int16": pa.int16(), "UInt8": pa.uint8(),
-        "UInt16": pa.uint16(), "UInt64": pa.uint64(), "Float64": pa.float64(), "Array(String)": pa.list_(pa.string()),
-    }[inner]
+
+def _inner(kind: str) -> str:
+    return kind[9:-1] if kind.startswith("Nullable(") else kind
 
 
 def _arrow_table(table: str, columns: Sequence[str], data: Sequence[Sequence]):
+    """Arrow arrays typed from the DDL, so an all-None or empty column still has its type. Strings go as
+    binary: it takes str and bytes alike (raw dead-letter payloads stay byte for byte) and skips a UTF-8 check."""
     import pyarrow as pa
 
+    arrow = {"String": pa.binary(), "DateTime": pa.int64(), "Int64": pa.int64(), "Int32": pa.int32(),
+             "Int16": pa.int16(), "UInt8": pa.uint8(), "UInt16": pa.uint16(), "UInt64": pa.uint64(),
+             "Float64": pa.float64(), "Array(String)": pa.list_(pa.binary())}
     types = dict(TABLES[table].columns)
-    arrays = {}
-    for name, values in zip(columns, data):
-        sample = next((v for v in values if v is not None), None)
-        arrays[name] = pa.array(values, type=_arrow_type(types[name], sample))
-    return pa.table(arrays)
+    arrays = [pa.array(values, type=arrow[_inner(types[name])]) for name, values in zip(columns, data)]
+    return pa.Table.from_arrays(arrays, names=list(columns))
 
 
 def open_backend(url: Optional[str], data_dir: Path, database: str = "cx") -> Backend:
-    """The server at url, else embedded chdb under data_dir/clickhouse; tables are created if missing."""
-    if url:
-        backend: Backend = NativeBackend(url, database)
-    else:
-        backend = ChdbBackend(Path(data_dir) / "clickhouse", database)
+    """The server at url (its path, if any, names the database), else embedded chdb under
+    data_dir/clickhouse. Runs the DDL, which is idempotent."""
+    backend: Backend = NativeBackend(url, database) if url else ChdbBackend(Path(data_dir) / "clickhouse", database)
     backend.create_tables()
     return backend

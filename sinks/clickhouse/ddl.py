@@ -1,19 +1,43 @@
 """ClickHouse DDL of every SPEC §7 table: the one place for table and column names.
 
-The DDL is the subset both ClickHouse 18.16 and current servers (and chdb) accept: DateTime in
-seconds plus an Int64 milliseconds column, String instead of LowCardinality, arrays instead of Map,
-and ReplacingMergeTree so a replayed row collapses. Documented queries read with ``FINAL`` (or
-``uniqExact`` of the key), e.g. ``SELECT count() FROM cx.events FINAL``, and so never double count.
+``COLUMNS[table]`` is the contract with the agents: rows are tuples in exactly that order. DateTime
+columns take int epoch seconds (UTC), ``*_ms`` columns Int64 epoch milliseconds, Nullable columns
+None, Array(String) columns lists.
+
+The DDL is the subset ClickHouse 18.16 (Debian's server), current servers and chdb all accept:
+``PARTITION BY``/``ORDER BY`` MergeTree syntax (the pre-2018 ``MergeTree(date, key, 8192)`` form
+needs a deprecated-syntax setting on current engines), DateTime in seconds next to an Int64
+milliseconds column (no DateTime64), String (no LowCardinality), arrays (no Map), no TTL or CODEC.
+
+Writes are at-least-once, so every table is a ReplacingMergeTree: a replayed row has the same sorting
+key (and the same partition, which is derived from the row itself) as the original and collapses
+with it. Until a background merge has run, both copies are on disk, so read with ``FINAL`` or count
+distinct keys. The documented queries, which never double count after a replay:
+
+    -- events and survey answers
+    SELECT count() FROM cx.events FINAL WHERE tenant = 'acme'
+    SELECT uniqExact(event_id) FROM cx.events WHERE tenant = 'acme'
+    SELECT event_type, count() FROM cx.events FINAL GROUP BY event_type
+    SELECT tenant, 100 * (countIf(score >= 9) - countIf(score <= 6)) / count() AS nps
+      FROM cx.survey_responses FINAL WHERE kind = 'NPS' GROUP BY tenant
+    -- latest state wins (the version column is updated_ms)
+    SELECT status, count() FROM cx.complaints FINAL GROUP BY status
+    SELECT funnel, level, count() FROM cx.funnel_progress FINAL GROUP BY funnel, level
+    -- one row per emitted signal / snapshot / rejected record
+    SELECT level, count() FROM cx.churn_signals FINAL GROUP BY level
+    SELECT ts, value, n FROM cx.metric_snapshots FINAL WHERE metric = 'nps' AND `window` = '24h' ORDER BY ts
+    SELECT reason, count() FROM cx.dead_letters FINAL GROUP BY reason
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
 class Table:
     name: str
-    columns: tuple[tuple[str, str], ...]
+    columns: tuple[tuple[str, str], ...]  # (name, ClickHouse type)
     engine: str
 
     def create(self, database: str) -> str:
@@ -42,6 +66,8 @@ _TABLES = (
         ("ts", "DateTime"), ("tenant", "String"), ("metric", "String"), ("window", "String"), ("value", "Float64"),
         ("n", "UInt64"),
     ), "ReplacingMergeTree() PARTITION BY toYYYYMM(ts) ORDER BY (tenant, metric, `window`, ts)"),
+    # Not partitioned by time: a later state of the same complaint or funnel attempt must land in the
+    # same partition as the earlier one, or the two would never be merged.
     Table("complaints", (
         ("complaint_id", "String"), ("tenant", "String"), ("customer_id", "String"), ("priority", "String"),
         ("category", "Nullable(String)"), ("origin_channel", "Nullable(String)"), ("status", "String"),
@@ -63,4 +89,7 @@ COLUMNS: dict[str, tuple[str, ...]] = {table.name: tuple(name for name, _ in tab
 
 
 def create_statements(database: str = "cx") -> list[str]:
+    """CREATE DATABASE and every CREATE TABLE, all IF NOT EXISTS (safe to run on every start)."""
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
+        raise ValueError(f"invalid ClickHouse database name {database!r}: use letters, digits and _")
     return [f"CREATE DATABASE IF NOT EXISTS {database}"] + [table.create(database) for table in _TABLES]

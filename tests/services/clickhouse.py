@@ -1,4 +1,5 @@
-"""A real ClickHouse server (Debian's clickhouse-server) per test session, on free loopback ports."""
+"""A real ClickHouse server (Debian's clickhouse-server, 18.16 on CI) per test session, on free loopback
+ports, stopped by PID; plus an embedded chdb backend per test."""
 from __future__ import annotations
 
 import shutil
@@ -10,12 +11,16 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.localbroker import free_port, stop_process
+from pipeline.localbroker import stop_process
 from sinks.clickhouse.backend import ChdbBackend, NativeBackend
+from tests.services.ports import free_port
+
+INSTALL_HINT = "apt-get install clickhouse-server clickhouse-client"
 
 CONFIG = """<?xml version="1.0"?>
 <yandex>
-  <logger><level>warning</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog><console>0</console></logger>
+  <logger><level>information</level><log>{d}/server.log</log><errorlog>{d}/error.log</errorlog>
+    <size>10M</size><count>2</count><console>0</console></logger>
   <listen_host>127.0.0.1</listen_host>
   <tcp_port>{tcp}</tcp_port>
   <http_port>{http}</http_port>
@@ -26,6 +31,7 @@ CONFIG = """<?xml version="1.0"?>
   <users_config>{d}/users.xml</users_config>
   <default_profile>default</default_profile>
   <default_database>default</default_database>
+  <timezone>UTC</timezone>
   <mark_cache_size>268435456</mark_cache_size>
 </yandex>
 """
@@ -40,44 +46,61 @@ USERS = """<?xml version="1.0"?>
 """
 
 
-def _server_binary() -> str:
-    for candidate in ("clickhouse-server", "/usr/sbin/clickhouse-server", "/usr/bin/clickhouse-server"):
-        if shutil.which(candidate) or Path(candidate).exists():
-            return shutil.which(candidate) or candidate
-    raise AssertionError("clickhouse-server is not installed: apt-get install clickhouse-server clickhouse-client "
-                         "(or run ./run test, which installs it)")
+def server_command(config: Path) -> list[str]:
+    """clickhouse-server, or the single `clickhouse` binary of newer packages."""
+    for name, args in (("clickhouse-server", []), ("clickhouse", ["server"])):
+        found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
+        if found:
+            return [found, *args, f"--config-file={config}"]
+    pytest.fail(f"ClickHouse server not found: install it with `{INSTALL_HINT}` (Debian/Ubuntu), "
+                "or run ./run test, which installs it", pytrace=False)
 
 
 class ClickHouseServer:
-    def __init__(self, workdir: Path):
-        self.workdir, self.host = workdir, "127.0.0.1"
+    """A clickhouse-server with its config, data and logs under workdir. ``url(database)`` gives a
+    clickhouse:// URL for the pipeline; the default database is ``cx``."""
+
+    def __init__(self, workdir: Path, start_timeout_s: float = 20.0):
+        self.workdir, self.host = Path(workdir), "127.0.0.1"
         self.tcp_port, self.http_port = free_port(), free_port()
-        (workdir / "config.xml").write_text(CONFIG.format(d=workdir, tcp=self.tcp_port, http=self.http_port))
-        (workdir / "users.xml").write_text(USERS)
-        self.process = subprocess.Popen([_server_binary(), f"--config-file={workdir / 'config.xml'}"],
-                                        stdout=open(workdir / "stdout.log", "ab"), stderr=subprocess.STDOUT,
-                                        start_new_session=True)
+        (self.workdir / "config.xml").write_text(CONFIG.format(d=self.workdir, tcp=self.tcp_port, http=self.http_port))
+        (self.workdir / "users.xml").write_text(USERS)
+        command = server_command(self.workdir / "config.xml")
+        with open(self.workdir / "stdout.log", "ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self.pid = self.process.pid
-        deadline = time.monotonic() + 30
+        self._wait_ready(start_timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        """Until the server answers a query over the native protocol (a listening port is not enough)."""
+        from clickhouse_driver import Client
+
+        deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            assert self.process.poll() is None, f"clickhouse-server exited:\n{self.log_tail()}"
+            if self.process.poll() is not None:
+                pytest.fail(f"clickhouse-server exited with {self.process.returncode}:\n{self.log_tail()}", pytrace=False)
+            client = Client(self.host, port=self.tcp_port, connect_timeout=0.5, send_receive_timeout=2)
             try:
-                socket.create_connection((self.host, self.tcp_port), timeout=0.2).close()
+                socket.create_connection((self.host, self.tcp_port), timeout=0.5).close()  # quietly, before the driver
+                client.execute("SELECT 1")
                 return
-            except OSError:
+            except Exception:  # noqa: BLE001 - not up yet
                 time.sleep(0.1)
+            finally:
+                client.disconnect()
         self.stop()
-        raise AssertionError(f"clickhouse-server did not listen within 30 s:\n{self.log_tail()}")
+        pytest.fail(f"clickhouse-server did not answer within {timeout_s:.0f} s:\n{self.log_tail()}", pytrace=False)
 
     def url(self, database: str = "cx") -> str:
         return f"clickhouse://default@{self.host}:{self.tcp_port}/{database}"
 
-    def log_tail(self) -> str:
+    def log_tail(self, chars: int = 3000) -> str:
         logs = [self.workdir / name for name in ("error.log", "stdout.log")]
-        return "\n".join(p.read_text(errors="replace")[-3000:] for p in logs if p.exists())
+        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-chars:]}" for p in logs if p.exists())
 
-    def stop(self) -> None:
-        stop_process(self.process, 20)
+    def stop(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM by PID, SIGKILL if it has not exited within timeout_s."""
+        stop_process(self.process, timeout_s)
 
 
 @pytest.fixture(scope="session")
@@ -89,14 +112,26 @@ def clickhouse_server(tmp_path_factory):
 
 @pytest.fixture
 def clickhouse_url(clickhouse_server):
-    """A fresh database per test, so tests never see each other's rows."""
-    return clickhouse_server.url(f"cx_test_{uuid.uuid4().hex[:8]}")
+    """A fresh database per test, so tests never see each other's rows (created by the DDL on open)."""
+    return clickhouse_server.url(f"cx_test_{uuid.uuid4().hex[:10]}")
+
+
+@pytest.fixture
+def chdb_backend(tmp_path):
+    """Embedded chdb in a fresh folder, tables created."""
+    backend = ChdbBackend(tmp_path / "chdb")
+    backend.create_tables()
+    yield backend
+    backend.close()
 
 
 @pytest.fixture(params=["server", "chdb"])
-def any_backend(request, clickhouse_url, tmp_path):
-    """The same test on both backends: the 18.16 server and embedded chdb."""
-    backend = NativeBackend(clickhouse_url) if request.param == "server" else ChdbBackend(tmp_path / "chdb")
+def any_backend(request, tmp_path):
+    """The same test on both backends: the real server (18.16 on CI) and embedded chdb, tables created."""
+    if request.param == "server":
+        backend = NativeBackend(request.getfixturevalue("clickhouse_url"))
+    else:
+        backend = ChdbBackend(tmp_path / "chdb")
     backend.create_tables()
     yield backend
     backend.close()
