@@ -1,0 +1,1 @@
+"""Metric cores: one pure module per metric, behind the interface of :mod:`pipeline.metrics.base`."""
