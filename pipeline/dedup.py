@@ -15,7 +15,7 @@ BUCKET_MS = 3_600_000
 
 def id_hash(event_id: str) -> int:
     """Stable across processes and machines (unlike ``hash``), so ClickHouse can store it."""
-    return xxh3_64_intdigest(event_id)
+    return xxh3_64_intdigest(event_id.encode())
 
 
 class Deduper:
