@@ -1,24 +1,23 @@
-"""Periodic metric_snapshots rows: the current value of every survey metric, for history in ClickHouse."""
+"""Periodic metric_snapshots rows: the current value of every core's metrics, for history in ClickHouse."""
 from __future__ import annotations
 
 import time
 from typing import Any
 
-from agents.ingest import Delivery
+from pipeline.metrics.base import Output
 from pipeline.processor import Processor
-from pipeline.surveys import ces, csat, nps, nps_margin_of_error
+from sinks.clickhouse.ddl import ROWS
+from sinks.delivery import Delivery
 
-METRICS = {"NPS": (("nps", nps), ("nps_margin_of_error", nps_margin_of_error)), "CSAT": (("csat", csat),), "CES": (("ces", ces),)}
+SnapshotRow = ROWS["metric_snapshots"]
 
 
 def snapshot_rows(processor: Processor, ts: int) -> list[tuple]:
-    """(ts, tenant, metric, window, value, n) for every metric with at least one response."""
-    rows = []
-    for (tenant, kind, window), totals in sorted(processor.survey_totals().items()):
-        if totals.n:
-            for metric, formula in METRICS[kind]:
-                rows.append((ts, tenant, metric, window, formula(totals), totals.n))
-    return rows
+    """One row per (tenant, metric, window) value of every core, over the owned partitions."""
+    states = processor.owned_states()
+    return [SnapshotRow(ts=ts, tenant=tenant, metric=metric, window=window, value=value, n=n)
+            for index, core in enumerate(processor.cores)
+            for tenant, metric, window, value, n in core.snapshot([s.cores[index] for s in states], processor.clock_ms)]
 
 
 def register(app: Any, processor: Processor, delivery: Delivery, interval: float) -> None:
@@ -26,4 +25,6 @@ def register(app: Any, processor: Processor, delivery: Delivery, interval: float
     async def snapshot() -> None:
         rows = snapshot_rows(processor, int(time.time()))
         if rows:
-            delivery.add_rows("metric_snapshots", rows)
+            out = Output()
+            out.rows["metric_snapshots"].extend(rows)
+            delivery.add(out, [])

@@ -1,10 +1,10 @@
-"""The composition root: one Faust app with the ingest agent, the sinks and the web endpoints.
+"""The composition root: one Faust app with the ingest agent, the delivery path and the web endpoints.
 
-Worker state is a cache of what ClickHouse holds: on every partition assignment the worker rebuilds
-the dedup ids and survey buckets of newly owned partitions from ClickHouse (see
-:mod:`sinks.clickhouse.state`). Rows reach ClickHouse before their offsets are committed, so a new
-owner sees everything the old one acknowledged, and a replay of rows flushed but not committed is
-caught as duplicates.
+Worker state is a cache of what ClickHouse holds. On a rebalance (Faust/aiokafka use the eager
+protocol: every member revokes everything, then gets its new assignment) each worker first flushes
+and acks what it processed, and stops processing revoked partitions; then each rebuilds the state of
+partitions it did not hold from ClickHouse (:mod:`sinks.clickhouse.state`). A partition kept across
+the rebalance keeps its state if the revoke-time flush succeeded, else every partition is rebuilt.
 """
 from __future__ import annotations
 
@@ -12,13 +12,15 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Mapping, Optional
 
 import faust
-from prometheus_client import REGISTRY
+from faust.transport.drivers import aiokafka as aiokafka_driver
+from prometheus_client import CollectorRegistry
 
 from agents import ingest, snapshots
 from pipeline.collector import CollectorError, group_by_partition, parse_request
+from pipeline.metrics import build_cores
 from pipeline.partitioner import event_key
 from pipeline.processor import Processor
 from pipeline.registry import EVENT_SCHEMAS, make_registry
@@ -28,25 +30,61 @@ from pipeline.validate import Rules
 from pipeline.wire import Codec
 from sinks.clickhouse.backend import open_backend
 from sinks.clickhouse.sink import ClickHouseSink
-from sinks.clickhouse.state import load_partition_state
-from sinks.prometheus import COLLECTOR_REQUESTS, CONTENT_TYPE, StateCollector, render
+from sinks.clickhouse.state import read_partitions
+from sinks.delivery import Delivery, RetryPolicy
+from sinks.prometheus import CONTENT_TYPE, CoreCollector, PipelineMetrics, instruments_of
 
 log = logging.getLogger("cxp.worker")
+OUTPUT_TOPICS = ("deadletter", "signals.churn", "actions")
 
 
 class CxApp(faust.App):
-    """A Faust app that makes pending rows durable before Faust stops its consumer.
+    """A Faust app that makes pending rows durable, within a deadline, before Faust stops its consumer.
 
     Faust's own wait for unacked messages (stream_wait_empty) is off: messages not acked at stop are
     simply consumed again by the next owner, where dedup catches what already reached ClickHouse.
     """
 
-    before_stop: Optional[Callable[[], Awaitable[None]]] = None
+    before_stop: Optional[Callable[[], Awaitable[Any]]] = None
 
     async def on_stop(self) -> None:
         if self.before_stop is not None:
             await self.before_stop()
         await super().on_stop()
+
+
+class CommitWatch:
+    """Counts failed offset commits and logs the first of each incident, with the fix, and the recovery."""
+
+    def __init__(self, metrics: PipelineMetrics):
+        self.metrics, self.failing = metrics, False
+
+    def consumer_class(self) -> type:
+        watch = self
+
+        class CountingConsumer(aiokafka_driver.Consumer):
+            async def _commit(self, offsets: Mapping[Any, int]) -> bool:
+                ok = False
+                try:
+                    ok = await super()._commit(offsets)
+                    return ok
+                finally:
+                    watch.report(ok or not offsets)
+
+        return CountingConsumer
+
+    def report(self, ok: bool) -> None:
+        if ok:
+            if self.failing:
+                log.warning("offset commits succeed again")
+            self.failing = False
+            return
+        self.metrics.commit_errors.inc()
+        if not self.failing:
+            self.failing = True
+            log.error("offset commit failed: records already durable may be consumed again after a restart (dedup "
+                      "absorbs them). Usually the broker restarted or the group is rebalancing and it recovers by "
+                      "itself; if cxp_commit_errors_total keeps growing, check the broker and CXP_KAFKA_URL")
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -58,11 +96,19 @@ def build_app(settings: Settings) -> faust.App:
     )
     topic_sources = input_topics(settings)
     partition_counts = ensure_topics(settings)
-    processor = Processor(codec, rules, topic_sources, settings.window_ms, duration_ms(settings.dedup_horizon))
+    cores = build_cores(settings)
+    dedup_horizon_ms = duration_ms(settings.dedup_horizon)
+    processor = Processor(codec, rules, topic_sources, dedup_horizon_ms, cores, settings.deadletter_max_bytes)
+    prometheus = CollectorRegistry(auto_describe=True)
+    metrics = PipelineMetrics(prometheus, instruments_of(cores))
+    prometheus.register(CoreCollector(processor))
 
-    backend = open_backend(settings.clickhouse_url, settings.data_dir, settings.clickhouse_database)
+    backend = open_backend(settings.clickhouse_url, settings.data_dir, settings.clickhouse_database,
+                           settings.clickhouse_connect_timeout, settings.clickhouse_timeout)
     clickhouse_thread = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")  # one connection, one thread
-    sink = ClickHouseSink(backend, settings.sink_max_retries, settings.sink_retry_backoff)
+
+    def run_blocking(function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
+        return asyncio.get_running_loop().run_in_executor(clickhouse_thread, function, *args)
 
     app = CxApp(
         settings.app_id,
@@ -82,36 +128,56 @@ def build_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         stream_wait_empty=False,
     )
+    app.transport.Consumer = CommitWatch(metrics).consumer_class()
     topics = app.topic(*topic_sources, key_serializer="raw", value_serializer="raw")
-    delivery = ingest.Delivery(app, sink, clickhouse_thread, settings.topic("deadletter"), settings.sink_batch_rows,
-                               settings.sink_flush_interval, settings.sink_retry_backoff)
+
+    def on_stall(stalled: bool) -> None:
+        """Pause fetching while a delivery step fails, so buffers don't grow behind the blocked agent."""
+        consumer = app.consumer
+        assignment = consumer.assignment()
+        if assignment:
+            (consumer.pause_partitions if stalled else consumer.resume_partitions)(assignment)
+
+    delivery = Delivery(
+        ClickHouseSink(backend), run_blocking,
+        publish=lambda topic, key, value: app.producer.send(topic, key, value, None, None, None),
+        topic_names={name: settings.topic(name) for name in OUTPUT_TOPICS}, metrics=metrics,
+        retry=RetryPolicy(settings.sink_retry_backoff, settings.sink_retry_max_backoff),
+        flush_rows=settings.sink_batch_rows, flush_interval=settings.sink_flush_interval, on_stall=on_stall)
+    metrics.oldest_unacked.set_function(delivery.oldest_unacked_seconds)
     ingest.register(app, topics, processor, delivery, settings.batch_max_messages, settings.batch_within)
-    app.before_stop = delivery.flush
     snapshots.register(app, processor, delivery, settings.snapshot_interval)
-    REGISTRY.register(StateCollector(processor.survey_totals, lambda: dict(processor.source_clock_ms)))
+
+    async def flush_before_stop() -> None:
+        if not await delivery.flush_until(max(settings.shutdown_timeout - 3.0, 1.0)):
+            log.warning("stopping with data not yet durable; its records are unacked and will be consumed again")
+
+    app.before_stop = flush_before_stop
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: Any, revoked: set, **kwargs: Any) -> None:
-        # Make what this worker processed durable before another worker takes the partitions over.
-        await delivery.flush()
+        # The barrier of a rebalance: make what this worker processed durable and acked before another
+        # worker rebuilds the partitions from ClickHouse, then process nothing more until assigned.
+        flushed = await delivery.flush_until(settings.session_timeout * 0.6)
+        if not flushed:
+            delivery.discard()
+            log.warning("flush at rebalance did not finish; dropping unflushed output, partitions will be rebuilt "
+                        "and their records consumed again")
+        processor.revoke(forget=not flushed)
 
     @app.on_partitions_assigned.connect
     async def on_assigned(app: Any, assigned: set, **kwargs: Any) -> None:
-        partitions = {tp.partition for tp in assigned if tp.topic in topic_sources}
-        new = processor.keep_only(partitions)
+        new = processor.assign({tp.partition for tp in assigned if tp.topic in topic_sources})
         if new:
             started = time.monotonic()
-            restored = await asyncio.get_running_loop().run_in_executor(
-                clickhouse_thread, load_partition_state, backend, new,
-                duration_ms(settings.dedup_horizon), max(settings.window_ms.values()))
+            restored = await run_blocking(read_partitions, backend, new, cores, processor.clock_ms, dedup_horizon_ms)
             processor.restore(restored)
             log.info("partition state rebuilt from clickhouse", extra={
-                "partitions": new, "event_ids": len(restored.event_ids), "survey_rows": len(restored.survey_counts),
-                "seconds": round(time.monotonic() - started, 3)})
+                "partitions": new, "rows": restored.row_count(), "seconds": round(time.monotonic() - started, 3)})
 
     @app.page("/metrics")
-    async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(render(), content_type=CONTENT_TYPE.split(";")[0])
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(metrics.render(), content_type=CONTENT_TYPE)
 
     @app.page("/v1/events/{source}")
     class Collector(faust.web.View):
@@ -122,7 +188,7 @@ def build_app(settings: Settings) -> faust.App:
                                               f"{settings.collector_max_body} allowed; split the batch")
                 events = parse_request(source, await request.read(), registry, rules, settings.collector_max_body)
             except CollectorError as exc:
-                COLLECTOR_REQUESTS.labels(source, str(exc.status)).inc()
+                metrics.collector_requests.labels(source, str(exc.status)).inc()
                 return self.json(exc.body(), status=exc.status)
             topic = settings.topic(f"events.{source}")
             groups = group_by_partition(source, events, partition_counts[topic])
@@ -132,9 +198,9 @@ def build_app(settings: Settings) -> faust.App:
             try:
                 await asyncio.gather(*futures)
             except Exception as exc:  # noqa: BLE001 - the broker, not the client, failed
-                COLLECTOR_REQUESTS.labels(source, "503").inc()
+                metrics.collector_requests.labels(source, "503").inc()
                 return self.json({"error": f"could not write to Kafka, retry later: {exc}"}, status=503)
-            COLLECTOR_REQUESTS.labels(source, "202").inc()
+            metrics.collector_requests.labels(source, "202").inc()
             return self.json({"accepted": len(events), "messages": len(groups)}, status=202)
 
     return app

@@ -29,10 +29,10 @@ def load_settings(args: argparse.Namespace, **overrides) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    import faust
-
     from pipeline.app import build_app
     from pipeline.logs import logging_config
+
+    BoundedWorker = _bounded_worker_class()
 
     settings = load_settings(args, kafka_url=args.kafka_url, clickhouse_url=args.clickhouse_url, web_port=args.web_port)
     if not settings.kafka_url:
@@ -46,10 +46,41 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = build_app(settings)
-    worker = faust.Worker(app, loglevel=settings.log_level,
-                          logging_config=logging_config(settings.log_level, settings.log_format))
+    worker = BoundedWorker(app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout,
+                           logging_config=logging_config(settings.log_level, settings.log_format))
     worker.execute_from_commandline()
     return 0
+
+
+def _bounded_worker_class():
+    import os
+    import threading
+
+    import faust
+
+    class BoundedWorker(faust.Worker):
+        """A Faust worker that exits within ``shutdown_timeout`` seconds of SIGTERM/SIGINT, even when the
+        broker or ClickHouse is unreachable and Faust's own shutdown would wait on them. What is not
+        durable by then is not acked, so it is consumed again after the restart."""
+
+        def __init__(self, *args, shutdown_timeout: float, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._shutdown_timeout = shutdown_timeout
+
+        def _start_watchdog(self) -> None:
+            timer = threading.Timer(self._shutdown_timeout, lambda: os._exit(75))
+            timer.daemon = True
+            timer.start()
+
+        def _on_sigterm(self) -> None:
+            self._start_watchdog()
+            super()._on_sigterm()
+
+        def _on_sigint(self) -> None:
+            self._start_watchdog()
+            super()._on_sigint()
+
+    return BoundedWorker
 
 
 def cmd_topics(args: argparse.Namespace) -> int:

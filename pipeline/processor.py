@@ -1,23 +1,27 @@
-"""Decode → validate → dedup → aggregate one batch of Kafka records. CPU only: the agent does the I/O.
+"""Decode → validate → dedup one batch of Kafka records, then run the metric cores. CPU only.
 
 Every consumed event ends in exactly one outcome: processed, duplicate or rejected (dead-lettered),
-and the batch result counts each (a batch message of n events counts n; an undecodable message 1).
-State is kept per partition number: all input topics are co-partitioned, so partition p of every
-source belongs to one worker, and its partial state moves with it.
+and the batch's :class:`Output` counts each (a batch message of n events counts n; an undecodable
+message 1). State is kept per partition number: all input topics are co-partitioned, so partition p
+of every source belongs to one worker, and its state (dedup ids, one state per core) moves with it.
+The agent only hands over records of partitions this worker owns (:meth:`Processor.owns`).
 """
 from __future__ import annotations
 
-from collections import Counter
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Iterable, NamedTuple, Optional
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
 
-from pipeline.dedup import Deduper
-from pipeline.surveys import SurveyWindows, Totals, classify
+from pipeline.dedup import Deduper, id_hash
+from pipeline.metrics.base import Accepted, MetricCore, Output
 from pipeline.validate import UNDECODABLE, Rejection, Rules, check_fields, check_time
 from pipeline.wire import Codec, UndecodableError
+from sinks.clickhouse.ddl import ROWS
 
 if TYPE_CHECKING:
-    from sinks.clickhouse.state import RestoredState
+    from sinks.clickhouse.state import Restored
+
+EventRow, DeadLetterRow = ROWS["events"], ROWS["dead_letters"]
+MAX_ERROR_CHARS = 2000
 
 
 class Record(NamedTuple):
@@ -31,131 +35,147 @@ class Record(NamedTuple):
 
 
 @dataclass
-class BatchResult:
-    rows: dict[str, list[tuple]] = field(default_factory=lambda: {"events": [], "survey_responses": [], "dead_letters": []})
-    dead_letters: list[tuple[Optional[bytes], bytes]] = field(default_factory=list)  # (key, encoded DeadLetter)
-    consumed: Counter = field(default_factory=Counter)  # source -> events
-    processed: Counter = field(default_factory=Counter)  # source -> events
-    duplicates: Counter = field(default_factory=Counter)  # source -> events
-    rejected: Counter = field(default_factory=Counter)  # (source, reason) -> events
-
-
-@dataclass
 class PartitionState:
     dedup: Deduper
-    surveys: SurveyWindows
+    cores: list[Any]  # one state per core, in core order
 
 
 class Processor:
-    def __init__(self, codec: Codec, rules: Rules, topic_sources: dict[str, str], windows_ms: dict[str, int], dedup_horizon_ms: int):
+    def __init__(self, codec: Codec, rules: Rules, topic_sources: dict[str, str], dedup_horizon_ms: int,
+                 cores: list[MetricCore], deadletter_max_bytes: int = 65_536):
         self.codec = codec
         self.rules = rules
         self.topic_sources = topic_sources
-        self.windows_ms = windows_ms
         self.dedup_horizon_ms = dedup_horizon_ms
+        self.cores = cores
+        self.deadletter_max_bytes = deadletter_max_bytes
         self.partitions: dict[int, PartitionState] = {}
+        self.owned: set[int] = set()
         self.clock_ms = 0  # event-time clock: the largest event_time processed
         self.source_clock_ms: dict[str, int] = {}
 
-    # -- ownership ------------------------------------------------------------------------
+    # -- ownership ------------------------------------------------------------------------------
+    def owns(self, partition: int) -> bool:
+        return partition in self.owned
+
     def state(self, partition: int) -> PartitionState:
         state = self.partitions.get(partition)
         if state is None:
-            state = self.partitions[partition] = PartitionState(Deduper(self.dedup_horizon_ms), SurveyWindows(self.windows_ms))
+            state = self.partitions[partition] = PartitionState(
+                Deduper(self.dedup_horizon_ms), [core.new_state() for core in self.cores])
         return state
 
-    def keep_only(self, partitions: Iterable[int]) -> list[int]:
-        """Drop the state of partitions this worker no longer owns; return the newly owned ones."""
-        owned = set(partitions)
-        for gone in set(self.partitions) - owned:
+    def assign(self, partitions: Iterable[int]) -> list[int]:
+        """Own exactly these partitions; drop other state. Returns the ones that need a rebuild."""
+        self.owned = set(partitions)
+        for gone in set(self.partitions) - self.owned:
             del self.partitions[gone]
-        return sorted(owned - set(self.partitions))
+        return sorted(self.owned - set(self.partitions))
 
-    def restore(self, restored: "RestoredState") -> None:
-        """Load state read back from ClickHouse for newly owned partitions."""
-        self.clock_ms = max(self.clock_ms, restored.clock_ms)
+    def revoke(self, forget: bool) -> None:
+        """Own nothing until the next assignment. ``forget``: also drop all state (it may be stale,
+        e.g. when the revoke-time flush failed), so the next assignment rebuilds it from ClickHouse."""
+        self.owned = set()
+        if forget:
+            self.partitions.clear()
+
+    def restore(self, restored: "Restored") -> None:
+        """Load state read back from ClickHouse (:func:`sinks.clickhouse.state.read_partitions`)."""
         for source, clock in restored.source_clocks.items():
             self.source_clock_ms[source] = max(self.source_clock_ms.get(source, 0), clock)
-        for partition, event_id, event_ms in restored.event_ids:
-            self.state(partition).dedup.seen(event_id, event_ms)
-        for partition, tenant, kind, minute, score, n in restored.survey_counts:
-            counts = [n, 0, 0, 0, score * n]
-            counts[1 + classify(kind, score)] = n
-            self.state(partition).surveys.add_bucket(tenant, kind, minute, counts)
+        self.clock_ms = max(self.clock_ms, restored.clock_ms)
+        for partition in restored.partitions:
+            state = self.state(partition)
+            hashes, times = restored.ids.get(partition, ([], []))
+            state.dedup.restore(hashes, times)
+            for core, core_state, by_query in zip(self.cores, state.cores, restored.core_rows):
+                for query, by_partition in by_query.items():
+                    core.restore(core_state, query, by_partition.get(partition, []), self.clock_ms)
 
-    # -- processing -----------------------------------------------------------------------
-    def process(self, records: Iterable[Record], now_ms: int) -> BatchResult:
-        result = BatchResult()
+    def owned_states(self) -> list[PartitionState]:
+        return [state for partition, state in self.partitions.items() if partition in self.owned]
+
+    # -- processing -----------------------------------------------------------------------------
+    def process(self, records: Iterable[Record], now_ms: int) -> Output:
+        out = Output()
         for record in records:
-            self._process_record(record, now_ms, result)
+            self._process_record(record, now_ms, out)
+        clock = self.clock_ms
         for state in self.partitions.values():
-            state.dedup.expire(self.clock_ms)
-            state.surveys.prune(self.clock_ms)
-        return result
+            state.dedup.expire(clock)
+            for core, core_state in zip(self.cores, state.cores):
+                core.tick(core_state, clock, out)
+        return out
 
-    def _process_record(self, record: Record, now_ms: int, result: BatchResult) -> None:
+    def _process_record(self, record: Record, now_ms: int, out: Output) -> None:
         source = self.topic_sources[record.topic]
         try:
             if record.key is not None:
                 record.key.decode("utf-8")
             decoded = self.codec.decode(record.value)
             if decoded.schema.source != source:
-                raise UndecodableError(f"schema {decoded.schema.name} (id {decoded.schema.id}) does not belong on topic {record.topic}")
+                raise UndecodableError(f"schema {decoded.schema.name} (id {decoded.schema.id}) does not belong on "
+                                       f"topic {record.topic}")
         except UnicodeDecodeError as exc:
-            return self._reject(record, source, None, None, Rejection(UNDECODABLE, f"key is not UTF-8: {exc}"), now_ms, result)
+            out.count("cxp_events_consumed", (source,))
+            return self._reject(record, source, None, None, Rejection(UNDECODABLE, f"key is not UTF-8: {exc}"), now_ms, out)
         except UndecodableError as exc:
-            return self._reject(record, source, None, None, Rejection(UNDECODABLE, str(exc)), now_ms, result)
-
-        self._process_events(record, source, decoded.events, decoded.is_batch, now_ms, result)
+            out.count("cxp_events_consumed", (source,))
+            return self._reject(record, source, None, None, Rejection(UNDECODABLE, str(exc)), now_ms, out)
+        self._process_events(record, source, decoded.events, decoded.is_batch, now_ms, out)
 
     def _process_events(self, record: Record, source: str, events: list[dict], is_batch: bool, now_ms: int,
-                        result: BatchResult) -> None:
-        """The per-event hot path: written flat, with the lookups hoisted, because it runs for every event."""
+                        out: Output) -> None:
+        """Validate every event, dedup the valid ones in one call, write their rows, hand them to the cores."""
         state = self.state(record.partition)
-        seen, add_survey = state.dedup.seen, state.surveys.add
-        event_rows, survey_rows = result.rows["events"].append, result.rows["survey_responses"].append
-        rules, partition, offset = self.rules, record.partition, record.offset
-        future_limit = now_ms + rules.max_future_skew_ms
-        clock, source_clock = self.clock_ms, self.source_clock_ms.get(source, 0)
-        processed = duplicates = 0
+        rules, clock = self.rules, self.clock_ms
+        future_limit, late_limit = now_ms + rules.max_future_skew_ms, clock - rules.max_lateness_ms if clock else None
+        valid = []
         for index, event in enumerate(events):
             rejection = check_fields(source, event, rules)
             event_ms = event.get("event_time")
-            if rejection is None and (event_ms > future_limit or (clock and event_ms < clock - rules.max_lateness_ms)):
+            if rejection is None and (event_ms > future_limit or (late_limit is not None and event_ms < late_limit)):
                 rejection = check_time(event_ms, rules, now_ms, clock)
             if rejection is not None:
-                self._reject(record, source, event, index if is_batch else None, rejection, now_ms, result, counted=True)
+                self._reject(record, source, event, index if is_batch else None, rejection, now_ms, out)
+            else:
+                valid.append(event)
+        out.count("cxp_events_consumed", (source,), len(events))
+        if not valid:
+            return
+        hashes = [id_hash(event["event_id"]) for event in valid]
+        new = state.dedup.check(hashes, [event["event_time"] for event in valid])
+        accepted = Accepted(source, record.partition, record.offset, [], [])
+        rows = out.rows["events"]
+        source_clock = self.source_clock_ms.get(source, 0)
+        for event, key, is_new in zip(valid, hashes, new):
+            if not is_new:
                 continue
-            event_id, tenant = event["event_id"], event["tenant"]
-            if seen(event_id, event_ms):
-                duplicates += 1
-                continue
-            processed += 1
-            if event_ms > clock:
-                clock = event_ms
-            if event_ms > source_clock:
-                source_clock = event_ms
+            event_ms = event["event_time"]
+            clock, source_clock = max(clock, event_ms), max(source_clock, event_ms)
+            accepted.events.append(event)
+            accepted.hashes.append(key)
             attributes = event.get("attributes") or {}
-            event_rows((event_id, source, event["event_type"], event_ms // 1000, event_ms, tenant,
-                        event.get("customer_id"), event.get("anonymous_id"), event.get("session_id"),
-                        list(attributes), list(attributes.values()), partition, offset))
-            survey = event.get("survey")
-            if survey is not None:
-                add_survey(tenant, survey["kind"], survey["score"], event_ms)
-                survey_rows((event_id, event_ms // 1000, event_ms, tenant, event.get("customer_id"), source,
-                             survey["kind"], survey["score"], survey.get("touchpoint"), survey.get("comment"), partition))
+            rows.append(EventRow(
+                event_id=event["event_id"], source=source, event_type=event["event_type"], event_time=event_ms // 1000,
+                event_ms=event_ms, tenant=event["tenant"], customer_id=event.get("customer_id"),
+                anonymous_id=event.get("anonymous_id"), session_id=event.get("session_id"),
+                attr_keys=list(attributes), attr_values=list(attributes.values()), kafka_partition=record.partition,
+                kafka_offset=record.offset, id_hash=key))
         self.clock_ms = clock
         if source_clock:
             self.source_clock_ms[source] = source_clock
-        result.consumed[source] += len(events)
-        result.processed[source] += processed
-        result.duplicates[source] += duplicates
+        processed = len(accepted.events)
+        out.count("cxp_events_processed", (source,), processed)
+        if processed < len(valid):
+            out.count("cxp_events_duplicate", (source,), len(valid) - processed)
+        if processed:
+            for core, core_state in zip(self.cores, state.cores):
+                core.add(core_state, accepted, out)
 
     def _reject(self, record: Record, source: str, event: Optional[dict], batch_index: Optional[int],
-                rejection: Rejection, now_ms: int, result: BatchResult, counted: bool = False) -> None:
-        if not counted:
-            result.consumed[source] += 1
-        result.rejected[(source, rejection.reason)] += 1
+                rejection: Rejection, now_ms: int, out: Output) -> None:
+        out.count("cxp_events_rejected", (source, rejection.reason))
         original = record.value or b""
         if event is not None and batch_index is not None:
             # Re-encode the one bad event alone, so it can be fixed and replayed without its batch.
@@ -163,22 +183,19 @@ class Processor:
                 original = self.codec.encode_event(source, event)
             except Exception:  # noqa: BLE001 - a writer schema we can't re-encode keeps the whole message
                 pass
-        result.dead_letters.append((record.key, self.codec.encode("cx.DeadLetter", {
-            "reason": rejection.reason, "error": rejection.error, "source_topic": record.topic,
+        limit = self.deadletter_max_bytes
+        key, value = (record.key[:limit] if record.key is not None else None), original[:limit]
+        truncated = len(original) > limit or (record.key is not None and len(record.key) > limit)
+        error = rejection.error if len(rejection.error) <= MAX_ERROR_CHARS else rejection.error[:MAX_ERROR_CHARS] + "…"
+        if truncated:
+            error += f" [original {len(original)} bytes, key {len(record.key or b'')} bytes: truncated to {limit}]"
+        out.send("deadletter", key, self.codec.encode("cx.DeadLetter", {
+            "reason": rejection.reason, "error": error, "source_topic": record.topic,
             "source_partition": record.partition, "source_offset": record.offset, "batch_index": batch_index,
-            "original_key": record.key, "original_value": original, "received_time": now_ms,
-        })))
-        key_text = record.key.decode("utf-8", "replace") if record.key is not None else None
-        result.rows["dead_letters"].append((
-            now_ms // 1000, now_ms, record.topic, record.partition, record.offset,
-            -1 if batch_index is None else batch_index, rejection.reason, rejection.error, key_text, original,
-        ))
-
-    # -- reading the state ----------------------------------------------------------------
-    def survey_totals(self) -> dict[tuple[str, str, str], Totals]:
-        """Sum of the partial survey totals of every owned partition, at the current clock."""
-        out: dict[tuple[str, str, str], Totals] = {}
-        for state in self.partitions.values():
-            for key, totals in state.surveys.totals(self.clock_ms).items():
-                out[key] = out[key] + totals if key in out else totals
-        return out
+            "original_key": key, "original_value": value, "received_time": now_ms,
+            "truncated": truncated, "original_size": len(original),
+        }))
+        out.rows["dead_letters"].append(DeadLetterRow(
+            received_at=now_ms // 1000, received_ms=now_ms, topic=record.topic, partition=record.partition,
+            offset=record.offset, batch_index=-1 if batch_index is None else batch_index, reason=rejection.reason,
+            error=error, key=key.decode("utf-8", "replace") if key is not None else None, payload=value))

@@ -67,8 +67,25 @@ class Settings(BaseSettings):
     sink_flush_interval: float = Field(
         1.0, gt=0, description="Seconds after which buffered rows are flushed even if the batch is not full."
     )
-    sink_max_retries: int = Field(5, ge=0, description="Retries of a failed ClickHouse insert before backing off.")
-    sink_retry_backoff: float = Field(0.2, gt=0, description="First retry delay in seconds; doubles per retry.")
+    sink_retry_backoff: float = Field(
+        0.2, gt=0, description="First delay in seconds before a failed delivery (ClickHouse insert or topic send) is "
+        "retried; it doubles per failure up to sink_retry_max_backoff. Input is paused meanwhile, never dropped.")
+    sink_retry_max_backoff: float = Field(10.0, gt=0, description="Longest delay between delivery retries, in seconds.")
+    clickhouse_connect_timeout: float = Field(3.0, gt=0, description="Seconds to wait for a ClickHouse connection.")
+    clickhouse_timeout: float = Field(
+        10.0, gt=0, description="Seconds a ClickHouse insert or query may wait on the socket before it counts as a "
+        "sink error and is retried (a hung server shows up in cxp_sink_errors_total).")
+    shutdown_timeout: float = Field(
+        15.0, gt=0, description="On SIGTERM a worker flushes what it can for at most this many seconds, then exits; "
+        "records not yet durable are consumed again after restart.")
+    deadletter_max_bytes: int = Field(
+        65_536, ge=1024, le=262_144, description="Bytes of the original key and value kept in a dead letter; longer "
+        "ones are truncated and the dead letter says so (truncated, original_size), so it always fits in Kafka.")
+    max_message_bytes: int = Field(
+        900_000, ge=10_000, description="Largest Kafka message the worker or collector produces (under the producer's "
+        "1 MB max_request_size).")
+    metrics: Annotated[list[str], NoDecode] = Field(
+        ["all"], description="Metric cores to run (comma-separated: surveys, ...), or all.")
     snapshot_interval: float = Field(
         10.0, gt=0, description="Seconds between metric_snapshots rows of the current metric values."
     )
@@ -98,9 +115,9 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
 
-    @field_validator("windows", mode="before")
+    @field_validator("windows", "metrics", mode="before")
     @classmethod
-    def _split_windows(cls, value):
+    def _split_lists(cls, value):
         return [w.strip() for w in value.split(",")] if isinstance(value, str) else value
 
     @field_validator("windows", "max_future_skew", "max_lateness", "dedup_horizon")

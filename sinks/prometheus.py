@@ -1,88 +1,104 @@
-"""Every Prometheus series cx-pipeline exports (SPEC §6): the one place for metric names.
+"""Every Prometheus series of a worker, on one explicitly created registry (never the global one).
 
-Pipeline counters are updated once per batch. The CX gauges are computed at scrape time from the
-worker's state by :class:`StateCollector`, so no per-event metric work is done. Counts are exported
-next to every ratio, so sums over workers stay right (the recording rules in deploy/ do that).
+Two kinds of series:
+- counters and histograms are process-owned instruments. The pipeline's own (``cxp_*``) and those the
+  metric cores declare are fed only from the deltas of a delivered :class:`~pipeline.metrics.base.Output`,
+  after its data is durable, so they never count what could still be lost;
+- gauges are computed at scrape time by :class:`CoreCollector` from the state of the partitions the
+  worker owns: a revoked partition's series disappear with its state.
+Counts are exported next to every ratio, so sums over workers stay right (see deploy/ recording rules).
 """
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Histogram, disable_created_metrics, generate_latest
-from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from pipeline.surveys import CLASSES, Totals, ces, csat, nps, nps_margin_of_error
+from pipeline.metrics.base import Instrument, MetricCore, Output
+
+if TYPE_CHECKING:
+    from pipeline.processor import Processor
 
 disable_created_metrics()  # *_created series double the scrape size and no rule here uses them
 
-EVENTS_CONSUMED = Counter("cxp_events_consumed", "Events consumed (a batch message of n events counts n).", ["source"])
-EVENTS_PROCESSED = Counter("cxp_events_processed", "Valid, new events handed to the agents.", ["source"])
-EVENTS_REJECTED = Counter("cxp_events_rejected", "Events dead-lettered, by reason code.", ["source", "reason"])
-EVENTS_DUPLICATE = Counter("cxp_events_duplicate", "Events dropped as duplicates within the dedup horizon.", ["source"])
-SINK_ROWS = Counter("cxp_sink_rows", "Rows written durably to a sink table.", ["table"])
-SINK_ERRORS = Counter("cxp_sink_errors", "Failed sink flush attempts (each retry counts).", ["table"])
-SINK_FLUSH_SECONDS = Histogram(
-    "cxp_sink_flush_seconds", "Time to flush one batch to a sink table, retries included.", ["table"]
+CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
+FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+PIPELINE_INSTRUMENTS = (
+    Instrument("cxp_events_consumed", "counter", "Events consumed (a batch message of n events counts n).", ("source",)),
+    Instrument("cxp_events_processed", "counter", "Valid, new events handed to the metric cores.", ("source",)),
+    Instrument("cxp_events_rejected", "counter", "Events dead-lettered, by reason code.", ("source", "reason")),
+    Instrument("cxp_events_duplicate", "counter", "Events dropped as duplicates within the dedup horizon.", ("source",)),
 )
-COLLECTOR_REQUESTS = Counter("cxp_collector_requests", "HTTP collector requests, by source and status code.", ["source", "code"])
-
-CONTENT_TYPE = CONTENT_TYPE_LATEST
 
 
-def render() -> bytes:
-    """The text exposition of every registered series."""
-    return generate_latest(REGISTRY)
+class PipelineMetrics:
+    """The worker's instruments. ``apply`` feeds them from a delivered Output."""
+
+    def __init__(self, registry: CollectorRegistry, core_instruments: Iterable[Instrument] = ()):
+        self.registry = registry
+        self.sink_rows = Counter("cxp_sink_rows", "Rows written durably to a sink table.", ["table"], registry=registry)
+        self.sink_errors = Counter("cxp_sink_errors", "Failed delivery attempts (inserts, timeouts included, and "
+                                   "topic sends), each retry counted.", ["table"], registry=registry)
+        self.sink_flush_seconds = Histogram("cxp_sink_flush_seconds", "Time of one successful insert into a table.",
+                                            ["table"], buckets=FLUSH_BUCKETS, registry=registry)
+        self.commit_errors = Counter("cxp_commit_errors", "Kafka offset commits that failed.", registry=registry)
+        self.collector_requests = Counter("cxp_collector_requests", "HTTP collector answers, by source and status code.",
+                                          ["source", "code"], registry=registry)
+        self.oldest_unacked = Gauge("cxp_oldest_unacked_seconds", "Age of the oldest consumed record whose data is "
+                                    "not yet durable (0 when none).", registry=registry)
+        self._by_name = {spec.name: self._create(spec) for spec in (*PIPELINE_INSTRUMENTS, *core_instruments)}
+
+    def _create(self, spec: Instrument):
+        if spec.kind == "counter":
+            return Counter(spec.name, spec.documentation, spec.labels, registry=self.registry)
+        return Histogram(spec.name, spec.documentation, spec.labels, buckets=spec.buckets or Histogram.DEFAULT_BUCKETS,
+                         registry=self.registry)
+
+    def apply(self, out: Output) -> None:
+        """Counter increments and histogram observations of a batch whose data is now durable."""
+        for (name, labels), n in out.counts.items():
+            self._by_name[name].labels(*labels).inc(n)
+        for name, labels, value in out.observations:
+            self._by_name[name].labels(*labels).observe(value)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
 
 
-class StateCollector(Collector):
-    """Gauges derived from the worker's state at scrape time.
+class CoreCollector(Collector):
+    """Gauges at scrape time: each core's families over the owned partitions, and the event-time lag."""
 
-    survey_totals: () -> {(tenant, kind, window): Totals} over the partitions this worker owns;
-    source_clocks: () -> {source: largest event time in ms} for the event-time lag.
-    """
+    def __init__(self, processor: "Processor", now: Callable[[], float] = time.time):
+        self.processor = processor
+        self.now = now
 
-    def __init__(self, survey_totals: Callable[[], dict], source_clocks: Callable[[], dict]):
-        self.survey_totals = survey_totals
-        self.source_clocks = source_clocks
+    def describe(self) -> Iterable[Metric]:
+        for core in self.processor.cores:
+            yield from core.describe()
+        yield self._lag_family()
 
     def collect(self) -> Iterable[Metric]:
-        totals: dict[tuple[str, str, str], Totals] = self.survey_totals()
-        responses = GaugeMetricFamily("cx_survey_responses", "Survey responses in the window, by class.",
-                                      labels=["tenant", "kind", "window", "class"])
-        # A gauge may not end in _sum (promtool), so the windowed score sum and count are exported as
-        # the _sum and _count of a summary: the series are cx_survey_score_sum{tenant,kind,window}, as
-        # SPEC §6 names them, and cx_survey_score_count. Both are windowed values, not running totals.
-        score = SummaryMetricFamily("cx_survey_score", "Survey scores in the window: sum and count.",
-                                    labels=["tenant", "kind", "window"])
-        gauges = {
-            "nps": GaugeMetricFamily("cx_nps", "Net Promoter Score (-100..100) in the window.", labels=["tenant", "window"]),
-            "moe": GaugeMetricFamily("cx_nps_margin_of_error", "95 % margin of error of cx_nps, in NPS points.",
-                                     labels=["tenant", "window"]),
-            "csat": GaugeMetricFamily("cx_csat", "CSAT: percent of responses scoring 4 or 5.", labels=["tenant", "window"]),
-            "ces": GaugeMetricFamily("cx_ces", "CES: mean effort score (1..7).", labels=["tenant", "window"]),
-        }
-        for (tenant, kind, window), t in sorted(totals.items()):
-            for name, count in zip(CLASSES[kind], t.classes):
-                responses.add_metric([tenant, kind, window, name], count)
-            score.add_metric([tenant, kind, window], count_value=t.n, sum_value=t.score_sum)
-            if not t.n:
-                continue
-            if kind == "NPS":
-                gauges["nps"].add_metric([tenant, window], nps(t))
-                gauges["moe"].add_metric([tenant, window], nps_margin_of_error(t))
-            elif kind == "CSAT":
-                gauges["csat"].add_metric([tenant, window], csat(t))
-            else:
-                gauges["ces"].add_metric([tenant, window], ces(t))
-        lag = GaugeMetricFamily("cxp_event_time_lag_seconds", "Wall clock minus the newest processed event time.",
-                                labels=["source"])
-        now = time.time()
-        for source, clock_ms in sorted(self.source_clocks().items()):
-            lag.add_metric([source], max(now - clock_ms / 1000, 0.0))
-        yield responses
-        yield score
-        yield from gauges.values()
+        processor = self.processor
+        states = processor.owned_states()
+        for index, core in enumerate(processor.cores):
+            yield from core.collect([state.cores[index] for state in states], processor.clock_ms)
+        lag, now = self._lag_family(), self.now()
+        if states:
+            for source, clock_ms in sorted(processor.source_clock_ms.items()):
+                lag.add_metric([source], max(now - clock_ms / 1000, 0.0))
         yield lag
+
+    @staticmethod
+    def _lag_family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("cxp_event_time_lag_seconds", "Wall clock minus the newest processed event time.",
+                                 labels=["source"])
+
+
+def instruments_of(cores: Sequence[MetricCore]) -> list[Instrument]:
+    return [spec for core in cores for spec in core.instruments]

@@ -40,6 +40,7 @@ class Accepted(NamedTuple):
     partition: int
     offset: int
     events: list[dict]  # decoded Avro dicts; event_time is int epoch milliseconds
+    hashes: list[int]  # id_hash of each event's event_id, in the same order
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from datetime import date, datetime
 from pathlib import Path
 from typing import Optional, Sequence, Union
-from urllib.parse import urlparse
+from urllib.parse import parse_qs, urlparse
 
 from sinks.clickhouse.ddl import TABLES, create_statements
 
@@ -47,12 +47,19 @@ class NativeBackend(Backend):
     opens the user's default database, so the DDL can create the table database.
     """
 
-    def __init__(self, url: str, database: str = "cx"):
+    def __init__(self, url: str, database: str = "cx", connect_timeout: float = 3.0, timeout: float = 10.0):
+        """``timeout`` bounds every wait on the socket (send, receive, ping), so a hung server raises
+        instead of blocking for the driver's default 300 s."""
         from clickhouse_driver import Client
 
         parsed = urlparse(url)
         self.database = parsed.path.strip("/") or database
         self.client = Client.from_url(parsed._replace(path="").geturl())
+        given = parse_qs(parsed.query)  # timeouts in the URL win over the settings
+        for name, value in (("connect_timeout", connect_timeout), ("send_receive_timeout", timeout),
+                            ("sync_request_timeout", timeout)):
+            if name not in given:
+                setattr(self.client.connection, name, value)
 
     def execute(self, sql: str) -> None:
         self.client.execute(sql)
@@ -119,9 +126,11 @@ def _arrow_table(table: str, columns: Sequence[str], data: Sequence[Sequence]):
     return pa.Table.from_arrays(arrays, names=list(columns))
 
 
-def open_backend(url: Optional[str], data_dir: Path, database: str = "cx") -> Backend:
+def open_backend(url: Optional[str], data_dir: Path, database: str = "cx", connect_timeout: float = 3.0,
+                 timeout: float = 10.0) -> Backend:
     """The server at url (its path, if any, names the database), else embedded chdb under
     data_dir/clickhouse. Runs the DDL, which is idempotent."""
-    backend: Backend = NativeBackend(url, database) if url else ChdbBackend(Path(data_dir) / "clickhouse", database)
+    backend: Backend = NativeBackend(url, database, connect_timeout, timeout) if url else \
+        ChdbBackend(Path(data_dir) / "clickhouse", database)
     backend.create_tables()
     return backend

@@ -1,8 +1,9 @@
 """ClickHouse DDL of every SPEC §7 table: the one place for table and column names.
 
-``COLUMNS[table]`` is the contract with the agents: rows are tuples in exactly that order. DateTime
+``ROWS[table]`` is the row layout every writer uses: a named tuple whose fields are the columns in
+order (``ROWS["events"](event_id=..., ...)``), so no code re-types a layout by position. DateTime
 columns take int epoch seconds (UTC), ``*_ms`` columns Int64 epoch milliseconds, Nullable columns
-None, Array(String) columns lists.
+None, Array(String) columns lists, ``id_hash`` the event id's 64-bit hash (:func:`pipeline.dedup.id_hash`).
 
 The DDL is the subset ClickHouse 18.16 (Debian's server), current servers and chdb all accept:
 ``PARTITION BY``/``ORDER BY`` MergeTree syntax (the pre-2018 ``MergeTree(date, key, 8192)`` form
@@ -31,6 +32,7 @@ distinct keys. The documented queries, which never double count after a replay:
 from __future__ import annotations
 
 import re
+from collections import namedtuple
 from dataclasses import dataclass
 
 
@@ -51,11 +53,13 @@ _TABLES = (
         ("event_ms", "Int64"), ("tenant", "String"), ("customer_id", "Nullable(String)"),
         ("anonymous_id", "Nullable(String)"), ("session_id", "Nullable(String)"), ("attr_keys", "Array(String)"),
         ("attr_values", "Array(String)"), ("kafka_partition", "UInt16"), ("kafka_offset", "Int64"),
+        ("id_hash", "UInt64"),
     ), "ReplacingMergeTree() PARTITION BY toYYYYMM(event_time) ORDER BY (tenant, toDate(event_time), event_id)"),
     Table("survey_responses", (
         ("event_id", "String"), ("event_time", "DateTime"), ("event_ms", "Int64"), ("tenant", "String"),
         ("customer_id", "Nullable(String)"), ("source", "String"), ("kind", "String"), ("score", "Int16"),
         ("touchpoint", "Nullable(String)"), ("comment", "Nullable(String)"), ("kafka_partition", "UInt16"),
+        ("id_hash", "UInt64"),
     ), "ReplacingMergeTree() PARTITION BY toYYYYMM(event_time) ORDER BY (tenant, kind, event_id)"),
     Table("dead_letters", (
         ("received_at", "DateTime"), ("received_ms", "Int64"), ("topic", "String"), ("partition", "UInt16"),
@@ -86,6 +90,7 @@ _TABLES = (
 
 TABLES: dict[str, Table] = {table.name: table for table in _TABLES}
 COLUMNS: dict[str, tuple[str, ...]] = {table.name: tuple(name for name, _ in table.columns) for table in _TABLES}
+ROWS = {name: namedtuple(f"{name.title().replace('_', '')}Row", columns) for name, columns in COLUMNS.items()}
 
 
 def create_statements(database: str = "cx") -> list[str]:

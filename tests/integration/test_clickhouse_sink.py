@@ -1,17 +1,13 @@
 """The ClickHouse sink on both backends: a real server (18.16 on CI) and embedded chdb. Nothing is mocked."""
 from __future__ import annotations
 
-import os
-import signal
-import threading
-import time
 from collections import Counter
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
-from prometheus_client import REGISTRY
 
+from pipeline.dedup import id_hash
 from sinks.clickhouse.backend import ChdbBackend, NativeBackend, open_backend
 from sinks.clickhouse.ddl import COLUMNS, TABLES
 from sinks.clickhouse.sink import ClickHouseSink, SinkError
@@ -21,12 +17,13 @@ T0 = 1_700_000_000  # 2023-11-14 22:13:20 UTC
 
 SAMPLES = {
     "events": [
-        ("e1", "web", "page_view", T0, T0 * 1000 + 123, "acme", "c1", None, "s1", ["region", "plan"], ["eu", "pro"], 3, 42),
-        ("e2", "web", "search", T0 + 1, T0 * 1000 + 1999, "acme", None, "anon-7", None, [], [], 0, 9_007_199_254_740_993),
+        ("e1", "web", "page_view", T0, T0 * 1000 + 123, "acme", "c1", None, "s1", ["region", "plan"], ["eu", "pro"], 3, 42, 1),
+        ("e2", "web", "search", T0 + 1, T0 * 1000 + 1999, "acme", None, "anon-7", None, [], [], 0, 9_007_199_254_740_993,
+         18_446_744_073_709_551_615),
     ],
     "survey_responses": [
-        ("s1", T0, T0 * 1000, "acme", "c1", "crm", "NPS", 9, "checkout", "fast, thanks", 2),
-        ("s2", T0 + 60, T0 * 1000 + 60_000, "acme", None, "chatbot", "CES", 7, None, None, 1),
+        ("s1", T0, T0 * 1000, "acme", "c1", "crm", "NPS", 9, "checkout", "fast, thanks", 2, 7),
+        ("s2", T0 + 60, T0 * 1000 + 60_000, "acme", None, "chatbot", "CES", 7, None, None, 1, 8),
     ],
     "dead_letters": [
         (T0, T0 * 1000 + 5, "cx.events.web", 1, 7, -1, "undecodable", "bad magic byte", None, b"not avro"),
@@ -45,28 +42,10 @@ SAMPLES = {
 }
 
 
-def sample(name: str) -> float:
-    return REGISTRY.get_sample_value(name, {"table": "events"}) or 0.0
-
-
-def after_first_error(action) -> threading.Thread:
-    """Run action in a thread once the sink has counted a failed attempt, so the failure surely happens."""
-    errors = sample("cxp_sink_errors_total")
-
-    def run() -> None:
-        deadline = time.monotonic() + 20
-        while sample("cxp_sink_errors_total") == errors and time.monotonic() < deadline:
-            time.sleep(0.01)
-        action()
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    return thread
-
-
 def event_rows(n: int) -> list[tuple]:
     return [(f"e{i}", "web", ("page_view", "search", "purchase")[i % 3], T0 + i, (T0 + i) * 1000, ("acme", "globex")[i % 2],
-             None if i % 5 == 0 else f"c{i % 17}", f"a{i}" if i % 5 == 0 else None, None, ["region"], ["eu"], i % 4, i)
+             None if i % 5 == 0 else f"c{i % 17}", f"a{i}" if i % 5 == 0 else None, None, ["region"], ["eu"], i % 4, i,
+             id_hash(f"e{i}"))
             for i in range(n)]
 
 
@@ -84,10 +63,7 @@ def test_ddl_creates_every_table_with_the_contract_columns(any_backend):
 
 @pytest.mark.parametrize("table", list(SAMPLES))
 def test_rows_read_back_exactly(any_backend, table):
-    sink = ClickHouseSink(any_backend)
-    sink.add(table, SAMPLES[table])
-    assert sink.pending() == 2
-    assert sink.flush() == {table: 2} and sink.pending() == 0
+    ClickHouseSink(any_backend).insert(table, SAMPLES[table])
 
     zone = ZoneInfo(any_backend.query("SELECT timezone()")[0][0])  # naive datetimes come in the engine's zone
     kinds = dict(TABLES[table].columns)
@@ -105,9 +81,8 @@ def test_rows_read_back_exactly(any_backend, table):
 
 def test_dead_letter_payload_keeps_its_bytes(any_backend):
     payload = b"\x00\x00\x00\x00\x01\xff\xfenot-utf8"
-    sink = ClickHouseSink(any_backend)
-    sink.add("dead_letters", [(T0, T0 * 1000, "cx.events.web", 1, 7, -1, "undecodable", "bad magic", None, payload)])
-    sink.flush()
+    ClickHouseSink(any_backend).insert(
+        "dead_letters", [(T0, T0 * 1000, "cx.events.web", 1, 7, -1, "undecodable", "bad magic", None, payload)])
     assert any_backend.query(f"SELECT hex(payload) FROM {any_backend.database}.dead_letters") == [(payload.hex().upper(),)]
 
 
@@ -116,16 +91,14 @@ def test_replay_does_not_double_documented_counts(any_backend):
     replayed after a newer one: the documented queries give what plain Python computes once."""
     db, sink = any_backend.database, ClickHouseSink(any_backend)
     events = event_rows(300)
-    surveys = [(f"s{i}", T0 + i, (T0 + i) * 1000, ("acme", "globex")[i % 2], f"c{i}", "web", "NPS", i % 11, None, None, 0)
-               for i in range(120)]
+    surveys = [(f"s{i}", T0 + i, (T0 + i) * 1000, ("acme", "globex")[i % 2], f"c{i}", "web", "NPS", i % 11, None, None, 0,
+                id_hash(f"s{i}")) for i in range(120)]
     newer, older = SAMPLES["complaints"][0], SAMPLES["complaints"][0][:6] + ("opened", T0, None, None, 0, T0 * 1000)
     for replay in (events, events[100:200], events):  # whole batches and a partial overlap
-        sink.add("events", replay)
-        sink.add("survey_responses", surveys)
-        sink.flush()
+        sink.insert("survey_responses", surveys)
+        sink.insert("events", replay)
     for state in (newer, older, newer, older):
-        sink.add("complaints", [state])
-        sink.flush()
+        sink.insert("complaints", [state])
 
     by_type = Counter((r[5], r[2]) for r in {r[0]: r for r in events}.values())
     got = any_backend.query(f"SELECT tenant, event_type, count() FROM {db}.events FINAL GROUP BY tenant, event_type")
@@ -144,72 +117,20 @@ def test_replay_does_not_double_documented_counts(any_backend):
     assert any_backend.query(f"SELECT complaint_id, status, reopen_count FROM {db}.complaints FINAL") == [("k1", "resolved", 1)]
 
 
-def test_a_failed_insert_is_retried_until_the_table_exists(any_backend):
-    """A real failure: the table is missing for the first attempts and created while the sink backs off."""
-    any_backend.execute(f"DROP TABLE {any_backend.database}.events")
-    sink = ClickHouseSink(any_backend, max_retries=8, retry_backoff_s=0.05)
-    errors, written, flushes = sample("cxp_sink_errors_total"), sample("cxp_sink_rows_total"), sample("cxp_sink_flush_seconds_count")
-    sink.add("events", event_rows(100))
-    recovery = after_first_error(any_backend.create_tables)
-    try:
-        assert sink.flush() == {"events": 100}
-    finally:
-        recovery.join()
-    assert sink.pending() == 0 and count(any_backend, "events") == 100
-    assert sample("cxp_sink_errors_total") > errors
-    assert sample("cxp_sink_rows_total") == written + 100
-    assert sample("cxp_sink_flush_seconds_count") == flushes + 1
+def test_one_attempt_and_a_clear_error(any_backend):
+    """The sink makes one attempt; retrying is the delivery path's (tests/integration/test_delivery.py)."""
+    any_backend.execute(f"DROP TABLE {any_backend.database}.survey_responses")
+    with pytest.raises(SinkError, match=rf"insert of 1 rows into {any_backend.database}\.survey_responses failed"):
+        ClickHouseSink(any_backend).insert("survey_responses", [SAMPLES["survey_responses"][0]])
 
 
-def test_retries_through_a_stalled_server(clickhouse_server, clickhouse_url):
-    """The server process is stopped (SIGSTOP) mid-flush and resumed a moment later."""
-    backend = NativeBackend(clickhouse_url + "?connect_timeout=0.5&send_receive_timeout=0.5&sync_request_timeout=0.5")
-    backend.create_tables()
-    sink = ClickHouseSink(backend, max_retries=8, retry_backoff_s=0.1)
-    errors = sample("cxp_sink_errors_total")
-    sink.add("events", event_rows(100))
-    os.kill(clickhouse_server.pid, signal.SIGSTOP)
-    try:
-        resume = after_first_error(lambda: os.kill(clickhouse_server.pid, signal.SIGCONT))
-        assert sink.flush() == {"events": 100}
-    finally:
-        os.kill(clickhouse_server.pid, signal.SIGCONT)
-        resume.join()
-    assert sample("cxp_sink_errors_total") > errors
-    # An attempt that timed out may still have been stored: the documented queries do not double it.
-    assert count(backend, "events") == 100
-    assert backend.query(f"SELECT uniqExact(event_id) FROM {backend.database}.events")[0][0] == 100
-    backend.close()
-
-
-def test_rows_are_kept_when_retries_run_out(any_backend):
-    db = any_backend.database
-    any_backend.execute(f"DROP TABLE {db}.survey_responses")
-    sink = ClickHouseSink(any_backend, max_retries=2, retry_backoff_s=0.01)
-    errors = REGISTRY.get_sample_value("cxp_sink_errors_total", {"table": "survey_responses"}) or 0.0
-    sink.add("events", event_rows(10))
-    sink.add("survey_responses", [SAMPLES["survey_responses"][0]])
-    with pytest.raises(SinkError, match=rf"1 rows into {db}\.survey_responses failed 3 times, rows kept"):
-        sink.flush()
-    assert REGISTRY.get_sample_value("cxp_sink_errors_total", {"table": "survey_responses"}) == errors + 3
-    assert sink.pending() == 1  # the events went through; the survey row is still buffered
-    assert count(any_backend, "events") == 10
-
-    any_backend.create_tables()  # the table is back: the kept row goes, the events are not written again
-    assert sink.flush() == {"survey_responses": 1}
-    assert any_backend.query(f"SELECT event_id, score FROM {db}.survey_responses") == [("s1", 9)]
-    assert any_backend.query(f"SELECT count() FROM {db}.events")[0][0] == 10
-
-
-def test_add_rejects_unknown_tables_and_rows_of_the_wrong_width(chdb_backend):
+def test_insert_rejects_unknown_tables_and_rows_of_the_wrong_width(chdb_backend):
     sink = ClickHouseSink(chdb_backend)
     with pytest.raises(KeyError, match="unknown table 'event'"):
-        sink.add("event", [])
-    with pytest.raises(ValueError, match="events rows have 13 columns"):
-        sink.add("events", event_rows(2) + [("e9", "web")])
-    assert sink.pending() == 0
-    with pytest.raises(ValueError, match="differs from the backend"):
-        ClickHouseSink(chdb_backend, database="other")
+        sink.insert("event", [])
+    with pytest.raises(ValueError, match="events rows have 14 columns"):
+        sink.insert("events", event_rows(2) + [("e9", "web")])
+    assert count(chdb_backend, "events") == 0
 
 
 def test_server_url_names_the_database_and_carries_settings(clickhouse_url):
@@ -225,9 +146,7 @@ def test_server_url_names_the_database_and_carries_settings(clickhouse_url):
 def test_embedded_default_persists_in_the_data_folder(tmp_path):
     backend = open_backend(None, tmp_path)
     assert isinstance(backend, ChdbBackend) and (tmp_path / "clickhouse").is_dir()
-    sink = ClickHouseSink(backend)
-    sink.add("events", event_rows(5))
-    sink.flush()
+    ClickHouseSink(backend).insert("events", event_rows(5))
     backend.close()
     backend = open_backend(None, tmp_path)  # one process may hold a folder at a time: reopened after close
     try:

@@ -1,12 +1,16 @@
 """The batch processor without a broker: every event ends processed, duplicate or rejected, and counts agree."""
+from collections import Counter
+
 import pytest
 
+from pipeline.metrics.surveys import SurveyCore
 from pipeline.partitioner import event_key, partition_for
 from pipeline.processor import Processor, Record
 from pipeline.registry import EVENT_SCHEMAS, BundledRegistry
 from pipeline.simulate import Simulator
 from pipeline.validate import Rules
 from pipeline.wire import Codec
+from sinks.clickhouse.state import Restored
 
 REGISTRY = BundledRegistry()
 CODEC = Codec(REGISTRY)
@@ -15,9 +19,24 @@ WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}
 TOPICS = {f"cx.events.{s}": s for s in ("web", "chatbot", "crm", "complaints")}
 
 
-def processor() -> Processor:
+def processor(deadletter_max_bytes: int = 65_536) -> Processor:
     rules = Rules.from_schemas({s: REGISTRY.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000, 7 * 86_400_000)
-    return Processor(CODEC, rules, TOPICS, WINDOWS, 86_400_000)
+    p = Processor(CODEC, rules, TOPICS, 86_400_000, [SurveyCore(WINDOWS)], deadletter_max_bytes)
+    p.assign(range(4))
+    return p
+
+
+def counts(out, name: str) -> Counter:
+    """Label values -> increments of one instrument in an Output."""
+    return Counter({labels: n for (metric, labels), n in out.counts.items() if metric == name})
+
+
+def total(out, name: str) -> int:
+    return sum(counts(out, name).values())
+
+
+def survey_totals(p: Processor):
+    return SurveyCore.totals([s.cores[0] for s in p.owned_states()], p.clock_ms)
 
 
 def records(events, batched: bool):
@@ -44,72 +63,74 @@ def events():
 
 @pytest.mark.parametrize("batched", [False, True])
 def test_every_event_has_one_outcome(events, batched):
-    result = processor().process(records(events, batched), NOW)
-    consumed = sum(result.consumed.values())
+    out = processor().process(records(events, batched), NOW)
+    consumed = total(out, "cxp_events_consumed")
     assert consumed == len(events)
-    assert consumed == sum(result.processed.values()) + sum(result.duplicates.values()) + sum(result.rejected.values())
-    assert len(result.rows["events"]) == sum(result.processed.values())
-    assert len(result.rows["dead_letters"]) == len(result.dead_letters) == sum(result.rejected.values())
+    assert consumed == total(out, "cxp_events_processed") + total(out, "cxp_events_duplicate") + total(out, "cxp_events_rejected")
+    assert len(out.rows["events"]) == total(out, "cxp_events_processed")
+    assert len(out.rows["dead_letters"]) == len(out.messages["deadletter"]) == total(out, "cxp_events_rejected")
 
 
 def test_single_and_batched_agree(events):
     a, b = processor(), processor()
     ra, rb = a.process(records(events, False), NOW), b.process(records(events, True), NOW)
-    assert (ra.processed, ra.duplicates, ra.rejected) == (rb.processed, rb.duplicates, rb.rejected)
-    assert a.survey_totals() == b.survey_totals()
-    assert sorted(r[0] for r in ra.rows["events"]) == sorted(r[0] for r in rb.rows["events"])
+    for name in ("cxp_events_consumed", "cxp_events_processed", "cxp_events_duplicate", "cxp_events_rejected"):
+        assert counts(ra, name) == counts(rb, name)
+    assert survey_totals(a) == survey_totals(b)
+    assert sorted(r.event_id for r in ra.rows["events"]) == sorted(r.event_id for r in rb.rows["events"])
 
 
 def test_matches_the_simulators_own_count_of_bad_records(events):
     sim = Simulator(seed=3, customers=200, start_ms=NOW - 3_600_000, bad_rate=0.05)
     list(sim.events(count=3000, rate=1.0))
-    result = processor().process(records(events, False), NOW)
-    assert sum(result.duplicates.values()) == sim.stats["duplicate"]
-    rejected = sum(result.rejected.values())
+    out = processor().process(records(events, False), NOW)
+    assert total(out, "cxp_events_duplicate") == sim.stats["duplicate"]
+    rejected = total(out, "cxp_events_rejected")
     assert rejected == sim.stats["bad_score"] + sim.stats["missing_survey"] + sim.stats["empty_event_id"] + sim.stats["missing_customer"]
 
 
 def test_replay_after_restore_counts_only_duplicates(events):
     first = processor()
-    result = first.process(records(events, True), NOW)
+    out = first.process(records(events, True), NOW)
     # what ClickHouse would hold, read back into a fresh worker (see sinks/clickhouse/state.py)
-    from sinks.clickhouse.state import RestoredState
-    restored = RestoredState(clock_ms=first.clock_ms, source_clocks=dict(first.source_clock_ms))
-    restored.event_ids = [(r[11], r[0], r[4]) for r in result.rows["events"]]
-    counts = {}
-    for row in result.rows["survey_responses"]:
-        key = (row[10], row[3], row[6], row[2] // 60_000, row[7])
-        counts[key] = counts.get(key, 0) + 1
-    restored.survey_counts = [k + (n,) for k, n in counts.items()]
+    restored = Restored(list(range(4)), source_clocks=dict(first.source_clock_ms))
+    for row in out.rows["events"]:
+        hashes, times = restored.ids.setdefault(row.kafka_partition, ([], []))
+        hashes.append(row.id_hash)
+        times.append(row.event_ms)
+    answers: dict = {}
+    for r in out.rows["survey_responses"]:
+        answers.setdefault(r.kafka_partition, []).append((r.tenant, r.kind, r.score, r.event_ms, r.id_hash))
+    restored.core_rows = [{"answers": answers}]
     second = processor()
     second.restore(restored)
-    assert second.survey_totals() == first.survey_totals()
+    assert survey_totals(second) == survey_totals(first)
     again = second.process(records(events, True), NOW)
-    assert sum(again.processed.values()) == 0
-    assert second.survey_totals() == first.survey_totals()
+    assert total(again, "cxp_events_processed") == 0
+    assert survey_totals(second) == survey_totals(first)
 
 
 def test_bad_event_in_a_batch_is_dead_lettered_alone():
     good = {"event_id": "g1", "event_type": "login", "event_time": NOW, "customer_id": "c1"}
     bad = {"event_id": "b1", "event_type": "survey_response", "event_time": NOW, "customer_id": "c1",
            "survey": {"kind": "NPS", "score": 42}}
-    result = processor().process([Record("cx.events.web", 0, 7, b"c1", CODEC.encode_batch("web", [good, bad, good | {"event_id": "g2"}]))], NOW)
-    assert sum(result.processed.values()) == 2 and result.rejected == {("web", "invalid_value"): 1}
-    row = result.rows["dead_letters"][0]
-    assert row[4] == 7 and row[5] == 1  # offset, batch index
-    alone = CODEC.decode(row[9])
+    out = processor().process([Record("cx.events.web", 0, 7, b"c1", CODEC.encode_batch("web", [good, bad, good | {"event_id": "g2"}]))], NOW)
+    assert total(out, "cxp_events_processed") == 2 and counts(out, "cxp_events_rejected") == {("web", "invalid_value"): 1}
+    row = out.rows["dead_letters"][0]
+    assert row.offset == 7 and row.batch_index == 1
+    alone = CODEC.decode(row.payload)
     assert not alone.is_batch and alone.events[0]["event_id"] == "b1"  # replayable on its own
 
 
 def test_undecodable_and_wrong_topic():
     web_event = CODEC.encode_event("web", {"event_id": "w", "event_type": "login", "event_time": NOW, "customer_id": "c"})
-    result = processor().process([
+    out = processor().process([
         Record("cx.events.crm", 0, 0, b"c", web_event),  # a WebEvent on the CRM topic
         Record("cx.events.web", 0, 1, b"\xff", web_event),  # key not UTF-8
         Record("cx.events.web", 0, 2, b"c", b"garbage"),
     ], NOW)
-    assert result.rejected == {("crm", "undecodable"): 1, ("web", "undecodable"): 2}
-    assert sum(result.consumed.values()) == 3
+    assert counts(out, "cxp_events_rejected") == {("crm", "undecodable"): 1, ("web", "undecodable"): 2}
+    assert total(out, "cxp_events_consumed") == 3
 
 
 def test_revoked_partitions_stop_counting():
@@ -117,6 +138,29 @@ def test_revoked_partitions_stop_counting():
     survey = {"event_id": "s", "event_type": "survey_response", "event_time": NOW, "customer_id": "c1",
               "survey": {"kind": "NPS", "score": 10}}
     p.process([Record("cx.events.web", 2, 0, b"c1", CODEC.encode_event("web", survey))], NOW)
-    assert p.survey_totals()[("default", "NPS", "1h")].n == 1
-    assert p.keep_only([0, 1]) == [0, 1]
-    assert p.survey_totals() == {}
+    assert survey_totals(p)[("default", "NPS", "1h")].n == 1
+    p.revoke(forget=False)
+    assert not p.owns(2) and survey_totals(p) == {}
+    assert p.assign([0, 1, 2]) == [0, 1]  # 2 kept its state across the rebalance: no rebuild
+    assert survey_totals(p)[("default", "NPS", "1h")].n == 1
+    assert p.assign([0, 1]) == [0, 1] and survey_totals(p) == {}
+    p.revoke(forget=True)
+    assert p.assign([0, 1]) == [0, 1]  # forgotten: rebuilt from ClickHouse
+
+
+@pytest.mark.parametrize("oversized", ["event_id", "undecodable"])
+def test_oversized_bad_record_gives_a_dead_letter_that_fits(oversized):
+    """A 1.2 MB bad record is dead-lettered truncated, with its size, and the valid events go on."""
+    limit = 65_536
+    good = {"event_id": "g1", "event_type": "login", "event_time": NOW, "customer_id": "c1"}
+    if oversized == "event_id":
+        bad = Record("cx.events.web", 0, 1, b"c1", CODEC.encode_event("web", good | {"event_id": "x" * 1_200_000}))
+    else:
+        bad = Record("cx.events.web", 0, 1, b"k" * 200_000, b"\x00junk" * 150_000)
+    out = processor(limit).process([bad, Record("cx.events.web", 0, 2, b"c1", CODEC.encode_event("web", good))], NOW)
+    assert total(out, "cxp_events_processed") == 1 and total(out, "cxp_events_rejected") == 1
+    (key, value), = out.messages["deadletter"]
+    assert len(value) < 3 * limit and (key is None or len(key) <= limit)
+    letter = CODEC.decode(value).events[0]
+    assert letter["truncated"] and letter["original_size"] == len(bad.value) and len(letter["original_value"]) == limit
+    assert "truncated" in letter["error"] and len(out.rows["dead_letters"][0].payload) == limit

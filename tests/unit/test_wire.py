@@ -54,7 +54,7 @@ def test_batch_round_trip(source):
 def test_other_records_round_trip():
     letter = {"reason": "undecodable", "error": "bad magic byte", "source_topic": "cx.events.web", "source_partition": 3,
               "source_offset": 2**40, "batch_index": None, "original_key": b"c1", "original_value": b"{}",
-              "received_time": T}
+              "received_time": T, "truncated": False, "original_size": 2}
     decoded = CODEC.decode(CODEC.encode("cx.DeadLetter", letter))
     assert decoded.events == [letter] and decoded.schema.source is None and not decoded.is_batch
 

@@ -1,0 +1,218 @@
+"""The one delivery path: buffered Outputs made durable, in a fixed order, before their records are acked.
+
+Order of one flush, and why (the crash-consistency invariant):
+
+1. output-topic messages (dead letters, churn signals, actions), acknowledged by Kafka;
+2. every derived table (survey_responses, dead_letters, metric_snapshots, funnel_progress, ...);
+3. ``events`` last: it is the commit marker. The dedup ids are rebuilt from it, so an event found in
+   ``events`` had everything it produced durable before;
+4. then the input records are acked (their offsets may be committed), then the counter deltas are
+   applied to /metrics.
+
+A crash anywhere before 3 leaves the event out of ``events``, so after a restart it is processed
+again; each metric core is idempotent against its own table (survey answers by event id, ...), so the
+second pass rewrites the same rows (collapsing under FINAL) and counts nothing twice. Output-topic
+messages are at least once: after such a crash they may be sent again, with the same content.
+
+Retries live here and nowhere else: one attempt per step, then :class:`RetryPolicy` backoff, input
+paused (``on_stall``) and the agent held back (``wait_for_room``) until the step succeeds. Every failed
+attempt counts in ``cxp_sink_errors_total{table}``; the first failure of an incident is logged with
+the fix, and so is the recovery.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Optional
+
+from pipeline.metrics.base import Output
+from sinks.clickhouse.sink import ClickHouseSink
+from sinks.prometheus import PipelineMetrics
+
+log = logging.getLogger("cxp.delivery")
+COMMIT_MARKER = "events"
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff: ``initial`` seconds, doubled per failure, at most ``maximum``."""
+
+    initial: float = 0.2
+    maximum: float = 10.0
+
+    def next_delay(self, delay: Optional[float]) -> float:
+        return self.initial if delay is None else min(delay * 2, self.maximum)
+
+
+class DeliveryStopped(Exception):
+    """A deadline passed before everything was durable; what is left stays buffered, unacked."""
+
+
+Publish = Callable[[str, Optional[bytes], bytes], Awaitable[Awaitable[Any]]]
+
+
+class Delivery:
+    """Outputs and the records they came from, waiting for one durable flush.
+
+    Flushes when ``flush_rows`` rows are buffered or the oldest waited ``flush_interval`` seconds, so
+    ClickHouse gets large inserts whatever the shape of the input messages.
+    """
+
+    def __init__(self, sink: ClickHouseSink, run_blocking: Callable[..., Awaitable[Any]], publish: Publish,
+                 topic_names: dict[str, str], metrics: PipelineMetrics, retry: RetryPolicy, flush_rows: int,
+                 flush_interval: float, on_stall: Callable[[bool], None] = lambda stalled: None):
+        self.sink, self.run_blocking, self.publish = sink, run_blocking, publish
+        self.topic_names, self.metrics, self.retry = topic_names, metrics, retry
+        self.flush_rows, self.flush_interval, self.on_stall = flush_rows, flush_interval, on_stall
+        self.acknowledge: Callable[[Any], Awaitable[Any]] = _no_ack  # set by the agent: acks one input record
+        self.deadline: Optional[float] = None  # monotonic time after which retries give up (revoke, shutdown)
+        self._buffer, self._acks, self._since = Output(), [], None
+        self._inflight_since: Optional[float] = None
+        self._lock = asyncio.Lock()
+        self._flushing: Optional[asyncio.Future] = None
+        self._failing: set[str] = set()
+
+    # -- buffering ------------------------------------------------------------------------------
+    def add(self, out: Output, acks: list[Any]) -> None:
+        self._buffer.merge(out)
+        self._acks.extend(acks)
+        if self._since is None:
+            self._since = time.monotonic()
+
+    def pending_rows(self) -> int:
+        return self._buffer.row_count()
+
+    def oldest_unacked_seconds(self) -> float:
+        starts = [t for t in (self._inflight_since, self._since) if t is not None]
+        return time.monotonic() - min(starts) if starts else 0.0
+
+    def _empty(self) -> bool:
+        buffer = self._buffer
+        return not (self._acks or buffer.rows or buffer.messages or buffer.counts or buffer.observations)
+
+    def due(self) -> bool:
+        return self._since is not None and (
+            self.pending_rows() >= self.flush_rows or time.monotonic() - self._since >= self.flush_interval)
+
+    async def maybe_flush(self) -> None:
+        """Start a flush in the background when one is due, so processing goes on meanwhile."""
+        if (self._flushing is None or self._flushing.done()) and self.due():
+            self._flushing = asyncio.ensure_future(self.flush())
+            self._flushing.add_done_callback(_log_failure)
+
+    async def wait_for_room(self) -> None:
+        """Backpressure: past twice the flush size, wait for the running flush instead of buffering
+        without bound. While ClickHouse is down that running flush is retrying, so the agent waits."""
+        while self.pending_rows() >= 2 * self.flush_rows and self._flushing is not None and not self._flushing.done():
+            await asyncio.shield(self._flushing)
+            await self.maybe_flush()
+
+    # -- flushing -------------------------------------------------------------------------------
+    async def flush(self) -> bool:
+        """Make everything buffered durable, ack its records, apply its counters. Flushes run one at
+        a time. Returns False if ``deadline`` passed first; the rest then stays buffered and unacked."""
+        async with self._lock:
+            if self._empty():
+                return True
+            out, acks, since = self._buffer, self._acks, self._since
+            self._buffer, self._acks, self._since = Output(), [], None
+            self._inflight_since = since
+            try:
+                await self._deliver(out)
+            except DeliveryStopped:
+                out.merge(self._buffer)  # what is left of this flush, then what came in meanwhile
+                self._buffer, self._acks = out, acks + self._acks
+                self._since = since if self._since is None else min(since, self._since)
+                return False
+            finally:
+                self._inflight_since = None
+            for record in acks:
+                await self.acknowledge(record)
+            self.metrics.apply(out)
+            return True
+
+    async def flush_until(self, seconds: float) -> bool:
+        """Flush, giving up after ``seconds`` (a running background flush gives up too)."""
+        self.deadline = time.monotonic() + seconds
+        try:
+            if self._flushing is not None and not self._flushing.done():
+                await asyncio.shield(self._flushing)
+            return await self.flush()
+        finally:
+            self.deadline = None
+
+    def discard(self) -> None:
+        """Forget everything buffered and not yet durable: its records stay unacked and are consumed again."""
+        self._buffer, self._acks, self._since = Output(), [], None
+
+    async def _deliver(self, out: Output) -> None:
+        """Steps in the documented order; each step's part is removed from ``out`` once durable."""
+        for topic in list(out.messages):
+            await self._attempt(self.topic_names[topic], self._send, topic, out.messages[topic])
+            del out.messages[topic]
+        for table in sorted(out.rows, key=lambda name: name == COMMIT_MARKER):
+            rows = out.rows[table]
+            if rows:
+                await self._attempt(table, self._insert, table, rows)
+            del out.rows[table]
+
+    async def _send(self, topic: str, messages: list) -> None:
+        full_name = self.topic_names[topic]
+        futures = [await self.publish(full_name, key, value) for key, value in messages]
+        await asyncio.gather(*futures)
+
+    async def _insert(self, table: str, rows: list) -> None:
+        started = time.perf_counter()
+        await self.run_blocking(self.sink.insert, table, rows)
+        self.metrics.sink_flush_seconds.labels(table).observe(time.perf_counter() - started)
+        self.metrics.sink_rows.labels(table).inc(len(rows))
+
+    async def _attempt(self, label: str, step: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run one step until it succeeds, backing off between attempts, or until the deadline."""
+        delay = None
+        while True:
+            try:
+                await self._bounded(step, *args)
+                if label in self._failing:
+                    self._failing.discard(label)
+                    log.warning("delivery recovered", extra={"target": label})
+                    if not self._failing:
+                        self.on_stall(False)
+                return
+            except DeliveryStopped:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure of a step is retried the same way
+                self.metrics.sink_errors.labels(label).inc()
+                delay = self.retry.next_delay(delay)
+                if label not in self._failing:
+                    self._failing.add(label)
+                    self.on_stall(True)
+                    log.error("delivery failed; input paused, retrying until it succeeds. Check that the target is up "
+                              "and reachable (CXP_CLICKHOUSE_URL / CXP_KAFKA_URL); nothing is acknowledged meanwhile",
+                              extra={"target": label, "error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
+                if self.deadline is not None and time.monotonic() + delay > self.deadline:
+                    raise DeliveryStopped(label) from exc
+                await asyncio.sleep(delay)
+
+    async def _bounded(self, step: Callable[..., Awaitable[None]], *args: Any) -> None:
+        if self.deadline is None:
+            return await step(*args)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeliveryStopped("deadline passed")
+        try:
+            await asyncio.wait_for(step(*args), remaining)
+        except asyncio.TimeoutError:
+            raise DeliveryStopped("deadline passed") from None
+
+
+async def _no_ack(record: Any) -> None:
+    raise RuntimeError("Delivery.acknowledge was not set by the agent")
+
+
+def _log_failure(task: asyncio.Future) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # Its records stay unacked, so their offsets are not committed and a restart replays them.
+        log.error("flush failed", exc_info=task.exception())
