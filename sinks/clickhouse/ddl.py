@@ -59,7 +59,7 @@ _TABLES = (
         ("event_id", "String"), ("event_time", "DateTime"), ("event_ms", "Int64"), ("tenant", "String"),
         ("customer_id", "Nullable(String)"), ("source", "String"), ("kind", "String"), ("score", "Int16"),
         ("touchpoint", "Nullable(String)"), ("comment", "Nullable(String)"), ("kafka_partition", "UInt16"),
-        ("id_hash", "UInt64"),
+        ("id_hash", "UInt64"), ("attr_keys", "Array(String)"), ("attr_values", "Array(String)"),
     ), "ReplacingMergeTree() PARTITION BY toYYYYMM(event_time) ORDER BY (tenant, kind, event_id)"),
     Table("dead_letters", (
         ("received_at", "DateTime"), ("received_ms", "Int64"), ("topic", "String"), ("partition", "UInt16"),

@@ -22,8 +22,8 @@ SAMPLES = {
          18_446_744_073_709_551_615),
     ],
     "survey_responses": [
-        ("s1", T0, T0 * 1000, "acme", "c1", "crm", "NPS", 9, "checkout", "fast, thanks", 2, 7),
-        ("s2", T0 + 60, T0 * 1000 + 60_000, "acme", None, "chatbot", "CES", 7, None, None, 1, 8),
+        ("s1", T0, T0 * 1000, "acme", "c1", "crm", "NPS", 9, "checkout", "fast, thanks", 2, 7, ["region"], ["eu"]),
+        ("s2", T0 + 60, T0 * 1000 + 60_000, "acme", None, "chatbot", "CES", 7, None, None, 1, 8, [], []),
     ],
     "dead_letters": [
         (T0, T0 * 1000 + 5, "cx.events.web", 1, 7, -1, "undecodable", "bad magic byte", None, b"not avro"),
@@ -92,7 +92,7 @@ def test_replay_does_not_double_documented_counts(any_backend):
     db, sink = any_backend.database, ClickHouseSink(any_backend)
     events = event_rows(300)
     surveys = [(f"s{i}", T0 + i, (T0 + i) * 1000, ("acme", "globex")[i % 2], f"c{i}", "web", "NPS", i % 11, None, None, 0,
-                id_hash(f"s{i}")) for i in range(120)]
+                id_hash(f"s{i}"), [], []) for i in range(120)]
     newer, older = SAMPLES["complaints"][0], SAMPLES["complaints"][0][:6] + ("opened", T0, None, None, 0, T0 * 1000)
     for replay in (events, events[100:200], events):  # whole batches and a partial overlap
         sink.insert("survey_responses", surveys)

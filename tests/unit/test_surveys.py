@@ -172,5 +172,5 @@ def test_collect_sums_partitions_and_detractors_are_facts():
     families = {f.name: f for f in core.collect([a, b], 60_000)}
     nps_1h = [s.value for s in families["cx_nps"].samples if s.labels == {"tenant": "acme", "window": "1h"}]
     assert nps_1h == [0.0]
-    assert [e["event_id"] for e in out.facts["detractors"]] == ["y"]
+    assert [e["event_id"] for e in out.facts["answers"]] == ["x", "y"]
     assert {f.name for f in core.describe()} == set(families)

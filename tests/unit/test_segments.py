@@ -1,0 +1,82 @@
+"""Segment breakdowns: every answer in exactly one segment per dimension, capped, summing to the whole."""
+from collections import defaultdict
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pipeline.dedup import id_hash
+from pipeline.metrics.base import Accepted, Output
+from pipeline.metrics.segments import OTHER, UNKNOWN, SegmentCore
+from pipeline.metrics.surveys import SurveyCore
+
+WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}
+DAY = 86_400_000
+
+answers = st.lists(st.tuples(
+    st.sampled_from(["acme", "globex"]), st.sampled_from(["NPS", "CSAT", "CES"]), st.integers(0, 10),
+    st.integers(0, 9 * DAY), st.sampled_from(["web", "crm", "chatbot"]),
+    st.one_of(st.none(), st.sampled_from([f"r{i}" for i in range(12)])), st.one_of(st.none(), st.sampled_from(["pro", "free"])),
+), min_size=1, max_size=150)
+
+
+def run(items, max_values):
+    """Survey and segment cores side by side, the way the processor runs them: answers are facts."""
+    surveys, segments = SurveyCore(WINDOWS), SegmentCore(WINDOWS, ("region", "plan", "source"), max_values)
+    s_state, g_state, clock = surveys.new_state(), segments.new_state(), 0
+    for i, (tenant, kind, score, t, source, region, plan) in enumerate(items):
+        score = {"NPS": score, "CSAT": 1 + score % 5, "CES": 1 + score % 7}[kind]
+        attributes = {k: v for k, v in (("region", region), ("plan", plan)) if v is not None}
+        event = {"event_id": f"e{i}", "event_time": t, "tenant": tenant, "attributes": attributes,
+                 "survey": {"kind": kind, "score": score}}
+        accepted, out = Accepted(source, 0, i, [event], [id_hash(event["event_id"])]), Output()
+        surveys.add(s_state, accepted, out)
+        segments.add(g_state, accepted, out)
+        clock = max(clock, t)
+        surveys.tick(s_state, clock, out)
+        segments.tick(g_state, clock, out)
+    return surveys, s_state, segments, g_state, clock
+
+
+@settings(max_examples=100, deadline=None)
+@given(answers, st.integers(1, 5))
+def test_segments_sum_to_the_unsegmented_count_and_are_capped(items, max_values):
+    surveys, s_state, segments, g_state, clock = run(items, max_values)
+    whole = SurveyCore.totals([s_state], clock)
+    parts = segments.totals([g_state], clock)
+    sums = defaultdict(lambda: [0, 0])
+    labels = defaultdict(set)
+    for (tenant, kind, dimension, segment, window), t in parts.items():
+        sums[(tenant, kind, window, dimension)][0] += t.n
+        sums[(tenant, kind, window, dimension)][1] += t.score_sum
+        labels[(tenant, dimension)].add(segment)
+    for (tenant, kind, window), t in whole.items():
+        for dimension in ("region", "plan", "source"):
+            assert sums.get((tenant, kind, window, dimension), [0, 0]) == [t.n, t.score_sum]
+    for segs in labels.values():
+        assert len(segs - {OTHER}) <= max_values
+
+
+def test_biggest_segments_keep_their_names_and_missing_attributes_are_unknown():
+    items = [("acme", "NPS", 10, 1000, "web", region, None) for region in ["eu"] * 5 + ["us"] * 3 + ["apac"] * 2]
+    _, _, segments, state, clock = run(items, 2)
+    regions = {seg: t.n for (_, _, dim, seg, window), t in segments.totals([state], clock).items()
+               if dim == "region" and window == "7d"}
+    assert regions == {"eu": 5, "us": 3, OTHER: 2}
+    plans = {seg for (_, _, dim, seg, _), _ in segments.totals([state], clock).items() if dim == "plan"}
+    assert plans == {UNKNOWN}
+
+
+def test_restore_from_survey_rows_equals_live_state():
+    items = [("acme", "NPS", i % 11, i * 60_000, ("web", "crm")[i % 2], f"r{i % 3}", "pro") for i in range(40)]
+    surveys, _, segments, live, clock = run(items, 5)
+    out = Output()
+    fresh_surveys = surveys.new_state()
+    for i, (tenant, kind, score, t, source, region, plan) in enumerate(items):
+        event = {"event_id": f"e{i}", "event_time": t, "tenant": tenant, "attributes": {"region": region, "plan": plan},
+                 "survey": {"kind": kind, "score": score}}
+        surveys.add(fresh_surveys, Accepted(source, 0, i, [event], [id_hash(f"e{i}")]), out)
+    rows = [(r.tenant, r.kind, r.score, r.event_ms, r.source, r.attr_keys, r.attr_values)
+            for r in out.rows["survey_responses"]]
+    restored = segments.new_state()
+    segments.restore(restored, "answers", rows, clock)
+    assert segments.totals([restored], clock) == segments.totals([live], clock)
