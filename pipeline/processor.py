@@ -145,7 +145,9 @@ class Processor:
         if not valid:
             return
         hashes = [id_hash(event["event_id"]) for event in valid]
-        new = state.dedup.check(hashes, [event["event_time"] for event in valid])
+        # An id is remembered for the dedup horizon from when it was seen, on the event-time clock: an old
+        # event from a lagging partition is not forgotten at once.
+        new = state.dedup.check(hashes, [max(event["event_time"], clock) for event in valid])
         accepted = Accepted(source, record.partition, record.offset, [], [])
         rows = out.rows["events"]
         source_clock = self.source_clock_ms.get(source, 0)

@@ -8,7 +8,6 @@ and the dead-letter topic with a plain recomputation from that input.
 from __future__ import annotations
 
 import io
-import json
 import struct
 import time
 import uuid
@@ -20,8 +19,8 @@ from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
 from pipeline.partitioner import event_key, partition_for
 from pipeline.simulate import Simulator
-from schemas import SCHEMA_DIR
 from sinks.clickhouse.backend import NativeBackend
+from tests.foreign import RECORD, SCHEMAS, avro
 from tests.services.worker import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.integration
@@ -30,28 +29,6 @@ N_EVENTS = 3000
 PARTITIONS = 4
 HOUR = 3_600_000
 SOURCES = ("web", "chatbot", "crm", "complaints")
-RECORD = {"web": "WebEvent", "chatbot": "ChatbotEvent", "crm": "CrmEvent", "complaints": "ComplaintEvent"}
-
-
-# -- an independent Avro writer: plain fastavro over the .avsc files, header built by hand -------------
-def _load_schemas():
-    named: dict = {}
-    for name in ["Survey"] + list(RECORD.values()) + [f"{r}Batch" for r in RECORD.values()] + ["DeadLetter"]:
-        schema = json.loads((SCHEMA_DIR / f"{name}.avsc").read_text())
-        named[name] = fastavro.parse_schema(schema, named_schemas=named)
-    return named
-
-
-SCHEMAS = _load_schemas()
-IDS = {"WebEvent": 1, "ChatbotEvent": 2, "CrmEvent": 3, "ComplaintEvent": 4,
-       "WebEventBatch": 11, "ChatbotEventBatch": 12, "CrmEventBatch": 13, "ComplaintEventBatch": 14}
-
-
-def avro(name: str, record: dict, schema_id: int | None = None) -> bytes:
-    out = io.BytesIO()
-    out.write(struct.pack(">bI", 0, IDS[name] if schema_id is None else schema_id))
-    fastavro.schemaless_writer(out, SCHEMAS[name], record)
-    return out.getvalue()
 
 
 def nps_oracle(responses: list[tuple[str, int, int]], clock_ms: int, window_ms: int) -> dict[str, tuple[float, int]]:
