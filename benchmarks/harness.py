@@ -44,7 +44,10 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.demo import scrape, total
-from pipeline.localbroker import LocalBroker, free_port, stop_process
+from pipeline.local.broker import LocalBroker
+from pipeline.local.clickhouse import ClickHouseServer
+from pipeline.local.processes import free_port, stop_process
+from pipeline.local.worker import WorkerProcess
 from pipeline.partitioner import event_key, partition_for
 from pipeline.processor import Processor, Record
 from pipeline.producer import EventProducer
@@ -57,7 +60,6 @@ from pipeline.wire import Codec
 from sinks.clickhouse.backend import NativeBackend
 from sinks.clickhouse.ddl import COLUMNS
 from sinks.clickhouse.sink import ClickHouseSink
-from tests.services.clickhouse import ClickHouseServer
 
 console = Console()
 ROOT = Path(__file__).resolve().parents[1]
@@ -163,43 +165,30 @@ def child_env(**extra: str) -> dict:
     return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{path}" if path else str(ROOT), **extra)
 
 
-class Worker:
-    """One `python -m pipeline.cli worker` subprocess, run in its own folder (Faust writes <app_id>-data/ to cwd)."""
+class Worker(WorkerProcess):
+    """A worker launched at once in its own folder, with a fresh group and the harness's settings;
+    extra CXP_* settings (e.g. CXP_METRICS) as keyword arguments."""
 
-    def __init__(self, kafka_url: str, clickhouse_url: str, prefix: str, group: str, workdir: Path):
-        self.port = free_port()
-        self.home = workdir / f"worker-{group}-{self.port}"
-        self.home.mkdir(parents=True)
+    def __init__(self, kafka_url: str, clickhouse_url: str, prefix: str, group: str, workdir: Path, **settings: str):
+        port = free_port()
+        home = workdir / f"worker-{group}-{port}"
+        home.mkdir(parents=True)
         env = child_env(CXP_KAFKA_URL=kafka_url, CXP_CLICKHOUSE_URL=clickhouse_url, CXP_TOPIC_PREFIX=prefix,
-                        CXP_APP_ID=group, CXP_WEB_PORT=str(self.port), CXP_SESSION_TIMEOUT="6",
-                        CXP_DATA_DIR=str(self.home / "data"), CXP_LOG_LEVEL="warning")
-        self.log = self.home / "worker.log"
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env, cwd=self.home,
-                                        stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}/metrics"
+                        CXP_APP_ID=group, CXP_WEB_PORT=str(port), CXP_SESSION_TIMEOUT="6",
+                        CXP_DATA_DIR=str(home / "data"), CXP_LOG_LEVEL="warning", **settings)
+        super().__init__(env, home / "worker.log", cwd=home)
+        self.launch()
 
-    def metrics(self) -> dict:
-        if self.process.poll() is not None:
-            tail = self.log.read_text(errors="replace")[-2000:] if self.log.exists() else ""
-            raise RuntimeError(f"worker exited with {self.process.returncode}; log tail:\n{tail}")
+    def poll_metrics(self) -> dict:
+        """The current samples, {} while /metrics does not answer yet; raises if the worker has exited."""
+        self.raise_if_exited()
         try:
-            return scrape(self.url, timeout=5)
+            return scrape(self.metrics_url, timeout=5)
         except OSError:
             return {}
 
-    def peak_rss_bytes(self) -> int:
-        """VmHWM: the resident set's high-water mark."""
-        try:
-            for line in open(f"/proc/{self.process.pid}/status"):
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) * 1024
-        except OSError:
-            pass
-        return 0
-
-    def stop(self) -> None:
-        stop_process(self.process, 60)
+    def stop(self, timeout_s: float = 60.0) -> None:
+        super().stop(timeout_s)
 
 
 class Done(dict):
@@ -219,7 +208,7 @@ def wait_done(workers: list[Worker], n_events: int, distinct: int, on_ready: Opt
     last_change, last_state = time.perf_counter(), None
     stall_s = max(120.0, n_events / 2000)
     while True:
-        samples = [w.metrics() for w in workers]
+        samples = [w.poll_metrics() for w in workers]
         now = time.perf_counter()
         if on_ready is not None and all(samples):
             on_ready()
@@ -234,14 +223,14 @@ def wait_done(workers: list[Worker], n_events: int, distinct: int, on_ready: Opt
         else:
             finished = processed >= distinct and rows >= processed and consumed >= n_events
         if finished:
-            return Done(seconds=now - first, with_join=now - min(w.started for w in workers), samples=samples,
+            return Done(seconds=now - first, with_join=now - min(w.launched_at for w in workers), samples=samples,
                         consumed=consumed, processed=processed, rows=rows)
         state = (consumed, processed, rows)
         if state != last_state:
             last_change, last_state = now, state
         elif now - last_change > stall_s:
             raise RuntimeError(f"no progress for {stall_s:.0f} s: consumed {consumed:,.0f} of {n_events:,}, processed "
-                               f"{processed:,.0f}, events rows {rows:,.0f}; logs in {[str(w.log) for w in workers]}")
+                               f"{processed:,.0f}, events rows {rows:,.0f}; logs in {[str(w.log_path) for w in workers]}")
         time.sleep(poll_s)
 
 
@@ -425,9 +414,9 @@ def warm_up(bootstrap: str, worker: Worker, prefix: str, codec: Codec) -> None:
     with EventProducer(bootstrap, codec, topic_prefix=prefix) as producer:
         producer.send(source, event)
     deadline = time.perf_counter() + 120
-    while total(worker.metrics(), "cxp_events_processed_total") < 1:
+    while total(worker.poll_metrics(), "cxp_events_processed_total") < 1:
         if time.perf_counter() > deadline:
-            raise RuntimeError(f"the worker did not process the warm-up event; see {worker.log}")
+            raise RuntimeError(f"the worker did not process the warm-up event; see {worker.log_path}")
         time.sleep(0.1)
 
 
@@ -437,13 +426,13 @@ def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: f
     events = list(Simulator(seed=99, customers=CUSTOMERS, start_ms=int(time.time() * 1000)).events(count=n, rate=rate))
     sent_at = [0.0] * n
     seen: list[tuple[float, float]] = []
-    base = total(worker.metrics(), "cxp_events_processed_total")
+    base = total(worker.poll_metrics(), "cxp_events_processed_total")
     stop = threading.Event()
 
     def scraper() -> None:
         while not stop.is_set():
             try:
-                samples = scrape(worker.url, timeout=5)
+                samples = scrape(worker.metrics_url, timeout=5)
             except OSError:
                 continue
             seen.append((time.perf_counter(), total(samples, "cxp_events_processed_total") - base))

@@ -4,30 +4,13 @@ Tansu runs in memory mode: topics live only as long as the process. Production u
 """
 from __future__ import annotations
 
-import os
-import signal
 import socket
 import subprocess
 import time
 from pathlib import Path
 from typing import Optional
 
-
-def stop_process(process: subprocess.Popen, timeout_s: float = 30.0) -> None:
-    """SIGTERM, then SIGKILL if it has not exited within timeout_s."""
-    if process.poll() is None:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from pipeline.local.processes import free_port, stop_process
 
 
 class LocalBroker:
