@@ -6,7 +6,9 @@ Starts a local Tansu broker and a ClickHouse 18.16 server, preloads N simulator 
 (each figure the median of --runs runs, all in the same run so ratios compare like with like):
 
   end-to-end throughput of `cxp worker` on batch messages, and the same counting the group join;
+  the same with CXP_METRICS=surveys (the survey core only), for the cost of all metric cores;
   the ceiling: plain aiokafka getmany + fastavro decode + count per tenant, same topics;
+  the bare pipeline: getmany + decode + plain clickhouse-driver columnar insert of the events rows;
   one event per message: the worker, and Faust's own no-op agent on that input;
   two worker processes sharing the group;
   event-to-metric latency (p50/p99) at a fixed offered rate;
@@ -37,12 +39,14 @@ import time
 import tracemalloc
 import uuid
 from collections import Counter, defaultdict
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Optional
 
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.dedup import id_hash
 from pipeline.demo import scrape, total
 from pipeline.local.broker import LocalBroker
 from pipeline.local.clickhouse import ClickHouseServer
@@ -70,6 +74,12 @@ SPAN_MS = 4 * 3_600_000  # event times of the preloaded input span the four hour
 CUSTOMERS = 50_000
 FIGURES = ("e2e", "single", "two", "latency", "sink", "state")  # for --only; e2e includes the ceiling
 T0 = time.monotonic()
+SURVEYS_ONLY = {"CXP_METRICS": "surveys"}  # the metric cores setting: only the survey core (NPS/CSAT/CES)
+RATIOS = {  # figure -> (numerator, denominator), each a median of the runs
+    "ratio_to_ceiling": ("end_to_end_eps", "ceiling_eps"),
+    "ratio_to_bare": ("end_to_end_eps", "bare_pipeline_eps"),
+    "all_cores_to_surveys_only": ("end_to_end_eps", "surveys_only_eps"),
+}
 
 
 class CorrectnessError(Exception):
@@ -235,10 +245,11 @@ def wait_done(workers: list[Worker], n_events: int, distinct: int, on_ready: Opt
 
 
 def end_to_end_once(broker: LocalBroker, clickhouse: ClickHouseServer, prefix: str, n_events: int, oracle: Oracle,
-                    workdir: Path, what: str, spy_out: Optional[Path] = None) -> Done:
-    """One worker (fresh group and database) through the preloaded input; checked against the oracle.
-    With spy_out, py-spy records it from the moment its /metrics answers until the input is through."""
-    worker = Worker(broker.url, clickhouse.url(f"bench_{uid()}"), prefix, f"bench-{uid()}", workdir)
+                    workdir: Path, what: str, spy_out: Optional[Path] = None, **settings: str) -> Done:
+    """One worker (fresh group and database, extra CXP_* settings) through the preloaded input; checked
+    against the oracle. With spy_out, py-spy records it from the moment its /metrics answers until the
+    input is through."""
+    worker = Worker(broker.url, clickhouse.url(f"bench_{uid()}"), prefix, f"bench-{uid()}", workdir, **settings)
     spy = Spy(worker.process.pid, spy_out) if spy_out else None
     try:
         done = wait_done([worker], n_events, oracle.distinct, on_ready=spy.start if spy else None)
@@ -333,19 +344,20 @@ def parse_profile(path: Path, top: int = 15) -> dict:
 
 
 # -- the measurements ------------------------------------------------------------------------------------------
-def ceiling_in_child(bootstrap: str, prefix: str, n: int) -> float:
-    """The ceiling in a fresh Python process, as the worker gets one (not this process with its large heap)."""
-    code = ("import sys; from benchmarks.harness import ceiling, Codec, BundledRegistry; "
-            "print(ceiling(sys.argv[1], sys.argv[2], int(sys.argv[3]), Codec(BundledRegistry())))")
-    done = subprocess.run([sys.executable, "-c", code, bootstrap, prefix, str(n)], env=child_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=max(300.0, n / 1000))
+def in_child(measure: str, *args: object) -> float:
+    """harness.<measure>(*args) in a fresh Python process, as the worker gets one (not this process with
+    the whole input on its heap): its events/s. The arguments travel as strings."""
+    code = "import sys; from benchmarks import harness; print(getattr(harness, sys.argv[1])(*sys.argv[2:]))"
+    done = subprocess.run([sys.executable, "-c", code, measure, *map(str, args)], env=child_env(), cwd=ROOT,
+                          capture_output=True, text=True, timeout=max(300.0, int(args[2]) / 1000))
     if done.returncode != 0:
-        raise RuntimeError(f"the ceiling consumer failed:\n{done.stderr[-2000:]}")
+        raise RuntimeError(f"{measure} failed:\n{done.stderr[-2000:]}")
     return float(done.stdout.strip().splitlines()[-1])
 
 
-def ceiling(bootstrap: str, prefix: str, n: int, codec: Codec) -> float:
-    """Plain aiokafka: assign all partitions, seek to beginning, getmany, decode each value, count per tenant."""
+def consume_all(bootstrap: str, prefix: str, n: int, handle: Callable[[list], int]) -> float:
+    """Plain aiokafka: assign every partition of the input topics, seek to the beginning and getmany until
+    handle(records) has reported n events; seconds from the first getmany to the end of the last handle."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def run() -> float:
@@ -356,24 +368,98 @@ def ceiling(bootstrap: str, prefix: str, n: int, codec: Codec) -> float:
             tps = [TopicPartition(f"{prefix}events.{s}", p) for s in SOURCES for p in range(PARTITIONS)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            counts: Counter = Counter()
             seen = 0
             started = time.perf_counter()
             deadline = started + max(120.0, n / 2000)
             while seen < n:
                 if time.perf_counter() > deadline:
-                    raise RuntimeError(f"ceiling consumer read only {seen:,} of {n:,} events")
+                    raise RuntimeError(f"the consumer read only {seen:,} of {n:,} events")
                 batches = await consumer.getmany(timeout_ms=200, max_records=5000)
                 for records in batches.values():
-                    for record in records:
-                        for event in codec.decode(record.value).events:
-                            counts[event["tenant"]] += 1
-                            seen += 1
-            return n / (time.perf_counter() - started)
+                    seen += handle(records)
+            return time.perf_counter() - started
         finally:
             await consumer.stop()
 
     return asyncio.run(run())
+
+
+def ceiling(bootstrap: str, prefix: str, n: str) -> float:
+    """The decode ceiling: consume_all, decode each value, count events per tenant: events/s."""
+    n_events, codec, counts = int(n), Codec(BundledRegistry()), Counter()
+
+    def handle(records: list) -> int:
+        decoded = 0
+        for record in records:
+            for event in codec.decode(record.value).events:
+                counts[event["tenant"]] += 1
+                decoded += 1
+        return decoded
+
+    return n_events / consume_all(bootstrap, prefix, n_events, handle)
+
+
+def event_row_builder(columns: tuple[str, ...]) -> Callable[[dict, str, int, int], tuple]:
+    """(event, source, partition, offset) -> the events-table row in `columns` order, built as the worker
+    builds it but with no validation or dedup. id_hash is the dedup key stored with each row on the
+    schema the worker is moving to; it is only part of the row if the DDL has the column."""
+    known = ("event_id", "source", "event_type", "event_time", "event_ms", "tenant", "customer_id", "anonymous_id",
+             "session_id", "attr_keys", "attr_values", "kafka_partition", "kafka_offset", "id_hash")
+    unknown = set(columns) - set(known)
+    if unknown:
+        raise RuntimeError(f"the bare pipeline does not know the events columns {sorted(unknown)}: add them to event_row_builder")
+    pick = itemgetter(*(known.index(c) for c in columns))
+    with_hash = "id_hash" in columns
+
+    def build(event: dict, source: str, partition: int, offset: int) -> tuple:
+        event_ms, attributes = event["event_time"], event.get("attributes") or {}
+        return pick((event["event_id"], source, event["event_type"], event_ms // 1000, event_ms, event["tenant"],
+                     event.get("customer_id"), event.get("anonymous_id"), event.get("session_id"),
+                     list(attributes), list(attributes.values()), partition, offset,
+                     id_hash(event["event_id"]) if with_hash else None))
+
+    return build
+
+
+def bare_pipeline(bootstrap: str, prefix: str, n: str, clickhouse_url: str, insert_rows: str) -> float:
+    """The bare pipeline: consume_all, decode, build each event's events row, and insert the rows with a
+    plain clickhouse-driver columnar INSERT every insert_rows rows (and the rest at the end), inline.
+    No validation, dedup or metrics. Fails unless the table then holds n rows: events/s."""
+    n_events, batch, codec = int(n), int(insert_rows), Codec(BundledRegistry())
+    backend = NativeBackend(clickhouse_url)
+    backend.create_tables()  # the project's DDL, before the clock starts
+    client = backend.client  # a plain clickhouse_driver.Client
+    columns = COLUMNS["events"]
+    sql = f"INSERT INTO {backend.database}.events ({', '.join(f'`{c}`' for c in columns)}) VALUES"
+    build, topic_source = event_row_builder(columns), {f"{prefix}events.{s}": s for s in SOURCES}
+    rows: list[tuple] = []
+    inserted = 0
+
+    def insert() -> None:
+        nonlocal inserted
+        client.execute(sql, list(zip(*rows)), columnar=True)
+        inserted += len(rows)
+        rows.clear()
+
+    def handle(records: list) -> int:
+        decoded = 0
+        for record in records:
+            source = topic_source[record.topic]
+            for event in codec.decode(record.value).events:
+                rows.append(build(event, source, record.partition, record.offset))
+                decoded += 1
+        if len(rows) >= batch or len(rows) + inserted >= n_events:
+            insert()
+        return decoded
+
+    try:
+        seconds = consume_all(bootstrap, prefix, n_events, handle)
+        stored = client.execute(f"SELECT count() FROM {backend.database}.events")[0][0]
+    finally:
+        backend.close()
+    if stored != n_events:
+        raise CorrectnessError(f"the bare pipeline stored {stored:,} events rows, it consumed {n_events:,} events")
+    return n_events / seconds
 
 
 def faust_noop(bootstrap: str, prefix: str, n_messages: int, workdir: Path) -> float:
@@ -533,11 +619,11 @@ def state_per_customer(events, codec: Codec) -> dict:
             "events_per_customer": len(events) / customers, "by_file": by_file}
 
 
-def event_rows(events, codec: Codec) -> list[tuple]:
-    """The events-table rows the worker writes for these events (Processor output, COLUMNS order)."""
-    processor = processor_for(codec)
-    now = int(time.time() * 1000)
-    return [row for r in batch_records(events, codec) for row in processor.process([r], now).rows["events"]]
+def event_rows(events) -> list[tuple]:
+    """events-table rows for these events, as the worker builds them (event_row_builder; offsets made up)."""
+    build = event_row_builder(COLUMNS["events"])
+    return [build(event, source, partition_for(event_key(source, event), PARTITIONS), offset)
+            for offset, (source, event) in enumerate(events)]
 
 
 def sink_ratio(clickhouse: ClickHouseServer, rows: list[tuple], batch: int, run: int) -> dict:
@@ -661,30 +747,41 @@ def main(argv: Optional[list[str]] = None) -> int:
             step(f"preloading them as batch messages of up to 500 events (prefix {batched_prefix})")
             fig["preload_batched_seconds"] = preload_batched(broker.bootstrap_servers, batched_prefix, events, codec)
 
-        def end_to_end(run: int, spy_out: Optional[Path] = None) -> Done:
-            what = f"end-to-end run {run}" if run else "profiled end-to-end run"
-            done = end_to_end_once(broker, clickhouse, batched_prefix, args.events, oracle, workdir, what, spy_out)
+        def end_to_end(run: int, spy_out: Optional[Path] = None, **settings: str) -> Done:
+            what = (f"end-to-end run {run}" if run else "profiled end-to-end run") + (f" {settings}" if settings else "")
+            done = end_to_end_once(broker, clickhouse, batched_prefix, args.events, oracle, workdir, what, spy_out,
+                                   **settings)
             results["correctness"].append(f"{what}: ok ({oracle.distinct:,} events, {len(oracle.nps)} NPS series)")
             return done
 
         if "e2e" in args.only:
+            insert_rows = Settings.model_fields["sink_batch_rows"].default  # the worker's flush size
             for run in range(args.runs):
-                step(f"end-to-end run {run + 1}/{args.runs}: one worker, {args.events:,} events")
-                done = end_to_end(run + 1)
-                runs["end_to_end_eps"].append(args.events / done["seconds"])
-                runs["end_to_end_with_join_eps"].append(args.events / done["with_join"])
-                runs["worker_peak_rss_mib"].append(done["peak_rss"] / 2**20)
-                note(f"{runs['end_to_end_eps'][-1]:,.0f} events/s ({done['seconds']:.1f} s; {done['with_join']:.1f} s "
-                     f"from process start), peak RSS {done['peak_rss'] / 2**20:,.0f} MiB, NPS and count correct")
+                # All metric cores and surveys only, in alternating order so neither always runs first.
+                variants = [("end_to_end", {}), ("surveys_only", SURVEYS_ONLY)]
+                for name, settings in variants if run % 2 == 0 else variants[::-1]:
+                    step(f"end-to-end run {run + 1}/{args.runs}: one worker, {args.events:,} events"
+                         + (f", {settings}" if settings else ", all metric cores"))
+                    done = end_to_end(run + 1, **settings)
+                    runs[f"{name}_eps"].append(args.events / done["seconds"])
+                    runs[f"{name}_with_join_eps"].append(args.events / done["with_join"])
+                    runs[f"{name}_peak_rss_mib"].append(done["peak_rss"] / 2**20)
+                    note(f"{args.events / done['seconds']:,.0f} events/s ({done['seconds']:.1f} s; {done['with_join']:.1f} s "
+                         f"from process start), peak RSS {done['peak_rss'] / 2**20:,.0f} MiB, NPS and count correct")
                 step(f"ceiling run {run + 1}/{args.runs}: aiokafka getmany + decode + count")
-                runs["ceiling_eps"].append(ceiling_in_child(broker.bootstrap_servers, batched_prefix, args.events))
+                runs["ceiling_eps"].append(in_child("ceiling", broker.bootstrap_servers, batched_prefix, args.events))
                 note(f"{runs['ceiling_eps'][-1]:,.0f} events/s")
-            fig["end_to_end_eps"] = med(runs["end_to_end_eps"])
-            fig["end_to_end_with_join_eps"] = med(runs["end_to_end_with_join_eps"])
-            fig["ceiling_eps"] = med(runs["ceiling_eps"])
-            runs["ratio_to_ceiling"] = [a / b for a, b in zip(runs["end_to_end_eps"], runs["ceiling_eps"])]
-            fig["ratio_to_ceiling"] = fig["end_to_end_eps"] / fig["ceiling_eps"]
-            fig["worker_peak_rss_mib"] = max(runs["worker_peak_rss_mib"])
+                step(f"bare pipeline run {run + 1}/{args.runs}: aiokafka getmany + decode + columnar insert "
+                     f"every {insert_rows:,} rows")
+                runs["bare_pipeline_eps"].append(in_child("bare_pipeline", broker.bootstrap_servers, batched_prefix,
+                                                          args.events, clickhouse.url(f"bench_bare_{uid()}"), insert_rows))
+                note(f"{runs['bare_pipeline_eps'][-1]:,.0f} events/s, {args.events:,} rows stored")
+            for key in ("end_to_end_eps", "end_to_end_with_join_eps", "surveys_only_eps", "ceiling_eps", "bare_pipeline_eps"):
+                fig[key] = med(runs[key])
+            for ratio, (a, b) in RATIOS.items():
+                runs[ratio] = [x / y for x, y in zip(runs[a], runs[b])]
+                fig[ratio] = fig[a] / fig[b]
+            fig["worker_peak_rss_mib"] = max(runs["end_to_end_peak_rss_mib"])
 
         if "single" in args.only:
             single_events = events[:args.single_events]
@@ -751,7 +848,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
         if "sink" in args.only:
             step(f"ClickHouse sink vs plain clickhouse-driver: {args.sink_rows:,} rows in {args.sink_batch:,}-row batches")
-            rows = event_rows(events[:args.sink_rows], codec)
+            rows = event_rows(events[:args.sink_rows])
             for run in range(args.runs):
                 r = sink_ratio(clickhouse, rows, args.sink_batch, run)
                 runs["sink_rows_per_s"].append(r["sink"])
@@ -850,6 +947,12 @@ def report(results: dict, args: argparse.Namespace) -> None:
         ("  same, counting the group join", "end_to_end_with_join_eps", "end_to_end_with_join_eps", "{:,.0f}", ""),
         ("ceiling: aiokafka getmany + fastavro decode + count (events/s)", "ceiling_eps", "ceiling_eps", "{:,.0f}", ""),
         ("ratio end-to-end / ceiling", "ratio_to_ceiling", "ratio_to_ceiling", "{:.2f}", ">= 0.30"),
+        ("bare pipeline: getmany + decode + columnar insert (events/s)", "bare_pipeline_eps", "bare_pipeline_eps",
+         "{:,.0f}", ""),
+        ("ratio end-to-end / bare pipeline", "ratio_to_bare", "ratio_to_bare", "{:.2f}", ""),
+        ("end-to-end, CXP_METRICS=surveys (events/s)", "surveys_only_eps", "surveys_only_eps", "{:,.0f}", ""),
+        ("ratio all metric cores / surveys only", "all_cores_to_surveys_only", "all_cores_to_surveys_only", "{:.2f}",
+         ">= 0.8"),
         ("one event per message, worker (events/s)", "single_event_eps", "single_event_eps", "{:,.0f}", ""),
         ("Faust no-op agent, same input (messages/s)", "faust_noop_msgs_per_s", "faust_noop_msgs_per_s", "{:,.0f}", ""),
         ("ratio one-per-message / Faust no-op", "single_event_ratio_to_noop", None, "{:.2f}", ""),
@@ -859,7 +962,7 @@ def report(results: dict, args: argparse.Namespace) -> None:
         ("ClickHouseSink add+flush (rows/s)", "sink_rows_per_s", "sink_rows_per_s", "{:,.0f}", ""),
         ("plain clickhouse-driver columnar insert (rows/s)", "plain_driver_rows_per_s", "plain_driver_rows_per_s", "{:,.0f}", ""),
         ("ratio sink / plain insert", "sink_ratio", "sink_ratio", "{:.2f}", ">= 0.8"),
-        ("worker peak RSS, VmHWM (MiB, max of runs)", "worker_peak_rss_mib", "worker_peak_rss_mib", "{:,.0f}", ""),
+        ("worker peak RSS, VmHWM (MiB, max of runs)", "worker_peak_rss_mib", "end_to_end_peak_rss_mib", "{:,.0f}", ""),
         ("state per active customer (bytes)", "state_bytes_per_customer", None, "{:,.0f}", "<= 1 KB"),
         ("profiled end-to-end run (events/s, py-spy attached)", "profiled_run_eps", None, "{:,.0f}", ""),
     ]
