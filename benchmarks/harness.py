@@ -72,7 +72,7 @@ WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}  # the worker'
 DEDUP_HORIZON_MS = 86_400_000
 SPAN_MS = 4 * 3_600_000  # event times of the preloaded input span the four hours before now
 CUSTOMERS = 50_000
-FIGURES = ("e2e", "single", "two", "latency", "sink", "state")  # for --only; e2e includes the ceiling
+FIGURES = ("e2e", "single", "two", "latency", "sink", "state")  # for --only; e2e includes surveys only, ceiling, bare
 T0 = time.monotonic()
 SURVEYS_ONLY = {"CXP_METRICS": "surveys"}  # the metric cores setting: only the survey core (NPS/CSAT/CES)
 RATIOS = {  # figure -> (numerator, denominator), each a median of the runs
@@ -344,13 +344,16 @@ def parse_profile(path: Path, top: int = 15) -> dict:
 
 
 # -- the measurements ------------------------------------------------------------------------------------------
-def in_child(measure: str, *args: object) -> float:
-    """harness.<measure>(*args) in a fresh Python process, as the worker gets one (not this process with
-    the whole input on its heap): its events/s. The arguments travel as strings."""
+def in_child(measure: str, bootstrap: str, prefix: str, n: int, *extra: object) -> float:
+    """harness.<measure>(bootstrap, prefix, n, *extra) in a fresh Python process, as the worker gets one
+    (not this process with the whole input on its heap): its events/s. The arguments travel as strings."""
     code = "import sys; from benchmarks import harness; print(getattr(harness, sys.argv[1])(*sys.argv[2:]))"
-    done = subprocess.run([sys.executable, "-c", code, measure, *map(str, args)], env=child_env(), cwd=ROOT,
-                          capture_output=True, text=True, timeout=max(300.0, int(args[2]) / 1000))
+    done = subprocess.run([sys.executable, "-c", code, measure, bootstrap, prefix, str(n), *map(str, extra)],
+                          env=child_env(), cwd=ROOT, capture_output=True, text=True, timeout=max(300.0, n / 1000))
     if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+        if last.startswith("benchmarks.harness.CorrectnessError: "):  # a wrong answer, not a crash
+            raise CorrectnessError(last.split(": ", 1)[1])
         raise RuntimeError(f"{measure} failed:\n{done.stderr[-2000:]}")
     return float(done.stdout.strip().splitlines()[-1])
 
