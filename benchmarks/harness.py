@@ -33,6 +33,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
@@ -298,16 +299,17 @@ def _function(frame: str) -> str:
     return f"{name} ({where.rsplit(':', 1)[0]})" if ":" in where else frame
 
 
+SITE_PACKAGES = sysconfig.get_paths()["purelib"] + "/"  # wherever the venv is (often not under ROOT)
+
+
 def _short(function: str) -> str:
-    """Paths relative to the project or to site-packages, for the table."""
-    for prefix in (str(ROOT / ".venv") + "/", str(ROOT) + "/"):
-        function = function.replace(prefix, "")
-    return function.replace(f"lib/python{sys.version_info.major}.{sys.version_info.minor}/site-packages/", "")
+    """Paths relative to site-packages or to the project, for the table."""
+    return function.replace(SITE_PACKAGES, "").replace(str(ROOT) + "/", "")
 
 
 def _is_project(function: str) -> bool:
     where = function.rpartition(" (")[2]
-    return where.startswith(str(ROOT) + "/") and not where.startswith(str(ROOT / ".venv") + "/")
+    return where.startswith(str(ROOT) + "/") and not where.startswith(SITE_PACKAGES)
 
 
 def parse_profile(path: Path, top: int = 15) -> dict:
