@@ -1,16 +1,30 @@
-"""Benchmark harness: cx-pipeline against the limit set by its own tools, on one machine, in one run.
+"""Benchmark harness: the cx-pipeline worker against the limits set by its own tools, on one machine.
 
-    python -m benchmarks.harness [--events N] [--runs K] [--rate R] [--profile] [--smoke]
+    .venv/bin/python -m benchmarks.harness [--events N] [--runs K] [--rate R] [--profile] [--json PATH] [--smoke]
 
-Every figure is the median of --runs runs. Throughput ratios compare figures measured in the same
-run on the same broker, because absolute numbers on a shared 2-core machine are noisy. The harness
-also checks that the worker's NPS equals a plain recomputation from its input: a fast wrong answer
-fails the run.
+Starts a local Tansu broker and a ClickHouse 18.16 server, preloads N simulator events, and measures
+(each figure the median of --runs runs, all in the same run so ratios compare like with like):
+
+  end-to-end throughput of `cxp worker` on batch messages, and the same counting the group join;
+  the same with CXP_METRICS=surveys (the survey core only), for the cost of all metric cores;
+  the ceiling: plain aiokafka getmany + fastavro decode + count per tenant, same topics;
+  the bare pipeline: getmany + decode + plain clickhouse-driver columnar insert of the events rows;
+  one event per message: the worker, and Faust's own no-op agent on that input;
+  two worker processes sharing the group;
+  event-to-metric latency (p50/p99) at a fixed offered rate;
+  the ClickHouse sink against a plain clickhouse-driver columnar insert;
+  the worker's peak RSS and the processor state per active customer (tracemalloc).
+
+Every end-to-end run checks the worker's cx_nps{tenant,window} and processed count against a plain
+recomputation from the input and exits non-zero if they differ. --smoke is a small version that
+asserts correctness only, never speed. Results go to a rich table and a JSON file.
+See benchmarks/README.md for what each figure means and how it is measured.
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import platform
@@ -19,22 +33,28 @@ import signal
 import statistics
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import threading
 import time
 import tracemalloc
 import uuid
-from collections import defaultdict
+from collections import Counter, defaultdict
+from operator import itemgetter
 from pathlib import Path
 from typing import Callable, Optional
 
-from kafka import KafkaProducer
 from rich.console import Console
 from rich.table import Table
 
+from pipeline.dedup import id_hash
 from pipeline.demo import scrape, total
-from pipeline.localbroker import LocalBroker, free_port, stop_process
+from pipeline.local.broker import LocalBroker
+from pipeline.local.clickhouse import ClickHouseServer
+from pipeline.local.processes import free_port, stop_process
+from pipeline.local.worker import WorkerProcess
 from pipeline.partitioner import event_key, partition_for
+from pipeline.metrics import build_cores
 from pipeline.processor import Processor, Record
 from pipeline.producer import EventProducer
 from pipeline.registry import EVENT_SCHEMAS, SOURCES, BundledRegistry
@@ -46,200 +66,492 @@ from pipeline.wire import Codec
 from sinks.clickhouse.backend import NativeBackend
 from sinks.clickhouse.ddl import COLUMNS
 from sinks.clickhouse.sink import ClickHouseSink
-from tests.services.clickhouse import ClickHouseServer
 
 console = Console()
 ROOT = Path(__file__).resolve().parents[1]
 PARTITIONS = 4
-WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}
+WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}  # the worker's defaults (CXP_WINDOWS)
+DEDUP_HORIZON_MS = 86_400_000
+SPAN_MS = 4 * 3_600_000  # event times of the preloaded input span the four hours before now
+CUSTOMERS = 50_000
+FIGURES = ("e2e", "single", "two", "latency", "sink", "state")  # for --only; e2e includes surveys only, ceiling, bare
+T0 = time.monotonic()
+SURVEYS_ONLY = {"CXP_METRICS": "surveys"}  # the metric cores setting: only the survey core (NPS/CSAT/CES)
+RATIOS = {  # figure -> (numerator, denominator), each a median of the runs
+    "ratio_to_ceiling": ("end_to_end_eps", "ceiling_eps"),
+    "ratio_to_bare": ("end_to_end_eps", "bare_pipeline_eps"),
+    "all_cores_to_surveys_only": ("end_to_end_eps", "surveys_only_eps"),
+}
 
 
-# -- input -------------------------------------------------------------------------------------------
+class CorrectnessError(Exception):
+    """The worker's numbers differ from the plain recomputation: a fast wrong answer fails the run."""
+
+
+def uid() -> str:
+    return uuid.uuid4().hex[:8]
+
+
+# -- input -------------------------------------------------------------------------------------------------
 def make_events(n: int, seed: int = 1) -> list[tuple[str, dict]]:
-    """n simulator events spanning a few hours of event time, shifted to end a minute before now."""
-    span_ms = 4 * 3_600_000
-    events = list(Simulator(seed=seed, customers=50_000, start_ms=0).events(count=n, rate=n / (span_ms / 1000)))
-    shift = int(time.time() * 1000) - 60_000 - events[-1][1]["event_time"]
-    for _, event in events:
-        event["event_time"] += shift
-    return events
+    """n simulator events whose event times span SPAN_MS and end a minute before now."""
+    rate = n / (SPAN_MS / 1000)  # events per second of event time
+    start_ms = int(time.time() * 1000) - 60_000 - int(n / rate * 1000)
+    return list(Simulator(seed=seed, customers=CUSTOMERS, start_ms=start_ms).events(count=n, rate=rate))
 
 
-def preload(bootstrap: str, prefix: str, events, batched: bool, codec: Codec) -> float:
-    """Write the events to fresh topics; return the seconds it took."""
+def preload_batched(bootstrap: str, prefix: str, events, codec: Codec) -> float:
+    """Fresh topics, then the events through the project's SDK as batch messages (<= 500 events): seconds."""
     ensure_topics(Settings(kafka_url=f"kafka://{bootstrap}", topic_prefix=prefix, partitions=PARTITIONS))
     started = time.perf_counter()
-    if batched:
-        with EventProducer(bootstrap, codec, topic_prefix=prefix, linger_ms=1000) as producer:
-            for source, event in events:
-                producer.send(source, event)
-    else:
-        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1_048_576)
+    with EventProducer(bootstrap, codec, topic_prefix=prefix, max_batch_events=500, linger_ms=1000) as producer:
         for source, event in events:
-            producer.send(f"{prefix}events.{source}", codec.encode_event(source, event), key=event_key(source, event))
-        producer.flush()
-        producer.close()
+            producer.send(source, event)
     return time.perf_counter() - started
 
 
-def nps_oracle(events) -> dict[tuple[str, str], float]:
-    """(tenant, window) -> NPS, recomputed plainly from the input (SPEC §5, minute-rounded windows)."""
-    seen, surveys = set(), []
-    clock = 0
-    for _, e in events:
-        if e["event_id"] in seen:
-            continue
-        seen.add(e["event_id"])
-        clock = max(clock, e["event_time"])
-        if e.get("survey") and e["survey"]["kind"] == "NPS":
-            surveys.append((e["tenant"], e["survey"]["score"], e["event_time"]))
-    out = {}
-    for label, w in WINDOWS.items():
-        per: dict[str, list[int]] = defaultdict(list)
-        for tenant, score, t in surveys:
-            if t // 60_000 > (clock - w) // 60_000:
-                per[tenant].append(score)
-        for tenant, scores in per.items():
-            out[(tenant, label)] = 100.0 * (sum(s >= 9 for s in scores) - sum(s <= 6 for s in scores)) / len(scores)
-    return out
+def preload_single(bootstrap: str, prefix: str, events, codec: Codec) -> float:
+    """Fresh topics, then one event per message with plain kafka-python (default murmur2 partitioner): seconds."""
+    from kafka import KafkaProducer
+
+    ensure_topics(Settings(kafka_url=f"kafka://{bootstrap}", topic_prefix=prefix, partitions=PARTITIONS))
+    started = time.perf_counter()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=20, batch_size=1_048_576, acks=1)
+    for source, event in events:
+        producer.send(f"{prefix}events.{source}", codec.encode_event(source, event), key=event_key(source, event))
+    producer.flush()
+    producer.close()
+    return time.perf_counter() - started
 
 
-# -- processes -----------------------------------------------------------------------------------------
-class Worker:
-    def __init__(self, kafka_url: str, clickhouse_url: str, prefix: str, group: str, workdir: Path):
-        self.port = free_port()
-        env = dict(os.environ, CXP_KAFKA_URL=kafka_url, CXP_CLICKHOUSE_URL=clickhouse_url, CXP_TOPIC_PREFIX=prefix,
-                   CXP_APP_ID=group, CXP_WEB_PORT=str(self.port), CXP_SESSION_TIMEOUT="6",
-                   CXP_DATA_DIR=str(workdir), CXP_LOG_LEVEL="warning")
-        self.started = time.perf_counter()
-        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
-                                        stdout=open(workdir / f"worker-{self.port}.log", "ab"), stderr=subprocess.STDOUT)
-        self.url = f"http://127.0.0.1:{self.port}/metrics"
+class Oracle:
+    """What a correct worker must report for an input, recomputed plainly (SPEC §5, minute-rounded windows)."""
 
-    def metrics(self) -> dict:
+    def __init__(self, events):
+        seen: set[str] = set()
+        surveys = []
+        clock = 0
+        for _, e in events:
+            if e["event_id"] in seen:
+                continue
+            seen.add(e["event_id"])
+            clock = max(clock, e["event_time"])
+            survey = e.get("survey")
+            if e["event_type"] == "survey_response" and survey and survey["kind"] == "NPS":
+                surveys.append((e["tenant"], survey["score"], e["event_time"]))
+        self.distinct = len(seen)
+        self.nps: dict[tuple[str, str], float] = {}
+        self.responses: dict[tuple[str, str], int] = {}
+        for label, w in WINDOWS.items():
+            per: dict[str, list[int]] = defaultdict(list)
+            for tenant, score, t in surveys:
+                if t // 60_000 > (clock - w) // 60_000:
+                    per[tenant].append(score)
+            for tenant, scores in per.items():
+                promoters, detractors = sum(s >= 9 for s in scores), sum(s <= 6 for s in scores)
+                self.nps[(tenant, label)] = 100.0 * (promoters - detractors) / len(scores)
+                self.responses[(tenant, label)] = len(scores)
+
+    def check(self, samples: dict, what: str) -> None:
+        """Raise CorrectnessError unless one worker's /metrics agree with the recomputation."""
+        problems = []
+        processed = total(samples, "cxp_events_processed_total")
+        if processed != self.distinct:
+            problems.append(f"cxp_events_processed_total is {processed:,.0f}, the input has {self.distinct:,} distinct event ids")
+        got = {(labels["tenant"], labels["window"]): value for labels, value in samples.get("cx_nps", [])}
+        for key in sorted(set(got) | set(self.nps)):
+            if key not in got or key not in self.nps or abs(got[key] - self.nps[key]) > 1e-9:
+                problems.append(f"cx_nps{{tenant={key[0]},window={key[1]}}}: worker {got.get(key)}, recomputed {self.nps.get(key)}")
+        for key, n in self.responses.items():
+            got_n = total(samples, "cx_survey_responses", tenant=key[0], window=key[1], kind="NPS")
+            if got_n != n:
+                problems.append(f"NPS responses {{tenant={key[0]},window={key[1]}}}: worker {got_n:,.0f}, recomputed {n:,}")
+        if problems:
+            raise CorrectnessError(f"{what}: the worker's numbers differ from the recomputation:\n  " + "\n  ".join(problems))
+
+
+# -- processes ----------------------------------------------------------------------------------------------
+def child_env(**extra: str) -> dict:
+    """Environment for a child Python: the project importable from any working directory."""
+    path = os.environ.get("PYTHONPATH")
+    return dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{path}" if path else str(ROOT), **extra)
+
+
+class Worker(WorkerProcess):
+    """A worker launched at once in its own folder, with a fresh group and the harness's settings;
+    extra CXP_* settings (e.g. CXP_METRICS) as keyword arguments."""
+
+    def __init__(self, kafka_url: str, clickhouse_url: str, prefix: str, group: str, workdir: Path, **settings: str):
+        port = free_port()
+        home = workdir / f"worker-{group}-{port}"
+        home.mkdir(parents=True)
+        env = child_env(CXP_KAFKA_URL=kafka_url, CXP_CLICKHOUSE_URL=clickhouse_url, CXP_TOPIC_PREFIX=prefix,
+                        CXP_APP_ID=group, CXP_WEB_PORT=str(port), CXP_SESSION_TIMEOUT="6",
+                        CXP_DATA_DIR=str(home / "data"), CXP_LOG_LEVEL="warning", **settings)
+        super().__init__(env, home / "worker.log", cwd=home)
+        self.launch()
+
+    def poll_metrics(self) -> dict:
+        """The current samples, {} while /metrics does not answer yet; raises if the worker has exited."""
+        self.raise_if_exited()
         try:
-            return scrape(self.url, timeout=5)
+            return scrape(self.metrics_url, timeout=5)
         except OSError:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}") from None
             return {}
 
-    def peak_rss_bytes(self) -> int:
-        for line in open(f"/proc/{self.process.pid}/status"):
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return 0
+    def stop(self, timeout_s: float = 60.0) -> None:
+        super().stop(timeout_s)
+
+
+class Done(dict):
+    """Result of wait_done: seconds (from first consumed), with_join (from process start), samples per worker."""
+
+
+def wait_done(workers: list[Worker], n_events: int, distinct: int, on_ready: Optional[Callable[[], None]] = None,
+              poll_s: float = 0.05) -> Done:
+    """Poll /metrics until the input is through.
+
+    One worker: consumed == n and the events rows in ClickHouse == processed (as the brief defines it).
+    Several: a rebalance may replay a few records (counted again as consumed, then as duplicates), so the
+    condition is processed == distinct event ids and rows == processed, summed over workers.
+    on_ready is called once, when every worker's /metrics first answers (before consumption starts).
+    """
+    first: Optional[float] = None
+    last_change, last_state = time.perf_counter(), None
+    stall_s = max(120.0, n_events / 2000)
+    while True:
+        samples = [w.poll_metrics() for w in workers]
+        now = time.perf_counter()
+        if on_ready is not None and all(samples):
+            on_ready()
+            on_ready = None
+        consumed = sum(total(s, "cxp_events_consumed_total") for s in samples)
+        processed = sum(total(s, "cxp_events_processed_total") for s in samples)
+        rows = sum(total(s, "cxp_sink_rows_total", table="events") for s in samples)
+        if consumed > 0 and first is None:
+            first = now
+        if len(workers) == 1:
+            finished = consumed >= n_events and rows == processed and all(samples)
+        else:
+            finished = processed >= distinct and rows >= processed and consumed >= n_events
+        if finished:
+            return Done(seconds=now - first, with_join=now - min(w.launched_at for w in workers), samples=samples,
+                        consumed=consumed, processed=processed, rows=rows)
+        state = (consumed, processed, rows)
+        if state != last_state:
+            last_change, last_state = now, state
+        elif now - last_change > stall_s:
+            raise RuntimeError(f"no progress for {stall_s:.0f} s: consumed {consumed:,.0f} of {n_events:,}, processed "
+                               f"{processed:,.0f}, events rows {rows:,.0f}; logs in {[str(w.log_path) for w in workers]}")
+        time.sleep(poll_s)
+
+
+def end_to_end_once(broker: LocalBroker, clickhouse: ClickHouseServer, prefix: str, n_events: int, oracle: Oracle,
+                    workdir: Path, what: str, spy_out: Optional[Path] = None, **settings: str) -> Done:
+    """One worker (fresh group and database, extra CXP_* settings) through the preloaded input; checked
+    against the oracle. With spy_out, py-spy records it from the moment its /metrics answers until the
+    input is through."""
+    worker = Worker(broker.url, clickhouse.url(f"bench_{uid()}"), prefix, f"bench-{uid()}", workdir, **settings)
+    spy = Spy(worker.process.pid, spy_out) if spy_out else None
+    try:
+        done = wait_done([worker], n_events, oracle.distinct, on_ready=spy.start if spy else None)
+        if spy:
+            spy.stop()
+        done["peak_rss"] = worker.peak_rss_bytes()
+        oracle.check(done["samples"][0], what)
+        return done
+    finally:
+        if spy:
+            spy.stop()
+        worker.stop()
+
+
+# -- py-spy -------------------------------------------------------------------------------------------------
+class Spy:
+    """`py-spy record --format raw --nonblocking` on a pid from start() until stop() (SIGINT)."""
+
+    def __init__(self, pid: int, out: Path, max_seconds: int = 3600):
+        self.pid, self.out, self.max_seconds = pid, out, max_seconds
+        self.process: Optional[subprocess.Popen] = None
+        self.log = out.with_suffix(".log")
+
+    def start(self) -> None:
+        py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        self.process = subprocess.Popen(
+            [py_spy, "record", "--format", "raw", "--full-filenames", "--nonblocking", "-o", str(self.out),
+             "-p", str(self.pid), "--duration", str(self.max_seconds)],
+            stdout=open(self.log, "ab"), stderr=subprocess.STDOUT)
 
     def stop(self) -> None:
-        stop_process(self.process, 60)
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # py-spy writes its output on Ctrl-C
+            try:
+                self.process.wait(60)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
 
 
-def wait_done(workers: list[Worker], n: int, timeout_s: float = 1800) -> tuple[float, float, dict]:
-    """Seconds from the first consumed event, and from process start, until n events are consumed and
-    every processed event's row is in ClickHouse; plus the last samples of the first worker."""
-    first: Optional[float] = None
-    deadline = time.perf_counter() + timeout_s
-    while time.perf_counter() < deadline:
-        samples = [w.metrics() for w in workers]
-        consumed = sum(total(s, "cxp_events_consumed_total") for s in samples)
-        if consumed and first is None:
-            first = time.perf_counter()
-        rows = sum(total(s, "cxp_sink_rows_total", table="events") for s in samples)
-        processed = sum(total(s, "cxp_events_processed_total") for s in samples)
-        if consumed >= n and rows >= processed:
-            end = time.perf_counter()
-            return end - first, end - min(w.started for w in workers), samples[0]
-        time.sleep(0.05)
-    raise RuntimeError(f"workers did not finish {n} events within {timeout_s} s")
+def _function(frame: str) -> str:
+    """'name (/path/file.py:123)' -> 'name (/path/file.py)'."""
+    name, _, where = frame.rpartition(" (")
+    if not name:
+        return frame
+    return f"{name} ({where.rsplit(':', 1)[0]})" if ":" in where else frame
 
 
-# -- the measurements -----------------------------------------------------------------------------------
-def ceiling(bootstrap: str, prefix: str, n: int, codec: Codec) -> float:
-    """Plain aiokafka consume + fastavro decode + count per tenant over the same topics: events/s."""
+SITE_PACKAGES = sysconfig.get_paths()["purelib"] + "/"  # wherever the venv is (often not under ROOT)
+
+
+def _short(function: str) -> str:
+    """Paths relative to site-packages or to the project, for the table."""
+    return function.replace(SITE_PACKAGES, "").replace(str(ROOT) + "/", "")
+
+
+def _is_project(function: str) -> bool:
+    where = function.rpartition(" (")[2]
+    return where.startswith(str(ROOT) + "/") and not where.startswith(SITE_PACKAGES)
+
+
+def parse_profile(path: Path, top: int = 15) -> dict:
+    """Top functions by own samples (leaf frames), and by inclusive samples within the project's files."""
+    own: Counter = Counter()
+    inclusive: Counter = Counter()
+    lines_own: Counter = Counter()
+    samples = 0
+    if not path.exists():
+        return {"samples": 0, "own": [], "inclusive_project": [], "project_lines": []}
+    for line in path.read_text(errors="replace").splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        frames = [f for f in stack.split(";") if f]
+        if not frames:
+            continue
+        samples += count
+        functions = [_function(f) for f in frames]
+        own[functions[-1]] += count
+        for function in set(functions):
+            if _is_project(function):
+                inclusive[function] += count
+        for frame in reversed(frames):  # the innermost project line on the stack
+            if _is_project(_function(frame)):
+                lines_own[frame] += count
+                break
+
+    def rows(counter: Counter) -> list:
+        return [(_short(name), n, round(100.0 * n / samples, 1)) for name, n in counter.most_common(top)]
+
+    return {"samples": samples, "own": rows(own), "inclusive_project": rows(inclusive), "project_lines": rows(lines_own)}
+
+
+# -- the measurements ------------------------------------------------------------------------------------------
+def in_child(measure: str, bootstrap: str, prefix: str, n: int, *extra: object) -> float:
+    """harness.<measure>(bootstrap, prefix, n, *extra) in a fresh Python process, as the worker gets one
+    (not this process with the whole input on its heap): its events/s. The arguments travel as strings."""
+    code = "import sys; from benchmarks import harness; print(getattr(harness, sys.argv[1])(*sys.argv[2:]))"
+    done = subprocess.run([sys.executable, "-c", code, measure, bootstrap, prefix, str(n), *map(str, extra)],
+                          env=child_env(), cwd=ROOT, capture_output=True, text=True, timeout=max(300.0, n / 1000))
+    if done.returncode != 0:
+        last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
+        if last.startswith("benchmarks.harness.CorrectnessError: "):  # a wrong answer, not a crash
+            raise CorrectnessError(last.split(": ", 1)[1])
+        raise RuntimeError(f"{measure} failed:\n{done.stderr[-2000:]}")
+    return float(done.stdout.strip().splitlines()[-1])
+
+
+def consume_all(bootstrap: str, prefix: str, n: int, handle: Callable[[list], int]) -> float:
+    """Plain aiokafka: assign every partition of the input topics, seek to the beginning and getmany until
+    handle(records) has reported n events; seconds from the first getmany to the end of the last handle."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
     async def run() -> float:
-        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, max_partition_fetch_bytes=8_388_608)
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None,
+                                    max_partition_fetch_bytes=8 * 1_048_576)
         await consumer.start()
         try:
             tps = [TopicPartition(f"{prefix}events.{s}", p) for s in SOURCES for p in range(PARTITIONS)]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            counts: dict[str, int] = defaultdict(int)
             seen = 0
             started = time.perf_counter()
+            deadline = started + max(120.0, n / 2000)
             while seen < n:
-                batches = await consumer.getmany(timeout_ms=500, max_records=5000)
+                if time.perf_counter() > deadline:
+                    raise RuntimeError(f"the consumer read only {seen:,} of {n:,} events")
+                batches = await consumer.getmany(timeout_ms=200, max_records=5000)
                 for records in batches.values():
-                    for record in records:
-                        for event in codec.decode(record.value).events:
-                            counts[event["tenant"]] += 1
-                            seen += 1
-            return n / (time.perf_counter() - started)
+                    seen += handle(records)
+            return time.perf_counter() - started
         finally:
             await consumer.stop()
 
     return asyncio.run(run())
 
 
-def faust_noop(bootstrap: str, prefix: str, n_messages: int, workdir: Path) -> float:
-    """Faust's own ceiling: an agent that takes and acks messages and does nothing else: messages/s."""
-    port = free_port()
-    count_file = workdir / f"noop-{port}.count"
-    env = dict(os.environ, BENCH_BROKER=bootstrap, BENCH_PREFIX=prefix, BENCH_COUNT_FILE=str(count_file),
-               BENCH_GROUP=f"noop-{uuid.uuid4().hex[:6]}")
-    process = subprocess.Popen([sys.executable, "-m", "benchmarks.noop_agent", "worker", "-l", "warn", "--without-web"],
-                               env=env, cwd=ROOT, stdout=open(workdir / "noop.log", "ab"), stderr=subprocess.STDOUT)
+def ceiling(bootstrap: str, prefix: str, n: str) -> float:
+    """The decode ceiling: consume_all, decode each value, count events per tenant: events/s."""
+    n_events, codec, counts = int(n), Codec(BundledRegistry()), Counter()
+
+    def handle(records: list) -> int:
+        decoded = 0
+        for record in records:
+            for event in codec.decode(record.value).events:
+                counts[event["tenant"]] += 1
+                decoded += 1
+        return decoded
+
+    return n_events / consume_all(bootstrap, prefix, n_events, handle)
+
+
+def event_row_builder(columns: tuple[str, ...]) -> Callable[[dict, str, int, int], tuple]:
+    """(event, source, partition, offset) -> the events-table row in `columns` order, built as the worker
+    builds it but with no validation or dedup. id_hash is the dedup key stored with each row on the
+    schema the worker is moving to; it is only part of the row if the DDL has the column."""
+    known = ("event_id", "source", "event_type", "event_time", "event_ms", "tenant", "customer_id", "anonymous_id",
+             "session_id", "attr_keys", "attr_values", "kafka_partition", "kafka_offset", "id_hash")
+    unknown = set(columns) - set(known)
+    if unknown:
+        raise RuntimeError(f"the bare pipeline does not know the events columns {sorted(unknown)}: add them to event_row_builder")
+    pick = itemgetter(*(known.index(c) for c in columns))
+    with_hash = "id_hash" in columns
+
+    def build(event: dict, source: str, partition: int, offset: int) -> tuple:
+        event_ms, attributes = event["event_time"], event.get("attributes") or {}
+        return pick((event["event_id"], source, event["event_type"], event_ms // 1000, event_ms, event["tenant"],
+                     event.get("customer_id"), event.get("anonymous_id"), event.get("session_id"),
+                     list(attributes), list(attributes.values()), partition, offset,
+                     id_hash(event["event_id"]) if with_hash else None))
+
+    return build
+
+
+def bare_pipeline(bootstrap: str, prefix: str, n: str, clickhouse_url: str, insert_rows: str) -> float:
+    """The bare pipeline: consume_all, decode, build each event's events row, and insert the rows with a
+    plain clickhouse-driver columnar INSERT every insert_rows rows (and the rest at the end), inline.
+    No validation, dedup or metrics. Fails unless the table then holds n rows: events/s."""
+    n_events, batch, codec = int(n), int(insert_rows), Codec(BundledRegistry())
+    backend = NativeBackend(clickhouse_url)
+    backend.create_tables()  # the project's DDL, before the clock starts
+    client = backend.client  # a plain clickhouse_driver.Client
+    columns = COLUMNS["events"]
+    sql = f"INSERT INTO {backend.database}.events ({', '.join(f'`{c}`' for c in columns)}) VALUES"
+    build, topic_source = event_row_builder(columns), {f"{prefix}events.{s}": s for s in SOURCES}
+    rows: list[tuple] = []
+    inserted = 0
+
+    def insert() -> None:
+        nonlocal inserted
+        client.execute(sql, list(zip(*rows)), columnar=True)
+        inserted += len(rows)
+        rows.clear()
+
+    def handle(records: list) -> int:
+        decoded = 0
+        for record in records:
+            source = topic_source[record.topic]
+            for event in codec.decode(record.value).events:
+                rows.append(build(event, source, record.partition, record.offset))
+                decoded += 1
+        if len(rows) >= batch or len(rows) + inserted >= n_events:
+            insert()
+        return decoded
+
     try:
-        log = count_file
-        deadline = time.perf_counter() + 600
+        seconds = consume_all(bootstrap, prefix, n_events, handle)
+        stored = client.execute(f"SELECT count() FROM {backend.database}.events")[0][0]
+    finally:
+        backend.close()
+    if stored != n_events:
+        raise CorrectnessError(f"the bare pipeline stored {stored:,} events rows, it consumed {n_events:,} events")
+    return n_events / seconds
+
+
+def faust_noop(bootstrap: str, prefix: str, n_messages: int, workdir: Path) -> float:
+    """Faust's own ceiling: benchmarks/noop_agent.py takes and acks messages, nothing else: messages/s."""
+    group = f"noop-{uid()}"
+    home = workdir / group
+    home.mkdir()
+    count_file = home / "count"
+    env = child_env(BENCH_BROKER=bootstrap, BENCH_PREFIX=prefix, BENCH_COUNT_FILE=str(count_file), BENCH_GROUP=group,
+                    BENCH_DATADIR=str(home / "faust"))
+    log = home / "noop.log"
+    process = subprocess.Popen([sys.executable, "-m", "benchmarks.noop_agent", "worker", "-l", "warn", "--without-web"],
+                               env=env, cwd=home, stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+    try:
+        deadline = time.perf_counter() + max(180.0, n_messages / 1000)
         first = None
         while time.perf_counter() < deadline:
             if process.poll() is not None:
-                raise RuntimeError(f"the no-op Faust agent exited with {process.returncode}; see {workdir / 'noop.log'}")
-            count = int(log.read_text() or 0) if log.exists() else 0
+                raise RuntimeError(f"the no-op Faust agent exited with {process.returncode}; see {log}")
+            try:
+                count = int(count_file.read_text() or 0)
+            except (OSError, ValueError):
+                count = 0
+            now = time.perf_counter()
             if count and first is None:
-                first = time.perf_counter()
+                first = now
             if count >= n_messages:
-                return n_messages / (time.perf_counter() - first)
+                return n_messages / (now - first)
             time.sleep(0.05)
-        raise RuntimeError("the no-op Faust agent did not finish")
+        raise RuntimeError(f"the no-op Faust agent did not finish {n_messages:,} messages; see {log}")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(60)
+        stop_process(process, 60)
 
 
-def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: float, codec: Codec) -> tuple[float, float]:
-    """p50 and p99 seconds from an event's send to its count showing in /metrics, at an offered rate."""
+def warm_up(bootstrap: str, worker: Worker, prefix: str, codec: Codec) -> None:
+    """One event through the worker, so the group join and partition restore are not counted as latency."""
+    source, event = next(Simulator(seed=7, customers=10, start_ms=int(time.time() * 1000)).events(count=1))
+    with EventProducer(bootstrap, codec, topic_prefix=prefix) as producer:
+        producer.send(source, event)
+    deadline = time.perf_counter() + 120
+    while total(worker.poll_metrics(), "cxp_events_processed_total") < 1:
+        if time.perf_counter() > deadline:
+            raise RuntimeError(f"the worker did not process the warm-up event; see {worker.log_path}")
+        time.sleep(0.1)
+
+
+def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: float, codec: Codec) -> dict:
+    """Offer `rate` events/s for `seconds`; latency of event i = first scrape with processed >= i, minus its send."""
     n = int(rate * seconds)
-    events = list(Simulator(seed=99, customers=50_000, start_ms=int(time.time() * 1000)).events(count=n, rate=rate))
-    sent_at: list[float] = []
+    events = list(Simulator(seed=99, customers=CUSTOMERS, start_ms=int(time.time() * 1000)).events(count=n, rate=rate))
+    sent_at = [0.0] * n
     seen: list[tuple[float, float]] = []
-    base = total(worker.metrics(), "cxp_events_processed_total")
-    done = threading.Event()
+    base = total(worker.poll_metrics(), "cxp_events_processed_total")
+    stop = threading.Event()
 
     def scraper() -> None:
-        while not done.is_set():
-            seen.append((time.perf_counter(), total(worker.metrics(), "cxp_events_processed_total") - base))
+        while not stop.is_set():
+            try:
+                samples = scrape(worker.metrics_url, timeout=5)
+            except OSError:
+                continue
+            seen.append((time.perf_counter(), total(samples, "cxp_events_processed_total") - base))
             time.sleep(0.02)
 
-    thread = threading.Thread(target=scraper, daemon=True)
-    thread.start()
-    with EventProducer(bootstrap, codec, topic_prefix=prefix, linger_ms=50) as producer:
-        started = time.perf_counter()
-        for i, (source, event) in enumerate(events):
-            due = started + i / rate
-            delay = due - time.perf_counter()
-            if delay > 0.001:
-                time.sleep(delay)
-            event["event_time"] = int(time.time() * 1000)
-            sent_at.append(time.perf_counter())
-            producer.send(source, event)
+    def producer_thread() -> None:
+        with EventProducer(bootstrap, codec, topic_prefix=prefix, linger_ms=50) as producer:
+            started = time.perf_counter()
+            for i, (source, event) in enumerate(events):
+                delay = started + i / rate - time.perf_counter()
+                if delay > 0.0005:
+                    time.sleep(delay)
+                event["event_time"] = int(time.time() * 1000)
+                sent_at[i] = time.perf_counter()
+                producer.send(source, event)
+
+    watcher = threading.Thread(target=scraper, daemon=True, name="bench-scraper")
+    watcher.start()
+    sender = threading.Thread(target=producer_thread, name="bench-producer")
+    sender.start()
+    sender.join()
+    offered = n / (sent_at[-1] - sent_at[0]) if n > 1 else 0.0
     deadline = time.perf_counter() + 60
     while (not seen or seen[-1][1] < n) and time.perf_counter() < deadline:
-        time.sleep(0.1)
-    done.set()
-    thread.join()
+        time.sleep(0.05)
+    stop.set()
+    watcher.join()
     latencies, j = [], 0
     for i, t_sent in enumerate(sent_at, 1):
         while j < len(seen) and seen[j][1] < i:
@@ -247,279 +559,444 @@ def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: f
         if j == len(seen):
             break
         latencies.append(max(seen[j][0] - t_sent, 0.0))
+    if not latencies:
+        raise RuntimeError("no event's count was ever seen in /metrics")
     latencies.sort()
-    return latencies[len(latencies) // 2], latencies[int(len(latencies) * 0.99)]
+    q = lambda p: latencies[min(len(latencies) - 1, int(len(latencies) * p))]  # noqa: E731
+    gaps = [b[0] - a[0] for a, b in zip(seen, seen[1:])]
+    return {"p50": q(0.50), "p99": q(0.99), "max": latencies[-1], "offered_eps": offered, "events": n,
+            "seen": len(latencies), "scrapes": len(seen), "scrape_interval_s": statistics.median(gaps) if gaps else 0.0}
 
 
-def sink_ratio(clickhouse: ClickHouseServer, rows: list[tuple], batch: int = 10_000) -> tuple[float, float]:
-    """Rows/s through ClickHouseSink vs a plain clickhouse-driver columnar insert of the same rows.
+def processor_for(codec: Codec, prefix: str = "cx.") -> Processor:
+    """A Processor configured as pipeline/app.py build_app does with the default settings (all cores),
+    owning every partition."""
+    registry = codec.registry
+    rules = Rules.from_schemas({s: registry.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000, 7 * 86_400_000)
+    processor = Processor(codec, rules, {f"{prefix}events.{s}": s for s in SOURCES}, DEDUP_HORIZON_MS,
+                          build_cores(Settings()))
+    processor.assign(range(PARTITIONS))
+    return processor
 
-    Each writes into its own fresh table after a warm-up batch, so neither pays for connecting or
-    for the other's merges.
+
+def batch_records(events, codec: Codec, per_message: int = 500, prefix: str = "cx.") -> list[Record]:
+    """The events as batch messages of up to per_message events, each on its partition_for partition."""
+    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
+    for source, event in events:
+        groups[(source, partition_for(event_key(source, event), PARTITIONS))].append(event)
+    records = []
+    for (source, partition), items in groups.items():
+        for offset, i in enumerate(range(0, len(items), per_message)):
+            batch = items[i:i + per_message]
+            records.append(Record(f"{prefix}events.{source}", partition, offset, event_key(source, batch[0]),
+                                  codec.encode_batch(source, batch)))
+    records.sort(key=lambda r: (r.offset, r.topic, r.partition))  # interleave sources, roughly as consumed
+    return records
+
+
+def state_per_customer(events, codec: Codec) -> dict:
+    """Bytes of processor state that stay allocated after the whole input, per distinct customer_id.
+
+    tracemalloc snapshots before and after feeding every record; the batch results are dropped and
+    garbage collected first, so transient allocations do not count. `state_bytes` counts what is
+    still allocated from pipeline/ code (dedup ids, survey buckets, clocks); `net_bytes` is every
+    allocation still alive, for comparison.
+    """
+    records = batch_records(events, codec)
+    now = int(time.time() * 1000)
+    processor_for(codec).process(records[:1], now)  # first-use allocations (fastavro, caches) outside the measurement
+    processor = processor_for(codec)
+    gc.collect()
+    tracemalloc.start(1)
+    before = tracemalloc.take_snapshot()
+    result = None
+    for i in range(0, len(records), 50):
+        result = processor.process(records[i:i + 50], now)
+    del result
+    gc.collect()
+    after = tracemalloc.take_snapshot()
+    tracemalloc.stop()
+    filters = [tracemalloc.Filter(True, str(ROOT / "pipeline" / "*"))]
+    diffs = after.filter_traces(filters).compare_to(before.filter_traces(filters), "filename")
+    state = sum(d.size_diff for d in diffs)
+    net = sum(d.size_diff for d in after.compare_to(before, "filename"))
+    by_file = {_short(d.traceback[0].filename): d.size_diff for d in diffs if d.size_diff > 0}
+    customers = len({e["customer_id"] for _, e in events if e.get("customer_id")})
+    anonymous = len({e["anonymous_id"] for _, e in events if not e.get("customer_id") and e.get("anonymous_id")})
+    return {"bytes_per_customer": state / customers, "bytes_per_customer_or_visitor": state / (customers + anonymous),
+            "state_bytes": state, "net_bytes": net, "customers": customers,
+            "anonymous_visitors": anonymous,
+            "events_per_customer": len(events) / customers, "by_file": by_file}
+
+
+def event_rows(events) -> list[tuple]:
+    """events-table rows for these events, as the worker builds them (event_row_builder; offsets made up)."""
+    build = event_row_builder(COLUMNS["events"])
+    return [build(event, source, partition_for(event_key(source, event), PARTITIONS), offset)
+            for offset, (source, event) in enumerate(events)]
+
+
+def sink_ratio(clickhouse: ClickHouseServer, rows: list[tuple], batch: int, run: int) -> dict:
+    """rows/s of ClickHouseSink.add+flush vs a plain clickhouse-driver columnar insert of the same rows.
+
+    Each writes into its own fresh database, after one warm-up batch; the plain insert gets its columns
+    ready-made (that is the driver's own limit), the sink gets row tuples as the worker hands them over.
+    The order alternates per run so neither always pays for the other's background merges.
     """
     from clickhouse_driver import Client
 
     names = ", ".join(f"`{c}`" for c in COLUMNS["events"])
-    sink_backend = NativeBackend(clickhouse.url(f"bench_{uuid.uuid4().hex[:6]}"))
+    sink_backend = NativeBackend(clickhouse.url(f"bench_sink_{uid()}"))
     sink_backend.create_tables()
     sink = ClickHouseSink(sink_backend)
-    plain_backend = NativeBackend(clickhouse.url(f"bench_{uuid.uuid4().hex[:6]}"))
+    plain_db = f"bench_plain_{uid()}"
+    plain_backend = NativeBackend(clickhouse.url(plain_db))
     plain_backend.create_tables()
     client = Client(host=clickhouse.host, port=clickhouse.tcp_port)
+    chunks = [rows[i:i + batch] for i in range(0, len(rows), batch)]
+    columns = [[list(c) for c in zip(*chunk)] for chunk in chunks]
+    sql = f"INSERT INTO {plain_db}.events ({names}) VALUES"
 
-    def ours(chunk: list[tuple]) -> None:
-        sink.add("events", chunk)
+    def ours() -> float:
+        sink.add("events", chunks[0])
         sink.flush()
-
-    def plain(chunk: list[tuple]) -> None:
-        client.execute(f"INSERT INTO {plain_backend.database}.events ({names}) VALUES",
-                       [list(c) for c in zip(*chunk)], columnar=True)
-
-    rates = []
-    for insert in (ours, plain):
-        insert(rows[:batch])
         started = time.perf_counter()
-        for i in range(0, len(rows), batch):
-            insert(rows[i:i + batch])
-        rates.append(len(rows) / (time.perf_counter() - started))
-    return rates[0], rates[1]
+        for chunk in chunks:
+            sink.add("events", chunk)
+            sink.flush()
+        return len(rows) / (time.perf_counter() - started)
 
+    def plain() -> float:
+        client.execute(sql, columns[0], columnar=True)
+        started = time.perf_counter()
+        for data in columns:
+            client.execute(sql, data, columnar=True)
+        return len(rows) / (time.perf_counter() - started)
 
-def processor_for(codec: Codec, prefix: str = "cx.") -> Processor:
-    registry = codec.registry
-    rules = Rules.from_schemas({s: registry.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000, 7 * 86_400_000)
-    return Processor(codec, rules, {f"{prefix}events.{s}": s for s in SOURCES}, WINDOWS, 86_400_000)
-
-
-def batch_records(events, codec: Codec, per_message: int = 500) -> list[Record]:
-    groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
-    for source, event in events:
-        groups[(source, partition_for(event_key(source, event), PARTITIONS))].append(event)
-    out = []
-    for (source, partition), items in groups.items():
-        for i in range(0, len(items), per_message):
-            out.append(Record(f"cx.events.{source}", partition, i, b"k", codec.encode_batch(source, items[i:i + per_message])))
-    return out
-
-
-def state_per_customer(events, codec: Codec) -> float:
-    """Bytes the worker's state holds per active customer (or anonymous visitor) after the whole input."""
-    records = batch_records(events, codec)
-    processor = processor_for(codec)
-    now = int(time.time() * 1000)
-    tracemalloc.start()
-    before = tracemalloc.get_traced_memory()[0]
-    for i in range(0, len(records), 50):
-        processor.process(records[i:i + 50], now)
-    state_bytes = tracemalloc.get_traced_memory()[0] - before
-    tracemalloc.stop()
-    customers = len({e.get("customer_id") or e.get("anonymous_id") for _, e in events})
-    return state_bytes / customers
-
-
-def event_rows(events, codec: Codec) -> list[tuple]:
-    """The events table rows the worker would write for these events."""
-    processor = processor_for(codec)
-    now = int(time.time() * 1000)
-    return [row for r in batch_records(events, codec) for row in processor.process([r], now).rows["events"]]
-
-
-def profile(pid: int, seconds: float, out: Path) -> list[tuple[str, int]]:
-    """py-spy samples of the worker; the top functions by own samples."""
-    py_spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
-    subprocess.run([py_spy, "record", "--format", "raw", "-o", str(out), "-p", str(pid), "-d", str(int(seconds)),
-                    "--nonblocking"], capture_output=True, timeout=seconds + 60)
-    own: dict[str, int] = defaultdict(int)
-    if out.exists():
-        for line in out.read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            own[stack.split(";")[-1]] += int(count)
-    return sorted(own.items(), key=lambda kv: -kv[1])[:15]
-
-
-# -- the run ----------------------------------------------------------------------------------------
-def median_of(runs: int, measure: Callable[[], float]) -> tuple[float, list[float]]:
-    values = [measure() for _ in range(runs)]
-    return statistics.median(values), values
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000, help="events preloaded, batched (default 1M)")
-    parser.add_argument("--single-events", type=int, default=100_000, help="events preloaded one per message")
-    parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is reported")
-    parser.add_argument("--rate", type=float, default=10_000, help="offered rate for the latency figure (events/s)")
-    parser.add_argument("--latency-seconds", type=float, default=20, help="how long to offer that rate")
-    parser.add_argument("--profile", action="store_true", help="py-spy the worker during one end-to-end run")
-    parser.add_argument("--smoke", action="store_true", help="20k events, one run, correctness only")
-    parser.add_argument("--json", type=Path, help="where to write the results (default benchmarks/results/<time>.json)")
-    args = parser.parse_args(argv)
-    if args.smoke:
-        args.events, args.single_events, args.runs = 20_000, 5_000, 1
-
-    codec = Codec(BundledRegistry())
-    workdir = Path(tempfile.mkdtemp(prefix="cxp-bench-"))
-    results: dict = {"machine": machine(), "events": args.events, "runs": args.runs, "figures": {}}
-    figures = results["figures"]
-    broker = LocalBroker(workdir).start()
-    (workdir / "clickhouse").mkdir()
-    clickhouse = ClickHouseServer(workdir / "clickhouse")
     try:
-        console.print(f"generating {args.events:,} events")
-        events = make_events(args.events)
-        batched_prefix = f"b{uuid.uuid4().hex[:6]}."
-        figures["preload_seconds"] = preload(broker.bootstrap_servers, batched_prefix, events, True, codec)
-        expected_nps = nps_oracle(events)
-        distinct = len({e["event_id"] for _, e in events})
-
-        def end_to_end(profile_out: Optional[Path] = None) -> float:
-            db = f"bench_{uuid.uuid4().hex[:6]}"
-            worker = Worker(broker.url, clickhouse.url(db), batched_prefix, f"bench-{uuid.uuid4().hex[:6]}", workdir)
-            try:
-                spy = None
-                if profile_out is not None:
-                    spy = threading.Thread(target=lambda: figures.__setitem__(
-                        "profile_top", profile(worker.process.pid, 20, profile_out)))
-                    spy.start()
-                seconds, with_join, samples = wait_done([worker], args.events)
-                check_correctness(samples, expected_nps, distinct)
-                figures.setdefault("end_to_end_with_group_join_runs", []).append(args.events / with_join)
-                figures["worker_peak_rss_mb"] = worker.peak_rss_bytes() / 2**20
-                if spy is not None:
-                    spy.join()
-                return args.events / seconds
-            finally:
-                worker.stop()
-
-        figures["end_to_end_eps"], figures["end_to_end_runs"] = median_of(args.runs, end_to_end)
-        figures["ceiling_eps"], figures["ceiling_runs"] = median_of(
-            args.runs, lambda: ceiling(broker.bootstrap_servers, batched_prefix, args.events, codec))
-        figures["ratio_to_ceiling"] = figures["end_to_end_eps"] / figures["ceiling_eps"]
-        figures["end_to_end_with_group_join_eps"] = statistics.median(figures["end_to_end_with_group_join_runs"])
-
-        console.print(f"single-event path: {args.single_events:,} events, one per message")
-        single_events = events[:args.single_events]
-        single_prefix = f"s{uuid.uuid4().hex[:6]}."
-        preload(broker.bootstrap_servers, single_prefix, single_events, False, codec)
-
-        def single() -> float:
-            worker = Worker(broker.url, clickhouse.url(f"bench_{uuid.uuid4().hex[:6]}"), single_prefix,
-                            f"bench-{uuid.uuid4().hex[:6]}", workdir)
-            try:
-                return len(single_events) / wait_done([worker], len(single_events))[0]
-            finally:
-                worker.stop()
-
-        figures["single_event_eps"], _ = median_of(args.runs, single)
-        figures["faust_noop_msgs_per_s"], _ = median_of(
-            args.runs, lambda: faust_noop(broker.bootstrap_servers, single_prefix, len(single_events), workdir))
-        figures["single_event_ratio_to_faust_noop"] = figures["single_event_eps"] / figures["faust_noop_msgs_per_s"]
-
-        if not args.smoke:
-            def two_workers() -> float:
-                db, group = f"bench_{uuid.uuid4().hex[:6]}", f"bench-{uuid.uuid4().hex[:6]}"
-                workers = [Worker(broker.url, clickhouse.url(db), batched_prefix, group, workdir) for _ in range(2)]
-                try:
-                    return args.events / wait_done(workers, args.events)[0]
-                finally:
-                    for w in workers:
-                        w.stop()
-
-            figures["two_workers_eps"], _ = median_of(args.runs, two_workers)
-
-            def p99() -> float:
-                prefix = f"l{uuid.uuid4().hex[:6]}."
-                ensure_topics(Settings(kafka_url=broker.url, topic_prefix=prefix, partitions=PARTITIONS))
-                worker = Worker(broker.url, clickhouse.url(f"bench_{uuid.uuid4().hex[:6]}"), prefix,
-                                f"bench-{uuid.uuid4().hex[:6]}", workdir)
-                try:
-                    warm_up(broker.bootstrap_servers, worker, prefix, codec)
-                    p50, p99_ = latency(broker.bootstrap_servers, worker, prefix, args.rate, args.latency_seconds, codec)
-                    figures.setdefault("latency_p50_s_runs", []).append(p50)
-                    return p99_
-                finally:
-                    worker.stop()
-
-            figures["latency_p99_s"], figures["latency_p99_runs"] = median_of(args.runs, p99)
-            figures["latency_p50_s"] = statistics.median(figures.pop("latency_p50_s_runs"))
-
-        figures["state_bytes_per_customer"] = state_per_customer(events, codec)
-        sample = event_rows(events[: 20_000 if args.smoke else 100_000], codec)
-        sink_runs = [sink_ratio(clickhouse, sample) for _ in range(args.runs)]
-        figures["sink_rows_per_s"] = statistics.median(r[0] for r in sink_runs)
-        figures["plain_driver_rows_per_s"] = statistics.median(r[1] for r in sink_runs)
-        figures["sink_ratio"] = statistics.median(r[0] / r[1] for r in sink_runs)
-
-        if args.profile:
-            end_to_end(workdir / "profile.txt")
-
-        report(results, args)
-        return 0
+        if run % 2 == 0:
+            sink_rps = ours()
+            plain_rps = plain()
+        else:
+            plain_rps = plain()
+            sink_rps = ours()
     finally:
-        clickhouse.stop()
-        broker.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+        sink_backend.close()
+        plain_backend.close()
+        client.disconnect()
+    return {"sink": sink_rps, "plain": plain_rps, "ratio": sink_rps / plain_rps}
 
 
-def warm_up(bootstrap: str, worker: Worker, prefix: str, codec: Codec) -> None:
-    """One event through the worker, so the group join is not counted as latency."""
-    source, event = next(Simulator(seed=7, start_ms=int(time.time() * 1000)).events(count=1))
-    with EventProducer(bootstrap, codec, topic_prefix=prefix) as producer:
-        producer.send(source, event)
-    deadline = time.perf_counter() + 120
-    while total(worker.metrics(), "cxp_events_processed_total") < 1:
-        if time.perf_counter() > deadline:
-            raise RuntimeError("the worker did not process the warm-up event")
-        time.sleep(0.1)
-
-
-def check_correctness(samples: dict, expected_nps: dict, distinct: int) -> None:
-    processed = total(samples, "cxp_events_processed_total")
-    if processed != distinct:
-        raise SystemExit(f"WRONG: processed {processed} events, the input has {distinct} distinct event ids")
-    got = {(labels["tenant"], labels["window"]): value for labels, value in samples.get("cx_nps", [])}
-    if set(got) != set(expected_nps) or any(abs(got[k] - v) > 1e-9 for k, v in expected_nps.items()):
-        raise SystemExit(f"WRONG: worker NPS {got} differs from the recomputation {expected_nps}")
-
-
+# -- the run ------------------------------------------------------------------------------------------------------
 def machine() -> dict:
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
     mem = next((int(line.split()[1]) for line in open("/proc/meminfo") if line.startswith("MemTotal")), 0)
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "python": platform.python_version()}
+    return {"cpu": cpu, "cores": os.cpu_count(), "memory_gib": round(mem / 2**20, 1), "python": platform.python_version(),
+            "platform": platform.platform(), "loadavg_at_start": os.getloadavg()}
+
+
+def med(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.harness", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000, help="events preloaded as batch messages (default 1,000,000)")
+    parser.add_argument("--single-events", type=int, default=None,
+                        help="events preloaded one per message (default min(events, 100,000))")
+    parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is reported (default 3)")
+    parser.add_argument("--rate", type=float, default=10_000, help="offered rate for the latency figure, events/s (default 10,000)")
+    parser.add_argument("--latency-seconds", type=float, default=20, help="how long to offer that rate (default 20)")
+    parser.add_argument("--sink-rows", type=int, default=100_000, help="rows for the sink comparison (default 100,000)")
+    parser.add_argument("--sink-batch", type=int, default=10_000, help="rows per insert in the sink comparison (default 10,000)")
+    parser.add_argument("--profile", action="store_true",
+                        help="one more end-to-end run under py-spy; prints the top functions (not counted in the medians)")
+    parser.add_argument("--smoke", action="store_true",
+                        help="20k events, one run, no two-worker or latency figure, small sink test: correctness only")
+    parser.add_argument("--json", type=Path, help="results file (default benchmarks/results/<timestamp>.json)")
+    parser.add_argument("--keep", action="store_true", help="keep the work folder (logs, profile) instead of deleting it")
+    parser.add_argument("--only", type=lambda text: set(text.split(",")), default=set(FIGURES),
+                        help=f"comma-separated subset of the figures to measure: {','.join(FIGURES)} (default all)")
+    args = parser.parse_args(argv)
+    if not args.only <= set(FIGURES):
+        parser.error(f"--only takes a subset of {','.join(FIGURES)}")
+    if args.smoke:
+        args.events, args.runs, args.sink_rows, args.sink_batch = 20_000, 1, 20_000, 5_000
+        args.only -= {"two", "latency"}
+    if args.single_events is None:
+        args.single_events = min(args.events, 100_000)
+    if args.events < 1 or args.runs < 1:
+        parser.error("--events and --runs must be positive")
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    args = parse_args(argv)
+    codec = Codec(BundledRegistry())
+    workdir = Path(tempfile.mkdtemp(prefix="cxp-bench-"))
+    started = time.time()
+    results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "smoke": args.smoke,
+                     "config": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
+                                for k, v in vars(args).items()},
+                     "figures": {}, "runs": defaultdict(list), "correctness": []}
+    fig, runs = results["figures"], results["runs"]
+    broker = clickhouse = None
+    failed = None
+    try:
+        broker = LocalBroker(workdir / "broker").start()
+        (workdir / "clickhouse").mkdir()
+        clickhouse = ClickHouseServer(workdir / "clickhouse")
+
+        step(f"generating {args.events:,} simulator events ({CUSTOMERS:,} customers, event times over the past "
+             f"{SPAN_MS // 3_600_000} h)")
+        events = make_events(args.events)
+        oracle = Oracle(events)
+        batched_prefix = f"b{uid()}."
+        if args.only & {"e2e", "two"} or args.profile:
+            step(f"preloading them as batch messages of up to 500 events (prefix {batched_prefix})")
+            fig["preload_batched_seconds"] = preload_batched(broker.bootstrap_servers, batched_prefix, events, codec)
+
+        def end_to_end(run: int, spy_out: Optional[Path] = None, **settings: str) -> Done:
+            what = (f"end-to-end run {run}" if run else "profiled end-to-end run") + (f" {settings}" if settings else "")
+            done = end_to_end_once(broker, clickhouse, batched_prefix, args.events, oracle, workdir, what, spy_out,
+                                   **settings)
+            results["correctness"].append(f"{what}: ok ({oracle.distinct:,} events, {len(oracle.nps)} NPS series)")
+            return done
+
+        if "e2e" in args.only:
+            insert_rows = Settings.model_fields["sink_batch_rows"].default  # the worker's flush size
+            for run in range(args.runs):
+                # All metric cores and surveys only, in alternating order so neither always runs first.
+                variants = [("end_to_end", {}), ("surveys_only", SURVEYS_ONLY)]
+                for name, settings in variants if run % 2 == 0 else variants[::-1]:
+                    step(f"end-to-end run {run + 1}/{args.runs}: one worker, {args.events:,} events"
+                         + (f", {settings}" if settings else ", all metric cores"))
+                    done = end_to_end(run + 1, **settings)
+                    runs[f"{name}_eps"].append(args.events / done["seconds"])
+                    runs[f"{name}_with_join_eps"].append(args.events / done["with_join"])
+                    runs[f"{name}_peak_rss_mib"].append(done["peak_rss"] / 2**20)
+                    note(f"{args.events / done['seconds']:,.0f} events/s ({done['seconds']:.1f} s; {done['with_join']:.1f} s "
+                         f"from process start), peak RSS {done['peak_rss'] / 2**20:,.0f} MiB, NPS and count correct")
+                step(f"ceiling run {run + 1}/{args.runs}: aiokafka getmany + decode + count")
+                runs["ceiling_eps"].append(in_child("ceiling", broker.bootstrap_servers, batched_prefix, args.events))
+                note(f"{runs['ceiling_eps'][-1]:,.0f} events/s")
+                step(f"bare pipeline run {run + 1}/{args.runs}: aiokafka getmany + decode + columnar insert "
+                     f"every {insert_rows:,} rows")
+                runs["bare_pipeline_eps"].append(in_child("bare_pipeline", broker.bootstrap_servers, batched_prefix,
+                                                          args.events, clickhouse.url(f"bench_bare_{uid()}"), insert_rows))
+                note(f"{runs['bare_pipeline_eps'][-1]:,.0f} events/s, {args.events:,} rows stored")
+            for key in ("end_to_end_eps", "end_to_end_with_join_eps", "surveys_only_eps", "ceiling_eps", "bare_pipeline_eps"):
+                fig[key] = med(runs[key])
+            for ratio, (a, b) in RATIOS.items():
+                runs[ratio] = [x / y for x, y in zip(runs[a], runs[b])]
+                fig[ratio] = fig[a] / fig[b]
+            fig["worker_peak_rss_mib"] = max(runs["end_to_end_peak_rss_mib"])
+
+        if "single" in args.only:
+            single_events = events[:args.single_events]
+            single_oracle = Oracle(single_events)
+            single_prefix = f"s{uid()}."
+            step(f"preloading {len(single_events):,} events one per message (prefix {single_prefix})")
+            fig["preload_single_seconds"] = preload_single(broker.bootstrap_servers, single_prefix, single_events, codec)
+            for run in range(args.runs):
+                step(f"one-event-per-message run {run + 1}/{args.runs}: worker, then Faust's no-op agent")
+                worker = Worker(broker.url, clickhouse.url(f"bench_{uid()}"), single_prefix, f"bench-{uid()}", workdir)
+                try:
+                    done = wait_done([worker], len(single_events), single_oracle.distinct)
+                    single_oracle.check(done["samples"][0], f"one-event-per-message run {run + 1}")
+                    results["correctness"].append(f"one-event-per-message run {run + 1}: ok")
+                finally:
+                    worker.stop()
+                runs["single_event_eps"].append(len(single_events) / done["seconds"])
+                runs["faust_noop_msgs_per_s"].append(
+                    faust_noop(broker.bootstrap_servers, single_prefix, len(single_events), workdir))
+                note(f"worker {runs['single_event_eps'][-1]:,.0f} events/s, "
+                     f"no-op {runs['faust_noop_msgs_per_s'][-1]:,.0f} msg/s")
+            fig["single_event_eps"] = med(runs["single_event_eps"])
+            fig["faust_noop_msgs_per_s"] = med(runs["faust_noop_msgs_per_s"])
+            fig["single_event_ratio_to_noop"] = fig["single_event_eps"] / fig["faust_noop_msgs_per_s"]
+
+        if "two" in args.only:
+            for run in range(args.runs):
+                step(f"two-worker run {run + 1}/{args.runs}: same group, {args.events:,} events")
+                db, group = f"bench_{uid()}", f"bench-{uid()}"
+                workers = [Worker(broker.url, clickhouse.url(db), batched_prefix, group, workdir) for _ in range(2)]
+                try:
+                    done = wait_done(workers, args.events, oracle.distinct)
+                finally:
+                    for w in workers:
+                        w.stop()
+                if done["processed"] != oracle.distinct:
+                    raise CorrectnessError(f"two workers processed {done['processed']:,.0f} events, the input has "
+                                           f"{oracle.distinct:,} distinct event ids")
+                results["correctness"].append(f"two-worker run {run + 1}: processed count ok "
+                                              f"(consumed {done['consumed']:,.0f}, replays counted as duplicates)")
+                runs["two_workers_eps"].append(args.events / done["seconds"])
+                note(f"{runs['two_workers_eps'][-1]:,.0f} events/s total")
+            fig["two_workers_eps"] = med(runs["two_workers_eps"])
+
+        if "latency" in args.only:
+            for run in range(args.runs):
+                step(f"latency run {run + 1}/{args.runs}: {args.rate:,.0f} events/s offered for {args.latency_seconds:.0f} s")
+                prefix = f"l{uid()}."
+                ensure_topics(Settings(kafka_url=broker.url, topic_prefix=prefix, partitions=PARTITIONS))
+                worker = Worker(broker.url, clickhouse.url(f"bench_{uid()}"), prefix, f"bench-{uid()}", workdir)
+                try:
+                    warm_up(broker.bootstrap_servers, worker, prefix, codec)
+                    lat = latency(broker.bootstrap_servers, worker, prefix, args.rate, args.latency_seconds, codec)
+                finally:
+                    worker.stop()
+                for key in ("p50", "p99", "max", "offered_eps", "scrape_interval_s"):
+                    runs[f"latency_{key}"].append(lat[key])
+                note(f"p50 {lat['p50']:.3f} s, p99 {lat['p99']:.3f} s, max {lat['max']:.3f} s ({lat['seen']:,}/"
+                     f"{lat['events']:,} seen, offered {lat['offered_eps']:,.0f}/s, a scrape every "
+                     f"{lat['scrape_interval_s'] * 1000:.0f} ms)")
+            fig["latency_p50_s"] = med(runs["latency_p50"])
+            fig["latency_p99_s"] = med(runs["latency_p99"])
+            fig["latency_offered_eps"] = med(runs["latency_offered_eps"])
+
+        if "sink" in args.only:
+            step(f"ClickHouse sink vs plain clickhouse-driver: {args.sink_rows:,} rows in {args.sink_batch:,}-row batches")
+            rows = event_rows(events[:args.sink_rows])
+            for run in range(args.runs):
+                r = sink_ratio(clickhouse, rows, args.sink_batch, run)
+                runs["sink_rows_per_s"].append(r["sink"])
+                runs["plain_driver_rows_per_s"].append(r["plain"])
+                runs["sink_ratio"].append(r["ratio"])
+                note(f"sink {r['sink']:,.0f} rows/s, plain {r['plain']:,.0f} rows/s, ratio {r['ratio']:.2f}")
+            fig["sink_rows_per_s"] = med(runs["sink_rows_per_s"])
+            fig["plain_driver_rows_per_s"] = med(runs["plain_driver_rows_per_s"])
+            fig["sink_ratio"] = med(runs["sink_ratio"])
+
+        if "state" in args.only:
+            step(f"processor state per active customer: all {args.events:,} events through an in-process Processor, "
+                 "tracemalloc")
+            state = state_per_customer(events, codec)
+            results["state"] = state
+            fig["state_bytes_per_customer"] = state["bytes_per_customer"]
+            note(f"{state['state_bytes'] / 2**20:,.1f} MiB for {state['customers']:,} customers "
+                 f"({state['events_per_customer']:.1f} events each; {state['bytes_per_customer_or_visitor']:,.0f} B per "
+                 f"customer or anonymous visitor); all live allocations {state['net_bytes'] / 2**20:,.1f} MiB")
+
+        if args.profile:
+            step("profiled end-to-end run (py-spy, not counted in the medians)")
+            out = workdir / "profile.txt"
+            done = end_to_end(0, out)
+            fig["profiled_run_eps"] = args.events / done["seconds"]
+            results["profile"] = parse_profile(out)
+            if out.exists():  # keep the raw stacks (git-ignored) for flame graphs or a closer look
+                kept = ROOT / "benchmarks" / "results" / time.strftime("profile-%Y%m%d-%H%M%S.txt")
+                kept.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(out, kept)
+                results["profile"]["raw_file"] = str(kept)
+    except CorrectnessError as exc:
+        failed = str(exc)
+    finally:
+        if clickhouse is not None:
+            clickhouse.stop()
+        if broker is not None:
+            broker.stop()
+        results["seconds"] = round(time.time() - started, 1)
+        if args.keep:
+            results["workdir"] = str(workdir)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    results["runs"] = dict(results["runs"])
+    step("done")
+    results["load_by_step"] = [dict(zip(("t_s", "step", "loadavg_1m", "steal_percent_since_previous"), row)) for row in LOAD]
+    results["ok"] = failed is None
+    if failed:
+        results["failure"] = failed
+    report(results, args)
+    if failed:
+        console.print(f"[bold red]CORRECTNESS FAILURE[/bold red]\n{failed}")
+        return 1
+    console.print("[green]correctness: every checked run matched the recomputation[/green]")
+    return 0
+
+
+LOAD: list = []  # per step: seconds since start, step, 1-minute load average, % CPU stolen by the hypervisor since the last step
+_CPU: list = []
+
+
+def cpu_steal_percent() -> float:
+    """Share of CPU time stolen by the hypervisor since the previous call (from /proc/stat), in %."""
+    try:
+        fields = [int(v) for v in open("/proc/stat").readline().split()[1:9]]
+    except (OSError, ValueError):
+        return 0.0
+    previous = _CPU[:] or [0] * len(fields)
+    _CPU[:] = fields
+    delta = [a - b for a, b in zip(fields, previous)]
+    return round(100.0 * delta[7] / sum(delta), 1) if sum(delta) else 0.0
+
+
+def step(text: str) -> None:
+    LOAD.append((round(time.monotonic() - T0, 1), text, os.getloadavg()[0], cpu_steal_percent()))
+    console.print(f"[bold cyan]»[/bold cyan] {text}")
+
+
+def note(text: str) -> None:
+    console.print(f"    {text}")
 
 
 def report(results: dict, args: argparse.Namespace) -> None:
-    f = results["figures"]
-    table = Table("figure", "value", title=f"cx-pipeline benchmark: {results['events']:,} events, median of {results['runs']}")
+    f, runs = results["figures"], results["runs"]
+    title = (f"cx-pipeline benchmark: {results['config']['events']:,} events, median of {results['config']['runs']} run(s)"
+             + (" [smoke: correctness only]" if args.smoke else ""))
+    table = Table("figure", "median", "runs", "target", title=title)
+
+    def spread(key: str, fmt: str) -> str:
+        values = runs.get(key) or []
+        return ", ".join(fmt.format(v) for v in values) if len(values) > 1 else ""
+
     rows = [
-        ("end-to-end, batched input (events/s)", "end_to_end_eps", "{:,.0f}"),
-        ("  same, counting the group join", "end_to_end_with_group_join_eps", "{:,.0f}"),
-        ("ceiling: aiokafka + fastavro decode (events/s)", "ceiling_eps", "{:,.0f}"),
-        ("ratio end-to-end / ceiling", "ratio_to_ceiling", "{:.2f}"),
-        ("one event per message (events/s)", "single_event_eps", "{:,.0f}"),
-        ("Faust no-op agent, same input (messages/s)", "faust_noop_msgs_per_s", "{:,.0f}"),
-        ("ratio one-per-message / Faust no-op", "single_event_ratio_to_faust_noop", "{:.2f}"),
-        ("two workers, total (events/s)", "two_workers_eps", "{:,.0f}"),
-        (f"latency p50 at {args.rate:,.0f} events/s (s)", "latency_p50_s", "{:.3f}"),
-        (f"latency p99 at {args.rate:,.0f} events/s (s)", "latency_p99_s", "{:.3f}"),
-        ("ClickHouse sink (rows/s)", "sink_rows_per_s", "{:,.0f}"),
-        ("plain clickhouse-driver insert (rows/s)", "plain_driver_rows_per_s", "{:,.0f}"),
-        ("ratio sink / plain insert", "sink_ratio", "{:.2f}"),
-        ("worker peak RSS (MiB)", "worker_peak_rss_mb", "{:,.0f}"),
-        ("state per active customer (bytes)", "state_bytes_per_customer", "{:,.0f}"),
+        ("end-to-end, batched input (events/s)", "end_to_end_eps", "end_to_end_eps", "{:,.0f}", ">= 50k"),
+        ("  same, counting the group join", "end_to_end_with_join_eps", "end_to_end_with_join_eps", "{:,.0f}", ""),
+        ("ceiling: aiokafka getmany + fastavro decode + count (events/s)", "ceiling_eps", "ceiling_eps", "{:,.0f}", ""),
+        ("ratio end-to-end / ceiling", "ratio_to_ceiling", "ratio_to_ceiling", "{:.2f}", ">= 0.30"),
+        ("bare pipeline: getmany + decode + columnar insert (events/s)", "bare_pipeline_eps", "bare_pipeline_eps",
+         "{:,.0f}", ""),
+        ("ratio end-to-end / bare pipeline", "ratio_to_bare", "ratio_to_bare", "{:.2f}", ""),
+        ("end-to-end, CXP_METRICS=surveys (events/s)", "surveys_only_eps", "surveys_only_eps", "{:,.0f}", ""),
+        ("ratio all metric cores / surveys only", "all_cores_to_surveys_only", "all_cores_to_surveys_only", "{:.2f}",
+         ">= 0.8"),
+        ("one event per message, worker (events/s)", "single_event_eps", "single_event_eps", "{:,.0f}", ""),
+        ("Faust no-op agent, same input (messages/s)", "faust_noop_msgs_per_s", "faust_noop_msgs_per_s", "{:,.0f}", ""),
+        ("ratio one-per-message / Faust no-op", "single_event_ratio_to_noop", None, "{:.2f}", ""),
+        ("two workers, batched input, total (events/s)", "two_workers_eps", "two_workers_eps", "{:,.0f}", ""),
+        (f"latency p50 at {args.rate:,.0f} events/s offered (s)", "latency_p50_s", "latency_p50", "{:.3f}", ""),
+        (f"latency p99 at {args.rate:,.0f} events/s offered (s)", "latency_p99_s", "latency_p99", "{:.3f}", "< 1 s"),
+        ("ClickHouseSink add+flush (rows/s)", "sink_rows_per_s", "sink_rows_per_s", "{:,.0f}", ""),
+        ("plain clickhouse-driver columnar insert (rows/s)", "plain_driver_rows_per_s", "plain_driver_rows_per_s", "{:,.0f}", ""),
+        ("ratio sink / plain insert", "sink_ratio", "sink_ratio", "{:.2f}", ">= 0.8"),
+        ("worker peak RSS, VmHWM (MiB, max of runs)", "worker_peak_rss_mib", "end_to_end_peak_rss_mib", "{:,.0f}", ""),
+        ("state per active customer (bytes)", "state_bytes_per_customer", None, "{:,.0f}", "<= 1 KB"),
+        ("profiled end-to-end run (events/s, py-spy attached)", "profiled_run_eps", None, "{:,.0f}", ""),
     ]
-    for label, key, fmt in rows:
+    for label, key, runs_key, fmt, target in rows:
         if key in f:
-            table.add_row(label, fmt.format(f[key]))
-    m = results["machine"]
+            table.add_row(label, fmt.format(f[key]), spread(runs_key, fmt) if runs_key else "", target)
     console.print(table)
-    console.print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, Python {m['python']}; "
-                  "broker (Tansu), ClickHouse 18.16 and the worker share the machine")
-    if "profile_top" in f:
-        console.print("profile, top functions by own samples:")
-        for name, samples in f["profile_top"]:
-            console.print(f"  {samples:6d}  {name}")
+    m = results["machine"]
+    console.print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, Python {m['python']}, "
+                  f"load average at start {m['loadavg_at_start'][0]:.2f}; the Tansu broker, ClickHouse 18.16 and the "
+                  f"worker(s) share it. Total {results['seconds']:.0f} s.")
+    steal = [row["steal_percent_since_previous"] for row in results.get("load_by_step", [])[1:]]
+    if steal:
+        console.print(f"CPU stolen by the hypervisor per step: median {statistics.median(steal):.0f} %, max {max(steal):.0f} % "
+                      "(figures from steps with much steal are low; see load_by_step in the JSON)")
+    if "profile" in results:
+        p = results["profile"]
+        for key, heading in (("own", "top functions by own samples (leaf frames)"),
+                             ("inclusive_project", "top project functions by inclusive samples"),
+                             ("project_lines", "top project lines (innermost project frame of each sample)")):
+            t = Table("samples", "%", "function", title=f"py-spy: {heading}, {p['samples']:,} samples")
+            for name, n, pct in p[key]:
+                t.add_row(f"{n:,}", f"{pct:.1f}", name)
+            console.print(t)
     out = args.json or ROOT / "benchmarks" / "results" / time.strftime("%Y%m%d-%H%M%S.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(results, indent=2, default=str))

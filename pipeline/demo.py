@@ -23,7 +23,8 @@ from rich.live import Live
 from rich.panel import Panel
 from rich.table import Table
 
-from pipeline.localbroker import LocalBroker, die_with_parent, free_port, stop_process
+from pipeline.local.broker import LocalBroker
+from pipeline.local.processes import die_with_parent, free_port, stop_process
 from pipeline.settings import Settings
 
 console = Console()

@@ -17,6 +17,7 @@ def test_harness_smoke(tmp_path):
                             cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
     figures = json.loads(out.read_text())["figures"]
-    for key in ("end_to_end_eps", "ceiling_eps", "ratio_to_ceiling", "single_event_eps", "faust_noop_msgs_per_s",
-                "sink_ratio", "state_bytes_per_customer", "worker_peak_rss_mb"):
+    for key in ("end_to_end_eps", "ceiling_eps", "ratio_to_ceiling", "bare_pipeline_eps", "ratio_to_bare",
+                "surveys_only_eps", "all_cores_to_surveys_only", "single_event_eps", "faust_noop_msgs_per_s",
+                "sink_ratio", "state_bytes_per_customer", "worker_peak_rss_mib"):
         assert figures[key] > 0, key

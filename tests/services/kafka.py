@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.localbroker import LocalBroker
+from pipeline.local.broker import LocalBroker
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,98 @@
+"""Run `cxp worker` as a real subprocess, the way users run it, and read its /metrics."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional
+
+from pipeline.demo import scrape
+from pipeline.local.processes import free_port, stop_process
+
+
+class WorkerProcess:
+    """`python -m pipeline.cli worker` with the given environment, output to log_path, in cwd (Faust
+    writes its ``<app id>-data/`` folder into the working directory)."""
+
+    def __init__(self, env: dict[str, str], log_path: Path, cwd: Optional[Path] = None):
+        self.env, self.log_path, self.cwd = env, log_path, cwd
+        self.web_port = int(env["CXP_WEB_PORT"])
+        self.process: Optional[subprocess.Popen] = None
+        self.launched_at: Optional[float] = None  # time.perf_counter() at launch
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}/metrics"
+
+    def launch(self) -> "WorkerProcess":
+        """Start the process and return at once."""
+        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=self.env, cwd=self.cwd,
+                                        stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
+        self.launched_at = time.perf_counter()
+        return self
+
+    def start(self, timeout_s: float = 60.0) -> "WorkerProcess":
+        """Launch, then wait until /metrics answers."""
+        self.launch()
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            self.raise_if_exited()
+            try:
+                scrape(self.metrics_url, timeout=1.0)
+                return self
+            except OSError:
+                time.sleep(0.3)
+        raise TimeoutError(f"worker did not serve /metrics in {timeout_s} s:\n{self.log_tail()}")
+
+    def raise_if_exited(self) -> None:
+        if self.process is not None and self.process.poll() is not None:
+            raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 60) -> str:
+        if not self.log_path.exists():
+            return ""
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+
+    def metrics(self) -> dict:
+        return scrape(self.metrics_url)
+
+    def wait_for(self, predicate, timeout_s: float = 60.0, what: str = "condition") -> dict:
+        """Poll /metrics until predicate(samples) holds; return the samples."""
+        deadline = time.monotonic() + timeout_s
+        samples: dict = {}
+        while time.monotonic() < deadline:
+            samples = self.metrics()
+            if predicate(samples):
+                return samples
+            time.sleep(0.3)
+        raise TimeoutError(f"timed out waiting for {what}; last samples: "
+                           f"{ {k: v for k, v in samples.items() if k.startswith('cxp_')} }\n{self.log_tail()}")
+
+    def peak_rss_bytes(self) -> int:
+        """VmHWM, the resident set's high-water mark, while the process runs (0 once it has exited)."""
+        try:
+            with open(f"/proc/{self.process.pid}/status") as status:
+                for line in status:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) * 1024
+        except OSError:
+            pass
+        return 0
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        if self.process is not None:
+            stop_process(self.process, timeout_s)
+
+
+def worker_env(kafka_url: str, data_dir: Path, clickhouse_url: Optional[str], **extra: str) -> dict[str, str]:
+    """The environment tests run a worker with: a free web port, a 6 s session timeout (Tansu's group
+    join takes about half of it), quick sink flushes."""
+    env = dict(os.environ, CXP_KAFKA_URL=kafka_url, CXP_DATA_DIR=str(data_dir), CXP_WEB_PORT=str(free_port()),
+               CXP_SESSION_TIMEOUT="6", CXP_SINK_FLUSH_INTERVAL="0.3", CXP_LOG_LEVEL="info")
+    env.pop("CXP_CLICKHOUSE_URL", None)
+    if clickhouse_url:
+        env["CXP_CLICKHOUSE_URL"] = clickhouse_url
+    env.update(extra)
+    return env

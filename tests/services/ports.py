@@ -1,3 +1,0 @@
-from pipeline.localbroker import free_port
-
-__all__ = ["free_port"]

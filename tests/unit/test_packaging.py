@@ -1,0 +1,40 @@
+"""What gets installed (and so what is in the image) is what setuptools finds from pyproject.toml: every
+Python package under the project's roots must be in it, or the installed worker fails on import."""
+import warnings
+from pathlib import Path
+
+from setuptools.config.pyprojecttoml import read_configuration
+
+ROOT = Path(__file__).resolve().parents[2]
+ROOTS = ("pipeline", "schemas", "agents", "sinks")
+
+
+def setuptools_config() -> dict:
+    """[tool.setuptools] of pyproject.toml, expanded as a build expands it (packages.find run)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # [tool.setuptools] in pyproject.toml is "beta"
+        return read_configuration(ROOT / "pyproject.toml", expand=True)["tool"]["setuptools"]
+
+
+def packaged() -> set[str]:
+    return set(setuptools_config()["packages"])
+
+
+def on_disk() -> set[str]:
+    """Every directory with an __init__.py under the roots, as a dotted name."""
+    return {".".join(init.parent.relative_to(ROOT).parts)
+            for root in ROOTS for init in (ROOT / root).rglob("__init__.py")}
+
+
+def test_every_package_on_disk_is_packaged():
+    assert {"pipeline.metrics", "pipeline.local", "sinks.clickhouse"} <= on_disk()  # the walk itself finds subpackages
+    assert on_disk() - packaged() == set()
+
+
+def test_nothing_but_the_project_packages_is_packaged():
+    assert packaged() - on_disk() == set()
+
+
+def test_schemas_and_config_files_ship_as_package_data():
+    data = setuptools_config()["package-data"]
+    assert "*.avsc" in data["schemas"] and list((ROOT / "schemas").glob("*.avsc"))
