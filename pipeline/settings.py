@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     collector_max_body: int = Field(
         1_048_576, description="Largest HTTP collector request body in bytes (at most 1 MiB, the web server's own cap)."
     )
+    max_message_bytes: int = Field(
+        900_000, ge=1_000, le=990_000,
+        description="Largest Kafka message (key + value) the collector writes; a request's events are split into "
+        "as many batch messages as this needs. Stays under the producer's 1,000,000-byte request limit.",
+    )
+    collector_send_timeout: float = Field(
+        30.0, gt=0, description="Seconds the collector waits for Kafka to take a request's messages before a 503."
+    )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: str = Field("json", description="json (one object per line) or console.")
 
