@@ -15,11 +15,10 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Awaitable, Callable, Optional
 
 import faust
-from prometheus_client import REGISTRY
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 
 from agents import ingest, snapshots
-from pipeline.collector import CollectorError, group_by_partition, parse_request
-from pipeline.partitioner import event_key
+from pipeline.collector import register as register_collector
 from pipeline.processor import Processor
 from pipeline.registry import EVENT_SCHEMAS, make_registry
 from pipeline.settings import Settings, duration_ms
@@ -29,7 +28,7 @@ from pipeline.wire import Codec
 from sinks.clickhouse.backend import open_backend
 from sinks.clickhouse.sink import ClickHouseSink
 from sinks.clickhouse.state import load_partition_state
-from sinks.prometheus import COLLECTOR_REQUESTS, CONTENT_TYPE, StateCollector, render
+from sinks.prometheus import CONTENT_TYPE, StateCollector, render
 
 log = logging.getLogger("cxp.worker")
 
@@ -109,32 +108,14 @@ def build_app(settings: Settings) -> faust.App:
                 "partitions": new, "event_ids": len(restored.event_ids), "survey_rows": len(restored.survey_counts),
                 "seconds": round(time.monotonic() - started, 3)})
 
+    collector_metrics = CollectorRegistry()
+    collector_requests = Counter("cxp_collector_requests", "HTTP collector answers, by source and status code.",
+                                 ["source", "code"], registry=collector_metrics)
+
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        return web.bytes(render(), content_type=CONTENT_TYPE.split(";")[0])
+        return web.bytes(render() + generate_latest(collector_metrics), content_type=CONTENT_TYPE.split(";")[0])
 
-    @app.page("/v1/events/{source}")
-    class Collector(faust.web.View):
-        async def post(self, request: Any, source: str) -> Any:
-            try:
-                if (request.content_length or 0) > settings.collector_max_body:
-                    raise CollectorError(413, f"body is {request.content_length} bytes, at most "
-                                              f"{settings.collector_max_body} allowed; split the batch")
-                events = parse_request(source, await request.read(), registry, rules, settings.collector_max_body)
-            except CollectorError as exc:
-                COLLECTOR_REQUESTS.labels(source, str(exc.status)).inc()
-                return self.json(exc.body(), status=exc.status)
-            topic = settings.topic(f"events.{source}")
-            groups = group_by_partition(source, events, partition_counts[topic])
-            futures = [await app.producer.send(topic, event_key(source, group[0]), codec.encode_batch(source, group),
-                                               partition, None, None)
-                       for partition, group in groups.items()]
-            try:
-                await asyncio.gather(*futures)
-            except Exception as exc:  # noqa: BLE001 - the broker, not the client, failed
-                COLLECTOR_REQUESTS.labels(source, "503").inc()
-                return self.json({"error": f"could not write to Kafka, retry later: {exc}"}, status=503)
-            COLLECTOR_REQUESTS.labels(source, "202").inc()
-            return self.json({"accepted": len(events), "messages": len(groups)}, status=202)
+    register_collector(app, settings, registry, rules, codec, partition_counts, collector_requests)
 
     return app
