@@ -27,7 +27,6 @@ SINK_ERRORS = Counter("cxp_sink_errors", "Failed sink flush attempts (each retry
 SINK_FLUSH_SECONDS = Histogram(
     "cxp_sink_flush_seconds", "Time to flush one batch to a sink table, retries included.", ["table"]
 )
-COLLECTOR_REQUESTS = Counter("cxp_collector_requests", "HTTP collector requests, by source and status code.", ["source", "code"])
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
