@@ -92,29 +92,29 @@ def _too_deep(payload: Any, limit: int) -> bool:
     return False
 
 
-def _unwritable_field(node: Any, path: str = "") -> Optional[str]:
-    """Path of the first value JSON and the schema check let through but Avro cannot write: a string
-    with a lone surrogate (``"\\udc80"`` is a valid JSON escape, not UTF-8), or an integer beyond a double's
-    range in a double field. Depth is bounded by :data:`MAX_DEPTH`, so recursion is safe here."""
+def _unwritable(node: Any, path: str = "") -> Optional[tuple[str, str]]:
+    """(path, why) of the first value JSON and the schema check let through but Avro cannot write: a
+    string with a lone surrogate (``"\\udc80"`` is a valid JSON escape, but not UTF-8), or an integer
+    beyond a double's range in a double field. Depth is bounded by :data:`MAX_DEPTH`, so recursion is safe."""
     if isinstance(node, str):
         try:
             node.encode("utf-8")
         except UnicodeEncodeError:
-            return path
+            return path, "is not valid Unicode text (a lone surrogate such as \\udc80)"
     elif isinstance(node, int):
         try:
             float(node)
         except OverflowError:
-            return path
+            return path, "is too large a number for a double"
     elif isinstance(node, dict):
         for key, value in node.items():
             child = f"{path}.{key}" if path else str(key)
-            found = _unwritable_field(key, f"{child} (the key)") or _unwritable_field(value, child)
+            found = _unwritable(key, f"{child} (the key)") or _unwritable(value, child)
             if found:
                 return found
     elif isinstance(node, list):
         for index, value in enumerate(node):
-            found = _unwritable_field(value, f"{path}[{index}]")
+            found = _unwritable(value, f"{path}[{index}]")
             if found:
                 return found
     return None
@@ -152,6 +152,7 @@ def parse_request(source: str, body: bytes, registry: SchemaRegistry, rules: Rul
 
     registered = registry.by_name(EVENT_SCHEMAS[source])
     defaults = {f["name"]: f["default"] for f in registered.schema["fields"] if "default" in f}
+    fields = [f["name"] for f in registered.schema["fields"]]  # what Avro writes; other keys are ignored
     problems, accepted = [], []
     for index, event in enumerate(events):
         if not isinstance(event, dict):
@@ -170,10 +171,10 @@ def parse_request(source: str, body: bytes, registry: SchemaRegistry, rules: Rul
         if rejection is not None:
             problems.append({"index": index, "reason": rejection.reason, "error": rejection.error[:MAX_ERROR_CHARS]})
             continue
-        field = _unwritable_field(event)
-        if field is not None:
-            problems.append({"index": index, "reason": INVALID_VALUE, "field": field,
-                             "error": f"{field} is not valid UTF-8 text (a lone surrogate?) or a number out of range"})
+        unwritable = _unwritable({name: event.get(name) for name in fields})
+        if unwritable is not None:
+            field, why = unwritable
+            problems.append({"index": index, "reason": INVALID_VALUE, "field": field, "error": f"{field} {why}"})
             continue
         encoded = Encoded(event, event_key(source, event), codec.event_body(source, event))
         size = len(encoded.key) + batch_size(1, len(encoded.body))

@@ -87,6 +87,11 @@ def test_values_avro_cannot_write_are_a_422_naming_index_and_field(event, field)
                                                 "error": body["details"][0]["error"]}]
 
 
+def test_keys_outside_the_schema_are_ignored_as_avro_ignores_them():
+    [encoded] = parse("web", {**LOGIN, "note": "\udc80", "big": 10 ** 400})
+    assert encoded.body == CODEC.event_body("web", {k: v for k, v in encoded.event.items() if k not in ("note", "big")})
+
+
 def test_an_event_too_big_for_one_message_is_a_422_naming_it():
     big = {**LOGIN, "event_id": "big", "attributes": {"blob": "x" * 5_000}}
     code, body = status("web", {"events": [LOGIN, big]}, max_message_bytes=5_000)
