@@ -81,14 +81,13 @@ def _event_time_ms(value: Any) -> Any:
 
 def _too_deep(payload: Any, limit: int) -> bool:
     """Whether objects and arrays nest deeper than ``limit`` (iterative: the input is untrusted)."""
-    stack = [(payload, 1)]
+    stack = [(payload, 1)] if isinstance(payload, (dict, list)) else []
     while stack:
         node, depth = stack.pop()
-        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
-        if children is not None:
-            if depth > limit:
-                return True
-            stack.extend((child, depth + 1) for child in children)
+        if depth > limit:
+            return True
+        stack.extend((child, depth + 1) for child in (node.values() if isinstance(node, dict) else node)
+                     if isinstance(child, (dict, list)))
     return False
 
 
@@ -152,7 +151,7 @@ def parse_request(source: str, body: bytes, registry: SchemaRegistry, rules: Rul
 
     registered = registry.by_name(EVENT_SCHEMAS[source])
     defaults = {f["name"]: f["default"] for f in registered.schema["fields"] if "default" in f}
-    fields = [f["name"] for f in registered.schema["fields"]]  # what Avro writes; other keys are ignored
+    fields = [f["name"] for f in registered.schema["fields"]]  # what Avro writes: it ignores other keys
     problems, accepted = [], []
     for index, event in enumerate(events):
         if not isinstance(event, dict):
@@ -171,12 +170,15 @@ def parse_request(source: str, body: bytes, registry: SchemaRegistry, rules: Rul
         if rejection is not None:
             problems.append({"index": index, "reason": rejection.reason, "error": rejection.error[:MAX_ERROR_CHARS]})
             continue
-        unwritable = _unwritable({name: event.get(name) for name in fields})
-        if unwritable is not None:
+        try:
+            encoded = Encoded(event, event_key(source, event), codec.event_body(source, event))
+        except (UnicodeEncodeError, OverflowError):
+            unwritable = _unwritable({name: event.get(name) for name in fields})
+            if unwritable is None:
+                raise
             field, why = unwritable
             problems.append({"index": index, "reason": INVALID_VALUE, "field": field, "error": f"{field} {why}"})
             continue
-        encoded = Encoded(event, event_key(source, event), codec.event_body(source, event))
         size = len(encoded.key) + batch_size(1, len(encoded.body))
         if size > max_message_bytes:
             problems.append({"index": index, "reason": TOO_LARGE,
