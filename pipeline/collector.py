@@ -150,16 +150,15 @@ def parse_request(source: str, body: bytes, registry: SchemaRegistry, rules: Rul
     events = _load_events(body)
 
     registered = registry.by_name(EVENT_SCHEMAS[source])
-    defaults = {f["name"]: f["default"] for f in registered.schema["fields"] if "default" in f}
-    fields = [f["name"] for f in registered.schema["fields"]]  # what Avro writes: it ignores other keys
+    fields = registered.schema["fields"]
     problems, accepted = [], []
-    for index, event in enumerate(events):
-        if not isinstance(event, dict):
+    for index, sent in enumerate(events):
+        if not isinstance(sent, dict):
             problems.append({"index": index, "reason": INVALID_VALUE, "error": "an event must be a JSON object"})
             continue
-        for name, default in defaults.items():
-            event.setdefault(name, default)
-        event["event_time"] = _event_time_ms(event.get("event_time"))
+        # The event as Avro writes it and the worker reads it back: defaults filled in, other keys dropped.
+        event = {f["name"]: sent.get(f["name"], f.get("default")) for f in fields}
+        event["event_time"] = _event_time_ms(event["event_time"])
         try:
             validate(event, registered.parsed, raise_errors=True)
         except ValidationError as exc:
@@ -173,7 +172,7 @@ def parse_request(source: str, body: bytes, registry: SchemaRegistry, rules: Rul
         try:
             encoded = Encoded(event, event_key(source, event), codec.event_body(source, event))
         except (UnicodeEncodeError, OverflowError):
-            unwritable = _unwritable({name: event.get(name) for name in fields})
+            unwritable = _unwritable(event)
             if unwritable is None:
                 raise
             field, why = unwritable
