@@ -19,9 +19,8 @@ from faust.transport.drivers import aiokafka as aiokafka_driver
 from prometheus_client import CollectorRegistry
 
 from agents import ingest, snapshots
-from pipeline.collector import CollectorError, group_by_partition, parse_request
+from pipeline.collector import register as register_collector
 from pipeline.metrics import build_cores
-from pipeline.partitioner import event_key
 from pipeline.processor import Processor
 from pipeline.registry import EVENT_SCHEMAS, make_registry
 from pipeline.settings import Settings, duration_ms
@@ -179,28 +178,6 @@ def build_app(settings: Settings) -> faust.App:
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(metrics.render(), content_type=CONTENT_TYPE)
 
-    @app.page("/v1/events/{source}")
-    class Collector(faust.web.View):
-        async def post(self, request: Any, source: str) -> Any:
-            try:
-                if (request.content_length or 0) > settings.collector_max_body:
-                    raise CollectorError(413, f"body is {request.content_length} bytes, at most "
-                                              f"{settings.collector_max_body} allowed; split the batch")
-                events = parse_request(source, await request.read(), registry, rules, settings.collector_max_body)
-            except CollectorError as exc:
-                metrics.collector_requests.labels(source, str(exc.status)).inc()
-                return self.json(exc.body(), status=exc.status)
-            topic = settings.topic(f"events.{source}")
-            groups = group_by_partition(source, events, partition_counts[topic])
-            futures = [await app.producer.send(topic, event_key(source, group[0]), codec.encode_batch(source, group),
-                                               partition, None, None)
-                       for partition, group in groups.items()]
-            try:
-                await asyncio.gather(*futures)
-            except Exception as exc:  # noqa: BLE001 - the broker, not the client, failed
-                metrics.collector_requests.labels(source, "503").inc()
-                return self.json({"error": f"could not write to Kafka, retry later: {exc}"}, status=503)
-            metrics.collector_requests.labels(source, "202").inc()
-            return self.json({"accepted": len(events), "messages": len(groups)}, status=202)
+    register_collector(app, settings, registry, rules, codec, partition_counts, metrics.collector_requests)
 
     return app

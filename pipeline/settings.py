@@ -81,9 +81,6 @@ class Settings(BaseSettings):
     deadletter_max_bytes: int = Field(
         65_536, ge=1024, le=262_144, description="Bytes of the original key and value kept in a dead letter; longer "
         "ones are truncated and the dead letter says so (truncated, original_size), so it always fits in Kafka.")
-    max_message_bytes: int = Field(
-        900_000, ge=10_000, description="Largest Kafka message the worker or collector produces (under the producer's "
-        "1 MB max_request_size).")
     segment_dimensions: Annotated[list[str], NoDecode] = Field(
         ["region", "plan", "source"], description="Segment breakdowns of NPS/CSAT/CES: attribute keys of the events, "
         "and `source` (comma-separated).")
@@ -100,6 +97,14 @@ class Settings(BaseSettings):
     )
     collector_max_body: int = Field(
         1_048_576, description="Largest HTTP collector request body in bytes (at most 1 MiB, the web server's own cap)."
+    )
+    max_message_bytes: int = Field(
+        900_000, ge=1_000, le=990_000,
+        description="Largest Kafka message (key + value) the collector writes; a request's events are split into "
+        "as many batch messages as this needs. Stays under the producer's 1,000,000-byte request limit.",
+    )
+    collector_send_timeout: float = Field(
+        30.0, gt=0, description="Seconds the collector waits for Kafka to take a request's messages before a 503."
     )
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: str = Field("json", description="json (one object per line) or console.")

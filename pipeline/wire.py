@@ -46,6 +46,19 @@ class Codec:
     def encode_batch(self, source: str, events: list[dict]) -> bytes:
         return self.encode(BATCH_SCHEMAS[source], {"events": events})
 
+    def event_body(self, source: str, event: dict) -> bytes:
+        """One event's Avro body, unframed: what :meth:`batch_of_bodies` assembles a batch from."""
+        out = io.BytesIO()
+        schemaless_writer(out, self.registry.by_name(EVENT_SCHEMAS[source]).parsed, event)
+        return out.getvalue()
+
+    def batch_of_bodies(self, source: str, bodies: list[bytes]) -> bytes:
+        """A framed ``<Source>Batch`` of already encoded event bodies, byte for byte what
+        :meth:`encode_batch` writes for those events: Avro writes the array as one block (its item
+        count, the items) and a zero count that ends it. Its length is :func:`batch_size`."""
+        header = _HEADER.pack(0, self.registry.by_name(BATCH_SCHEMAS[source]).id)
+        return b"".join((header, _avro_long(len(bodies)) if bodies else b"", *bodies, b"\x00"))
+
     def decode(self, data: Optional[bytes]) -> Decoded:
         """The events of one message. A registry that cannot be reached raises SchemaRegistryError instead:
         that is not the message's fault, so it must not be dead-lettered."""
@@ -78,3 +91,19 @@ class Codec:
         if schema.is_batch:
             return Decoded(schema, record["events"], True)
         return Decoded(schema, [record], False)
+
+
+def _avro_long(value: int) -> bytes:
+    """Avro's long: zigzag, then little-endian base-128 varint."""
+    zigzag = (value << 1) ^ (value >> 63)
+    out = bytearray()
+    while zigzag > 0x7F:
+        out.append(zigzag & 0x7F | 0x80)
+        zigzag >>= 7
+    out.append(zigzag)
+    return bytes(out)
+
+
+def batch_size(count: int, body_bytes: int) -> int:
+    """Length of the framed batch of ``count`` event bodies totalling ``body_bytes``."""
+    return _HEADER.size + (len(_avro_long(count)) if count else 0) + body_bytes + 1
