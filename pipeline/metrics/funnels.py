@@ -23,7 +23,8 @@ there, and the ids of already observed conversions; it expires with them.
 """
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+import heapq
+from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
@@ -54,6 +55,11 @@ class _Track:
         self.attempts: dict[int, list] = {}  # start_ms -> [level, step times, last row version]
         self.converted: set[str] = set()  # event ids of last-step events already observed
         self.stairs: Optional[tuple[list[int], list[int]]] = None  # starts, best level from each start on
+
+    def oldest_ms(self) -> Optional[int]:
+        """Time of the oldest event or attempt held; None when empty."""
+        times = ([self.events[0][0]] if self.events else []) + ([min(self.attempts)] if self.attempts else [])
+        return min(times, default=None)
 
     def insert(self, event_ms: int, event_id: str, mask: int) -> bool:
         """Add one step event; False if this event id is already here (a replay)."""
@@ -92,9 +98,18 @@ class _Track:
 @dataclass
 class FunnelState:
     tracks: dict[tuple[str, str, int], _Track] = field(default_factory=dict)  # (tenant, customer, funnel index)
+    # (oldest time held, key): one entry per track, so expiry visits only tracks that hold expired items
+    # (an event that arrives later than its track's entry is dropped a little later, never early)
+    expiry: list[tuple[int, tuple[str, str, int]]] = field(default_factory=list)
     clock_ms: int = 0
-    pruned_minute: int = -1
     partition: int = 0
+
+    def track(self, key: tuple[str, str, int], first_ms: int) -> _Track:
+        track = self.tracks.get(key)
+        if track is None:
+            track = self.tracks[key] = _Track()
+            heapq.heappush(self.expiry, (first_ms, key))
+        return track
 
 
 class FunnelCore(MetricCore[FunnelState]):
@@ -108,6 +123,7 @@ class FunnelCore(MetricCore[FunnelState]):
             CONVERSION_SECONDS, "histogram", "Time from the latest step-1 event to the last step, per conversion.",
             ("tenant", "funnel"), conversion_buckets(self.funnels)),)
         self._event_types = {step.event_type for funnel in self.funnels for step in funnel.steps}
+        self.longest_window_ms = max(funnel.window_ms for funnel in self.funnels)
 
     @classmethod
     def from_settings(cls, settings) -> "FunnelCore":
@@ -134,7 +150,7 @@ class FunnelCore(MetricCore[FunnelState]):
                 if not mask:
                     continue
                 key = (event["tenant"], customer, index)
-                track = state.tracks.get(key) or state.tracks.setdefault(key, _Track())
+                track = state.track(key, event_ms)
                 if track.insert(event_ms, event["event_id"], mask):
                     changed[key].update(self._reassess(track, funnel, event_ms - funnel.window_ms, event_ms,
                                                        out, key[0]))
@@ -204,35 +220,35 @@ class FunnelCore(MetricCore[FunnelState]):
                 list(times) + [0] * (pad - level), version, state.partition))
 
     # -- clock ------------------------------------------------------------------------------
-    def horizon_ms(self, funnel: Funnel, clock_ms: int) -> int:
-        """Oldest event time a funnel's state still needs: what a new event can still join, and
-        the attempts inside the largest metric window."""
+    def horizon_ms(self, clock_ms: int) -> int:
+        """Oldest event time the state still needs: what a new event (at most max_lateness behind
+        the clock) can still join within the longest conversion window, and the attempts inside the
+        largest metric window."""
         window_floor = ((clock_ms - max(self.windows_ms.values())) // BUCKET_MS + 1) * BUCKET_MS
-        return min(clock_ms - self.max_lateness_ms - funnel.window_ms, window_floor)
+        return min(clock_ms - self.max_lateness_ms - self.longest_window_ms, window_floor)
 
     def tick(self, state: FunnelState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
-        minute = state.clock_ms // BUCKET_MS
-        if minute <= state.pruned_minute:
-            return
-        state.pruned_minute = minute
-        horizons = [self.horizon_ms(funnel, state.clock_ms) for funnel in self.funnels]
-        for key in list(state.tracks):
-            track, horizon = state.tracks[key], horizons[key[2]]
-            if track.events and track.events[0][0] >= horizon and min(track.attempts, default=horizon) >= horizon:
+        horizon = self.horizon_ms(state.clock_ms)
+        while state.expiry and state.expiry[0][0] < horizon:
+            _, key = heapq.heappop(state.expiry)
+            track = state.tracks.get(key)
+            if track is None:
                 continue
             del track.events[:bisect_left(track.events, (horizon,))]
             for start_ms in [s for s in track.attempts if s < horizon]:
                 del track.attempts[start_ms]
             track.converted.intersection_update(event_id for _, event_id, _ in track.events)
             track.stairs = None
-            if not track.events and not track.attempts:
+            oldest = track.oldest_ms()
+            if oldest is None:
                 del state.tracks[key]
+            else:
+                heapq.heappush(state.expiry, (oldest, key))
 
     # -- restore ----------------------------------------------------------------------------
     def restore_span_ms(self) -> int:
-        longest = max(funnel.window_ms for funnel in self.funnels)
-        return max(self.max_lateness_ms, max(self.windows_ms.values()) + BUCKET_MS) + longest
+        return max(self.max_lateness_ms, max(self.windows_ms.values()) + BUCKET_MS) + self.longest_window_ms
 
     def restore_queries(self) -> Sequence[RestoreQuery]:
         span, types = self.restore_span_ms(), ", ".join(f"'{t}'" for t in sorted(self._event_types))
@@ -258,7 +274,7 @@ class FunnelCore(MetricCore[FunnelState]):
         if query == "funnel_versions":
             for tenant, name, customer, start_ms, version in rows:
                 if name in index_of:
-                    track = state.tracks.setdefault((tenant, customer, index_of[name]), _Track())
+                    track = state.track((tenant, customer, index_of[name]), start_ms)
                     attempt = track.attempts.setdefault(start_ms, [0, (), 0])
                     attempt[2] = max(attempt[2], version)
                     track.stairs = None
@@ -270,7 +286,7 @@ class FunnelCore(MetricCore[FunnelState]):
                 mask = funnel.step_mask(source, event)
                 if mask:
                     key = (tenant, customer, index)
-                    state.tracks.setdefault(key, _Track()).insert(event_ms, event_id, mask)
+                    state.track(key, event_ms).insert(event_ms, event_id, mask)
                     touched.add(key)
         for key in touched:
             track, funnel = state.tracks[key], self.funnels[key[2]]
