@@ -32,7 +32,8 @@ from typing import Iterable, Optional, Sequence
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from pipeline.metrics.base import Accepted, Instrument, MetricCore, Output, RestoreQuery
-from pipeline.metrics.funnel_defs import Funnel
+from pipeline.metrics.funnel_defs import Funnel, load_funnels
+from pipeline.settings import Settings, duration_ms
 
 BUCKET_MS = 60_000
 CONVERSION_SECONDS = "cx_funnel_conversion_seconds"
@@ -126,10 +127,8 @@ class FunnelCore(MetricCore[FunnelState]):
         self.longest_window_ms = max(funnel.window_ms for funnel in self.funnels)
 
     @classmethod
-    def from_settings(cls, settings) -> "FunnelCore":
-        from pipeline.metrics.funnel_defs import load_funnels
-        from pipeline.settings import duration_ms
-
+    def from_settings(cls, settings: Settings) -> "FunnelCore":
+        """The worker's core; a bad funnels file raises FunnelConfigError here, at start-up."""
         return cls(load_funnels(settings.funnels_file), settings.window_ms, duration_ms(settings.max_lateness))
 
     def new_state(self) -> FunnelState:

@@ -23,6 +23,7 @@ distinct keys. The documented queries, which never double count after a replay:
     -- latest state wins (the version column is updated_ms)
     SELECT status, count() FROM cx.complaints FINAL GROUP BY status
     SELECT funnel, level, count() FROM cx.funnel_progress FINAL GROUP BY funnel, level
+    -- funnel gauges per window, from funnel_progress or windowFunnel over events: README "Funnels"
     -- one row per emitted signal / snapshot / rejected record
     SELECT level, count() FROM cx.churn_signals FINAL GROUP BY level
     SELECT ts, value, n FROM cx.metric_snapshots FINAL WHERE metric = 'nps' AND `window` = '24h' ORDER BY ts

@@ -430,3 +430,14 @@ def test_missing_or_broken_file(tmp_path):
     (tmp_path / "bad.yaml").write_text("funnels: [")
     with pytest.raises(FunnelConfigError, match="not valid YAML"):
         load_funnels(tmp_path / "bad.yaml")
+
+
+def test_from_settings_fails_at_start_up_on_a_bad_file(tmp_path, monkeypatch):
+    path = tmp_path / "f.yaml"
+    path.write_text("funnels:\n  - {name: buy, window: 1h, steps: [view, {event_type: cart, source: fax}]}\n")
+    monkeypatch.setenv("CXP_FUNNELS_FILE", str(path))
+    with pytest.raises(FunnelConfigError, match=r"funnel 'buy', step 2 \(cart\): `source` must be one of"):
+        FunnelCore.from_settings(Settings())
+    monkeypatch.delenv("CXP_FUNNELS_FILE")
+    core = FunnelCore.from_settings(Settings())
+    assert [f.name for f in core.funnels] == ["purchase"] and core.horizon_ms(10**13) == 10**13 - 7 * 86_400_000 - 3_600_000
