@@ -9,6 +9,9 @@
             name: cart              # the `step` label; default the event_type
             where: {plan: pro}      # attributes.plan == "pro"
             source: web             # only events from cx.events.web
+          - checkout_started
+        exclude:                    # optional: an attempt ends at any of these between two steps
+          - {event_type: support_ticket_opened, where: {topic: payment}}
 
 A bad definition raises :class:`FunnelConfigError` naming the funnel and the step.
 """
@@ -28,8 +31,9 @@ MAX_STEPS = 32  # ClickHouse's windowFunnel takes at most 32 conditions
 # windowFunnel keeps its timestamps as Int32, so a reproducing query's relative milliseconds
 # (event_ms - base) and the window must stay below 2**31 ms, about 24.8 days.
 MAX_WINDOW_MS = 2**31 - 1
+EXCLUDED = 1 << MAX_STEPS  # the step-mask bit of an exclusion event
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_.:-]+$")  # also keeps names safe inside SQL literals
-_FUNNEL_KEYS = {"name", "window", "steps"}
+_FUNNEL_KEYS = {"name", "window", "steps", "exclude"}
 _STEP_KEYS = {"event_type", "name", "where", "source"}
 
 
@@ -56,13 +60,17 @@ class Funnel:
     name: str
     window_ms: int
     steps: tuple[Step, ...] = field(default=())
+    exclusions: tuple[Step, ...] = ()  # their event types are never steps
 
     def step_mask(self, source: str, event: dict) -> int:
-        """Bit i set when the event matches step i+1 (one event may match several steps)."""
+        """Bit i set when the event matches step i+1 (one event may match several steps);
+        EXCLUDED when it matches an exclusion."""
         mask = 0
         for i, step in enumerate(self.steps):
             if step.matches(source, event):
                 mask |= 1 << i
+        if any(exclusion.matches(source, event) for exclusion in self.exclusions):
+            mask |= EXCLUDED
         return mask
 
 
@@ -113,13 +121,22 @@ def _parse_funnel(item, index: int) -> Funnel:
         if names.index(step.name) != number - 1:
             raise FunnelConfigError(f"funnel {name!r}, step {number} ({step.name}): step name used twice; "
                                     "give one of them a distinct `name`")
-    return Funnel(name, window_ms, parsed)
+    raw_exclusions = item.get("exclude") or []
+    if not isinstance(raw_exclusions, list):
+        raise FunnelConfigError(f"funnel {name!r}: `exclude` must be a list of event types or mappings")
+    exclusions = tuple(_parse_step(name, number, raw, "exclusion") for number, raw in enumerate(raw_exclusions, 1))
+    step_types = {step.event_type for step in parsed}
+    for number, exclusion in enumerate(exclusions, 1):
+        if exclusion.event_type in step_types:
+            raise FunnelConfigError(f"funnel {name!r}, exclusion {number} ({exclusion.name}): {exclusion.event_type} "
+                                    "is also a step's event type; an exclusion must be another event type")
+    return Funnel(name, window_ms, parsed, exclusions)
 
 
-def _parse_step(funnel: str, number: int, raw) -> Step:
+def _parse_step(funnel: str, number: int, raw, kind: str = "step") -> Step:
     if isinstance(raw, str):
         raw = {"event_type": raw}
-    where = f"funnel {funnel!r}, step {number}"
+    where = f"funnel {funnel!r}, {kind} {number}"
     if not isinstance(raw, dict):
         raise FunnelConfigError(f"{where}: expected an event type or a mapping with `event_type`")
     event_type = raw.get("event_type")

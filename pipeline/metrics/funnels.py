@@ -32,7 +32,7 @@ from typing import Iterable, Optional, Sequence
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from pipeline.metrics.base import Accepted, Instrument, MetricCore, Output, RestoreQuery
-from pipeline.metrics.funnel_defs import Funnel, load_funnels
+from pipeline.metrics.funnel_defs import EXCLUDED, Funnel, load_funnels
 from pipeline.settings import Settings, duration_ms
 
 BUCKET_MS = 60_000
@@ -71,7 +71,8 @@ class _Track:
         return True
 
     def chain(self, i: int, steps: int, window_ms: int) -> list[int]:
-        """Indices of the greedy earliest attempt from step-1 event i."""
+        """Indices of the greedy earliest attempt from step-1 event i; an exclusion event before
+        the next step ends it (every later attempt from i would have it between two steps)."""
         limit = self.events[i][0] + window_ms
         chain = [i]
         for j in range(i + 1, len(self.events)):
@@ -80,6 +81,8 @@ class _Track:
                 break
             if mask >> len(chain) & 1:
                 chain.append(j)
+            elif mask & EXCLUDED:
+                break
         return chain
 
     def level_since(self, first_ms: int) -> int:
@@ -123,7 +126,7 @@ class FunnelCore(MetricCore[FunnelState]):
         self.instruments = (Instrument(
             CONVERSION_SECONDS, "histogram", "Time from the latest step-1 event to the last step, per conversion.",
             ("tenant", "funnel"), conversion_buckets(self.funnels)),)
-        self._event_types = {step.event_type for funnel in self.funnels for step in funnel.steps}
+        self._event_types = {step.event_type for funnel in self.funnels for step in funnel.steps + funnel.exclusions}
         self.longest_window_ms = max(funnel.window_ms for funnel in self.funnels)
 
     @classmethod

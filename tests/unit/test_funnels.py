@@ -39,14 +39,13 @@ FUNNELS = parse_funnels({"funnels": [
 
 # -- oracles ------------------------------------------------------------------------------------
 def step_masks(funnel, source, event) -> int:
-    """Which steps an event matches, read straight from the definition."""
-    mask = 0
-    for i, step in enumerate(funnel.steps):
-        attrs = event["attributes"]
-        if (event["event_type"] == step.event_type and step.source in (None, source)
-                and all(attrs.get(k) == v for k, v in step.where)):
-            mask |= 1 << i
-    return mask
+    """Which steps an event matches (bit 32: an exclusion), read straight from the definition."""
+    def matches(step):
+        return (event["event_type"] == step.event_type and step.source in (None, source)
+                and all(event["attributes"].get(k) == v for k, v in step.where))
+
+    return sum(1 << i for i, step in enumerate(funnel.steps) if matches(step)) | \
+        (any(map(matches, funnel.exclusions)) << 32)
 
 
 def customer_events(funnel, delivered, tenant, customer, since_ms=-(2**62)):
@@ -395,7 +394,7 @@ def test_funnels_file_setting_from_the_environment(tmp_path, monkeypatch):
     assert not signup.steps[1].matches("web", {"event_type": "signup", "attributes": {"plan": "free"}})
 
 
-def funnel(**overrides):
+def funnel_doc(**overrides):
     return {"funnels": [{"name": "buy", "window": "1h", "steps": ["view", "cart"], **overrides}]}
 
 
@@ -403,20 +402,20 @@ def funnel(**overrides):
     ({}, "expected a top-level `funnels:` list"),
     ({"funnels": [{"window": "1h", "steps": ["a", "b"]}]}, "funnel #1: needs a `name`"),
     ({"funnels": [{"name": "buy", "window": "1h", "steps": ["a", "b"]}] * 2}, "funnel 'buy': defined twice"),
-    (funnel(colour="red"), "funnel 'buy': unknown key(s) ['colour']"),
+    (funnel_doc(colour="red"), "funnel 'buy': unknown key(s) ['colour']"),
     ({"funnels": [{"name": "buy", "steps": ["a", "b"]}]}, "funnel 'buy': needs a conversion `window`"),
-    (funnel(window="soon"), "funnel 'buy': window: not a duration: 'soon'"),
-    (funnel(window="0s"), "funnel 'buy': window must be above 0 and at most 24 days"),
-    (funnel(window="30d"), "funnel 'buy': window must be above 0 and at most 24 days"),
-    (funnel(steps=["view"]), "funnel 'buy': needs a `steps` list of 2 to 32 steps"),
-    (funnel(steps=["view", 7]), "funnel 'buy', step 2: expected an event type or a mapping"),
-    (funnel(steps=["view", {"name": "x"}]), "funnel 'buy', step 2: needs an `event_type`"),
-    (funnel(steps=["view", "bad type"]), "funnel 'buy', step 2: needs an `event_type`"),
-    (funnel(steps=["view", {"event_type": "cart", "when": 1}]), "funnel 'buy', step 2 (cart): unknown key(s) ['when']"),
-    (funnel(steps=["view", {"event_type": "cart", "name": "a b"}]), "funnel 'buy', step 2 (a b): `name` must be"),
-    (funnel(steps=["view", {"event_type": "cart", "where": {"n": 3}}]), "funnel 'buy', step 2 (cart): `where` must map"),
-    (funnel(steps=["view", {"event_type": "cart", "source": "fax"}]), "funnel 'buy', step 2 (cart): `source` must be one of"),
-    (funnel(steps=["view", "view"]), "funnel 'buy', step 2 (view): step name used twice"),
+    (funnel_doc(window="soon"), "funnel 'buy': window: not a duration: 'soon'"),
+    (funnel_doc(window="0s"), "funnel 'buy': window must be above 0 and at most 24 days"),
+    (funnel_doc(window="30d"), "funnel 'buy': window must be above 0 and at most 24 days"),
+    (funnel_doc(steps=["view"]), "funnel 'buy': needs a `steps` list of 2 to 32 steps"),
+    (funnel_doc(steps=["view", 7]), "funnel 'buy', step 2: expected an event type or a mapping"),
+    (funnel_doc(steps=["view", {"name": "x"}]), "funnel 'buy', step 2: needs an `event_type`"),
+    (funnel_doc(steps=["view", "bad type"]), "funnel 'buy', step 2: needs an `event_type`"),
+    (funnel_doc(steps=["view", {"event_type": "cart", "when": 1}]), "funnel 'buy', step 2 (cart): unknown key(s) ['when']"),
+    (funnel_doc(steps=["view", {"event_type": "cart", "name": "a b"}]), "funnel 'buy', step 2 (a b): `name` must be"),
+    (funnel_doc(steps=["view", {"event_type": "cart", "where": {"n": 3}}]), "funnel 'buy', step 2 (cart): `where` must map"),
+    (funnel_doc(steps=["view", {"event_type": "cart", "source": "fax"}]), "funnel 'buy', step 2 (cart): `source` must be one of"),
+    (funnel_doc(steps=["view", "view"]), "funnel 'buy', step 2 (view): step name used twice"),
 ])
 def test_bad_definitions_name_the_funnel_and_the_step(document, message):
     with pytest.raises(FunnelConfigError) as error:
@@ -441,3 +440,61 @@ def test_from_settings_fails_at_start_up_on_a_bad_file(tmp_path, monkeypatch):
     monkeypatch.delenv("CXP_FUNNELS_FILE")
     core = FunnelCore.from_settings(Settings())
     assert [f.name for f in core.funnels] == ["purchase"] and core.horizon_ms(10**13) == 10**13 - 7 * 86_400_000 - 3_600_000
+
+
+# -- exclusion steps (no windowFunnel equivalent: brute force only) ------------------------------
+EXCLUDING = parse_funnels({"funnels": [{"name": "buy", "window": "5m", "steps": ["view", "cart", "pay"],
+                                        "exclude": [{"event_type": "complaint", "where": {"plan": "pro"}}]}]})
+
+
+def level_without_exclusions_between(events, starts, steps: int, window_ms: int) -> int:
+    """Longest in-order chain from one of the starts (indices) with no exclusion event anywhere
+    between its first and last step."""
+    return max((len(chain) for i in starts for chain in all_chains(events, i, steps, window_ms)
+                if not any(events[j][2] >> 32 & 1 for j in range(chain[0], chain[-1]))), default=0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["acme"]), st.sampled_from(["c1", "c2"]), st.sampled_from(["view", "cart", "pay", "complaint"]),
+    st.one_of(st.integers(0, 3), st.integers(0, 40)), st.sampled_from(["web"]), st.sampled_from(["pro", "free"]),
+), min_size=1, max_size=12), st.integers(0, 10**6))
+def test_exclusion_ends_an_attempt_brute_force(raw, seed):
+    events, messages = build_stream(raw, seed)
+    core = make_core(EXCLUDING)
+    state = core.new_state()
+    out = deliver(core, state, messages)
+    clock = max(e["event_time"] for _, e in events)
+    (funnel,) = EXCLUDING
+    rows = latest_rows(out)
+    expected = {}
+    for tenant, customer in customers_of(events):
+        mine = customer_events(funnel, events, tenant, customer)
+        starts = [i for i, (_, _, mask) in enumerate(mine) if mask & 1]
+        for start_ms in {mine[i][0] for i in starts}:
+            level = level_without_exclusions_between(mine, [i for i in starts if mine[i][0] == start_ms], 3,
+                                                     funnel.window_ms)
+            assert rows[(tenant, "buy", customer, start_ms)]["level"] == level
+        for label, window in WINDOWS.items():
+            first = ((clock - window) // MIN + 1) * MIN
+            level = level_without_exclusions_between(mine, [i for i in starts if mine[i][0] >= first], 3,
+                                                     funnel.window_ms)
+            counts = expected.setdefault((tenant, 0, label), [0, 0, 0])
+            for k in range(level):
+                counts[k] += 1
+    got = {key: counts for key, counts in core.at_least([state], clock).items() if any(counts)}
+    assert got == {key: counts for key, counts in expected.items() if any(counts)}
+
+
+def test_exclusion_definitions():
+    (funnel,) = EXCLUDING
+    assert funnel.exclusions[0].where == (("plan", "pro"),)
+    assert run([("view", 0, "a"), ("complaint", 1, "b", {"plan": "pro"}), ("cart", 2, "c")], EXCLUDING)[0] == 1
+    assert run([("view", 0, "a"), ("complaint", 1, "b", {"plan": "free"}), ("cart", 2, "c")], EXCLUDING)[0] == 2
+    with pytest.raises(FunnelConfigError, match=r"funnel 'buy', exclusion 1 \(view\): view is also a step"):
+        parse_funnels(funnel_doc(exclude=["view"]))
+    with pytest.raises(FunnelConfigError, match=r"funnel 'buy', exclusion 2: needs an `event_type`"):
+        parse_funnels(funnel_doc(exclude=["complaint", {"where": {"a": "b"}}]))
+    with pytest.raises(FunnelConfigError, match=r"funnel 'buy': `exclude` must be a list"):
+        parse_funnels(funnel_doc(exclude="complaint"))
+    assert "'complaint'" in make_core(EXCLUDING).restore_queries()[1].sql
