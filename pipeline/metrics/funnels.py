@@ -226,8 +226,13 @@ class FunnelCore(MetricCore[FunnelState]):
         """Oldest event time the state still needs: what a new event (at most max_lateness behind
         the clock) can still join within the longest conversion window, and the attempts inside the
         largest metric window."""
-        window_floor = ((clock_ms - max(self.windows_ms.values())) // BUCKET_MS + 1) * BUCKET_MS
+        window_floor = self.window_first_ms(clock_ms, max(self.windows_ms.values()))
         return min(clock_ms - self.max_lateness_ms - self.longest_window_ms, window_floor)
+
+    @staticmethod
+    def window_first_ms(clock_ms: int, window_ms: int) -> int:
+        """First millisecond of a rolling window: t is inside when t // 60000 > (clock - W) // 60000."""
+        return ((clock_ms - window_ms) // BUCKET_MS + 1) * BUCKET_MS
 
     def tick(self, state: FunnelState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
@@ -259,7 +264,8 @@ class FunnelCore(MetricCore[FunnelState]):
             RestoreQuery("funnel_versions",
                          "SELECT kafka_partition, tenant, funnel, customer_id, started_ms, max(updated_ms) "
                          "FROM {db}.funnel_progress WHERE kafka_partition IN ({partitions}) "
-                         "AND started_ms >= {since_ms} GROUP BY kafka_partition, tenant, funnel, customer_id, started_ms",
+                         "AND started_ms >= {since_ms} "
+                         "GROUP BY kafka_partition, tenant, funnel, customer_id, started_ms",
                          span),
             RestoreQuery("funnel_events",
                          "SELECT kafka_partition, source, event_type, event_ms, event_id, tenant, customer_id, "
@@ -311,7 +317,7 @@ class FunnelCore(MetricCore[FunnelState]):
     def at_least(self, states: Sequence[FunnelState], clock_ms: int) -> dict[tuple[str, int, str], list[int]]:
         """(tenant, funnel index, window) -> customers who reached at least step 1..n."""
         totals: dict[tuple[str, int, str], list[int]] = {}
-        firsts = {label: ((clock_ms - window) // BUCKET_MS + 1) * BUCKET_MS for label, window in self.windows_ms.items()}
+        firsts = {label: self.window_first_ms(clock_ms, window) for label, window in self.windows_ms.items()}
         for state in states:
             for (tenant, _, index), track in state.tracks.items():
                 steps = len(self.funnels[index].steps)
