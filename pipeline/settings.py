@@ -61,6 +61,10 @@ class Settings(BaseSettings):
     max_future_skew: str = Field("5m", description="Reject events this far ahead of the worker's wall clock.")
     max_lateness: str = Field("7d", description="Reject events this far behind the worker's event-time clock.")
     dedup_horizon: str = Field("24h", description="An event_id seen again within this event-time span is a duplicate.")
+    funnels_file: Path = Field(
+        Path(__file__).with_name("funnels.yaml"),
+        description="YAML file of the conversion funnels (steps, filters, window). Default: the bundled purchase funnel.",
+    )
     batch_max_messages: int = Field(100, ge=1, description="Kafka messages the worker processes per batch.")
     batch_within: float = Field(0.2, gt=0, description="Seconds the worker waits to fill a batch before processing it.")
     sink_batch_rows: int = Field(50_000, ge=1, description="Buffered rows that trigger a ClickHouse flush.")

@@ -24,6 +24,7 @@ distinct keys. The documented queries, which never double count after a replay:
     -- latest state wins (the version column is updated_ms)
     SELECT status, count() FROM cx.complaints FINAL GROUP BY status
     SELECT funnel, level, count() FROM cx.funnel_progress FINAL GROUP BY funnel, level
+    -- funnel gauges per window, from funnel_progress or windowFunnel over events: README "Funnels"
     -- one row per emitted signal / snapshot / rejected record
     SELECT level, count() FROM cx.churn_signals FINAL GROUP BY level
     SELECT ts, value, n FROM cx.metric_snapshots FINAL WHERE metric = 'nps' AND `window` = '24h' ORDER BY ts
@@ -78,10 +79,12 @@ _TABLES = (
         ("opened_at", "Nullable(DateTime)"), ("first_response_at", "Nullable(DateTime)"),
         ("resolved_at", "Nullable(DateTime)"), ("reopen_count", "UInt16"), ("updated_ms", "Int64"),
     ), "ReplacingMergeTree(updated_ms) ORDER BY (tenant, complaint_id)"),
+    # One row per funnel attempt (a step-1 event); step_ms[i] is when step i+1 was reached, 0 if not.
     Table("funnel_progress", (
         ("funnel", "String"), ("tenant", "String"), ("customer_id", "String"), ("started_at", "DateTime"),
-        ("level", "UInt8"), ("updated_ms", "Int64"),
-    ), "ReplacingMergeTree(updated_ms) ORDER BY (tenant, funnel, customer_id, started_at)"),
+        ("started_ms", "Int64"), ("level", "UInt8"), ("step_ms", "Array(Int64)"), ("updated_ms", "Int64"),
+        ("kafka_partition", "UInt16"),
+    ), "ReplacingMergeTree(updated_ms) ORDER BY (tenant, funnel, customer_id, started_ms)"),
     Table("churn_signals", (
         ("customer_id", "String"), ("tenant", "String"), ("score", "Float64"), ("level", "String"),
         ("reasons", "Array(String)"), ("signal_time", "DateTime"), ("signal_ms", "Int64"),

@@ -34,7 +34,10 @@ SAMPLES = {
         ("k1", "acme", "c1", "high", "billing", "phone", "resolved", T0, T0 + 600, T0 + 3600, 1, T0 * 1000 + 3_600_000),
         ("k2", "acme", "c2", "normal", None, None, "opened", T0, None, None, 0, T0 * 1000),
     ],
-    "funnel_progress": [("purchase", "acme", "c1", T0, 3, T0 * 1000 + 1), ("purchase", "acme", "c2", T0 + 5, 1, T0 * 1000 + 2)],
+    "funnel_progress": [
+        ("purchase", "acme", "c1", T0, T0 * 1000 + 1, 3, [T0 * 1000 + 1, T0 * 1000 + 5000, T0 * 1000 + 9000, 0], T0 * 1000 + 9000, 2),
+        ("purchase", "acme", "c2", T0 + 5, T0 * 1000 + 5000, 1, [T0 * 1000 + 5000, 0, 0, 0], T0 * 1000 + 5000, 0),
+    ],
     "churn_signals": [
         ("c1", "acme", 0.8125, "high", ["inactivity", "detractor"], T0, T0 * 1000 + 1),
         ("c2", "acme", 0.0, "low", [], T0 + 1, T0 * 1000 + 2),

@@ -1,0 +1,348 @@
+"""Conversion funnels per customer, step for step what ClickHouse's ``windowFunnel`` computes.
+
+Reading of the definition (README "Funnels" says it for analysts):
+
+* A customer's events are taken in time order; events with the same millisecond in ``event_id``
+  order. One event that matches several steps is one position in that order, so it can serve as
+  any one of them in an attempt, never as two steps of the same attempt.
+* Every step-1 event starts an **attempt**. Its level is how many steps the customer then did in
+  order, each after the previous one, the last no later than ``window`` after the step-1 event.
+  Greedy earliest matching is optimal for a fixed start, and the customer's level is the best
+  attempt's: this is windowFunnel (ClickHouse keeps the latest start of each level; same answer).
+  Attempts starting in the same millisecond are one attempt (the best of them).
+* Window W at clock C counts a customer at step k when an attempt started in the window
+  (``start // 60000 > (C - W) // 60000``) reached step k; equal to windowFunnel over the
+  customer's events in the window, because an attempt only uses events after its start.
+* A **conversion** is a last-step event that completes at least one attempt. It is observed once,
+  when first seen, as the time from the latest step-1 event it completes (the last restart), so
+  restarts and replays never add a second conversion for the same purchase.
+
+State per customer and funnel: the matching step events not older than what a new event (at
+most ``max_lateness`` behind the clock) or a metric window can still reach, the attempts starting
+there, and the ids of already observed conversions; it expires with them.
+"""
+from __future__ import annotations
+
+import heapq
+from bisect import bisect_left
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Iterable, Optional, Sequence
+
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from pipeline.metrics.base import Accepted, Instrument, MetricCore, Output, RestoreQuery
+from pipeline.metrics.funnel_defs import EXCLUDED, Funnel, load_funnels
+from pipeline.settings import Settings, duration_ms
+
+BUCKET_MS = 60_000
+CONVERSION_SECONDS = "cx_funnel_conversion_seconds"
+_LADDER_S = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 345600, 604800)
+
+
+def conversion_buckets(funnels: Sequence[Funnel]) -> tuple[float, ...]:
+    """10 s up to the longest conversion window (the last bucket is that window itself)."""
+    longest = max(funnel.window_ms for funnel in funnels) / 1000
+    return tuple(float(b) for b in _LADDER_S if b < longest) + (longest,)
+
+
+class _Track:
+    """One customer in one funnel."""
+
+    __slots__ = ("events", "attempts", "converted", "stairs")
+
+    def __init__(self):
+        self.events: list[tuple[int, str, int]] = []  # (event_ms, event_id, step mask), in funnel order
+        self.attempts: dict[int, list] = {}  # start_ms -> [level, step times, last row version]
+        self.converted: set[str] = set()  # event ids of last-step events already observed
+        self.stairs: Optional[tuple[list[int], list[int]]] = None  # starts, best level from each start on
+
+    def oldest_ms(self) -> Optional[int]:
+        """Time of the oldest event or attempt held; None when empty."""
+        times = ([self.events[0][0]] if self.events else []) + ([min(self.attempts)] if self.attempts else [])
+        return min(times, default=None)
+
+    def insert(self, event_ms: int, event_id: str, mask: int) -> bool:
+        """Add one step event; False if this event id is already here (a replay)."""
+        i = bisect_left(self.events, (event_ms, event_id))
+        if i < len(self.events) and self.events[i][1] == event_id:
+            return False
+        self.events.insert(i, (event_ms, event_id, mask))
+        return True
+
+    def chain(self, i: int, steps: int, window_ms: int) -> list[int]:
+        """Indices of the greedy earliest attempt from step-1 event i; an exclusion event before
+        the next step ends it (every later attempt from i would have it between two steps)."""
+        limit = self.events[i][0] + window_ms
+        chain = [i]
+        for j in range(i + 1, len(self.events)):
+            event_ms, _, mask = self.events[j]
+            if event_ms > limit or len(chain) == steps:
+                break
+            if mask >> len(chain) & 1:
+                chain.append(j)
+            elif mask & EXCLUDED:
+                break
+        return chain
+
+    def level_since(self, first_ms: int) -> int:
+        """Best level of the attempts starting at or after first_ms."""
+        if self.stairs is None:
+            starts = sorted(self.attempts)
+            best, running = [0] * len(starts), 0
+            for i in range(len(starts) - 1, -1, -1):
+                running = max(running, self.attempts[starts[i]][0])
+                best[i] = running
+            self.stairs = (starts, best)
+        starts, best = self.stairs
+        i = bisect_left(starts, first_ms)
+        return best[i] if i < len(starts) else 0
+
+
+@dataclass
+class FunnelState:
+    tracks: dict[tuple[str, str, int], _Track] = field(default_factory=dict)  # (tenant, customer, funnel index)
+    # (oldest time held, key): one entry per track, so expiry visits only tracks that hold expired items
+    # (an event that arrives later than its track's entry is dropped a little later, never early)
+    expiry: list[tuple[int, tuple[str, str, int]]] = field(default_factory=list)
+    clock_ms: int = 0
+    partition: int = 0
+
+    def track(self, key: tuple[str, str, int], first_ms: int) -> _Track:
+        track = self.tracks.get(key)
+        if track is None:
+            track = self.tracks[key] = _Track()
+            heapq.heappush(self.expiry, (first_ms, key))
+        return track
+
+
+class FunnelCore(MetricCore[FunnelState]):
+    name = "funnels"
+
+    def __init__(self, funnels: Sequence[Funnel], windows_ms: dict[str, int], max_lateness_ms: int):
+        self.funnels = tuple(funnels)
+        self.windows_ms = dict(windows_ms)
+        self.max_lateness_ms = max_lateness_ms
+        self.instruments = (Instrument(
+            CONVERSION_SECONDS, "histogram", "Time from the latest step-1 event to the last step, per conversion.",
+            ("tenant", "funnel"), conversion_buckets(self.funnels)),)
+        self._event_types = {step.event_type for funnel in self.funnels for step in funnel.steps + funnel.exclusions}
+        self.longest_window_ms = max(funnel.window_ms for funnel in self.funnels)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "FunnelCore":
+        """The worker's core; a bad funnels file raises FunnelConfigError here, at start-up."""
+        return cls(load_funnels(settings.funnels_file), settings.window_ms, duration_ms(settings.max_lateness))
+
+    def new_state(self) -> FunnelState:
+        return FunnelState()
+
+    # -- input ------------------------------------------------------------------------------
+    def add(self, state: FunnelState, accepted: Accepted, out: Output) -> None:
+        state.partition = accepted.partition
+        changed: dict[tuple, set[int]] = defaultdict(set)
+        for event in accepted.events:
+            customer = event.get("customer_id")
+            if customer is None or event.get("event_type") not in self._event_types:
+                continue
+            event_ms = event["event_time"]
+            state.clock_ms = max(state.clock_ms, event_ms)
+            for index, funnel in enumerate(self.funnels):
+                mask = funnel.step_mask(accepted.source, event)
+                if not mask:
+                    continue
+                key = (event["tenant"], customer, index)
+                track = state.track(key, event_ms)
+                if track.insert(event_ms, event["event_id"], mask):
+                    changed[key].update(self._reassess(track, funnel, event_ms - funnel.window_ms, event_ms,
+                                                       out, key[0]))
+        for key, starts in changed.items():
+            self._emit(state, key, starts, out)
+
+    def _reassess(self, track: _Track, funnel: Funnel, first_ms: int, last_ms: int,
+                  out: Optional[Output], tenant: str) -> set[int]:
+        """Recompute the attempts starting in [first_ms, last_ms]; observe new conversions into out
+        (None: mark them observed silently). Returns the start times whose attempt changed."""
+        events, steps = track.events, len(funnel.steps)
+        best: dict[int, list[int]] = {}
+        for i in range(bisect_left(events, (first_ms,)), bisect_left(events, (last_ms + 1,))):
+            if events[i][2] & 1:
+                chain = track.chain(i, steps, funnel.window_ms)
+                start_ms = events[i][0]
+                if len(chain) > len(best.get(start_ms, ())):
+                    best[start_ms] = chain
+                if len(chain) == steps:
+                    self._convert(track, funnel, chain, out, tenant)
+        changed = set()
+        for start_ms, chain in best.items():
+            times = tuple(events[j][0] for j in chain)
+            attempt = track.attempts.get(start_ms)
+            if attempt is None:
+                track.attempts[start_ms] = [len(chain), times, 0]
+            elif (attempt[0], attempt[1]) != (len(chain), times):
+                attempt[0], attempt[1] = len(chain), times
+            else:
+                continue
+            changed.add(start_ms)
+        if changed:
+            track.stairs = None
+        return changed
+
+    def _convert(self, track: _Track, funnel: Funnel, chain: list[int], out: Optional[Output], tenant: str) -> None:
+        last_ms, last_id, _ = track.events[chain[-1]]
+        if last_id in track.converted:
+            return
+        track.converted.add(last_id)
+        if out is not None:
+            start_ms = self._latest_start(track, funnel, chain)
+            out.observe(CONVERSION_SECONDS, (tenant, funnel.name), (last_ms - start_ms) / 1000)
+
+    @staticmethod
+    def _latest_start(track: _Track, funnel: Funnel, chain: list[int]) -> int:
+        """The latest step-1 event whose greedy attempt ends at the same last-step event."""
+        steps, end = len(funnel.steps), chain[-1]
+        latest = track.events[chain[0]][0]
+        for i in range(chain[0] + 1, end):
+            if track.events[i][2] & 1:
+                other = track.chain(i, steps, funnel.window_ms)
+                if len(other) == steps and other[-1] == end:
+                    latest = track.events[i][0]
+        return latest
+
+    def _emit(self, state: FunnelState, key: tuple, starts: set[int], out: Output) -> None:
+        tenant, customer, index = key
+        funnel, track = self.funnels[index], state.tracks[key]
+        pad = len(funnel.steps)
+        for start_ms in sorted(starts):
+            attempt = track.attempts[start_ms]
+            attempt[2] = max(state.clock_ms, attempt[2] + 1)
+            level, times, version = attempt
+            out.rows["funnel_progress"].append((
+                funnel.name, tenant, customer, start_ms // 1000, start_ms, level,
+                list(times) + [0] * (pad - level), version, state.partition))
+
+    # -- clock ------------------------------------------------------------------------------
+    def horizon_ms(self, clock_ms: int) -> int:
+        """Oldest event time the state still needs: what a new event (at most max_lateness behind
+        the clock) can still join within the longest conversion window, and the attempts inside the
+        largest metric window."""
+        window_floor = self.window_first_ms(clock_ms, max(self.windows_ms.values()))
+        return min(clock_ms - self.max_lateness_ms - self.longest_window_ms, window_floor)
+
+    @staticmethod
+    def window_first_ms(clock_ms: int, window_ms: int) -> int:
+        """First millisecond of a rolling window: t is inside when t // 60000 > (clock - W) // 60000."""
+        return ((clock_ms - window_ms) // BUCKET_MS + 1) * BUCKET_MS
+
+    def tick(self, state: FunnelState, clock_ms: int, out: Output) -> None:
+        state.clock_ms = max(state.clock_ms, clock_ms)
+        horizon = self.horizon_ms(state.clock_ms)
+        while state.expiry and state.expiry[0][0] < horizon:
+            _, key = heapq.heappop(state.expiry)
+            track = state.tracks.get(key)
+            if track is None:
+                continue
+            del track.events[:bisect_left(track.events, (horizon,))]
+            for start_ms in [s for s in track.attempts if s < horizon]:
+                del track.attempts[start_ms]
+            track.converted.intersection_update(event_id for _, event_id, _ in track.events)
+            track.stairs = None
+            oldest = track.oldest_ms()
+            if oldest is None:
+                del state.tracks[key]
+            else:
+                heapq.heappush(state.expiry, (oldest, key))
+
+    # -- restore ----------------------------------------------------------------------------
+    def restore_span_ms(self) -> int:
+        return max(self.max_lateness_ms, max(self.windows_ms.values()) + BUCKET_MS) + self.longest_window_ms
+
+    def restore_queries(self) -> Sequence[RestoreQuery]:
+        span, types = self.restore_span_ms(), ", ".join(f"'{t}'" for t in sorted(self._event_types))
+        return (
+            # the last version written per attempt, so a rewritten row always outranks it
+            RestoreQuery("funnel_versions",
+                         "SELECT kafka_partition, tenant, funnel, customer_id, started_ms, max(updated_ms) "
+                         "FROM {db}.funnel_progress WHERE kafka_partition IN ({partitions}) "
+                         "AND started_ms >= {since_ms} "
+                         "GROUP BY kafka_partition, tenant, funnel, customer_id, started_ms",
+                         span),
+            RestoreQuery("funnel_events",
+                         "SELECT kafka_partition, source, event_type, event_ms, event_id, tenant, customer_id, "
+                         "attr_keys, attr_values FROM {db}.events WHERE kafka_partition IN ({partitions}) "
+                         f"AND event_ms >= {{since_ms}} AND customer_id IS NOT NULL AND event_type IN ({types})",
+                         span),
+        )
+
+    def restore(self, state: FunnelState, query: str, rows: list[tuple], clock_ms: int) -> None:
+        """Rebuild without emitting rows or observing conversions: whatever the events table holds
+        was completely delivered (it is written last), conversions included."""
+        state.clock_ms = max(state.clock_ms, clock_ms)
+        index_of = {funnel.name: i for i, funnel in enumerate(self.funnels)}
+        if query == "funnel_versions":
+            for tenant, name, customer, start_ms, version in rows:
+                if name in index_of:
+                    track = state.track((tenant, customer, index_of[name]), start_ms)
+                    attempt = track.attempts.setdefault(start_ms, [0, (), 0])
+                    attempt[2] = max(attempt[2], version)
+                    track.stairs = None
+            return
+        touched = set()
+        for source, event_type, event_ms, event_id, tenant, customer, keys, values in rows:
+            event = {"event_type": event_type, "attributes": dict(zip(keys, values))}
+            for index, funnel in enumerate(self.funnels):
+                mask = funnel.step_mask(source, event)
+                if mask:
+                    key = (tenant, customer, index)
+                    state.track(key, event_ms).insert(event_ms, event_id, mask)
+                    touched.add(key)
+        for key in touched:
+            track, funnel = state.tracks[key], self.funnels[key[2]]
+            self._reassess(track, funnel, track.events[0][0], track.events[-1][0], None, key[0])
+
+    # -- scrape -----------------------------------------------------------------------------
+    def describe(self) -> Iterable[Metric]:
+        return list(self._families())
+
+    @staticmethod
+    def _families() -> tuple[GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily("cx_funnel_customers", "Customers whose best funnel attempt started in the window "
+                              "reached at least this step (additive over workers).",
+                              labels=("tenant", "funnel", "step", "window")),
+            GaugeMetricFamily("cx_funnel_conversion_ratio", "Customers at the last step / customers at step 1, "
+                              "by attempts started in the window.", labels=("tenant", "funnel", "window")),
+        )
+
+    def at_least(self, states: Sequence[FunnelState], clock_ms: int) -> dict[tuple[str, int, str], list[int]]:
+        """(tenant, funnel index, window) -> customers who reached at least step 1..n."""
+        totals: dict[tuple[str, int, str], list[int]] = {}
+        firsts = {label: self.window_first_ms(clock_ms, window) for label, window in self.windows_ms.items()}
+        for state in states:
+            for (tenant, _, index), track in state.tracks.items():
+                steps = len(self.funnels[index].steps)
+                for label, first_ms in firsts.items():
+                    counts = totals.setdefault((tenant, index, label), [0] * steps)
+                    for k in range(track.level_since(first_ms)):
+                        counts[k] += 1
+        return totals
+
+    def levels(self, state: FunnelState, since_ms: int = -(2**62)) -> dict[tuple[str, str, str], int]:
+        """(tenant, customer, funnel) -> best level of the attempts starting at or after since_ms."""
+        return {(tenant, customer, self.funnels[index].name): track.level_since(since_ms)
+                for (tenant, customer, index), track in state.tracks.items()}
+
+    def collect(self, states: Sequence[FunnelState], clock_ms: int) -> Iterable[Metric]:
+        customers, ratio = self._families()
+        for (tenant, index, label), counts in sorted(self.at_least(states, clock_ms).items()):
+            funnel = self.funnels[index]
+            for step, n in zip(funnel.steps, counts):
+                customers.add_metric((tenant, funnel.name, step.name, label), n)
+            if counts[0]:
+                ratio.add_metric((tenant, funnel.name, label), counts[-1] / counts[0])
+        return [customers, ratio]
+
+    def snapshot(self, states: Sequence[FunnelState], clock_ms: int) -> Iterable[tuple[str, str, str, float, int]]:
+        """(tenant, 'funnel_conversion:<funnel>', window, last/first step, first-step customers)."""
+        return [(tenant, f"funnel_conversion:{self.funnels[index].name}", label, counts[-1] / counts[0], counts[0])
+                for (tenant, index, label), counts in sorted(self.at_least(states, clock_ms).items()) if counts[0]]
