@@ -45,7 +45,7 @@ def main() -> None:
     for i in range(args.customers):
         start = T0 + int(i * args.every * 1000)
         out = Output()
-        core.add(state, Accepted("web", 0, i, session(i, start)), out)
+        core.add(state, Accepted.of("web", 0, i, session(i, start)), out)
         core.tick(state, start + SESSION[-1][1] * 1000, out)
         if (i + 1) % report_every == 0:
             del out

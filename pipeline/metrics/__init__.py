@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Callable
 
 from pipeline.metrics.base import MetricCore
+from pipeline.metrics.funnels import FunnelCore
 from pipeline.metrics.segments import SegmentCore
 from pipeline.metrics.surveys import SurveyCore
 from pipeline.settings import Settings
@@ -16,6 +17,7 @@ CORES: dict[str, Callable[[Settings], MetricCore]] = {
     "surveys": lambda settings: SurveyCore(settings.window_ms),
     "segments": lambda settings: SegmentCore(settings.window_ms, tuple(settings.segment_dimensions),
                                              settings.segment_max_values),
+    "funnels": FunnelCore.from_settings,
 }
 
 

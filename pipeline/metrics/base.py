@@ -31,6 +31,8 @@ from typing import Generic, Iterable, NamedTuple, Optional, Sequence, TypeVar
 
 from prometheus_client.metrics_core import Metric
 
+from pipeline.dedup import id_hash
+
 State = TypeVar("State")
 
 
@@ -42,6 +44,11 @@ class Accepted(NamedTuple):
     offset: int
     events: list[dict]  # decoded Avro dicts; event_time is int epoch milliseconds
     hashes: list[int]  # id_hash of each event's event_id, in the same order
+
+    @classmethod
+    def of(cls, source: str, partition: int, offset: int, events: list[dict]) -> "Accepted":
+        """With the hashes computed here (the processor has them already; tests and tools use this)."""
+        return cls(source, partition, offset, events, [id_hash(event["event_id"]) for event in events])
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,8 @@ from pipeline.metrics.base import Accepted, Output
 from pipeline.metrics.funnel_defs import parse_funnels
 from pipeline.metrics.funnels import FunnelCore
 from sinks.clickhouse.backend import NativeBackend
-from sinks.clickhouse.ddl import COLUMNS
+from pipeline.dedup import id_hash
+from sinks.clickhouse.ddl import COLUMNS, ROWS
 
 pytestmark = pytest.mark.integration
 
@@ -29,26 +30,6 @@ FUNNELS = parse_funnels({"funnels": [
         {"event_type": "purchase", "source": "web"}]},
 ]})
 KINDS = ["product_view", "product_view", "add_to_cart", "checkout_started", "purchase", "page_view"]
-
-
-def condition(step) -> str:
-    """A step as a ClickHouse condition on the events table (literals are checked identifiers)."""
-    parts = [f"event_type = '{step.event_type}'"]
-    if step.source:
-        parts.append(f"source = '{step.source}'")
-    for key, value in step.where:
-        parts.append(f"has(attr_keys, '{key}') AND attr_values[indexOf(attr_keys, '{key}')] = '{value}'")
-    return " AND ".join(parts)
-
-
-def window_funnel_sql(db: str, funnel, since_ms: int) -> str:
-    """Each customer's windowFunnel level over events from since_ms on. 18.16 takes only a DateTime or
-    UInt32 time, so times are milliseconds after since_ms (below 2**31: about 24.8 days); the
-    subquery's ORDER BY puts same-millisecond events in event_id order, the core's tie rule."""
-    conditions = ", ".join(condition(step) for step in funnel.steps)
-    return (f"SELECT tenant, customer_id, windowFunnel({funnel.window_ms})(toUInt32(event_ms - {since_ms}), {conditions}) "
-            f"AS level FROM (SELECT * FROM {db}.events FINAL WHERE customer_id IS NOT NULL AND event_ms >= {since_ms} "
-            f"ORDER BY event_ms, event_id) GROUP BY tenant, customer_id")
 
 
 def random_events(rng: random.Random, n_customers: int, per_customer: int) -> list[tuple[str, dict]]:
@@ -69,13 +50,16 @@ def random_events(rng: random.Random, n_customers: int, per_customer: int) -> li
 
 
 def event_row(source: str, e: dict) -> tuple:
-    return (e["event_id"], source, e["event_type"], e["event_time"] // 1000, e["event_time"], e["tenant"],
-            e["customer_id"], None, None, list(e["attributes"]), list(e["attributes"].values()), 0, 0)
+    return ROWS["events"](
+        event_id=e["event_id"], source=source, event_type=e["event_type"], event_time=e["event_time"] // 1000,
+        event_ms=e["event_time"], tenant=e["tenant"], customer_id=e["customer_id"], anonymous_id=None, session_id=None,
+        attr_keys=list(e["attributes"]), attr_values=list(e["attributes"].values()), kafka_partition=0, kafka_offset=0,
+        id_hash=id_hash(e["event_id"]))
 
 
 def at_least_from_sql(backend, funnel, since_ms) -> dict[str, list[int]]:
     recount = ", ".join(f"sum(level >= {k})" for k in range(1, len(funnel.steps) + 1))
-    rows = backend.query(f"SELECT tenant, {recount} FROM ({window_funnel_sql(backend.database, funnel, since_ms)}) "
+    rows = backend.query(f"SELECT tenant, {recount} FROM ({funnel.window_funnel_sql(backend.database, since_ms)}) "
                          "GROUP BY tenant")
     return {tenant: list(counts) for tenant, *counts in rows if any(counts)}
 
@@ -108,14 +92,14 @@ def test_core_levels_and_window_counts_equal_window_funnel(clickhouse_url):
         for offset in range(0, len(shuffled), 3):  # several events per message, one source per message
             batch = shuffled[offset:offset + 3]
             for source in {s for s, _ in batch}:
-                core.add(state, Accepted(source, 0, offset, [e for s, e in batch if s == source]), out)
+                core.add(state, Accepted.of(source, 0, offset, [e for s, e in batch if s == source]), out)
         clock = max(e["event_time"] for _, e in events)
         core.tick(state, clock, out)  # nothing is old enough to expire
         backend.insert("funnel_progress", COLUMNS["funnel_progress"], list(zip(*out.rows["funnel_progress"])))
 
         levels = core.levels(state)
         for funnel in FUNNELS:
-            sql_levels = backend.query(window_funnel_sql(backend.database, funnel, T0))
+            sql_levels = backend.query(funnel.window_funnel_sql(backend.database, T0))
             assert len(sql_levels) == len({(e["tenant"], e["customer_id"]) for _, e in events})
             for tenant, customer, level in sql_levels:
                 assert levels.get((tenant, customer, funnel.name), 0) == level, (funnel.name, tenant, customer)

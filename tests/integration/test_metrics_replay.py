@@ -178,3 +178,29 @@ def test_clickhouse_segment_query_agrees(replayed):
     gauges = {(l["tenant"], l["segment"]): v for l, v in replayed["second"]["cx_segment_nps"]
               if l["window"] == "7d" and l["dimension"] == "region"}
     assert rows and {(t, r): pytest.approx(v) for t, r, v in rows} == gauges
+
+
+def test_funnel_levels_equal_clickhouse_window_funnel(replayed):
+    """Each customer's best level in funnel_progress equals ClickHouse's own windowFunnel over events, and
+    cx_funnel_customers{step, window} equals the count of customers windowFunnel puts at or past that step."""
+    from pipeline.metrics.funnel_defs import load_funnels
+    from pipeline.settings import Settings
+
+    ch, db, data = replayed["clickhouse"], replayed["db"], replayed["data"]
+    (funnel,) = load_funnels(Settings().funnels_file)
+    first_ms = min(e["event_time"] for _, e in data.valid)
+    truth = {(t, c): level for t, c, level in ch.query(funnel.window_funnel_sql(db, first_ms)) if level}
+    stored = {(t, c): level for t, c, level in ch.query(
+        f"SELECT tenant, customer_id, max(level) FROM {db}.funnel_progress FINAL WHERE funnel = '{funnel.name}' "
+        "GROUP BY tenant, customer_id")}
+    assert len(truth) > 100 and max(truth.values()) == len(funnel.steps)
+    assert stored == truth
+
+    gauges = {(l["tenant"], l["step"], l["window"]): v for l, v in replayed["second"]["cx_funnel_customers"]}
+    for window, w in WINDOWS.items():
+        since = ((data.clock - w) // 60_000) * 60_000 + 60_000  # the window's first millisecond
+        levels = ch.query(funnel.window_funnel_sql(db, since))
+        for tenant in {t for t, _, _ in levels}:
+            for k, step in enumerate(funnel.steps, 1):
+                expected = sum(1 for t, _, level in levels if t == tenant and level >= k)
+                assert gauges.get((tenant, step.name, window), 0) == expected, (tenant, step.name, window)

@@ -107,7 +107,7 @@ def deliver(core, state, messages, out=None):
     out = out or Output()
     clock = state.clock_ms
     for offset, (source, events) in enumerate(messages):
-        core.add(state, Accepted(source, 3, offset, events), out)
+        core.add(state, Accepted.of(source, 3, offset, events), out)
         clock = max([clock] + [e["event_time"] for e in events])
         core.tick(state, clock, out)
     return out
@@ -210,7 +210,7 @@ def test_whole_history_level_is_window_funnel_and_in_order_conversions_are_exact
     state = core.new_state()
     out = Output()
     for offset, (source, batch) in enumerate(in_order):  # no tick: nothing expires
-        core.add(state, Accepted(source, 0, offset, batch), out)
+        core.add(state, Accepted.of(source, 0, offset, batch), out)
     levels = core.levels(state)
     expected_seconds = Counter()
     for funnel in FUNNELS:
@@ -267,7 +267,7 @@ def run(events, funnels=FUNNELS):
     for i, (kind, minutes, event_id, *attrs) in enumerate(events):
         event = {"event_id": event_id, "event_type": kind, "event_time": T0 + int(minutes * MIN), "tenant": "acme",
                  "customer_id": "c1", "attributes": attrs[0] if attrs else {}}
-        core.add(state, Accepted("web", 0, i, [event]), out)
+        core.add(state, Accepted.of("web", 0, i, [event]), out)
     return core.levels(state).get(("acme", "c1", "buy"), 0), out
 
 
@@ -281,9 +281,9 @@ def test_one_event_matching_two_steps_counts_as_one_of_them():
     state = core.new_state()
     pro_view = {"event_id": "x", "event_type": "view", "event_time": T0, "tenant": "acme", "customer_id": "c1",
                 "attributes": {"plan": "pro"}}
-    core.add(state, Accepted("web", 0, 0, [pro_view]), Output())
+    core.add(state, Accepted.of("web", 0, 0, [pro_view]), Output())
     assert core.levels(state)[("acme", "c1", "pro")] == 1
-    core.add(state, Accepted("web", 0, 1, [dict(pro_view, event_id="y", event_time=T0 + 1)]), Output())
+    core.add(state, Accepted.of("web", 0, 1, [dict(pro_view, event_id="y", event_time=T0 + 1)]), Output())
     assert core.levels(state)[("acme", "c1", "pro")] == 2
 
 
@@ -319,7 +319,7 @@ def test_anonymous_and_unrelated_events_leave_no_state():
     core = make_core()
     state = core.new_state()
     out = Output()
-    core.add(state, Accepted("web", 0, 0, [
+    core.add(state, Accepted.of("web", 0, 0, [
         {"event_id": "a", "event_type": "view", "event_time": T0, "tenant": "acme", "customer_id": None, "attributes": {}},
         {"event_id": "b", "event_type": "search", "event_time": T0, "tenant": "acme", "customer_id": "c1", "attributes": {}},
     ]), out)
@@ -332,7 +332,7 @@ def test_gauges_and_snapshot():
     for i, kinds in enumerate([("view", "cart", "pay"), ("view", "cart"), ("view",)]):
         events = [{"event_id": f"{i}{j}", "event_type": k, "event_time": T0 + j * MIN, "tenant": "acme",
                    "customer_id": f"c{i}", "attributes": {}} for j, k in enumerate(kinds)]
-        core.add(state, Accepted("web", 0, i, events), Output())
+        core.add(state, Accepted.of("web", 0, i, events), Output())
     clock = T0 + 2 * MIN  # the 2m window starts at T0 + 1 min: no attempt started in it
     customers, ratio = core.collect([state, core.new_state()], clock)
     buy = {(s.labels["step"], s.labels["window"]): s.value for s in customers.samples if s.labels["funnel"] == "buy"}
@@ -360,7 +360,7 @@ def test_state_stays_bounded_on_an_endless_stream():
         events = [{"event_id": f"e{i}-{k}", "event_type": kind, "event_time": t + k, "tenant": "acme",
                    "customer_id": f"c{i}", "attributes": {}} for k, kind in enumerate(("view", "cart", "pay"))]
         out = Output()
-        core.add(state, Accepted("web", 0, i, events), out)
+        core.add(state, Accepted.of("web", 0, i, events), out)
         core.tick(state, t + 2, out)
         peak = max(peak, len(state.tracks))
     horizon = T0 + 9_999 * 6_000 + 2 - core.horizon_ms(T0 + 9_999 * 6_000 + 2)
