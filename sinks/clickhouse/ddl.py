@@ -28,6 +28,9 @@ distinct keys. The documented queries, which never double count after a replay:
     SELECT level, count() FROM cx.churn_signals FINAL GROUP BY level
     SELECT ts, value, n FROM cx.metric_snapshots FINAL WHERE metric = 'nps' AND `window` = '24h' ORDER BY ts
     SELECT reason, count() FROM cx.dead_letters FINAL GROUP BY reason
+
+In cluster mode (``create_statements(database, cluster)``) these names are Distributed tables over
+replicated ``<name>_local`` ones, so the same queries work unchanged (README, "ClickHouse cluster").
 """
 from __future__ import annotations
 
