@@ -78,7 +78,8 @@ class NativeBackend(Backend):
         counts = self.client.execute("SELECT count() FROM system.clusters WHERE cluster = %(cluster)s "
                                      "GROUP BY shard_num", {"cluster": cluster})
         if not counts:
-            raise ValueError(f"ClickHouse at {self.client.connection.host} has no cluster {cluster!r} in its remote_servers")
+            raise ValueError(f"ClickHouse at {self.client.connection.host} has no cluster {cluster!r} "
+                             "in its remote_servers")
         return min(count for count, in counts)
 
     def execute(self, sql: str) -> None:

@@ -56,7 +56,8 @@ class Table:
         shard that holds its original and FINAL collapses the two there."""
         engine = re.fullmatch(r"(\w*MergeTree)\(([^)]*)\)(.*ORDER BY (.+))", self.engine)
         if not engine:
-            raise ValueError(f"table {self.name}: cluster mode needs a *MergeTree engine with ORDER BY, got {self.engine!r}")
+            raise ValueError(f"table {self.name}: cluster mode needs a *MergeTree engine with ORDER BY, "
+                             f"got {self.engine!r}")
         kind, arguments, rest, order_by = engine.groups()
         replication = [f"'/clickhouse/tables/{{shard}}/{database}/{self.name}'", "'{replica}'"]
         replicated = f"Replicated{kind}({', '.join(replication + ([arguments] if arguments else []))}){rest}"

@@ -12,7 +12,7 @@ from sinks.clickhouse.ddl import TABLES, Table, create_statements
 def test_without_a_cluster_the_ddl_is_the_single_server_one():
     assert create_statements("cx") == create_statements("cx", None) == [
         "CREATE DATABASE IF NOT EXISTS cx", *(table.create("cx") for table in TABLES.values())]
-    assert all(" ON CLUSTER " not in statement and "Replicated" not in statement for statement in create_statements("cx"))
+    assert not any(" ON CLUSTER " in statement or "Replicated" in statement for statement in create_statements("cx"))
 
 
 def test_every_table_gets_a_replicated_local_table_and_a_distributed_one_with_the_same_columns():
