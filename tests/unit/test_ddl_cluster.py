@@ -5,7 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
+from pydantic import ValidationError
 
+from pipeline.settings import Settings
+from sinks.clickhouse.backend import open_backend
 from sinks.clickhouse.ddl import TABLES, Table, create_statements
 
 
@@ -44,3 +47,13 @@ def test_names_that_are_not_identifiers_and_engines_that_cannot_be_replicated_ar
         create_statements("cx", "prod; DROP TABLE x")
     with pytest.raises(ValueError, match="MergeTree"):
         Table("t", (("k", "String"),), "Memory").create_on_cluster("db", "c")
+
+
+def test_the_cluster_setting_takes_identifiers_only_and_chdb_has_no_cluster_mode(tmp_path):
+    assert Settings(clickhouse_cluster="cx_cluster_1").clickhouse_cluster == "cx_cluster_1"
+    assert Settings().clickhouse_cluster is None
+    with pytest.raises(ValidationError):
+        Settings(clickhouse_cluster="cx-cluster")
+    with pytest.raises(ValueError, match="needs a server"):
+        open_backend(None, tmp_path, cluster="cx_cluster")
+    assert not (tmp_path / "clickhouse").exists()
