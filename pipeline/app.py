@@ -103,7 +103,7 @@ def build_app(settings: Settings) -> faust.App:
     prometheus.register(CoreCollector(processor))
 
     backend = open_backend(settings.clickhouse_url, settings.data_dir, settings.clickhouse_database,
-                           settings.clickhouse_connect_timeout, settings.clickhouse_timeout)
+                           settings.clickhouse_connect_timeout, settings.clickhouse_timeout, settings.clickhouse_cluster)
     clickhouse_thread = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")  # one connection, one thread
 
     def run_blocking(function: Callable[..., Any], *args: Any) -> Awaitable[Any]:

@@ -50,6 +50,11 @@ class Settings(BaseSettings):
         "Unset: embedded chdb under data_dir/clickhouse.",
     )
     clickhouse_database: str = Field("cx", description="ClickHouse database for all tables.")
+    clickhouse_cluster: Optional[str] = Field(
+        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="ClickHouse cluster (a remote_servers name) for cluster mode: replicated `<table>_local` tables "
+        "and Distributed tables over them, created ON CLUSTER; inserts wait for every replica of the shard. "
+        "Unset: one server.")
     topic_prefix: str = Field("cx.", description="Prefix of every topic name (cx.events.web, cx.deadletter, ...).")
     partitions: int = Field(4, ge=1, description="Partitions per input topic when cx-pipeline creates the topics.")
     app_id: str = Field("cx-pipeline", description="Faust application id: the consumer group of the workers.")

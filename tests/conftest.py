@@ -1,1 +1,1 @@
-pytest_plugins = ["tests.services.kafka", "tests.services.clickhouse"]
+pytest_plugins = ["tests.services.kafka", "tests.services.clickhouse", "tests.services.clickhouse_cluster"]

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Optional
 
 from pipeline.local.processes import free_port, stop_process
 
@@ -53,12 +54,18 @@ def server_command(config: Path) -> list[str]:
 
 class ClickHouseServer:
     """A clickhouse-server with its config, data and logs under workdir. ``url(database)`` gives a
-    clickhouse:// URL for the pipeline; the default database is ``cx``."""
+    clickhouse:// URL for the pipeline; the default database is ``cx``. ``extra_config`` (a whole
+    <yandex> document) goes to config.d/, which the server merges into its config; a cluster member
+    needs its ``tcp_port`` known before it starts, so its peers' configs can name it."""
 
-    def __init__(self, workdir: Path, start_timeout_s: float = 20.0):
+    def __init__(self, workdir: Path, start_timeout_s: float = 20.0, tcp_port: Optional[int] = None,
+                 extra_config: str = ""):
         self.workdir, self.host = Path(workdir), "127.0.0.1"
-        self.tcp_port, self.http_port = free_port(), free_port()
+        self.tcp_port, self.http_port = tcp_port or free_port(), free_port()
         (self.workdir / "config.xml").write_text(CONFIG.format(d=self.workdir, tcp=self.tcp_port, http=self.http_port))
+        if extra_config:
+            (self.workdir / "config.d").mkdir(exist_ok=True)
+            (self.workdir / "config.d" / "extra.xml").write_text(extra_config)
         (self.workdir / "users.xml").write_text(USERS)
         command = server_command(self.workdir / "config.xml")
         with open(self.workdir / "stdout.log", "ab") as out:

@@ -19,6 +19,7 @@ from sinks.clickhouse.ddl import TABLES, create_statements
 
 class Backend(ABC):
     database: str  # where the tables live; insert() writes there
+    cluster: Optional[str] = None  # set: the tables are Distributed over replicated ones (ddl.create_statements)
 
     @abstractmethod
     def execute(self, sql: str) -> None: ...
@@ -34,7 +35,7 @@ class Backend(ABC):
     def close(self) -> None: ...
 
     def create_tables(self) -> None:
-        for statement in create_statements(self.database):
+        for statement in create_statements(self.database, self.cluster):
             self.execute(statement)
 
 
@@ -45,9 +46,15 @@ class NativeBackend(Backend):
     options (``connect_timeout``, ``send_receive_timeout``, ``compression``, ``secure``...) or server
     settings (``max_threads``...); the driver drops settings it does not know. The connection itself
     opens the user's default database, so the DDL can create the table database.
+
+    With ``cluster``, inserts into the Distributed tables are synchronous (``insert_distributed_sync``)
+    and wait for every replica of the shard (``insert_quorum``, the smallest shard's replica count), so
+    a row the worker acks is on all replicas and a restore through any of them reads it. Either
+    setting in the URL wins.
     """
 
-    def __init__(self, url: str, database: str = "cx", connect_timeout: float = 3.0, timeout: float = 10.0):
+    def __init__(self, url: str, database: str = "cx", connect_timeout: float = 3.0, timeout: float = 10.0,
+                 cluster: Optional[str] = None):
         """``timeout`` bounds every wait on the socket (send, receive, ping), so a hung server raises
         instead of blocking for the driver's default 300 s."""
         from clickhouse_driver import Client
@@ -60,6 +67,20 @@ class NativeBackend(Backend):
                             ("sync_request_timeout", timeout)):
             if name not in given:
                 setattr(self.client.connection, name, value)
+        self.cluster = cluster
+        if cluster:
+            self.client.settings.setdefault("insert_distributed_sync", 1)
+            replicas = self._replicas_per_shard(cluster)
+            if "insert_quorum" not in given and replicas > 1:
+                self.client.settings["insert_quorum"] = replicas
+
+    def _replicas_per_shard(self, cluster: str) -> int:
+        counts = self.client.execute("SELECT count() FROM system.clusters WHERE cluster = %(cluster)s "
+                                     "GROUP BY shard_num", {"cluster": cluster})
+        if not counts:
+            raise ValueError(f"ClickHouse at {self.client.connection.host} has no cluster {cluster!r} "
+                             "in its remote_servers")
+        return min(count for count, in counts)
 
     def execute(self, sql: str) -> None:
         self.client.execute(sql)
@@ -128,10 +149,12 @@ def _arrow_table(table: str, columns: Sequence[str], data: Sequence[Sequence]):
 
 
 def open_backend(url: Optional[str], data_dir: Path, database: str = "cx", connect_timeout: float = 3.0,
-                 timeout: float = 10.0) -> Backend:
+                 timeout: float = 10.0, cluster: Optional[str] = None) -> Backend:
     """The server at url (its path, if any, names the database), else embedded chdb under
-    data_dir/clickhouse. Runs the DDL, which is idempotent."""
-    backend: Backend = NativeBackend(url, database, connect_timeout, timeout) if url else \
+    data_dir/clickhouse. Runs the DDL, which is idempotent (ON CLUSTER with a cluster)."""
+    if cluster and not url:
+        raise ValueError("a ClickHouse cluster needs a server: set clickhouse_url to one of its replicas")
+    backend: Backend = NativeBackend(url, database, connect_timeout, timeout, cluster) if url else \
         ChdbBackend(Path(data_dir) / "clickhouse", database)
     backend.create_tables()
     return backend

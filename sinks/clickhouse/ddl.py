@@ -29,12 +29,16 @@ distinct keys. The documented queries, which never double count after a replay:
     SELECT level, count() FROM cx.churn_signals FINAL GROUP BY level
     SELECT ts, value, n FROM cx.metric_snapshots FINAL WHERE metric = 'nps' AND `window` = '24h' ORDER BY ts
     SELECT reason, count() FROM cx.dead_letters FINAL GROUP BY reason
+
+In cluster mode (``create_statements(database, cluster)``) these names are Distributed tables over
+replicated ``<name>_local`` ones, so the same queries work unchanged (README, "ClickHouse cluster").
 """
 from __future__ import annotations
 
 import re
 from collections import namedtuple
 from dataclasses import dataclass
+from typing import Optional
 
 
 @dataclass(frozen=True)
@@ -44,8 +48,28 @@ class Table:
     engine: str
 
     def create(self, database: str) -> str:
-        columns = ",\n  ".join(f"`{name}` {kind}" for name, kind in self.columns)
-        return f"CREATE TABLE IF NOT EXISTS {database}.{self.name} (\n  {columns}\n) ENGINE = {self.engine}"
+        return f"CREATE TABLE IF NOT EXISTS {database}.{self.name} (\n  {self._columns()}\n) ENGINE = {self.engine}"
+
+    def create_on_cluster(self, database: str, cluster: str) -> list[str]:
+        """The cluster form: ``<name>_local``, the same engine replicated (one ZooKeeper path per shard,
+        a replica per server from the ``{shard}``/``{replica}`` macros), and a Distributed table with the
+        contract name over it. The sharding key hashes the sorting key, so a replayed row goes to the
+        shard that holds its original and FINAL collapses the two there."""
+        engine = re.fullmatch(r"(\w*MergeTree)\(([^)]*)\)(.*ORDER BY (.+))", self.engine)
+        if not engine:
+            raise ValueError(f"table {self.name}: cluster mode needs a *MergeTree engine with ORDER BY, "
+                             f"got {self.engine!r}")
+        kind, arguments, rest, order_by = engine.groups()
+        replication = [f"'/clickhouse/tables/{{shard}}/{database}/{self.name}'", "'{replica}'"]
+        replicated = f"Replicated{kind}({', '.join(replication + ([arguments] if arguments else []))}){rest}"
+        shard_key = order_by[1:-1] if order_by.startswith("(") and order_by.endswith(")") else order_by
+        local, head = f"{self.name}_local", f"CREATE TABLE IF NOT EXISTS {database}.{{}} ON CLUSTER {cluster}"
+        return [f"{head.format(local)} (\n  {self._columns()}\n) ENGINE = {replicated}",
+                f"{head.format(self.name)} (\n  {self._columns()}\n) ENGINE = "
+                f"Distributed({cluster}, {database}, {local}, cityHash64({shard_key}))"]
+
+    def _columns(self) -> str:
+        return ",\n  ".join(f"`{name}` {kind}" for name, kind in self.columns)
 
 
 _TABLES = (
@@ -96,8 +120,16 @@ COLUMNS: dict[str, tuple[str, ...]] = {table.name: tuple(name for name, _ in tab
 ROWS = {name: namedtuple(f"{name.title().replace('_', '')}Row", columns) for name, columns in COLUMNS.items()}
 
 
-def create_statements(database: str = "cx") -> list[str]:
-    """CREATE DATABASE and every CREATE TABLE, all IF NOT EXISTS (safe to run on every start)."""
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", database):
-        raise ValueError(f"invalid ClickHouse database name {database!r}: use letters, digits and _")
-    return [f"CREATE DATABASE IF NOT EXISTS {database}"] + [table.create(database) for table in _TABLES]
+IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def create_statements(database: str = "cx", cluster: Optional[str] = None) -> list[str]:
+    """CREATE DATABASE and every CREATE TABLE, all IF NOT EXISTS (safe to run on every start). With a
+    cluster, all of them ON CLUSTER, each table as a replicated ``_local`` table plus a Distributed one."""
+    for what, name in (("database", database), ("cluster", cluster)):
+        if name is not None and not IDENTIFIER.fullmatch(name):
+            raise ValueError(f"invalid ClickHouse {what} name {name!r}: use letters, digits and _")
+    if cluster is None:
+        return [f"CREATE DATABASE IF NOT EXISTS {database}"] + [table.create(database) for table in _TABLES]
+    return [f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}"] + [
+        statement for table in _TABLES for statement in table.create_on_cluster(database, cluster)]

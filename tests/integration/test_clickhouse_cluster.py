@@ -1,0 +1,168 @@
+"""Cluster mode on a real replicated ClickHouse 18.16: ZooKeeper plus two servers, one shard of two replicas.
+
+A `cxp worker` writes through replica 1 (CXP_CLICKHOUSE_CLUSTER set); it is stopped and a second worker
+in the same consumer group, connected to replica 2 only, rebuilds the partitions from ClickHouse
+through the Distributed tables and gets the whole input again. The input is written by a foreign
+client (kafka-python + plain fastavro). Oracles: a plain recomputation of the input (the event ids,
+NPS per tenant), each replica's own `_local` tables, and the first worker's gauges.
+"""
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections import defaultdict
+
+import pytest
+from kafka import KafkaProducer
+
+from pipeline.partitioner import event_key
+from pipeline.simulate import Simulator
+from sinks.clickhouse.backend import NativeBackend
+from tests.foreign import RECORD, avro
+from tests.services.worker import WorkerProcess, worker_env
+
+pytestmark = pytest.mark.integration
+
+N_EVENTS = 2000
+HOUR = 3_600_000
+# The documented queries (sinks/clickhouse/ddl.py), unchanged in cluster mode.
+NPS_PER_TENANT = ("SELECT tenant, 100 * (countIf(score >= 9) - countIf(score <= 6)) / count() "
+                  "FROM {db}.survey_responses FINAL WHERE kind = 'NPS' GROUP BY tenant")
+EVENTS_FINAL = "SELECT count() FROM {db}.events FINAL"
+
+
+class Input:
+    """A seeded simulator run over the last three hours plus resent duplicates, and its recomputation."""
+
+    def __init__(self, now_ms: int):
+        sim = Simulator(seed=23, customers=300, start_ms=now_ms - 3 * HOUR)
+        self.valid = [(s, e) for s, e in sim.events(count=N_EVENTS, rate=N_EVENTS / (3 * 3600))
+                      if e["event_time"] <= now_ms]
+        self.duplicates = random.Random(23).sample(self.valid, 150)
+
+    def sent(self) -> int:
+        return len(self.valid) + len(self.duplicates)
+
+    def event_ids(self) -> set[str]:
+        return {e["event_id"] for _, e in self.valid}
+
+    def answers(self) -> int:
+        return sum(1 for _, e in self.valid if e.get("survey"))
+
+    def nps_per_tenant(self) -> dict[str, float]:
+        scores: dict[str, list[int]] = defaultdict(list)
+        for _, e in self.valid:
+            if e.get("survey") and e["survey"]["kind"] == "NPS":
+                scores[e["tenant"]].append(e["survey"]["score"])
+        return {t: 100.0 * (sum(s >= 9 for s in v) - sum(s <= 6 for s in v)) / len(v) for t, v in scores.items()}
+
+    def produce(self, bootstrap: str, prefix: str) -> None:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+        for source, event in self.valid + self.duplicates:
+            producer.send(f"{prefix}events.{source}", avro(RECORD[source], event), key=event_key(source, event))
+        producer.flush()
+        producer.close()
+
+
+def total(samples: dict, name: str, **match: str) -> float:
+    return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == m for k, m in match.items()))
+
+
+def drained(worker: WorkerProcess, consumed: int) -> dict:
+    """Until ``consumed`` records are in and every one of them is durable (nothing left unacked)."""
+    return worker.wait_for(
+        lambda s: total(s, "cxp_events_consumed_total") >= consumed
+        and total(s, "cxp_sink_rows_total", table="events") >= total(s, "cxp_events_processed_total")
+        and s.get("cxp_oldest_unacked_seconds", [({}, 1)])[0][1] == 0,
+        timeout_s=120, what=f"{consumed} records consumed and durable")
+
+
+def final_counts(backend: NativeBackend, db: str) -> tuple[int, int]:
+    return (backend.query(EVENTS_FINAL.format(db=db))[0][0],
+            backend.query(f"SELECT count() FROM {db}.survey_responses FINAL")[0][0])
+
+
+@pytest.fixture(scope="module")
+def cluster_run(broker, clickhouse_cluster, tmp_path_factory):
+    inp = Input(int(time.time() * 1000))
+    first_replica, second_replica = clickhouse_cluster.servers
+    prefix, db = f"cl{uuid.uuid4().hex[:6]}.", f"cx_cluster_{uuid.uuid4().hex[:8]}"
+    common = dict(CXP_CLICKHOUSE_CLUSTER=clickhouse_cluster.name, CXP_TOPIC_PREFIX=prefix, CXP_PARTITIONS="4",
+                  CXP_APP_ID=f"cxp-cluster-{prefix}")
+
+    def worker_on(server, name: str) -> WorkerProcess:
+        data_dir = tmp_path_factory.mktemp(name)
+        return WorkerProcess(worker_env(broker.url, data_dir, server.url(db), **common), data_dir / "worker.log")
+
+    readers = [NativeBackend(server.url(db)) for server in clickhouse_cluster.servers]
+    writer = worker_on(first_replica, "worker-r1").start()
+    try:
+        inp.produce(broker.bootstrap_servers, prefix)
+        first = drained(writer, inp.sent())
+    finally:
+        writer.stop()
+    before_replay = final_counts(readers[0], db)
+    resumer = worker_on(second_replica, "worker-r2").start()
+    try:
+        restored = resumer.wait_for(lambda s: "cx_nps" in s, what="partitions rebuilt from replica 2")
+        inp.produce(broker.bootstrap_servers, prefix)  # the whole input again
+        replayed = drained(resumer, inp.sent())
+    finally:
+        resumer.stop()
+    yield {"input": inp, "db": db, "readers": readers, "first": first, "restored": restored, "replayed": replayed,
+           "before_replay": before_replay}
+    for reader in readers:
+        reader.close()
+
+
+def test_both_replicas_hold_every_row(cluster_run):
+    inp, db = cluster_run["input"], cluster_run["db"]
+    for reader in cluster_run["readers"]:
+        assert {i for i, in reader.query(f"SELECT event_id FROM {db}.events_local FINAL")} == inp.event_ids()
+        assert reader.query(f"SELECT count() FROM {db}.survey_responses_local FINAL")[0][0] == inp.answers()
+
+
+def test_documented_queries_through_either_replica_equal_the_recomputation(cluster_run):
+    inp, db = cluster_run["input"], cluster_run["db"]
+    expected = inp.nps_per_tenant()
+    assert len(expected) == 2, "the input must hold NPS answers of both tenants"
+    for reader in cluster_run["readers"]:
+        assert reader.query(EVENTS_FINAL.format(db=db))[0][0] == len(inp.valid)
+        assert {t: pytest.approx(v) for t, v in reader.query(NPS_PER_TENANT.format(db=db))} == expected
+
+
+def test_replay_after_restore_from_the_other_replica_changes_nothing(cluster_run):
+    """The second worker's dedup ids and survey state come from replica 2 through the Distributed
+    tables (FINAL included): every replayed record is a duplicate and every gauge is as before."""
+    inp, first, restored, replayed = (cluster_run[k] for k in ("input", "first", "restored", "replayed"))
+    assert total(first, "cxp_events_processed_total") == len(inp.valid)
+    assert total(first, "cxp_events_duplicate_total") == len(inp.duplicates)
+    assert total(replayed, "cxp_events_duplicate_total") == inp.sent()
+    assert total(replayed, "cxp_events_processed_total") == 0
+    gauges = {(labels["tenant"], labels["window"]): v for labels, v in first["cx_nps"]}
+    for samples in (restored, replayed):
+        assert {(labels["tenant"], labels["window"]): v for labels, v in samples["cx_nps"]} == gauges
+    expected = (len(inp.valid), inp.answers())
+    assert cluster_run["before_replay"] == expected
+    for reader in cluster_run["readers"]:
+        assert final_counts(reader, cluster_run["db"]) == expected
+
+
+def test_an_acknowledged_insert_is_already_on_the_other_replica(clickhouse_cluster):
+    """Inserts wait for the quorum of all replicas: the moment one returns, replica 2 has its rows
+    (with asynchronous replication alone it usually would not yet)."""
+    db = f"cx_quorum_{uuid.uuid4().hex[:8]}"
+    first_replica, second_replica = clickhouse_cluster.servers
+    writer = NativeBackend(first_replica.url(db), cluster=clickhouse_cluster.name)
+    writer.create_tables()
+    other = NativeBackend(second_replica.url(db))
+    try:
+        for batch in range(5):
+            ids = [f"q{batch}-{i}" for i in range(100)]
+            writer.insert("events", ("event_id", "tenant", "event_time", "event_ms"),
+                          (ids, ["acme"] * 100, [1_700_000_000] * 100, [1_700_000_000_000] * 100))
+            assert other.query(f"SELECT count() FROM {db}.events_local WHERE event_id LIKE 'q{batch}-%'")[0][0] == 100
+    finally:
+        writer.close()
+        other.close()

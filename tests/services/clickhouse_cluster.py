@@ -1,0 +1,116 @@
+"""A real replicated ClickHouse cluster on loopback: Debian's ZooKeeper as the coordinator and two
+clickhouse-server 18.16 processes as one shard of two replicas, each with its own ports, data and
+macros. Every process is started by the test and stopped by PID."""
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pipeline.local.clickhouse import ClickHouseServer
+from pipeline.local.processes import free_port, stop_process
+
+CLUSTER = "cxp_test"
+ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")  # Debian's zookeeper package; its manifest lists the deps
+ZOOKEEPER_HINT = "apt-get install zookeeper"
+SLF4J_SIMPLE = Path("/usr/share/java/slf4j-simple.jar")  # a log binding, so zookeeper.log says why it refused something
+
+REPLICA_CONFIG = """<?xml version="1.0"?>
+<yandex>
+  <interserver_http_host>127.0.0.1</interserver_http_host>
+  <interserver_http_port>{interserver}</interserver_http_port>
+  <zookeeper><node><host>127.0.0.1</host><port>{zookeeper}</port></node></zookeeper>
+  <distributed_ddl><path>/clickhouse/task_queue/ddl</path></distributed_ddl>
+  <macros><shard>01</shard><replica>{replica}</replica></macros>
+  <remote_servers><{cluster}><shard><internal_replication>true</internal_replication>
+    {replicas}
+  </shard></{cluster}></remote_servers>
+</yandex>
+"""
+
+
+class ZooKeeper:
+    """A standalone ZooKeeper server (ZooKeeperServerMain) with its data under workdir."""
+
+    def __init__(self, workdir: Path, start_timeout_s: float = 30.0):
+        java = shutil.which("java")
+        if not ZOOKEEPER_JAR.exists() or not java:
+            pytest.fail(f"ZooKeeper not found: install it with `{ZOOKEEPER_HINT}`, or run ./run test", pytrace=False)
+        self.workdir, self.port = Path(workdir), free_port()
+        (self.workdir / "data").mkdir(parents=True, exist_ok=True)
+        command = [java, "-Xmx256m", "-Dzookeeper.admin.enableServer=false", "-Dzookeeper.4lw.commands.whitelist=srvr",
+                   "-cp", f"{ZOOKEEPER_JAR}:{SLF4J_SIMPLE}", "org.apache.zookeeper.server.ZooKeeperServerMain",
+                   str(self.port), str(self.workdir / "data")]
+        with open(self.workdir / "zookeeper.log", "ab") as out:
+            self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self._wait_ready(start_timeout_s)
+
+    def _wait_ready(self, timeout_s: float) -> None:
+        """Until `srvr` reports a serving server ("Mode: standalone"). An open port is not enough: a
+        ClickHouse 18.16 that cannot open its ZooKeeper session at startup crashes on its first ON CLUSTER
+        query (its DDL worker keeps a null session)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"zookeeper exited with {self.process.returncode}:\n{self.log_tail()}", pytrace=False)
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                    conn.sendall(b"srvr")
+                    if b"Mode: standalone" in _read_all(conn):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.2)
+        self.stop()
+        pytest.fail(f"zookeeper did not answer within {timeout_s:.0f} s:\n{self.log_tail()}", pytrace=False)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return (self.workdir / "zookeeper.log").read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout_s: float = 20.0) -> None:
+        stop_process(self.process, timeout_s)
+
+
+def _read_all(conn: socket.socket) -> bytes:
+    chunks = []
+    while chunk := conn.recv(4096):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class ReplicatedCluster:
+    """ZooKeeper plus ``replicas`` ClickHouse servers forming cluster ``name``: one shard, every server a
+    replica of it (macros shard=01, replica=r1, r2, ...)."""
+
+    def __init__(self, workdir: Path, name: str = CLUSTER, replicas: int = 2):
+        self.name, workdir = name, Path(workdir)
+        self.zookeeper = ZooKeeper(workdir / "zookeeper")
+        self.servers: list[ClickHouseServer] = []
+        ports = [free_port() for _ in range(replicas)]
+        listed = "\n    ".join(f"<replica><host>127.0.0.1</host><port>{port}</port></replica>" for port in ports)
+        try:
+            for number, port in enumerate(ports, start=1):
+                config = REPLICA_CONFIG.format(interserver=free_port(), zookeeper=self.zookeeper.port,
+                                               replica=f"r{number}", cluster=name, replicas=listed)
+                server_dir = workdir / f"r{number}"
+                server_dir.mkdir(parents=True)
+                self.servers.append(ClickHouseServer(server_dir, tcp_port=port, extra_config=config))
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+        self.zookeeper.stop()
+
+
+@pytest.fixture(scope="module")
+def clickhouse_cluster(tmp_path_factory):
+    cluster = ReplicatedCluster(tmp_path_factory.mktemp("clickhouse_cluster"))
+    yield cluster
+    cluster.stop()
