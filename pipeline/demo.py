@@ -28,7 +28,7 @@ from pipeline.local.processes import die_with_parent, free_port, stop_process
 from pipeline.settings import Settings
 
 console = Console()
-TABLES = ("events", "survey_responses", "dead_letters", "metric_snapshots")
+TABLES = ("events", "survey_responses", "funnel_progress", "dead_letters", "metric_snapshots")
 
 
 def scrape(url: str, timeout: float = 2.0) -> dict[str, list[tuple[dict, float]]]:
@@ -56,12 +56,28 @@ def _view(samples: dict, metrics_url: str, started: float, produced: int) -> Gro
     head.add_row("duplicates", f"{total(samples, 'cxp_events_duplicate_total'):,.0f}")
     head.add_row("rejected", f"{total(samples, 'cxp_events_rejected_total'):,.0f}")
     head.add_row("rows written", ", ".join(f"{labels['table']}={v:,.0f}" for labels, v in samples.get("cxp_sink_rows_total", [])))
-    nps = Table("tenant", "window", "NPS", "± MoE", "responses", title="NPS by event-time window")
-    margins = {(l["tenant"], l["window"]): v for l, v in samples.get("cx_nps_margin_of_error", [])}
-    for labels, value in sorted(samples.get("cx_nps", []), key=lambda s: (s[0]["tenant"], s[0]["window"])):
-        n = total(samples, "cx_survey_responses", tenant=labels["tenant"], window=labels["window"], kind="NPS")
-        nps.add_row(labels["tenant"], labels["window"], f"{value:.1f}", f"{margins.get((labels['tenant'], labels['window']), 0):.1f}", f"{n:.0f}")
-    return Group(Panel(head, title="cx-pipeline demo"), nps)
+    return Group(Panel(head, title="cx-pipeline demo"), metrics_table(samples, "CX metrics, by event-time window"))
+
+
+# What the live view and the summary show of each metric family: (name, series, labels shown, format, filter).
+FAMILIES = (
+    ("NPS", "cx_nps", ("tenant", "window"), "{:.1f}", {}),
+    ("NPS ± (95 %)", "cx_nps_margin_of_error", ("tenant", "window"), "{:.1f}", {}),
+    ("CSAT %", "cx_csat", ("tenant", "window"), "{:.1f}", {}),
+    ("CES", "cx_ces", ("tenant", "window"), "{:.2f}", {}),
+    ("NPS by region", "cx_segment_nps", ("tenant", "segment", "window"), "{:.1f}", {"dimension": "region", "window": "7d"}),
+    ("funnel conversion", "cx_funnel_conversion_ratio", ("tenant", "funnel", "window"), "{:.1%}", {}),
+)
+
+
+def metrics_table(samples: dict, title: str) -> Table:
+    table = Table("metric", "labels", "value", title=title)
+    for name, series, shown, fmt, match in FAMILIES:
+        rows = [(labels, value) for labels, value in samples.get(series, [])
+                if all(labels.get(k) == v for k, v in match.items())]
+        for labels, value in sorted(rows, key=lambda row: [row[0].get(k, "") for k in shown]):
+            table.add_row(name, " ".join(labels.get(k, "") for k in shown), fmt.format(value))
+    return table
 
 
 def _wait_for_metrics(url: str, worker: subprocess.Popen, log: Path, timeout_s: float = 90.0) -> None:
@@ -181,7 +197,6 @@ def _summary(samples: dict, rows: dict[str, int], produced: int, sim_stats: dict
         table.add_row(f"rejected: {reason}", f"{value:,.0f}")
     for name, count in rows.items():
         table.add_row(f"ClickHouse rows: {name}", f"{count:,}")
-    for labels, value in sorted(samples.get("cx_nps", []), key=lambda s: (s[0]["tenant"], s[0]["window"])):
-        table.add_row(f"NPS {labels['tenant']} {labels['window']}", f"{value:.1f}")
     table.add_row("simulator injected", ", ".join(f"{k}={v}" for k, v in sorted(sim_stats.items())) or "-")
     console.print(table)
+    console.print(metrics_table(samples, "CX metrics at the end, by event-time window"))

@@ -20,7 +20,9 @@ def test_demo_runs_to_a_summary(tmp_path):
     produced = int(re.search(r"events produced\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     assert consumed == produced > 0
     for window in ("1h", "24h", "7d"):
-        assert re.search(rf"NPS \w+ {window}\s*│\s*-?\d+\.\d", out), f"no NPS for {window}"
+        assert re.search(rf"│ NPS\s*│ \w+ {window}\s*│\s*-?\d+\.\d", out), f"no NPS for {window}"
+    assert re.search(r"│ funnel conversion\s*│ \w+ purchase 1h\s*│\s*\d+\.\d%", out), "no funnel conversion"
+    assert re.search(r"│ NPS by region\s*│ \w+ \w+ 7d\s*│\s*-?\d+\.\d", out), "no segment NPS"
     rows = int(re.search(r"ClickHouse rows: events\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     assert rows > 0
     # every process the demo started (it prints their pids) is gone
