@@ -3,9 +3,11 @@
 Ids are kept as stable 64-bit hashes (:func:`id_hash`, xxh3): the worker writes the hash with each
 event to ClickHouse (``events.id_hash``), so rebuilding a partition's ids reads numbers, not strings.
 
-Memory: one open-addressing hash table (linear probing) in two numpy arrays, a uint64 hash and a
-uint16 hour tag per slot, 10 bytes a slot. The table is rebuilt to 75 % full and kept between 65 %
-and 90 % full, so a remembered id costs 11-16 bytes (a Python set of ints costs ~80).
+Memory: a two-choice hash table of 8-slot blocks in two numpy arrays, a uint64 hash and a uint16 hour
+tag per slot (10 bytes). An id lives in the emptier of its two blocks, so a lookup reads two cache
+lines and never chains; the rare id whose blocks are both full goes to a small dict (the stash). The
+table is rebuilt 72 % full and kept 65-85 % full: 12-16 bytes per remembered id, where a Python set
+of ints costs ~80.
 
 Collisions: two distinct ids with the same 64-bit hash inside one horizon make the second a false
 duplicate; with n ids in the horizon that happens with probability ~n²/2**65 (3e-8 at a million ids,
@@ -14,21 +16,23 @@ duplicate; with n ids in the horizon that happens with probability ~n²/2**65 (3
 from __future__ import annotations
 
 import math
+import sys
 from typing import Sequence
 
 import numpy as np
 from xxhash import xxh3_64_intdigest
 
 BUCKET_MS = 3_600_000
-WINDOW = 8  # slots compared at once: one 64-byte cache line of hashes
-BUILD_LOAD = 0.75  # remembered ids per slot right after a rebuild
-MAX_USED = 0.9  # grow when remembered plus expired slots pass this share of the slots
-MIN_LIVE = 0.65  # shrink when expiry leaves fewer remembered ids than this share
-SPARE_SLOTS = 4 * WINDOW  # room after the last home slot for a cluster that runs off the end
+BLOCK = 8  # slots per block: 64 bytes of hashes, one cache line
+BUILD_LOAD = 0.72  # remembered ids per slot right after a rebuild
+MAX_LOAD = 0.85  # grow past this (above it, both blocks are full too often)
+MIN_LOAD = 0.65  # shrink below this, when expiry has emptied slots (10 bytes / 0.65 < 16)
+FIRST_PASS = 6  # a bulk build fills each first block to this, then second blocks, then first again
 SCALAR_CALL = 32  # shorter calls probe id by id in Python: numpy's fixed cost per call is ~50 µs
 MAX_TAG = 65535  # hour tags are uint16 offsets from a base hour
 NEVER = -(1 << 62)  # the expiry bound before the first expire()
-_OFFSETS = np.arange(WINDOW)
+_LOW32 = np.uint64(0xFFFFFFFF)
+_OFFSETS = np.arange(BLOCK)
 
 
 def id_hash(event_id: str) -> int:
@@ -41,9 +45,9 @@ class Deduper:
 
     An id is remembered for at least ``horizon_ms`` of event time and at most one bucket longer: after
     ``expire(clock)`` it is remembered iff its hour is >= (clock - horizon) // BUCKET_MS. Expiry only
-    moves that bound; expired slots are reused by inserts and dropped by the next rebuild. An event
-    already older than the bound is reported new and not remembered (it lies outside the horizon).
-    Ids more than 65535 hours (7.5 years) older than the newest one are forgotten too.
+    clears expired slots (one pass over the table per hour). An event already older than the bound is reported
+    new and not remembered (it lies outside the horizon). Ids more than 65535 hours (7.5 years) older
+    than the newest one are forgotten too.
     """
 
     def __init__(self, horizon_ms: int):
@@ -55,8 +59,9 @@ class Deduper:
         return self._live
 
     def nbytes(self) -> int:
-        """Bytes held by the table (the arrays; the object itself adds a few hundred)."""
-        return self._keys.nbytes + self._tags.nbytes
+        """Bytes held: the arrays, and the stash with its int objects."""
+        stash = sys.getsizeof(self._stash) + 2 * 32 * len(self._stash)
+        return self._keys.nbytes + self._tags.nbytes + stash
 
     # -- public API ------------------------------------------------------------------------
     def check(self, hashes: Sequence[int], times_ms: Sequence[int]) -> list[bool]:
@@ -66,17 +71,30 @@ class Deduper:
             return self._check_each(hashes, times_ms)
         keys = np.maximum(np.asarray(hashes, dtype=np.uint64), 1)
         hours = np.asarray(times_ms, dtype=np.int64) // BUCKET_MS
-        unique, first = np.unique(keys, return_index=True)
-        absent = ~self._lookup(unique)
-        first_new = first[absent]
-        new = np.zeros(len(keys), dtype=bool)
-        new[first_new] = True
-        self._insert(unique[absent], hours[first_new])
+        ordered = np.sort(keys)
+        first = None
+        if (ordered[1:] == ordered[:-1]).any():
+            keys, first = np.unique(keys, return_index=True)
+            hours = hours[first]
+        slots = self._windows(keys)
+        stored = np.take(self._keys, slots)
+        free = stored == 0
+        empties = _empties(free)
+        absent = ~(stored == keys[:, None]).any(axis=1)
+        if self._stash:
+            rows = np.flatnonzero(absent & (empties.max(axis=1) == 0))  # only such ids can be stashed
+            absent[rows] = [key not in self._stash for key in keys[rows].tolist()]
+        remember = absent & (hours >= self._oldest_hour)
+        self._insert(keys[remember], hours[remember], slots[remember], free[remember], empties[remember])
+        if first is None:
+            return absent.tolist()
+        new = np.zeros(len(hashes), dtype=bool)
+        new[first[absent]] = True
         return new.tolist()
 
     def restore(self, hashes: Sequence[int], times_ms: Sequence[int]) -> None:
         """Remember ids read back from ClickHouse (lists or numpy arrays); an id given twice keeps its
-        latest hour. One sort and one pass: O(n log n)."""
+        latest hour. One sort and a few linear passes."""
         keys = np.maximum(np.asarray(hashes, dtype=np.uint64), 1)
         self._rebuild(keys, np.asarray(times_ms, dtype=np.int64) // BUCKET_MS)
 
@@ -89,154 +107,167 @@ class Deduper:
         if oldest - self._base > MAX_TAG:  # every tag is older: nothing is left
             self._build(np.empty(0, np.uint64), np.empty(0, np.int64))
             return
-        self._live = int(np.count_nonzero(self._live_slots()))
-        if self._live < MIN_LIVE * self._capacity:
+        self._keys[self._tags < oldest - self._base] = 0
+        if self._stash:  # stashed ids move to blocks that have room now, so both blocks stay full
+            stashed, self._stash = self._stash, {}
+            keys = np.fromiter(stashed, np.uint64, len(stashed))
+            hours = np.fromiter(stashed.values(), np.int64, len(stashed))
+            keys, hours = keys[hours >= oldest], hours[hours >= oldest]
+            slots = self._windows(keys)
+            free = np.take(self._keys, slots) == 0
+            self._place(keys, hours, slots, free, _empties(free))
+        self._live = int(np.count_nonzero(self._keys)) + len(self._stash)
+        if self._live < MIN_LOAD * len(self._keys):
             self._rebuild()
 
     # -- table layout ------------------------------------------------------------------------
     def _build(self, keys: np.ndarray, hours: np.ndarray) -> None:
-        """Lay out a fresh table: sorted by home slot, each id lands on its home or right after the
-        previous id (linear probing without wrap-around), which a running maximum computes at once."""
-        if len(keys):  # tags must reach the newest hour: older ids than 65535 hours before it go
+        """Lay out a fresh table from the ids sorted by key (so by first block): up to FIRST_PASS per
+        first block, the rest in their second block, what is left in its first block again, then the stash."""
+        if len(keys):  # tags must reach the newest hour: ids older than 65535 hours before it go
             self._oldest_hour = max(self._oldest_hour, int(hours.max()) - MAX_TAG)
             kept = hours >= self._oldest_hour
             keys, hours = _latest_per_key(keys[kept], hours[kept])
         self._base = self._oldest_hour
-        count = len(keys)
-        self._nblocks = max(1, math.ceil(count / (BUILD_LOAD * WINDOW)))
-        self._capacity = self._nblocks * WINDOW
-        ranks = np.arange(count)
-        slots = ranks + np.maximum.accumulate(_home(keys, self._nblocks) - ranks)
-        end = max(self._capacity, int(slots[-1]) + 1 if count else 0)
-        size = -(-end // WINDOW) * WINDOW + SPARE_SLOTS + WINDOW
-        self._keys = np.zeros(size, dtype=np.uint64)
-        self._tags = np.zeros(size, dtype=np.uint16)
-        self._keys[slots] = keys
-        self._tags[slots] = hours - self._base
-        self._insert_limit = size - WINDOW  # the last window stays empty: every probe ends there
-        self._used = self._live = count
+        self._nblocks = max(1, math.ceil(len(keys) / (BUILD_LOAD * BLOCK)))
+        self._keys = np.zeros(self._nblocks * BLOCK, dtype=np.uint64)
+        self._tags = np.zeros(self._nblocks * BLOCK, dtype=np.uint16)
+        filled = np.zeros(self._nblocks, dtype=np.int64)
+        blocks = _blocks(keys, self._nblocks)
+        waiting = np.arange(len(keys))  # sorted by key, so by first block
+        for column, limit in ((0, FIRST_PASS), (1, BLOCK), (0, BLOCK)):
+            if column == 1:
+                waiting = waiting[np.argsort(blocks[waiting, 1], kind="stable")]
+            block = blocks[waiting, column]
+            slot_in_block = filled[block] + _rank_in_runs(block)
+            fits = slot_in_block < limit
+            slots = block[fits] * BLOCK + slot_in_block[fits]
+            self._keys[slots], self._tags[slots] = keys[waiting[fits]], hours[waiting[fits]] - self._base
+            filled += np.bincount(block[fits], minlength=self._nblocks)
+            waiting = np.sort(waiting[~fits])
+        self._stash = dict(zip(keys[waiting].tolist(), hours[waiting].tolist()))
+        self._live = len(keys)
 
     def _rebuild(self, keys: np.ndarray | None = None, hours: np.ndarray | None = None) -> None:
         """Rebuild from the remembered ids plus the given ones, sized for them."""
-        live = self._live_slots()
-        kept_keys, kept_hours = self._keys[live], self._tags[live].astype(np.int64) + self._base
+        live = self._keys != 0
+        parts_keys = [self._keys[live], np.fromiter(self._stash, np.uint64, len(self._stash))]
+        parts_hours = [self._tags[live].astype(np.int64) + self._base,
+                       np.fromiter(self._stash.values(), np.int64, len(self._stash))]
         if keys is not None:
-            kept_keys, kept_hours = np.concatenate([kept_keys, keys]), np.concatenate([kept_hours, hours])
-        self._build(kept_keys, kept_hours)
-
-    def _live_from(self) -> int:
-        """The smallest tag still remembered."""
-        return max(0, self._oldest_hour - self._base)
-
-    def _live_slots(self) -> np.ndarray:
-        return (self._keys != 0) & (self._tags >= self._live_from())
+            parts_keys.append(keys)
+            parts_hours.append(hours)
+        self._build(np.concatenate(parts_keys), np.concatenate(parts_hours))
 
     # -- vectorised probing (calls of SCALAR_CALL ids or more) ---------------------------------
-    def _lookup(self, keys: np.ndarray) -> np.ndarray:
-        """Which keys are remembered: scan windows from each home slot until the key or an empty slot."""
-        found = np.zeros(len(keys), dtype=bool)
-        pending, pos = np.arange(len(keys)), _home(keys, self._nblocks)
-        live_from = self._live_from()
-        while len(pending):
-            slots = pos[:, None] + _OFFSETS
-            window = self._keys[slots]
-            rows, cols = np.nonzero(window == keys[pending, None])
-            remembered = self._tags[slots[rows, cols]] >= live_from
-            found[pending[rows[remembered]]] = True
-            more = ~(window == 0).any(axis=1) & ~found[pending]
-            pending, pos = pending[more], pos[more] + WINDOW
-        return found
+    def _windows(self, keys: np.ndarray) -> np.ndarray:
+        """Slot numbers of each key's two blocks, first block then second, as rows of 2 * BLOCK."""
+        return ((_blocks(keys, self._nblocks) * BLOCK)[:, :, None] + _OFFSETS).reshape(len(keys), 2 * BLOCK)
 
-    def _insert(self, keys: np.ndarray, hours: np.ndarray) -> None:
-        """Remember absent keys; grow or rebase the table when they do not fit."""
-        inside = hours >= max(self._oldest_hour, self._base)
-        keys, hours = keys[inside], hours[inside]
+    def _insert(self, keys: np.ndarray, hours: np.ndarray, slots: np.ndarray, free: np.ndarray,
+                empties: np.ndarray) -> None:
+        """Remember absent keys of a remembered hour, given their windows, which slots there are free and
+        how many per block; grow or rebase the table when they do not fit."""
         if not len(keys):
             return
         if int(hours.max()) - self._base > MAX_TAG:
             return self._rebuild(keys, hours)
-        unplaced = self._place(keys, (hours - self._base).astype(np.uint16))
-        if len(unplaced) or self._used > MAX_USED * self._capacity:
-            self._rebuild(keys[unplaced], hours[unplaced])
+        self._place(keys, hours, slots, free, empties)
+        if self._live > MAX_LOAD * len(self._keys):
+            self._rebuild()
 
-    def _place(self, keys: np.ndarray, tags: np.ndarray) -> np.ndarray:
-        """Put each key in the first free (empty or expired) slot from its home; when several keys want
-        the same slot the first wins and the others look again. Returns the keys that ran off the end."""
-        pending, pos = np.arange(len(keys)), _home(keys, self._nblocks)
-        live_from, unplaced = self._live_from(), []
-        while len(pending):
-            slots = pos[:, None] + _OFFSETS
-            window = self._keys[slots]
-            free = (window == 0) | (self._tags[slots] < live_from)
-            has_free = free.any(axis=1)
-            targets, first = np.unique((pos + free.argmax(axis=1))[has_free], return_index=True)
-            winners = pending[has_free][first]
-            self._used += int(np.count_nonzero(self._keys[targets] == 0))
-            self._live += len(targets)
-            self._keys[targets], self._tags[targets] = keys[winners], tags[winners]
-            pos[~has_free] += WINDOW
-            ran_off = pos >= self._insert_limit
-            unplaced.append(pending[ran_off])
-            waiting = ~ran_off
-            waiting[np.flatnonzero(has_free)[first]] = False
-            pending, pos = pending[waiting], pos[waiting]
-        return np.concatenate(unplaced)
+    def _place(self, keys: np.ndarray, hours: np.ndarray, slots: np.ndarray, free: np.ndarray,
+               empties: np.ndarray) -> None:
+        """Put each key in the first empty slot of its emptier block; both blocks full: the stash. Keys of
+        one call that pick the same slot all write it; the one that reads back won, the others pick again."""
+        tags = (hours - self._base).astype(np.uint16)
+        while len(keys):
+            block = empties.argmax(axis=1)  # the emptier; the first on a tie
+            room = empties[np.arange(len(keys)), block] > 0
+            if not room.all():
+                self._stash.update(zip(keys[~room].tolist(), hours[~room].tolist()))
+                self._live += int(np.count_nonzero(~room))
+                keys, hours, tags, slots, free, block = keys[room], hours[room], tags[room], slots[room], free[room], block[room]
+            rows = np.arange(len(keys))
+            targets = slots.reshape(-1, 2, BLOCK)[rows, block, free.reshape(-1, 2, BLOCK)[rows, block].argmax(axis=1)]
+            self._keys[targets] = keys
+            won = np.take(self._keys, targets) == keys
+            self._tags[targets[won]] = tags[won]
+            self._live += int(np.count_nonzero(won))
+            if won.all():
+                return
+            lost = ~won
+            keys, hours, tags, slots = keys[lost], hours[lost], tags[lost], slots[lost]
+            free = np.take(self._keys, slots) == 0
+            empties = _empties(free)
 
     # -- id-by-id probing (short calls) -------------------------------------------------------------
     def _check_each(self, hashes: Sequence[int], times_ms: Sequence[int]) -> list[bool]:
-        """The same table walked in plain Python: a memoryview read costs ~40 ns, a numpy call ~1 µs."""
+        """The same table walked in plain Python: a memoryview slice costs ~0.2 µs, a numpy call ~1 µs."""
         new: list[bool] = []
         this_call: set[int] = set()
-        keys, tags, nblocks, base, live_from, floor, limit, used_limit = self._scalar_state()
+        keys, tags, stash, nblocks = memoryview(self._keys), memoryview(self._tags), self._stash, self._nblocks
         for key, event_ms in zip(hashes, times_ms):
             key = int(key) or 1
-            if key in this_call:
-                new.append(False)
-                continue
+            first = ((key >> 32) * nblocks >> 32) * BLOCK
+            second = ((key & 0xFFFFFFFF) * nblocks >> 32) * BLOCK
+            in_first, in_second = keys[first:first + BLOCK].tolist(), keys[second:second + BLOCK].tolist()
+            is_new = not (key in this_call or key in in_first or key in in_second or key in stash)
+            new.append(is_new)
             this_call.add(key)
-            slot, free = ((key >> 32) * nblocks >> 32) * WINDOW, -1
-            while True:
-                stored = keys[slot]
-                if stored == 0:
-                    break
-                if stored == key and tags[slot] >= live_from:
-                    break
-                if free < 0 and tags[slot] < live_from:
-                    free = slot
-                slot += 1
-            new.append(stored == 0)
             hour = int(event_ms) // BUCKET_MS
-            if stored != 0 or hour < floor:
+            if not is_new or hour < self._oldest_hour:
                 continue
-            target = slot if free < 0 else free
-            if hour - base > MAX_TAG or target >= limit or self._used + (target == slot) > used_limit:
-                self._insert(np.array([key], dtype=np.uint64), np.array([hour], dtype=np.int64))
-                keys, tags, nblocks, base, live_from, floor, limit, used_limit = self._scalar_state()
+            empty_first, empty_second = in_first.count(0), in_second.count(0)
+            if hour - self._base > MAX_TAG or self._live + 1 > MAX_LOAD * len(keys) or not (empty_first or empty_second):
+                one = np.array([key], dtype=np.uint64)
+                window = self._windows(one)
+                free = self._keys[window] == 0
+                self._insert(one, np.array([hour]), window, free, _empties(free))
+                keys, tags, stash, nblocks = memoryview(self._keys), memoryview(self._tags), self._stash, self._nblocks
                 continue
-            keys[target], tags[target] = key, hour - base
+            slot = first + in_first.index(0) if empty_first >= empty_second else second + in_second.index(0)
+            keys[slot], tags[slot] = key, hour - self._base
             self._live += 1
-            self._used += target == slot
         return new
 
-    def _scalar_state(self) -> tuple:
-        return (memoryview(self._keys), memoryview(self._tags), self._nblocks, self._base, self._live_from(),
-                max(self._oldest_hour, self._base), self._insert_limit, MAX_USED * self._capacity)
+
+def _blocks(keys: np.ndarray, nblocks: int) -> np.ndarray:
+    """Each key's two blocks as rows (first, second), by multiply-shift of its top and of its bottom 32
+    bits: uniform for any block count, and the first is monotone in the key, so keys sorted are sorted
+    by first block."""
+    halves = np.empty((len(keys), 2), dtype=np.uint64)
+    np.right_shift(keys, np.uint64(32), out=halves[:, 0])
+    np.bitwise_and(keys, _LOW32, out=halves[:, 1])
+    halves *= np.uint64(nblocks)
+    halves >>= np.uint64(32)
+    return halves.view(np.int64)
 
 
-def _home(keys: np.ndarray, nblocks: int) -> np.ndarray:
-    """First slot of each key's home block. Multiply-shift on the top 32 bits: uniform for any block
-    count and monotone in the key, so sorting by key sorts by home."""
-    return ((keys >> np.uint64(32)) * np.uint64(nblocks) >> np.uint64(32)).astype(np.int64) * WINDOW
+def _empties(free: np.ndarray) -> np.ndarray:
+    """Empty slots in each key's two blocks, from rows of 2 * BLOCK booleans: each block's 8 bytes read
+    as one integer have one bit set per empty slot."""
+    return np.bitwise_count(free.view(np.uint64))
+
+
+def _rank_in_runs(values: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... within each run of equal values."""
+    index = np.arange(len(values))
+    run_start = np.concatenate(([True], values[1:] != values[:-1])) if len(values) else np.empty(0, bool)
+    return index - np.maximum.accumulate(np.where(run_start, index, 0))
 
 
 def _latest_per_key(keys: np.ndarray, hours: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Keys sorted, each once with its latest hour. A plain sort of (top 32 bits | position) integers and
-    a stable sort of the then nearly sorted keys is ~4x faster than ``argsort`` of random uint64s."""
+    a stable sort of the then nearly sorted keys is ~4x faster than ``argsort`` of random uint64s.
+    Positions take 32 bits: up to 4e9 ids."""
     if not len(keys):
         return keys, hours
     order = np.sort((keys >> np.uint64(32) << np.uint64(32)) | np.arange(len(keys), dtype=np.uint64))
-    order = (order & np.uint64(0xFFFFFFFF)).astype(np.int64)
+    order = (order & _LOW32).astype(np.int64)
     order = order[np.argsort(keys[order], kind="stable")]
     keys, hours = keys[order], hours[order]
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))
+    if len(starts) == len(keys):
+        return keys, hours
     return keys[starts], np.maximum.reduceat(hours, starts)

@@ -9,7 +9,8 @@ from pipeline.dedup import BUCKET_MS, MAX_TAG, SCALAR_CALL, Deduper, id_hash
 
 DAY = 86_400_000
 HOUR = BUCKET_MS
-# Ordinary hashes, extremes, and a crowd whose home is the last block, so clusters run off the table's end.
+# Ordinary hashes, extremes, and a crowd sharing both blocks (top bits all ones, small bottom bits), so blocks
+# fill up and ids go to the stash.
 POOL = ([id_hash(f"event-{i}") for i in range(40)] + [1, 2**63, 2**64 - 1]
         + [(0xFFFFFFFF << 32) | i for i in range(1, 60)])
 
