@@ -30,6 +30,7 @@ MIN_LOAD = 0.65  # shrink below this, when expiry has emptied slots (10 bytes / 
 FIRST_PASS = 6  # a bulk build fills each first block to this, then second blocks, then first again
 SCALAR_CALL = 32  # shorter calls probe id by id in Python: numpy's fixed cost per call is ~50 µs
 MAX_TAG = 65535  # hour tags are uint16 offsets from a base hour
+MAX_SPAN = MAX_TAG // 2  # hours kept behind the newest id; as many stay free ahead of it before a rebase
 NEVER = -(1 << 62)  # the expiry bound before the first expire()
 _LOW32 = np.uint64(0xFFFFFFFF)
 _OFFSETS = np.arange(BLOCK)
@@ -46,7 +47,7 @@ class Deduper:
     An id is remembered for at least ``horizon_ms`` of event time and at most one bucket longer: after
     ``expire(clock)`` it is remembered iff its hour is >= (clock - horizon) // BUCKET_MS. Expiry only
     clears expired slots (one pass over the table per hour). An event already older than the bound is reported
-    new and not remembered (it lies outside the horizon). Ids more than 65535 hours (7.5 years) older
+    new and not remembered (it lies outside the horizon). Ids more than MAX_SPAN hours (3.7 years) older
     than the newest one are forgotten too.
     """
 
@@ -124,8 +125,8 @@ class Deduper:
     def _build(self, keys: np.ndarray, hours: np.ndarray) -> None:
         """Lay out a fresh table from the ids sorted by key (so by first block): up to FIRST_PASS per
         first block, the rest in their second block, what is left in its first block again, then the stash."""
-        if len(keys):  # tags must reach the newest hour: ids older than 65535 hours before it go
-            self._oldest_hour = max(self._oldest_hour, int(hours.max()) - MAX_TAG)
+        if len(keys):  # tags must reach the newest hour and beyond: ids older than MAX_SPAN before it go
+            self._oldest_hour = max(self._oldest_hour, int(hours.max()) - MAX_SPAN)
             kept = hours >= self._oldest_hour
             keys, hours = _latest_per_key(keys[kept], hours[kept])
         self._base = self._oldest_hour
@@ -219,15 +220,18 @@ class Deduper:
             if not is_new or hour < self._oldest_hour:
                 continue
             empty_first, empty_second = in_first.count(0), in_second.count(0)
-            if hour - self._base > MAX_TAG or self._live + 1 > MAX_LOAD * len(keys) or not (empty_first or empty_second):
+            if hour - self._base > MAX_TAG or self._live + 1 > MAX_LOAD * len(keys):
                 one = np.array([key], dtype=np.uint64)
                 window = self._windows(one)
                 free = self._keys[window] == 0
                 self._insert(one, np.array([hour]), window, free, _empties(free))
                 keys, tags, stash, nblocks = memoryview(self._keys), memoryview(self._tags), self._stash, self._nblocks
                 continue
-            slot = first + in_first.index(0) if empty_first >= empty_second else second + in_second.index(0)
-            keys[slot], tags[slot] = key, hour - self._base
+            if empty_first or empty_second:
+                slot = first + in_first.index(0) if empty_first >= empty_second else second + in_second.index(0)
+                keys[slot], tags[slot] = key, hour - self._base
+            else:
+                stash[key] = hour
             self._live += 1
         return new
 

@@ -5,7 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.dedup import BUCKET_MS, MAX_TAG, SCALAR_CALL, Deduper, id_hash
+from pipeline.dedup import BUCKET_MS, MAX_SPAN, SCALAR_CALL, Deduper, id_hash
 
 DAY = 86_400_000
 HOUR = BUCKET_MS
@@ -144,8 +144,8 @@ def test_restore_keeps_the_latest_hour_of_a_repeated_id():
 def test_ids_far_older_than_the_newest_are_forgotten_by_the_tag_range():
     d = Deduper(DAY)
     d.check([1], [0])
-    d.check([2], [(MAX_TAG + 10) * HOUR])  # 7.5 years later, without an expire in between
-    assert d.check([1, 2], [(MAX_TAG + 10) * HOUR] * 2) == [True, False]
+    d.check([2], [(MAX_SPAN + 10) * HOUR])  # 3.7 years later, without an expire in between
+    assert d.check([1, 2], [(MAX_SPAN + 10) * HOUR] * 2) == [True, False]
 
 
 def test_memory_is_bounded_when_the_clock_moves():
