@@ -28,6 +28,7 @@ BUILD_LOAD = 0.72  # remembered ids per slot right after a rebuild
 MAX_LOAD = 0.85  # grow past this (above it, both blocks are full too often)
 MIN_LOAD = 0.65  # shrink below this, when expiry has emptied slots (10 bytes / 0.65 < 16)
 FIRST_PASS = 6  # a bulk build fills each first block to this, then second blocks, then first again
+BUILD_CHUNK = 1 << 20  # ids laid out per step of a bulk build's first pass
 SCALAR_CALL = 32  # shorter calls probe id by id in Python: numpy's fixed cost per call is ~50 µs
 MAX_TAG = 65535  # hour tags are uint16 offsets from a base hour
 MAX_SPAN = MAX_TAG // 2  # hours kept behind the newest id; as many stay free ahead of it before a rebase
@@ -128,37 +129,48 @@ class Deduper:
         if len(keys):  # tags must reach the newest hour and beyond: ids older than MAX_SPAN before it go
             self._oldest_hour = max(self._oldest_hour, int(hours.max()) - MAX_SPAN)
             kept = hours >= self._oldest_hour
-            keys, hours = _latest_per_key(keys[kept], hours[kept])
+            if not kept.all():
+                keys, hours = keys[kept], hours[kept]
+            keys, hours = _latest_per_key(keys, hours)
         self._base = self._oldest_hour
         self._nblocks = max(1, math.ceil(len(keys) / (BUILD_LOAD * BLOCK)))
         self._keys = np.zeros(self._nblocks * BLOCK, dtype=np.uint64)
         self._tags = np.zeros(self._nblocks * BLOCK, dtype=np.uint16)
         filled = np.zeros(self._nblocks, dtype=np.int64)
-        blocks = _blocks(keys, self._nblocks)
-        waiting = np.arange(len(keys))  # sorted by key, so by first block
-        for column, limit in ((0, FIRST_PASS), (1, BLOCK), (0, BLOCK)):
-            if column == 1:
-                waiting = waiting[np.argsort(blocks[waiting, 1], kind="stable")]
-            block = blocks[waiting, column]
-            slot_in_block = filled[block] + _rank_in_runs(block)
-            fits = slot_in_block < limit
-            slots = block[fits] * BLOCK + slot_in_block[fits]
-            self._keys[slots], self._tags[slots] = keys[waiting[fits]], hours[waiting[fits]] - self._base
-            filled += np.bincount(block[fits], minlength=self._nblocks)
-            waiting = np.sort(waiting[~fits])
+        waiting = [self._fill(keys, hours, np.arange(start, min(start + BUILD_CHUNK, len(keys))), 0, FIRST_PASS, filled)
+                   for start in range(0, len(keys), BUILD_CHUNK)]  # in chunks, to bound the temporaries
+        waiting = np.concatenate(waiting) if waiting else np.empty(0, np.int64)
+        waiting = waiting[np.argsort(_blocks(keys[waiting], self._nblocks)[:, 1], kind="stable")]
+        waiting = self._fill(keys, hours, np.sort(self._fill(keys, hours, waiting, 1, BLOCK, filled)), 0, BLOCK, filled)
         self._stash = dict(zip(keys[waiting].tolist(), hours[waiting].tolist()))
         self._live = len(keys)
+
+    def _fill(self, keys: np.ndarray, hours: np.ndarray, waiting: np.ndarray, column: int, limit: int,
+              filled: np.ndarray) -> np.ndarray:
+        """Put the waiting ids, in order of their block (first or second), into that block while it has
+        fewer than limit ids; count them in filled and return the ids left waiting."""
+        block = _blocks(keys[waiting], self._nblocks)[:, column]
+        slot_in_block = filled[block] + _rank_in_runs(block)
+        fits = slot_in_block < limit
+        placed = waiting[fits]
+        slots = block[fits] * BLOCK + slot_in_block[fits]
+        self._keys[slots], self._tags[slots] = keys[placed], hours[placed] - self._base
+        filled += np.bincount(block[fits], minlength=self._nblocks)
+        return waiting[~fits]
 
     def _rebuild(self, keys: np.ndarray | None = None, hours: np.ndarray | None = None) -> None:
         """Rebuild from the remembered ids plus the given ones, sized for them."""
         live = self._keys != 0
-        parts_keys = [self._keys[live], np.fromiter(self._stash, np.uint64, len(self._stash))]
-        parts_hours = [self._tags[live].astype(np.int64) + self._base,
-                       np.fromiter(self._stash.values(), np.int64, len(self._stash))]
+        parts = [(self._keys[live], self._tags[live].astype(np.int64) + self._base),
+                 (np.fromiter(self._stash, np.uint64, len(self._stash)),
+                  np.fromiter(self._stash.values(), np.int64, len(self._stash)))]
         if keys is not None:
-            parts_keys.append(keys)
-            parts_hours.append(hours)
-        self._build(np.concatenate(parts_keys), np.concatenate(parts_hours))
+            parts.append((keys, hours))
+        parts = [part for part in parts if len(part[0])] or parts[:1]
+        if len(parts) == 1:  # no copy, as for a restore into an empty table
+            self._build(*parts[0])
+        else:
+            self._build(np.concatenate([k for k, _ in parts]), np.concatenate([h for _, h in parts]))
 
     # -- vectorised probing (calls of SCALAR_CALL ids or more) ---------------------------------
     def _windows(self, keys: np.ndarray) -> np.ndarray:
@@ -267,8 +279,12 @@ def _latest_per_key(keys: np.ndarray, hours: np.ndarray) -> tuple[np.ndarray, np
     Positions take 32 bits: up to 4e9 ids."""
     if not len(keys):
         return keys, hours
-    order = np.sort((keys >> np.uint64(32) << np.uint64(32)) | np.arange(len(keys), dtype=np.uint64))
-    order = (order & _LOW32).astype(np.int64)
+    order = keys >> np.uint64(32)
+    order <<= np.uint64(32)
+    order |= np.arange(len(keys), dtype=np.uint64)
+    order.sort()
+    order &= _LOW32
+    order = order.view(np.int64)
     order = order[np.argsort(keys[order], kind="stable")]
     keys, hours = keys[order], hours[order]
     starts = np.flatnonzero(np.concatenate(([True], keys[1:] != keys[:-1])))

@@ -5,6 +5,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from pipeline import dedup as dedup_module
 from pipeline.dedup import BUCKET_MS, MAX_SPAN, SCALAR_CALL, Deduper, id_hash
 
 DAY = 86_400_000
@@ -132,6 +133,17 @@ def test_restore_then_check_matches_checking_the_same_history():
     probe_times = [2 * DAY] * len(probe)
     assert restored.check(probe, probe_times) == lived.check(probe.tolist(), probe_times)
     assert len(restored) == len(lived)
+
+
+def test_restore_laid_out_in_many_chunks_remembers_every_id(monkeypatch):
+    monkeypatch.setattr(dedup_module, "BUILD_CHUNK", 97)  # runs of one block split across chunks
+    rng = np.random.default_rng(11)
+    hashes = rng.integers(1, 2**64 - 1, 5_000, dtype=np.uint64, endpoint=True)
+    d = Deduper(DAY)
+    d.restore(hashes, np.zeros(len(hashes), dtype=np.int64))
+    assert len(d) == 5_000
+    assert not any(d.check(hashes, [0] * len(hashes)))
+    assert not any(d.check([key], [0])[0] for key in hashes[:200].tolist())
 
 
 def test_restore_keeps_the_latest_hour_of_a_repeated_id():
