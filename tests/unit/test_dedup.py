@@ -112,12 +112,14 @@ def test_hash_zero_is_remembered():
     assert d.check([0] * SCALAR_CALL, [0] * SCALAR_CALL) == [False] * SCALAR_CALL
 
 
-def test_late_event_older_than_the_horizon_is_new_and_not_remembered():
-    d = Deduper(DAY)
-    d.expire(10 * DAY)
-    assert d.check([5], [8 * DAY]) == [True]
-    assert d.check([5], [8 * DAY]) == [True]
-    assert len(d) == 0
+def test_late_events_older_than_the_horizon_are_new_and_not_remembered_in_both_paths():
+    for size in (1, 2 * SCALAR_CALL):
+        d = Deduper(DAY)
+        d.expire(10 * DAY)
+        ids = list(range(5, 5 + size))
+        assert d.check(ids, [8 * DAY] * size) == [True] * size
+        assert d.check(ids, [8 * DAY] * size) == [True] * size
+        assert len(d) == 0
 
 
 def test_restore_then_check_matches_checking_the_same_history():
