@@ -21,6 +21,7 @@ import tracemalloc
 import uuid
 from pathlib import Path
 from typing import Callable, Optional
+from urllib.parse import urlparse
 
 import numpy as np
 from rich.console import Console
@@ -150,6 +151,9 @@ def measure_clickhouse(url: str, ids: np.ndarray, times: np.ndarray, clock_ms: i
     from clickhouse_driver import Client
 
     client = Client.from_url(url)
+    address = urlparse(url)  # the driver reads numpy columns only when the client is made with use_numpy
+    numpy_client = Client(address.hostname, port=address.port or 9000, user=address.username or "default",
+                          password=address.password or "", settings={"use_numpy": True})
     database = f"cxp_dedup_bench_{uuid.uuid4().hex[:8]}"
     client.execute(f"CREATE DATABASE {database}")
     try:
@@ -163,7 +167,7 @@ def measure_clickhouse(url: str, ids: np.ndarray, times: np.ndarray, clock_ms: i
         query = (f"SELECT id_hash, event_ms FROM {database}.events "
                  f"WHERE kafka_partition IN (0) AND event_ms > {clock_ms - HORIZON_MS}")
         started = time.perf_counter()
-        hashes, event_ms = client.execute(query, columnar=True, settings={"use_numpy": True})
+        hashes, event_ms = numpy_client.execute(query, columnar=True)
         query_s = time.perf_counter() - started
         started = time.process_time()
         Deduper(HORIZON_MS).restore(hashes, event_ms)
@@ -172,6 +176,7 @@ def measure_clickhouse(url: str, ids: np.ndarray, times: np.ndarray, clock_ms: i
     finally:
         client.execute(f"DROP DATABASE IF EXISTS {database}")
         client.disconnect()
+        numpy_client.disconnect()
     millions = len(hashes) / 1e6
     return {"clickhouse_version": version, "clickhouse_rows": len(hashes),
             "clickhouse_query_wall_s_per_million": query_s / millions,

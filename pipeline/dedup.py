@@ -7,7 +7,8 @@ Memory: a two-choice hash table of 8-slot blocks in two numpy arrays, a uint64 h
 tag per slot (10 bytes). An id lives in the emptier of its two blocks, so a lookup reads two cache
 lines and never chains; the rare id whose blocks are both full goes to a small dict (the stash). The
 table is rebuilt 72 % full and kept 65-85 % full: 12-16 bytes per remembered id, where a Python set
-of ints costs ~80.
+of ints costs ~80. A rebuild (restore, growth past 85 %, shrink below 65 %) sorts every id once and
+briefly needs ~60 bytes per id; growth rebuilds come every ~18 % of growth, so not in a steady state.
 
 Collisions: two distinct ids with the same 64-bit hash inside one horizon make the second a false
 duplicate; with n ids in the horizon that happens with probability ~n²/2**65 (3e-8 at a million ids,
