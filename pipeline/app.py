@@ -137,14 +137,16 @@ def build_app(settings: Settings) -> faust.App:
         if assignment:
             (consumer.pause_partitions if stalled else consumer.resume_partitions)(assignment)
 
+    retry = RetryPolicy(settings.sink_retry_backoff, settings.sink_retry_max_backoff)
     delivery = Delivery(
         ClickHouseSink(backend), run_blocking,
         publish=lambda topic, key, value: app.producer.send(topic, key, value, None, None, None),
         topic_names={name: settings.topic(name) for name in OUTPUT_TOPICS}, metrics=metrics,
-        retry=RetryPolicy(settings.sink_retry_backoff, settings.sink_retry_max_backoff),
+        retry=retry,
         flush_rows=settings.sink_batch_rows, flush_interval=settings.sink_flush_interval, on_stall=on_stall)
     metrics.oldest_unacked.set_function(delivery.oldest_unacked_seconds)
-    ingest.register(app, topics, processor, delivery, settings.batch_max_messages, settings.batch_within)
+    ready = asyncio.Event()  # set once the owned partitions' state is rebuilt; cleared during a rebalance
+    ingest.register(app, topics, processor, delivery, settings.batch_max_messages, settings.batch_within, ready)
     snapshots.register(app, processor, delivery, settings.snapshot_interval)
 
     async def flush_before_stop() -> None:
@@ -157,6 +159,7 @@ def build_app(settings: Settings) -> faust.App:
     async def on_revoked(app: Any, revoked: set, **kwargs: Any) -> None:
         # The barrier of a rebalance: make what this worker processed durable and acked before another
         # worker rebuilds the partitions from ClickHouse, then process nothing more until assigned.
+        ready.clear()
         flushed = await delivery.flush_until(settings.session_timeout * 0.6)
         if not flushed:
             delivery.discard()
@@ -168,11 +171,22 @@ def build_app(settings: Settings) -> faust.App:
     async def on_assigned(app: Any, assigned: set, **kwargs: Any) -> None:
         new = processor.assign({tp.partition for tp in assigned if tp.topic in topic_sources})
         if new:
-            started = time.monotonic()
-            restored = await run_blocking(read_partitions, backend, new, cores, processor.clock_ms, dedup_horizon_ms)
+            started, delay = time.monotonic(), None
+            while True:  # nothing is processed until the state is back, however long ClickHouse takes
+                try:
+                    restored = await run_blocking(read_partitions, backend, new, cores, processor.clock_ms,
+                                                  dedup_horizon_ms)
+                    break
+                except Exception as exc:  # noqa: BLE001 - any ClickHouse failure: retry like a failed insert
+                    metrics.sink_errors.labels("restore").inc()
+                    delay = retry.next_delay(delay)
+                    log.error("rebuilding partition state from clickhouse failed; retrying, input paused",
+                              extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
+                    await asyncio.sleep(delay)
             processor.restore(restored)
             log.info("partition state rebuilt from clickhouse", extra={
                 "partitions": new, "rows": restored.row_count(), "seconds": round(time.monotonic() - started, 3)})
+        ready.set()
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
