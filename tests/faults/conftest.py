@@ -6,8 +6,10 @@ import uuid
 
 import pytest
 
-from pipeline.localbroker import LocalBroker
-from tests.faults.harness import RestartableClickHouse, Stage
+pytest.register_assert_rewrite("tests.faults.harness")  # its asserts show diffs too; before it is imported
+
+from pipeline.localbroker import LocalBroker  # noqa: E402
+from tests.faults.harness import RestartableClickHouse, Stage  # noqa: E402
 
 
 @pytest.fixture

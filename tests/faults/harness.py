@@ -468,16 +468,20 @@ class Stage:
         wait_until(lambda: self.tables.has_all(ids), bool, timeout_s, f"sentinels {sorted(tags)} in ClickHouse")
 
     def wait_exact(self, work: Workload, scrape: Callable[[], list[dict]], timeout_s: float = 120.0) -> None:
-        """Until ClickHouse and the workers' survey series (summed) equal the recomputation from work;
-        then assert it, so a mismatch shows both sides."""
+        """Until ClickHouse and the workers' survey series (summed) equal the recomputation from work,
+        at most timeout_s; then assert it, so a mismatch shows the difference."""
         want_rows, want_series = expected_counts(work), work.survey_series()
 
         def state() -> tuple[dict, dict]:
             return self.tables.counts(), summed_series(scrape())
 
-        got = wait_until(state, lambda s: s == (want_rows, want_series), timeout_s, "exact ClickHouse counts and series")
-        assert got[0] == want_rows
-        assert got[1] == want_series
+        try:
+            wait_until(state, lambda s: s == (want_rows, want_series), timeout_s, "exact counts and series")
+        except AssertionError:
+            pass  # the asserts below say what differs
+        got_rows, got_series = state()
+        assert got_rows == want_rows
+        assert got_series == want_series
 
     def stop_all(self) -> None:
         for worker in self.workers:
