@@ -22,7 +22,7 @@ from typing import Callable, Iterable, Optional, TypeVar
 import fastavro
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
+from kafka.errors import TopicAlreadyExistsError
 
 from pipeline.demo import total
 from pipeline.partitioner import event_key, partition_for
@@ -92,7 +92,7 @@ class Message:
 class Workload:
     """Valid events plus raw messages that must be dead-lettered, and what a recomputation says of them.
 
-    ``rejected`` holds (message, reason, events in it); ``messages`` is the send order.
+    ``rejected`` holds (message, reason) for one bad event or record each; ``messages`` is the send order.
     """
 
     valid: list[tuple[str, dict]] = field(default_factory=list)
@@ -219,22 +219,21 @@ def create_topics(bootstrap: str, prefix: str, partitions: int = PARTITIONS, tim
     def created() -> bool:
         admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=5000)
         try:
+            missing = [NewTopic(n, partitions, 1) for n in names if n not in set(admin.list_topics())]
             try:
-                admin.create_topics([NewTopic(n, partitions, 1) for n in names if n not in set(admin.list_topics())])
+                if missing:
+                    admin.create_topics(missing)
             except TopicAlreadyExistsError:
                 pass
-            return set(names) <= set(admin.list_topics())
+            if not set(names) <= set(admin.list_topics()):
+                return False
+            counts = {meta.get("name") or meta.get("topic"): len(meta["partitions"]) for meta in admin.describe_topics(names)}
+            assert set(counts.values()) == {partitions}, f"topics exist with other partition counts: {counts}"
+            return True
         finally:
             admin.close()
 
-    wait_until(lambda: _quietly(created), bool, timeout_s, f"topics {names} on {bootstrap}")
-
-
-def _quietly(probe: Callable[[], bool]) -> bool:
-    try:
-        return probe()
-    except (KafkaError, OSError):
-        return False
+    wait_until(created, bool, timeout_s, f"topics {names} on {bootstrap}")
 
 
 def produce(bootstrap: str, prefix: str, messages: Iterable[Message]) -> None:
@@ -467,7 +466,8 @@ class Stage:
         ids = set().union(*(sentinel_ids(tag) for tag in tags))
         wait_until(lambda: self.tables.has_all(ids), bool, timeout_s, f"sentinels {sorted(tags)} in ClickHouse")
 
-    def wait_exact(self, work: Workload, scrape: Callable[[], list[dict]], timeout_s: float = 120.0) -> None:
+    def wait_exact(self, work: Workload, scrape: Callable[[], list[dict]], timeout_s: float = 120.0,
+                   when: str = "") -> None:
         """Until ClickHouse and the workers' survey series (summed) equal the recomputation from work,
         at most timeout_s; then assert it, so a mismatch shows the difference."""
         want_rows, want_series = expected_counts(work), work.survey_series()
@@ -480,8 +480,8 @@ class Stage:
         except AssertionError:
             pass  # the asserts below say what differs
         got_rows, got_series = state()
-        assert got_rows == want_rows
-        assert got_series == want_series
+        assert got_rows == want_rows, when
+        assert got_series == want_series, when
 
     def stop_all(self) -> None:
         for worker in self.workers:

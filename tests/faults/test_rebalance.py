@@ -37,12 +37,12 @@ def test_second_worker_joins_and_leaves_ten_times(stage):
         send(3 * cycle + 1, f"c{cycle}-joined")
         stage.wait_drained([f"c{cycle}-joined"])
         wait_until(second.metrics, survey_series, 120, f"cycle {cycle}: the second worker owning partitions")
-        stage.wait_exact(sent, lambda: [first.metrics(), second.metrics()])
+        stage.wait_exact(sent, lambda: [first.metrics(), second.metrics()], when=f"cycle {cycle}, two workers")
         for worker in (first, second):
             assert identity_holds(worker.metrics()), (cycle, outcome_totals(worker.metrics()))
 
         second.stop()
         send(3 * cycle + 2, f"c{cycle}-left")
         stage.wait_drained([f"c{cycle}-left"])
-        stage.wait_exact(sent, lambda: [first.metrics()])
+        stage.wait_exact(sent, lambda: [first.metrics()], when=f"cycle {cycle}, the second one gone")
         assert identity_holds(first.metrics()), (cycle, outcome_totals(first.metrics()))
