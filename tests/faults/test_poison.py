@@ -89,7 +89,9 @@ def test_oversized_records_are_dead_lettered_truncated_and_never_loop(stage):
     stored = stage.tables.query("SELECT reason, length(payload) FROM {db}.dead_letters FINAL ORDER BY reason")
     assert stored == [("invalid_value", MAX_KEPT), ("invalid_value", MAX_KEPT), ("undecodable", MAX_KEPT)]
 
-    # The bad records were acked once dead-lettered: a restarted worker does not meet them again.
+    # A restart may meet the bad records once more (at-least-once), but they must not make new dead
+    # letters: a re-sent letter names the same record and collapses with its row in FINAL.
+    where = {(dl["source_topic"], dl["source_partition"], dl["source_offset"], dl["batch_index"]) for dl in letters}
     worker.stop()
     after = stage.worker(CXP_DEADLETTER_MAX_BYTES=str(MAX_KEPT)).start()
     more = with_sentinels(valid_workload(simulated(seed=304, count=500, end_ms=work.clock())), "after")
@@ -97,9 +99,11 @@ def test_oversized_records_are_dead_lettered_truncated_and_never_loop(stage):
     stage.wait_drained(["after"])
     everything = Workload(full.valid + more.valid)
     stage.wait_exact(everything, lambda: [after.metrics()])
-    assert outcome_totals(after.metrics())["rejected"] == 0
+    assert outcome_totals(after.metrics())["rejected"] <= 3
     assert stage.tables.dead_letter_reasons() == work.expected_rejected()
-    assert len(read_dead_letters(stage.bootstrap, stage.prefix)) == 3
+    again = Counter((dl["source_topic"], dl["source_partition"], dl["source_offset"], dl["batch_index"])
+                    for dl in read_dead_letters(stage.bootstrap, stage.prefix))
+    assert set(again) == where and max(again.values()) <= 2, again
 
 
 # -- fuzz ---------------------------------------------------------------------------------------------
