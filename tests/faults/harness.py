@@ -118,12 +118,13 @@ class Workload:
     def expected_rejected(self) -> Counter:
         return Counter(reason for _, reason in self.rejected)
 
-    def survey_series(self, clock_ms: Optional[int] = None) -> dict[tuple[str, str, str, str], int]:
+    def survey_series(self) -> dict[tuple[str, str, str, str], int]:
         """(tenant, kind, window, class) -> responses, for every non-zero series of cx_survey_responses.
 
-        A response at t is inside window W when minute(t) > minute(clock - W) (SPEC §5).
+        A response at t is inside window W when minute(t) > minute(clock - W) (SPEC §5), the clock being
+        the newest event time of the input.
         """
-        clock_ms = self.clock() if clock_ms is None else clock_ms
+        clock_ms = self.clock()
         series: Counter = Counter()
         for event in self.surveys:
             kind, score, t = event["survey"]["kind"], event["survey"]["score"], event["event_time"]
@@ -132,9 +133,9 @@ class Workload:
                     series[(event["tenant"], kind, window, CLASSES[kind][_class_index(kind, score)])] += 1
         return dict(series)
 
-    def nps(self, window: str, clock_ms: Optional[int] = None) -> dict[str, float]:
+    def nps(self, window: str) -> dict[str, float]:
         """tenant -> NPS over the window, from the recomputed class counts."""
-        series = self.survey_series(clock_ms)
+        series = self.survey_series()
         out = {}
         for tenant in {t for t, kind, w, _ in series if kind == "NPS" and w == window}:
             c = {cls: series.get((tenant, "NPS", window, cls), 0) for cls in CLASSES["NPS"]}
@@ -237,12 +238,15 @@ def create_topics(bootstrap: str, prefix: str, partitions: int = PARTITIONS, tim
 
 
 def produce(bootstrap: str, prefix: str, messages: Iterable[Message]) -> None:
-    """Send in order and wait until the broker acknowledged all of them."""
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=MAX_MESSAGE_BYTES, acks=1)
+    """Send in order (one request in flight, so a retry cannot reorder a partition) and fail unless the
+    broker acknowledged every message."""
+    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=MAX_MESSAGE_BYTES, acks=1,
+                             max_in_flight_requests_per_connection=1)
     try:
-        for m in messages:
-            producer.send(topic(prefix, m.source), m.value, key=m.key, partition=m.partition)
+        sent = [producer.send(topic(prefix, m.source), m.value, key=m.key, partition=m.partition) for m in messages]
         producer.flush(timeout=120)
+        for future in sent:
+            future.get(timeout=1)  # raises the send's error, if it failed
     finally:
         producer.close()
 
