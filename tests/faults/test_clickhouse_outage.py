@@ -1,0 +1,88 @@
+"""ClickHouse stopped or frozen under a running worker, on a server of this module's own (the session's
+shared server is never touched): consumption stalls, errors and the unacked age show on /metrics, which
+keeps answering, and once ClickHouse is back every event arrives exactly once."""
+from __future__ import annotations
+
+from typing import Callable
+
+import pytest
+
+from pipeline.demo import total
+from tests.faults.harness import (
+    MINUTE,
+    Stage,
+    Workload,
+    identity_holds,
+    now_ms,
+    outcome_totals,
+    simulated,
+    valid_workload,
+    wait_until,
+)
+from tests.services.worker import WorkerProcess
+
+pytestmark = pytest.mark.integration
+
+TIMEOUTS = {"CXP_CLICKHOUSE_CONNECT_TIMEOUT": "1", "CXP_CLICKHOUSE_TIMEOUT": "2"}
+
+
+def sink_errors(samples: dict) -> float:
+    return total(samples, "cxp_sink_errors_total")
+
+
+def oldest_unacked(samples: dict) -> float:
+    return total(samples, "cxp_oldest_unacked_seconds")
+
+
+def outage(stage: Stage, break_clickhouse: Callable[[], None], mend_clickhouse: Callable[[], None],
+           seed: int) -> tuple[WorkerProcess, Workload, list[dict]]:
+    """Input before the fault (drained), input during it, then the fault repaired. Returns the worker,
+    all input, and the /metrics scrapes taken during the fault (each one proves /metrics answered)."""
+    worker = stage.worker(**TIMEOUTS).start()
+    end = now_ms()
+    before = stage.produce(valid_workload(simulated(seed=seed, count=3000, end_ms=end - 15 * MINUTE, span_ms=10 * MINUTE)),
+                           "before")
+    stage.wait_drained(["before"])
+    assert sink_errors(worker.metrics()) == 0
+
+    break_clickhouse()
+    scrapes: list[dict] = []
+    try:
+        during = stage.produce(valid_workload(simulated(seed=seed + 1, count=3000, end_ms=end, span_ms=10 * MINUTE)),
+                               "during")
+
+        def scrape() -> dict:
+            scrapes.append(worker.metrics())
+            return scrapes[-1]
+
+        first = wait_until(scrape, lambda s: oldest_unacked(s) > 0, 60, "records waiting for ClickHouse")
+        wait_until(scrape, lambda s: sink_errors(s) > 0 and oldest_unacked(s) >= oldest_unacked(first) + 3, 120,
+                   "failed inserts counted while the unacked age grows past the insert timeout")
+    finally:
+        mend_clickhouse()
+    work = Workload()
+    work.extend(before)
+    work.extend(during)
+    stage.wait_drained(["during"])
+    stage.wait_exact(work, lambda: [worker.metrics()])
+    wait_until(worker.metrics, lambda s: oldest_unacked(s) == 0, 60, "nothing left unacked")
+    return worker, work, scrapes
+
+
+def test_clickhouse_stopped_longer_than_the_insert_timeout_then_restarted(own_stage, own_clickhouse):
+    worker, work, scrapes = outage(own_stage, own_clickhouse.stop, own_clickhouse.restart, seed=401)
+    samples = worker.metrics()
+    assert identity_holds(samples), outcome_totals(samples)
+    assert outcome_totals(samples) == {"consumed": len(work.valid), "processed": len(work.valid), "duplicate": 0,
+                                       "rejected": 0}
+    assert max(sink_errors(s) for s in scrapes) > 0
+    assert max(oldest_unacked(s) for s in scrapes) > 2  # older than CXP_CLICKHOUSE_TIMEOUT
+
+
+def test_clickhouse_frozen_longer_than_the_insert_timeout_then_thawed(own_stage, own_clickhouse):
+    """SIGSTOP keeps the connections open but silent: only the send/receive timeout can end an insert."""
+    worker, work, scrapes = outage(own_stage, own_clickhouse.freeze, own_clickhouse.thaw, seed=501)
+    samples = worker.metrics()
+    assert identity_holds(samples), outcome_totals(samples)
+    assert outcome_totals(samples)["processed"] == len(work.valid)
+    assert max(sink_errors(s) for s in scrapes) > 0

@@ -1,0 +1,99 @@
+"""A worker killed mid-stream or between two inserts of one flush, and input replayed: after a restart
+every event is in ClickHouse exactly once and every survey answer counted exactly once."""
+from __future__ import annotations
+
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from tests.faults.harness import (
+    DAY,
+    MINUTE,
+    expected_counts,
+    identity_holds,
+    kill_hard,
+    nps_gauges,
+    now_ms,
+    outcome_totals,
+    produce,
+    simulated,
+    survey_series,
+    valid_workload,
+    wait_until,
+    with_sentinels,
+)
+
+pytestmark = pytest.mark.integration
+
+
+def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(stage):
+    work = with_sentinels(valid_workload(simulated(seed=101, count=15_000, end_ms=now_ms())), "end")
+    worker = stage.worker().start()
+    with ThreadPoolExecutor(1) as sender:
+        sending = sender.submit(produce, stage.bootstrap, stage.prefix, work.messages)
+        wait_until(lambda: stage.tables.scalar("SELECT count() FROM {db}.events"), lambda n: n >= 2000, 120,
+                   "the first rows in ClickHouse")
+        kill_hard(worker.process)
+        sending.result()
+    assert stage.tables.counts()["events_uniq"] < len(work.valid), "the kill must land mid-stream"
+
+    worker.start()  # same group, same data folder
+    stage.wait_drained(["end"])
+    stage.wait_exact(work, lambda: [worker.metrics()])
+    samples = worker.metrics()
+    assert identity_holds(samples), outcome_totals(samples)
+    assert outcome_totals(samples)["rejected"] == 0
+    assert nps_gauges(samples, "24h") == pytest.approx(work.nps("24h"))
+    assert stage.tables.nps() == pytest.approx(work.nps("7d"))
+
+
+def test_crash_between_two_table_inserts_then_restart_counts_each_answer_once(stage):
+    """survey_responses is written before events in a flush: a crash in between leaves answers stored
+    whose events are not, and whose input offsets were never acked, so the restart reads them again."""
+    work = with_sentinels(valid_workload(simulated(seed=202, count=6000, end_ms=now_ms()), batched=True), "end")
+    crashing = stage.worker(CXP_FAULT_EXIT_AFTER_INSERT="survey_responses").start()
+    produce(stage.bootstrap, stage.prefix, work.messages)
+    code = wait_until(crashing.process.poll, lambda c: c is not None, 120, "the hooked worker to exit")
+    assert code == 86, crashing.log_tail()
+    torn = stage.tables.counts()
+    assert torn["surveys_uniq"] > 0 and torn["events_uniq"] < len(work.valid), f"no torn flush: {torn}"
+
+    worker = stage.worker().start()
+    stage.wait_drained(["end"])
+    stage.wait_exact(work, lambda: [worker.metrics()])
+    samples = worker.metrics()
+    assert survey_series(samples) == work.survey_series()
+    assert identity_holds(samples), outcome_totals(samples)
+    assert stage.tables.nps() == pytest.approx(work.nps("7d"))
+
+
+def test_replaying_the_whole_input_twice_changes_nothing(stage):
+    """A third of the input is 1-3 days older than the rest: past the 24 h dedup horizon once the rest
+    has moved the clock, inside the 7 d max_lateness. It is sent first, so by the replays the worker's
+    in-memory dedup has long let go of those ids; they must not count again either."""
+    now = now_ms()
+    recent = simulated(seed=901, count=3000, end_ms=now)
+    old = simulated(seed=902, count=1500, end_ms=now - DAY - 10 * MINUTE, span_ms=2 * DAY - 20 * MINUTE)
+    work = with_sentinels(valid_workload(old + recent), "end")
+    in_window = Counter()
+    for (_, _, window, _), n in work.survey_series().items():
+        in_window[window] += n
+    old_surveys = sum(1 for _, e in old if e.get("survey"))
+    assert old_surveys and in_window["7d"] == len(work.surveys) == in_window["1h"] + old_surveys, in_window
+    worker = stage.worker().start()
+
+    for sends in (1, 2, 3):
+        produce(stage.bootstrap, stage.prefix, work.messages)
+        worker.wait_for(lambda s: outcome_totals(s)["consumed"] >= sends * len(work.valid), timeout_s=120,
+                        what=f"send {sends} consumed")
+        stage.wait_exact(work, lambda: [worker.metrics()])
+        samples = worker.metrics()
+        totals = outcome_totals(samples)
+        assert totals["consumed"] == sends * len(work.valid)
+        assert totals["processed"] == len(work.valid), "a replayed event was processed again"
+        assert totals["duplicate"] == (sends - 1) * len(work.valid)
+        assert identity_holds(samples), totals
+        for window in ("1h", "24h", "7d"):
+            assert nps_gauges(samples, window) == pytest.approx(work.nps(window)), window
+    assert stage.tables.counts() == expected_counts(work)
