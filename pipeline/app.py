@@ -53,22 +53,31 @@ class CxApp(faust.App):
 
 
 class CommitWatch:
-    """Counts failed offset commits and logs the first of each incident, with the fix, and the recovery."""
+    """Counts failed offset commits and logs the first of each incident, with the fix, and the recovery.
 
-    def __init__(self, metrics: PipelineMetrics):
-        self.metrics, self.failing = metrics, False
+    A commit that has not finished after ``stall_s`` counts as failed: with the broker gone, aiokafka
+    waits for a coordinator instead of failing, and a stalled commit is what an operator must see.
+    """
+
+    def __init__(self, metrics: PipelineMetrics, stall_s: float):
+        self.metrics, self.stall_s, self.failing = metrics, stall_s, False
 
     def consumer_class(self) -> type:
         watch = self
 
         class CountingConsumer(aiokafka_driver.Consumer):
             async def _commit(self, offsets: Mapping[Any, int]) -> bool:
+                commit = asyncio.ensure_future(super()._commit(offsets))
+                done, _ = await asyncio.wait({commit}, timeout=watch.stall_s)
+                if not done:
+                    watch.report(False)
                 ok = False
                 try:
-                    ok = await super()._commit(offsets)
+                    ok = await commit
                     return ok
                 finally:
-                    watch.report(ok or not offsets)
+                    if done or ok:
+                        watch.report(ok or not offsets)
 
         return CountingConsumer
 
@@ -127,7 +136,7 @@ def build_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         stream_wait_empty=False,
     )
-    app.transport.Consumer = CommitWatch(metrics).consumer_class()
+    app.transport.Consumer = CommitWatch(metrics, stall_s=settings.session_timeout).consumer_class()
     topics = app.topic(*topic_sources, key_serializer="raw", value_serializer="raw")
 
     def on_stall(stalled: bool) -> None:

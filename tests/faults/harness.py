@@ -29,7 +29,7 @@ from pipeline.partitioner import event_key, partition_for
 from pipeline.simulate import Simulator
 from schemas import SCHEMA_DIR
 from sinks.clickhouse.backend import NativeBackend
-from tests.services.clickhouse import ClickHouseServer
+from pipeline.local.clickhouse import ClickHouseServer
 from tests.services.worker import WorkerProcess, worker_env
 
 PARTITIONS = 4

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 from pipeline.demo import scrape, total
-from pipeline.localbroker import free_port
+from pipeline.local.processes import free_port
 from tests.faults.harness import (
     Stage,
     Workload,
