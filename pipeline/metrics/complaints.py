@@ -20,7 +20,7 @@ SLA (targets per priority, counted from opened_ms by event time):
 
 - first response is breached when nothing answered the customer by the deadline: no acknowledged,
   resolved or closed event at or before it, and the clock (newest event time) is past it;
-- resolution is breached when the complaint was open at the deadline or reopened after it, and the
+- resolution is breached when the complaint was open at the deadline or opened again after it, and the
   clock is past it. So a complaint nobody touches breaches on ``tick`` as soon as the clock passes.
 
 Each breach counts once per complaint and stage, when first seen, and publishes a follow-up action
@@ -111,8 +111,9 @@ def breach_lateness(events: Sequence[Event], opened_ms: int, stage: str, target_
         return (clock_ms if answered is None else answered) - deadline
     at_deadline = [e for e in events if e.ms <= deadline]
     open_at_deadline = bool(at_deadline) and LIFECYCLE[at_deadline[-1].rank] in OPEN
-    reopened_after = any(e.rank == RANK["reopened"] and e.ms > deadline for e in events)
-    if not (open_at_deadline or reopened_after):
+    opened_again_after = any(e.ms > deadline and LIFECYCLE[e.rank] in OPEN and LIFECYCLE[before.rank] not in OPEN
+                             for before, e in zip(events, events[1:]))
+    if not (open_at_deadline or opened_again_after):
         return None
     last = LIFECYCLE[events[-1].rank]
     return (clock_ms if last in OPEN else events[-1].ms) - deadline
