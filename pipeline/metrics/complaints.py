@@ -33,6 +33,11 @@ becoming resolved (again, after a reopen) -> the resolution histogram. The ``com
 each complaint's events and breach flags, and is the state a worker restores, so a replayed event is
 recognised by its id hash and changes nothing: no transition, no count, no row.
 
+The clock is the partition's own: the newest event time it has seen from any source (all sources
+are co-partitioned by customer). A partition that is behind, e.g. while a backlog is consumed,
+so never judges its complaints by the time other partitions have reached; a quiet partition judges
+its deadlines when its next event comes. A restored partition starts from its newest complaint event.
+
 Expiry: a complaint that is not open is forgotten ``max_lateness`` after its last event (later events
 could not be older than that); open complaints are kept. An event for a forgotten complaint starts it
 afresh, known only by its new events.
@@ -148,7 +153,7 @@ class ComplaintState:
     deadlines: list[tuple[int, str]] = field(default_factory=list)  # heap: (deadline ms, complaint id)
     expiries: list[tuple[int, str]] = field(default_factory=list)  # heap: (forget after ms, complaint id)
     backlog: Counter = field(default_factory=Counter)  # (tenant, priority) -> open complaints
-    clock_ms: int = 0
+    clock_ms: int = 0  # newest event time of the partition, any source
 
 
 @dataclass
@@ -177,6 +182,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
 
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ComplaintState, accepted: Accepted, out: Output) -> None:
+        state.clock_ms = max(state.clock_ms, max(event["event_time"] for event in accepted.events))
         if accepted.source != "complaints":
             return
         for event, key in zip(accepted.events, accepted.hashes):
@@ -215,7 +221,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
 
     # -- after each batch --------------------------------------------------------------------------
     def tick(self, state: ComplaintState, clock_ms: int, out: Output) -> None:
-        state.clock_ms = clock_ms
+        clock_ms = state.clock_ms  # the partition's own clock, see the module docstring
         due = set(state.dirty)
         while state.deadlines and state.deadlines[0][0] < clock_ms:
             due.add(heapq.heappop(state.deadlines)[1])
@@ -345,6 +351,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
                         heapq.heappush(state.deadlines, (complaint.derived.opened_ms + target, cid))
             if not complaint.derived.is_open:
                 heapq.heappush(state.expiries, (events[-1].ms + self.max_lateness_ms, cid))
+            state.clock_ms = max(state.clock_ms, events[-1].ms)
 
     # -- reading ---------------------------------------------------------------------------------
     def describe(self) -> Iterable[Metric]:

@@ -49,7 +49,12 @@ class Harness:
 
     def tick(self, clock: int, out: Output | None = None) -> None:
         target = out if out is not None else Output()
-        self.clock = max(self.clock, clock)
+        if clock > self.clock:  # the partition's clock moves with its events of any source
+            self.clock = clock
+            web = {"event_id": f"web-{clock}", "event_type": "page_view", "event_time": clock, "tenant": "acme"}
+            for core, state in zip((self.complaints, self.actions), self.states):
+                core.add(state, Accepted("web", 3, 0, [web], [id_hash(web["event_id"])]), target)
+            target.facts.clear()
         for core, state in zip((self.complaints, self.actions), self.states):
             core.tick(state, self.clock, target)
         target.facts.clear()
@@ -240,6 +245,15 @@ def test_unknown_complaint_and_resolved_before_opened_are_kept():
     row = h.latest_rows()["b"]
     assert (row.status, row.opened_ms, row.resolved_ms) == ("opened", 12 * HOUR, None)
     assert h.backlog() == {("acme", "normal"): 1} and h.count("cx_complaints_opened") == 1
+
+
+def test_the_sla_clock_is_the_partitions_own():
+    h = Harness()
+    h.deliver(event("f", "opened", 0, 0, "urgent"))
+    h.complaints.tick(h.states[0], 10 * HOUR, Output())  # other partitions are further: not this one's time
+    assert not h.states[0].complaints["f"].breached
+    h.tick(2 * HOUR)  # an event of any source in this partition moves its clock
+    assert h.states[0].complaints["f"].breached == {"first_response"}
 
 
 def test_closed_complaints_expire_after_max_lateness_open_ones_stay():
