@@ -1,11 +1,11 @@
 """Follow-up actions: the one place that turns the fact ``actions`` into messages on cx.actions.
 
 Any core before it publishes ``out.facts["actions"]``: dicts with the FollowUpAction fields (kind,
-customer_id, tenant, reason, context str -> str, due_time, created_time, epoch ms) and an
-``kafka_partition`` (of the input that caused it) and an ``action_id`` derived from the cause (:func:`pipeline.metrics.complaints.action_id`, e.g. sha1 of
-"complaint_sla_breach|<complaint id>|<stage>"). For each id not emitted before, this core sends the
-Avro FollowUpAction on "actions" (key: customer id), writes an ``actions`` row and counts
-``cx_actions_total{tenant,kind}``.
+customer_id, tenant, reason, context str -> str, due_time, created_time, epoch ms), the
+``kafka_partition`` of the input that caused it, and an ``action_id`` derived from the cause
+(:func:`pipeline.metrics.complaints.action_id`, e.g. sha1 of "complaint_sla_breach|<complaint id>|<stage>").
+For each id not emitted before, this core sends the Avro FollowUpAction on "actions" (key: customer
+id), writes an ``actions`` row and counts ``cx_actions_total{tenant,kind}``.
 
 Idempotent on its own: it remembers the ids it emitted for ``horizon_ms`` of event time, restored
 from the ``actions`` table, so a cause seen again (a replay) sends nothing. It must run last, after
