@@ -221,18 +221,19 @@ class ComplaintCore(MetricCore[ComplaintState]):
 
     # -- after each batch --------------------------------------------------------------------------
     def tick(self, state: ComplaintState, clock_ms: int, out: Output) -> None:
-        clock_ms = state.clock_ms  # the partition's own clock, see the module docstring
+        clock_ms = state.clock_ms  # the partition's own clock, not the worker's (see the module docstring)
         due = set(state.dirty)
         while state.deadlines and state.deadlines[0][0] < clock_ms:
             due.add(heapq.heappop(state.deadlines)[1])
         for cid in sorted(due):
             complaint = state.complaints.get(cid)
             if complaint is not None:
-                self._update(state, complaint, clock_ms, out, cid in state.dirty)
+                self._update(state, complaint, clock_ms, out)
         state.dirty.clear()
         self._expire(state, clock_ms)
 
-    def _update(self, state: ComplaintState, complaint: Complaint, clock_ms: int, out: Output, changed: bool) -> None:
+    def _update(self, state: ComplaintState, complaint: Complaint, clock_ms: int, out: Output) -> None:
+        """Recompute a changed or due complaint; count its transitions, breaches, and write it if it changed."""
         before, after = complaint.derived, derive(complaint.events, complaint.folded_reopens)
         complaint.derived = after
         tenant, (priority, category, _) = complaint.tenant, complaint.attrs
@@ -241,7 +242,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
             out.count("cx_complaints_opened", (tenant, priority, self._category_label(tenant, category)))
             out.facts["complaints_opened"].append({"tenant": tenant, "opened_ms": after.opened_ms,
                                                    "complaint_id": complaint.complaint_id})
-            for stage, target in zip(STAGES, self.sla_ms[priority]):
+            for target in self.sla_ms[priority]:
                 heapq.heappush(state.deadlines, (after.opened_ms + target, complaint.complaint_id))
         if before.first_response_ms is None and after.first_response_ms is not None:
             out.observe("cx_complaint_first_response_seconds", (tenant, priority),
