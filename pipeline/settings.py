@@ -31,6 +31,24 @@ def duration_ms(text: str) -> int:
     return int(float(match.group(1)) * _UNIT_MS[match.group(2) or "s"])
 
 
+PRIORITIES = ("low", "normal", "high", "urgent")
+
+
+def sla_targets(text: str) -> dict[str, tuple[int, int]]:
+    """'urgent=1h/8h,high=4h/24h,...' -> {priority: (first response ms, resolution ms)}, every priority given."""
+    targets = {}
+    for item in str(text).split(","):
+        priority, _, spans = item.partition("=")
+        first, _, resolution = spans.partition("/")
+        if priority.strip() not in PRIORITIES or not resolution:
+            raise ValueError(f"bad complaint SLA {item!r}: use priority=first_response/resolution, e.g. high=4h/24h")
+        targets[priority.strip()] = (duration_ms(first), duration_ms(resolution))
+    missing = set(PRIORITIES) - set(targets)
+    if missing:
+        raise ValueError(f"complaint SLA lacks priorities {sorted(missing)}")
+    return targets
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CXP_", extra="forbid")
 
@@ -96,6 +114,24 @@ class Settings(BaseSettings):
     segment_max_values: int = Field(
         20, ge=1, description="Segments exported per tenant and dimension (those with most responses); the rest are "
         "summed as `other`, so a customer-supplied attribute can't explode the series count.")
+    complaint_sla: str = Field(
+        "urgent=1h/8h,high=4h/24h,normal=24h/72h,low=72h/7d", description="Complaint SLA targets per priority: "
+        "first response / resolution, counted from `opened` by event time (priority=first/resolution, comma-separated).")
+    complaint_category_max_values: int = Field(
+        20, ge=1, description="Complaint categories a worker labels by name per tenant in cx_complaints_opened_total "
+        "(the first ones seen); later categories count as `other`.")
+    complaint_max_events: int = Field(
+        64, ge=4, description="Events kept per complaint to recompute its state when events arrive out of order; "
+        "beyond that the oldest are folded into the state.")
+    spike_bucket: str = Field("1h", description="Complaint spike detection: width of the event-time bucket whose "
+                              "opened count is tested against the baseline.")
+    spike_alpha: float = Field(1e-4, gt=0, lt=1, description="Complaint spike: flag when the Poisson tail "
+                               "P(X >= opened | baseline) is below this.")
+    spike_min_count: int = Field(5, ge=1, description="Complaint spike: never flag a bucket with fewer openings.")
+    spike_min_ratio: float = Field(2.0, ge=1, description="Complaint spike: never flag a bucket with fewer than "
+                                   "this many times the baseline openings.")
+    spike_weeks: int = Field(4, ge=1, description="Complaint spike: weeks of same-hour-of-week history in the "
+                             "baseline (an EWMA of recent buckets stands in while history is shorter).")
     metrics: Annotated[list[str], NoDecode] = Field(
         ["all"], description="Metric cores to run (comma-separated: surveys, ...), or all.")
     snapshot_interval: float = Field(
@@ -140,7 +176,13 @@ class Settings(BaseSettings):
     def _split_lists(cls, value):
         return [w.strip() for w in value.split(",")] if isinstance(value, str) else value
 
-    @field_validator("windows", "max_future_skew", "max_lateness", "dedup_horizon")
+    @field_validator("complaint_sla")
+    @classmethod
+    def _check_sla(cls, value):
+        sla_targets(value)
+        return value
+
+    @field_validator("windows", "max_future_skew", "max_lateness", "dedup_horizon", "spike_bucket")
     @classmethod
     def _check_duration(cls, value):
         for item in value if isinstance(value, list) else [value]:

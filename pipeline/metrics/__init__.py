@@ -7,17 +7,30 @@ from __future__ import annotations
 
 from typing import Callable
 
+from pipeline.metrics.actions import ActionCore
 from pipeline.metrics.base import MetricCore
 from pipeline.metrics.funnels import FunnelCore
+from pipeline.metrics.complaint_spikes import ComplaintSpikeCore, SpikeTest
+from pipeline.metrics.complaints import ComplaintCore
 from pipeline.metrics.segments import SegmentCore
 from pipeline.metrics.surveys import SurveyCore
-from pipeline.settings import Settings
+from pipeline.registry import make_registry
+from pipeline.settings import Settings, duration_ms, sla_targets
+from pipeline.wire import Codec
 
 CORES: dict[str, Callable[[Settings], MetricCore]] = {
     "surveys": lambda settings: SurveyCore(settings.window_ms),
     "segments": lambda settings: SegmentCore(settings.window_ms, tuple(settings.segment_dimensions),
                                              settings.segment_max_values),
     "funnels": FunnelCore.from_settings,
+    "complaints": lambda settings: ComplaintCore(sla_targets(settings.complaint_sla), duration_ms(settings.max_lateness),
+                                                 settings.complaint_category_max_values, settings.complaint_max_events),
+    "complaint_spikes": lambda settings: ComplaintSpikeCore(SpikeTest(
+        duration_ms(settings.spike_bucket), settings.spike_alpha, settings.spike_min_count, settings.spike_min_ratio,
+        settings.spike_weeks)),
+    # actions must stay last: it sends the follow-up actions every core before it published
+    "actions": lambda settings: ActionCore(Codec(make_registry(settings.schema_registry_url)),
+                                           duration_ms(settings.max_lateness)),
 }
 
 

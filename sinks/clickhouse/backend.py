@@ -141,7 +141,7 @@ def _arrow_table(table: str, columns: Sequence[str], data: Sequence[Sequence]):
 
     arrow = {"String": pa.binary(), "DateTime": pa.int64(), "Int64": pa.int64(), "Int32": pa.int32(),
              "Int16": pa.int16(), "UInt8": pa.uint8(), "UInt16": pa.uint16(), "UInt64": pa.uint64(),
-             "Float64": pa.float64(), "Array(String)": pa.list_(pa.binary()),
+             "Float64": pa.float64(), "Array(String)": pa.list_(pa.binary()), "Array(UInt64)": pa.list_(pa.uint64()),
              "Array(Int64)": pa.list_(pa.int64())}
     types = dict(TABLES[table].columns)
     arrays = [pa.array(values, type=arrow[_inner(types[name])]) for name, values in zip(columns, data)]

@@ -24,7 +24,13 @@ distinct keys. The documented queries, which never double count after a replay:
     -- latest state wins (the version column is updated_ms)
     SELECT status, count() FROM cx.complaints FINAL GROUP BY status
     SELECT funnel, level, count() FROM cx.funnel_progress FINAL GROUP BY funnel, level
-    -- funnel gauges per window, from funnel_progress or windowFunnel over events: README "Funnels"
+    -- exact complaint handling percentiles in seconds, per tenant and priority
+    SELECT tenant, priority, quantilesExact(0.5, 0.9, 0.99)((first_response_ms - opened_ms) / 1000)
+      FROM cx.complaints FINAL WHERE first_response_ms IS NOT NULL GROUP BY tenant, priority
+    SELECT tenant, priority, quantilesExact(0.5, 0.9, 0.99)((resolved_ms - opened_ms) / 1000)
+      FROM cx.complaints FINAL WHERE resolved_ms IS NOT NULL GROUP BY tenant, priority
+    SELECT kind, count() FROM cx.actions FINAL GROUP BY kind
+    -- funnel gauges per window, from funnel_progress or windowFunnel over events: docs/metrics.md
     -- one row per emitted signal / snapshot / rejected record
     SELECT level, count() FROM cx.churn_signals FINAL GROUP BY level
     SELECT ts, value, n FROM cx.metric_snapshots FINAL WHERE metric = 'nps' AND `window` = '24h' ORDER BY ts
@@ -102,7 +108,19 @@ _TABLES = (
         ("category", "Nullable(String)"), ("origin_channel", "Nullable(String)"), ("status", "String"),
         ("opened_at", "Nullable(DateTime)"), ("first_response_at", "Nullable(DateTime)"),
         ("resolved_at", "Nullable(DateTime)"), ("reopen_count", "UInt16"), ("updated_ms", "Int64"),
+        ("opened_ms", "Nullable(Int64)"), ("first_response_ms", "Nullable(Int64)"), ("resolved_ms", "Nullable(Int64)"),
+        ("sla_first_response_breached", "UInt8"), ("sla_resolution_breached", "UInt8"), ("last_event_ms", "Int64"),
+        ("kafka_partition", "UInt16"), ("folded_reopens", "UInt16"),
+        # the complaint's kept events, so a restored worker recomputes it exactly and knows what it saw
+        ("event_hashes", "Array(UInt64)"), ("event_types", "Array(String)"), ("event_times_ms", "Array(Int64)"),
     ), "ReplacingMergeTree(updated_ms) ORDER BY (tenant, complaint_id)"),
+    # Follow-up actions sent on cx.actions, one row per action id (deterministic per cause).
+    Table("actions", (
+        ("action_id", "String"), ("kind", "String"), ("tenant", "String"), ("customer_id", "String"),
+        ("reason", "String"), ("context_keys", "Array(String)"), ("context_values", "Array(String)"),
+        ("created_at", "DateTime"), ("created_ms", "Int64"), ("due_at", "DateTime"), ("due_ms", "Int64"),
+        ("kafka_partition", "UInt16"),
+    ), "ReplacingMergeTree() ORDER BY (tenant, action_id)"),
     # One row per funnel attempt (a step-1 event); step_ms[i] is when step i+1 was reached, 0 if not.
     Table("funnel_progress", (
         ("funnel", "String"), ("tenant", "String"), ("customer_id", "String"), ("started_at", "DateTime"),

@@ -31,8 +31,15 @@ SAMPLES = {
     ],
     "metric_snapshots": [(T0, "acme", "nps", "24h", 41.5, 200), (T0 + 60, "acme", "csat", "1h", 80.0, 18_446_744_073_709_551_615)],
     "complaints": [
-        ("k1", "acme", "c1", "high", "billing", "phone", "resolved", T0, T0 + 600, T0 + 3600, 1, T0 * 1000 + 3_600_000),
-        ("k2", "acme", "c2", "normal", None, None, "opened", T0, None, None, 0, T0 * 1000),
+        ("k1", "acme", "c1", "high", "billing", "phone", "resolved", T0, T0 + 600, T0 + 3600, 1, T0 * 1000 + 3_600_000,
+         T0 * 1000, T0 * 1000 + 600_000, T0 * 1000 + 3_600_000, 0, 1, T0 * 1000 + 3_600_000, 2, 0,
+         [18_446_744_073_709_551_615, 7], ["opened", "resolved"], [T0 * 1000, T0 * 1000 + 3_600_000]),
+        ("k2", "acme", "c2", "normal", None, None, "opened", T0, None, None, 0, T0 * 1000,
+         T0 * 1000, None, None, 1, 0, T0 * 1000, 0, 0, [], [], []),
+    ],
+    "actions": [
+        ("3f2a", "complaint_sla_breach", "acme", "c1", "first response SLA breached", ["complaint_id", "stage"],
+         ["k1", "first_response"], T0, T0 * 1000, T0 + 3600, T0 * 1000 + 3_600_000, 2),
     ],
     "funnel_progress": [
         ("purchase", "acme", "c1", T0, T0 * 1000 + 1, 3, [T0 * 1000 + 1, T0 * 1000 + 5000, T0 * 1000 + 9000, 0], T0 * 1000 + 9000, 2),
@@ -96,7 +103,8 @@ def test_replay_does_not_double_documented_counts(any_backend):
     events = event_rows(300)
     surveys = [(f"s{i}", T0 + i, (T0 + i) * 1000, ("acme", "globex")[i % 2], f"c{i}", "web", "NPS", i % 11, None, None, 0,
                 id_hash(f"s{i}"), [], []) for i in range(120)]
-    newer, older = SAMPLES["complaints"][0], SAMPLES["complaints"][0][:6] + ("opened", T0, None, None, 0, T0 * 1000)
+    newer = SAMPLES["complaints"][0]
+    older = newer[:6] + ("opened", T0, None, None, 0, T0 * 1000) + newer[12:]
     for replay in (events, events[100:200], events):  # whole batches and a partial overlap
         sink.insert("survey_responses", surveys)
         sink.insert("events", replay)
