@@ -8,15 +8,32 @@ from __future__ import annotations
 from typing import Callable
 
 from pipeline.metrics.base import MetricCore
+from pipeline.metrics.churn import ChurnConfig, ChurnCore
+from pipeline.metrics.engagement import EngagementCore
+from pipeline.metrics.followups import FollowupCore
 from pipeline.metrics.segments import SegmentCore
 from pipeline.metrics.surveys import SurveyCore
-from pipeline.settings import Settings
+from pipeline.registry import make_registry
+from pipeline.settings import Settings, duration_ms
+from pipeline.wire import Codec
 
 CORES: dict[str, Callable[[Settings], MetricCore]] = {
     "surveys": lambda settings: SurveyCore(settings.window_ms),
     "segments": lambda settings: SegmentCore(settings.window_ms, tuple(settings.segment_dimensions),
                                              settings.segment_max_values),
+    "engagement": lambda settings: EngagementCore({w: duration_ms(w) for w in settings.engagement_windows}),
+    "churn": lambda settings: ChurnCore(churn_config(settings), Codec(make_registry(settings.schema_registry_url))),
+    "followups": lambda settings: FollowupCore(duration_ms(settings.followup_due),
+                                               duration_ms(settings.followup_recovery_window)),
 }
+
+
+def churn_config(settings: Settings) -> ChurnConfig:
+    return ChurnConfig(
+        weights=settings.churn_weights, medium=settings.churn_medium, high=settings.churn_high,
+        inactivity_ms=duration_ms(settings.churn_inactivity), memory_ms=duration_ms(settings.churn_memory),
+        handoff_timeout_ms=duration_ms(settings.churn_handoff_timeout), drop=settings.churn_activity_drop,
+        forget_ms=duration_ms(settings.churn_forget))
 
 
 def build_cores(settings: Settings) -> list[MetricCore]:
