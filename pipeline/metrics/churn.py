@@ -107,8 +107,11 @@ class Customer:
             self.days |= 1 << (self.top_day - d)
 
     def active_days(self, first_day: int, last_day: int) -> int:
-        return sum(1 for d in range(first_day, last_day + 1)
-                   if 0 <= self.top_day - d < DAY_BITS and self.days >> (self.top_day - d) & 1)
+        """Days in [first_day, last_day] with an event (bit i of ``days`` is day top_day - i)."""
+        low, high = max(self.top_day - last_day, 0), min(self.top_day - first_day, DAY_BITS - 1)
+        if low > high:
+            return 0
+        return (self.days >> low & ((1 << (high - low + 1)) - 1)).bit_count()
 
     def answered(self, event_ms: int, score: int) -> None:
         if event_ms >= self.nps_ms:
@@ -130,41 +133,71 @@ class Customer:
         return self.cancelled_ms > self.started_ms
 
 
-def contributions(c: Customer, clock_ms: int, cfg: ChurnConfig) -> list[Contribution]:
-    """The signals present at ``clock_ms``, each with its weight and evidence, in SIGNALS order."""
-    recent = lambda ms: ms and clock_ms - ms < cfg.memory_ms  # noqa: E731
-    found: dict[str, str] = {}
+def present(c: Customer, clock_ms: int, cfg: ChurnConfig) -> list[str]:
+    """The signals present at ``clock_ms``, in SIGNALS order (cheap: runs on every touch of a customer)."""
+    memory = cfg.memory_ms
+    found = []
     if c.last_ms and clock_ms - c.last_ms >= cfg.inactivity_ms:
-        found["inactivity"] = f"no activity for {(clock_ms - c.last_ms) // DAY_MS} days (last on {day(c.last_ms)})"
-    if recent(c.nps_ms) and c.nps_score <= 6:
-        found["detractor"] = f"NPS {c.nps_score} on {day(c.nps_ms)}"
-    complaints = [ms for ms, _ in c.complaints if recent(ms)]
-    problems = []
-    if len(complaints) >= 2:
-        problems.append(f"{len(complaints)} complaints within {cfg.memory_ms // DAY_MS} days "
-                        f"(last on {day(complaints[0])})")
-    if c.breach is not None and recent(c.breach[0]):
-        problems.append(f"{c.breach[1]} on {day(c.breach[0])}")
-    if problems:
-        found["complaints"] = "; ".join(problems)
-    if recent(c.downgrade_ms):
-        found["downgrade"] = f"subscription downgraded on {day(c.downgrade_ms)}"
-    chat = []
-    if recent(c.abandoned_ms):
-        chat.append(f"chatbot conversation abandoned on {day(c.abandoned_ms)}")
-    if c.handoff_ms > c.resolved_ms and clock_ms - c.handoff_ms >= cfg.handoff_timeout_ms and recent(c.handoff_ms):
-        chat.append(f"chatbot handoff on {day(c.handoff_ms)} never resolved")
-    if chat:
-        found["chatbot"] = "; ".join(chat)
+        found.append("inactivity")
+    if c.nps_ms and clock_ms - c.nps_ms < memory and c.nps_score <= 6:
+        found.append("detractor")
+    if (sum(1 for ms, _ in c.complaints if clock_ms - ms < memory) >= 2
+            or (c.breach is not None and clock_ms - c.breach[0] < memory)):
+        found.append("complaints")
+    if c.downgrade_ms and clock_ms - c.downgrade_ms < memory:
+        found.append("downgrade")
+    if (c.abandoned_ms and clock_ms - c.abandoned_ms < memory) or _unresolved_handoff(c, clock_ms, cfg):
+        found.append("chatbot")
+    if c.days:
+        last_week, before = _activity(c, clock_ms)
+        if before >= MIN_BASELINE_DAYS and last_week < cfg.drop * before:
+            found.append("activity_drop")
+    return found
+
+
+def _unresolved_handoff(c: Customer, clock_ms: int, cfg: ChurnConfig) -> bool:
+    return c.handoff_ms > c.resolved_ms and cfg.handoff_timeout_ms <= clock_ms - c.handoff_ms < cfg.memory_ms
+
+
+def _activity(c: Customer, clock_ms: int) -> tuple[int, float]:
+    """Active days in the last 7 full days, and the weekly mean of active days in the 3 weeks before."""
     today = clock_ms // DAY_MS
-    last_week, before = c.active_days(today - 7, today - 1), c.active_days(today - 28, today - 8) / 3
-    if before >= MIN_BASELINE_DAYS and last_week < cfg.drop * before:
-        found["activity_drop"] = f"active on {last_week} of the last 7 days, {before:.1f} a week in the 3 weeks before"
-    return [Contribution(name, cfg.weights.get(name, 0.0), found[name]) for name in SIGNALS if name in found]
+    return c.active_days(today - 7, today - 1), c.active_days(today - 28, today - 8) / 3
 
 
-def score_of(found: Sequence[Contribution]) -> float:
-    return min(1.0, round(sum(c.weight for c in found), 9))
+def evidence(c: Customer, signal: str, clock_ms: int, cfg: ChurnConfig) -> str:
+    """Why ``signal`` is present, in words."""
+    if signal == "inactivity":
+        return f"no activity for {(clock_ms - c.last_ms) // DAY_MS} days (last on {day(c.last_ms)})"
+    if signal == "detractor":
+        return f"NPS {c.nps_score} on {day(c.nps_ms)}"
+    if signal == "complaints":
+        recent = [ms for ms, _ in c.complaints if clock_ms - ms < cfg.memory_ms]
+        parts = [f"{len(recent)} complaints within {cfg.memory_ms // DAY_MS} days (last on {day(recent[0])})"] \
+            if len(recent) >= 2 else []
+        if c.breach is not None and clock_ms - c.breach[0] < cfg.memory_ms:
+            parts.append(f"{c.breach[1]} on {day(c.breach[0])}")
+        return "; ".join(parts)
+    if signal == "downgrade":
+        return f"subscription downgraded on {day(c.downgrade_ms)}"
+    if signal == "chatbot":
+        parts = [f"chatbot conversation abandoned on {day(c.abandoned_ms)}"] \
+            if c.abandoned_ms and clock_ms - c.abandoned_ms < cfg.memory_ms else []
+        if _unresolved_handoff(c, clock_ms, cfg):
+            parts.append(f"chatbot handoff on {day(c.handoff_ms)} never resolved")
+        return "; ".join(parts)
+    last_week, before = _activity(c, clock_ms)
+    return f"active on {last_week} of the last 7 days, {before:.1f} a week in the 3 weeks before"
+
+
+def contributions(c: Customer, clock_ms: int, cfg: ChurnConfig) -> list[Contribution]:
+    """Each signal present at ``clock_ms`` with its weight and evidence, in SIGNALS order."""
+    return [Contribution(name, cfg.weights.get(name, 0.0), evidence(c, name, clock_ms, cfg))
+            for name in present(c, clock_ms, cfg)]
+
+
+def score_of(signals: Sequence[str], cfg: ChurnConfig) -> float:
+    return min(1.0, round(sum(cfg.weights.get(name, 0.0) for name in signals), 9))
 
 
 def level_of(c: Customer, score: float, cfg: ChurnConfig) -> str:
@@ -276,11 +309,11 @@ class ChurnCore(MetricCore[ChurnState]):
             self._evaluate(state, c, state.clock_ms, out)
 
     def _evaluate(self, state: ChurnState, c: Customer, clock_ms: int, out: Output) -> None:
-        found = contributions(c, clock_ms, self.config)
-        score = score_of(found)
+        signals = present(c, clock_ms, self.config)
+        score = score_of(signals, self.config)
         level = level_of(c, score, self.config)
         if level != c.level:
-            self._emit(state, c, level, score, found, clock_ms, out)
+            self._emit(state, c, level, score, contributions(c, clock_ms, self.config), clock_ms, out)
         due = next_change_ms(c, clock_ms, self.config)
         if due != c.due_ms:
             c.due_ms = due

@@ -84,10 +84,10 @@ class EngagementCore(MetricCore[EngagementState]):
         out: dict[tuple[str, str], tuple[int, int]] = {}
         for state in states:
             for label, window in self.windows_ms.items():
-                complained = _counts(state.complained, clock_ms, window)
-                for tenant, active in _counts(state.active, clock_ms, window).items():
+                active, complained = _counts(state.active, clock_ms, window), _counts(state.complained, clock_ms, window)
+                for tenant in active.keys() | complained.keys():
                     a, c = out.get((tenant, label), (0, 0))
-                    out[(tenant, label)] = (a + active, c + complained.get(tenant, 0))
+                    out[(tenant, label)] = (a + active.get(tenant, 0), c + complained.get(tenant, 0))
         return out
 
     @staticmethod
