@@ -85,30 +85,36 @@ class Contribution(NamedTuple):
 class Customer:
     """What the score needs about one customer; times are epoch ms, 0 for never."""
 
-    __slots__ = ("customer_id", "tenant", "level", "due_ms", "last_ms", "days", "top_day", "nps_ms", "nps_score",
+    __slots__ = ("customer_id", "tenant", "level", "due_ms", "last_ms", "days", "nps_ms", "nps_score",
                  "complaints", "breach", "downgrade_ms", "abandoned_ms", "handoff_ms", "resolved_ms", "cancelled_ms",
                  "started_ms")
 
     def __init__(self, customer_id: str, tenant: str):
         self.customer_id, self.tenant, self.level = customer_id, tenant, "low"
-        self.due_ms = self.last_ms = self.days = self.top_day = self.nps_ms = self.nps_score = 0
+        self.due_ms = self.last_ms = self.days = self.nps_ms = self.nps_score = 0
         self.complaints: tuple = ()  # the two latest distinct (opened ms, complaint id)
         self.breach: Optional[tuple[int, str]] = None  # latest (ms, what happened)
         self.downgrade_ms = self.abandoned_ms = self.handoff_ms = self.resolved_ms = 0
         self.cancelled_ms = self.started_ms = 0
 
+    @property
+    def top_day(self) -> int:
+        """The day of the latest event: bit 0 of ``days``."""
+        return self.last_ms // DAY_MS
+
     def seen(self, event_ms: int) -> None:
+        d, top = event_ms // DAY_MS, self.top_day
+        if d > top:
+            self.days = (self.days << min(d - top, DAY_BITS)) & ((1 << DAY_BITS) - 1)
         self.last_ms = max(self.last_ms, event_ms)
-        d = event_ms // DAY_MS
-        if d > self.top_day:
-            self.days = (self.days << min(d - self.top_day, DAY_BITS)) & ((1 << DAY_BITS) - 1)
-            self.top_day = d
-        if self.top_day - d < DAY_BITS:
-            self.days |= 1 << (self.top_day - d)
+        top = self.top_day
+        if top - d < DAY_BITS:
+            self.days |= 1 << (top - d)
 
     def active_days(self, first_day: int, last_day: int) -> int:
         """Days in [first_day, last_day] with an event (bit i of ``days`` is day top_day - i)."""
-        low, high = max(self.top_day - last_day, 0), min(self.top_day - first_day, DAY_BITS - 1)
+        top = self.top_day
+        low, high = max(top - last_day, 0), min(top - first_day, DAY_BITS - 1)
         if low > high:
             return 0
         return (self.days >> low & ((1 << (high - low + 1)) - 1)).bit_count()
@@ -302,7 +308,7 @@ class ChurnCore(MetricCore[ChurnState]):
             due, key = heapq.heappop(timers)
             c = state.customers.get(key)
             if c is None or c.due_ms != due:
-                continue  # rescheduled since, or forgotten
+                continue  # superseded by an earlier timer, or forgotten
             if state.clock_ms - c.last_ms >= self.config.forget_ms:
                 del state.customers[key]
                 continue
@@ -314,8 +320,10 @@ class ChurnCore(MetricCore[ChurnState]):
         level = level_of(c, score, self.config)
         if level != c.level:
             self._emit(state, c, level, score, contributions(c, clock_ms, self.config), clock_ms, out)
+        # One live timer per customer: a later change time needs no new entry, because the pending
+        # earlier one re-scores the customer (harmlessly early) and schedules the next.
         due = next_change_ms(c, clock_ms, self.config)
-        if due != c.due_ms:
+        if c.due_ms <= clock_ms or due < c.due_ms:
             c.due_ms = due
             heapq.heappush(state.timers, (due, customer_key(c.tenant, c.customer_id)))
 

@@ -86,7 +86,10 @@ _TABLES = (
         ("customer_id", "String"), ("tenant", "String"), ("score", "Float64"), ("level", "String"),
         ("reasons", "Array(String)"), ("signal_time", "DateTime"), ("signal_ms", "Int64"),
         ("previous_level", "String"), ("kafka_partition", "UInt16"),
-    ), "ReplacingMergeTree() PARTITION BY toYYYYMM(signal_time) ORDER BY (tenant, customer_id, signal_ms)"),
+        # Two changes of one customer can share signal_ms (input from several topics arrives out of order
+        # and is judged at the same clock), so the key names the change, not just its time.
+    ), "ReplacingMergeTree() PARTITION BY toYYYYMM(signal_time) "
+       "ORDER BY (tenant, customer_id, signal_ms, previous_level, level)"),
     # What the churn core learned from other cores' facts (complaints opened, SLA breaches), which no
     # other table keeps per customer and Kafka partition: its state is rebuilt from here.
     Table("churn_evidence", (
