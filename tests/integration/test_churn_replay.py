@@ -22,6 +22,7 @@ import fastavro
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
+from pipeline.demo import scrape
 from pipeline.settings import Settings
 from pipeline.simulate import Simulator
 from schemas import SCHEMA_DIR
@@ -92,7 +93,9 @@ def read_signals(bootstrap: str, topic: str) -> list[dict]:
     for message in consumer:
         assert message.value[0] == 0 and message.key.decode() == fastavro.schemaless_reader(
             io.BytesIO(message.value[5:]), SIGNAL_SCHEMA)["customer_id"]
-        signals.append(fastavro.schemaless_reader(io.BytesIO(message.value[5:]), SIGNAL_SCHEMA))
+        signal = fastavro.schemaless_reader(io.BytesIO(message.value[5:]), SIGNAL_SCHEMA)
+        signal["signal_time"] = round(signal["signal_time"].timestamp() * 1000)  # timestamp-millis -> int ms
+        signals.append(signal)
     consumer.close()
     return signals
 
@@ -103,10 +106,10 @@ def run(broker, clickhouse_server, tmp_path_factory):
     prefix, database = f"t{uuid.uuid4().hex[:6]}.", f"cx_churn_{uuid.uuid4().hex[:6]}"
     data_dir = tmp_path_factory.mktemp("worker-churn")
     # Batches of one source and partition arrive out of event-time order across topics: accept 40 days.
-    # 10 messages of 200 events a batch keep the worker answering /metrics while it works.
+    # 5 messages of 200 events a batch: the worker answers /metrics between batches.
     env = worker_env(broker.url, data_dir, clickhouse_server.url(database), CXP_TOPIC_PREFIX=prefix,
                      CXP_CLICKHOUSE_DATABASE=database, CXP_PARTITIONS="4", CXP_APP_ID=f"cxp-test-{prefix}",
-                     CXP_MAX_LATENESS="60d", CXP_BATCH_MAX_MESSAGES="10")
+                     CXP_MAX_LATENESS="60d", CXP_BATCH_MAX_MESSAGES="5")
     worker = WorkerProcess(env, data_dir / "worker.log").start()
     backend = NativeBackend(clickhouse_server.url(database))
     state = {"input": inp, "worker": worker, "ch": backend, "db": database, "bootstrap": broker.bootstrap_servers,
@@ -119,13 +122,24 @@ def run(broker, clickhouse_server, tmp_path_factory):
         worker.stop()
 
 
+def metrics(worker: WorkerProcess) -> dict:
+    """/metrics with a patient timeout: the worker answers between batches, and 2 cores are busy here."""
+    return scrape(worker.metrics_url, timeout=60)
+
+
+def wait_for(worker: WorkerProcess, predicate, what: str, timeout_s: float = 900) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate(metrics(worker)):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}:\n{worker.log_tail()}"
+        time.sleep(1)
+
+
 def settle(state: dict, consumed: int) -> None:
     """Wait until ``consumed`` events went through and every signal is on the topic and in the table."""
     worker = state["worker"]
-    worker.wait_for(lambda s: _sum(s, "cxp_events_consumed_total") >= consumed, timeout_s=600,
-                    what=f"{consumed} events consumed")
-    worker.wait_for(lambda s: _sum(s, "cxp_sink_rows_total", table="events") >= _sum(s, "cxp_events_processed_total"),
-                    timeout_s=300, what="events flushed")
+    wait_for(worker, lambda s: _sum(s, "cxp_events_consumed_total") >= consumed, f"{consumed} events consumed")
+    wait_for(worker, lambda s: _sum(s, "cxp_sink_rows_total", table="events") >= _sum(s, "cxp_events_processed_total"),
+             "events flushed")
     deadline = time.monotonic() + 120
     while len(read_signals(state["bootstrap"], state["topic"])) != table_count(state):
         assert time.monotonic() < deadline, "signals on the topic and rows in churn_signals never matched"
@@ -152,7 +166,7 @@ def test_input_has_what_churn_needs(run):
 
 
 def test_active_customers_equal_uniq_exact_over_events(run):
-    samples, ch, db = run["worker"].metrics(), run["ch"], run["db"]
+    samples, ch, db = metrics(run["worker"]), run["ch"], run["db"]
     clock = ch.query(f"SELECT max(event_ms) FROM {db}.events")[0][0]
     assert clock == run["input"].clock
     for window, w_ms in WINDOWS.items():
@@ -187,19 +201,19 @@ def test_final_levels_match_the_weighted_definition(run):
     latest = {(s["tenant"], s["customer_id"]): s["level"] for s in read_signals(run["bootstrap"], run["topic"])}
     got = {key: latest.get(key, "low") for key in expected}
     assert got == expected
-    gauge = {(l["tenant"], l["level"]): v for l, v in run["worker"].metrics()["cx_churn_risk_customers"]}
+    gauge = {(l["tenant"], l["level"]): v for l, v in metrics(run["worker"])["cx_churn_risk_customers"]}
     assert {k: v for k, v in gauge.items() if v} == dict(Counter((tenant, level) for (tenant, _), level
                                                                 in expected.items()))
 
 
 def test_replaying_the_whole_input_adds_no_signal(run):
     before_topic, before_table = len(read_signals(run["bootstrap"], run["topic"])), table_count(run)
-    before = {name: run["worker"].metrics()[name] for name in ("cx_churn_risk_customers", "cx_active_customers")}
+    before = {name: metrics(run["worker"])[name] for name in ("cx_churn_risk_customers", "cx_active_customers")}
     produce_valid(run["bootstrap"], run["prefix"], run["input"], batched=True)
     settle(run, 2 * len(run["input"].valid))
     assert len(read_signals(run["bootstrap"], run["topic"])) == before_topic
     assert table_count(run) == before_table
-    after = run["worker"].metrics()
+    after = metrics(run["worker"])
     for name, samples in before.items():
         assert sorted(after[name], key=repr) == sorted(samples, key=repr), name
     assert _sum(after, "cx_churn_signals_total") >= before_topic
