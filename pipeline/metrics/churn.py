@@ -85,12 +85,12 @@ class Contribution(NamedTuple):
 class Customer:
     """What the score needs about one customer; times are epoch ms, 0 for never."""
 
-    __slots__ = ("customer_id", "tenant", "level", "due_ms", "last_ms", "days", "nps_ms", "nps_score",
+    __slots__ = ("customer_id", "tenant", "level", "seq", "due_ms", "last_ms", "days", "nps_ms", "nps_score",
                  "complaints", "breach", "downgrade_ms", "abandoned_ms", "handoff_ms", "resolved_ms", "cancelled_ms",
                  "started_ms")
 
     def __init__(self, customer_id: str, tenant: str):
-        self.customer_id, self.tenant, self.level = customer_id, tenant, "low"
+        self.customer_id, self.tenant, self.level, self.seq = customer_id, tenant, "low", 0  # seq: signals so far
         self.due_ms = self.last_ms = self.days = self.nps_ms = self.nps_score = 0
         self.complaints: tuple = ()  # the two latest distinct (opened ms, complaint id)
         self.breach: Optional[tuple[int, str]] = None  # latest (ms, what happened)
@@ -230,6 +230,7 @@ def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
 class ChurnState:
     customers: dict[int, Customer] = field(default_factory=dict)
     timers: list[tuple[int, int]] = field(default_factory=list)  # heap of (due ms, customer key)
+    dirty: dict[int, Customer] = field(default_factory=dict)  # touched since the last tick, by id()
     clock_ms: int = 0
     partition: int = 0  # the Kafka partition this state belongs to (learnt from add and restore)
 
@@ -257,7 +258,7 @@ class ChurnCore(MetricCore[ChurnState]):
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ChurnState, accepted: Accepted, out: Output) -> None:
         state.partition = accepted.partition
-        touched = {}
+        dirty = state.dirty
         for event in accepted.events:
             if event.get("customer_id") is None:
                 continue
@@ -269,16 +270,14 @@ class ChurnCore(MetricCore[ChurnState]):
             if attribute:
                 c.note_time(attribute, event_ms)
             state.clock_ms = max(state.clock_ms, event_ms)
-            touched[id(c)] = c
+            dirty[id(c)] = c
         for event in out.facts.get("answers", ()):
             survey = event["survey"]
             if survey["kind"] == "NPS" and event.get("customer_id") is not None:
                 c = self._customer(state, event["tenant"], event["customer_id"])
                 c.answered(event["event_time"], survey["score"])
-                touched[id(c)] = c
-        touched.update((id(c), c) for c in self._read_complaint_facts(state, out))
-        for c in touched.values():
-            self._evaluate(state, c, state.clock_ms, out)
+                dirty[id(c)] = c
+        dirty.update((id(c), c) for c in self._read_complaint_facts(state, out))
 
     def _read_complaint_facts(self, state: ChurnState, out: Output) -> list[Customer]:
         touched = []
@@ -300,9 +299,14 @@ class ChurnCore(MetricCore[ChurnState]):
         return touched
 
     def tick(self, state: ChurnState, clock_ms: int, out: Output) -> None:
+        """Score the customers the batch touched, then those whose timer is due, at the batch's clock.
+        Once per batch, not per message: events of one batch arriving out of order across topics
+        would otherwise flip a level back and forth within the batch."""
         state.clock_ms = max(state.clock_ms, clock_ms)
-        for c in self._read_complaint_facts(state, out):
+        state.dirty.update((id(c), c) for c in self._read_complaint_facts(state, out))
+        for c in state.dirty.values():
             self._evaluate(state, c, state.clock_ms, out)
+        state.dirty.clear()
         timers = state.timers
         while timers and timers[0][0] <= state.clock_ms:
             due, key = heapq.heappop(timers)
@@ -332,19 +336,20 @@ class ChurnCore(MetricCore[ChurnState]):
         if level == "churned":
             found = [Contribution("cancelled", 0.0, f"subscription cancelled on {day(c.cancelled_ms)}"), *found]
         reasons = [f"{f.signal} ({f.weight:g}): {f.evidence}" for f in found]
-        previous, c.level = c.level, level
+        previous, c.level, c.seq = c.level, level, c.seq + 1
         out.rows["churn_signals"].append(SignalRow(
             customer_id=c.customer_id, tenant=c.tenant, score=score, level=level, reasons=reasons,
-            signal_time=at_ms // 1000, signal_ms=at_ms, previous_level=previous, kafka_partition=state.partition))
+            signal_time=at_ms // 1000, signal_ms=at_ms, previous_level=previous, kafka_partition=state.partition,
+            seq=c.seq))
         out.send("signals.churn", c.customer_id.encode("utf-8"), self.codec.encode("cx.ChurnSignal", {
             "customer_id": c.customer_id, "tenant": c.tenant, "score": score, "level": level, "reasons": reasons,
-            "signal_time": at_ms, "previous_level": previous,
+            "signal_time": at_ms, "previous_level": previous, "sequence": c.seq,
             "contributions": [f._asdict() for f in found]}))
         for f in found or (Contribution("cleared", 0.0, ""),):
             out.count("cx_churn_signals", (c.tenant, f.signal))
         out.facts["churn_changes"].append({
             "customer_id": c.customer_id, "tenant": c.tenant, "level": level, "previous_level": previous,
-            "score": score, "reasons": reasons, "at_ms": at_ms})
+            "score": score, "reasons": reasons, "at_ms": at_ms, "sequence": c.seq})
 
     # -- restore ---------------------------------------------------------------------------------
     def restore_queries(self) -> Sequence[RestoreQuery]:
@@ -368,7 +373,7 @@ class ChurnCore(MetricCore[ChurnState]):
             RestoreQuery("evidence", "SELECT kafka_partition, tenant, customer_id, kind, evidence_id, evidence_ms, "
                          "detail FROM {db}.churn_evidence FINAL WHERE kafka_partition IN ({partitions}) "
                          "AND evidence_ms > {since_ms}", cfg.memory_ms),
-            RestoreQuery("levels", "SELECT kafka_partition, tenant, customer_id, argMax(level, signal_ms) FROM "
+            RestoreQuery("levels", "SELECT kafka_partition, tenant, customer_id, argMax(level, seq), max(seq) FROM "
                          "{db}.churn_signals WHERE kafka_partition IN ({partitions}) AND signal_ms > {since_ms} "
                          "GROUP BY kafka_partition, tenant, customer_id", cfg.forget_ms),
         )
@@ -396,7 +401,7 @@ class ChurnCore(MetricCore[ChurnState]):
                 else:
                     c.breached(evidence_ms, detail)
             elif query == "levels":
-                c.level = row[2]
+                c.level, c.seq = row[2], int(row[3])
         if query == "levels":  # the last query: score everyone at the next tick
             for key, c in state.customers.items():
                 c.due_ms = state.clock_ms

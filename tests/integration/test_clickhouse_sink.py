@@ -36,8 +36,8 @@ SAMPLES = {
     ],
     "funnel_progress": [("purchase", "acme", "c1", T0, 3, T0 * 1000 + 1), ("purchase", "acme", "c2", T0 + 5, 1, T0 * 1000 + 2)],
     "churn_signals": [
-        ("c1", "acme", 0.8125, "high", ["inactivity", "detractor"], T0, T0 * 1000 + 1, "medium", 3),
-        ("c2", "acme", 0.0, "low", [], T0 + 1, T0 * 1000 + 2, "high", 0),
+        ("c1", "acme", 0.8125, "high", ["inactivity", "detractor"], T0, T0 * 1000 + 1, "medium", 3, 2),
+        ("c2", "acme", 0.0, "low", [], T0 + 1, T0 * 1000 + 2, "high", 0, 7),
     ],
     "churn_evidence": [
         ("acme", "c1", "complaint_opened", "k1", T0 * 1000, "", 3),

@@ -124,7 +124,7 @@ def test_levels_scores_and_signals_follow_the_definition(raw, quiet_ticks):
     churn, state = core(), core().new_state()
     histories: dict[tuple, list] = defaultdict(list)
     levels = {customer: "low" for customer in CUSTOMERS}
-    clock, emitted = 0, 0
+    clock, signals = 0, defaultdict(int)
     steps = [("op", o) for o in ops] + [("tick", T0 + t) for t in sorted(quiet_ticks)]
     for offset, (what, item) in enumerate(steps):
         if what == "op":
@@ -149,7 +149,9 @@ def test_levels_scores_and_signals_follow_the_definition(raw, quiet_ticks):
         assert {(r.tenant, r.customer_id): (r.previous_level, r.level, r.score) for r in rows} == {
             k: (prev, new, pytest.approx(score)) for k, (prev, new, score) in changed.items()}
         assert len(rows) == len(changed) == len(out.messages["signals.churn"])  # one per change, none without
-        emitted += len(rows)
+        for r in rows:
+            signals[(r.tenant, r.customer_id)] += 1
+            assert r.seq == signals[(r.tenant, r.customer_id)]  # the customer's n-th change
     # the same input again, after everything: nothing changes, nothing is emitted
     for offset, (what, item) in enumerate(steps):
         out = step(churn, state, item, clock, offset) if what == "op" else Output()
@@ -164,14 +166,14 @@ def test_inactivity_is_judged_on_the_clock_without_the_customers_events():
     assert not out.rows["churn_signals"]
     churn.tick(state, T0 + 14 * DAY, out)  # inactivity 0.25 + downgrade 0.15 = 0.4: medium
     (row,) = out.rows["churn_signals"]
-    assert (row.level, row.previous_level, row.score, row.signal_ms) == ("medium", "low", 0.4, T0 + 14 * DAY)
+    assert (row.level, row.previous_level, row.score, row.signal_ms, row.seq) == ("medium", "low", 0.4, T0 + 14 * DAY, 1)
     day = "2026-05-28"
     assert row.reasons == [f"inactivity (0.25): no activity for 14 days (last on {day})",
                            f"downgrade (0.15): subscription downgraded on {day}"]
     assert out.counts == {("cx_churn_signals", ("acme", "inactivity")): 1, ("cx_churn_signals", ("acme", "downgrade")): 1}
     (key, value), = out.messages["signals.churn"]
     signal = fastavro.schemaless_reader(io.BytesIO(value[5:]), SIGNAL_SCHEMA)
-    assert key == b"c1" and signal["level"] == "medium" and signal["previous_level"] == "low"
+    assert key == b"c1" and (signal["level"], signal["previous_level"], signal["sequence"]) == ("medium", "low", 1)
     assert signal["contributions"][1] == {"signal": "downgrade", "weight": 0.15,
                                           "evidence": f"subscription downgraded on {day}"}
     assert out.facts["churn_changes"][0]["level"] == "medium"
@@ -210,7 +212,7 @@ def test_restore_rebuilds_the_same_levels_without_signals():
         "nps": [("acme", "c1", 2, T0 + DAY)],
         "evidence": [(r.tenant, r.customer_id, r.kind, r.evidence_id, r.evidence_ms, r.detail) for r in rows
                      if hasattr(r, "evidence_id")],
-        "levels": [(r.tenant, r.customer_id, r.level) for r in rows if hasattr(r, "level")],
+        "levels": [(r.tenant, r.customer_id, r.level, r.seq) for r in rows if hasattr(r, "level")],
     }
     for query in [q.name for q in churn.restore_queries()]:
         churn.restore(restored, query, restore[query], clock)
