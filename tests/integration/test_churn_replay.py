@@ -5,7 +5,8 @@ A seeded simulation of 40 days (50k events, inactive customers, detractors, down
 is written with plain kafka-python + fastavro. Checks: cx_active_customers equals ClickHouse's
 uniqExact over cx.events per window; every level change is one ChurnSignal on the topic and one row in
 churn_signals, each a real change; the final levels equal a plain recomputation of the weighted
-definition from the input; a replay of the whole input adds no signal and changes no gauge.
+definition from the input; a replay of the whole input adds no signal and changes no gauge, neither in
+the same worker nor in a new one that rebuilt its state from ClickHouse.
 
 The complaint core is not on this branch, so no complaints_opened / sla_breaches facts exist here:
 the complaint signal and cx_complaint_customers are covered by the unit tests.
@@ -119,7 +120,7 @@ def run(broker, clickhouse_server, tmp_path_factory):
         settle(state, len(inp.valid))
         yield state
     finally:
-        worker.stop()
+        state["worker"].stop()  # the restart test replaces it
 
 
 def metrics(worker: WorkerProcess) -> dict:
@@ -221,3 +222,18 @@ def test_replaying_the_whole_input_adds_no_signal(run):
     for name, samples in before.items():
         assert sorted(after[name], key=repr) == sorted(samples, key=repr), name
     assert _sum(after, "cx_churn_signals_total") >= before_topic
+
+
+def test_a_restarted_worker_rebuilds_its_state_and_a_replay_still_adds_nothing(run):
+    """A new worker process rebuilds engagement and churn state from ClickHouse (the restore queries on
+    the real server), then gets the whole input once more: no signal, the same gauges."""
+    before_topic, before_table = len(read_signals(run["bootstrap"], run["topic"])), table_count(run)
+    names = ("cx_churn_risk_customers", "cx_active_customers", "cx_detractor_followups")
+    before = {name: sorted(metrics(run["worker"])[name], key=repr) for name in names}
+    run["worker"].stop()
+    run["worker"] = WorkerProcess(run["worker"].env, run["worker"].log_path).start()
+    produce_valid(run["bootstrap"], run["prefix"], run["input"], batched=True)
+    settle(run, len(run["input"].valid))
+    assert len(read_signals(run["bootstrap"], run["topic"])) == before_topic and table_count(run) == before_table
+    after = metrics(run["worker"])
+    assert {name: sorted(after[name], key=repr) for name in names} == before
