@@ -20,6 +20,8 @@ from pydantic_settings import (
 )
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+CHURN_WEIGHTS = {"inactivity": 0.25, "detractor": 0.2, "complaints": 0.2, "downgrade": 0.15, "chatbot": 0.1,
+                 "activity_drop": 0.1}
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 
 
@@ -134,6 +136,28 @@ class Settings(BaseSettings):
                              "baseline (an EWMA of recent buckets stands in while history is shorter).")
     metrics: Annotated[list[str], NoDecode] = Field(
         ["all"], description="Metric cores to run (comma-separated: surveys, ...), or all.")
+    engagement_windows: Annotated[list[str], NoDecode] = Field(
+        ["1d", "7d", "30d"], description="Windows of cx_active_customers and cx_complaint_customers, by event time "
+        "(comma-separated). Stickiness (DAU/MAU) always uses 1d and 30d.")
+    churn_weights: Annotated[dict[str, float], NoDecode] = Field(
+        CHURN_WEIGHTS, description="Weight of each churn signal (signal=weight, comma-separated; signals not "
+        "listed keep their default); the score is the sum of the weights of the signals present, at most 1.")
+    churn_medium: float = Field(0.3, ge=0, le=1, description="Churn score from which a customer's level is medium.")
+    churn_high: float = Field(0.5, ge=0, le=1, description="Churn score from which a customer's level is high.")
+    churn_inactivity: str = Field("14d", description="No event for this long (event time) is the inactivity signal.")
+    churn_memory: str = Field(
+        "30d", description="How long a detractor answer, complaint, SLA breach, downgrade or chatbot problem "
+        "counts towards the churn score.")
+    churn_handoff_timeout: str = Field(
+        "24h", description="A chatbot handoff not followed by a resolved conversation within this time is a signal.")
+    churn_activity_drop: float = Field(
+        0.5, gt=0, lt=1, description="Activity-drop signal: active days in the last 7 full days below this share of "
+        "the weekly mean of the 3 weeks before (which must be at least 2 days a week).")
+    churn_forget: str = Field(
+        "90d", description="A customer without any event for this long is dropped from churn state and gauges.")
+    followup_due: str = Field("48h", description="Due time of a detractor_followup action after the answer.")
+    followup_recovery_window: str = Field(
+        "30d", description="Detractor follow-ups in this window count towards cx_detractor_followups (recovery).")
     snapshot_interval: float = Field(
         10.0, gt=0, description="Seconds between metric_snapshots rows of the current metric values."
     )
@@ -171,7 +195,17 @@ class Settings(BaseSettings):
             sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=config_file))
         return tuple(sources)
 
-    @field_validator("windows", "metrics", "segment_dimensions", mode="before")
+    @field_validator("churn_weights", mode="before")
+    @classmethod
+    def _parse_weights(cls, value):
+        if isinstance(value, str):
+            pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+            if any(len(pair) != 2 for pair in pairs):
+                raise ValueError(f"churn_weights must look like inactivity=0.25,detractor=0.2, got {value!r}")
+            value = {name.strip(): float(weight) for name, weight in pairs}
+        return {**CHURN_WEIGHTS, **value}
+
+    @field_validator("windows", "metrics", "segment_dimensions", "engagement_windows", mode="before")
     @classmethod
     def _split_lists(cls, value):
         return [w.strip() for w in value.split(",")] if isinstance(value, str) else value
@@ -182,7 +216,9 @@ class Settings(BaseSettings):
         sla_targets(value)
         return value
 
-    @field_validator("windows", "max_future_skew", "max_lateness", "dedup_horizon", "spike_bucket")
+    @field_validator("windows", "max_future_skew", "max_lateness", "dedup_horizon", "spike_bucket",
+                     "engagement_windows", "churn_inactivity", "churn_memory", "churn_handoff_timeout", "churn_forget",
+                     "followup_due", "followup_recovery_window")
     @classmethod
     def _check_duration(cls, value):
         for item in value if isinstance(value, list) else [value]:

@@ -9,9 +9,12 @@ from typing import Callable
 
 from pipeline.metrics.actions import ActionCore
 from pipeline.metrics.base import MetricCore
-from pipeline.metrics.funnels import FunnelCore
+from pipeline.metrics.churn import ChurnConfig, ChurnCore
 from pipeline.metrics.complaint_spikes import ComplaintSpikeCore, SpikeTest
 from pipeline.metrics.complaints import ComplaintCore
+from pipeline.metrics.engagement import EngagementCore
+from pipeline.metrics.followups import FollowupCore
+from pipeline.metrics.funnels import FunnelCore
 from pipeline.metrics.segments import SegmentCore
 from pipeline.metrics.surveys import SurveyCore
 from pipeline.registry import make_registry
@@ -28,10 +31,22 @@ CORES: dict[str, Callable[[Settings], MetricCore]] = {
     "complaint_spikes": lambda settings: ComplaintSpikeCore(SpikeTest(
         duration_ms(settings.spike_bucket), settings.spike_alpha, settings.spike_min_count, settings.spike_min_ratio,
         settings.spike_weeks)),
+    "engagement": lambda settings: EngagementCore({w: duration_ms(w) for w in settings.engagement_windows}),
+    "churn": lambda settings: ChurnCore(churn_config(settings), Codec(make_registry(settings.schema_registry_url))),
+    "followups": lambda settings: FollowupCore(duration_ms(settings.followup_due),
+                                               duration_ms(settings.followup_recovery_window)),
     # actions must stay last: it sends the follow-up actions every core before it published
     "actions": lambda settings: ActionCore(Codec(make_registry(settings.schema_registry_url)),
                                            duration_ms(settings.max_lateness)),
 }
+
+
+def churn_config(settings: Settings) -> ChurnConfig:
+    return ChurnConfig(
+        weights=settings.churn_weights, medium=settings.churn_medium, high=settings.churn_high,
+        inactivity_ms=duration_ms(settings.churn_inactivity), memory_ms=duration_ms(settings.churn_memory),
+        handoff_timeout_ms=duration_ms(settings.churn_handoff_timeout), drop=settings.churn_activity_drop,
+        forget_ms=duration_ms(settings.churn_forget))
 
 
 def build_cores(settings: Settings) -> list[MetricCore]:

@@ -130,7 +130,17 @@ _TABLES = (
     Table("churn_signals", (
         ("customer_id", "String"), ("tenant", "String"), ("score", "Float64"), ("level", "String"),
         ("reasons", "Array(String)"), ("signal_time", "DateTime"), ("signal_ms", "Int64"),
-    ), "ReplacingMergeTree() PARTITION BY toYYYYMM(signal_time) ORDER BY (tenant, customer_id, signal_ms)"),
+        ("previous_level", "String"), ("kafka_partition", "UInt16"), ("seq", "UInt64"),
+        # seq: the customer's n-th level change. Two changes can share signal_ms (input from several
+        # topics arrives out of order and is judged at one clock), so the change's number is the key.
+        # Not partitioned by time, so a re-sent change always lands next to its first copy.
+    ), "ReplacingMergeTree() ORDER BY (tenant, customer_id, seq)"),
+    # What the churn core learned from other cores' facts (complaints opened, SLA breaches), which no
+    # other table keeps per customer and Kafka partition: its state is rebuilt from here.
+    Table("churn_evidence", (
+        ("tenant", "String"), ("customer_id", "String"), ("kind", "String"), ("evidence_id", "String"),
+        ("evidence_ms", "Int64"), ("detail", "String"), ("kafka_partition", "UInt16"),
+    ), "ReplacingMergeTree() ORDER BY (tenant, customer_id, kind, evidence_id)"),
 )
 
 TABLES: dict[str, Table] = {table.name: table for table in _TABLES}

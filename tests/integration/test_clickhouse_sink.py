@@ -46,8 +46,12 @@ SAMPLES = {
         ("purchase", "acme", "c2", T0 + 5, T0 * 1000 + 5000, 1, [T0 * 1000 + 5000, 0, 0, 0], T0 * 1000 + 5000, 0),
     ],
     "churn_signals": [
-        ("c1", "acme", 0.8125, "high", ["inactivity", "detractor"], T0, T0 * 1000 + 1),
-        ("c2", "acme", 0.0, "low", [], T0 + 1, T0 * 1000 + 2),
+        ("c1", "acme", 0.8125, "high", ["inactivity", "detractor"], T0, T0 * 1000 + 1, "medium", 3, 2),
+        ("c2", "acme", 0.0, "low", [], T0 + 1, T0 * 1000 + 2, "high", 0, 7),
+    ],
+    "churn_evidence": [
+        ("acme", "c1", "complaint_opened", "k1", T0 * 1000, "", 3),
+        ("acme", "c1", "sla_breach", "k1|first_response", T0 * 1000 + 600_000, "high|first_response|3600000", 3),
     ],
 }
 

@@ -28,6 +28,7 @@ SPEC_GAUGES = {
     "cx_funnel_customers", "cx_funnel_conversion_ratio", "cx_churn_risk_customers", "cx_complaints_open",
     "cx_complaint_spike", "cx_active_customers", "cx_segment_nps", "cx_segment_csat", "cx_segment_ces",
     "cx_segment_responses", "cx_segment_score_sum", "cx_segment_score_count",
+    "cx_complaint_customers", "cx_detractor_followups",
     "cxp_event_time_lag_seconds",
 }
 SPEC_COUNTERS = {

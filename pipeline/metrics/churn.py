@@ -1,0 +1,433 @@
+"""An explainable churn-risk score per customer, and a signal whenever their risk level changes.
+
+The score is the sum of the weights of the signals present at the event-time clock, at most 1:
+
+=============  ==========================================================================================
+inactivity     no event from the customer for ``inactivity`` (14 days)
+detractor      the customer's latest NPS answer, within ``memory`` (30 days), scored 0..6
+complaints     two or more complaints opened within ``memory``, or a complaint that breached its SLA
+               (facts ``complaints_opened`` and ``sla_breaches`` of the complaint core)
+downgrade      a ``subscription_downgraded`` CRM event within ``memory``
+chatbot        a ``conversation_abandoned`` within ``memory``, or a ``handoff_requested`` not followed by
+               ``conversation_resolved`` within ``handoff_timeout`` (24 h)
+activity_drop  active on fewer days in the last 7 full days than ``drop`` (half) of the weekly mean of
+               the 3 weeks before, when that mean was at least 2 days a week
+=============  ==========================================================================================
+
+Levels: ``churned`` after ``subscription_cancelled`` (until a later ``subscription_started``), else
+``high`` from ``high`` (0.5), ``medium`` from ``medium`` (0.3), else ``low``. When a customer's level
+changes, a ``cx.ChurnSignal`` goes to ``signals.churn`` and a row to ``churn_signals``, with every
+contributing signal, its weight and its evidence; the fact ``churn_changes`` carries the same to later
+cores (follow-up actions). Inactivity and expiring evidence are judged in ``tick`` from a timer heap,
+so a customer who goes quiet is re-scored when the clock passes their next change, not at their next event.
+
+Idempotent: every piece of state is a latest time, a day bitmask or a set keyed by complaint id, so
+replayed input changes nothing and emits nothing. The state is rebuilt from ``events``,
+``survey_responses``, ``churn_evidence`` (what the complaint facts said) and ``churn_signals`` (the
+level last signalled). A customer without events for ``forget`` (90 days) is dropped without a signal.
+"""
+from __future__ import annotations
+
+import heapq
+import time
+from dataclasses import dataclass, field
+from typing import Iterable, NamedTuple, Optional, Sequence
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from pipeline.metrics.base import Accepted, Instrument, MetricCore, Output, RestoreQuery
+from pipeline.metrics.lastseen import customer_key
+from pipeline.wire import Codec
+from sinks.clickhouse.ddl import ROWS
+
+DAY_MS = 86_400_000
+SIGNALS = ("inactivity", "detractor", "complaints", "downgrade", "chatbot", "activity_drop")
+LEVELS = ("low", "medium", "high", "churned")
+DAY_BITS = 29  # today and the 28 days before: the activity-drop comparison needs no more
+MIN_BASELINE_DAYS = 2.0  # weekly active days before a drop can mean anything
+SignalRow, EvidenceRow = ROWS["churn_signals"], ROWS["churn_evidence"]
+CRM_TIMES = {"subscription_downgraded": "downgrade_ms", "subscription_cancelled": "cancelled_ms",
+             "subscription_started": "started_ms"}
+CHAT_TIMES = {"conversation_abandoned": "abandoned_ms", "handoff_requested": "handoff_ms",
+              "conversation_resolved": "resolved_ms"}
+
+
+def day(ms: int) -> str:
+    return time.strftime("%Y-%m-%d", time.gmtime(ms // 1000))
+
+
+@dataclass(frozen=True)
+class ChurnConfig:
+    weights: dict[str, float]
+    medium: float = 0.3
+    high: float = 0.5
+    inactivity_ms: int = 14 * DAY_MS
+    memory_ms: int = 30 * DAY_MS
+    handoff_timeout_ms: int = DAY_MS
+    drop: float = 0.5
+    forget_ms: int = 90 * DAY_MS
+
+    def __post_init__(self) -> None:
+        unknown = set(self.weights) - set(SIGNALS)
+        if unknown:
+            raise ValueError(f"unknown churn signals {sorted(unknown)} in churn_weights; known: {', '.join(SIGNALS)}")
+        if not self.medium <= self.high:
+            raise ValueError("churn_medium must not be above churn_high")
+
+
+class Contribution(NamedTuple):
+    signal: str
+    weight: float
+    evidence: str
+
+
+class Customer:
+    """What the score needs about one customer; times are epoch ms, 0 for never."""
+
+    __slots__ = ("customer_id", "tenant", "level", "seq", "due_ms", "last_ms", "days", "nps_ms", "nps_score",
+                 "complaints", "breach", "downgrade_ms", "abandoned_ms", "handoff_ms", "resolved_ms", "cancelled_ms",
+                 "started_ms")
+
+    def __init__(self, customer_id: str, tenant: str):
+        self.customer_id, self.tenant, self.level, self.seq = customer_id, tenant, "low", 0  # seq: signals so far
+        self.due_ms = self.last_ms = self.days = self.nps_ms = self.nps_score = 0
+        self.complaints: tuple = ()  # the two latest distinct (opened ms, complaint id)
+        self.breach: Optional[tuple[int, str]] = None  # latest (ms, what happened)
+        self.downgrade_ms = self.abandoned_ms = self.handoff_ms = self.resolved_ms = 0
+        self.cancelled_ms = self.started_ms = 0
+
+    @property
+    def top_day(self) -> int:
+        """The day of the latest event: bit 0 of ``days``."""
+        return self.last_ms // DAY_MS
+
+    def seen(self, event_ms: int) -> None:
+        d, top = event_ms // DAY_MS, self.top_day
+        if d > top:
+            self.days = (self.days << min(d - top, DAY_BITS)) & ((1 << DAY_BITS) - 1)
+        self.last_ms = max(self.last_ms, event_ms)
+        top = self.top_day
+        if top - d < DAY_BITS:
+            self.days |= 1 << (top - d)
+
+    def active_days(self, first_day: int, last_day: int) -> int:
+        """Days in [first_day, last_day] with an event (bit i of ``days`` is day top_day - i)."""
+        top = self.top_day
+        low, high = max(top - last_day, 0), min(top - first_day, DAY_BITS - 1)
+        if low > high:
+            return 0
+        return (self.days >> low & ((1 << (high - low + 1)) - 1)).bit_count()
+
+    def answered(self, event_ms: int, score: int) -> None:
+        if event_ms >= self.nps_ms:
+            self.nps_ms, self.nps_score = event_ms, score
+
+    def complained(self, opened_ms: int, complaint_id: str) -> None:
+        if any(cid == complaint_id for _, cid in self.complaints):
+            return
+        self.complaints = tuple(sorted(self.complaints + ((opened_ms, complaint_id),), reverse=True)[:2])
+
+    def breached(self, at_ms: int, what: str) -> None:
+        if self.breach is None or at_ms >= self.breach[0]:
+            self.breach = (at_ms, what)
+
+    def note_time(self, attribute: str, event_ms: int) -> None:
+        setattr(self, attribute, max(getattr(self, attribute), event_ms))
+
+    def cancelled(self) -> bool:
+        return self.cancelled_ms > self.started_ms
+
+
+def present(c: Customer, clock_ms: int, cfg: ChurnConfig) -> list[str]:
+    """The signals present at ``clock_ms``, in SIGNALS order (cheap: runs on every touch of a customer)."""
+    memory = cfg.memory_ms
+    found = []
+    if c.last_ms and clock_ms - c.last_ms >= cfg.inactivity_ms:
+        found.append("inactivity")
+    if c.nps_ms and clock_ms - c.nps_ms < memory and c.nps_score <= 6:
+        found.append("detractor")
+    if (sum(1 for ms, _ in c.complaints if clock_ms - ms < memory) >= 2
+            or (c.breach is not None and clock_ms - c.breach[0] < memory)):
+        found.append("complaints")
+    if c.downgrade_ms and clock_ms - c.downgrade_ms < memory:
+        found.append("downgrade")
+    if (c.abandoned_ms and clock_ms - c.abandoned_ms < memory) or _unresolved_handoff(c, clock_ms, cfg):
+        found.append("chatbot")
+    if c.days:
+        last_week, before = _activity(c, clock_ms)
+        if before >= MIN_BASELINE_DAYS and last_week < cfg.drop * before:
+            found.append("activity_drop")
+    return found
+
+
+def _unresolved_handoff(c: Customer, clock_ms: int, cfg: ChurnConfig) -> bool:
+    return c.handoff_ms > c.resolved_ms and cfg.handoff_timeout_ms <= clock_ms - c.handoff_ms < cfg.memory_ms
+
+
+def _activity(c: Customer, clock_ms: int) -> tuple[int, float]:
+    """Active days in the last 7 full days, and the weekly mean of active days in the 3 weeks before."""
+    today = clock_ms // DAY_MS
+    return c.active_days(today - 7, today - 1), c.active_days(today - 28, today - 8) / 3
+
+
+def evidence(c: Customer, signal: str, clock_ms: int, cfg: ChurnConfig) -> str:
+    """Why ``signal`` is present, in words."""
+    if signal == "inactivity":
+        return f"no activity for {(clock_ms - c.last_ms) // DAY_MS} days (last on {day(c.last_ms)})"
+    if signal == "detractor":
+        return f"NPS {c.nps_score} on {day(c.nps_ms)}"
+    if signal == "complaints":
+        recent = [ms for ms, _ in c.complaints if clock_ms - ms < cfg.memory_ms]
+        parts = [f"{len(recent)} complaints within {cfg.memory_ms // DAY_MS} days (last on {day(recent[0])})"] \
+            if len(recent) >= 2 else []
+        if c.breach is not None and clock_ms - c.breach[0] < cfg.memory_ms:
+            parts.append(f"{c.breach[1]} on {day(c.breach[0])}")
+        return "; ".join(parts)
+    if signal == "downgrade":
+        return f"subscription downgraded on {day(c.downgrade_ms)}"
+    if signal == "chatbot":
+        parts = [f"chatbot conversation abandoned on {day(c.abandoned_ms)}"] \
+            if c.abandoned_ms and clock_ms - c.abandoned_ms < cfg.memory_ms else []
+        if _unresolved_handoff(c, clock_ms, cfg):
+            parts.append(f"chatbot handoff on {day(c.handoff_ms)} never resolved")
+        return "; ".join(parts)
+    last_week, before = _activity(c, clock_ms)
+    return f"active on {last_week} of the last 7 days, {before:.1f} a week in the 3 weeks before"
+
+
+def contributions(c: Customer, clock_ms: int, cfg: ChurnConfig) -> list[Contribution]:
+    """Each signal present at ``clock_ms`` with its weight and evidence, in SIGNALS order."""
+    return [Contribution(name, cfg.weights.get(name, 0.0), evidence(c, name, clock_ms, cfg))
+            for name in present(c, clock_ms, cfg)]
+
+
+def score_of(signals: Sequence[str], cfg: ChurnConfig) -> float:
+    return min(1.0, round(sum(cfg.weights.get(name, 0.0) for name in signals), 9))
+
+
+def level_of(c: Customer, score: float, cfg: ChurnConfig) -> str:
+    if c.cancelled():
+        return "churned"
+    return "high" if score >= cfg.high else "medium" if score >= cfg.medium else "low"
+
+
+def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
+    """The earliest clock after ``clock_ms`` at which the clock alone may change the score, or forget them."""
+    candidates = [c.last_ms + cfg.inactivity_ms, c.last_ms + cfg.forget_ms]
+    for ms in (c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms, *(ms for ms, _ in c.complaints),
+               c.breach[0] if c.breach else 0):
+        if ms:
+            candidates.append(ms + cfg.memory_ms)
+    if c.handoff_ms > c.resolved_ms:
+        candidates.append(c.handoff_ms + cfg.handoff_timeout_ms)
+    if c.days and c.top_day + DAY_BITS > clock_ms // DAY_MS:
+        candidates.append((clock_ms // DAY_MS + 1) * DAY_MS)  # the activity-drop days move at midnight
+    return min((ms for ms in candidates if ms > clock_ms), default=clock_ms + cfg.forget_ms)
+
+
+@dataclass
+class ChurnState:
+    customers: dict[int, Customer] = field(default_factory=dict)
+    timers: list[tuple[int, int]] = field(default_factory=list)  # heap of (due ms, customer key)
+    dirty: dict[int, Customer] = field(default_factory=dict)  # touched since the last tick, by id()
+    clock_ms: int = 0
+    partition: int = 0  # the Kafka partition this state belongs to (learnt from add and restore)
+
+
+@dataclass
+class ChurnCore(MetricCore[ChurnState]):
+    config: ChurnConfig
+    codec: Codec
+    name: str = "churn"
+    instruments: Sequence[Instrument] = (
+        Instrument("cx_churn_signals", "counter", "Churn signals emitted (level changes), by contributing signal; "
+                   "cancelled for churned, cleared for a return to low without any signal.", ("tenant", "reason")),
+    )
+
+    def new_state(self) -> ChurnState:
+        return ChurnState()
+
+    def _customer(self, state: ChurnState, tenant: str, customer_id: str) -> Customer:
+        key = customer_key(tenant, customer_id)
+        c = state.customers.get(key)
+        if c is None:
+            c = state.customers[key] = Customer(customer_id, tenant)
+        return c
+
+    # -- input -----------------------------------------------------------------------------------
+    def add(self, state: ChurnState, accepted: Accepted, out: Output) -> None:
+        state.partition = accepted.partition
+        dirty = state.dirty
+        for event in accepted.events:
+            if event.get("customer_id") is None:
+                continue
+            c = self._customer(state, event["tenant"], event["customer_id"])
+            event_ms = event["event_time"]
+            c.seen(event_ms)
+            attribute = (CRM_TIMES if accepted.source == "crm" else CHAT_TIMES if accepted.source == "chatbot"
+                         else {}).get(event["event_type"])
+            if attribute:
+                c.note_time(attribute, event_ms)
+            state.clock_ms = max(state.clock_ms, event_ms)
+            dirty[id(c)] = c
+        for event in out.facts.get("answers", ()):
+            survey = event["survey"]
+            if survey["kind"] == "NPS" and event.get("customer_id") is not None:
+                c = self._customer(state, event["tenant"], event["customer_id"])
+                c.answered(event["event_time"], survey["score"])
+                dirty[id(c)] = c
+        dirty.update((id(c), c) for c in self._read_complaint_facts(state, out))
+
+    def _read_complaint_facts(self, state: ChurnState, out: Output) -> list[Customer]:
+        touched = []
+        rows = out.rows["churn_evidence"]
+        for opened in out.facts.get("complaints_opened", ()):
+            c = self._customer(state, opened["tenant"], opened["customer_id"])
+            c.complained(opened["opened_ms"], opened["complaint_id"])
+            rows.append(EvidenceRow(opened["tenant"], opened["customer_id"], "complaint_opened",
+                                    opened["complaint_id"], opened["opened_ms"], "", state.partition))
+            touched.append(c)
+        for breach in out.facts.get("sla_breaches", ()):
+            c = self._customer(state, breach["tenant"], breach["customer_id"])
+            what = (f"complaint {breach['complaint_id']} ({breach['priority']}) missed its {breach['stage']} SLA "
+                    f"by {breach['late_ms'] / 3_600_000:.1f} h")
+            c.breached(breach["at_ms"], what)
+            rows.append(EvidenceRow(breach["tenant"], breach["customer_id"], "sla_breach",
+                                    f"{breach['complaint_id']}|{breach['stage']}", breach["at_ms"], what, state.partition))
+            touched.append(c)
+        return touched
+
+    def tick(self, state: ChurnState, clock_ms: int, out: Output) -> None:
+        """Score the customers the batch touched, then those whose timer is due, at the batch's clock.
+        Once per batch, not per message: events of one batch arriving out of order across topics
+        would otherwise flip a level back and forth within the batch."""
+        state.clock_ms = max(state.clock_ms, clock_ms)
+        state.dirty.update((id(c), c) for c in self._read_complaint_facts(state, out))
+        for c in state.dirty.values():
+            self._evaluate(state, c, state.clock_ms, out)
+        state.dirty.clear()
+        timers = state.timers
+        while timers and timers[0][0] <= state.clock_ms:
+            due, key = heapq.heappop(timers)
+            c = state.customers.get(key)
+            if c is None or c.due_ms != due:
+                continue  # superseded by an earlier timer, or forgotten
+            if state.clock_ms - c.last_ms >= self.config.forget_ms:
+                del state.customers[key]
+                continue
+            self._evaluate(state, c, state.clock_ms, out)
+
+    def _evaluate(self, state: ChurnState, c: Customer, clock_ms: int, out: Output) -> None:
+        signals = present(c, clock_ms, self.config)
+        score = score_of(signals, self.config)
+        level = level_of(c, score, self.config)
+        if level != c.level:
+            self._emit(state, c, level, score, contributions(c, clock_ms, self.config), clock_ms, out)
+        # One live timer per customer: a later change time needs no new entry, because the pending
+        # earlier one re-scores the customer (harmlessly early) and schedules the next.
+        due = next_change_ms(c, clock_ms, self.config)
+        if c.due_ms <= clock_ms or due < c.due_ms:
+            c.due_ms = due
+            heapq.heappush(state.timers, (due, customer_key(c.tenant, c.customer_id)))
+
+    def _emit(self, state: ChurnState, c: Customer, level: str, score: float, found: list[Contribution],
+              at_ms: int, out: Output) -> None:
+        if level == "churned":
+            found = [Contribution("cancelled", 0.0, f"subscription cancelled on {day(c.cancelled_ms)}"), *found]
+        reasons = [f"{f.signal} ({f.weight:g}): {f.evidence}" for f in found]
+        previous, c.level, c.seq = c.level, level, c.seq + 1
+        out.rows["churn_signals"].append(SignalRow(
+            customer_id=c.customer_id, tenant=c.tenant, score=score, level=level, reasons=reasons,
+            signal_time=at_ms // 1000, signal_ms=at_ms, previous_level=previous, kafka_partition=state.partition,
+            seq=c.seq))
+        out.send("signals.churn", c.customer_id.encode("utf-8"), self.codec.encode("cx.ChurnSignal", {
+            "customer_id": c.customer_id, "tenant": c.tenant, "score": score, "level": level, "reasons": reasons,
+            "signal_time": at_ms, "previous_level": previous, "sequence": c.seq,
+            "contributions": [f._asdict() for f in found]}))
+        for f in found or (Contribution("cleared", 0.0, ""),):
+            out.count("cx_churn_signals", (c.tenant, f.signal))
+        out.facts["churn_changes"].append({
+            "customer_id": c.customer_id, "tenant": c.tenant, "level": level, "previous_level": previous,
+            "score": score, "reasons": reasons, "at_ms": at_ms, "sequence": c.seq})
+
+    # -- restore ---------------------------------------------------------------------------------
+    def restore_queries(self) -> Sequence[RestoreQuery]:
+        cfg = self.config
+        where = "kafka_partition IN ({partitions}) AND customer_id IS NOT NULL"
+        types = ", ".join(f"'{t}'" for t in (*CRM_TIMES, *CHAT_TIMES))
+        # kafka_partition twice: the sink strips the first, the state learns its partition from the second.
+        return (
+            RestoreQuery("seen", "SELECT kafka_partition, kafka_partition, tenant, customer_id, max(event_ms) FROM "
+                         "{db}.events WHERE " + where + " AND event_ms > {since_ms} "
+                         "GROUP BY kafka_partition, tenant, customer_id", cfg.forget_ms),
+            RestoreQuery("days", "SELECT kafka_partition, tenant, customer_id, max(event_ms) FROM {db}.events WHERE "
+                         + where + " AND event_ms > {since_ms} "
+                         "GROUP BY kafka_partition, tenant, customer_id, intDiv(event_ms, 86400000)", DAY_BITS * DAY_MS),
+            RestoreQuery("typed", "SELECT kafka_partition, tenant, customer_id, event_type, max(event_ms) FROM "
+                         "{db}.events WHERE " + where + f" AND event_type IN ({types}) AND event_ms > {{since_ms}} "
+                         "GROUP BY kafka_partition, tenant, customer_id, event_type", cfg.forget_ms),
+            RestoreQuery("nps", "SELECT kafka_partition, tenant, customer_id, argMax(score, event_ms), max(event_ms) "
+                         "FROM {db}.survey_responses WHERE " + where + " AND kind = 'NPS' AND event_ms > {since_ms} "
+                         "GROUP BY kafka_partition, tenant, customer_id", cfg.memory_ms),
+            RestoreQuery("evidence", "SELECT kafka_partition, tenant, customer_id, kind, evidence_id, evidence_ms, "
+                         "detail FROM {db}.churn_evidence FINAL WHERE kafka_partition IN ({partitions}) "
+                         "AND evidence_ms > {since_ms}", cfg.memory_ms),
+            RestoreQuery("levels", "SELECT kafka_partition, tenant, customer_id, argMax(level, seq), max(seq) FROM "
+                         "{db}.churn_signals WHERE kafka_partition IN ({partitions}) AND signal_ms > {since_ms} "
+                         "GROUP BY kafka_partition, tenant, customer_id", cfg.forget_ms),
+        )
+
+    def restore(self, state: ChurnState, query: str, rows: list[tuple], clock_ms: int) -> None:
+        state.clock_ms = max(state.clock_ms, clock_ms)
+        for row in rows:
+            if query == "seen":
+                state.partition, tenant, customer_id, event_ms = int(row[0]), row[1], row[2], int(row[3])
+                self._customer(state, tenant, customer_id).seen(event_ms)
+                continue
+            c = state.customers.get(customer_key(row[0], row[1]))
+            if c is None:
+                continue  # no event within `forget`: forgotten
+            if query == "days":
+                c.seen(int(row[2]))
+            elif query == "typed":
+                c.note_time({**CRM_TIMES, **CHAT_TIMES}[row[2]], int(row[3]))
+            elif query == "nps":
+                c.answered(int(row[3]), int(row[2]))
+            elif query == "evidence":
+                kind, evidence_id, evidence_ms, detail = row[2], row[3], int(row[4]), row[5]
+                if kind == "complaint_opened":
+                    c.complained(evidence_ms, evidence_id)
+                else:
+                    c.breached(evidence_ms, detail)
+            elif query == "levels":
+                c.level, c.seq = row[2], int(row[3])
+        if query == "levels":  # the last query: score everyone at the next tick
+            for key, c in state.customers.items():
+                c.due_ms = state.clock_ms
+                heapq.heappush(state.timers, (c.due_ms, key))
+
+    # -- reading ---------------------------------------------------------------------------------
+    @staticmethod
+    def levels(states: Sequence[ChurnState]) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for state in states:
+            for c in state.customers.values():
+                out[(c.tenant, c.level)] = out.get((c.tenant, c.level), 0) + 1
+        return out
+
+    def describe(self) -> Iterable[Metric]:
+        return [self._family()]
+
+    def collect(self, states: Sequence[ChurnState], clock_ms: int) -> Iterable[Metric]:
+        family = self._family()
+        counts = self.levels(states)
+        for tenant in sorted({tenant for tenant, _ in counts}):
+            for level in LEVELS:
+                family.add_metric([tenant, level], counts.get((tenant, level), 0))
+        return [family]
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily("cx_churn_risk_customers", "Customers by current churn risk level (low, medium, "
+                                 "high, churned).", labels=["tenant", "level"])

@@ -1,0 +1,134 @@
+"""Active customers, stickiness and the share of customers who complained: the engagement core.
+
+``cx_active_customers{tenant,window}``: distinct customers with at least one processed event in the
+window (by event time, the minute rounding of :mod:`pipeline.metrics.windows`); anonymous events have no
+customer and don't count. It equals ``uniqExact(customer_id)`` over ``cx.events`` for the same window.
+Inputs are partitioned by customer, so the counts of all workers add up exactly.
+
+``cx_complaint_customers{tenant,window}``: customers with a complaint opened in the window, from the
+complaint core's fact ``complaints_opened`` (dicts with complaint_id, customer_id, tenant, opened_ms).
+Ratios per worker (``cx_stickiness`` = active 1d / active 30d, ``cx_complaint_customer_ratio``) are
+exported for single-worker setups; fleets use the recording rules, which divide the summed counts.
+
+State: the last minute each customer was seen (:class:`LastSeen`, 14 bytes a customer), kept for the
+largest window (at least 30 days, for stickiness). Rebuilt from ``events``; idempotent by construction.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Sequence
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from pipeline.metrics.base import Accepted, MetricCore, Output, RestoreQuery
+from pipeline.metrics.lastseen import MINUTE_MS, LastSeen
+
+DAY_MS = 86_400_000
+STICKINESS = (DAY_MS, 30 * DAY_MS)  # DAU / MAU
+
+
+@dataclass
+class EngagementState:
+    active: LastSeen = field(default_factory=LastSeen)
+    complained: LastSeen = field(default_factory=LastSeen)
+
+
+def _counts(store: LastSeen, clock_ms: int, window_ms: int) -> dict[str, int]:
+    return store.count_since((clock_ms - window_ms) // MINUTE_MS)
+
+
+@dataclass
+class EngagementCore(MetricCore[EngagementState]):
+    windows_ms: dict[str, int]
+    name: str = "engagement"
+
+    @property
+    def retention_ms(self) -> int:
+        return max(max(self.windows_ms.values()), STICKINESS[1])
+
+    def new_state(self) -> EngagementState:
+        return EngagementState()
+
+    def add(self, state: EngagementState, accepted: Accepted, out: Output) -> None:
+        for event in accepted.events:
+            if event.get("customer_id") is not None:
+                state.active.note(event["tenant"], event["customer_id"], event["event_time"])
+        for opened in out.facts.get("complaints_opened", ()):
+            state.complained.note(opened["tenant"], opened["customer_id"], opened["opened_ms"])
+
+    def tick(self, state: EngagementState, clock_ms: int, out: Output) -> None:
+        oldest = (clock_ms - self.retention_ms) // MINUTE_MS
+        state.active.expire(oldest)
+        state.complained.expire(oldest)
+
+    def restore_queries(self) -> Sequence[RestoreQuery]:
+        # The complaint core publishes complaints_opened for the `opened` event of each complaint, at its
+        # event time, so the same rows in `events` rebuild what its facts gave us.
+        sql = ("SELECT kafka_partition, tenant, customer_id, max(event_ms) FROM {{db}}.events "
+               "WHERE kafka_partition IN ({{partitions}}) AND event_ms > {{since_ms}} AND customer_id IS NOT NULL{} "
+               "GROUP BY kafka_partition, tenant, customer_id")
+        return (RestoreQuery("active", sql.format(""), self.retention_ms),
+                RestoreQuery("complained", sql.format(" AND source = 'complaints' AND event_type = 'opened'"),
+                             self.retention_ms))
+
+    def restore(self, state: EngagementState, query: str, rows: list[tuple], clock_ms: int) -> None:
+        store = state.active if query == "active" else state.complained
+        for tenant, customer_id, event_ms in rows:
+            store.note(tenant, customer_id, int(event_ms))
+        store.merge()
+
+    # -- reading ---------------------------------------------------------------------------------
+    def totals(self, states: Sequence[EngagementState], clock_ms: int) -> dict[tuple[str, str], tuple[int, int]]:
+        """(tenant, window label) -> (active customers, customers with a complaint opened)."""
+        out: dict[tuple[str, str], tuple[int, int]] = {}
+        for state in states:
+            for label, window in self.windows_ms.items():
+                active, complained = _counts(state.active, clock_ms, window), _counts(state.complained, clock_ms, window)
+                for tenant in active.keys() | complained.keys():
+                    a, c = out.get((tenant, label), (0, 0))
+                    out[(tenant, label)] = (a + active.get(tenant, 0), c + complained.get(tenant, 0))
+        return out
+
+    @staticmethod
+    def stickiness(states: Sequence[EngagementState], clock_ms: int) -> dict[str, float]:
+        daily: dict[str, int] = {}
+        monthly: dict[str, int] = {}
+        for state in states:
+            for counts, window in ((daily, STICKINESS[0]), (monthly, STICKINESS[1])):
+                for tenant, n in _counts(state.active, clock_ms, window).items():
+                    counts[tenant] = counts.get(tenant, 0) + n
+        return {tenant: daily.get(tenant, 0) / n for tenant, n in monthly.items() if n}
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self, states: Sequence[EngagementState], clock_ms: int) -> Iterable[Metric]:
+        active_g, complained_g, ratio_g, sticky_g = families = self._families()
+        for (tenant, window), (active, complained) in sorted(self.totals(states, clock_ms).items()):
+            active_g.add_metric([tenant, window], active)
+            complained_g.add_metric([tenant, window], complained)
+            if active:
+                ratio_g.add_metric([tenant, window], complained / active)
+        for tenant, value in sorted(self.stickiness(states, clock_ms).items()):
+            sticky_g.add_metric([tenant], value)
+        return families
+
+    def snapshot(self, states: Sequence[EngagementState], clock_ms: int) -> Iterable[tuple[str, str, str, float, int]]:
+        for (tenant, window), (active, _) in sorted(self.totals(states, clock_ms).items()):
+            yield tenant, "active_customers", window, float(active), active
+        for tenant, value in sorted(self.stickiness(states, clock_ms).items()):
+            yield tenant, "stickiness", "1d/30d", value, 0
+
+    @staticmethod
+    def _families() -> list[Metric]:
+        window = ["tenant", "window"]
+        return [
+            GaugeMetricFamily("cx_active_customers", "Distinct customers with an event in the window.", labels=window),
+            GaugeMetricFamily("cx_complaint_customers", "Distinct customers with a complaint opened in the window.",
+                              labels=window),
+            GaugeMetricFamily("cx_complaint_customer_ratio", "cx_complaint_customers / cx_active_customers of this "
+                              "worker (fleet: tenant_window:cx_complaint_customers:ratio).", labels=window),
+            GaugeMetricFamily("cx_stickiness", "DAU/MAU of this worker: active 1d / active 30d "
+                              "(fleet: tenant:cx_stickiness:ratio).", labels=["tenant"]),
+        ]

@@ -1,0 +1,82 @@
+"""The last minute each customer was seen, in a few numpy arrays: 14 bytes per customer.
+
+A customer is "active in window W" when they had an event with ``t // 60000 > (clock - W) // 60000``
+(the rounding of :mod:`pipeline.metrics.windows`). That holds exactly when their *latest* minute does,
+so one number per customer answers every window, and a replayed or late event changes nothing (it
+cannot raise the maximum twice). Customers are keyed by a 64-bit hash of (tenant, customer id).
+
+Updates go to a small dict and are merged into the sorted arrays in bulk (``merge``), once per batch:
+inserting into a sorted numpy array one key at a time would copy the array each time.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from pipeline.dedup import id_hash
+
+MINUTE_MS = 60_000
+
+
+def customer_key(tenant: str, customer_id: str) -> int:
+    return id_hash(f"{tenant}\x1f{customer_id}")
+
+
+class LastSeen:
+    __slots__ = ("keys", "minutes", "tenants", "tenant_names", "_tenant_index", "_pending")
+
+    def __init__(self) -> None:
+        self.keys = np.empty(0, np.uint64)  # sorted
+        self.minutes = np.empty(0, np.int32)  # epoch minutes: int32 lasts until the year 6053
+        self.tenants = np.empty(0, np.uint16)  # index into tenant_names
+        self.tenant_names: list[str] = []
+        self._tenant_index: dict[str, int] = {}
+        self._pending: dict[int, tuple[int, int]] = {}  # key -> (minute, tenant index), not merged yet
+
+    def __len__(self) -> int:
+        self.merge()
+        return len(self.keys)
+
+    def note(self, tenant: str, customer_id: str, event_ms: int) -> None:
+        index = self._tenant_index.get(tenant)
+        if index is None:
+            index = self._tenant_index[tenant] = len(self.tenant_names)
+            self.tenant_names.append(tenant)
+        key, minute = customer_key(tenant, customer_id), event_ms // MINUTE_MS
+        seen = self._pending.get(key)
+        if seen is None or seen[0] < minute:
+            self._pending[key] = (minute, index)
+
+    def merge(self) -> None:
+        if not self._pending:
+            return
+        keys = np.fromiter(self._pending, np.uint64, len(self._pending))
+        values = np.array(list(self._pending.values()), np.int64).reshape(-1, 2)
+        self._pending = {}
+        order = np.argsort(keys)
+        keys, minutes, tenants = keys[order], values[order, 0].astype(np.int32), values[order, 1].astype(np.uint16)
+        at = np.searchsorted(self.keys, keys)
+        known = at < len(self.keys)
+        known[known] = self.keys[at[known]] == keys[known]
+        hit = at[known]
+        self.minutes[hit] = np.maximum(self.minutes[hit], minutes[known])
+        new = ~known
+        self.keys = np.insert(self.keys, at[new], keys[new])
+        self.minutes = np.insert(self.minutes, at[new], minutes[new])
+        self.tenants = np.insert(self.tenants, at[new], tenants[new])
+
+    def expire(self, oldest_minute: int) -> None:
+        """Forget customers last seen at or before ``oldest_minute``."""
+        self.merge()
+        keep = self.minutes > oldest_minute
+        if not keep.all():
+            self.keys, self.minutes, self.tenants = self.keys[keep], self.minutes[keep], self.tenants[keep]
+
+    def count_since(self, start_minute: int) -> dict[str, int]:
+        """tenant -> customers whose last minute is after ``start_minute``."""
+        self.merge()
+        counts = np.bincount(self.tenants[self.minutes > start_minute], minlength=len(self.tenant_names))
+        return {tenant: int(n) for tenant, n in zip(self.tenant_names, counts)}
+
+    def nbytes(self) -> int:
+        self.merge()
+        return self.keys.nbytes + self.minutes.nbytes + self.tenants.nbytes
