@@ -189,3 +189,10 @@ def test_key_file_and_lookup_command(tmp_path):
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "pii-id", "cust-000042", "anon-1"],
                             capture_output=True, text=True, timeout=60, env={"PATH": "", "CXP_PII_KEY_FILE": str(key_file)})
     assert result.stdout.splitlines() == [f"cust-000042\t{oracle('cust-000042')}", f"anon-1\t{oracle('anon-1')}"]
+
+
+@pytest.mark.parametrize("key", [KEY, b"k" * 64, b"a much longer key than one SHA-256 block of sixty-four bytes, hashed first"])
+def test_precomputed_hmac_equals_the_standard_library(key):
+    pseudonymiser = Pseudonymiser(key, cache_size=0)
+    for identifier in ["", "cust-000042", "Zoë", "x" * 200]:
+        assert pseudonymiser.of(identifier) == oracle(identifier, key) == hmac.digest(key, identifier.encode(), "sha256")[:16].hex()
