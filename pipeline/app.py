@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from agents import ingest, snapshots
 from pipeline.collector import register as register_collector
 from pipeline.metrics import build_cores
+from pipeline.pii import Pseudonymiser
 from pipeline.processor import Processor
 from pipeline.registry import EVENT_SCHEMAS, make_registry
 from pipeline.settings import Settings, duration_ms
@@ -106,7 +107,8 @@ def build_app(settings: Settings) -> faust.App:
     partition_counts = ensure_topics(settings)
     cores = build_cores(settings)
     dedup_horizon_ms = duration_ms(settings.dedup_horizon)
-    processor = Processor(codec, rules, topic_sources, dedup_horizon_ms, cores, settings.deadletter_max_bytes)
+    processor = Processor(codec, rules, topic_sources, dedup_horizon_ms, cores, settings.deadletter_max_bytes,
+                          pii=Pseudonymiser.from_settings(settings))
     prometheus = CollectorRegistry(auto_describe=True)
     metrics = PipelineMetrics(prometheus, instruments_of(cores))
     prometheus.register(CoreCollector(processor))

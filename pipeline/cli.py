@@ -157,6 +157,18 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pii_id(args: argparse.Namespace) -> int:
+    from pipeline.pii import Pseudonymiser
+
+    pseudonymiser = Pseudonymiser.from_settings(load_settings(args))
+    if pseudonymiser is None:
+        console.print("[red]PII mode is off:[/red] set CXP_PII_KEY_FILE (or CXP_PII_KEY) to the workers' key")
+        return 2
+    for identifier in args.ids:
+        print(f"{identifier}\t{pseudonymiser.of(identifier)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxp", description=__doc__)
     parser.add_argument("--config", type=Path, help="YAML settings file (same keys as the CXP_* variables, lower case)")
@@ -208,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     kafka(p)
     p.add_argument("--partitions", type=int, help="partitions per topic when creating (default: CXP_PARTITIONS)")
     p.set_defaults(func=cmd_topics)
+
+    p = sub.add_parser("pii-id", help="print the pseudonym that PII mode stores for each given id",
+                       description="With the workers' PII key configured: the pseudonym of each customer, anonymous, "
+                       "session or account id, to look that customer up in ClickHouse or the output topics.")
+    p.add_argument("ids", nargs="+", help="raw ids, e.g. cust-000042")
+    p.set_defaults(func=cmd_pii_id)
 
     p = sub.add_parser("config", help="show every setting, its variable, current value and meaning")
     p.set_defaults(func=cmd_config)

@@ -18,6 +18,7 @@ from pipeline.wire import Codec, UndecodableError
 from sinks.clickhouse.ddl import ROWS
 
 if TYPE_CHECKING:
+    from pipeline.pii import Pseudonymiser
     from sinks.clickhouse.state import Restored
 
 EventRow, DeadLetterRow = ROWS["events"], ROWS["dead_letters"]
@@ -42,13 +43,14 @@ class PartitionState:
 
 class Processor:
     def __init__(self, codec: Codec, rules: Rules, topic_sources: dict[str, str], dedup_horizon_ms: int,
-                 cores: list[MetricCore], deadletter_max_bytes: int = 65_536):
+                 cores: list[MetricCore], deadletter_max_bytes: int = 65_536, pii: Optional["Pseudonymiser"] = None):
         self.codec = codec
         self.rules = rules
         self.topic_sources = topic_sources
         self.dedup_horizon_ms = dedup_horizon_ms
         self.cores = cores
         self.deadletter_max_bytes = deadletter_max_bytes
+        self.pii = pii  # PII mode: ids pseudonymised right after validation, before dedup, rows and cores
         self.partitions: dict[int, PartitionState] = {}
         self.owned: set[int] = set()
         self.clock_ms = 0  # event-time clock: the largest event_time processed
@@ -140,7 +142,7 @@ class Processor:
             if rejection is not None:
                 self._reject(record, source, event, index if is_batch else None, rejection, now_ms, out)
             else:
-                valid.append(event)
+                valid.append(event if self.pii is None else self.pii.apply(source, event))
         out.count("cxp_events_consumed", (source,), len(events))
         if not valid:
             return
@@ -180,19 +182,21 @@ class Processor:
     def _reject(self, record: Record, source: str, event: Optional[dict], batch_index: Optional[int],
                 rejection: Rejection, now_ms: int, out: Output) -> None:
         out.count("cxp_events_rejected", (source, rejection.reason))
-        original = record.value or b""
-        if event is not None and batch_index is not None:
+        key, original, error = record.key, record.value or b"", rejection.error
+        if self.pii is not None:  # PII mode: no raw bytes; a decoded event is re-encoded pseudonymised below
+            (key, event, error), original = self.pii.dead_letter(source, key, event, error), b""
+        if event is not None and (batch_index is not None or self.pii is not None):
             # Re-encode the one bad event alone, so it can be fixed and replayed without its batch.
             try:
                 original = self.codec.encode_event(source, event)
-            except Exception:  # noqa: BLE001 - a writer schema we can't re-encode keeps the whole message
+            except Exception:  # noqa: BLE001 - a writer schema we can't re-encode keeps the whole message (PII mode: none)
                 pass
         limit = self.deadletter_max_bytes
-        key, value = (record.key[:limit] if record.key is not None else None), original[:limit]
-        truncated = len(original) > limit or (record.key is not None and len(record.key) > limit)
-        error = rejection.error if len(rejection.error) <= MAX_ERROR_CHARS else rejection.error[:MAX_ERROR_CHARS] + "…"
+        truncated = len(original) > limit or (key is not None and len(key) > limit)
+        error = error if len(error) <= MAX_ERROR_CHARS else error[:MAX_ERROR_CHARS] + "…"
         if truncated:
-            error += f" [original {len(original)} bytes, key {len(record.key or b'')} bytes: truncated to {limit}]"
+            error += f" [original {len(original)} bytes, key {len(key or b'')} bytes: truncated to {limit}]"
+        key, value = (key[:limit] if key is not None else None), original[:limit]
         out.send("deadletter", key, self.codec.encode("cx.DeadLetter", {
             "reason": rejection.reason, "error": error, "source_topic": record.topic,
             "source_partition": record.partition, "source_offset": record.offset, "batch_index": batch_index,

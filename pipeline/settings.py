@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Annotated, Optional
 from urllib.parse import urlparse
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -52,7 +52,8 @@ def sla_targets(text: str) -> dict[str, tuple[int, int]]:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CXP_", extra="forbid")
+    # hide_input_in_errors: a bad secret (PII key, a URL with a password) must not be echoed by the error.
+    model_config = SettingsConfigDict(env_prefix="CXP_", extra="forbid", hide_input_in_errors=True)
 
     config_file: Optional[Path] = Field(None, description="YAML file with any of these settings (keys in lower case).")
     data_dir: Path = Field(Path(".cxp"), description="Folder for local state: embedded ClickHouse, broker and demo logs.")
@@ -175,6 +176,15 @@ class Settings(BaseSettings):
     collector_send_timeout: float = Field(
         30.0, gt=0, description="Seconds the collector waits for Kafka to take a request's messages before a 503."
     )
+    pii_key: Optional[SecretStr] = Field(
+        None, description="PII mode: with this secret (at least 16 bytes) set, customer, anonymous, session and CRM "
+        "account ids are replaced by their keyed hash in the worker. Never shown; prefer pii_key_file.")
+    pii_key_file: Optional[Path] = Field(
+        None, description="File holding the PII mode key (its bytes, without a trailing newline); instead of pii_key.")
+    pii_drop_text: bool = Field(
+        True, description="In PII mode, drop survey comments and chatbot text (true) or keep them (false).")
+    pii_cache_size: int = Field(
+        100_000, ge=0, description="In PII mode, ids whose hash is cached (the most recently seen).")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: str = Field("json", description="json (one object per line) or console.")
 
@@ -231,6 +241,23 @@ class Settings(BaseSettings):
         if value and urlparse(value).scheme not in ("kafka", ""):
             raise ValueError(f"kafka_url must look like kafka://host:9092, got {value!r}")
         return value
+
+    @model_validator(mode="after")
+    def _check_pii_key(self):
+        if self.pii_key is not None and self.pii_key_file is not None:
+            raise ValueError("set pii_key or pii_key_file, not both")
+        from pipeline.pii import Pseudonymiser
+
+        Pseudonymiser.from_settings(self)  # a missing key file or a short key fails here, when settings load
+        return self
+
+    def pii_secret(self) -> Optional[bytes]:
+        """The PII mode key, or None when PII mode is off."""
+        if self.pii_key_file is not None:
+            if not self.pii_key_file.is_file():
+                raise ValueError(f"pii_key_file {self.pii_key_file} not found")
+            return self.pii_key_file.read_bytes().rstrip(b"\r\n")
+        return None if self.pii_key is None else self.pii_key.get_secret_value().encode("utf-8")
 
     @property
     def bootstrap_servers(self) -> str:
