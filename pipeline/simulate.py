@@ -119,6 +119,11 @@ class Simulator:
             self._clock += gap
             yield self._next(at)
 
+    def skip_to(self, ms: int) -> None:
+        """Move event time ahead to ``ms`` (e.g. from a backfilled history to the wall clock): no activity
+        starts in between, and follow-ups that fell due meanwhile come first, in order."""
+        self._clock = max(self._clock, float(ms))
+
     def _next(self, at: int) -> tuple[str, dict]:
         if self.bad_rate and self.rng.random() < self.bad_rate:
             self._last = at

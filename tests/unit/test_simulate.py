@@ -177,3 +177,18 @@ def test_run_simulation_stops_by_duration_and_on_request():
     started = time.monotonic()
     sent = run_simulation(ListSink(), iter(events), rate=100.0, stop=stop)
     assert time.monotonic() - started < 1.0 and 20 <= sent <= 45
+
+
+def test_skip_to_jumps_event_time_and_keeps_order():
+    """A backfill then live traffic: after skip_to, new events start at the new time, nothing goes back."""
+    sim = Simulator(seed=5, start_ms=START)
+    history = list(sim.events(until_ms=START + 3600_000, rate=1.0))
+    live_at = START + 5 * 3600_000
+    sim.skip_to(live_at)
+    live = list(sim.events(count=2000, rate=100.0))
+    times = [e["event_time"] for _, e in history + live]
+    assert times == sorted(times)
+    assert history[-1][1]["event_time"] <= START + 3600_000
+    # follow-ups of the history that fell due in the gap come first; then everything is live
+    assert all(e["event_time"] >= live_at for _, e in live[200:])
+    assert live[-1][1]["event_time"] <= live_at + 2000 * 10 + 10
