@@ -11,6 +11,7 @@ from typing import Optional
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.settings import Settings
@@ -179,7 +180,7 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
             recent = Table("received", "where", "reason", "error", title=f"latest {args.examples}")
             for letter in deadletters.fetch(backend, selection, limit=args.examples, newest_first=True):
                 received = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.received_ms / 1000))
-                recent.add_row(received, letter.where(), letter.reason, letter.error)
+                recent.add_row(received, escape(letter.where()), escape(letter.reason), escape(letter.error))
             out.print(recent)
         return 0
     finally:
@@ -192,7 +193,7 @@ def _redrive(letters: list, settings: Settings) -> int:
 
     refused = [letter for letter in letters if letter.truncated]
     for letter in refused:
-        console.print(f"[yellow]refused[/yellow] {letter.where()} ({letter.reason}): {letter.truncated}; "
+        console.print(f"[yellow]refused[/yellow] {escape(letter.where())} ({letter.reason}): {letter.truncated}; "
                       "send it again from its source system")
     chosen = [letter for letter in letters if not letter.truncated]
     if chosen:
@@ -308,7 +309,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         return 130
     except RuntimeError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # pastable: no markup, no wrapping
         return 1
 
 

@@ -96,6 +96,7 @@ def test_list_and_redrive_twice_doubles_nothing(broker, clickhouse_url, tmp_path
         assert re.search(rf"future_timestamp\s*│\s*{re.escape(crm_topic)}\s*│\s*{N_FUTURE + 1}\s", listing.stdout)
         assert re.search(rf"invalid_value\s*│\s*{re.escape(crm_topic)}\s*│\s*1\s", listing.stdout)
         assert "NPS score 11 outside 0..10" in listing.stdout and f"{crm_topic}[" in listing.stdout
+        assert "truncated to 1024]" in listing.stdout  # the error text as the worker wrote it
 
         while time.time() * 1000 < ahead:  # the cause goes away: their time has come
             time.sleep(0.2)

@@ -42,6 +42,6 @@ def test_missing_embedded_clickhouse_explains_the_fix(command, tmp_path):
     env = {"PATH": "", "COLUMNS": "250", "CXP_KAFKA_URL": "kafka://127.0.0.1:9", "CXP_DATA_DIR": str(tmp_path),
            "PYTHONPATH": ":".join(sys.path)}
     result = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=60, env=env)
-    message = " ".join(result.stderr.split())  # as rich wrapped it
-    assert result.returncode == 1, message
-    assert "pip install 'cx-pipeline[embedded]'" in message and "CXP_CLICKHOUSE_URL=clickhouse://" in message
+    assert result.returncode == 1, result.stderr
+    assert "pip install 'cx-pipeline[embedded]'" in result.stderr
+    assert "CXP_CLICKHOUSE_URL=clickhouse://" in result.stderr
