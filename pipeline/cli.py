@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.settings import Settings
+from pipeline.settings import Settings, duration_ms
 
 console = Console(stderr=True)
 
@@ -211,8 +211,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
     settings = load_settings(args, kafka_url=args.kafka_url, clickhouse_url=args.clickhouse_url)
+    try:
+        history_ms = duration_ms(args.history)
+    except ValueError as exc:
+        console.print(f"[red]--history:[/red] {exc}")
+        return 2
     return run_demo(settings, duration_s=args.duration, rate=args.rate, seed=args.seed, bad_rate=args.bad_rate,
-                    web_port=args.web_port)
+                    web_port=args.web_port, history_ms=history_ms, history_events=args.history_events)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -241,11 +246,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("demo", help="run broker, worker and simulator together and show the numbers live",
-                       description="With nothing configured, starts a local Tansu broker and embedded ClickHouse "
-                       "under the data folder; pointed at Kafka/ClickHouse URLs, uses those.")
+                       description="Backfills a few days of simulated history, then goes live at --rate with a "
+                       "complaint spike a little later. With nothing configured, starts a local Tansu broker and "
+                       "embedded ClickHouse under the data folder; pointed at Kafka/ClickHouse URLs, uses those.")
     kafka(p)
     p.add_argument("--clickhouse-url", help="use this ClickHouse server instead of embedded chdb")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60; Ctrl-C stops early)")
+    p.add_argument("--history", default="3d", help="simulated history backfilled before going live (default 3d, "
+                   "at most 5d; 0: none)")
+    p.add_argument("--history-events", type=int, default=150_000, help="events in that history (default 150000)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds to run live (default 60; Ctrl-C stops early)")
     p.add_argument("--rate", type=float, default=2000.0, help="simulated events per second (default 2000)")
     p.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
     p.add_argument("--bad-rate", type=float, default=0.01, help="fraction of deliberately bad or duplicate events")

@@ -1,4 +1,5 @@
-"""`cxp demo` on a fresh data folder: it starts its own broker and embedded ClickHouse, and cleans up."""
+"""`cxp demo` on a fresh data folder: it starts its own broker and embedded ClickHouse, backfills a
+history, goes live, and cleans up."""
 import os
 import re
 import subprocess
@@ -12,15 +13,26 @@ pytestmark = pytest.mark.integration
 def test_demo_runs_to_a_summary(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
     env.update(CXP_DATA_DIR=str(tmp_path), COLUMNS="200")
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--duration", "8", "--rate", "800"],
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--history", "2d", "--history-events",
+                             "20000", "--duration", "8", "--rate", "800"],
                             capture_output=True, text=True, timeout=240, env=env)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     consumed = int(re.search(r"events consumed\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     produced = int(re.search(r"events produced\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     assert consumed == produced > 0
-    for window in ("1h", "24h", "7d"):
-        assert re.search(rf"│ NPS\s*│ \w+ {window}\s*│\s*-?\d+\.\d", out), f"no NPS for {window}"
+    history = int(re.search(r"of which history\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
+    assert 19_000 < history < produced
+    assert re.search(rf"history consumed\s.*{history}/{history}", out), "no backfill progress"
+    # The history makes the windows differ: other NPS values, and a wider margin on fewer answers in 1h.
+    summary = out[out.rindex("CX metrics at the end"):]
+    nps = {(t, w): float(v) for t, w, v in re.findall(r"│ NPS\s*│ (\w+) (\w+)\s*│\s*(-?\d+\.\d)", summary)}
+    margin = {(t, w): float(v) for t, w, v in re.findall(r"│ NPS ± \(95 %\)\s*│ (\w+) (\w+)\s*│\s*(\d+\.\d)", summary)}
+    tenants = {t for t, _ in nps}
+    assert tenants and set(nps) == set(margin) == {(t, w) for t in tenants for w in ("1h", "24h", "7d")}
+    for tenant in tenants:
+        assert len({nps[(tenant, w)] for w in ("1h", "24h", "7d")}) > 1, nps
+        assert margin[(tenant, "7d")] < margin[(tenant, "1h")], margin
     assert re.search(r"│ funnel conversion\s*│ \w+ purchase 1h\s*│\s*\d+\.\d%", out), "no funnel conversion"
     assert re.search(r"│ NPS by region\s*│ \w+ \w+ 7d\s*│\s*-?\d+\.\d", out), "no segment NPS"
     rows = int(re.search(r"ClickHouse rows: events\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
