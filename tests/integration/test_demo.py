@@ -2,6 +2,7 @@
 history, goes live, and cleans up."""
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -37,8 +38,29 @@ def test_demo_runs_to_a_summary(tmp_path):
     assert re.search(r"│ NPS by region\s*│ \w+ \w+ 7d\s*│\s*-?\d+\.\d", out), "no segment NPS"
     rows = int(re.search(r"ClickHouse rows: events\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     assert rows > 0
-    # every process the demo started (it prints their pids) is gone
+    assert_all_gone(out)
+
+
+def assert_all_gone(out: str) -> None:
+    """Every process the demo started (it prints their pids) is gone."""
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)|worker pid (\d+)", out) for p in p if p]
     assert len(pids) == 2
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+def test_sigterm_during_the_backfill_stops_everything(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
+    env.update(CXP_DATA_DIR=str(tmp_path), COLUMNS="200")
+    demo = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "demo", "--history", "1d", "--history-events",
+                             "5000000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    for line in demo.stdout:
+        lines.append(line)
+        if line.startswith("backfilling"):
+            break
+    demo.send_signal(signal.SIGTERM)
+    rest, _ = demo.communicate(timeout=120)
+    out = "".join(lines) + rest
+    assert demo.returncode == 130, out[-4000:]
+    assert_all_gone(out)
