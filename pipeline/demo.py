@@ -35,6 +35,7 @@ console = Console()
 TABLES = ("events", "survey_responses", "funnel_progress", "dead_letters", "metric_snapshots")
 DAY_MS = 86_400_000
 MAX_HISTORY_MS = 5 * DAY_MS  # the worker rejects events 7 days behind its clock; this leaves room
+SILENT_SHARE = 0.1
 
 
 def scrape(url: str, timeout: float = 2.0) -> dict[str, list[tuple[dict, float]]]:
@@ -194,6 +195,8 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
                    CXP_WEB_PORT=str(settings.web_port), CXP_SESSION_TIMEOUT="6", CXP_SNAPSHOT_INTERVAL="5")
         if settings.clickhouse_url:
             env["CXP_CLICKHOUSE_URL"] = settings.clickhouse_url
+        if history_ms:  # silent for half the history counts as inactive here (the default, 14 days, can't show)
+            env.setdefault("CXP_CHURN_INACTIVITY", f"{history_ms // 3000}s")
         worker_log = home / "worker.log"
         worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
                                   stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
@@ -202,7 +205,9 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         console.print(f"worker pid {worker.pid} serving {metrics_url}; logs in {worker_log}")
 
         now_ms = int(time.time() * 1000)
-        simulator = Simulator(seed=seed, start_ms=now_ms - history_ms, bad_rate=bad_rate)
+        # A tenth of the customers fall silent halfway through the history: churn's inactivity signal.
+        simulator = Simulator(seed=seed, start_ms=now_ms - history_ms, bad_rate=bad_rate,
+                              silent_share=SILENT_SHARE if history_ms else 0.0, silent_at_ms=now_ms - history_ms // 2)
         producer = EventProducer(settings.bootstrap_servers, Codec(make_registry(settings.schema_registry_url)),
                                  topic_prefix=settings.topic_prefix)
         history = 0
