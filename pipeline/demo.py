@@ -177,7 +177,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
     if not settings.clickhouse_url:
         require_embedded()
     stop_on_signals()
-    home = settings.data_dir / "demo"
+    home = (settings.data_dir / "demo").resolve()  # absolute: the worker runs in it (Faust data folder)
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
@@ -198,7 +198,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         if history_ms:  # silent for half the history counts as inactive here (the default, 14 days, can't show)
             env.setdefault("CXP_CHURN_INACTIVITY", f"{history_ms // 3000}s")
         worker_log = home / "worker.log"
-        worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
+        worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env, cwd=home,
                                   stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
         _wait_for_metrics(metrics_url, worker, worker_log)

@@ -66,7 +66,7 @@ def test_list_and_redrive_twice_doubles_nothing(broker, clickhouse_url, tmp_path
     crm_topic = f"{prefix}events.crm"
     env = worker_env(broker.url, tmp_path, clickhouse_url, CXP_TOPIC_PREFIX=prefix, CXP_PARTITIONS=str(PARTITIONS),
                      CXP_APP_ID=f"cxp-test-{prefix}", CXP_MAX_FUTURE_SKEW="1s", CXP_DEADLETTER_MAX_BYTES="1024")
-    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    worker = WorkerProcess(env, tmp_path / "worker.log", cwd=tmp_path).start()
     backend = NativeBackend(clickhouse_url)
     db = backend.database
     try:

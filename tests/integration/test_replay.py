@@ -37,7 +37,7 @@ def test_replay_two_histories_with_progress_and_rate_limit(broker, clickhouse_ur
     prefix = f"t{uuid.uuid4().hex[:6]}."
     env = worker_env(broker.url, tmp_path, clickhouse_url, CXP_TOPIC_PREFIX=prefix, CXP_PARTITIONS="4",
                      CXP_APP_ID=f"cxp-test-{prefix}")
-    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    worker = WorkerProcess(env, tmp_path / "worker.log", cwd=tmp_path).start()
     backend = NativeBackend(clickhouse_url)
     try:
         cli_env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
