@@ -136,7 +136,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if args.rate < 0:
         console.print("[red]--rate must be 0 (as fast as possible) or positive[/red]")
         return 2
-    total = sum(sum(1 for line in open(path, "rb") if line.strip()) for path in args.files)
+    total = 0
+    for path in args.files:
+        with open(path, "rb") as lines:
+            total += sum(1 for line in lines if line.strip())
     # Each history is in event-time order; merged, several (e.g. one per source system) stay in that order.
     events = heapq.merge(*(read_jsonl(path) for path in args.files), key=lambda item: item[1]["event_time"])
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
