@@ -3,6 +3,7 @@ and an optional YAML file (--config or CXP_CONFIG_FILE); the flags below overrid
 from __future__ import annotations
 
 import argparse
+import heapq
 import sys
 import time
 from pathlib import Path
@@ -10,9 +11,10 @@ from typing import Optional
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
-from pipeline.settings import Settings
+from pipeline.settings import Settings, duration_ms
 
 console = Console(stderr=True)
 
@@ -31,6 +33,7 @@ def load_settings(args: argparse.Namespace, **overrides) -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.app import build_app
     from pipeline.logs import logging_config
+    from sinks.clickhouse.backend import require_embedded
 
     BoundedWorker = _bounded_worker_class()
 
@@ -39,6 +42,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         console.print("[red]no Kafka configured:[/red] set CXP_KAFKA_URL=kafka://host:9092 or pass --kafka-url "
                       "(`cxp demo` starts a local broker for you)")
         return 2
+    if not settings.clickhouse_url:
+        require_embedded()
     if args.uvloop:
         import asyncio
 
@@ -122,30 +127,100 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_produce(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
+def cmd_replay(args: argparse.Namespace) -> int:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    from pipeline.simulate import read_jsonl
+    from pipeline.simulate import read_jsonl, run_simulation
 
     settings = load_settings(args, kafka_url=args.kafka_url)
-    total = sum(1 for _ in open(args.file, "rb"))
-    with _producer(settings) as producer, Progress(console=console) as progress:
-        task = progress.add_task(f"producing {args.file}", total=total)
-        for i, (source, event) in enumerate(read_jsonl(args.file), 1):
-            producer.send(source, event)
-            if i % 1000 == 0:
-                progress.update(task, completed=i)
-        producer.flush()
-        progress.update(task, completed=total)
+    if args.rate < 0:
+        console.print("[red]--rate must be 0 (as fast as possible) or positive[/red]")
+        return 2
+    total = 0
+    for path in args.files:
+        with open(path, "rb") as lines:
+            total += sum(1 for line in lines if line.strip())
+    # Each history is in event-time order; merged, several (e.g. one per source system) stay in that order.
+    events = heapq.merge(*(read_jsonl(path) for path in args.files), key=lambda item: item[1]["event_time"])
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[rate]:,.0f} events/s"), TimeRemainingColumn())
+    with _producer(settings) as producer, Progress(*columns, console=console) as progress:
+        task = progress.add_task(f"replaying {len(args.files)} file(s)", total=total, rate=0.0)
+        started = time.monotonic()
+
+        def report(sent: int) -> None:
+            progress.update(task, completed=sent, rate=sent / max(time.monotonic() - started, 1e-6))
+
+        sent = run_simulation(producer, events, args.rate or None, progress=report)
+    console.print(f"replayed {sent:,} events; Kafka acknowledged {producer.events_sent:,}")
     return 0
+
+
+def cmd_deadletters(args: argparse.Namespace) -> int:
+    from pipeline import deadletters
+    from sinks.clickhouse.backend import open_backend, require_embedded
+
+    settings = load_settings(args, kafka_url=args.kafka_url, clickhouse_url=args.clickhouse_url)
+    if not settings.clickhouse_url:
+        require_embedded()
+    try:
+        selection = deadletters.Selection(args.reason, args.topic, args.partition, args.from_offset, args.to_offset)
+    except ValueError as exc:
+        console.print(f"[red]{exc}[/red]")
+        return 2
+    backend = open_backend(settings.clickhouse_url, settings.data_dir, settings.clickhouse_database,
+                           settings.clickhouse_connect_timeout, settings.clickhouse_timeout,
+                           settings.clickhouse_cluster)
+    try:
+        if args.redrive:
+            return _redrive(deadletters.fetch(backend, selection), settings)
+        out = Console()
+        table = Table("reason", "topic", "dead letters", title="dead letters (dead_letters FINAL)")
+        for reason, topic, count in deadletters.counts(backend, selection):
+            table.add_row(reason, topic, f"{count:,}")
+        out.print(table)
+        if args.examples:
+            recent = Table("received", "where", "reason", "error", title=f"latest {args.examples}")
+            for letter in deadletters.fetch(backend, selection, limit=args.examples, newest_first=True):
+                received = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(letter.received_ms / 1000))
+                recent.add_row(received, escape(letter.where()), escape(letter.reason), escape(letter.error))
+            out.print(recent)
+        return 0
+    finally:
+        backend.close()
+
+
+def _redrive(letters: list, settings: Settings) -> int:
+    """Re-drive what can be; exit code 1 if any selected dead letter was refused."""
+    from pipeline.deadletters import redrive
+
+    refused = [letter for letter in letters if letter.truncated]
+    for letter in refused:
+        console.print(f"[yellow]refused[/yellow] {escape(letter.where())} ({letter.reason}): {letter.truncated}; "
+                      "send it again from its source system")
+    chosen = [letter for letter in letters if not letter.truncated]
+    if chosen:
+        if not settings.kafka_url:
+            console.print("[red]no Kafka configured:[/red] set CXP_KAFKA_URL=kafka://host:9092 or pass --kafka-url")
+            return 2
+        sent = redrive(chosen, settings.bootstrap_servers)
+        console.print(f"re-drove {sent:,} dead letters to their source topics")
+    elif not refused:
+        console.print("no dead letters match")
+    return 1 if refused else 0
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from pipeline.demo import run_demo
 
     settings = load_settings(args, kafka_url=args.kafka_url, clickhouse_url=args.clickhouse_url)
+    try:
+        history_ms = duration_ms(args.history)
+    except ValueError as exc:
+        console.print(f"[red]--history:[/red] {exc}")
+        return 2
     return run_demo(settings, duration_s=args.duration, rate=args.rate, seed=args.seed, bad_rate=args.bad_rate,
-                    web_port=args.web_port)
+                    web_port=args.web_port, history_ms=history_ms, history_events=args.history_events)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -186,11 +261,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("demo", help="run broker, worker and simulator together and show the numbers live",
-                       description="With nothing configured, starts a local Tansu broker and embedded ClickHouse "
-                       "under the data folder; pointed at Kafka/ClickHouse URLs, uses those.")
+                       description="Backfills a few days of simulated history, then goes live at --rate with a "
+                       "complaint spike a little later. With nothing configured, starts a local Tansu broker and "
+                       "embedded ClickHouse under the data folder; pointed at Kafka/ClickHouse URLs, uses those.")
     kafka(p)
     p.add_argument("--clickhouse-url", help="use this ClickHouse server instead of embedded chdb")
-    p.add_argument("--duration", type=float, default=60.0, help="seconds to run (default 60; Ctrl-C stops early)")
+    p.add_argument("--history", default="3d", help="simulated history backfilled before going live (default 3d, "
+                   "at most 5d; 0: none)")
+    p.add_argument("--history-events", type=int, default=150_000, help="events in that history (default 150000)")
+    p.add_argument("--duration", type=float, default=60.0, help="seconds to run live (default 60; Ctrl-C stops early)")
     p.add_argument("--rate", type=float, default=2000.0, help="simulated events per second (default 2000)")
     p.add_argument("--seed", type=int, default=7, help="simulator seed (default 7)")
     p.add_argument("--bad-rate", type=float, default=0.01, help="fraction of deliberately bad or duplicate events")
@@ -211,10 +290,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--jsonl", type=Path, help="write JSON lines to this file instead of producing")
     p.set_defaults(func=cmd_simulate)
 
-    p = sub.add_parser("produce", help="replay a JSONL file (from `cxp simulate --jsonl`) into Kafka, with progress")
+    p = sub.add_parser("replay", aliases=["produce"],
+                       help="push JSONL histories (from `cxp simulate --jsonl`) into Kafka, with progress and a rate limit",
+                       description="Backfill: the events of one or more JSON-lines files, merged by event_time, "
+                       "through the producer SDK (batched per partition). `produce` is an alias.")
     kafka(p)
-    p.add_argument("file", type=Path, help="JSON lines: {\"source\": ..., \"event\": {...}}")
-    p.set_defaults(func=cmd_produce)
+    p.add_argument("files", type=Path, nargs="+", metavar="FILE", help="JSON lines: {\"source\": ..., \"event\": {...}}")
+    p.add_argument("--rate", type=float, default=0.0, help="events per second (default 0: as fast as possible)")
+    p.set_defaults(func=cmd_replay)
+
+    p = sub.add_parser("deadletters", help="list dead letters by reason; re-drive chosen ones to their source topic",
+                       description="Reads the dead_letters table (FINAL). Without --redrive: counts by reason and "
+                       "topic, and the latest examples. With --redrive: sends the selected dead letters' original "
+                       "bytes and key back to the partition they came from; event ids are kept, so re-driving "
+                       "twice doubles nothing. Truncated dead letters are refused. With embedded ClickHouse, "
+                       "run it while the worker is stopped (one process per chdb folder).")
+    kafka(p)
+    p.add_argument("--clickhouse-url", help="ClickHouse server (default: CXP_CLICKHOUSE_URL, else embedded chdb)")
+    p.add_argument("--reason", help="only this reason code (undecodable, missing_field, invalid_value, ...)")
+    p.add_argument("--topic", help="only dead letters from this source topic")
+    p.add_argument("--partition", type=int, help="only from this partition of the source topic")
+    p.add_argument("--from-offset", type=int, help="only from this source offset on")
+    p.add_argument("--to-offset", type=int, help="only up to this source offset (inclusive)")
+    p.add_argument("--examples", type=int, default=10, help="latest dead letters shown with their error (default 10)")
+    p.add_argument("--redrive", action="store_true", help="re-drive the selected dead letters instead of listing")
+    p.set_defaults(func=cmd_deadletters)
 
     p = sub.add_parser("topics", help="create the cx topics (idempotent) and show their partition counts")
     kafka(p)
@@ -239,7 +339,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except KeyboardInterrupt:
         return 130
     except RuntimeError as exc:
-        console.print(f"[red]error:[/red] {exc}")
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)  # pastable: no markup, no wrapping
         return 1
 
 

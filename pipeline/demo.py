@@ -1,5 +1,8 @@
 """``cxp demo``: broker, worker and simulator on one machine, key numbers live, a summary at the end.
 
+First a few days of simulated history are backfilled as fast as the worker takes them, so the 1h, 24h
+and 7d windows differ and funnels, complaints and churn have a past; then the same customers go live
+at the chosen rate, with a complaint spike a little into the live phase, while you watch.
 Every process the demo starts it also stops. With no URLs configured, the broker is a local Tansu
 and ClickHouse is embedded chdb, both under ``<data_dir>/demo`` which each run starts afresh.
 """
@@ -21,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from pipeline.local.broker import LocalBroker
@@ -29,6 +33,9 @@ from pipeline.settings import Settings
 
 console = Console()
 TABLES = ("events", "survey_responses", "funnel_progress", "dead_letters", "metric_snapshots")
+DAY_MS = 86_400_000
+MAX_HISTORY_MS = 5 * DAY_MS  # the worker rejects events 7 days behind its clock; this leaves room
+SILENT_SHARE = 0.1
 
 
 def scrape(url: str, timeout: float = 2.0) -> dict[str, list[tuple[dict, float]]]:
@@ -46,11 +53,13 @@ def total(samples: dict, name: str, **match: str) -> float:
     return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == m for k, m in match.items()))
 
 
-def _view(samples: dict, metrics_url: str, started: float, produced: int) -> Group:
+def _view(samples: dict, metrics_url: str, started: float, produced: int, spike_in_s: float) -> Group:
     consumed = total(samples, "cxp_events_consumed_total")
     head = Table.grid(padding=(0, 2))
     head.add_row("metrics", metrics_url)
-    head.add_row("elapsed", f"{time.monotonic() - started:.0f} s")
+    head.add_row("live for", f"{time.monotonic() - started:.0f} s")
+    spike = time.monotonic() - started - spike_in_s
+    head.add_row("complaint spike", f"in {-spike:.0f} s" if spike < 0 else f"since {spike:.0f} s")
     head.add_row("produced / consumed", f"{produced:,} / {consumed:,.0f}")
     head.add_row("processed", f"{total(samples, 'cxp_events_processed_total'):,.0f}")
     head.add_row("duplicates", f"{total(samples, 'cxp_events_duplicate_total'):,.0f}")
@@ -67,6 +76,14 @@ FAMILIES = (
     ("CES", "cx_ces", ("tenant", "window"), "{:.2f}", {}),
     ("NPS by region", "cx_segment_nps", ("tenant", "segment", "window"), "{:.1f}", {"dimension": "region", "window": "7d"}),
     ("funnel conversion", "cx_funnel_conversion_ratio", ("tenant", "funnel", "window"), "{:.1%}", {}),
+    ("active customers", "cx_active_customers", ("tenant", "window"), "{:,.0f}", {}),
+    ("stickiness (DAU/MAU)", "cx_stickiness", ("tenant",), "{:.1%}", {}),
+    ("churn risk", "cx_churn_risk_customers", ("tenant", "level"), "{:,.0f}", {}),
+    ("complaints open", "cx_complaints_open", ("tenant", "priority"), "{:,.0f}", {}),
+    ("complaints opened / h", "cx_complaints_opened_rate", ("tenant",), "{:,.1f}", {}),
+    ("complaint spike", "cx_complaint_spike", ("tenant",), "{:.0f}", {}),
+    ("complaint SLA breaches", "cx_complaint_sla_breaches_total", ("tenant", "priority", "stage"), "{:,.0f}", {}),
+    ("actions sent", "cx_actions_total", ("tenant", "kind"), "{:,.0f}", {}),
 )
 
 
@@ -93,6 +110,45 @@ def _wait_for_metrics(url: str, worker: subprocess.Popen, log: Path, timeout_s: 
     raise RuntimeError(f"the worker did not serve {url} within {timeout_s:.0f} s; see {log}")
 
 
+def backfill(producer, events, expected: int, metrics_url: str, worker: subprocess.Popen, log: Path,
+             in_flight: int = 50_000) -> int:
+    """Send the history as fast as the worker takes it: never more than ``in_flight`` events ahead of what
+    it has consumed, so its partitions stay close together in event time (none runs days ahead, which
+    would make the others' events late). Returns the events sent, once the worker has consumed them all."""
+    columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    consumed = 0.0
+
+    def poll() -> None:
+        nonlocal consumed
+        if worker.poll() is not None:
+            raise RuntimeError(f"the worker exited with {worker.returncode} during the backfill; see {log}")
+        consumed = total(scrape(metrics_url), "cxp_events_consumed_total")
+        progress.update(taken, completed=consumed)
+
+    with Progress(*columns, console=console) as progress:
+        sent_task = progress.add_task("history sent", total=expected)
+        taken = progress.add_task("history consumed", total=expected)
+        sent, next_poll = 0, time.monotonic()
+        for source, event in events:
+            producer.send(source, event)
+            sent += 1
+            if sent % 1000 == 0 and time.monotonic() >= next_poll:  # a scrape costs the worker too: 2 a second
+                progress.update(sent_task, completed=sent)
+                poll()
+                while sent - consumed > in_flight:
+                    time.sleep(0.5)
+                    poll()
+                next_poll = time.monotonic() + 0.5
+        producer.flush()
+        progress.update(sent_task, total=sent, completed=sent)
+        progress.update(taken, total=sent)
+        poll()
+        while consumed < producer.events_sent:
+            time.sleep(0.3)
+            poll()
+    return sent
+
+
 def stop_on_signals() -> None:
     """SIGTERM and SIGHUP (as `timeout`, systemd or a CI runner send them) stop the demo like Ctrl-C does:
     the first one interrupts, later ones are ignored so the clean-up that stops every child can finish."""
@@ -107,16 +163,21 @@ def stop_on_signals() -> None:
 
 
 def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_rate: float,
-             web_port: Optional[int] = None) -> int:
+             web_port: Optional[int] = None, history_ms: int = 3 * DAY_MS, history_events: int = 150_000) -> int:
     from pipeline.producer import EventProducer
     from pipeline.registry import make_registry
     from pipeline.simulate import Simulator, run_simulation
     from pipeline.topics import ensure_topics
     from pipeline.wire import Codec
-    from sinks.clickhouse.backend import open_backend
+    from sinks.clickhouse.backend import open_backend, require_embedded
 
+    if history_ms > MAX_HISTORY_MS:
+        raise RuntimeError(f"at most {MAX_HISTORY_MS // DAY_MS} days of history: the worker rejects events "
+                           "7 days behind its clock as too_late, and partitions are consumed at different paces")
+    if not settings.clickhouse_url:
+        require_embedded()
     stop_on_signals()
-    home = settings.data_dir / "demo"
+    home = (settings.data_dir / "demo").resolve()  # absolute: the worker runs in it (Faust data folder)
     if home.exists():
         shutil.rmtree(home)
     home.mkdir(parents=True)
@@ -134,21 +195,35 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
                    CXP_WEB_PORT=str(settings.web_port), CXP_SESSION_TIMEOUT="6", CXP_SNAPSHOT_INTERVAL="5")
         if settings.clickhouse_url:
             env["CXP_CLICKHOUSE_URL"] = settings.clickhouse_url
+        if history_ms:  # silent for half the history counts as inactive here (the default, 14 days, can't show)
+            env.setdefault("CXP_CHURN_INACTIVITY", f"{history_ms // 3000}s")
         worker_log = home / "worker.log"
-        worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
+        worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env, cwd=home,
                                   stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
         _wait_for_metrics(metrics_url, worker, worker_log)
         console.print(f"worker pid {worker.pid} serving {metrics_url}; logs in {worker_log}")
 
-        start_ms = int(time.time() * 1000)
-        simulator = Simulator(seed=seed, start_ms=start_ms, spike_at_ms=start_ms + int(duration_s * 500), bad_rate=bad_rate)
+        now_ms = int(time.time() * 1000)
+        # A tenth of the customers fall silent halfway through the history: churn's inactivity signal.
+        simulator = Simulator(seed=seed, start_ms=now_ms - history_ms, bad_rate=bad_rate,
+                              silent_share=SILENT_SHARE if history_ms else 0.0, silent_at_ms=now_ms - history_ms // 2)
         producer = EventProducer(settings.bootstrap_servers, Codec(make_registry(settings.schema_registry_url)),
                                  topic_prefix=settings.topic_prefix)
+        history = 0
+        if history_ms and history_events:
+            console.print(f"backfilling {history_ms / DAY_MS:g} days of history (~{history_events:,} events)")
+            history = backfill(producer, simulator.events(until_ms=now_ms, rate=history_events * 1000 / history_ms),
+                               history_events, metrics_url, worker, worker_log)
+        live_ms = int(time.time() * 1000)
+        simulator.skip_to(live_ms)
+        spike_in_s = min(30.0, duration_s / 4)
+        simulator.spike_at_ms = live_ms + int(spike_in_s * 1000)
         stop = threading.Event()
         sim_thread = threading.Thread(
-            target=run_simulation, args=(producer, simulator.events(rate=rate), rate),
-            kwargs={"duration_s": duration_s, "stop": stop}, daemon=True)
+            target=run_simulation, args=(producer, simulator.events(until_ms=live_ms + int(duration_s * 1000),
+                                                                    rate=rate), rate),
+            kwargs={"stop": stop}, daemon=True)
         started = time.monotonic()
         sim_thread.start()
         samples: dict = {}
@@ -156,14 +231,14 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
             with Live(console=console, refresh_per_second=2) as live:
                 while sim_thread.is_alive():
                     samples = scrape(metrics_url)
-                    live.update(_view(samples, metrics_url, started, producer.events_sent))
+                    live.update(_view(samples, metrics_url, started, producer.events_sent, spike_in_s))
                     time.sleep(1.0)
                 producer.flush()
                 deadline = time.monotonic() + 60
                 while total(samples, "cxp_events_consumed_total") < producer.events_sent and time.monotonic() < deadline:
                     time.sleep(0.5)
                     samples = scrape(metrics_url)
-                    live.update(_view(samples, metrics_url, started, producer.events_sent))
+                    live.update(_view(samples, metrics_url, started, producer.events_sent, spike_in_s))
         except KeyboardInterrupt:
             console.print("interrupted: stopping")
             stop.set()
@@ -175,7 +250,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         backend = open_backend(settings.clickhouse_url, home, settings.clickhouse_database)
         rows = {t: backend.query(f"SELECT count() FROM {backend.database}.{t} FINAL")[0][0] for t in TABLES}
         backend.close()
-        _summary(samples, rows, producer.events_sent, simulator.stats)
+        _summary(samples, rows, producer.events_sent, history, simulator.stats)
         return 0
     finally:
         if worker is not None:
@@ -184,9 +259,10 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
             broker.stop()
 
 
-def _summary(samples: dict, rows: dict[str, int], produced: int, sim_stats: dict) -> None:
+def _summary(samples: dict, rows: dict[str, int], produced: int, history: int, sim_stats: dict) -> None:
     table = Table("", "value", title="cx-pipeline demo summary")
     table.add_row("events produced", f"{produced:,}")
+    table.add_row("of which history", f"{history:,}")
     table.add_row("events consumed", f"{total(samples, 'cxp_events_consumed_total'):,.0f}")
     table.add_row("processed", f"{total(samples, 'cxp_events_processed_total'):,.0f}")
     table.add_row("duplicates", f"{total(samples, 'cxp_events_duplicate_total'):,.0f}")

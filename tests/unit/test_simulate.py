@@ -177,3 +177,33 @@ def test_run_simulation_stops_by_duration_and_on_request():
     started = time.monotonic()
     sent = run_simulation(ListSink(), iter(events), rate=100.0, stop=stop)
     assert time.monotonic() - started < 1.0 and 20 <= sent <= 45
+
+
+def test_skip_to_jumps_event_time_and_keeps_order():
+    """A backfill then live traffic: after skip_to, new events start at the new time, nothing goes back."""
+    sim = Simulator(seed=5, start_ms=START)
+    history = list(sim.events(until_ms=START + 3600_000, rate=1.0))
+    live_at = START + 5 * 3600_000
+    sim.skip_to(live_at)
+    live = list(sim.events(count=2000, rate=100.0))
+    times = [e["event_time"] for _, e in history + live]
+    assert times == sorted(times)
+    assert history[-1][1]["event_time"] <= START + 3600_000
+    # follow-ups of the history that fell due in the gap come first; then everything is live
+    assert all(e["event_time"] >= live_at for _, e in live[200:])
+    assert live[-1][1]["event_time"] <= live_at + 2000 * 10 + 10
+
+
+def test_silent_customers_start_nothing_after_their_time():
+    silent_at = START + 20 * 3600_000
+    quiet_sim, quiet = run(count=20_000, silent_share=0.2, silent_at_ms=silent_at)
+    _, plain = run(count=20_000)
+    silent = {c.id for c in quiet_sim.customers if c.silent_from_ms == silent_at}
+    assert 0.15 * len(quiet_sim.customers) < len(silent) < 0.25 * len(quiet_sim.customers)
+    # before that, the same events as without silence; after it, no new activity of theirs
+    before = [item for item in quiet if item[1]["event_time"] < silent_at]
+    assert before == plain[:len(before)]
+    # a day later, only the handling of complaints they had opened before may still mention them
+    late = [(s, e) for s, e in quiet if e["event_time"] >= silent_at + 24 * 3600_000 and e["customer_id"] in silent]
+    assert all(s == "complaints" and e["event_type"] != "opened" for s, e in late)
+    assert any(e["customer_id"] in silent for _, e in before)
