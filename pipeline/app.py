@@ -20,12 +20,15 @@ from prometheus_client import CollectorRegistry
 
 from agents import ingest, snapshots
 from pipeline.collector import register as register_collector
+from pipeline.kafka_security import faust_credentials
 from pipeline.metrics import build_cores
 from pipeline.processor import Processor
 from pipeline.registry import EVENT_SCHEMAS, make_registry
 from pipeline.settings import Settings, duration_ms
 from pipeline.topics import ensure_topics, input_topics
 from pipeline.validate import Rules
+from pipeline.secret_values import clickhouse_security, display_settings
+from pipeline.web_security import Guard, warn_if_exposed
 from pipeline.wire import Codec
 from sinks.clickhouse.backend import open_backend
 from sinks.clickhouse.sink import ClickHouseSink
@@ -102,8 +105,10 @@ def build_app(settings: Settings) -> faust.App:
     metrics = PipelineMetrics(prometheus, instruments_of(cores))
     prometheus.register(CoreCollector(processor))
 
+    guard = Guard(settings)
     backend = open_backend(settings.clickhouse_url, settings.data_dir, settings.clickhouse_database,
-                           settings.clickhouse_connect_timeout, settings.clickhouse_timeout, settings.clickhouse_cluster)
+                           settings.clickhouse_connect_timeout, settings.clickhouse_timeout, settings.clickhouse_cluster,
+                           **clickhouse_security(settings))
     clickhouse_thread = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")  # one connection, one thread
 
     def run_blocking(function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
@@ -112,6 +117,7 @@ def build_app(settings: Settings) -> faust.App:
     app = CxApp(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings),
         autodiscover=False,
         store="memory://",
         web_host=settings.web_host,
@@ -174,10 +180,16 @@ def build_app(settings: Settings) -> faust.App:
             log.info("partition state rebuilt from clickhouse", extra={
                 "partitions": new, "rows": restored.row_count(), "seconds": round(time.monotonic() - started, 3)})
 
+    @app.task
+    async def announce_settings() -> None:  # a task: runs once the worker's logging is set up
+        log.info("worker settings", extra={"settings": display_settings(settings)})
+        warn_if_exposed(settings, guard.collector_tokens)
+
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(metrics.render(), content_type=CONTENT_TYPE)
 
-    register_collector(app, settings, registry, rules, codec, partition_counts, metrics.collector_requests)
+    register_collector(app, settings, registry, rules, codec, partition_counts, metrics.collector_requests,
+                       guard)
 
     return app

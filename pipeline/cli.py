@@ -10,6 +10,7 @@ from typing import Optional
 
 from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from pipeline.settings import Settings
@@ -23,7 +24,12 @@ def load_settings(args: argparse.Namespace, **overrides) -> Settings:
         values["config_file"] = args.config
     try:
         return Settings(**values)
-    except (ValidationError, FileNotFoundError) as exc:
+    except ValidationError as exc:  # named by variable, without the values given: they may be secrets
+        problems = "; ".join(f"CXP_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+                             for error in exc.errors(include_input=False, include_url=False))
+        console.print(f"[red]invalid configuration:[/red] {escape(problems)}")
+        raise SystemExit(2) from None
+    except FileNotFoundError as exc:
         console.print(f"[red]invalid configuration:[/red] {exc}")
         raise SystemExit(2) from None
 
@@ -93,6 +99,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _producer(settings: Settings):
+    from pipeline.kafka_security import kafka_python_config
     from pipeline.producer import EventProducer
     from pipeline.registry import make_registry
     from pipeline.topics import ensure_topics
@@ -100,7 +107,7 @@ def _producer(settings: Settings):
 
     ensure_topics(settings)
     return EventProducer(settings.bootstrap_servers, Codec(make_registry(settings.schema_registry_url)),
-                         topic_prefix=settings.topic_prefix)
+                         topic_prefix=settings.topic_prefix, **kafka_python_config(settings))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -150,9 +157,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_config(args: argparse.Namespace) -> int:
     settings = load_settings(args)
+    from pipeline.secret_values import display_settings
+
     table = Table("variable", "value", "meaning")
+    shown = display_settings(settings)  # secrets masked
     for name, field in Settings.model_fields.items():
-        table.add_row(f"CXP_{name.upper()}", str(getattr(settings, name)), field.description)
+        table.add_row(f"CXP_{name.upper()}", shown[name], field.description)
     Console().print(table)
     return 0
 

@@ -31,9 +31,10 @@ console = Console()
 TABLES = ("events", "survey_responses", "funnel_progress", "dead_letters", "metric_snapshots")
 
 
-def scrape(url: str, timeout: float = 2.0) -> dict[str, list[tuple[dict, float]]]:
-    """metric sample name -> [(labels, value)] from a /metrics endpoint."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def scrape(url: str, timeout: float = 2.0, token: Optional[str] = None) -> dict[str, list[tuple[dict, float]]]:
+    """metric sample name -> [(labels, value)] from a /metrics endpoint (sending ``token`` if it needs one)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
         text = response.read().decode()
     samples: dict[str, list[tuple[dict, float]]] = defaultdict(list)
     for family in text_string_to_metric_families(text):
@@ -80,13 +81,14 @@ def metrics_table(samples: dict, title: str) -> Table:
     return table
 
 
-def _wait_for_metrics(url: str, worker: subprocess.Popen, log: Path, timeout_s: float = 90.0) -> None:
+def _wait_for_metrics(url: str, worker: subprocess.Popen, log: Path, token: Optional[str],
+                      timeout_s: float = 90.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with {worker.returncode}; see {log}")
         try:
-            scrape(url, timeout=1.0)
+            scrape(url, timeout=1.0, token=token)
             return
         except OSError:
             time.sleep(0.5)
@@ -108,9 +110,12 @@ def stop_on_signals() -> None:
 
 def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_rate: float,
              web_port: Optional[int] = None) -> int:
+    from pipeline.kafka_security import kafka_python_config
     from pipeline.producer import EventProducer
     from pipeline.registry import make_registry
+    from pipeline.secret_values import clickhouse_security
     from pipeline.simulate import Simulator, run_simulation
+    from pipeline.web_security import metrics_token
     from pipeline.topics import ensure_topics
     from pipeline.wire import Codec
     from sinks.clickhouse.backend import open_backend
@@ -138,13 +143,14 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env,
                                   stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
-        _wait_for_metrics(metrics_url, worker, worker_log)
+        token = metrics_token(settings)
+        _wait_for_metrics(metrics_url, worker, worker_log, token)
         console.print(f"worker pid {worker.pid} serving {metrics_url}; logs in {worker_log}")
 
         start_ms = int(time.time() * 1000)
         simulator = Simulator(seed=seed, start_ms=start_ms, spike_at_ms=start_ms + int(duration_s * 500), bad_rate=bad_rate)
         producer = EventProducer(settings.bootstrap_servers, Codec(make_registry(settings.schema_registry_url)),
-                                 topic_prefix=settings.topic_prefix)
+                                 topic_prefix=settings.topic_prefix, **kafka_python_config(settings))
         stop = threading.Event()
         sim_thread = threading.Thread(
             target=run_simulation, args=(producer, simulator.events(rate=rate), rate),
@@ -155,14 +161,14 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         try:
             with Live(console=console, refresh_per_second=2) as live:
                 while sim_thread.is_alive():
-                    samples = scrape(metrics_url)
+                    samples = scrape(metrics_url, token=token)
                     live.update(_view(samples, metrics_url, started, producer.events_sent))
                     time.sleep(1.0)
                 producer.flush()
                 deadline = time.monotonic() + 60
                 while total(samples, "cxp_events_consumed_total") < producer.events_sent and time.monotonic() < deadline:
                     time.sleep(0.5)
-                    samples = scrape(metrics_url)
+                    samples = scrape(metrics_url, token=token)
                     live.update(_view(samples, metrics_url, started, producer.events_sent))
         except KeyboardInterrupt:
             console.print("interrupted: stopping")
@@ -170,9 +176,10 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         sim_thread.join()
         producer.close()
         time.sleep(settings.sink_flush_interval + 0.5)  # let the last rows reach ClickHouse
-        samples = scrape(metrics_url)
+        samples = scrape(metrics_url, token=token)
         stop_process(worker)
-        backend = open_backend(settings.clickhouse_url, home, settings.clickhouse_database)
+        backend = open_backend(settings.clickhouse_url, home, settings.clickhouse_database,
+                               **clickhouse_security(settings))
         rows = {t: backend.query(f"SELECT count() FROM {backend.database}.{t} FINAL")[0][0] for t in TABLES}
         backend.close()
         _summary(samples, rows, producer.events_sent, simulator.stats)
