@@ -3,9 +3,9 @@
 The collector (``POST /v1/events/{source}``) needs one of the collector tokens when any is set;
 ``/metrics`` needs the metrics token when one is set. Tokens are compared in constant time. A client
 (its token when authentication is on, else its IP address) gets two token buckets, requests/s and
-events/s, that refill continuously and hold one second's worth: a request is refused with 429 while
-a bucket is empty. A request may take more events than the bucket holds; the bucket then goes into
-debt, and the client waits until it is paid off, so big batches are allowed but not faster on average.
+events/s, that refill continuously and hold one second's worth: a request is refused with 429 until
+its bucket holds what it costs. A request with more events than a second's worth needs a full bucket
+and then puts it into debt that the client waits off, so big batches pass but not faster on average.
 """
 from __future__ import annotations
 
@@ -80,10 +80,12 @@ class TokenBucket:
         self.level = min(self.rate, self.level + (now - self.updated) * self.rate)
         self.updated = now
 
-    def wait_seconds(self, now: float) -> float:
-        """0 when a request may pass now, else the seconds until it may."""
+    def wait_seconds(self, amount: float, now: float) -> float:
+        """0 when ``amount`` may be taken now, else the seconds until it may (amounts beyond the
+        capacity need a full bucket)."""
         self.refill(now)
-        return 0.0 if self.level > 0 else (1e-9 - self.level) / self.rate
+        need = min(amount, self.rate)
+        return 0.0 if self.level >= need else (need - self.level) / self.rate
 
     def take(self, amount: float, now: float) -> None:
         self.refill(now)
@@ -107,7 +109,7 @@ class RateLimiter:
             if len(self.buckets) >= MAX_CLIENTS:
                 self._forget_idle(now)
             bucket = self.buckets[client] = TokenBucket(self.rate, now)
-        wait = bucket.wait_seconds(now)
+        wait = bucket.wait_seconds(amount, now)
         if not wait:
             bucket.take(amount, now)
         return wait
