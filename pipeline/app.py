@@ -27,8 +27,8 @@ from pipeline.registry import EVENT_SCHEMAS, make_registry
 from pipeline.settings import Settings, duration_ms
 from pipeline.topics import ensure_topics, input_topics
 from pipeline.validate import Rules
-from pipeline.secret_values import clickhouse_security, display_settings
-from pipeline.web_security import Guard, warn_if_exposed
+from pipeline.secret_values import clickhouse_security
+from pipeline.web_security import Guard
 from pipeline.wire import Codec
 from sinks.clickhouse.backend import open_backend
 from sinks.clickhouse.sink import ClickHouseSink
@@ -179,11 +179,6 @@ def build_app(settings: Settings) -> faust.App:
             processor.restore(restored)
             log.info("partition state rebuilt from clickhouse", extra={
                 "partitions": new, "rows": restored.row_count(), "seconds": round(time.monotonic() - started, 3)})
-
-    @app.task
-    async def announce_settings() -> None:  # a task: runs once the worker's logging is set up
-        log.info("worker settings", extra={"settings": display_settings(settings)})
-        warn_if_exposed(settings, guard.collector_tokens)
 
     @app.page("/metrics")
     async def metrics_page(web: Any, request: Any) -> Any:

@@ -37,6 +37,7 @@ def load_settings(args: argparse.Namespace, **overrides) -> Settings:
 def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.app import build_app
     from pipeline.logs import logging_config
+    from pipeline.web_security import log_start_up
 
     BoundedWorker = _bounded_worker_class()
 
@@ -53,7 +54,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = build_app(settings)
     worker = BoundedWorker(app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout,
-                           logging_config=logging_config(settings.log_level, settings.log_format))
+                           logging_config=logging_config(settings.log_level, settings.log_format),
+                           on_logging_ready=lambda: log_start_up(settings))
     worker.execute_from_commandline()
     return 0
 
@@ -69,9 +71,14 @@ def _bounded_worker_class():
         broker or ClickHouse is unreachable and Faust's own shutdown would wait on them. What is not
         durable by then is not acked, so it is consumed again after the restart."""
 
-        def __init__(self, *args, shutdown_timeout: float, **kwargs):
+        def __init__(self, *args, shutdown_timeout: float, on_logging_ready, **kwargs):
             super().__init__(*args, **kwargs)
             self._shutdown_timeout = shutdown_timeout
+            self._on_logging_ready = on_logging_ready
+
+        async def on_execute(self) -> None:  # runs once logging is configured, before the app starts
+            self._on_logging_ready()
+            await super().on_execute()
 
         def _start_watchdog(self) -> None:
             timer = threading.Timer(self._shutdown_timeout, lambda: os._exit(75))

@@ -19,7 +19,7 @@ from typing import Any, Callable, Optional
 
 from aiohttp import web
 
-from pipeline.secret_values import ConfigurationError, read_secret_file, secret, token_lines
+from pipeline.secret_values import ConfigurationError, display_settings, read_secret_file, secret, token_lines
 from pipeline.settings import Settings
 
 log = logging.getLogger("cxp.security")
@@ -182,6 +182,13 @@ def too_many(wait_s: float, what: str) -> web.Response:
     retry_after = max(1, math.ceil(wait_s))
     return web.json_response({"error": f"rate limit of {what} per second exceeded; retry in {retry_after} s",
                               "retry_after": retry_after}, status=429, headers={"Retry-After": str(retry_after)})
+
+
+def log_start_up(settings: Settings) -> None:
+    """The worker's first lines once its logging is set up: every setting, secrets masked, and the
+    warning of :func:`warn_if_exposed`."""
+    log.info("worker settings", extra={"settings": display_settings(settings)})
+    warn_if_exposed(settings, collector_tokens(settings))
 
 
 def warn_if_exposed(settings: Settings, tokens: list[str]) -> None:
