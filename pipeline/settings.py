@@ -115,7 +115,7 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Kafka consumer-group session timeout in seconds (group joins take about half)."
     )
     collector_max_body: int = Field(
-        1_048_576, description="Largest HTTP collector request body in bytes (at most 1 MiB, the web server's own cap)."
+        1_048_576, ge=1, le=1_048_576, description="Largest HTTP collector request body in bytes (at most 1 MiB, the web server's own cap)."
     )
     max_message_bytes: int = Field(
         900_000, ge=1_000, le=990_000,
@@ -223,7 +223,7 @@ class Settings(BaseSettings):
     @classmethod
     def _check_kafka_url(cls, value):
         if value and urlparse(value).scheme not in ("kafka", ""):
-            raise ValueError(f"kafka_url must look like kafka://host:9092, got {value!r}")
+            raise ValueError(f"kafka_url must look like kafka://host:9092, not {urlparse(value).scheme}://...")
         return value
 
     @property

@@ -38,7 +38,8 @@ def collector_tokens(settings: Settings) -> list[str]:
 
 
 def metrics_token(settings: Settings) -> Optional[str]:
-    return secret(settings.metrics_token, settings.metrics_token_file, "metrics_token_file")
+    """The /metrics token, or None: an empty value (CXP_METRICS_TOKEN=) leaves /metrics open."""
+    return secret(settings.metrics_token, settings.metrics_token_file, "metrics_token_file") or None
 
 
 def bearer_token(authorization: Optional[str]) -> Optional[str]:
