@@ -24,6 +24,8 @@ from pipeline.settings import Settings
 
 log = logging.getLogger("cxp.security")
 MAX_CLIENTS = 10_000  # buckets kept; full ones (idle clients) are dropped beyond this
+# Where check_collector leaves the client's identity on the request, for check_events.
+CLIENT_KEY = web.RequestKey("cxp_client", str)
 
 
 def collector_tokens(settings: Settings) -> list[str]:
@@ -132,22 +134,23 @@ class Guard:
         self.requests = RateLimiter(settings.collector_rate_limit_requests, clock)
         self.events = RateLimiter(settings.collector_rate_limit_events, clock)
 
-    def client(self, request: Any) -> str:
-        """Who a request is for the rate limits: its token's identity, else its peer address."""
-        token = matching_token(bearer_token(request.headers.get("Authorization")), self.collector_tokens)
-        return token_identity(token) if token else f"ip:{request.remote}"
-
     def check_collector(self, request: Any) -> Optional[web.Response]:
-        """The 401 or 429 answer for a collector request, or None to let it through."""
+        """The 401 or 429 answer for a collector request, or None to let it through. Remembers who the
+        client is for the rate limits: its token's identity, else its peer address."""
+        client = f"ip:{request.remote}"
         if self.collector_tokens:
-            if matching_token(bearer_token(request.headers.get("Authorization")), self.collector_tokens) is None:
+            token = matching_token(bearer_token(request.headers.get("Authorization")), self.collector_tokens)
+            if token is None:
                 return unauthorized("a valid collector token is required: Authorization: Bearer <token>")
-        wait = self.requests.admit(self.client(request))
+            client = token_identity(token)
+        request[CLIENT_KEY] = client
+        wait = self.requests.admit(client)
         return too_many(wait, "requests") if wait else None
 
     def check_events(self, request: Any, count: int) -> Optional[web.Response]:
-        """The 429 answer when the client's events/s budget is spent, or None (and ``count`` taken)."""
-        wait = self.events.admit(self.client(request), count)
+        """The 429 answer when the client's events/s budget is spent, or None (and ``count`` taken).
+        Only for requests :meth:`check_collector` let through."""
+        wait = self.events.admit(request[CLIENT_KEY], count)
         return too_many(wait, "events") if wait else None
 
     def check_metrics(self, request: Any) -> Optional[web.Response]:
