@@ -24,10 +24,10 @@ from pipeline.kafka_security import faust_credentials
 from pipeline.metrics import build_cores
 from pipeline.processor import Processor
 from pipeline.registry import EVENT_SCHEMAS, make_registry
+from pipeline.secret_values import clickhouse_security
 from pipeline.settings import Settings, duration_ms
 from pipeline.topics import ensure_topics, input_topics
 from pipeline.validate import Rules
-from pipeline.secret_values import clickhouse_security
 from pipeline.web_security import Guard
 from pipeline.wire import Codec
 from sinks.clickhouse.backend import open_backend

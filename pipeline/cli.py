@@ -163,9 +163,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    settings = load_settings(args)
     from pipeline.secret_values import display_settings
 
+    settings = load_settings(args)
     table = Table("variable", "value", "meaning")
     shown = display_settings(settings)  # secrets masked
     for name, field in Settings.model_fields.items():
