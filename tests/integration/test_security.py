@@ -9,7 +9,10 @@ import time
 import uuid
 
 import pytest
+from clickhouse_driver.errors import ServerException
 
+from pipeline.secret_values import clickhouse_security
+from pipeline.settings import Settings
 from sinks.clickhouse.backend import NativeBackend
 from tests.services.worker import WorkerProcess, worker_env
 
@@ -172,3 +175,14 @@ def test_sql_looking_input_is_stored_verbatim(broker, clickhouse_server, tmp_pat
     tables = {name for name, in clickhouse.query(f"SELECT name FROM system.tables WHERE database = '{database}'")}
     assert {"events", "survey_responses", "complaints", "dead_letters"} <= tables
     clickhouse.close()
+
+
+def test_the_clickhouse_password_file_is_what_the_server_checks(clickhouse_url, tmp_path):
+    """The test server's default user has no password: the URL alone connects, and a password from
+    the file, which overrides the URL's, is sent and refused."""
+    assert NativeBackend(clickhouse_url).query("SELECT 1") == [(1,)]
+    secret = tmp_path / "clickhouse-password"
+    secret.write_text("not-the-password\n")
+    options = clickhouse_security(Settings(clickhouse_url=clickhouse_url, clickhouse_password_file=secret))
+    with pytest.raises(ServerException, match="(?i)password"):
+        NativeBackend(clickhouse_url, **options).query("SELECT 1")
