@@ -20,13 +20,16 @@ from prometheus_client import CollectorRegistry
 
 from agents import ingest, snapshots
 from pipeline.collector import register as register_collector
+from pipeline.kafka_security import faust_credentials
 from pipeline.metrics import build_cores
 from pipeline.pii import Pseudonymiser
 from pipeline.processor import Processor
 from pipeline.registry import EVENT_SCHEMAS, make_registry
+from pipeline.secret_values import clickhouse_security
 from pipeline.settings import Settings, duration_ms
 from pipeline.topics import ensure_topics, input_topics
 from pipeline.validate import Rules
+from pipeline.web_security import Guard
 from pipeline.wire import Codec
 from sinks.clickhouse.backend import open_backend
 from sinks.clickhouse.sink import ClickHouseSink
@@ -113,8 +116,10 @@ def build_app(settings: Settings) -> faust.App:
     metrics = PipelineMetrics(prometheus, instruments_of(cores))
     prometheus.register(CoreCollector(processor))
 
+    guard = Guard(settings)
     backend = open_backend(settings.clickhouse_url, settings.data_dir, settings.clickhouse_database,
-                           settings.clickhouse_connect_timeout, settings.clickhouse_timeout, settings.clickhouse_cluster)
+                           settings.clickhouse_connect_timeout, settings.clickhouse_timeout, settings.clickhouse_cluster,
+                           **clickhouse_security(settings))
     clickhouse_thread = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")  # one connection, one thread
 
     def run_blocking(function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
@@ -123,6 +128,7 @@ def build_app(settings: Settings) -> faust.App:
     app = CxApp(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(settings),
         autodiscover=False,
         store="memory://",
         web_host=settings.web_host,
@@ -203,6 +209,7 @@ def build_app(settings: Settings) -> faust.App:
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(metrics.render(), content_type=CONTENT_TYPE)
 
-    register_collector(app, settings, registry, rules, codec, partition_counts, metrics.collector_requests)
+    register_collector(app, settings, registry, rules, codec, partition_counts, metrics.collector_requests,
+                       guard)
 
     return app

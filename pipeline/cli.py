@@ -25,7 +25,12 @@ def load_settings(args: argparse.Namespace, **overrides) -> Settings:
         values["config_file"] = args.config
     try:
         return Settings(**values)
-    except (ValidationError, FileNotFoundError) as exc:
+    except ValidationError as exc:  # named by variable, without the values given: they may be secrets
+        problems = "; ".join(f"CXP_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
+                             for error in exc.errors(include_input=False, include_url=False))
+        console.print(f"[red]invalid configuration:[/red] {escape(problems)}")
+        raise SystemExit(2) from None
+    except FileNotFoundError as exc:
         console.print(f"[red]invalid configuration:[/red] {exc}")
         raise SystemExit(2) from None
 
@@ -34,6 +39,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from pipeline.app import build_app
     from pipeline.logs import logging_config
     from sinks.clickhouse.backend import require_embedded
+    from pipeline.web_security import log_start_up
 
     BoundedWorker = _bounded_worker_class()
 
@@ -52,7 +58,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = build_app(settings)
     worker = BoundedWorker(app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout,
-                           logging_config=logging_config(settings.log_level, settings.log_format))
+                           logging_config=logging_config(settings.log_level, settings.log_format),
+                           on_logging_ready=lambda: log_start_up(settings))
     worker.execute_from_commandline()
     return 0
 
@@ -68,9 +75,14 @@ def _bounded_worker_class():
         broker or ClickHouse is unreachable and Faust's own shutdown would wait on them. What is not
         durable by then is not acked, so it is consumed again after the restart."""
 
-        def __init__(self, *args, shutdown_timeout: float, **kwargs):
+        def __init__(self, *args, shutdown_timeout: float, on_logging_ready, **kwargs):
             super().__init__(*args, **kwargs)
             self._shutdown_timeout = shutdown_timeout
+            self._on_logging_ready = on_logging_ready
+
+        async def on_execute(self) -> None:  # runs once logging is configured, before the app starts
+            self._on_logging_ready()
+            await super().on_execute()
 
         def _start_watchdog(self) -> None:
             timer = threading.Timer(self._shutdown_timeout, lambda: os._exit(75))
@@ -98,6 +110,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
 
 
 def _producer(settings: Settings):
+    from pipeline.kafka_security import kafka_python_config
     from pipeline.producer import EventProducer
     from pipeline.registry import make_registry
     from pipeline.topics import ensure_topics
@@ -105,7 +118,7 @@ def _producer(settings: Settings):
 
     ensure_topics(settings)
     return EventProducer(settings.bootstrap_servers, Codec(make_registry(settings.schema_registry_url)),
-                         topic_prefix=settings.topic_prefix)
+                         topic_prefix=settings.topic_prefix, **kafka_python_config(settings))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -224,10 +237,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    from pipeline.secret_values import display_settings
+
     settings = load_settings(args)
     table = Table("variable", "value", "meaning")
+    shown = display_settings(settings)  # secrets masked
     for name, field in Settings.model_fields.items():
-        table.add_row(f"CXP_{name.upper()}", str(getattr(settings, name)), field.description)
+        table.add_row(f"CXP_{name.upper()}", shown[name], field.description)
     Console().print(table)
     return 0
 

@@ -26,6 +26,7 @@ from pipeline.partitioner import event_key, partition_for
 from pipeline.registry import EVENT_SCHEMAS, SOURCES, SchemaRegistry
 from pipeline.settings import Settings
 from pipeline.validate import INVALID_VALUE, Rules, check_fields
+from pipeline.web_security import Guard, middleware as guard_middleware
 from pipeline.wire import Codec, batch_size
 
 log = logging.getLogger("cxp.collector")
@@ -246,13 +247,15 @@ def counting_middleware(requests: Counter) -> Any:
 
 
 def register(app: faust.App, settings: Settings, registry: SchemaRegistry, rules: Rules, codec: Codec,
-             partition_counts: dict[str, int], requests: Counter) -> None:
+             partition_counts: dict[str, int], requests: Counter, guard: Guard) -> None:
     """Serve the collector on ``app``'s web server; call before the app starts.
 
     partition_counts: topic name -> partitions, for every ``events.<source>`` topic;
-    requests: a Counter labelled (source, code), on the caller's registry.
+    requests: a Counter labelled (source, code), on the caller's registry;
+    guard: the tokens and rate limits of the collector's paths and /metrics (401 and 429 are counted too).
     """
     app.web.web_app.middlewares.append(counting_middleware(requests))
+    app.web.web_app.middlewares.append(guard_middleware(guard, PATH_PREFIX))
 
     async def send(messages: list[Message], topic: str) -> None:
         futures = [await app.producer.send(topic, m.key, m.value, m.partition, None, None) for m in messages]
@@ -269,6 +272,9 @@ def register(app: faust.App, settings: Settings, registry: SchemaRegistry, rules
                                        settings.collector_max_body, settings.max_message_bytes)
             except CollectorError as exc:
                 return self.json(exc.body(), status=exc.status)
+            refusal = guard.check_events(request, len(events))
+            if refusal is not None:
+                return refusal
             topic = settings.topic(f"events.{source}")
             messages = split_messages(source, events, partition_counts[topic], codec, settings.max_message_bytes)
             try:

@@ -38,9 +38,10 @@ MAX_HISTORY_MS = 5 * DAY_MS  # the worker rejects events 7 days behind its clock
 SILENT_SHARE = 0.1
 
 
-def scrape(url: str, timeout: float = 2.0) -> dict[str, list[tuple[dict, float]]]:
-    """metric sample name -> [(labels, value)] from a /metrics endpoint."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def scrape(url: str, timeout: float = 2.0, token: Optional[str] = None) -> dict[str, list[tuple[dict, float]]]:
+    """metric sample name -> [(labels, value)] from a /metrics endpoint (sending ``token`` if it needs one)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
         text = response.read().decode()
     samples: dict[str, list[tuple[dict, float]]] = defaultdict(list)
     for family in text_string_to_metric_families(text):
@@ -97,13 +98,14 @@ def metrics_table(samples: dict, title: str) -> Table:
     return table
 
 
-def _wait_for_metrics(url: str, worker: subprocess.Popen, log: Path, timeout_s: float = 90.0) -> None:
+def _wait_for_metrics(url: str, worker: subprocess.Popen, log: Path, token: Optional[str],
+                      timeout_s: float = 90.0) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with {worker.returncode}; see {log}")
         try:
-            scrape(url, timeout=1.0)
+            scrape(url, timeout=1.0, token=token)
             return
         except OSError:
             time.sleep(0.5)
@@ -111,7 +113,7 @@ def _wait_for_metrics(url: str, worker: subprocess.Popen, log: Path, timeout_s: 
 
 
 def backfill(producer, events, expected: int, metrics_url: str, worker: subprocess.Popen, log: Path,
-             in_flight: int = 50_000) -> int:
+             token: Optional[str] = None, in_flight: int = 50_000) -> int:
     """Send the history as fast as the worker takes it: never more than ``in_flight`` events ahead of what
     it has consumed, so its partitions stay close together in event time (none runs days ahead, which
     would make the others' events late). Returns the events sent, once the worker has consumed them all."""
@@ -122,7 +124,7 @@ def backfill(producer, events, expected: int, metrics_url: str, worker: subproce
         nonlocal consumed
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with {worker.returncode} during the backfill; see {log}")
-        consumed = total(scrape(metrics_url), "cxp_events_consumed_total")
+        consumed = total(scrape(metrics_url, token=token), "cxp_events_consumed_total")
         progress.update(taken, completed=consumed)
 
     with Progress(*columns, console=console) as progress:
@@ -164,9 +166,12 @@ def stop_on_signals() -> None:
 
 def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_rate: float,
              web_port: Optional[int] = None, history_ms: int = 3 * DAY_MS, history_events: int = 150_000) -> int:
+    from pipeline.kafka_security import kafka_python_config
     from pipeline.producer import EventProducer
     from pipeline.registry import make_registry
+    from pipeline.secret_values import clickhouse_security
     from pipeline.simulate import Simulator, run_simulation
+    from pipeline.web_security import metrics_token
     from pipeline.topics import ensure_topics
     from pipeline.wire import Codec
     from sinks.clickhouse.backend import open_backend, require_embedded
@@ -201,7 +206,8 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env, cwd=home,
                                   stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
-        _wait_for_metrics(metrics_url, worker, worker_log)
+        token = metrics_token(settings)
+        _wait_for_metrics(metrics_url, worker, worker_log, token)
         console.print(f"worker pid {worker.pid} serving {metrics_url}; logs in {worker_log}")
 
         now_ms = int(time.time() * 1000)
@@ -209,12 +215,12 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         simulator = Simulator(seed=seed, start_ms=now_ms - history_ms, bad_rate=bad_rate,
                               silent_share=SILENT_SHARE if history_ms else 0.0, silent_at_ms=now_ms - history_ms // 2)
         producer = EventProducer(settings.bootstrap_servers, Codec(make_registry(settings.schema_registry_url)),
-                                 topic_prefix=settings.topic_prefix)
+                                 topic_prefix=settings.topic_prefix, **kafka_python_config(settings))
         history = 0
         if history_ms and history_events:
             console.print(f"backfilling {history_ms / DAY_MS:g} days of history (~{history_events:,} events)")
             history = backfill(producer, simulator.events(until_ms=now_ms, rate=history_events * 1000 / history_ms),
-                               history_events, metrics_url, worker, worker_log)
+                               history_events, metrics_url, worker, worker_log, token)
         live_ms = int(time.time() * 1000)
         simulator.skip_to(live_ms)
         spike_in_s = min(30.0, duration_s / 4)
@@ -230,14 +236,14 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         try:
             with Live(console=console, refresh_per_second=2) as live:
                 while sim_thread.is_alive():
-                    samples = scrape(metrics_url)
+                    samples = scrape(metrics_url, token=token)
                     live.update(_view(samples, metrics_url, started, producer.events_sent, spike_in_s))
                     time.sleep(1.0)
                 producer.flush()
                 deadline = time.monotonic() + 60
                 while total(samples, "cxp_events_consumed_total") < producer.events_sent and time.monotonic() < deadline:
                     time.sleep(0.5)
-                    samples = scrape(metrics_url)
+                    samples = scrape(metrics_url, token=token)
                     live.update(_view(samples, metrics_url, started, producer.events_sent, spike_in_s))
         except KeyboardInterrupt:
             console.print("interrupted: stopping")
@@ -245,9 +251,10 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         sim_thread.join()
         producer.close()
         time.sleep(settings.sink_flush_interval + 0.5)  # let the last rows reach ClickHouse
-        samples = scrape(metrics_url)
+        samples = scrape(metrics_url, token=token)
         stop_process(worker)
-        backend = open_backend(settings.clickhouse_url, home, settings.clickhouse_database)
+        backend = open_backend(settings.clickhouse_url, home, settings.clickhouse_database,
+                               **clickhouse_security(settings))
         rows = {t: backend.query(f"SELECT count() FROM {backend.database}.{t} FINAL")[0][0] for t in TABLES}
         backend.close()
         _summary(samples, rows, producer.events_sent, history, simulator.stats)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Literal, Optional
 from urllib.parse import urlparse
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -23,6 +23,16 @@ _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 CHURN_WEIGHTS = {"inactivity": 0.25, "detractor": 0.2, "complaints": 0.2, "downgrade": 0.15, "chatbot": 0.1,
                  "activity_drop": 0.1}
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
+# The only names that go into generated SQL unquoted (database, cluster): checked here, once, for every caller.
+SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]*")  # the characters Kafka allows in topic and group names
+
+
+def check_identifier(what: str, name: str) -> str:
+    """``name`` if it is a plain SQL identifier, else a ValueError that says what is allowed."""
+    if not SQL_IDENTIFIER.fullmatch(name):
+        raise ValueError(f"invalid {what} {name!r}: use letters, digits and _ (not starting with a digit)")
+    return name
 
 
 def duration_ms(text: str) -> int:
@@ -72,7 +82,7 @@ class Settings(BaseSettings):
     )
     clickhouse_database: str = Field("cx", description="ClickHouse database for all tables.")
     clickhouse_cluster: Optional[str] = Field(
-        None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        None,
         description="ClickHouse cluster (a remote_servers name) for cluster mode: replicated `<table>_local` tables "
         "and Distributed tables over them, created ON CLUSTER; inserts wait for every replica of the shard. "
         "Unset: one server.")
@@ -166,7 +176,7 @@ class Settings(BaseSettings):
         10.0, gt=0, description="Kafka consumer-group session timeout in seconds (group joins take about half)."
     )
     collector_max_body: int = Field(
-        1_048_576, description="Largest HTTP collector request body in bytes (at most 1 MiB, the web server's own cap)."
+        1_048_576, ge=1, le=1_048_576, description="Largest HTTP collector request body in bytes (at most 1 MiB, the web server's own cap)."
     )
     max_message_bytes: int = Field(
         900_000, ge=1_000, le=990_000,
@@ -185,6 +195,37 @@ class Settings(BaseSettings):
         True, description="In PII mode, drop survey comments and chatbot text (true) or keep them (false).")
     pii_cache_size: int = Field(
         100_000, ge=0, description="In PII mode, ids whose hash is cached (the most recently seen).")
+    collector_tokens: Optional[SecretStr] = Field(
+        None, description="Bearer tokens the collector accepts (comma-separated; several at once for rotation). "
+        "Unset, and no collector_tokens_file: the collector takes requests without a token.")
+    collector_tokens_file: Optional[Path] = Field(
+        None, description="File of collector tokens, one per line (# comments allowed), read at start-up; "
+        "adds to collector_tokens. Remove a line and restart to revoke a token.")
+    metrics_token: Optional[SecretStr] = Field(
+        None, description="Bearer token /metrics requires. Unset, and no metrics_token_file: /metrics is open.")
+    metrics_token_file: Optional[Path] = Field(None, description="File holding the /metrics token.")
+    collector_rate_limit_requests: float = Field(
+        0, ge=0, description="Requests per second one client (its token, else its IP address) may send to the "
+        "collector, bursts of one second's worth allowed; beyond it 429 with Retry-After. 0: no limit.")
+    collector_rate_limit_events: float = Field(
+        0, ge=0, description="Events per second one client may send to the collector (same rules). 0: no limit.")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol of every client (worker, producer, topic admin).")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism, with kafka_security_protocol SASL_PLAINTEXT or SASL_SSL.")
+    kafka_sasl_username: Optional[str] = Field(None, description="SASL user name.")
+    kafka_sasl_password: Optional[SecretStr] = Field(None, description="SASL password.")
+    kafka_sasl_password_file: Optional[Path] = Field(None, description="File holding the SASL password.")
+    kafka_ssl_cafile: Optional[Path] = Field(
+        None, description="CA certificates (PEM) to verify the brokers with, for SSL/SASL_SSL. Unset: the system's.")
+    kafka_ssl_certfile: Optional[Path] = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    kafka_ssl_keyfile: Optional[Path] = Field(None, description="Private key (PEM) of the client certificate.")
+    clickhouse_password_file: Optional[Path] = Field(
+        None, description="File holding the ClickHouse password; overrides a password in clickhouse_url.")
+    clickhouse_secure: bool = Field(
+        False, description="Connect to ClickHouse over TLS (as a clickhouses:// URL does; port 9440 usually).")
+    clickhouse_ca_file: Optional[Path] = Field(
+        None, description="CA certificates (PEM) to verify the ClickHouse server with. Unset: the system's.")
     log_level: str = Field("info", description="Log level: debug, info, warning, error.")
     log_format: str = Field("json", description="json (one object per line) or console.")
 
@@ -235,11 +276,42 @@ class Settings(BaseSettings):
             duration_ms(item)
         return value
 
+    @field_validator("clickhouse_database", "clickhouse_cluster")
+    @classmethod
+    def _check_sql_identifier(cls, value, info):
+        return value if value is None else check_identifier(info.field_name, value)
+
+    @field_validator("topic_prefix", "app_id")
+    @classmethod
+    def _check_kafka_name(cls, value, info):
+        if not KAFKA_NAME.fullmatch(value):
+            raise ValueError(f"invalid {info.field_name} {value!r}: Kafka names use only letters, digits, . _ -")
+        return value
+
+    @field_validator("clickhouse_url")
+    @classmethod
+    def _check_clickhouse_url(cls, value):
+        if value is None:
+            return value
+        parsed = urlparse(value)
+        if parsed.scheme not in ("clickhouse", "clickhouses"):
+            raise ValueError("clickhouse_url must look like clickhouse://user:password@host:9000/cx "
+                             "(clickhouses:// for TLS)")
+        database = parsed.path.strip("/")
+        if database:
+            check_identifier("database in clickhouse_url", database)
+        return value
+
+    @field_validator("collector_tokens", mode="before")
+    @classmethod
+    def _join_tokens(cls, value):
+        return ",".join(value) if isinstance(value, list) else value  # a YAML list reads as the env form
+
     @field_validator("kafka_url")
     @classmethod
     def _check_kafka_url(cls, value):
         if value and urlparse(value).scheme not in ("kafka", ""):
-            raise ValueError(f"kafka_url must look like kafka://host:9092, got {value!r}")
+            raise ValueError(f"kafka_url must look like kafka://host:9092, not {urlparse(value).scheme}://...")
         return value
 
     @model_validator(mode="after")

@@ -7,6 +7,7 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from pipeline.kafka_security import kafka_python_config
 from pipeline.registry import SOURCES
 from pipeline.settings import Settings
 
@@ -26,13 +27,14 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     deadline = time.monotonic() + timeout_s
     counts: dict[str, int] = {}
     last_error: Exception | None = None
+    security = kafka_python_config(settings)
     while len(counts) < len(names):
         if time.monotonic() > deadline:
             raise RuntimeError(f"could not create or describe the topics on {settings.bootstrap_servers} within "
                                f"{timeout_s:.0f} s (last error: {last_error}); is the broker running and CXP_KAFKA_URL right?")
         try:
             admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="cxp-admin",
-                                     request_timeout_ms=5000)
+                                     request_timeout_ms=5000, **security)
             try:
                 missing = [NewTopic(n, settings.partitions, 1) for n in names if n not in set(admin.list_topics())]
                 if missing:

@@ -40,7 +40,7 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             self.raise_if_exited()
             try:
-                scrape(self.metrics_url, timeout=1.0)
+                scrape(self.metrics_url, timeout=1.0, token=self.env.get("CXP_METRICS_TOKEN"))
                 return self
             except OSError:
                 time.sleep(0.3)
@@ -56,7 +56,7 @@ class WorkerProcess:
         return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
 
     def metrics(self) -> dict:
-        return scrape(self.metrics_url)
+        return scrape(self.metrics_url, token=self.env.get("CXP_METRICS_TOKEN"))
 
     def wait_for(self, predicate, timeout_s: float = 60.0, what: str = "condition") -> dict:
         """Poll /metrics until predicate(samples) holds; return the samples."""

@@ -11,7 +11,7 @@ import json
 from abc import ABC, abstractmethod
 from datetime import date, datetime
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Any, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlparse
 
 from sinks.clickhouse.ddl import TABLES, create_statements
@@ -54,14 +54,24 @@ class NativeBackend(Backend):
     """
 
     def __init__(self, url: str, database: str = "cx", connect_timeout: float = 3.0, timeout: float = 10.0,
-                 cluster: Optional[str] = None):
+                 cluster: Optional[str] = None, password: Optional[str] = None, secure: bool = False,
+                 ca_certs: Optional[str] = None):
         """``timeout`` bounds every wait on the socket (send, receive, ping), so a hung server raises
-        instead of blocking for the driver's default 300 s."""
+        instead of blocking for the driver's default 300 s. ``password`` (from a file) overrides the
+        URL's; ``secure`` (TLS, as a clickhouses:// URL) and ``ca_certs`` add to the URL's options."""
         from clickhouse_driver import Client
+        from clickhouse_driver.util.helpers import parse_url
 
         parsed = urlparse(url)
         self.database = parsed.path.strip("/") or database
-        self.client = Client.from_url(parsed._replace(path="").geturl())
+        host, options = parse_url(parsed._replace(path="").geturl())
+        if password is not None:
+            options["password"] = password
+        if secure:
+            options["secure"] = True
+        if ca_certs is not None:
+            options["ca_certs"] = ca_certs
+        self.client = Client(host, **options)
         given = parse_qs(parsed.query)  # timeouts in the URL win over the settings
         for name, value in (("connect_timeout", connect_timeout), ("send_receive_timeout", timeout),
                             ("sync_request_timeout", timeout)):
@@ -166,12 +176,13 @@ def _arrow_table(table: str, columns: Sequence[str], data: Sequence[Sequence]):
 
 
 def open_backend(url: Optional[str], data_dir: Path, database: str = "cx", connect_timeout: float = 3.0,
-                 timeout: float = 10.0, cluster: Optional[str] = None) -> Backend:
+                 timeout: float = 10.0, cluster: Optional[str] = None, **security: Any) -> Backend:
     """The server at url (its path, if any, names the database), else embedded chdb under
-    data_dir/clickhouse. Runs the DDL, which is idempotent (ON CLUSTER with a cluster)."""
+    data_dir/clickhouse. Runs the DDL, which is idempotent (ON CLUSTER with a cluster).
+    ``security``: NativeBackend's password / secure / ca_certs."""
     if cluster and not url:
         raise ValueError("a ClickHouse cluster needs a server: set clickhouse_url to one of its replicas")
-    backend: Backend = NativeBackend(url, database, connect_timeout, timeout, cluster) if url else \
+    backend: Backend = NativeBackend(url, database, connect_timeout, timeout, cluster, **security) if url else \
         ChdbBackend(Path(data_dir) / "clickhouse", database)
     backend.create_tables()
     return backend

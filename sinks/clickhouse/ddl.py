@@ -46,6 +46,8 @@ from collections import namedtuple
 from dataclasses import dataclass
 from typing import Optional
 
+from pipeline.settings import check_identifier
+
 
 @dataclass(frozen=True)
 class Table:
@@ -148,15 +150,12 @@ COLUMNS: dict[str, tuple[str, ...]] = {table.name: tuple(name for name, _ in tab
 ROWS = {name: namedtuple(f"{name.title().replace('_', '')}Row", columns) for name, columns in COLUMNS.items()}
 
 
-IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 def create_statements(database: str = "cx", cluster: Optional[str] = None) -> list[str]:
     """CREATE DATABASE and every CREATE TABLE, all IF NOT EXISTS (safe to run on every start). With a
     cluster, all of them ON CLUSTER, each table as a replicated ``_local`` table plus a Distributed one."""
-    for what, name in (("database", database), ("cluster", cluster)):
-        if name is not None and not IDENTIFIER.fullmatch(name):
-            raise ValueError(f"invalid ClickHouse {what} name {name!r}: use letters, digits and _")
+    for what, name in (("ClickHouse database name", database), ("ClickHouse cluster name", cluster)):
+        if name is not None:
+            check_identifier(what, name)
     if cluster is None:
         return [f"CREATE DATABASE IF NOT EXISTS {database}"] + [table.create(database) for table in _TABLES]
     return [f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}"] + [
