@@ -14,12 +14,10 @@ from __future__ import annotations
 
 import hashlib
 from functools import lru_cache
-from typing import TYPE_CHECKING, Optional
+from typing import Optional
 
-if TYPE_CHECKING:
-    from pipeline.settings import Settings
+from pipeline.settings import PII_MIN_KEY_BYTES, Settings
 
-MIN_KEY_BYTES = 16
 # The personal ids of each source's events (the CRM account id is the customer's account).
 ID_FIELDS = {
     "web": ("customer_id", "anonymous_id", "session_id"),
@@ -51,14 +49,14 @@ class Pseudonymiser:
     (an LRU), so a returning customer costs a dict lookup instead of an HMAC."""
 
     def __init__(self, key: bytes, drop_text: bool = True, cache_size: int = 100_000):
-        if len(key) < MIN_KEY_BYTES:
-            raise ValueError(f"the PII key must have at least {MIN_KEY_BYTES} bytes, got {len(key)}")
+        if len(key) < PII_MIN_KEY_BYTES:
+            raise ValueError(f"the PII key must have at least {PII_MIN_KEY_BYTES} bytes, got {len(key)}")
         self.drop_text = drop_text
         self._of_bytes = _HmacSha256(key)
         self.of = lru_cache(maxsize=cache_size)(self._of_text)
 
     @classmethod
-    def from_settings(cls, settings: "Settings") -> Optional["Pseudonymiser"]:
+    def from_settings(cls, settings: Settings) -> Optional["Pseudonymiser"]:
         """The configured pseudonymiser, or None when PII mode is off (no key)."""
         key = settings.pii_secret()
         return None if key is None else cls(key, settings.pii_drop_text, settings.pii_cache_size)

@@ -22,6 +22,7 @@ from pydantic_settings import (
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 CHURN_WEIGHTS = {"inactivity": 0.25, "detractor": 0.2, "complaints": 0.2, "downgrade": 0.15, "chatbot": 0.1,
                  "activity_drop": 0.1}
+PII_MIN_KEY_BYTES = 16
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 # The only names that go into generated SQL unquoted (database, cluster): checked here, once, for every caller.
 SQL_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -318,9 +319,9 @@ class Settings(BaseSettings):
     def _check_pii_key(self):
         if self.pii_key is not None and self.pii_key_file is not None:
             raise ValueError("set pii_key or pii_key_file, not both")
-        from pipeline.pii import Pseudonymiser
-
-        Pseudonymiser.from_settings(self)  # a missing key file or a short key fails here, when settings load
+        key = self.pii_secret()  # a missing key file or a short key fails here, when settings load
+        if key is not None and len(key) < PII_MIN_KEY_BYTES:
+            raise ValueError(f"the PII key must have at least {PII_MIN_KEY_BYTES} bytes, got {len(key)}")
         return self
 
     def pii_secret(self) -> Optional[bytes]:
