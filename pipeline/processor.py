@@ -64,7 +64,7 @@ class Processor:
         state = self.partitions.get(partition)
         if state is None:
             state = self.partitions[partition] = PartitionState(
-                Deduper(self.dedup_horizon_ms), [core.new_state() for core in self.cores])
+                Deduper(self.dedup_horizon_ms), [core.new_state(partition) for core in self.cores])
         return state
 
     def assign(self, partitions: Iterable[int]) -> list[int]:

@@ -26,6 +26,7 @@ PRUNE_EVERY_MS = 60_000
 
 @dataclass
 class ActionState:
+    partition: int
     emitted: dict[str, int] = field(default_factory=dict)  # action id -> created ms
     pruned_ms: int = 0
 
@@ -39,8 +40,8 @@ class ActionCore(MetricCore[ActionState]):
         Instrument("cx_actions", "counter", "Follow-up actions sent on cx.actions, by kind.", ("tenant", "kind")),
     )
 
-    def new_state(self) -> ActionState:
-        return ActionState()
+    def new_state(self, partition: int = 0) -> ActionState:
+        return ActionState(partition)
 
     def add(self, state: ActionState, accepted: Accepted, out: Output) -> None:
         self._emit(state, out)
@@ -67,7 +68,7 @@ class ActionCore(MetricCore[ActionState]):
                 action_id=key, kind=action["kind"], tenant=action["tenant"], customer_id=action["customer_id"],
                 reason=action["reason"], context_keys=list(context), context_values=list(context.values()),
                 created_at=action["created_time"] // 1000, created_ms=action["created_time"],
-                due_at=action["due_time"] // 1000, due_ms=action["due_time"], kafka_partition=action["kafka_partition"]))
+                due_at=action["due_time"] // 1000, due_ms=action["due_time"], kafka_partition=state.partition))
             out.count("cx_actions", (action["tenant"], action["kind"]))
 
     def restore_queries(self) -> Sequence[RestoreQuery]:

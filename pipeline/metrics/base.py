@@ -122,7 +122,8 @@ class MetricCore(Generic[State]):
     name: str = ""
     instruments: Sequence[Instrument] = ()
 
-    def new_state(self) -> State:
+    def new_state(self, partition: int = 0) -> State:
+        """Empty state for one Kafka partition (the number, for rows that record it)."""
         raise NotImplementedError
 
     def add(self, state: State, accepted: Accepted, out: Output) -> None:

@@ -120,7 +120,9 @@ class Customer:
         return (self.days >> low & ((1 << (high - low + 1)) - 1)).bit_count()
 
     def answered(self, event_ms: int, score: int) -> None:
-        if event_ms >= self.nps_ms:
+        """The latest NPS answer counts; of two in the same millisecond the lower score, so the result
+        does not depend on arrival order (a redelivered answer changes nothing)."""
+        if event_ms > self.nps_ms or (event_ms == self.nps_ms and score < self.nps_score):
             self.nps_ms, self.nps_score = event_ms, score
 
     def complained(self, opened_ms: int, complaint_id: str) -> None:
@@ -245,7 +247,7 @@ class ChurnCore(MetricCore[ChurnState]):
                    "cancelled for churned, cleared for a return to low without any signal.", ("tenant", "reason")),
     )
 
-    def new_state(self) -> ChurnState:
+    def new_state(self, partition: int = 0) -> ChurnState:
         return ChurnState()
 
     def _customer(self, state: ChurnState, tenant: str, customer_id: str) -> Customer:
@@ -367,7 +369,8 @@ class ChurnCore(MetricCore[ChurnState]):
             RestoreQuery("typed", "SELECT kafka_partition, tenant, customer_id, event_type, max(event_ms) FROM "
                          "{db}.events WHERE " + where + f" AND event_type IN ({types}) AND event_ms > {{since_ms}} "
                          "GROUP BY kafka_partition, tenant, customer_id, event_type", cfg.forget_ms),
-            RestoreQuery("nps", "SELECT kafka_partition, tenant, customer_id, argMax(score, event_ms), max(event_ms) "
+            RestoreQuery("nps", "SELECT kafka_partition, tenant, customer_id, argMax(score, event_ms * 16 + 15 - score), "
+                         "max(event_ms) "
                          "FROM {db}.survey_responses WHERE " + where + " AND kind = 'NPS' AND event_ms > {since_ms} "
                          "GROUP BY kafka_partition, tenant, customer_id", cfg.memory_ms),
             RestoreQuery("evidence", "SELECT kafka_partition, tenant, customer_id, kind, evidence_id, evidence_ms, "

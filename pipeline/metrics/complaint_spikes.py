@@ -109,7 +109,7 @@ class ComplaintSpikeCore(MetricCore[SpikeState]):
     def horizon_ms(self) -> int:
         return (self.test.weeks + 1) * WEEK_MS
 
-    def new_state(self) -> SpikeState:
+    def new_state(self, partition: int = 0) -> SpikeState:
         return SpikeState()
 
     def _count(self, state: SpikeState, tenant: str, opened_ms: int) -> None:

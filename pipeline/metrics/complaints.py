@@ -116,12 +116,19 @@ def breach_lateness(events: Sequence[Event], opened_ms: int, stage: str, target_
         return (clock_ms if answered is None else answered) - deadline
     at_deadline = [e for e in events if e.ms <= deadline]
     open_at_deadline = bool(at_deadline) and LIFECYCLE[at_deadline[-1].rank] in OPEN
-    opened_again_after = any(e.ms > deadline and LIFECYCLE[e.rank] in OPEN and LIFECYCLE[before.rank] not in OPEN
-                             for before, e in zip(events, events[1:]))
+    opened_again_after = any(e.ms > deadline and LIFECYCLE[e.rank] in OPEN and LIFECYCLE[events[i - 1].rank] not in OPEN
+                             and _stays_open(events, i) for i, e in enumerate(events) if i)
     if not (open_at_deadline or opened_again_after):
         return None
     last = LIFECYCLE[events[-1].rank]
     return (clock_ms if last in OPEN else events[-1].ms) - deadline
+
+
+def _stays_open(events: Sequence[Event], i: int) -> bool:
+    """Whether the complaint, opened again by events[i], is open for some time: a reopening answered in
+    the same millisecond kept nobody waiting."""
+    after = next((e for e in events[i + 1:] if LIFECYCLE[e.rank] not in OPEN), None)
+    return after is None or after.ms > events[i].ms
 
 
 def action_id(kind: str, *cause: str) -> str:
@@ -177,7 +184,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
     )
     _categories: dict[str, set[str]] = field(default_factory=dict)  # per process: category labels in use per tenant
 
-    def new_state(self) -> ComplaintState:
+    def new_state(self, partition: int = 0) -> ComplaintState:
         return ComplaintState()
 
     # -- input -----------------------------------------------------------------------------------
@@ -294,7 +301,6 @@ class ComplaintCore(MetricCore[ComplaintState]):
             "context": {"complaint_id": complaint.complaint_id, "priority": priority, "stage": stage,
                         "late_seconds": str(late_ms // 1000), "category": category or ""},
             "created_time": clock_ms, "due_time": clock_ms + self.sla_ms[priority][0],
-            "kafka_partition": complaint.partition,
         })
 
     def _expire(self, state: ComplaintState, clock_ms: int) -> None:

@@ -47,7 +47,7 @@ class EngagementCore(MetricCore[EngagementState]):
     def retention_ms(self) -> int:
         return max(max(self.windows_ms.values()), STICKINESS[1])
 
-    def new_state(self) -> EngagementState:
+    def new_state(self, partition: int = 0) -> EngagementState:
         return EngagementState()
 
     def add(self, state: EngagementState, accepted: Accepted, out: Output) -> None:

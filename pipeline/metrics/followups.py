@@ -61,7 +61,7 @@ class FollowupCore(MetricCore[FollowupState]):
     recovery_window_ms: int
     name: str = "followups"
 
-    def new_state(self) -> FollowupState:
+    def new_state(self, partition: int = 0) -> FollowupState:
         return FollowupState()
 
     def add(self, state: FollowupState, accepted: Accepted, out: Output) -> None:

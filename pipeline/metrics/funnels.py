@@ -134,7 +134,7 @@ class FunnelCore(MetricCore[FunnelState]):
         """The worker's core; a bad funnels file raises FunnelConfigError here, at start-up."""
         return cls(load_funnels(settings.funnels_file), settings.window_ms, duration_ms(settings.max_lateness))
 
-    def new_state(self) -> FunnelState:
+    def new_state(self, partition: int = 0) -> FunnelState:
         return FunnelState()
 
     # -- input ------------------------------------------------------------------------------

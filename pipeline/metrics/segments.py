@@ -32,7 +32,7 @@ class SegmentCore(MetricCore[RollingCounts]):
     max_values: int
     name: str = "segments"
 
-    def new_state(self) -> RollingCounts:
+    def new_state(self, partition: int = 0) -> RollingCounts:
         return RollingCounts(self.windows_ms, 5)  # key: (tenant, kind, dimension, segment)
 
     def segments_of(self, event: dict, source: str) -> Iterable[tuple[str, str]]:

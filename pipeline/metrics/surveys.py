@@ -105,7 +105,7 @@ class SurveyCore(MetricCore[SurveyState]):
     def __post_init__(self) -> None:
         self.largest_ms = max(self.windows_ms.values())
 
-    def new_state(self) -> SurveyState:
+    def new_state(self, partition: int = 0) -> SurveyState:
         return SurveyState(RollingCounts(self.windows_ms, 5), Deduper(self.largest_ms))
 
     def add(self, state: SurveyState, accepted: Accepted, out: Output) -> None:

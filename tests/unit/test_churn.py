@@ -39,7 +39,8 @@ def expected(history: list[tuple], clock: int) -> tuple[set[str], float, str]:
     for kind, t, _ in history:
         last[kind] = max(last.get(kind, 0), t)
     activity = [t for kind, t, _ in history if kind not in ("complaint_fact", "breach")]
-    nps = max(((t, i, score) for i, (kind, t, score) in enumerate(history) if kind == "nps"), default=None)
+    # the latest answer; of answers in the same millisecond, the lowest score
+    nps = max(((t, -score, score) for kind, t, score in history if kind == "nps"), default=None)
     within = lambda t: t and clock - t < 30 * DAY  # noqa: E731
     days = {t // DAY for t in activity}
     today = clock // DAY
