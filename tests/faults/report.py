@@ -27,9 +27,10 @@ def load(path: Path) -> list[dict]:
     return sorted(latest.values(), key=_order)
 
 
-def _order(record: dict) -> tuple[int, str, str]:
+def _order(record: dict) -> tuple[int, str]:
+    """By number (7a before 7b before 8); the variants of one test (7a's signals) in the order they ran."""
     number, suffix = re.fullmatch(r"(\d+)(\D*)", record["number"]).groups()
-    return int(number), suffix, record["fault"]
+    return int(number), suffix
 
 
 def events_cell(record: dict) -> str:

@@ -73,7 +73,7 @@ def test_worker_rejoins_a_restarted_memory_mode_broker(own_broker, clickhouse_ur
                      "Tansu stopped mid-stream, an empty one started on the same port, topics recreated, new input",
                      len(lost_with_broker.valid) + len(after.valid), counted, recovery_s,
                      "from the new broker accepting connections (topics then recreated and the new input sent) "
-                     "until its sentinels are rows and rows and series equal the recomputation of what was stored",
+                     "until its sentinels are stored and the rows and series equal the recomputation of what was stored",
                      note=f"{gone:,} of the {len(lost_with_broker.valid):,} events sent before the restart were "
                           f"still unconsumed and went with the broker (memory mode); lost counts what the worker "
                           f"could still read; {total(samples, 'cxp_commit_errors_total'):.0f} failed commits counted")

@@ -78,10 +78,10 @@ def outage(stage: Stage, break_clickhouse: Callable[[], None], mend_clickhouse: 
 def record_outage(number: str, fault: str, injected: str, work: Workload, scrapes: list[dict], counted: Tally,
                   recovery_s: float, mended: str) -> None:
     record_fault(number, fault, injected, len(work.valid), counted, recovery_s,
-                 f"from {mended} until the sentinels are rows and rows and series equal the recomputation",
-                 note=f"during the fault: {max(sink_errors(s) for s in scrapes):.0f} failed inserts counted, "
+                 f"from {mended} until the sentinels are stored and the rows and series equal the recomputation",
+                 note=f"during the fault: failed inserts counted {max(sink_errors(s) for s in scrapes):.0f}, "
                       f"oldest unacked record {max(oldest_unacked(s) for s in scrapes):.1f} s, "
-                      f"{len(scrapes)} /metrics scrapes answered")
+                      f"/metrics scrapes answered {len(scrapes)}")
 
 
 def test_clickhouse_stopped_longer_than_the_insert_timeout_then_restarted(own_stage, own_clickhouse):

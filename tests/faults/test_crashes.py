@@ -52,7 +52,7 @@ def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(stage):
     assert stage.tables.nps() == pytest.approx(work.nps("7d"))
     record_fault("1", "worker killed mid-stream",
                  "SIGKILL once ≥ 2,000 events are rows, input still arriving; restart", len(work.valid), counted,
-                 recovery_s, "from the restart until the sentinels are rows and rows and series equal the recomputation")
+                 recovery_s, "from the restart until the sentinels are stored and the rows and series equal the recomputation")
 
 
 def test_crash_between_two_table_inserts_then_restart_counts_each_answer_once(stage):
@@ -78,9 +78,9 @@ def test_crash_between_two_table_inserts_then_restart_counts_each_answer_once(st
     record_fault("2", "crash between two inserts of one flush",
                  "exit 86 after the survey_responses insert, before events; restart without the hook",
                  len(work.valid), counted, recovery_s,
-                 "from the restart until the sentinels are rows and rows and series equal the recomputation",
-                 note=f"the torn flush left {torn['surveys_uniq']} answers stored and "
-                      f"{len(work.valid) - torn['events_uniq']} of {len(work.valid)} events missing")
+                 "from the restart until the sentinels are stored and the rows and series equal the recomputation",
+                 note=f"the torn flush left {torn['surveys_uniq']:,} answers stored and "
+                      f"{len(work.valid) - torn['events_uniq']:,} of {len(work.valid):,} events missing")
 
 
 def test_replaying_the_whole_input_twice_changes_nothing(stage):
@@ -118,9 +118,9 @@ def test_replaying_the_whole_input_twice_changes_nothing(stage):
         for window in ("1h", "24h", "7d"):
             assert nps_gauges(samples, window) == pytest.approx(work.nps(window)), window
     assert stage.tables.counts() == expected_counts(work)
-    record_fault("9", "replay", f"the whole input sent 3 times, {len(old)} events 1-3 days old",
+    record_fault("9", "replay", f"the whole input sent 3 times, {len(old):,} events 1-3 days old",
                  3 * len(work.valid), counted, catch_up_s,
                  "per replay, from the broker acknowledging it until the worker consumed it all and rows and "
                  "series equal the recomputation",
-                 note=f"{len(work.valid)} distinct events; after the replays {totals['duplicate']:.0f} counted as "
-                      f"duplicates and {again:.0f} old ones processed again, collapsing under FINAL")
+                 note=f"{len(work.valid):,} distinct events; after the replays {totals['duplicate']:,.0f} counted as "
+                      f"duplicates and {again:,.0f} old ones processed again, collapsing under FINAL")

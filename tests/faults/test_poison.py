@@ -110,7 +110,7 @@ def test_oversized_records_are_dead_lettered_truncated_and_never_loop(stage):
     assert set(again) == where and max(again.values()) <= 2, again
     record_fault("3", "oversized records", "two 1.2 MB events (one inside a batch) and 1 MB of junk amid valid events",
                  len(everything.valid), counted, catch_up_s,
-                 "from the broker acknowledging the last record until the sentinels are rows and rows and series "
+                 "from the broker acknowledging the last record until the sentinels are stored and the rows and series "
                  "equal the recomputation (the worker never stops)", junk_sent=len(work.rejected),
                  note=f"3 dead letters, each truncated to {MAX_KEPT:,} bytes; a restart re-sent "
                       f"{sum(again.values()) - len(again)} of them, dead_letters FINAL unchanged")
@@ -190,6 +190,6 @@ def test_raw_byte_fuzz_is_dead_lettered_as_undecodable(stage):
     assert got == sent
     record_fault("10", "raw-byte fuzz", "400 seeded junk values of 11 shapes, random keys, among valid events",
                  len(work.valid), counted, catch_up_s,
-                 "from the broker acknowledging the last record until the sentinels are rows and rows and series "
+                 "from the broker acknowledging the last record until the sentinels are stored and the rows and series "
                  "equal the recomputation (the worker never stops)", junk_sent=len(work.rejected),
                  note="400 dead letters, each with its record's topic, key and bytes")

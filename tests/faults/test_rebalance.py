@@ -61,5 +61,5 @@ def test_second_worker_joins_and_leaves_ten_times(stage):
                  len(sent.valid), Tally(max(t.lost for t in tallies), max(t.double_counted for t in tallies)),
                  recovery_s,
                  "per join and per leave, from starting or signalling the second worker (input keeps arriving) "
-                 "until the new input's sentinels are rows and rows and series summed over live workers equal "
+                 "until the new input's sentinels are stored and the rows and series summed over live workers equal "
                  "the recomputation")
