@@ -76,7 +76,7 @@ def test_worker_rejoins_a_restarted_memory_mode_broker(own_broker, clickhouse_ur
                      "until its sentinels are stored and the rows and series equal the recomputation of what was stored",
                      note=f"{gone:,} of the {len(lost_with_broker.valid):,} events sent before the restart were "
                           f"still unconsumed and went with the broker (memory mode); lost counts what the worker "
-                          f"could still read; {total(samples, 'cxp_commit_errors_total'):.0f} failed commits counted")
+                          f"could still read; failed commits counted {total(samples, 'cxp_commit_errors_total'):.0f}")
     finally:
         stage.stop_all()
 
