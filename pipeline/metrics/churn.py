@@ -351,7 +351,7 @@ class ChurnCore(MetricCore[ChurnState]):
             out.count("cx_churn_signals", (c.tenant, f.signal))
         out.facts["churn_changes"].append({
             "customer_id": c.customer_id, "tenant": c.tenant, "level": level, "previous_level": previous,
-            "score": score, "reasons": reasons, "at_ms": at_ms, "sequence": c.seq})
+            "score": score, "reasons": reasons, "at_ms": at_ms, "sequence": c.seq, "kafka_partition": state.partition})
 
     # -- restore ---------------------------------------------------------------------------------
     def restore_queries(self) -> Sequence[RestoreQuery]:

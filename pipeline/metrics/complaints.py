@@ -248,7 +248,8 @@ class ComplaintCore(MetricCore[ComplaintState]):
         if before.opened_ms is None and after.opened_ms is not None:
             out.count("cx_complaints_opened", (tenant, priority, self._category_label(tenant, category)))
             out.facts["complaints_opened"].append({"tenant": tenant, "opened_ms": after.opened_ms,
-                                                   "complaint_id": complaint.complaint_id})
+                                                   "complaint_id": complaint.complaint_id,
+                                                   "customer_id": complaint.customer_id})
             for target in self.sla_ms[priority]:
                 heapq.heappush(state.deadlines, (after.opened_ms + target, complaint.complaint_id))
         if before.first_response_ms is None and after.first_response_ms is not None:

@@ -392,6 +392,51 @@ class RestartableClickHouse(ClickHouseServer):
             os.kill(self.pid, signal.SIGCONT)
 
 
+# -- the reliability report ------------------------------------------------------------------------
+REPORT_ENV = "CXP_FAULT_REPORT"
+
+
+@dataclass(frozen=True)
+class Tally:
+    """What a final state lacks or has beyond the recomputation.
+
+    lost: input events missing from ``events`` + survey answers missing from ``survey_responses`` +
+    answers missing from the summed ``cx_survey_responses`` series. double_counted: rows beyond the input
+    in ``events FINAL`` and ``survey_responses FINAL`` + counts beyond the recomputation in those series.
+    """
+
+    lost: int
+    double_counted: int
+
+
+def tally(want_rows: dict[str, int], want_series: dict, got_rows: dict[str, int], got_series: dict) -> Tally:
+    missing = sum(max(0, want_rows[k] - got_rows[k]) for k in ("events_uniq", "surveys_uniq"))
+    beyond = sum(max(0, got_rows[k] - want_rows[k]) for k in ("events_final", "surveys_final"))
+    missing += sum(max(0, n - got_series.get(key, 0)) for key, n in want_series.items())
+    beyond += sum(max(0, n - want_series.get(key, 0)) for key, n in got_series.items())
+    return Tally(int(missing), int(beyond))
+
+
+def record_fault(number: str, fault: str, injected: str, events_sent: Optional[int], counted: Optional[Tally],
+                 recovery_s: float | list[float], recovery_from: str, junk_sent: int = 0, note: str = "") -> None:
+    """Append one JSON line with a passed fault test's figures to the file named by $CXP_FAULT_REPORT
+    (nothing when unset). recovery_s is one duration, or one per repetition of the fault; recovery_from
+    says in one sentence what it measures; counted is None where the test checks processes, not counts,
+    and events_sent None where the input is not the test's own (the demo simulates its own).
+    Durations come from time.monotonic(). `python -m tests.faults.report FILE` renders the lines."""
+    path = os.environ.get(REPORT_ENV)
+    if not path:
+        return
+    line = {"number": number, "fault": fault, "injected": injected, "events_sent": events_sent,
+            "junk_sent": junk_sent, "lost": None if counted is None else counted.lost,
+            "double_counted": None if counted is None else counted.double_counted,
+            "recovery_s": recovery_s, "recovery_from": recovery_from, "note": note,
+            "test": os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0],
+            "recorded_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    with open(path, "a") as out:
+        out.write(json.dumps(line) + "\n")
+
+
 # -- /proc -----------------------------------------------------------------------------------------
 def _stat(pid: int) -> Optional[tuple[str, int, int]]:
     """(state, parent pid, start time) of a live process, or None."""
@@ -471,9 +516,10 @@ class Stage:
         wait_until(lambda: self.tables.has_all(ids), bool, timeout_s, f"sentinels {sorted(tags)} in ClickHouse")
 
     def wait_exact(self, work: Workload, scrape: Callable[[], list[dict]], timeout_s: float = 120.0,
-                   when: str = "") -> None:
+                   when: str = "") -> "Tally":
         """Until ClickHouse and the workers' survey series (summed) equal the recomputation from work,
-        at most timeout_s; then assert it, so a mismatch shows the difference."""
+        at most timeout_s; then assert it, so a mismatch shows the difference. Returns the tally of the
+        state it asserted on (all zero, since it passed), for the reliability report."""
         want_rows, want_series = expected_counts(work), work.survey_series()
 
         def state() -> tuple[dict, dict]:
@@ -486,6 +532,7 @@ class Stage:
         got_rows, got_series = state()
         assert got_rows == want_rows, when
         assert got_series == want_series, when
+        return tally(want_rows, want_series, got_rows, got_series)
 
     def stop_all(self) -> None:
         for worker in self.workers:

@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -20,6 +21,7 @@ from tests.faults.harness import (
     now_ms,
     outcome_totals,
     produce,
+    record_fault,
     simulated,
     still_running,
     valid_workload,
@@ -51,6 +53,7 @@ def test_worker_rejoins_a_restarted_memory_mode_broker(own_broker, clickhouse_ur
                    "a failed commit counted while the broker is down")
 
         own_broker.start()  # same port, empty
+        back = time.monotonic()
         create_topics(stage.bootstrap, stage.prefix)
         after = with_sentinels(valid_workload(simulated(seed=602, count=3000, end_ms=now_ms())), "after")
         produce(stage.bootstrap, stage.prefix, after.messages)
@@ -60,10 +63,20 @@ def test_worker_rejoins_a_restarted_memory_mode_broker(own_broker, clickhouse_ur
         assert stored <= lost_with_broker.event_ids | after.event_ids
         assert after.event_ids <= stored
         survived = Workload([(s, e) for s, e in lost_with_broker.valid if e["event_id"] in stored] + after.valid)
-        stage.wait_exact(survived, lambda: [worker.metrics()])
+        counted = stage.wait_exact(survived, lambda: [worker.metrics()])
+        recovery_s = time.monotonic() - back
         samples = worker.metrics()
         assert identity_holds(samples), outcome_totals(samples)
         assert total(samples, "cxp_commit_errors_total") > 0
+        gone = len(lost_with_broker.valid) - (len(survived.valid) - len(after.valid))
+        record_fault("6", "broker restart (memory mode)",
+                     "Tansu stopped mid-stream, an empty one started on the same port, topics recreated, new input",
+                     len(lost_with_broker.valid) + len(after.valid), counted, recovery_s,
+                     "from the new broker accepting connections (topics then recreated and the new input sent) "
+                     "until its sentinels are stored and the rows and series equal the recomputation of what was stored",
+                     note=f"{gone:,} of the {len(lost_with_broker.valid):,} events sent before the restart were "
+                          f"still unconsumed and went with the broker (memory mode); lost counts what the worker "
+                          f"could still read; failed commits counted {total(samples, 'cxp_commit_errors_total'):.0f}")
     finally:
         stage.stop_all()
 
@@ -73,14 +86,18 @@ def test_worker_ends_within_the_shutdown_timeout_when_its_broker_is_gone(own_bro
     stage = Stage(own_broker.url, clickhouse_url, tmp_path)
     try:
         worker = stage.worker(CXP_SHUTDOWN_TIMEOUT=str(shutdown_timeout_s)).start()
-        stage.produce(valid_workload(simulated(seed=701, count=500, end_ms=now_ms())), "up")
+        up = stage.produce(valid_workload(simulated(seed=701, count=500, end_ms=now_ms())), "up")
         stage.wait_drained(["up"])
         own_broker.stop()
         os.kill(worker.process.pid, signal.SIGTERM)
+        signalled = time.monotonic()
         try:
             worker.process.wait(shutdown_timeout_s + margin_s)
         except subprocess.TimeoutExpired:
             pytest.fail(f"worker still running {shutdown_timeout_s + margin_s} s after SIGTERM:\n{worker.log_tail()}")
+        record_fault("7b", "SIGTERM, broker gone", f"broker stopped, then SIGTERM (shutdown timeout {shutdown_timeout_s} s)",
+                     len(up.valid), None, time.monotonic() - signalled, "from SIGTERM until the worker exited",
+                     note=f"exit code {worker.process.returncode}")
     finally:
         stage.stop_all()
 
@@ -103,11 +120,16 @@ def test_demo_stops_every_process_it_started(signum, tmp_path):
         started = descendants(demo.pid)
         assert len(started) >= 2, f"expected a broker and a worker under the demo, found {started}"
         os.kill(demo.pid, signum)
+        signalled = time.monotonic()
         try:
             demo.wait(60)
         except subprocess.TimeoutExpired:
             pytest.fail(f"cxp demo still running 60 s after {signum.name}:\n{(tmp_path / 'demo.log').read_text()[-3000:]}")
+        exit_s = time.monotonic() - signalled
         assert still_running(started) == [], f"left behind after {signum.name}: {still_running(started)}"
+        record_fault("7a", f"`cxp demo` signalled ({signum.name})", f"{signum.name} mid-run (embedded Tansu + chdb)",
+                     None, None, exit_s, f"from {signum.name} until the demo exited",
+                     note=f"{len(started)} processes started by the demo, none alive after it exited")
     finally:
         for pid in still_running(started) + ([demo.pid] if demo.poll() is None else []):
             os.kill(pid, signal.SIGKILL)

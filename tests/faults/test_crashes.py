@@ -2,6 +2,7 @@
 every event is in ClickHouse exactly once and every survey answer counted exactly once."""
 from __future__ import annotations
 
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
@@ -17,6 +18,7 @@ from tests.faults.harness import (
     now_ms,
     outcome_totals,
     produce,
+    record_fault,
     simulated,
     survey_series,
     valid_workload,
@@ -38,14 +40,19 @@ def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(stage):
         sending.result()
     assert stage.tables.counts()["events_uniq"] < len(work.valid), "the kill must land mid-stream"
 
+    restarted = time.monotonic()
     worker.start()  # same group, same data folder
     stage.wait_drained(["end"])
-    stage.wait_exact(work, lambda: [worker.metrics()])
+    counted = stage.wait_exact(work, lambda: [worker.metrics()])
+    recovery_s = time.monotonic() - restarted
     samples = worker.metrics()
     assert identity_holds(samples), outcome_totals(samples)
     assert outcome_totals(samples)["rejected"] == 0
     assert nps_gauges(samples, "24h") == pytest.approx(work.nps("24h"))
     assert stage.tables.nps() == pytest.approx(work.nps("7d"))
+    record_fault("1", "worker killed mid-stream",
+                 "SIGKILL once ≥ 2,000 events are rows, input still arriving; restart", len(work.valid), counted,
+                 recovery_s, "from the restart until the sentinels are stored and the rows and series equal the recomputation")
 
 
 def test_crash_between_two_table_inserts_then_restart_counts_each_answer_once(stage):
@@ -59,13 +66,21 @@ def test_crash_between_two_table_inserts_then_restart_counts_each_answer_once(st
     torn = stage.tables.counts()
     assert torn["surveys_uniq"] > 0 and torn["events_uniq"] < len(work.valid), f"no torn flush: {torn}"
 
+    restarted = time.monotonic()
     worker = stage.worker().start()
     stage.wait_drained(["end"])
-    stage.wait_exact(work, lambda: [worker.metrics()])
+    counted = stage.wait_exact(work, lambda: [worker.metrics()])
+    recovery_s = time.monotonic() - restarted
     samples = worker.metrics()
     assert survey_series(samples) == work.survey_series()
     assert identity_holds(samples), outcome_totals(samples)
     assert stage.tables.nps() == pytest.approx(work.nps("7d"))
+    record_fault("2", "crash between two inserts of one flush",
+                 "exit 86 after the survey_responses insert, before events; restart without the hook",
+                 len(work.valid), counted, recovery_s,
+                 "from the restart until the sentinels are stored and the rows and series equal the recomputation",
+                 note=f"the torn flush left {torn['surveys_uniq']:,} answers stored and "
+                      f"{len(work.valid) - torn['events_uniq']:,} of {len(work.valid):,} events missing")
 
 
 def test_replaying_the_whole_input_twice_changes_nothing(stage):
@@ -83,12 +98,16 @@ def test_replaying_the_whole_input_twice_changes_nothing(stage):
     old_surveys = sum(1 for _, e in old if e.get("survey"))
     assert old_surveys and in_window["7d"] == len(work.surveys) == in_window["1h"] + old_surveys, in_window
     worker = stage.worker().start()
+    catch_up_s: list[float] = []
 
     for sends in (1, 2, 3):
         produce(stage.bootstrap, stage.prefix, work.messages)
+        sent = time.monotonic()
         worker.wait_for(lambda s: outcome_totals(s)["consumed"] >= sends * len(work.valid), timeout_s=120,
                         what=f"send {sends} consumed")
-        stage.wait_exact(work, lambda: [worker.metrics()])
+        counted = stage.wait_exact(work, lambda: [worker.metrics()])
+        if sends > 1:
+            catch_up_s.append(time.monotonic() - sent)
         samples = worker.metrics()
         totals = outcome_totals(samples)
         assert totals["consumed"] == sends * len(work.valid)
@@ -99,3 +118,9 @@ def test_replaying_the_whole_input_twice_changes_nothing(stage):
         for window in ("1h", "24h", "7d"):
             assert nps_gauges(samples, window) == pytest.approx(work.nps(window)), window
     assert stage.tables.counts() == expected_counts(work)
+    record_fault("9", "replay", f"the whole input sent 3 times, {len(old):,} events 1-3 days old",
+                 3 * len(work.valid), counted, catch_up_s,
+                 "per replay, from the broker acknowledging it until the worker consumed it all and rows and "
+                 "series equal the recomputation",
+                 note=f"{len(work.valid):,} distinct events; after the replays {totals['duplicate']:,.0f} counted as "
+                      f"duplicates and {again:,.0f} old ones processed again, collapsing under FINAL")

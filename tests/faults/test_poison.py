@@ -3,6 +3,7 @@ between valid events. Each bad record is dead-lettered once, no valid event is l
 from __future__ import annotations
 
 import struct
+import time
 from collections import Counter
 from random import Random
 
@@ -22,6 +23,7 @@ from tests.faults.harness import (
     outcome_totals,
     produce,
     read_dead_letters,
+    record_fault,
     simulated,
     topic,
     valid_workload,
@@ -66,8 +68,10 @@ def test_oversized_records_are_dead_lettered_truncated_and_never_loop(stage):
     full = with_sentinels(work, "end")
     worker = stage.worker(CXP_DEADLETTER_MAX_BYTES=str(MAX_KEPT)).start()
     produce(stage.bootstrap, stage.prefix, full.messages)
+    sent = time.monotonic()
     stage.wait_drained(["end"])
     stage.wait_exact(full, lambda: [worker.metrics()])
+    catch_up_s = time.monotonic() - sent
     samples = worker.metrics()
     assert identity_holds(samples), outcome_totals(samples)
     assert outcome_totals(samples)["rejected"] == 3
@@ -98,12 +102,18 @@ def test_oversized_records_are_dead_lettered_truncated_and_never_loop(stage):
     produce(stage.bootstrap, stage.prefix, more.messages)
     stage.wait_drained(["after"])
     everything = Workload(full.valid + more.valid)
-    stage.wait_exact(everything, lambda: [after.metrics()])
+    counted = stage.wait_exact(everything, lambda: [after.metrics()])
     assert outcome_totals(after.metrics())["rejected"] <= 3
     assert stage.tables.dead_letter_reasons() == work.expected_rejected()
     again = Counter((dl["source_topic"], dl["source_partition"], dl["source_offset"], dl["batch_index"])
                     for dl in read_dead_letters(stage.bootstrap, stage.prefix))
     assert set(again) == where and max(again.values()) <= 2, again
+    record_fault("3", "oversized records", "two 1.2 MB events (one inside a batch) and 1 MB of junk amid valid events",
+                 len(everything.valid), counted, catch_up_s,
+                 "from the broker acknowledging the last record until the sentinels are stored and the rows and series "
+                 "equal the recomputation (the worker never stops)", junk_sent=len(work.rejected),
+                 note=f"3 dead letters, each truncated to {MAX_KEPT:,} bytes; a restart re-sent "
+                      f"{sum(again.values()) - len(again)} of them, dead_letters FINAL unchanged")
 
 
 # -- fuzz ---------------------------------------------------------------------------------------------
@@ -160,8 +170,10 @@ def test_raw_byte_fuzz_is_dead_lettered_as_undecodable(stage):
     work = with_sentinels(fuzzed_workload(seed=1010, n_junk=400), "end")
     worker = stage.worker().start()
     produce(stage.bootstrap, stage.prefix, work.messages)
+    sent_at = time.monotonic()
     stage.wait_drained(["end"])
-    stage.wait_exact(work, lambda: [worker.metrics()])
+    counted = stage.wait_exact(work, lambda: [worker.metrics()])
+    catch_up_s = time.monotonic() - sent_at
     samples = worker.metrics()
     totals = outcome_totals(samples)
     assert totals == {"consumed": len(work.valid) + 400, "processed": len(work.valid), "duplicate": 0, "rejected": 400}
@@ -176,3 +188,8 @@ def test_raw_byte_fuzz_is_dead_lettered_as_undecodable(stage):
     sent = Counter((topic(stage.prefix, m.source), m.key, m.value or b"") for m, _ in work.rejected)
     got = Counter((dl["source_topic"], dl["original_key"], dl["original_value"]) for dl in letters)
     assert got == sent
+    record_fault("10", "raw-byte fuzz", "400 seeded junk values of 11 shapes, random keys, among valid events",
+                 len(work.valid), counted, catch_up_s,
+                 "from the broker acknowledging the last record until the sentinels are stored and the rows and series "
+                 "equal the recomputation (the worker never stops)", junk_sent=len(work.rejected),
+                 note="400 dead letters, each with its record's topic, key and bytes")

@@ -288,3 +288,13 @@ def test_kept_events_are_bounded():
     row = out.rows["complaints"][-1]
     assert len(row.event_types) == 5 and row.event_types[:2] == ["opened", "acknowledged"]
     assert row.reopen_count == 5 and row.first_response_ms == MIN
+
+
+def test_an_opened_complaint_is_published_with_its_customer_for_the_churn_core():
+    complaints, _, _ = make_cores()
+    state, out = complaints.new_state(), Output()
+    opened = event("k", "opened", HOUR, 0, customer="c-7")
+    complaints.add(state, Accepted("complaints", 3, 0, [opened], [id_hash(opened["event_id"])]), out)
+    complaints.tick(state, HOUR, out)
+    assert out.facts["complaints_opened"] == [{"tenant": "acme", "opened_ms": HOUR, "complaint_id": "k",
+                                               "customer_id": "c-7"}]
