@@ -24,7 +24,8 @@ SLA (targets per priority, counted from opened_ms by event time):
   clock is past it. So a complaint nobody touches breaches on ``tick`` as soon as the clock passes.
 
 Each breach counts once per complaint and stage, when first seen, and publishes a follow-up action
-(fact ``actions``; :mod:`pipeline.metrics.actions` sends it). A breach, once counted, stays (a later
+(fact ``actions``; :mod:`pipeline.metrics.actions` sends it) and the fact ``sla_breaches`` (churn
+evidence). A breach, once counted, stays (a later
 out-of-order event that would have prevented it does not undo it).
 
 Counts happen on state transitions after each batch (``tick``): first ``opened`` seen -> opened counter
@@ -125,8 +126,8 @@ def breach_lateness(events: Sequence[Event], opened_ms: int, stage: str, target_
 
 
 def _stays_open(events: Sequence[Event], i: int) -> bool:
-    """Whether the complaint, opened again by events[i], is open for some time: a reopening answered in
-    the same millisecond kept nobody waiting."""
+    """Whether the complaint, opened again by events[i], stays open: a reopening answered in the same
+    millisecond kept nobody waiting."""
     after = next((e for e in events[i + 1:] if LIFECYCLE[e.rank] not in OPEN), None)
     return after is None or after.ms > events[i].ms
 
@@ -294,6 +295,9 @@ class ComplaintCore(MetricCore[ComplaintState]):
     def _breach(self, complaint: Complaint, stage: str, late_ms: int, clock_ms: int, out: Output) -> None:
         priority, category, _ = complaint.attrs
         out.count("cx_complaint_sla_breaches", (complaint.tenant, priority, stage))
+        out.facts["sla_breaches"].append({
+            "complaint_id": complaint.complaint_id, "customer_id": complaint.customer_id, "tenant": complaint.tenant,
+            "priority": priority, "stage": stage, "late_ms": late_ms, "at_ms": clock_ms})
         kind = "complaint_sla_breach"
         out.facts["actions"].append({
             "action_id": action_id(kind, complaint.complaint_id, stage), "kind": kind,

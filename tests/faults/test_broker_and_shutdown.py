@@ -37,8 +37,8 @@ def test_worker_rejoins_a_restarted_memory_mode_broker(own_broker, clickhouse_ur
     partitions and messages, the consumer groups with their members and generations, and all committed
     offsets. The new broker on the same port is empty; here the topics are recreated (as an operator
     would) and new input is produced. The worker must notice on its own: rejoin the group, read the new
-    partitions from offset 0 (its old positions point past their end) and count the commits that failed
-    in between. What the old broker held but the worker had not yet consumed is gone with it."""
+    partitions from offset 0 (its old positions point past their end), and show the outage in /metrics
+    while it lasts (failed or stalled commits, or a growing unacknowledged age). What the old broker held but the worker had not yet consumed is gone with it."""
     stage = Stage(own_broker.url, clickhouse_url, tmp_path)
     try:
         create_topics(stage.bootstrap, stage.prefix)
@@ -49,8 +49,11 @@ def test_worker_rejoins_a_restarted_memory_mode_broker(own_broker, clickhouse_ur
         wait_until(lambda: stage.tables.scalar("SELECT count() FROM {db}.events"), lambda n: n >= 1000, 120,
                    "the worker mid-stream")
         own_broker.stop()
-        wait_until(worker.metrics, lambda s: total(s, "cxp_commit_errors_total") > 0, 60,
-                   "a failed commit counted while the broker is down")
+        # The outage must show in /metrics while it lasts: as failed (or stalled) offset commits, or, when
+        # the worker holds records it cannot make durable (their output-topic messages wait for the broker)
+        # and so has nothing to commit, as the age of the oldest unacknowledged record.
+        wait_until(worker.metrics, lambda s: total(s, "cxp_commit_errors_total") > 0
+                   or total(s, "cxp_oldest_unacked_seconds") >= 10, 60, "the stall visible while the broker is down")
 
         own_broker.start()  # same port, empty
         back = time.monotonic()
@@ -67,7 +70,6 @@ def test_worker_rejoins_a_restarted_memory_mode_broker(own_broker, clickhouse_ur
         recovery_s = time.monotonic() - back
         samples = worker.metrics()
         assert identity_holds(samples), outcome_totals(samples)
-        assert total(samples, "cxp_commit_errors_total") > 0
         gone = len(lost_with_broker.valid) - (len(survived.valid) - len(after.valid))
         record_fault("6", "broker restart (memory mode)",
                      "Tansu stopped mid-stream, an empty one started on the same port, topics recreated, new input",

@@ -18,7 +18,7 @@ def fact(complaint: str, stage: str, created: int) -> dict:
     return {"action_id": action_id("complaint_sla_breach", complaint, stage), "kind": "complaint_sla_breach",
             "customer_id": "c-7", "tenant": "acme", "reason": "first response SLA breached",
             "context": {"complaint_id": complaint, "stage": stage}, "created_time": created,
-            "due_time": created + 3_600_000, "kafka_partition": 2}
+            "due_time": created + 3_600_000}
 
 
 def round_with(core: ActionCore, state, facts: list[dict], clock: int) -> Output:
@@ -31,7 +31,7 @@ def round_with(core: ActionCore, state, facts: list[dict], clock: int) -> Output
 def test_each_action_once_with_its_avro_message_row_and_count():
     codec = Codec(BundledRegistry())
     core = ActionCore(codec, 7 * DAY)
-    state = core.new_state()
+    state = core.new_state(2)
     first = round_with(core, state, [fact("k1", "first_response", 1000), fact("k1", "first_response", 1000)], 1000)
     again = round_with(core, state, [fact("k1", "first_response", 5000), fact("k1", "resolution", 5000)], 5000)
     assert len(first.messages["actions"]) == 1 and len(again.messages["actions"]) == 1
@@ -48,7 +48,7 @@ def test_each_action_once_with_its_avro_message_row_and_count():
 
 def test_restored_ids_are_not_sent_again_and_ids_are_forgotten_after_the_horizon():
     core = ActionCore(Codec(BundledRegistry()), 7 * DAY)
-    state = core.new_state()
+    state = core.new_state(2)
     core.restore(state, "actions", [(action_id("complaint_sla_breach", "k1", "resolution"), 1000)], 1000)
     assert not round_with(core, state, [fact("k1", "resolution", 2000)], 2000).messages
     round_with(core, state, [], 9 * DAY)
