@@ -154,6 +154,12 @@ FROM cx.survey_responses FINAL
 WHERE kind = 'NPS' AND {TENANTS_SQL} AND $__timeFilter(event_time)
 GROUP BY tenant, source
 ORDER BY tenant, answers DESC""")))
+        .with_panel(grid("Latest detractor comments (ClickHouse)", sql(f"""
+SELECT event_time, tenant, source, touchpoint, score, comment
+FROM cx.survey_responses FINAL
+WHERE kind = 'NPS' AND score <= 6 AND comment != '' AND {TENANTS_SQL} AND $__timeFilter(event_time)
+ORDER BY event_time DESC
+LIMIT 100"""), width=24, description="No customer ids: the comment, where and when."))
         .with_row(dashboard.Row("Segments"))
         .with_panel(bars("NPS by segment", prom(
             f"tenant_window_dimension_segment:cx_segment_nps:ratio{{{TENANT_WINDOW}}}",
@@ -177,6 +183,8 @@ ORDER BY tenant, answers DESC""")))
         .with_row(dashboard.Row("Churn risk and engagement"))
         .with_panel(series("Customers by churn-risk level",
                            prom(f"tenant_level:cx_churn_risk_customers:sum{{{TENANT}}}", "{{tenant}} {{level}}")))
+        .with_panel(series("Churn signals / h by reason", prom(
+            f"3600 * tenant_reason:cx_churn_signals:rate1h{{{TENANT}}}", "{{tenant}} {{reason}}")))
         .with_panel(series("Active customers", prom(f"tenant_window:cx_active_customers:sum{{{TENANT}}}",
                                                    "{{tenant}} {{window}}")))
         .with_panel(series("Stickiness (DAU / MAU)", prom(
@@ -184,10 +192,12 @@ ORDER BY tenant, answers DESC""")))
             f' / (sum by (tenant) (cx_active_customers{{{TENANT}, window="30d"}}) > 0)', "{{tenant}}"),
             unit="percentunit", description="Active customers 1d / 30d, summed over workers before dividing."))
         .with_panel(series("Follow-up actions / h by kind", prom(
-            f"3600 * sum by (tenant, kind) (rate(cx_actions_total{{{TENANT}}}[1h]))", "{{tenant}} {{kind}}")))
+            f"3600 * sum by (tenant, kind) (rate(cx_actions_total{{{TENANT}}}[1h]))", "{{tenant}} {{kind}}"), width=16))
         .with_row(dashboard.Row("Complaints"))
         .with_panel(series("Complaints open by priority", prom(
             f"tenant_priority:cx_complaints_open:sum{{{TENANT}}}", "{{tenant}} {{priority}}")))
+        .with_panel(series("Complaints opened / h by category", prom(
+            f"3600 * tenant_category:cx_complaints_opened:rate1h{{{TENANT}}}", "{{tenant}} {{category}}")))
         .with_panel(series("Complaints opened / h against the baseline",
                            prom(f"sum by (tenant) (cx_complaints_opened_rate{{{TENANT}}})", "{{tenant}} opened / h"),
                            prom(f"sum by (tenant) (cx_complaints_opened_baseline{{{TENANT}}})",
@@ -218,7 +228,7 @@ FROM (
     WHERE {TENANTS_SQL} AND $__timeFilter(opened_at)
 )
 GROUP BY tenant, priority
-ORDER BY tenant, priority"""), width=8,
+ORDER BY tenant, priority"""), width=24,
             description="Complaints opened in the dashboard range, latest state (FINAL); NULL (not yet answered or "
                         "resolved) is left out of the percentiles."))
     )
