@@ -272,8 +272,8 @@ def pipeline_health() -> dashboard.Dashboard:
             description="Age of the oldest consumed record whose data is not yet durable; 0 when none. "
                         "Growing: the sink is stuck and consumption will pause."))
         .with_row(dashboard.Row("From ClickHouse (dashboard time range)"))
-        .with_panel(series("Events stored / min by source (ClickHouse)", sql("""
-SELECT toDateTime(intDiv(toUInt32(event_time), 60) * 60) AS time, source, count() AS events
+        .with_panel(series("Events stored / h by source (ClickHouse)", sql("""
+SELECT toDateTime(intDiv(toUInt32(event_time), 3600) * 3600) AS time, source, count() AS events
 FROM cx.events FINAL
 WHERE $__timeFilter(event_time)
 GROUP BY time, source
