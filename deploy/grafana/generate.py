@@ -92,11 +92,13 @@ def band(title: str, value: str, margin: str, legend: str, unit: str = "short", 
 
 
 def single(title: str, *targets, unit: str = "short", width: int = 4, height: int = 8, description: str = ""):
-    return with_targets(stat.Panel().title(title).unit(unit).reduce_options(LAST_VALUE), targets, width, height, description)
+    panel = stat.Panel().title(title).unit(unit).reduce_options(LAST_VALUE)
+    return with_targets(panel, targets, width, height, description)
 
 
 def bars(title: str, *targets, unit: str = "short", width: int = 8, height: int = 8, description: str = ""):
-    return with_targets(bargauge.Panel().title(title).unit(unit).reduce_options(LAST_VALUE), targets, width, height, description)
+    panel = bargauge.Panel().title(title).unit(unit).reduce_options(LAST_VALUE)
+    return with_targets(panel, targets, width, height, description)
 
 
 def grid(title: str, *targets, width: int = 12, height: int = 8, description: str = ""):
@@ -104,10 +106,12 @@ def grid(title: str, *targets, width: int = 12, height: int = 8, description: st
 
 
 def variable(name: str, label: str, query: str, default: str, sort: VariableSort):
+    """A multi-value Prometheus label_values variable; default "$__all" selects All."""
+    shown = "All" if default == "$__all" else default
     return (dashboard.QueryVariable(name).label(label).datasource(PROMETHEUS)
             .query({"qryType": 1, "query": query, "refId": name}).refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
             .include_all(True).multi(True).sort(sort)
-            .current(VariableOption(selected=True, text=[default], value=[default])))
+            .current(VariableOption(selected=True, text=[shown], value=[default])))
 
 
 def new_dashboard(uid: str, title: str, description: str, tags: list[str]) -> dashboard.Dashboard:

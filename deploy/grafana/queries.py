@@ -51,9 +51,11 @@ def promql(expr: str, variables: Mapping[str, Sequence[str]], rate_interval: str
 
 
 def clickhouse_sql(sql: str, variables: Mapping[str, Sequence[str]], from_s: int, to_s: int, interval_s: int) -> str:
-    sql = re.sub(r"\$__timeFilter\(([^()]+)\)",
-                 lambda m: f"{m.group(1).strip()} >= toDateTime({from_s}) AND {m.group(1).strip()} <= toDateTime({to_s})",
-                 sql)
+    def time_filter(match: re.Match) -> str:
+        column = match.group(1).strip()
+        return f"{column} >= toDateTime({from_s}) AND {column} <= toDateTime({to_s})"
+
+    sql = re.sub(r"\$__timeFilter\(([^()]+)\)", time_filter, sql)
     sql = sql.replace("$__fromTime", f"toDateTime({from_s})").replace("$__toTime", f"toDateTime({to_s})")
     sql = sql.replace("$__interval_s", str(interval_s))
     for name, values in variables.items():
@@ -64,6 +66,6 @@ def clickhouse_sql(sql: str, variables: Mapping[str, Sequence[str]], from_s: int
 def _variables(text: str, variables: Mapping[str, Sequence[str]], join) -> str:
     for name, values in variables.items():
         text = text.replace(f"${{{name}}}", join(values)).replace(f"${name}", join(values))
-    if "$" in re.sub(r"\$__all", "", text):
+    if "$" in text:
         raise ValueError(f"a variable or macro is left in {text!r}")
     return text
