@@ -49,7 +49,9 @@ class Stack:
         self.broker = self._start(LocalBroker(home / "broker").start())
         (home / "clickhouse").mkdir()
         self.clickhouse = self._start(ClickHouseServer(home / "clickhouse"))
-        env = worker_env(self.broker.url, home, self.clickhouse.url("cx"), CXP_SNAPSHOT_INTERVAL="2")
+        # tight complaint SLAs, so the demo's complaints breach some (the simulator rarely misses the defaults)
+        env = worker_env(self.broker.url, home, self.clickhouse.url("cx"), CXP_SNAPSHOT_INTERVAL="2",
+                         CXP_COMPLAINT_SLA="urgent=5m/30m,high=10m/1h,normal=30m/3h,low=1h/6h")
         self.worker = self._start(WorkerProcess(env, home / "worker.log", cwd=home).start())
         (home / "prometheus").mkdir()
         self.prometheus = self._start(PrometheusServer(home / "prometheus", [f"127.0.0.1:{self.worker.web_port}"],
