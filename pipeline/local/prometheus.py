@@ -13,7 +13,9 @@ from pipeline.local.processes import free_port, stop_process
 
 
 class PrometheusServer:
-    def __init__(self, workdir: Path, targets: list[str], scrape_interval: str = "1s", rule_files: tuple = ()):
+    def __init__(self, workdir: Path, targets: list[str], scrape_interval: str = "1s", rule_files: tuple = (),
+                 job: str = "cxp"):
+        """``job="cx-pipeline"`` is the job name the shipped rules select (WorkerDown, job:up:sum)."""
         if not shutil.which("prometheus"):
             raise RuntimeError("prometheus is not installed: apt-get install prometheus")
         self.workdir, self.port = workdir, free_port()
@@ -21,7 +23,7 @@ class PrometheusServer:
         config.write_text(json.dumps({
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
             "rule_files": [str(path) for path in rule_files],
-            "scrape_configs": [{"job_name": "cxp", "static_configs": [{"targets": targets}]}],
+            "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
         }))
         self.process = subprocess.Popen(
             ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
@@ -29,11 +31,18 @@ class PrometheusServer:
             stdout=open(workdir / "prometheus.log", "ab"), stderr=subprocess.STDOUT)
 
     def query(self, promql: str) -> list[dict]:
-        url = f"http://127.0.0.1:{self.port}/api/v1/query?" + urllib.parse.urlencode({"query": promql})
+        return self._api("query", query=promql)
+
+    def query_range(self, promql: str, start_s: float, end_s: float, step_s: float) -> list[dict]:
+        """Series of [time, value] pairs between start and end, one every step."""
+        return self._api("query_range", query=promql, start=start_s, end=end_s, step=step_s)
+
+    def _api(self, endpoint: str, **params) -> list[dict]:
+        url = f"http://127.0.0.1:{self.port}/api/v1/{endpoint}?" + urllib.parse.urlencode(params)
         with urllib.request.urlopen(url, timeout=5) as response:
             body = json.load(response)
         if body["status"] != "success":
-            raise RuntimeError(f"query {promql!r} failed: {body}")
+            raise RuntimeError(f"{endpoint} {params} failed: {body}")
         return body["data"]["result"]
 
     def wait_for(self, promql: str, timeout_s: float = 30.0) -> list[dict]:

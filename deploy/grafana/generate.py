@@ -1,0 +1,323 @@
+"""Write the Grafana dashboards as JSON, built with grafana-foundation-sdk.
+
+    python -m deploy.grafana.generate [--out deploy/grafana/dashboards]
+
+The JSON files are committed (Grafana provisions them from deploy/grafana/dashboards); a unit test
+fails when they differ from what this module writes, so edit this file and run it again.
+PromQL reads the fleet-wide recording rules of deploy/prometheus/recording_rules.yml where one exists
+(ratios computed after summing counts over workers); ClickHouse SQL (grafana-clickhouse-datasource)
+gives history and exact percentiles, in the dialect ClickHouse 18.16 accepts.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import string
+from pathlib import Path
+
+from grafana_foundation_sdk.builders import bargauge, common, dashboard, prometheus, stat, table, timeseries
+from grafana_foundation_sdk.cog import builder as cogbuilder
+from grafana_foundation_sdk.cog import variants as cogvariants
+from grafana_foundation_sdk.cog.encoder import JSONEncoder
+from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement
+from grafana_foundation_sdk.models.dashboard import (
+    DashboardCursorSync, DataSourceRef, DynamicConfigValue, VariableOption, VariableRefresh, VariableSort)
+
+OUT = Path(__file__).resolve().parent / "dashboards"
+PROMETHEUS = DataSourceRef(type_val="prometheus", uid="prometheus")
+CLICKHOUSE = DataSourceRef(type_val="grafana-clickhouse-datasource", uid="clickhouse")
+TENANT = 'tenant=~"$tenant"'
+TENANT_WINDOW = 'tenant=~"$tenant", window=~"$window"'
+TENANTS_SQL = "tenant IN (${tenant:singlequote})"
+LAST_VALUE = common.ReduceDataOptions().calcs(["lastNotNull"])
+LEGEND = common.VizLegendOptions().show_legend(True).display_mode(LegendDisplayMode.LIST).placement(
+    LegendPlacement.BOTTOM)
+
+
+class ClickHouseQuery(cogvariants.Dataquery):
+    """A grafana-clickhouse-datasource (v4) SQL target; the SDK has no types for this plugin.
+    format: 0 = time series, 1 = table (the plugin's Format enum)."""
+
+    def __init__(self, sql: str, time_series: bool):
+        self.sql, self.time_series, self.ref_id = sql, time_series, ""
+
+    def to_json(self) -> dict[str, object]:
+        return {"datasource": CLICKHOUSE.to_json(), "editorType": "sql", "format": 0 if self.time_series else 1,
+                "queryType": "timeseries" if self.time_series else "table", "rawSql": self.sql, "refId": self.ref_id}
+
+
+class ClickHouseSQL(cogbuilder.Builder[ClickHouseQuery]):
+    def __init__(self, sql: str, time_series: bool = False):
+        self._internal = ClickHouseQuery(sql, time_series)
+
+    def ref_id(self, ref_id: str) -> "ClickHouseSQL":
+        self._internal.ref_id = ref_id
+        return self
+
+    def build(self) -> ClickHouseQuery:
+        return self._internal
+
+
+def prom(expr: str, legend: str, instant: bool = False) -> prometheus.Dataquery:
+    query = prometheus.Dataquery().expr(expr).legend_format(legend).datasource(PROMETHEUS)
+    return query.instant() if instant else query.range()
+
+
+def sql(text: str, time_series: bool = False) -> ClickHouseSQL:
+    return ClickHouseSQL(text.strip(), time_series)
+
+
+def with_targets(panel, targets, width: int, height: int, description: str):
+    """Targets get refIds A, B, ...; every panel names its data source (Prometheus unless all SQL)."""
+    for ref_id, target in zip(string.ascii_uppercase, targets):
+        panel = panel.with_target(target.ref_id(ref_id))
+    source = CLICKHOUSE if all(isinstance(t, ClickHouseSQL) for t in targets) else PROMETHEUS
+    panel = panel.datasource(source).span(width).height(height)
+    return panel.description(description) if description else panel
+
+
+def series(title: str, *targets, unit: str = "short", width: int = 8, height: int = 8, description: str = ""):
+    panel = timeseries.Panel().title(title).unit(unit).fill_opacity(10).line_width(1).legend(LEGEND)
+    return with_targets(panel, targets, width, height, description)
+
+
+def band(title: str, value: str, margin: str, legend: str, unit: str = "short", width: int = 8):
+    """The value with dashed upper and lower bounds (value ± margin)."""
+    dashed = [DynamicConfigValue(id_val="custom.lineStyle", value={"fill": "dash", "dash": [10, 10]}),
+              DynamicConfigValue(id_val="custom.fillOpacity", value=0)]
+    panel = series(title, prom(value, legend), prom(f"{value} + {margin}", f"{legend} upper"),
+                   prom(f"{value} - {margin}", f"{legend} lower"), unit=unit, width=width,
+                   description="Dashed: the 95 % margin of error (upper and lower bound).")
+    return panel.override_by_query("B", dashed).override_by_query("C", dashed)
+
+
+def single(title: str, *targets, unit: str = "short", width: int = 4, height: int = 8, description: str = ""):
+    panel = stat.Panel().title(title).unit(unit).reduce_options(LAST_VALUE)
+    return with_targets(panel, targets, width, height, description)
+
+
+def bars(title: str, *targets, unit: str = "short", width: int = 8, height: int = 8, description: str = ""):
+    panel = bargauge.Panel().title(title).unit(unit).reduce_options(LAST_VALUE)
+    return with_targets(panel, targets, width, height, description)
+
+
+def grid(title: str, *targets, width: int = 12, height: int = 8, description: str = ""):
+    return with_targets(table.Panel().title(title).show_header(True), targets, width, height, description)
+
+
+def variable(name: str, label: str, query: str, default: str, sort: VariableSort):
+    """A multi-value Prometheus label_values variable; default "$__all" selects All."""
+    shown = "All" if default == "$__all" else default
+    return (dashboard.QueryVariable(name).label(label).datasource(PROMETHEUS)
+            .query({"qryType": 1, "query": query, "refId": name}).refresh(VariableRefresh.ON_TIME_RANGE_CHANGED)
+            .include_all(True).multi(True).sort(sort)
+            .current(VariableOption(selected=True, text=[shown], value=[default])))
+
+
+def new_dashboard(uid: str, title: str, description: str, tags: list[str]) -> dashboard.Dashboard:
+    return (dashboard.Dashboard(title).uid(uid).description(description).tags(["cx-pipeline", *tags])
+            .timezone("browser").editable().tooltip(DashboardCursorSync.CROSSHAIR).refresh("30s")
+            .time("now-24h", "now"))
+
+
+def cx_overview() -> dashboard.Dashboard:
+    histogram = "histogram_quantile({q}, sum by (tenant, {by}le) (rate({name}_bucket{{{sel}}}[{range}])))"
+
+    def quantiles(name: str, by: str, range_: str, legend: str):
+        return [prom(histogram.format(q=q, by=by, name=name, sel=TENANT, range=range_), f"p{round(q * 100)} {legend}")
+                for q in (0.5, 0.9)]
+
+    return (
+        new_dashboard("cx-overview", "cx-pipeline — CX overview",
+                      "Customer-experience signals: surveys, segments, funnels, churn risk, engagement, complaints "
+                      "and follow-up actions. Ratios are fleet-wide recording rules over counts summed across "
+                      "workers; ClickHouse panels read the stored rows for history and exact percentiles.",
+                      ["customer-experience"])
+        .with_variable(variable("tenant", "Tenant", "label_values(cx_survey_responses, tenant)", "$__all",
+                                VariableSort.ALPHABETICAL_ASC))
+        .with_variable(variable("window", "Window", 'label_values(cx_survey_responses{tenant=~"$tenant"}, window)',
+                                "24h", VariableSort.DISABLED))
+        .with_row(dashboard.Row("Surveys"))
+        .with_panel(band("NPS ± 95 % margin of error", f"tenant_window:cx_nps:ratio{{{TENANT_WINDOW}}}",
+                         f"tenant_window:cx_nps_margin_of_error:ratio{{{TENANT_WINDOW}}}", "{{tenant}} {{window}}"))
+        .with_panel(series("CSAT %", prom(f"tenant_window:cx_csat:ratio{{{TENANT_WINDOW}}}", "{{tenant}} {{window}}"),
+                           unit="percent"))
+        .with_panel(series("CES (mean effort, 1–7)",
+                           prom(f"tenant_window:cx_ces:mean{{{TENANT_WINDOW}}}", "{{tenant}} {{window}}")))
+        .with_panel(series("NPS history (ClickHouse metric_snapshots)", sql(f"""
+SELECT toDateTime(intDiv(toUInt32(ts), $__interval_s) * $__interval_s) AS time, tenant, avg(value) AS nps
+FROM cx.metric_snapshots FINAL
+WHERE metric = 'nps' AND `window` IN (${{window:singlequote}}) AND {TENANTS_SQL} AND $__timeFilter(ts)
+GROUP BY time, tenant
+ORDER BY time""", time_series=True), width=12,
+                           description="The worker writes its current values every CXP_SNAPSHOT_INTERVAL seconds."))
+        .with_panel(grid("NPS by source (ClickHouse)", sql(f"""
+SELECT tenant, source, count() AS answers,
+       round(100 * (countIf(score >= 9) - countIf(score <= 6)) / count(), 1) AS nps
+FROM cx.survey_responses FINAL
+WHERE kind = 'NPS' AND {TENANTS_SQL} AND $__timeFilter(event_time)
+GROUP BY tenant, source
+ORDER BY tenant, answers DESC""")))
+        .with_panel(grid("Latest detractor comments (ClickHouse)", sql(f"""
+SELECT event_time, tenant, source, touchpoint, score, comment
+FROM cx.survey_responses FINAL
+WHERE kind = 'NPS' AND score <= 6 AND comment != '' AND {TENANTS_SQL} AND $__timeFilter(event_time)
+ORDER BY event_time DESC
+LIMIT 100"""), width=24, description="No customer ids: the comment, where and when."))
+        .with_row(dashboard.Row("Segments"))
+        .with_panel(bars("NPS by segment", prom(
+            f"tenant_window_dimension_segment:cx_segment_nps:ratio{{{TENANT_WINDOW}}}",
+            "{{tenant}} {{dimension}}={{segment}}", instant=True)))
+        .with_panel(bars("CSAT % by segment", prom(
+            f"tenant_window_dimension_segment:cx_segment_csat:ratio{{{TENANT_WINDOW}}}",
+            "{{tenant}} {{dimension}}={{segment}}", instant=True), unit="percent"))
+        .with_panel(bars("CES by segment", prom(
+            f"tenant_window_dimension_segment:cx_segment_ces:mean{{{TENANT_WINDOW}}}",
+            "{{tenant}} {{dimension}}={{segment}}", instant=True)))
+        .with_row(dashboard.Row("Funnels"))
+        .with_panel(bars("Funnel customers by step", prom(
+            f"tenant_funnel_step_window:cx_funnel_customers:sum{{{TENANT_WINDOW}}}",
+            "{{tenant}} {{funnel}} {{step}}", instant=True)))
+        .with_panel(series("Funnel conversion (last step / first step)", prom(
+            f"tenant_funnel_window:cx_funnel_conversion:ratio{{{TENANT_WINDOW}}}", "{{tenant}} {{funnel}} {{window}}"),
+            unit="percentunit"))
+        .with_panel(series("Funnel conversion time p50 / p90",
+                           *quantiles("cx_funnel_conversion_seconds", "funnel, ", "1h", "{{tenant}} {{funnel}}"),
+                           unit="s", description="Time from step 1 to the last step, conversions of the last hour."))
+        .with_row(dashboard.Row("Churn risk and engagement"))
+        .with_panel(series("Customers by churn-risk level",
+                           prom(f"tenant_level:cx_churn_risk_customers:sum{{{TENANT}}}", "{{tenant}} {{level}}")))
+        .with_panel(series("Churn signals / h by reason", prom(
+            f"3600 * tenant_reason:cx_churn_signals:rate1h{{{TENANT}}}", "{{tenant}} {{reason}}")))
+        .with_panel(series("Active customers", prom(f"tenant_window:cx_active_customers:sum{{{TENANT}}}",
+                                                   "{{tenant}} {{window}}")))
+        .with_panel(series("Stickiness (DAU / MAU)", prom(
+            f'sum by (tenant) (cx_active_customers{{{TENANT}, window="1d"}})'
+            f' / (sum by (tenant) (cx_active_customers{{{TENANT}, window="30d"}}) > 0)', "{{tenant}}"),
+            unit="percentunit", description="Active customers 1d / 30d, summed over workers before dividing."))
+        .with_panel(series("Follow-up actions / h by kind", prom(
+            f"3600 * sum by (tenant, kind) (rate(cx_actions_total{{{TENANT}}}[1h]))", "{{tenant}} {{kind}}"), width=16))
+        .with_row(dashboard.Row("Complaints"))
+        .with_panel(series("Complaints open by priority", prom(
+            f"tenant_priority:cx_complaints_open:sum{{{TENANT}}}", "{{tenant}} {{priority}}")))
+        .with_panel(series("Complaints opened / h by category", prom(
+            f"3600 * tenant_category:cx_complaints_opened:rate1h{{{TENANT}}}", "{{tenant}} {{category}}")))
+        .with_panel(series("Complaints opened / h against the baseline",
+                           prom(f"sum by (tenant) (cx_complaints_opened_rate{{{TENANT}}})", "{{tenant}} opened / h"),
+                           prom(f"sum by (tenant) (cx_complaints_opened_baseline{{{TENANT}}})",
+                                "{{tenant}} baseline / h"),
+                           description="Opened in the current event-time bucket against the baseline for that "
+                                       "time of the week; the spike flag says when the gap is significant."))
+        .with_panel(single("Complaint spike", prom(f"tenant:cx_complaint_spike:max{{{TENANT}}}", "{{tenant}}")))
+        .with_panel(series("SLA breaches / h", prom(
+            f"3600 * tenant_priority_stage:cx_complaint_sla_breaches:rate1h{{{TENANT}}}",
+            "{{tenant}} {{priority}} {{stage}}"), width=4))
+        .with_panel(series("First response time p50 / p90",
+                           *quantiles("cx_complaint_first_response_seconds", "priority, ", "1h",
+                                      "{{tenant}} {{priority}}"), unit="s"))
+        .with_panel(series("Resolution time p50 / p90",
+                           *quantiles("cx_complaint_resolution_seconds", "priority, ", "6h", "{{tenant}} {{priority}}"),
+                           unit="s"))
+        .with_panel(grid("First response and resolution, exact percentiles (ClickHouse)", sql(f"""
+SELECT tenant, priority, count() AS complaints,
+       quantileExact(0.5)(first_response_s) AS first_response_p50_s,
+       quantileExact(0.9)(first_response_s) AS first_response_p90_s,
+       quantileExact(0.5)(resolution_s) AS resolution_p50_s,
+       quantileExact(0.9)(resolution_s) AS resolution_p90_s
+FROM (
+    SELECT tenant, priority,
+           toInt64(first_response_at) - toInt64(opened_at) AS first_response_s,
+           toInt64(resolved_at) - toInt64(opened_at) AS resolution_s
+    FROM cx.complaints FINAL
+    WHERE {TENANTS_SQL} AND $__timeFilter(opened_at)
+)
+GROUP BY tenant, priority
+ORDER BY tenant, priority"""), width=24,
+            description="Complaints opened in the dashboard range, latest state (FINAL); NULL (not yet answered or "
+                        "resolved) is left out of the percentiles."))
+    )
+
+
+def pipeline_health() -> dashboard.Dashboard:
+    no_errors_yet = "0 * table:cxp_sink_rows:rate5m"  # a table without a failed attempt shows 0, not "No data"
+    return (
+        new_dashboard("cx-pipeline-health", "cx-pipeline — pipeline health",
+                      "The workers: throughput, rejects, duplicates, event-time lag, ClickHouse sink, offset commits "
+                      "and unacknowledged records. Rates are fleet-wide recording rules over 5 minutes.",
+                      ["operations"])
+        .with_row(dashboard.Row("Input"))
+        .with_panel(single("Workers up", prom("job:up:sum", "{{job}}")))
+        .with_panel(series("Events consumed / s by source", prom("source:cxp_events_consumed:rate5m", "{{source}}"),
+                           unit="ops", width=10))
+        .with_panel(series("Rejected / s by source and reason", prom(
+            "source_reason:cxp_events_rejected:rate5m", "{{source}} {{reason}}"), unit="ops", width=10))
+        .with_panel(series("Duplicates / s by source", prom("source:cxp_events_duplicate:rate5m", "{{source}}"),
+                           unit="ops"))
+        .with_panel(series("Reject and duplicate ratio",
+                           prom("source:cxp_events_rejected:ratio_rate5m", "{{source}} rejected"),
+                           prom("source:cxp_events_duplicate:ratio_rate5m", "{{source}} duplicate"),
+                           unit="percentunit"))
+        .with_panel(series("Event-time lag by source", prom("source:cxp_event_time_lag_seconds:max", "{{source}}"),
+                           unit="s", description="Wall clock minus the newest event time seen, worst worker."))
+        .with_row(dashboard.Row("ClickHouse sink and Kafka commits"))
+        .with_panel(series("ClickHouse rows / s by table", prom("table:cxp_sink_rows:rate5m", "{{table}}"), unit="ops"))
+        .with_panel(series("Sink errors",
+                           prom(f"table:cxp_sink_errors:rate5m or {no_errors_yet}", "{{table}} failed attempts / s"),
+                           prom(f"table:cxp_sink_errors:ratio_rate5m or {no_errors_yet}", "{{table}} failed share")))
+        .with_panel(series("Flush time p50 / p99",
+                           prom("histogram_quantile(0.5, table_le:cxp_sink_flush_seconds_bucket:rate5m)",
+                                "p50 {{table}}"),
+                           prom("histogram_quantile(0.99, table_le:cxp_sink_flush_seconds_bucket:rate5m)",
+                                "p99 {{table}}"), unit="s"))
+        .with_panel(series("Offset commit errors / s", prom(
+            "sum by (instance) (rate(cxp_commit_errors_total[5m]))", "{{instance}}"), unit="ops", width=12))
+        .with_panel(series("Oldest unacknowledged record age", prom(
+            "max by (instance) (cxp_oldest_unacked_seconds)", "{{instance}}"), unit="s", width=12,
+            description="Age of the oldest consumed record whose data is not yet durable; 0 when none. "
+                        "Growing: the sink is stuck and consumption will pause."))
+        .with_row(dashboard.Row("From ClickHouse (dashboard time range)"))
+        .with_panel(series("Events stored / h by source (ClickHouse)", sql("""
+SELECT toDateTime(intDiv(toUInt32(event_time), 3600) * 3600) AS time, source, count() AS events
+FROM cx.events FINAL
+WHERE $__timeFilter(event_time)
+GROUP BY time, source
+ORDER BY time""", time_series=True), width=12, description="By event time, each event once (FINAL)."))
+        .with_panel(grid("Dead letters by reason (ClickHouse)", sql("""
+SELECT reason, topic, count() AS records, max(received_at) AS last_seen
+FROM cx.dead_letters FINAL
+WHERE $__timeFilter(received_at)
+GROUP BY reason, topic
+ORDER BY records DESC
+LIMIT 50""")))
+    )
+
+
+DASHBOARDS = {"cx-overview.json": cx_overview, "cx-pipeline-health.json": pipeline_health}
+
+
+def render_json(build) -> str:
+    """The dashboard's JSON; panels (rows included) numbered 1, 2, ... in layout order."""
+    model = json.loads(json.dumps(build().build(), cls=JSONEncoder))
+    for panel_id, panel in enumerate(model["panels"], start=1):
+        panel["id"] = panel_id
+    return json.dumps(model, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def generate(out: Path = OUT) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, build in DASHBOARDS.items():
+        (out / name).write_text(render_json(build), encoding="utf-8")
+        written.append(out / name)
+    return written
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m deploy.grafana.generate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=OUT, help=f"folder for the JSON files (default: {OUT})")
+    for path in generate(parser.parse_args(argv).out):
+        print(path)
+
+
+if __name__ == "__main__":
+    main()
