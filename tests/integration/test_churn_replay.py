@@ -58,8 +58,12 @@ def expected_levels(inp: Input) -> dict[tuple[str, str], str]:
         f, t = facts[(e["tenant"], e["customer_id"])], e["event_time"]
         f["last"] = max(f["last"], t)
         f["days"].add(t // DAY)
-        if e.get("survey") and e["survey"]["kind"] == "NPS" and t >= f["nps_ms"]:
-            f["nps_ms"], f["nps"] = t, e["survey"]["score"]
+        if e.get("survey") and e["survey"]["kind"] == "NPS" and (
+                t > f["nps_ms"] or (t == f["nps_ms"] and e["survey"]["score"] < f["nps"])):
+            f["nps_ms"], f["nps"] = t, e["survey"]["score"]  # the latest answer; in one millisecond the lowest
+        if source == "complaints" and e["event_type"] == "opened":
+            opened = f.setdefault("opened", {})
+            opened[e["complaint_id"]] = min(t, opened.get(e["complaint_id"], t))
         kind = {("crm", "subscription_downgraded"): "downgrade", ("crm", "subscription_cancelled"): "cancelled",
                 ("crm", "subscription_started"): "started", ("chatbot", "conversation_abandoned"): "abandoned",
                 ("chatbot", "handoff_requested"): "handoff", ("chatbot", "conversation_resolved"): "resolved",
@@ -73,6 +77,7 @@ def expected_levels(inp: Input) -> dict[tuple[str, str], str]:
         present = {
             "inactivity": clock - f["last"] >= 14 * DAY,
             "detractor": within(f["nps_ms"]) and f["nps"] <= 6,
+            "complaints": sum(1 for t in f.get("opened", {}).values() if clock - t < memory) >= 2,
             "downgrade": within(f["downgrade"]),
             "chatbot": within(f["abandoned"]) or (f["handoff"] > f["resolved"] and clock - f["handoff"] >= DAY
                                                   and within(f["handoff"])),
@@ -110,7 +115,10 @@ def run(broker, clickhouse_server, tmp_path_factory):
     # 5 messages of 200 events a batch: the worker answers /metrics between batches.
     env = worker_env(broker.url, data_dir, clickhouse_server.url(database), CXP_TOPIC_PREFIX=prefix,
                      CXP_CLICKHOUSE_DATABASE=database, CXP_PARTITIONS="4", CXP_APP_ID=f"cxp-test-{prefix}",
-                     CXP_MAX_LATENESS="60d", CXP_BATCH_MAX_MESSAGES="5")
+                     CXP_MAX_LATENESS="60d", CXP_BATCH_MAX_MESSAGES="5",
+                     # SLA targets no complaint here can miss: the oracle below recomputes every churn signal
+                     # but complaint SLA breaches (that evidence is covered by tests/unit/test_churn.py)
+                     CXP_COMPLAINT_SLA="urgent=90d/90d,high=90d/90d,normal=90d/90d,low=90d/90d")
     worker = WorkerProcess(env, data_dir / "worker.log").start()
     backend = NativeBackend(clickhouse_server.url(database))
     state = {"input": inp, "worker": worker, "ch": backend, "db": database, "bootstrap": broker.bootstrap_servers,
