@@ -125,7 +125,7 @@ def preload_single(bootstrap: str, prefix: str, events, codec: Codec) -> float:
 
 
 class Oracle:
-    """What a correct worker must report for an input, recomputed plainly (SPEC §5, minute-rounded windows)."""
+    """What a correct worker must report for an input, recomputed plainly (docs/contract.md, Time, minute-rounded windows)."""
 
     def __init__(self, events):
         seen: set[str] = set()

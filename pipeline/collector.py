@@ -1,4 +1,4 @@
-"""HTTP collector: JSON events in, batch messages out (SPEC §3).
+"""HTTP collector: JSON events in, batch messages out (docs/contract.md, Wire format).
 
 ``POST /v1/events/{source}`` takes one JSON event or ``{"events": [...]}``. A request is all or
 nothing: any bad event rejects the whole request with a 4xx naming each bad event, so a client can
@@ -142,7 +142,7 @@ def _load_events(body: bytes) -> list:
 
 def parse_request(source: str, body: bytes, registry: SchemaRegistry, rules: Rules, codec: Codec,
                   max_body: int, max_message_bytes: int) -> list[Encoded]:
-    """The request's events, checked against the source's schema and the non-time rules of SPEC §4,
+    """The request's events, checked against the source's schema and the non-time rules of docs/contract.md, Bad input,
     each encoded and small enough to travel in a message of at most ``max_message_bytes``."""
     if source not in SOURCES:
         raise CollectorError(404, f"unknown source {source!r}; use one of {', '.join(SOURCES)}")

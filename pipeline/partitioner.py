@@ -1,6 +1,6 @@
 """Kafka's default partitioner (murmur2 of the key, as the Java client and kafka-python compute it).
 
-Batch messages must land where each of their events would land alone (SPEC §3), so the SDK, the
+Batch messages must land where each of their events would land alone (docs/contract.md, Wire format), so the SDK, the
 collector and any test agree with every standard Kafka client by using this one function.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Producer SDK: events in, batch messages out (SPEC §3), on kafka-python.
+"""Producer SDK: events in, batch messages out (docs/contract.md, Wire format), on kafka-python.
 
 Events bound for one partition (Kafka's default murmur2 partitioner of their key) are packed into one
 ``<Source>Batch`` message, sent when it holds ``max_batch_events`` events, when its estimated encoded size

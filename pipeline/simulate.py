@@ -298,7 +298,7 @@ class Simulator:
 
     # -- bad records -----------------------------------------------------------------------------
     def _bad(self, at: int) -> tuple[str, dict]:
-        """A duplicate or an encodable event with exactly one defect (SPEC §4), counted in ``stats``."""
+        """A duplicate or an encodable event with exactly one defect (docs/contract.md, Bad input), counted in ``stats``."""
         r = self.rng
         kind = r.choice(BAD_KINDS if self._recent else BAD_KINDS[1:])
         self.stats[kind] += 1

@@ -1,4 +1,4 @@
-"""Topic names and creation. All input topics get the same partition count (co-partitioning, SPEC §2)."""
+"""Topic names and creation. All input topics get the same partition count (co-partitioning; docs/contract.md)."""
 from __future__ import annotations
 
 import time
@@ -55,6 +55,6 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
     if len(inputs) > 1:
         raise RuntimeError(
             f"input topics have different partition counts {sorted(inputs)}: they must be co-partitioned "
-            "(SPEC §2); recreate them with one count"
+            "(docs/contract.md, Topics); recreate them with one count"
         )
     return counts

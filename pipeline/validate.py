@@ -1,10 +1,10 @@
-"""SPEC §4 validation rules for one decoded event. Pure: no I/O, no clock of its own."""
+"""The bad-input rules (docs/contract.md) for one decoded event. Pure: no I/O, no clock of its own."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Optional
 
-# Reason codes (SPEC §4): each rejected event carries exactly one.
+# Reason codes (docs/contract.md, Bad input): each rejected event carries exactly one.
 UNDECODABLE = "undecodable"
 MISSING_FIELD = "missing_field"
 INVALID_VALUE = "invalid_value"

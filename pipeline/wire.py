@@ -19,7 +19,7 @@ _HEADER = struct.Struct(">BI")
 
 
 class UndecodableError(ValueError):
-    """The message is not a decodable Confluent-framed Avro record (SPEC §4 reason ``undecodable``)."""
+    """The message is not a decodable Confluent-framed Avro record (docs/contract.md, Bad input reason ``undecodable``)."""
 
 
 class Decoded(NamedTuple):

@@ -1,4 +1,4 @@
-"""ClickHouse DDL of every SPEC §7 table: the one place for table and column names.
+"""ClickHouse DDL of every table of the contract: the one place for table and column names.
 
 ``ROWS[table]`` is the row layout every writer uses: a named tuple whose fields are the columns in
 order (``ROWS["events"](event_id=..., ...)``), so no code re-types a layout by position. DateTime

@@ -121,7 +121,7 @@ class Workload:
     def survey_series(self) -> dict[tuple[str, str, str, str], int]:
         """(tenant, kind, window, class) -> responses, for every non-zero series of cx_survey_responses.
 
-        A response at t is inside window W when minute(t) > minute(clock - W) (SPEC §5), the clock being
+        A response at t is inside window W when minute(t) > minute(clock - W) (docs/contract.md, Time), the clock being
         the newest event time of the input.
         """
         clock_ms = self.clock()

@@ -50,7 +50,7 @@ class Input:
         self.valid = [(s, e) for s, e in self.valid if e["event_time"] <= now_ms]
         base = next(e for s, e in self.valid if s == "crm")
         nps_event = next(e for s, e in self.valid if e.get("survey") and e["survey"]["kind"] == "NPS")
-        self.bad_events = [  # (source, event, reason): encodable, but against SPEC §4
+        self.bad_events = [  # (source, event, reason): encodable, but against docs/contract.md, Bad input
             ("crm", dict(base, event_id=f"bad-score-{uuid.uuid4()}", event_type="survey_response",
                          survey=dict(nps_event["survey"], score=11)), "invalid_value"),
             ("crm", dict(base, event_id=f"bad-survey-{uuid.uuid4()}", event_type="survey_response", survey=None),

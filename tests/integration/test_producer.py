@@ -78,7 +78,7 @@ def test_batches_are_co_partitioned_complete_and_in_order(broker, prefix):
         source = message.topic.rsplit(".", 1)[1]
         assert decoded.is_batch and decoded.schema.name == BATCH_SCHEMAS[source]
         assert message.key == event_key(source, decoded.events[0])
-        for event in decoded.events:  # batching never breaks co-partitioning (SPEC §3)
+        for event in decoded.events:  # batching never breaks co-partitioning (docs/contract.md, Wire format)
             assert partition_for(event_key(source, event), PARTITIONS) == message.partition
         sizes.append(len(decoded.events))
         received[(source, message.partition)] += decoded.events

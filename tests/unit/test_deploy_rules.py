@@ -1,4 +1,4 @@
-"""deploy/ checked with the real promtool, and every dashboard query against the SPEC §6 series.
+"""deploy/ checked with the real promtool, and every dashboard query against the series of the contract.
 
 Needs Debian's `prometheus` package (promtool); without it these tests fail, they do not skip:
 the shipped rules are part of the product and must be checked on every run.
@@ -22,7 +22,7 @@ RULE_FILES = ("recording_rules.yml", "alert_rules.yml")
 RULE_TESTS = sorted((PROM / "tests").glob("*.yml"))
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 
-# SPEC §6, by type: the exposed names are the gauge names, counter + _total, histogram + _bucket/_sum/_count.
+# The contract's series, by type: the exposed names are the gauge names, counter + _total, histogram + _bucket/_sum/_count.
 SPEC_GAUGES = {
     "cx_nps", "cx_nps_margin_of_error", "cx_survey_responses", "cx_survey_score_sum", "cx_csat", "cx_ces",
     "cx_funnel_customers", "cx_funnel_conversion_ratio", "cx_churn_risk_customers", "cx_complaints_open",
@@ -41,7 +41,7 @@ SPEC_SERIES = (
     | {f"{name}_total" for name in SPEC_COUNTERS}
     | {f"{name}_{suffix}" for name in SPEC_HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 )
-# Exported by the worker beyond SPEC §6 and shown on the dashboards (not read by any rule).
+# Exported by the worker beyond the contract's list and shown on the dashboards (not read by any rule).
 SERIES_BEYOND_SPEC = {
     "cx_funnel_conversion_seconds_bucket", "cx_actions_total", "cx_complaints_opened_rate",
     "cx_complaints_opened_baseline", "cxp_commit_errors_total", "cxp_oldest_unacked_seconds",

@@ -1,4 +1,4 @@
-"""SPEC §4 rules, one per reason code."""
+"""docs/contract.md, Bad input rules, one per reason code."""
 import pytest
 
 from pipeline.registry import EVENT_SCHEMAS, BundledRegistry
