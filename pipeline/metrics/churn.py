@@ -234,7 +234,7 @@ class ChurnState:
     timers: list[tuple[int, int]] = field(default_factory=list)  # heap of (due ms, customer key)
     dirty: dict[int, Customer] = field(default_factory=dict)  # touched since the last tick, by id()
     clock_ms: int = 0
-    partition: int = 0  # the Kafka partition this state belongs to (learnt from add and restore)
+    partition: int = 0  # the Kafka partition this state belongs to
 
 
 @dataclass
@@ -248,7 +248,7 @@ class ChurnCore(MetricCore[ChurnState]):
     )
 
     def new_state(self, partition: int = 0) -> ChurnState:
-        return ChurnState()
+        return ChurnState(partition=partition)
 
     def _customer(self, state: ChurnState, tenant: str, customer_id: str) -> Customer:
         key = customer_key(tenant, customer_id)
@@ -259,7 +259,6 @@ class ChurnCore(MetricCore[ChurnState]):
 
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ChurnState, accepted: Accepted, out: Output) -> None:
-        state.partition = accepted.partition
         dirty = state.dirty
         for event in accepted.events:
             if event.get("customer_id") is None:
@@ -351,16 +350,15 @@ class ChurnCore(MetricCore[ChurnState]):
             out.count("cx_churn_signals", (c.tenant, f.signal))
         out.facts["churn_changes"].append({
             "customer_id": c.customer_id, "tenant": c.tenant, "level": level, "previous_level": previous,
-            "score": score, "reasons": reasons, "at_ms": at_ms, "sequence": c.seq, "kafka_partition": state.partition})
+            "score": score, "reasons": reasons, "at_ms": at_ms, "sequence": c.seq})
 
     # -- restore ---------------------------------------------------------------------------------
     def restore_queries(self) -> Sequence[RestoreQuery]:
         cfg = self.config
         where = "kafka_partition IN ({partitions}) AND customer_id IS NOT NULL"
         types = ", ".join(f"'{t}'" for t in (*CRM_TIMES, *CHAT_TIMES))
-        # kafka_partition twice: the sink strips the first, the state learns its partition from the second.
         return (
-            RestoreQuery("seen", "SELECT kafka_partition, kafka_partition, tenant, customer_id, max(event_ms) FROM "
+            RestoreQuery("seen", "SELECT kafka_partition, tenant, customer_id, max(event_ms) FROM "
                          "{db}.events WHERE " + where + " AND event_ms > {since_ms} "
                          "GROUP BY kafka_partition, tenant, customer_id", cfg.forget_ms),
             RestoreQuery("days", "SELECT kafka_partition, tenant, customer_id, max(event_ms) FROM {db}.events WHERE "
@@ -385,7 +383,7 @@ class ChurnCore(MetricCore[ChurnState]):
         state.clock_ms = max(state.clock_ms, clock_ms)
         for row in rows:
             if query == "seen":
-                state.partition, tenant, customer_id, event_ms = int(row[0]), row[1], row[2], int(row[3])
+                tenant, customer_id, event_ms = row[0], row[1], int(row[2])
                 self._customer(state, tenant, customer_id).seen(event_ms)
                 continue
             c = state.customers.get(customer_key(row[0], row[1]))

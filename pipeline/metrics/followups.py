@@ -71,10 +71,10 @@ class FollowupCore(MetricCore[FollowupState]):
                 continue
             self._remember(state, event["tenant"], customer_id, event["event_time"], survey["score"], event["event_id"])
             if survey["score"] <= DETRACTOR_MAX:
-                out.facts["actions"].append(self._detractor_action(event, accepted.source, accepted.partition))
+                out.facts["actions"].append(self._detractor_action(event, accepted.source))
         self._churn_actions(out)
 
-    def _detractor_action(self, event: dict, source: str, partition: int) -> dict:
+    def _detractor_action(self, event: dict, source: str) -> dict:
         survey, answered_ms = event["survey"], event["event_time"]
         context = {"score": str(survey["score"]), "source": source, "event_id": event["event_id"]}
         for name in ("comment", "touchpoint"):
@@ -84,7 +84,7 @@ class FollowupCore(MetricCore[FollowupState]):
         return {"action_id": action_id("detractor_followup", event["event_id"]), "kind": "detractor_followup",
                 "customer_id": event["customer_id"], "tenant": event["tenant"],
                 "reason": f"NPS {survey['score']} (detractor){where} via {source}", "context": context,
-                "due_time": answered_ms + self.due_ms, "created_time": answered_ms, "kafka_partition": partition}
+                "due_time": answered_ms + self.due_ms, "created_time": answered_ms}
 
     @staticmethod
     def _churn_actions(out: Output) -> None:
@@ -98,7 +98,7 @@ class FollowupCore(MetricCore[FollowupState]):
                 "reason": f"churn risk high (score {change['score']:.2f}, was {change['previous_level']})",
                 "context": {"score": f"{change['score']:.4f}", "previous_level": change["previous_level"],
                             "reasons": "\n".join(change["reasons"])},
-                "due_time": at_ms, "created_time": at_ms, "kafka_partition": change["kafka_partition"]})
+                "due_time": at_ms, "created_time": at_ms})
 
     def _remember(self, state: FollowupState, tenant: str, customer_id: str, answered_ms: int, score: int,
                   event_id: str) -> None:

@@ -122,7 +122,7 @@ def ops_with_ids(raw: list[tuple]) -> list[tuple]:
 @given(st.lists(op, min_size=1, max_size=40), st.lists(st.integers(0, 70 * DAY), max_size=5))
 def test_levels_scores_and_signals_follow_the_definition(raw, quiet_ticks):
     ops = [("visit", customer, T0, None) for customer in CUSTOMERS] + ops_with_ids(raw)
-    churn, state = core(), core().new_state()
+    churn, state = core(), core().new_state(3)
     histories: dict[tuple, list] = defaultdict(list)
     levels = {customer: "low" for customer in CUSTOMERS}
     clock, signals = 0, defaultdict(int)
@@ -160,7 +160,7 @@ def test_levels_scores_and_signals_follow_the_definition(raw, quiet_ticks):
 
 
 def test_inactivity_is_judged_on_the_clock_without_the_customers_events():
-    churn, state = core(), core().new_state()
+    churn, state = core(), core().new_state(3)
     step(churn, state, ("downgrade", ("acme", "c1"), T0, None), T0, 0)  # 0.15: low
     out = Output()
     churn.tick(state, T0 + 14 * DAY - 1, out)
@@ -181,7 +181,7 @@ def test_inactivity_is_judged_on_the_clock_without_the_customers_events():
 
 
 def test_complaint_facts_count_once_per_complaint_and_are_kept_as_evidence():
-    churn, state = core(), core().new_state()
+    churn, state = core(), core().new_state(3)
     for i, complaint in enumerate(("k1", "k1", "k2")):  # k1 twice: a replayed fact
         out = step(churn, state, ("complaint", ("acme", "c1"), T0 + i * 1000, complaint), T0 + i * 1000, i)
     c = next(iter(state.customers.values()))
@@ -193,7 +193,7 @@ def test_complaint_facts_count_once_per_complaint_and_are_kept_as_evidence():
 
 def test_restore_rebuilds_the_same_levels_without_signals():
     """State rebuilt from the rows the restore queries would return equals the live one, and emits nothing."""
-    churn, live = core(), core().new_state()
+    churn, live = core(), core().new_state(3)
     ops = [("visit", ("acme", "c1"), T0, None), ("nps", ("acme", "c1"), T0 + DAY, 2),
            ("complaint", ("acme", "c1"), T0 + 2 * DAY, "k1"), ("breach", ("acme", "c1"), T0 + 3 * DAY, "k1"),
            ("handoff", ("acme", "c2"), T0 + DAY, None), ("visit", ("acme", "c2"), T0 + 5 * DAY, None)]
@@ -203,10 +203,10 @@ def test_restore_rebuilds_the_same_levels_without_signals():
         rows.extend(out.rows["churn_signals"] + out.rows["churn_evidence"])
     clock = T0 + 5 * DAY
     assert {c.customer_id: c.level for c in live.customers.values()} == {"c1": "medium", "c2": "low"}
-    restored = churn.new_state()
+    restored = churn.new_state(3)
     seen = {("acme", "c1"): T0 + 2 * DAY, ("acme", "c2"): T0 + 5 * DAY}
     restore = {
-        "seen": [(3, t, c, ms) for (t, c), ms in seen.items()],
+        "seen": [(t, c, ms) for (t, c), ms in seen.items()],
         "days": [("acme", "c1", T0), ("acme", "c1", T0 + DAY), ("acme", "c1", T0 + 2 * DAY),
                  ("acme", "c2", T0 + DAY), ("acme", "c2", T0 + 5 * DAY)],
         "typed": [("acme", "c2", "handoff_requested", T0 + DAY)],

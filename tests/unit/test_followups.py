@@ -34,7 +34,7 @@ def test_a_detractor_gets_one_followup_with_its_context():
         "action_id": hashlib.sha1(b"detractor_followup|e1").hexdigest(), "kind": "detractor_followup",
         "customer_id": "c1", "tenant": "acme", "reason": "NPS 3 (detractor) at touchpoint relationship via crm",
         "context": {"score": "3", "source": "crm", "event_id": "e1", "comment": "Too slow.", "touchpoint": "relationship"},
-        "due_time": T0 + 48 * HOUR, "created_time": T0, "kafka_partition": 2}
+        "due_time": T0 + 48 * HOUR, "created_time": T0}
     again = publish(state, [answer("e1", 3, T0, comment="Too slow.")])  # replayed: same id, same content
     assert again.facts["actions"] == [action]
 
@@ -42,11 +42,10 @@ def test_a_detractor_gets_one_followup_with_its_context():
 def test_entering_high_risk_is_an_action_other_levels_are_not():
     change = {"customer_id": "c9", "tenant": "acme", "previous_level": "medium", "score": 0.55,
               "reasons": ["inactivity (0.25): no activity for 20 days (last on 2026-05-01)",
-                          "detractor (0.2): NPS 2 on 2026-05-03", "activity_drop (0.1): …"], "at_ms": T0, "kafka_partition": 3}
+                          "detractor (0.2): NPS 2 on 2026-05-03", "activity_drop (0.1): …"], "at_ms": T0}
     out = publish(CORE.new_state(), [], churn_changes=[dict(change, level="high"), dict(change, level="medium")])
     (action,) = out.facts["actions"]
     assert action["kind"] == "churn_risk_high" and action["due_time"] == action["created_time"] == T0
-    assert action["kafka_partition"] == 3  # the churn state's partition, not the message's
     assert action["action_id"] == hashlib.sha1(f"churn_risk_high|acme|c9|{T0}".encode()).hexdigest()
     assert action["context"]["reasons"].split("\n") == change["reasons"]
     assert action["reason"] == "churn risk high (score 0.55, was medium)"
