@@ -89,6 +89,9 @@ class Settings(BaseSettings):
         "Unset: one server.")
     topic_prefix: str = Field("cx.", description="Prefix of every topic name (cx.events.web, cx.deadletter, ...).")
     partitions: int = Field(4, ge=1, description="Partitions per input topic when cx-pipeline creates the topics.")
+    topic_replication_factor: int = Field(
+        1, ge=1, description="Replicas of each topic cx-pipeline creates (3 on a three-broker cluster; the brokers' "
+        "min.insync.replicas decides how many must acknowledge a write).")
     app_id: str = Field("cx-pipeline", description="Faust application id: the consumer group of the workers.")
     web_host: str = Field("127.0.0.1", description="Address the worker's web server (/metrics, collector) binds.")
     web_port: int = Field(6066, description="Port of the worker's web server. Give each worker on a host its own.")

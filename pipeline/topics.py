@@ -36,7 +36,7 @@ def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]
             admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="cxp-admin",
                                      request_timeout_ms=5000, **security)
             try:
-                missing = [NewTopic(n, settings.partitions, 1) for n in names if n not in set(admin.list_topics())]
+                missing = [NewTopic(n, settings.partitions, settings.topic_replication_factor) for n in names if n not in set(admin.list_topics())]
                 if missing:
                     try:
                         admin.create_topics(missing)
