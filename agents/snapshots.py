@@ -6,7 +6,7 @@ from typing import Any
 
 from pipeline.metrics.base import Output
 from pipeline.processor import Processor
-from sinks.clickhouse.ddl import ROWS
+from pipeline.tables import ROWS
 from sinks.delivery import Delivery
 
 SnapshotRow = ROWS["metric_snapshots"]

@@ -48,23 +48,23 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.dedup import id_hash
-from pipeline.demo import scrape, total
 from pipeline.local.broker import LocalBroker
 from pipeline.local.clickhouse import ClickHouseServer
+from pipeline.local.metrics import scrape, total
 from pipeline.local.processes import free_port, stop_process
 from pipeline.local.worker import WorkerProcess
-from pipeline.partitioner import event_key, partition_for
 from pipeline.metrics import build_cores
+from pipeline.partitioner import event_key, partition_for
 from pipeline.processor import Processor, Record
 from pipeline.producer import EventProducer
 from pipeline.registry import EVENT_SCHEMAS, SOURCES, BundledRegistry
 from pipeline.settings import Settings
 from pipeline.simulate import Simulator
+from pipeline.tables import COLUMNS
 from pipeline.topics import ensure_topics
 from pipeline.validate import Rules
 from pipeline.wire import Codec
 from sinks.clickhouse.backend import NativeBackend
-from sinks.clickhouse.ddl import COLUMNS
 from sinks.clickhouse.sink import ClickHouseSink
 
 console = Console()

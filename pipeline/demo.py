@@ -15,12 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 from collections import defaultdict
 from pathlib import Path
 from typing import Optional
 
-from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console, Group
 from rich.live import Live
 from rich.panel import Panel
@@ -28,6 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.local.broker import LocalBroker
+from pipeline.local.metrics import scrape, total
 from pipeline.local.processes import die_with_parent, free_port, stop_process
 from pipeline.settings import Settings
 
@@ -36,22 +35,6 @@ TABLES = ("events", "survey_responses", "funnel_progress", "dead_letters", "metr
 DAY_MS = 86_400_000
 MAX_HISTORY_MS = 5 * DAY_MS  # the worker rejects events 7 days behind its clock; this leaves room
 SILENT_SHARE = 0.1
-
-
-def scrape(url: str, timeout: float = 2.0, token: Optional[str] = None) -> dict[str, list[tuple[dict, float]]]:
-    """metric sample name -> [(labels, value)] from a /metrics endpoint (sending ``token`` if it needs one)."""
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
-        text = response.read().decode()
-    samples: dict[str, list[tuple[dict, float]]] = defaultdict(list)
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples[sample.name].append((sample.labels, sample.value))
-    return samples
-
-
-def total(samples: dict, name: str, **match: str) -> float:
-    return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == m for k, m in match.items()))
 
 
 def _view(samples: dict, metrics_url: str, started: float, produced: int, spike_in_s: float) -> Group:

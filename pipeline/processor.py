@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
 
 from pipeline.dedup import Deduper, id_hash
-from pipeline.metrics.base import Accepted, MetricCore, Output
+from pipeline.metrics.base import Accepted, MetricCore, Output, Restored
+from pipeline.tables import ROWS
 from pipeline.validate import UNDECODABLE, Rejection, Rules, check_fields, check_time
 from pipeline.wire import Codec, UndecodableError
-from sinks.clickhouse.ddl import ROWS
 
 if TYPE_CHECKING:
     from pipeline.pii import Pseudonymiser
-    from sinks.clickhouse.state import Restored
 
 EventRow, DeadLetterRow = ROWS["events"], ROWS["dead_letters"]
 MAX_ERROR_CHARS = 2000
@@ -81,7 +80,7 @@ class Processor:
         if forget:
             self.partitions.clear()
 
-    def restore(self, restored: "Restored") -> None:
+    def restore(self, restored: Restored) -> None:
         """Load state read back from ClickHouse (:func:`sinks.clickhouse.state.read_partitions`)."""
         for source, clock in restored.source_clocks.items():
             self.source_clock_ms[source] = max(self.source_clock_ms.get(source, 0), clock)

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pipeline.demo import scrape
+from pipeline.local.metrics import scrape
 from pipeline.local.processes import free_port, stop_process
 
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Sequence
 
 from pipeline.metrics.base import Accepted, Instrument, MetricCore, Output, RestoreQuery
+from pipeline.tables import ROWS
 from pipeline.wire import Codec
-from sinks.clickhouse.ddl import ROWS
 
 ActionRow = ROWS["actions"]
 PRUNE_EVERY_MS = 60_000

@@ -66,7 +66,7 @@ class Instrument:
 class Output:
     """Everything one batch produced, delivered as a unit before its records are acknowledged.
 
-    rows:      table -> row tuples (layouts in :mod:`sinks.clickhouse.ddl`)
+    rows:      table -> row tuples (layouts in :mod:`pipeline.tables`)
     messages:  logical topic ("deadletter", "actions", "signals.churn") -> (key, Avro value)
     counts:    (instrument name, label values) -> increment
     observations: (instrument name, label values, value) for histograms
@@ -114,6 +114,24 @@ class RestoreQuery(NamedTuple):
     name: str
     sql: str
     span_ms: int  # how far behind the clock rows still matter
+
+
+@dataclass
+class Restored:
+    """What ClickHouse holds for newly assigned partitions: the sink reads it, the processor rebuilds from it."""
+
+    partitions: list[int]
+    source_clocks: dict[str, int] = field(default_factory=dict)
+    ids: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)  # partition -> (id hashes, event ms)
+    core_rows: list[dict[str, dict[int, list[tuple]]]] = field(default_factory=list)  # per core: query -> partition -> rows
+
+    @property
+    def clock_ms(self) -> int:
+        return max(self.source_clocks.values(), default=0)
+
+    def row_count(self) -> int:
+        return sum(len(hashes) for hashes, _ in self.ids.values()) + sum(
+            len(rows) for by_query in self.core_rows for by_partition in by_query.values() for rows in by_partition.values())
 
 
 class MetricCore(Generic[State]):

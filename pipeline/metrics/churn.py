@@ -38,8 +38,8 @@ from prometheus_client.metrics_core import Metric
 
 from pipeline.metrics.base import Accepted, Instrument, MetricCore, Output, RestoreQuery
 from pipeline.metrics.lastseen import customer_key
+from pipeline.tables import ROWS
 from pipeline.wire import Codec
-from sinks.clickhouse.ddl import ROWS
 
 DAY_MS = 86_400_000
 SIGNALS = ("inactivity", "detractor", "complaints", "downgrade", "chatbot", "activity_drop")

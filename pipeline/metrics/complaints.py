@@ -56,7 +56,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from pipeline.metrics.base import Accepted, Instrument, MetricCore, Output, RestoreQuery
-from sinks.clickhouse.ddl import ROWS
+from pipeline.tables import ROWS
 
 LIFECYCLE = ("opened", "acknowledged", "escalated", "resolved", "reopened", "closed")
 RANK = {event_type: rank for rank, event_type in enumerate(LIFECYCLE)}

@@ -23,7 +23,7 @@ from prometheus_client.metrics_core import Metric
 from pipeline.dedup import Deduper
 from pipeline.metrics.base import Accepted, MetricCore, Output, RestoreQuery
 from pipeline.metrics.windows import RollingCounts
-from sinks.clickhouse.ddl import ROWS
+from pipeline.tables import ROWS
 
 CLASSES = {
     "NPS": ("promoter", "passive", "detractor"),

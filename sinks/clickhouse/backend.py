@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlparse
 
-from sinks.clickhouse.ddl import TABLES, create_statements
+from pipeline.tables import TABLES, create_statements
 
 
 class Backend(ABC):

@@ -10,8 +10,8 @@ from __future__ import annotations
 import os
 from typing import Sequence
 
+from pipeline.tables import COLUMNS
 from sinks.clickhouse.backend import Backend
-from sinks.clickhouse.ddl import COLUMNS
 
 # Test hook for crash-consistency tests: exit the process right after the first successful insert
 # into this table, as a crash between two inserts of one flush would.

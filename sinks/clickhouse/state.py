@@ -7,27 +7,10 @@ come from ``events`` (the commit marker of every flush); each metric core names 
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
 from typing import Sequence
 
-from pipeline.metrics.base import MetricCore
+from pipeline.metrics.base import MetricCore, Restored
 from sinks.clickhouse.backend import Backend
-
-
-@dataclass
-class Restored:
-    partitions: list[int]
-    source_clocks: dict[str, int] = field(default_factory=dict)
-    ids: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)  # partition -> (id hashes, event ms)
-    core_rows: list[dict[str, dict[int, list[tuple]]]] = field(default_factory=list)  # per core: query -> partition -> rows
-
-    @property
-    def clock_ms(self) -> int:
-        return max(self.source_clocks.values(), default=0)
-
-    def row_count(self) -> int:
-        return sum(len(hashes) for hashes, _ in self.ids.values()) + sum(
-            len(rows) for by_query in self.core_rows for by_partition in by_query.values() for rows in by_partition.values())
 
 
 def read_partitions(backend: Backend, partitions: Sequence[int], cores: Sequence[MetricCore], clock_ms: int,

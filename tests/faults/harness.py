@@ -24,12 +24,12 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from pipeline.demo import total
+from pipeline.local.clickhouse import ClickHouseServer
+from pipeline.local.metrics import total
 from pipeline.partitioner import event_key, partition_for
 from pipeline.simulate import Simulator
 from schemas import SCHEMA_DIR
 from sinks.clickhouse.backend import NativeBackend
-from pipeline.local.clickhouse import ClickHouseServer
 from tests.services.worker import WorkerProcess, worker_env
 
 PARTITIONS = 4

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from pipeline.demo import scrape, total
+from pipeline.local.metrics import scrape, total
 from pipeline.local.processes import free_port
 from tests.faults.harness import (
     Stage,

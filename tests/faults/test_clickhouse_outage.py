@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from pipeline.demo import total
+from pipeline.local.metrics import total
 from tests.faults.harness import (
     MINUTE,
     Stage,

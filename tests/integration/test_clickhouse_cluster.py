@@ -26,7 +26,7 @@ pytestmark = pytest.mark.integration
 
 N_EVENTS = 2000
 HOUR = 3_600_000
-# The documented queries (sinks/clickhouse/ddl.py), unchanged in cluster mode.
+# The documented queries (pipeline/tables.py), unchanged in cluster mode.
 NPS_PER_TENANT = ("SELECT tenant, 100 * (countIf(score >= 9) - countIf(score <= 6)) / count() "
                   "FROM {db}.survey_responses FINAL WHERE kind = 'NPS' GROUP BY tenant")
 EVENTS_FINAL = "SELECT count() FROM {db}.events FINAL"

@@ -8,8 +8,8 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pipeline.dedup import id_hash
-from sinks.clickhouse.backend import ChdbBackend, NativeBackend, open_backend
-from sinks.clickhouse.ddl import COLUMNS, TABLES
+from pipeline.tables import COLUMNS, TABLES
+from sinks.clickhouse.backend import ChdbBackend, open_backend
 from sinks.clickhouse.sink import ClickHouseSink, SinkError
 
 pytestmark = pytest.mark.integration

@@ -19,7 +19,7 @@ from collections import defaultdict
 import pytest
 from kafka import KafkaProducer
 
-from pipeline.demo import total
+from pipeline.local.metrics import total
 from pipeline.partitioner import event_key, partition_for
 from pipeline.simulate import Simulator
 from sinks.clickhouse.backend import NativeBackend

@@ -17,8 +17,8 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.dedup import id_hash
 from pipeline.metrics.base import Output
+from pipeline.tables import ROWS
 from sinks.clickhouse.backend import NativeBackend
-from sinks.clickhouse.ddl import ROWS
 from sinks.clickhouse.sink import ClickHouseSink
 from sinks.delivery import Delivery, RetryPolicy
 from sinks.prometheus import PipelineMetrics

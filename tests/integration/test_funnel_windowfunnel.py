@@ -11,12 +11,12 @@ import random
 
 import pytest
 
+from pipeline.dedup import id_hash
 from pipeline.metrics.base import Accepted, Output
 from pipeline.metrics.funnel_defs import parse_funnels
 from pipeline.metrics.funnels import FunnelCore
+from pipeline.tables import COLUMNS, ROWS
 from sinks.clickhouse.backend import NativeBackend
-from pipeline.dedup import id_hash
-from sinks.clickhouse.ddl import COLUMNS, ROWS
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from pipeline.demo import total
+from pipeline.local.metrics import total
 from pipeline.simulate import JsonlWriter, Simulator, read_jsonl
 from sinks.clickhouse.backend import NativeBackend
 from tests.services.worker import WorkerProcess, worker_env

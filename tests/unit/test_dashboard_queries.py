@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from deploy.grafana.queries import clickhouse_sql, promql, queries
+from deploy.grafana.queries import clickhouse_sql, promql
 
 
 def test_promql_variables_become_the_regex_grafana_sends():

@@ -8,8 +8,8 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.settings import Settings
+from pipeline.tables import TABLES, Table, create_statements
 from sinks.clickhouse.backend import open_backend
-from sinks.clickhouse.ddl import TABLES, Table, create_statements
 
 
 def test_without_a_cluster_the_ddl_is_the_single_server_one():

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from pipeline.settings import Settings
-from tests.unit.test_deploy_rules import DEPLOY, PROM, promtool, rules
+from tests.unit.test_deploy_rules import DEPLOY, promtool, rules
 
 PROFILE = DEPLOY / "production"
 COMPOSE = yaml.safe_load((PROFILE / "docker-compose.yml").read_text())

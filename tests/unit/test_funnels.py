@@ -22,7 +22,7 @@ from pipeline.metrics.base import Accepted, Output
 from pipeline.metrics.funnel_defs import FunnelConfigError, load_funnels, parse_funnels
 from pipeline.metrics.funnels import CONVERSION_SECONDS, FunnelCore, conversion_buckets
 from pipeline.settings import Settings
-from sinks.clickhouse.ddl import COLUMNS
+from pipeline.tables import COLUMNS
 
 MIN = 60_000
 T0 = 1_790_000_000_000 - 1_790_000_000_000 % MIN

@@ -19,7 +19,6 @@ from pipeline.registry import EVENT_SCHEMAS, BundledRegistry
 from pipeline.settings import Settings
 from pipeline.simulate import Simulator
 from pipeline.validate import Rules
-from pipeline.wire import Codec
 from tests.unit.test_processor import CODEC, NOW, TOPICS, WINDOWS, records
 
 KEY = b"0123456789abcdef-test-key"

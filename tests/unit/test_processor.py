@@ -3,6 +3,7 @@ from collections import Counter
 
 import pytest
 
+from pipeline.metrics.base import Restored
 from pipeline.metrics.surveys import SurveyCore
 from pipeline.partitioner import event_key, partition_for
 from pipeline.processor import Processor, Record
@@ -10,7 +11,6 @@ from pipeline.registry import EVENT_SCHEMAS, BundledRegistry
 from pipeline.simulate import Simulator
 from pipeline.validate import Rules
 from pipeline.wire import Codec
-from sinks.clickhouse.state import Restored
 
 REGISTRY = BundledRegistry()
 CODEC = Codec(REGISTRY)

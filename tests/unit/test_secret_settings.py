@@ -11,8 +11,8 @@ from pydantic import ValidationError
 
 from pipeline.secret_values import ConfigurationError, clickhouse_security, display_settings, mask_url
 from pipeline.settings import Settings
+from pipeline.tables import create_statements
 from sinks.clickhouse.backend import NativeBackend
-from sinks.clickhouse.ddl import create_statements
 
 SECRETS = {"CXP_COLLECTOR_TOKENS": "collector-secret-1,collector-secret-2", "CXP_METRICS_TOKEN": "metrics-secret",
            "CXP_KAFKA_SASL_PASSWORD": "sasl-secret",

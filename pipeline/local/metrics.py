@@ -1,0 +1,24 @@
+"""Read a worker's /metrics as the tests, the benchmarks and the demo's live view need it."""
+from __future__ import annotations
+
+import urllib.request
+from collections import defaultdict
+from typing import Optional
+
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def scrape(url: str, timeout: float = 2.0, token: Optional[str] = None) -> dict[str, list[tuple[dict, float]]]:
+    """metric sample name -> [(labels, value)] from a /metrics endpoint (sending ``token`` if it needs one)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
+        text = response.read().decode()
+    samples: dict[str, list[tuple[dict, float]]] = defaultdict(list)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[sample.name].append((sample.labels, sample.value))
+    return samples
+
+
+def total(samples: dict, name: str, **match: str) -> float:
+    return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == m for k, m in match.items()))
