@@ -37,7 +37,7 @@ distinct keys. The documented queries, which never double count after a replay:
     SELECT reason, count() FROM cx.dead_letters FINAL GROUP BY reason
 
 In cluster mode (``create_statements(database, cluster)``) these names are Distributed tables over
-replicated ``<name>_local`` ones, so the same queries work unchanged (README, "ClickHouse cluster").
+replicated ``<name>_local`` ones, so the same queries work unchanged (docs/configuration.md, "ClickHouse cluster").
 """
 from __future__ import annotations
 

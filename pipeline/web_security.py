@@ -199,7 +199,7 @@ def warn_if_exposed(settings: Settings, tokens: list[str]) -> None:
     """Log a warning when the collector is reachable beyond this host and takes anyone's events."""
     if not tokens and not is_loopback(settings.web_host):
         log.warning("the web server binds %s and no collector token is set: anyone who can reach port %s can "
-                    "send events. Set CXP_COLLECTOR_TOKENS or CXP_COLLECTOR_TOKENS_FILE (README: Security)",
+                    "send events. Set CXP_COLLECTOR_TOKENS or CXP_COLLECTOR_TOKENS_FILE (docs/security.md)",
                     settings.web_host, settings.web_port)
 
 

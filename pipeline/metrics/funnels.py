@@ -1,6 +1,6 @@
 """Conversion funnels per customer, step for step what ClickHouse's ``windowFunnel`` computes.
 
-Reading of the definition (README "Funnels" says it for analysts):
+Reading of the definition (docs/metrics.md, "Conversion funnels", says it for analysts):
 
 * A customer's events are taken in time order; events with the same millisecond in ``event_id``
   order. One event that matches several steps is one position in that order, so it can serve as

@@ -1,8 +1,9 @@
 """Render the fault suite's figures (the JSON lines `harness.record_fault` appends when $CXP_FAULT_REPORT is
-set) as the Markdown table of the README's Reliability section.
+set) as the Markdown table of docs/reliability.md, "Faults injected".
 
     CXP_FAULT_REPORT=/tmp/faults.jsonl PYTHONPATH=. .venv/bin/pytest -q -p no:cacheprovider tests/faults
-    PYTHONPATH=. .venv/bin/python -m tests.faults.report /tmp/faults.jsonl
+    PYTHONPATH=. .venv/bin/python -m tests.faults.report /tmp/faults.jsonl          # print it
+    PYTHONPATH=. .venv/bin/python -m tests.faults.report /tmp/faults.jsonl --write  # replace it in the page
 
 A test that ran more than once keeps its last line, so a rerun replaces its figures.
 """
@@ -15,6 +16,8 @@ import statistics
 from pathlib import Path
 
 DASH = "–"
+PAGE = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
+HEADER = "| # | fault | how injected | events sent | lost | double-counted | recovery |"
 
 
 def load(path: Path) -> list[dict]:
@@ -53,8 +56,7 @@ def recovery_cell(seconds: float | list[float]) -> str:
 
 
 def markdown(records: list[dict]) -> str:
-    rows = ["| # | fault | how injected | events sent | lost | double-counted | recovery |",
-            "|---|---|---|---|---|---|---|"]
+    rows = [HEADER, "|---|---|---|---|---|---|---|"]
     for r in records:
         rows.append(f"| {r['number']} | {r['fault']} | {r['injected']} | {events_cell(r)} | {count_cell(r['lost'])} | "
                     f"{count_cell(r['double_counted'])} | {recovery_cell(r['recovery_s'])} |")
@@ -67,10 +69,31 @@ def _sentence(text: str) -> str:
     return text[0].upper() + text[1:] + ("" if text.endswith(".") else ".")
 
 
+def replace_table(page_text: str, table: str) -> str:
+    """The page with its fault table and the recovery notes under it replaced by `table`; the rest unchanged."""
+    lines = page_text.split("\n")
+    start = lines.index(HEADER)
+    end = start
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    if end + 1 < len(lines) and lines[end] == "" and lines[end + 1].startswith("- **"):
+        end += 1
+        while end < len(lines) and lines[end].startswith("- **"):
+            end += 1
+    return "\n".join(lines[:start] + table.rstrip("\n").split("\n") + lines[end:])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("file", type=Path, help="the JSON-lines file named by CXP_FAULT_REPORT during the run")
-    print(markdown(load(parser.parse_args().file)), end="")
+    parser.add_argument("--write", nargs="?", type=Path, const=PAGE, metavar="PAGE",
+                        help=f"replace the table in PAGE (default {PAGE.relative_to(PAGE.parents[1])}) instead of printing it")
+    args = parser.parse_args()
+    table = markdown(load(args.file))
+    if args.write:
+        args.write.write_text(replace_table(args.write.read_text(), table))
+    else:
+        print(table, end="")
 
 
 if __name__ == "__main__":

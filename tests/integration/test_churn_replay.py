@@ -49,7 +49,8 @@ class Input:
 
 
 def expected_levels(inp: Input) -> dict[tuple[str, str], str]:
-    """(tenant, customer) -> level at the final clock, straight from the definition (README, default settings)."""
+    """(tenant, customer) -> level at the final clock, straight from the definition in docs/metrics.md
+    (default settings)."""
     weights, settings = Settings().churn_weights, Settings()
     facts: dict[tuple[str, str], dict] = defaultdict(lambda: defaultdict(int, days=set()))
     for source, e in inp.valid:

@@ -3,7 +3,7 @@
 Random event sequences with ties (same millisecond), repeats, restarts, attribute and source filters
 and an event that matches two steps go into ``events``; the core gets them in shuffled order. Every
 customer's level must equal windowFunnel over that customer's events, the per-window counts the SQL
-recount, and the core's funnel_progress rows must reproduce the same counts (the README queries).
+recount, and the core's funnel_progress rows must reproduce the same counts (the queries of docs/metrics.md).
 """
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def at_least_from_sql(backend, funnel, since_ms) -> dict[str, list[int]]:
 
 
 def at_least_from_progress(backend, funnel, since_ms) -> dict[str, list[int]]:
-    """The README query: per customer the best attempt started in the window, from funnel_progress."""
+    """The docs/metrics.md query: per customer the best attempt started in the window, from funnel_progress."""
     recount = ", ".join(f"sum(best >= {k})" for k in range(1, len(funnel.steps) + 1))
     rows = backend.query(
         f"SELECT tenant, {recount} FROM (SELECT tenant, customer_id, max(level) AS best "

@@ -40,7 +40,7 @@ STRING_TYPES = ("String", "Nullable(String)", "Array(String)")
 
 
 def pseudonym(identifier: str) -> str:
-    """The README's recipe, computed here independently of pipeline.pii."""
+    """The recipe of docs/security.md (PII mode), computed here independently of pipeline.pii."""
     return hmac.new(KEY.encode(), identifier.encode(), hashlib.sha256).hexdigest()[:32]
 
 
@@ -151,7 +151,7 @@ def test_no_raw_id_or_text_in_any_table(runs):
 
 
 def test_every_id_is_its_documented_pseudonym(runs):
-    """Event by event, the stored ids are the README recipe applied to the raw ones: the same customer
+    """Event by event, the stored ids are the docs/security.md recipe applied to the raw ones: the same customer
     always maps to the same pseudonym, so per-customer state (funnels) joins as without the mode."""
     query = "SELECT event_id, customer_id, anonymous_id, session_id FROM {}.events FINAL ORDER BY event_id"
     plain, private = (run["clickhouse"].query(query.format(run["database"])) for run in (runs["plain"], runs["pii"]))

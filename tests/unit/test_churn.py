@@ -233,7 +233,7 @@ def test_unknown_weights_and_inverted_thresholds_are_refused():
 
 
 def test_bytes_per_customer():
-    """What one customer costs in churn state after a month of activity (figure for the README)."""
+    """What one customer costs in churn state after a month of activity (figure for docs/performance.md)."""
     churn = core()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
