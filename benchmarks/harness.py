@@ -577,7 +577,7 @@ def processor_for(codec: Codec, prefix: str = "cx.") -> Processor:
     registry = codec.registry
     rules = Rules.from_schemas({s: registry.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000, 7 * 86_400_000)
     processor = Processor(codec, rules, {f"{prefix}events.{s}": s for s in SOURCES}, DEDUP_HORIZON_MS,
-                          build_cores(Settings()))
+                          build_cores(Settings(), codec))
     processor.assign(range(PARTITIONS))
     return processor
 

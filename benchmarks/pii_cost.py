@@ -83,7 +83,7 @@ def main() -> None:
 
     def process(pii):
         def run():
-            processor = Processor(codec, rules, TOPICS, duration_ms(settings.dedup_horizon), build_cores(settings),
+            processor = Processor(codec, rules, TOPICS, duration_ms(settings.dedup_horizon), build_cores(settings, codec),
                                   pii=pii)
             processor.assign(range(4))
             processor.process(records, now)

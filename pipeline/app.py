@@ -108,7 +108,7 @@ def build_app(settings: Settings) -> faust.App:
     )
     topic_sources = input_topics(settings)
     partition_counts = ensure_topics(settings)
-    cores = build_cores(settings)
+    cores = build_cores(settings, codec)
     dedup_horizon_ms = duration_ms(settings.dedup_horizon)
     processor = Processor(codec, rules, topic_sources, dedup_horizon_ms, cores, settings.deadletter_max_bytes,
                           pii=Pseudonymiser.from_settings(settings))

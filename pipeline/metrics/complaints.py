@@ -143,7 +143,6 @@ class Complaint:
     tenant: str
     customer_id: str
     attrs: tuple[str, Optional[str], Optional[str]]  # priority, category, origin_channel
-    partition: int
     events: list[Event] = field(default_factory=list)
     hashes: set[int] = field(default_factory=set)
     breached: set[str] = field(default_factory=set)
@@ -156,6 +155,7 @@ class Complaint:
 
 @dataclass
 class ComplaintState:
+    partition: int
     complaints: dict[str, Complaint] = field(default_factory=dict)
     dirty: set[str] = field(default_factory=set)  # changed since the last tick
     deadlines: list[tuple[int, str]] = field(default_factory=list)  # heap: (deadline ms, complaint id)
@@ -186,7 +186,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
     _categories: dict[str, set[str]] = field(default_factory=dict)  # per process: category labels in use per tenant
 
     def new_state(self, partition: int = 0) -> ComplaintState:
-        return ComplaintState()
+        return ComplaintState(partition)
 
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ComplaintState, accepted: Accepted, out: Output) -> None:
@@ -200,7 +200,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
             complaint = state.complaints.get(cid)
             if complaint is None:
                 complaint = state.complaints[cid] = Complaint(
-                    cid, event["tenant"], event.get("customer_id") or "", self._attrs_of(event), accepted.partition)
+                    cid, event["tenant"], event.get("customer_id") or "", self._attrs_of(event))
             if key in complaint.hashes:
                 continue  # seen before (a replay): nothing changes
             item = Event(int(event["event_time"]), RANK[event["event_type"]], key)
@@ -272,7 +272,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
         if content != complaint.written:
             complaint.written = content
             complaint.updated_ms = max(complaint.updated_ms + 1, clock_ms)
-            out.rows["complaints"].append(self._row(complaint))
+            out.rows["complaints"].append(self._row(complaint, state.partition))
 
     def _move_backlog(self, state: ComplaintState, complaint: Complaint, before: Derived, after: Derived) -> None:
         key = (complaint.tenant, complaint.attrs[0])
@@ -319,10 +319,10 @@ class ComplaintCore(MetricCore[ComplaintState]):
     # -- rows and restore --------------------------------------------------------------------------
     def _content(self, c: Complaint) -> tuple:
         d = c.derived
-        return (d, c.attrs, tuple(c.events), tuple(sorted(c.breached)), c.folded_reopens, c.partition)
+        return (d, c.attrs, tuple(c.events), tuple(sorted(c.breached)), c.folded_reopens)
 
     @staticmethod
-    def _row(c: Complaint) -> tuple:
+    def _row(c: Complaint, partition: int) -> tuple:
         d, (priority, category, channel) = c.derived, c.attrs
         seconds = lambda ms: None if ms is None else ms // 1000  # noqa: E731
         return ComplaintRow(
@@ -333,23 +333,23 @@ class ComplaintCore(MetricCore[ComplaintState]):
             first_response_ms=d.first_response_ms, resolved_ms=d.resolved_ms,
             sla_first_response_breached=int("first_response" in c.breached),
             sla_resolution_breached=int("resolution" in c.breached), last_event_ms=c.events[-1].ms,
-            kafka_partition=c.partition, folded_reopens=c.folded_reopens,
+            kafka_partition=partition, folded_reopens=c.folded_reopens,
             event_hashes=[e.hash for e in c.events], event_types=[LIFECYCLE[e.rank] for e in c.events],
             event_times_ms=[e.ms for e in c.events])
 
     def restore_queries(self) -> Sequence[RestoreQuery]:
         return (RestoreQuery(
-            "complaints", "SELECT kafka_partition, kafka_partition, complaint_id, tenant, customer_id, priority, category, "
+            "complaints", "SELECT kafka_partition, complaint_id, tenant, customer_id, priority, category, "
             "origin_channel, updated_ms, sla_first_response_breached, sla_resolution_breached, folded_reopens, "
             "event_hashes, event_types, event_times_ms FROM {db}.complaints FINAL "
             "WHERE kafka_partition IN ({partitions}) AND (status IN ('opened', 'acknowledged', 'escalated', "
             "'reopened') OR last_event_ms > {since_ms})", self.max_lateness_ms),)
 
     def restore(self, state: ComplaintState, query: str, rows: list[tuple], clock_ms: int) -> None:
-        for (partition, cid, tenant, customer, priority, category, channel, updated_ms, fr_breached, res_breached, folded,
+        for (cid, tenant, customer, priority, category, channel, updated_ms, fr_breached, res_breached, folded,
              hashes, types, times) in rows:
             events = sorted(Event(int(ms), RANK[t], int(h)) for h, t, ms in zip(hashes, types, times))
-            complaint = Complaint(cid, tenant, customer, (priority, category, channel), int(partition), events,
+            complaint = Complaint(cid, tenant, customer, (priority, category, channel), events,
                                   {e.hash for e in events},
                                   {s for s, flag in zip(STAGES, (fr_breached, res_breached)) if flag}, int(folded),
                                   int(updated_ms))
