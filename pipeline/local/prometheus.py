@@ -14,8 +14,9 @@ from pipeline.local.processes import free_port, stop_process
 
 class PrometheusServer:
     def __init__(self, workdir: Path, targets: list[str], scrape_interval: str = "1s", rule_files: tuple = (),
-                 job: str = "cxp"):
-        """``job="cx-pipeline"`` is the job name the shipped rules select (WorkerDown, job:up:sum)."""
+                 job: str = "cxp", alertmanagers: tuple[str, ...] = ()):
+        """``job="cx-pipeline"`` is the job name the shipped rules select (WorkerDown, job:up:sum);
+        ``alertmanagers`` (host:port) receive the alerts."""
         if not shutil.which("prometheus"):
             raise RuntimeError("prometheus is not installed: apt-get install prometheus")
         self.workdir, self.port = workdir, free_port()
@@ -24,6 +25,7 @@ class PrometheusServer:
             "global": {"scrape_interval": scrape_interval, "evaluation_interval": scrape_interval},
             "rule_files": [str(path) for path in rule_files],
             "scrape_configs": [{"job_name": job, "static_configs": [{"targets": targets}]}],
+            "alerting": {"alertmanagers": [{"static_configs": [{"targets": list(alertmanagers)}]}]},
         }))
         self.process = subprocess.Popen(
             ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
