@@ -5,7 +5,8 @@ Two kinds of series:
   metric cores declare are fed only from the deltas of a delivered :class:`~pipeline.metrics.base.Output`,
   after its data is durable, so they never count what could still be lost;
 - gauges are computed at scrape time by :class:`CoreCollector` from the state of the partitions the
-  worker owns: a revoked partition's series disappear with its state.
+  worker owns: a revoked partition's series disappear with its state; :class:`ConsumerLagCollector`
+  likewise reads the Kafka offsets of the owned partitions.
 Counts are exported next to every ratio, so sums over workers stay right (see deploy/ recording rules).
 """
 from __future__ import annotations
