@@ -35,7 +35,7 @@ from sinks.clickhouse.backend import open_backend
 from sinks.clickhouse.sink import ClickHouseSink
 from sinks.clickhouse.state import read_partitions
 from sinks.delivery import Delivery, RetryPolicy
-from sinks.prometheus import CONTENT_TYPE, CoreCollector, PipelineMetrics, instruments_of
+from sinks.prometheus import CONTENT_TYPE, ConsumerLagCollector, CoreCollector, PipelineMetrics, instruments_of
 
 log = logging.getLogger("cxp.worker")
 OUTPUT_TOPICS = ("deadletter", "signals.churn", "actions")
@@ -58,6 +58,7 @@ class CxApp(faust.App):
 
 class CommitWatch:
     """Counts failed offset commits and logs the first of each incident, with the fix, and the recovery.
+    Keeps the group's committed offset of each partition (``committed``), for the consumer lag gauge.
 
     A commit that has not finished after ``stall_s`` counts as failed: with the broker gone, aiokafka
     waits for a coordinator instead of failing, and a stalled commit is what an operator must see.
@@ -65,6 +66,7 @@ class CommitWatch:
 
     def __init__(self, metrics: PipelineMetrics, stall_s: float):
         self.metrics, self.stall_s, self.failing = metrics, stall_s, False
+        self.committed: dict[Any, int] = {}
 
     def consumer_class(self) -> type:
         watch = self
@@ -78,10 +80,22 @@ class CommitWatch:
                 ok = False
                 try:
                     ok = await commit
+                    if ok:
+                        watch.committed.update(offsets)
                     return ok
                 finally:
                     if done or ok:
                         watch.report(ok or not offsets)
+
+            async def seek_to_committed(self) -> Mapping[Any, int]:
+                # Faust calls this after every assignment: the broker's committed offsets of the owned partitions.
+                offsets = await super().seek_to_committed()
+                for tp, offset in offsets.items():
+                    if offset is None:
+                        watch.committed.pop(tp, None)
+                    else:
+                        watch.committed[tp] = offset
+                return offsets
 
         return CountingConsumer
 
@@ -145,7 +159,9 @@ def build_app(settings: Settings) -> faust.App:
         value_serializer="raw",
         stream_wait_empty=False,
     )
-    app.transport.Consumer = CommitWatch(metrics, stall_s=settings.session_timeout).consumer_class()
+    commits = CommitWatch(metrics, stall_s=settings.session_timeout)
+    app.transport.Consumer = commits.consumer_class()
+    prometheus.register(ConsumerLagCollector(lambda: app.consumer, topic_sources, commits.committed))
     topics = app.topic(*topic_sources, key_serializer="raw", value_serializer="raw")
 
     def on_stall(stalled: bool) -> None:

@@ -5,13 +5,14 @@ Two kinds of series:
   metric cores declare are fed only from the deltas of a delivered :class:`~pipeline.metrics.base.Output`,
   after its data is durable, so they never count what could still be lost;
 - gauges are computed at scrape time by :class:`CoreCollector` from the state of the partitions the
-  worker owns: a revoked partition's series disappear with its state.
+  worker owns: a revoked partition's series disappear with its state; :class:`ConsumerLagCollector`
+  likewise reads the Kafka offsets of the owned partitions.
 Counts are exported next to every ratio, so sums over workers stay right (see deploy/ recording rules).
 """
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client import disable_created_metrics
@@ -98,6 +99,63 @@ class CoreCollector(Collector):
     def _lag_family() -> GaugeMetricFamily:
         return GaugeMetricFamily("cxp_event_time_lag_seconds", "Wall clock minus the newest processed event time.",
                                  labels=["source"])
+
+
+class ConsumerLagCollector(Collector):
+    """``cxp_consumer_lag_records{source}`` at scrape time: records of the owned input partitions not yet
+    committed, summed per source (the partitions of one topic are one source; no partition label).
+
+    Per partition: the highwater (offset of the next record produced, from the latest fetch response)
+    minus the group's committed offset (``committed``: what this worker committed, or found committed when
+    the partition was assigned; 0 when the group never committed it). Offsets are committed only up to
+    acked records, and a record is acked once its output is durable, so this counts what waits to be
+    fetched, processed or stored, plus what was stored in the last commit interval. While the worker
+    pauses fetching (ClickHouse failing), highwaters are not refreshed: the value is the backlog known
+    when fetching paused, and ``cxp_oldest_unacked_seconds`` tells the stall.
+    """
+
+    NAME = "cxp_consumer_lag_records"
+
+    def __init__(self, consumer: Callable[[], Any], topic_sources: Mapping[str, str], committed: Mapping[Any, int]):
+        self.consumer, self.topic_sources, self.committed = consumer, topic_sources, committed
+
+    def describe(self) -> Iterable[Metric]:
+        yield self._family()
+
+    def collect(self) -> Iterable[Metric]:
+        family, lag = self._family(), self.lag_by_source()
+        for source in sorted(lag):
+            family.add_metric([source], lag[source])
+        yield family
+
+    def lag_by_source(self) -> dict[str, int]:
+        """source -> lag; a source appears once one of its partitions is owned (0 before its first fetch)."""
+        consumer = self.consumer()
+        try:
+            owned = consumer.assignment()
+        except Exception:  # noqa: BLE001 - not started, or stopping: nothing owned to report
+            return {}
+        lag: dict[str, int] = {}
+        for tp in owned:
+            source = self.topic_sources.get(tp.topic)
+            if source is None:
+                continue
+            lag.setdefault(source, 0)
+            highwater = self._highwater(consumer, tp)
+            if highwater is not None:
+                lag[source] += max(highwater - self.committed.get(tp, 0), 0)
+        return lag
+
+    @staticmethod
+    def _highwater(consumer: Any, tp: Any) -> Optional[int]:
+        try:
+            return consumer.highwater(tp)
+        except Exception:  # noqa: BLE001 - revoked between assignment() and now (a rebalance): skip it
+            return None
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(self.NAME, "Records of the owned input partitions not yet committed (highwater minus "
+                                 "committed offset), summed per source.", labels=["source"])
 
 
 def instruments_of(cores: Sequence[MetricCore]) -> list[Instrument]:

@@ -242,7 +242,7 @@ def pipeline_health() -> dashboard.Dashboard:
     no_errors_yet = "0 * table:cxp_sink_rows:rate5m"  # a table without a failed attempt shows 0, not "No data"
     return (
         new_dashboard("cx-pipeline-health", "cx-pipeline — pipeline health",
-                      "The workers: throughput, rejects, duplicates, event-time lag, ClickHouse sink, offset commits "
+                      "The workers: throughput, rejects, duplicates, event-time and Kafka lag, ClickHouse sink, offset commits "
                       "and unacknowledged records. Rates are fleet-wide recording rules over 5 minutes.",
                       ["operations"])
         .with_row(dashboard.Row("Input"))
@@ -259,6 +259,9 @@ def pipeline_health() -> dashboard.Dashboard:
                            unit="percentunit"))
         .with_panel(series("Event-time lag by source", prom("source:cxp_event_time_lag_seconds:max", "{{source}}"),
                            unit="s", description="Wall clock minus the newest event time seen, worst worker."))
+        .with_panel(series("Kafka consumer lag by source", prom("source:cxp_consumer_lag_records:sum", "{{source}}"),
+                           width=24, description="Records in the input partitions not yet consumed and committed, "
+                                                 "all workers (alert ConsumerLagGrowing)."))
         .with_row(dashboard.Row("ClickHouse sink and Kafka commits"))
         .with_panel(series("ClickHouse rows / s by table", prom("table:cxp_sink_rows:rate5m", "{{table}}"), unit="ops"))
         .with_panel(series("Sink errors",

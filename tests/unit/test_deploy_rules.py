@@ -18,6 +18,7 @@ import yaml
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROM = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
+RUNBOOK = DEPLOY / "RUNBOOK.md"
 RULE_FILES = ("recording_rules.yml", "alert_rules.yml")
 RULE_TESTS = sorted((PROM / "tests").glob("*.yml"))
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
@@ -41,11 +42,14 @@ SPEC_SERIES = (
     | {f"{name}_total" for name in SPEC_COUNTERS}
     | {f"{name}_{suffix}" for name in SPEC_HISTOGRAMS for suffix in ("bucket", "sum", "count")}
 )
-# Exported by the worker beyond the contract's list and shown on the dashboards (not read by any rule).
+# The worker's own health series beyond the contract's list (docs/metrics.md, Pipeline health): the
+# pipeline alerts and the pipeline-health dashboard read them.
+PIPELINE_HEALTH_SERIES = {"cxp_commit_errors_total", "cxp_oldest_unacked_seconds", "cxp_consumer_lag_records"}
+# Everything the dashboards may show beyond the contract's list (of these, only the health series feed rules).
 SERIES_BEYOND_SPEC = {
     "cx_funnel_conversion_seconds_bucket", "cx_actions_total", "cx_complaints_opened_rate",
-    "cx_complaints_opened_baseline", "cxp_commit_errors_total", "cxp_oldest_unacked_seconds",
-}
+    "cx_complaints_opened_baseline",
+} | PIPELINE_HEALTH_SERIES
 # Prometheus' own per-target series: only the rules may read it (WorkerDown, job:up:sum).
 PROMETHEUS_SERIES = {"up"}
 SPEC_TABLES = {"events", "survey_responses", "complaints", "funnel_progress", "churn_signals", "metric_snapshots",
@@ -183,12 +187,26 @@ def rule_tests() -> list[dict]:
 
 
 def test_every_alert_is_seen_firing_and_silent():
-    firing, silent = set(), set()
+    """Each alert fires in some test case and is silent in the same case (before its `for`, or on the
+    healthy series next to the bad ones), and every firing expectation states the rule's severity and
+    team and all its annotations, so the templates are tested too."""
+    firing, silent, both = set(), set(), set()
+    rule = {r["alert"]: r for r in rules("alert")}
     for case in rule_tests():
+        seen: dict[str, set[bool]] = {}
         for check in case.get("alert_rule_test", []):
-            (firing if check.get("exp_alerts") else silent).add(check["alertname"])
+            name = check["alertname"]
+            (firing if check.get("exp_alerts") else silent).add(name)
+            seen.setdefault(name, set()).add(bool(check.get("exp_alerts")))
+            for alert in check.get("exp_alerts") or []:
+                labels, annotations = alert["exp_labels"], alert.get("exp_annotations", {})
+                assert {k: labels.get(k) for k in ("severity", "team")} == {
+                    k: rule[name]["labels"][k] for k in ("severity", "team")}, (case["name"], name)
+                assert set(annotations) == set(rule[name]["annotations"]), (case["name"], name)
+        both |= {name for name, outcomes in seen.items() if outcomes == {True, False}}
     assert alert_names() == firing, f"alerts never tested firing: {alert_names() - firing}"
     assert alert_names() == silent, f"alerts never tested silent: {alert_names() - silent}"
+    assert alert_names() == both, f"alerts not tested firing and silent in one case: {alert_names() - both}"
 
 
 def test_every_recording_rule_value_is_checked():
@@ -200,15 +218,45 @@ def test_every_recording_rule_value_is_checked():
     assert not missing, f"recording rules without a promql_expr_test: {sorted(missing)}"
 
 
-def test_alerts_have_severity_summary_description_and_runbook():
+def runbook_anchors() -> list[str]:
+    """GitHub's anchor of each `## ` section of deploy/RUNBOOK.md: lower case, punctuation dropped, spaces to '-'."""
+    headings = re.findall(r"^## (.+?)\s*$", RUNBOOK.read_text(), re.M)
+    return [re.sub(r"[^a-z0-9 _-]", "", heading.lower()).replace(" ", "-") for heading in headings]
+
+
+def test_alerts_have_severity_team_summary_description_and_runbook_url():
     for rule in rules("alert"):
-        assert rule["labels"].get("severity") in {"critical", "warning"}, rule["alert"]
-        assert {"summary", "description", "runbook"} <= set(rule["annotations"]), rule["alert"]
-        anchor = rule["alert"].lower()
-        assert rule["annotations"]["runbook"].startswith(f"deploy/README.md#{anchor}"), rule["alert"]
-    readme = (DEPLOY / "README.md").read_text().lower()
+        name = rule["alert"]
+        assert rule["labels"].get("severity") in {"critical", "warning"}, name
+        assert rule["labels"].get("team") in {"cx", "platform"}, name
+        assert set(rule["annotations"]) == {"summary", "description", "runbook_url"}, name
+        assert all(rule["annotations"][key].strip() for key in ("summary", "description")), name
+        # relative to the repository root, or made absolute for a Git host (alert_rules.yml, top comment)
+        assert re.fullmatch(rf"(deploy/|https?://\S+/deploy/)RUNBOOK\.md#{name.lower()}",
+                            rule["annotations"]["runbook_url"]), name
+
+
+def test_every_runbook_url_is_a_runbook_section_and_every_section_an_alert():
+    anchors = runbook_anchors()
+    assert len(anchors) == len(set(anchors)), f"deploy/RUNBOOK.md repeats a section: {anchors}"
+    linked = {rule["annotations"]["runbook_url"].split("#", 1)[1] for rule in rules("alert")}
+    assert linked <= set(anchors), f"runbook_url anchors without a RUNBOOK.md section: {linked - set(anchors)}"
+    assert set(anchors) <= linked, f"RUNBOOK.md sections no alert links to: {set(anchors) - linked}"
+
+
+def test_runbook_sections_say_what_to_check_and_how_to_fix():
+    sections = re.split(r"^## ", RUNBOOK.read_text(), flags=re.M)[1:]
+    for section in sections:
+        title = section.splitlines()[0]
+        for part in ("**Means**", "**Check**", "**Fix**", "**Resolves**"):
+            assert part in section, f"RUNBOOK.md section {title} has no {part}"
+
+
+def test_deploy_readme_points_at_the_runbook():
+    readme = (DEPLOY / "README.md").read_text()
+    assert "RUNBOOK.md" in readme and "## Runbooks" not in readme
     for name in alert_names():
-        assert f"### {name.lower()}" in readme, f"deploy/README.md has no runbook section for {name}"
+        assert f"`{name}`" in readme, f"deploy/README.md's alert table lacks {name}"
 
 
 def test_cx_alerts_name_the_tenant():
@@ -219,7 +267,7 @@ def test_cx_alerts_name_the_tenant():
 
 
 def test_rules_read_only_spec_series_and_their_own_records():
-    allowed = SPEC_SERIES | PROMETHEUS_SERIES | recording_rule_names()
+    allowed = SPEC_SERIES | PIPELINE_HEALTH_SERIES | PROMETHEUS_SERIES | recording_rule_names()
     for rule in rules("record") + rules("alert"):
         unknown = metric_names(rule["expr"]) - allowed
         assert not unknown, f"{rule.get('record') or rule.get('alert')}: unknown series {unknown}"
