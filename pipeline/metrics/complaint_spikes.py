@@ -7,6 +7,8 @@ usually gets:
 - ``λ`` = mean of the same bucket of the week over the last ``weeks`` weeks. While there is less
   history, each missing week is filled in with an EWMA over the same bucket of the previous days
   (so the daily rhythm is kept); with less than a day of history there is no baseline and no flag.
+  The first bucket with history never counts: it is partial (history, or the restore window, starts
+  inside it), and its low count would pull the baseline down.
 - The bucket is flagged when the Poisson tail P(X >= x | λ) < α, x >= ``min_count`` and x >= ``ratio``·λ.
   The same test also runs on the last two buckets together against 2λ, so a moderate surge that
   straddles a bucket boundary is caught by the end of its second bucket.
@@ -67,13 +69,14 @@ class SpikeTest:
         return x >= self.min_count and x >= self.min_ratio * lam and poisson_tail(x, lam) < self.alpha
 
     def baseline(self, counts: dict[int, int], first: int, bucket: int) -> Optional[float]:
-        """λ for ``bucket`` from per-bucket counts; ``first`` is the first bucket with history."""
-        per_week, per_day = WEEK_MS // self.bucket_ms, DAY_MS // self.bucket_ms
+        """λ for ``bucket`` from per-bucket counts; ``first`` is the first bucket with history. That bucket
+        is partial (history starts inside it, or the restore window cuts it), so only later ones count."""
+        per_week, per_day, complete = WEEK_MS // self.bucket_ms, DAY_MS // self.bucket_ms, first + 1
         same = [counts.get(bucket - k * per_week, 0) for k in range(1, self.weeks + 1)
-                if bucket - k * per_week >= first]
+                if bucket - k * per_week >= complete]
         if len(same) == self.weeks:
             return sum(same) / self.weeks
-        days = [bucket - d * per_day for d in range(min(7, (bucket - first) // per_day), 0, -1)]
+        days = [bucket - d * per_day for d in range(min(7, (bucket - complete) // per_day), 0, -1)]
         if not days:
             return None
         ewma = float(counts.get(days[0], 0))

@@ -102,6 +102,19 @@ def test_no_flag_without_a_day_of_history_and_ewma_while_short():
     assert got[("cx_complaint_spike", "globex")] == 0.0
 
 
+def test_a_partial_first_bucket_does_not_lower_the_baseline():
+    """History that starts 50 minutes into an hour has one opening in that hour instead of six; counting
+    that hour would drag the EWMA baseline to 4.04 and under-flag (found by the alert test late in an hour)."""
+    core = ComplaintSpikeCore(TEST)
+    state = core.new_state()
+    base = 1_700_000_000_000 // DAY * DAY
+    start = base + 50 * 60_000
+    facts = [opened("acme", start + n * 10 * 60_000) for n in range(3 * 24 * 6)]
+    feed(core, state, facts, start + 3 * DAY - 1)
+    got = samples(core, [state], start + 3 * DAY - 1)
+    assert got[("cx_complaints_opened_baseline", "acme")] == pytest.approx(6.0)
+
+
 def test_partitions_are_summed_and_restore_equals_live_counting():
     core = ComplaintSpikeCore(TEST)
     live, a, b = core.new_state(), core.new_state(), core.new_state()
