@@ -1,4 +1,4 @@
-"""The README and docs/ link only to files that exist, and to headings that exist in them; and nothing in
+"""The READMEs, docs/ and the runbook link only to files that exist, and to headings that exist in them; and nothing in
 the project points at files outside it."""
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT / "deploy").glob("*.md")),
+         ROOT / "benchmarks" / "README.md"]
 
 FENCE = re.compile(r"^(```|~~~).*?^\1[^\n]*$", re.MULTILINE | re.DOTALL)
 CODE_SPAN = re.compile(r"(`+)(?:(?!\1).)+?\1")
