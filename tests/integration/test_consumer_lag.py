@@ -12,7 +12,7 @@ from collections import Counter
 
 import pytest
 
-from pipeline.demo import total
+from pipeline.local.metrics import total
 from pipeline.registry import SOURCES
 from tests.faults.harness import RestartableClickHouse, Stage, now_ms, produce, simulated, valid_workload, wait_until
 
