@@ -127,6 +127,18 @@ class FunnelCore(MetricCore[FunnelState]):
             CONVERSION_SECONDS, "histogram", "Time from the latest step-1 event to the last step, per conversion.",
             ("tenant", "funnel"), conversion_buckets(self.funnels)),)
         self._event_types = {step.event_type for funnel in self.funnels for step in funnel.steps + funnel.exclusions}
+        # event type -> [(funnel index, funnel, ((mask bit, source, where), ...))]: an event is matched only
+        # against the steps and exclusions of its own type, in the funnels that have any (Step.matches without
+        # its event-type test; same mask as Funnel.step_mask)
+        dispatch: dict[str, list] = {}
+        for index, funnel in enumerate(self.funnels):
+            checks: dict[str, list] = {}
+            for bit, step in [(1 << i, step) for i, step in enumerate(funnel.steps)] + [
+                    (EXCLUDED, exclusion) for exclusion in funnel.exclusions]:
+                checks.setdefault(step.event_type, []).append((bit, step.source, step.where))
+            for event_type, candidates in checks.items():
+                dispatch.setdefault(event_type, []).append((index, funnel, tuple(candidates)))
+        self._dispatch = dispatch
         self.longest_window_ms = max(funnel.window_ms for funnel in self.funnels)
 
     @classmethod
@@ -138,24 +150,47 @@ class FunnelCore(MetricCore[FunnelState]):
         return FunnelState()
 
     # -- input ------------------------------------------------------------------------------
+    @staticmethod
+    def _mask(candidates: tuple, source: str, event: dict) -> int:
+        """The step mask of an event of the candidates' event type (Funnel.step_mask, pre-filtered by type)."""
+        mask = 0
+        for bit, step_source, where in candidates:
+            if step_source and source != step_source:
+                continue
+            if where:
+                attributes = event.get("attributes") or {}
+                if not all(attributes.get(key) == value for key, value in where):
+                    continue
+            mask |= bit
+        return mask
+
     def add(self, state: FunnelState, accepted: Accepted, out: Output) -> None:
         state.partition = accepted.partition
         changed: dict[tuple, set[int]] = defaultdict(set)
+        dispatch, source, mask_of = self._dispatch, accepted.source, self._mask
         for event in accepted.events:
             customer = event.get("customer_id")
-            if customer is None or event.get("event_type") not in self._event_types:
+            if customer is None:
+                continue
+            funnels = dispatch.get(event.get("event_type"))
+            if funnels is None:
                 continue
             event_ms = event["event_time"]
-            state.clock_ms = max(state.clock_ms, event_ms)
-            for index, funnel in enumerate(self.funnels):
-                mask = funnel.step_mask(accepted.source, event)
+            if event_ms > state.clock_ms:
+                state.clock_ms = event_ms
+            for index, funnel, candidates in funnels:
+                mask = mask_of(candidates, source, event)
                 if not mask:
                     continue
                 key = (event["tenant"], customer, index)
                 track = state.track(key, event_ms)
                 if track.insert(event_ms, event["event_id"], mask):
-                    changed[key].update(self._reassess(track, funnel, event_ms - funnel.window_ms, event_ms,
-                                                       out, key[0]))
+                    # An event that is only a step 1 cannot join or end another attempt (a chain takes
+                    # step k >= 2 or stops at an exclusion), so only the attempts starting at its own
+                    # millisecond can change; any other step event may change every attempt that can
+                    # reach it: those starting within the conversion window before it.
+                    first_ms = event_ms if mask == 1 else event_ms - funnel.window_ms
+                    changed[key].update(self._reassess(track, funnel, first_ms, event_ms, out, key[0]))
         for key, starts in changed.items():
             self._emit(state, key, starts, out)
 
