@@ -243,6 +243,9 @@ def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
     return clock_ms + cfg.forget_ms if best is None else best
 
 
+_NEVER_CANCELLED = Customer("", "", 0)  # level_of by score alone
+
+
 @dataclass
 class ChurnState:
     customers: dict[int, Customer] = field(default_factory=dict)
@@ -261,6 +264,9 @@ class ChurnCore(MetricCore[ChurnState]):
         Instrument("cx_churn_signals", "counter", "Churn signals emitted (level changes), by contributing signal; "
                    "cancelled for churned, cleared for a return to low without any signal.", ("tenant", "reason")),
     )
+
+    def __post_init__(self) -> None:
+        self._levels: dict[tuple[str, ...], tuple[float, str]] = {}  # signals -> (score_of, level_of if not cancelled)
 
     def new_state(self, partition: int = 0) -> ChurnState:
         return ChurnState(partition=partition)
@@ -345,8 +351,15 @@ class ChurnCore(MetricCore[ChurnState]):
 
     def _evaluate(self, state: ChurnState, c: Customer, clock_ms: int, out: Output) -> None:
         signals = present(c, clock_ms, self.config)
-        score = score_of(signals, self.config)
-        level = level_of(c, score, self.config)
+        # score and level (without cancellation) depend on the set of signals only: at most 2**6 of them
+        key = tuple(signals)
+        scored = self._levels.get(key)
+        if scored is None:
+            score = score_of(signals, self.config)
+            scored = self._levels[key] = (score, level_of(_NEVER_CANCELLED, score, self.config))
+        score, level = scored
+        if c.cancelled_ms > c.started_ms:  # level_of: churned, whatever the score
+            level = "churned"
         if level != c.level:
             self._emit(state, c, level, score, contributions(c, clock_ms, self.config), clock_ms, out)
         # One live timer per customer: a later change time needs no new entry, because the pending
