@@ -73,14 +73,16 @@ class _Track:
     def chain(self, i: int, steps: int, window_ms: int) -> list[int]:
         """Indices of the greedy earliest attempt from step-1 event i; an exclusion event before
         the next step ends it (every later attempt from i would have it between two steps)."""
-        limit = self.events[i][0] + window_ms
-        chain = [i]
-        for j in range(i + 1, len(self.events)):
-            event_ms, _, mask = self.events[j]
-            if event_ms > limit or len(chain) == steps:
+        events = self.events
+        limit = events[i][0] + window_ms
+        chain, level = [i], 1
+        for j in range(i + 1, len(events)):
+            event_ms, _, mask = events[j]
+            if event_ms > limit or level == steps:
                 break
-            if mask >> len(chain) & 1:
+            if mask >> level & 1:
                 chain.append(j)
+                level += 1
             elif mask & EXCLUDED:
                 break
         return chain
@@ -198,24 +200,25 @@ class FunnelCore(MetricCore[FunnelState]):
                   out: Optional[Output], tenant: str) -> set[int]:
         """Recompute the attempts starting in [first_ms, last_ms]; observe new conversions into out
         (None: mark them observed silently). Returns the start times whose attempt changed."""
-        events, steps = track.events, len(funnel.steps)
+        events, steps, window_ms, chain_from = track.events, len(funnel.steps), funnel.window_ms, track.chain
         best: dict[int, list[int]] = {}
         for i in range(bisect_left(events, (first_ms,)), bisect_left(events, (last_ms + 1,))):
-            if events[i][2] & 1:
-                chain = track.chain(i, steps, funnel.window_ms)
-                start_ms = events[i][0]
+            start_ms, _, mask = events[i]
+            if mask & 1:
+                chain = chain_from(i, steps, window_ms)
                 if len(chain) > len(best.get(start_ms, ())):
                     best[start_ms] = chain
                 if len(chain) == steps:
                     self._convert(track, funnel, chain, out, tenant)
         changed = set()
+        attempts = track.attempts
         for start_ms, chain in best.items():
-            times = tuple(events[j][0] for j in chain)
-            attempt = track.attempts.get(start_ms)
+            level, times = len(chain), tuple([events[j][0] for j in chain])
+            attempt = attempts.get(start_ms)
             if attempt is None:
-                track.attempts[start_ms] = [len(chain), times, 0]
-            elif (attempt[0], attempt[1]) != (len(chain), times):
-                attempt[0], attempt[1] = len(chain), times
+                attempts[start_ms] = [level, times, 0]
+            elif attempt[0] != level or attempt[1] != times:
+                attempt[0], attempt[1] = level, times
             else:
                 continue
             changed.add(start_ms)
