@@ -153,12 +153,14 @@ def present(c: Customer, clock_ms: int, cfg: ChurnConfig) -> list[str]:
         found.append("inactivity")
     if c.nps_ms and clock_ms - c.nps_ms < memory and c.nps_score <= 6:
         found.append("detractor")
-    if (sum(1 for ms, _ in c.complaints if clock_ms - ms < memory) >= 2
+    complaints = c.complaints  # at most two
+    if ((len(complaints) == 2 and clock_ms - complaints[0][0] < memory and clock_ms - complaints[1][0] < memory)
             or (c.breach is not None and clock_ms - c.breach[0] < memory)):
         found.append("complaints")
     if c.downgrade_ms and clock_ms - c.downgrade_ms < memory:
         found.append("downgrade")
-    if (c.abandoned_ms and clock_ms - c.abandoned_ms < memory) or _unresolved_handoff(c, clock_ms, cfg):
+    if (c.abandoned_ms and clock_ms - c.abandoned_ms < memory) or (
+            c.handoff_ms > c.resolved_ms and _unresolved_handoff(c, clock_ms, cfg)):
         found.append("chatbot")
     if c.days:
         today = clock_ms // DAY_MS  # _activity, the baseline first: without one there is no drop to count
