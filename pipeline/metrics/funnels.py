@@ -169,7 +169,7 @@ class FunnelCore(MetricCore[FunnelState]):
     def add(self, state: FunnelState, accepted: Accepted, out: Output) -> None:
         state.partition = accepted.partition
         changed: dict[tuple, set[int]] = defaultdict(set)
-        dispatch, source, mask_of = self._dispatch, accepted.source, self._mask
+        dispatch, source, mask_of, tracks = self._dispatch, accepted.source, self._mask, state.tracks
         for event in accepted.events:
             customer = event.get("customer_id")
             if customer is None:
@@ -185,7 +185,7 @@ class FunnelCore(MetricCore[FunnelState]):
                 if not mask:
                     continue
                 key = (event["tenant"], customer, index)
-                track = state.track(key, event_ms)
+                track = tracks.get(key) or state.track(key, event_ms)
                 if track.insert(event_ms, event["event_id"], mask):
                     # An event that is only a step 1 cannot join or end another attempt (a chain takes
                     # step k >= 2 or stops at an exclusion), so only the attempts starting at its own
@@ -250,14 +250,15 @@ class FunnelCore(MetricCore[FunnelState]):
     def _emit(self, state: FunnelState, key: tuple, starts: set[int], out: Output) -> None:
         tenant, customer, index = key
         funnel, track = self.funnels[index], state.tracks[key]
-        pad = len(funnel.steps)
+        if not starts:
+            return  # (and no empty funnel_progress entry in out.rows)
+        pad, clock, attempts, rows = len(funnel.steps), state.clock_ms, track.attempts, out.rows["funnel_progress"]
         for start_ms in sorted(starts):
-            attempt = track.attempts[start_ms]
-            attempt[2] = max(state.clock_ms, attempt[2] + 1)
+            attempt = attempts[start_ms]
+            attempt[2] = max(clock, attempt[2] + 1)
             level, times, version = attempt
-            out.rows["funnel_progress"].append((
-                funnel.name, tenant, customer, start_ms // 1000, start_ms, level,
-                list(times) + [0] * (pad - level), version, state.partition))
+            rows.append((funnel.name, tenant, customer, start_ms // 1000, start_ms, level,
+                         list(times) + [0] * (pad - level), version, state.partition))
 
     # -- clock ------------------------------------------------------------------------------
     def horizon_ms(self, clock_ms: int) -> int:
