@@ -45,6 +45,7 @@ DAY_MS = 86_400_000
 SIGNALS = ("inactivity", "detractor", "complaints", "downgrade", "chatbot", "activity_drop")
 LEVELS = ("low", "medium", "high", "churned")
 DAY_BITS = 29  # today and the 28 days before: the activity-drop comparison needs no more
+DAY_MASK = (1 << DAY_BITS) - 1
 MIN_BASELINE_DAYS = 2.0  # weekly active days before a drop can mean anything
 SignalRow, EvidenceRow = ROWS["churn_signals"], ROWS["churn_evidence"]
 CRM_TIMES = {"subscription_downgraded": "downgrade_ms", "subscription_cancelled": "cancelled_ms",
@@ -85,12 +86,14 @@ class Contribution(NamedTuple):
 class Customer:
     """What the score needs about one customer; times are epoch ms, 0 for never."""
 
-    __slots__ = ("customer_id", "tenant", "level", "seq", "due_ms", "last_ms", "days", "nps_ms", "nps_score",
+    __slots__ = ("customer_id", "tenant", "key", "level", "seq", "due_ms", "last_ms", "days", "nps_ms", "nps_score",
                  "complaints", "breach", "downgrade_ms", "abandoned_ms", "handoff_ms", "resolved_ms", "cancelled_ms",
                  "started_ms")
 
-    def __init__(self, customer_id: str, tenant: str):
+    def __init__(self, customer_id: str, tenant: str, key: Optional[int] = None):
         self.customer_id, self.tenant, self.level, self.seq = customer_id, tenant, "low", 0  # seq: signals so far
+        # customer_key(tenant, customer_id): the ChurnState.customers key, hashed once
+        self.key = customer_key(tenant, customer_id) if key is None else key
         self.due_ms = self.last_ms = self.days = self.nps_ms = self.nps_score = 0
         self.complaints: tuple = ()  # the two latest distinct (opened ms, complaint id)
         self.breach: Optional[tuple[int, str]] = None  # latest (ms, what happened)
@@ -103,17 +106,18 @@ class Customer:
         return self.last_ms // DAY_MS
 
     def seen(self, event_ms: int) -> None:
-        d, top = event_ms // DAY_MS, self.top_day
+        d, top = event_ms // DAY_MS, self.last_ms // DAY_MS
         if d > top:
-            self.days = (self.days << min(d - top, DAY_BITS)) & ((1 << DAY_BITS) - 1)
-        self.last_ms = max(self.last_ms, event_ms)
-        top = self.top_day
+            self.days = (self.days << min(d - top, DAY_BITS)) & DAY_MASK
+            top = d  # the latest day is now the event's
+        if event_ms > self.last_ms:
+            self.last_ms = event_ms
         if top - d < DAY_BITS:
             self.days |= 1 << (top - d)
 
     def active_days(self, first_day: int, last_day: int) -> int:
         """Days in [first_day, last_day] with an event (bit i of ``days`` is day top_day - i)."""
-        top = self.top_day
+        top = self.last_ms // DAY_MS
         low, high = max(top - last_day, 0), min(top - first_day, DAY_BITS - 1)
         if low > high:
             return 0
@@ -149,16 +153,19 @@ def present(c: Customer, clock_ms: int, cfg: ChurnConfig) -> list[str]:
         found.append("inactivity")
     if c.nps_ms and clock_ms - c.nps_ms < memory and c.nps_score <= 6:
         found.append("detractor")
-    if (sum(1 for ms, _ in c.complaints if clock_ms - ms < memory) >= 2
+    complaints = c.complaints  # at most two
+    if ((len(complaints) == 2 and clock_ms - complaints[0][0] < memory and clock_ms - complaints[1][0] < memory)
             or (c.breach is not None and clock_ms - c.breach[0] < memory)):
         found.append("complaints")
     if c.downgrade_ms and clock_ms - c.downgrade_ms < memory:
         found.append("downgrade")
-    if (c.abandoned_ms and clock_ms - c.abandoned_ms < memory) or _unresolved_handoff(c, clock_ms, cfg):
+    if (c.abandoned_ms and clock_ms - c.abandoned_ms < memory) or (
+            c.handoff_ms > c.resolved_ms and _unresolved_handoff(c, clock_ms, cfg)):
         found.append("chatbot")
     if c.days:
-        last_week, before = _activity(c, clock_ms)
-        if before >= MIN_BASELINE_DAYS and last_week < cfg.drop * before:
+        today = clock_ms // DAY_MS  # _activity, the baseline first: without one there is no drop to count
+        before = c.active_days(today - 28, today - 8) / 3
+        if before >= MIN_BASELINE_DAYS and c.active_days(today - 7, today - 1) < cfg.drop * before:
             found.append("activity_drop")
     return found
 
@@ -216,23 +223,36 @@ def level_of(c: Customer, score: float, cfg: ChurnConfig) -> str:
 
 def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
     """The earliest clock after ``clock_ms`` at which the clock alone may change the score, or forget them."""
-    candidates = [c.last_ms + cfg.inactivity_ms, c.last_ms + cfg.forget_ms]
-    for ms in (c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms, *(ms for ms, _ in c.complaints),
-               c.breach[0] if c.breach else 0):
+    last, memory = c.last_ms, cfg.memory_ms
+    candidates = [last + cfg.inactivity_ms, last + cfg.forget_ms]
+    for ms in (c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms):
         if ms:
-            candidates.append(ms + cfg.memory_ms)
+            candidates.append(ms + memory)
+    for ms, _ in c.complaints:
+        if ms:
+            candidates.append(ms + memory)
+    if c.breach and c.breach[0]:
+        candidates.append(c.breach[0] + memory)
     if c.handoff_ms > c.resolved_ms:
         candidates.append(c.handoff_ms + cfg.handoff_timeout_ms)
-    if c.days and c.top_day + DAY_BITS > clock_ms // DAY_MS:
-        candidates.append((clock_ms // DAY_MS + 1) * DAY_MS)  # the activity-drop days move at midnight
-    return min((ms for ms in candidates if ms > clock_ms), default=clock_ms + cfg.forget_ms)
+    today = clock_ms // DAY_MS
+    if c.days and last // DAY_MS + DAY_BITS > today:
+        candidates.append((today + 1) * DAY_MS)  # the activity-drop days move at midnight
+    best = None
+    for ms in candidates:
+        if ms > clock_ms and (best is None or ms < best):
+            best = ms
+    return clock_ms + cfg.forget_ms if best is None else best
+
+
+_NEVER_CANCELLED = Customer("", "", 0)  # level_of by score alone
 
 
 @dataclass
 class ChurnState:
     customers: dict[int, Customer] = field(default_factory=dict)
     timers: list[tuple[int, int]] = field(default_factory=list)  # heap of (due ms, customer key)
-    dirty: dict[int, Customer] = field(default_factory=dict)  # touched since the last tick, by id()
+    dirty: dict[tuple[str, str], Customer] = field(default_factory=dict)  # touched since the last tick, by (tenant, id)
     clock_ms: int = 0
     partition: int = 0  # the Kafka partition this state belongs to
 
@@ -247,6 +267,9 @@ class ChurnCore(MetricCore[ChurnState]):
                    "cancelled for churned, cleared for a return to low without any signal.", ("tenant", "reason")),
     )
 
+    def __post_init__(self) -> None:
+        self._levels: dict[tuple[str, ...], tuple[float, str]] = {}  # signals -> (score_of, level_of if not cancelled)
+
     def new_state(self, partition: int = 0) -> ChurnState:
         return ChurnState(partition=partition)
 
@@ -254,57 +277,66 @@ class ChurnCore(MetricCore[ChurnState]):
         key = customer_key(tenant, customer_id)
         c = state.customers.get(key)
         if c is None:
-            c = state.customers[key] = Customer(customer_id, tenant)
+            c = state.customers[key] = Customer(customer_id, tenant, key)
+        return c
+
+    def _touch(self, state: ChurnState, tenant: str, customer_id: str) -> Customer:
+        """The customer, marked dirty: one that is already dirty is found without hashing its key."""
+        c = state.dirty.get((tenant, customer_id))
+        if c is None:
+            c = state.dirty[(tenant, customer_id)] = self._customer(state, tenant, customer_id)
         return c
 
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ChurnState, accepted: Accepted, out: Output) -> None:
-        dirty = state.dirty
+        dirty, customer = state.dirty, self._customer
+        times = CRM_TIMES if accepted.source == "crm" else CHAT_TIMES if accepted.source == "chatbot" else None
+        clock = state.clock_ms
         for event in accepted.events:
-            if event.get("customer_id") is None:
+            customer_id = event.get("customer_id")
+            if customer_id is None:
                 continue
-            c = self._customer(state, event["tenant"], event["customer_id"])
+            tenant = event["tenant"]
+            c = dirty.get((tenant, customer_id))
+            if c is None:
+                c = dirty[(tenant, customer_id)] = customer(state, tenant, customer_id)
             event_ms = event["event_time"]
             c.seen(event_ms)
-            attribute = (CRM_TIMES if accepted.source == "crm" else CHAT_TIMES if accepted.source == "chatbot"
-                         else {}).get(event["event_type"])
-            if attribute:
-                c.note_time(attribute, event_ms)
-            state.clock_ms = max(state.clock_ms, event_ms)
-            dirty[id(c)] = c
+            if times is not None:
+                attribute = times.get(event["event_type"])
+                if attribute:
+                    c.note_time(attribute, event_ms)
+            if event_ms > clock:
+                clock = event_ms
+        state.clock_ms = clock
         for event in out.facts.get("answers", ()):
             survey = event["survey"]
             if survey["kind"] == "NPS" and event.get("customer_id") is not None:
-                c = self._customer(state, event["tenant"], event["customer_id"])
-                c.answered(event["event_time"], survey["score"])
-                dirty[id(c)] = c
-        dirty.update((id(c), c) for c in self._read_complaint_facts(state, out))
+                self._touch(state, event["tenant"], event["customer_id"]).answered(event["event_time"], survey["score"])
+        self._read_complaint_facts(state, out)
 
-    def _read_complaint_facts(self, state: ChurnState, out: Output) -> list[Customer]:
-        touched = []
+    def _read_complaint_facts(self, state: ChurnState, out: Output) -> None:
+        """Complaints opened and SLA breaches: their customers become dirty."""
         rows = out.rows["churn_evidence"]
         for opened in out.facts.get("complaints_opened", ()):
-            c = self._customer(state, opened["tenant"], opened["customer_id"])
+            c = self._touch(state, opened["tenant"], opened["customer_id"])
             c.complained(opened["opened_ms"], opened["complaint_id"])
             rows.append(EvidenceRow(opened["tenant"], opened["customer_id"], "complaint_opened",
                                     opened["complaint_id"], opened["opened_ms"], "", state.partition))
-            touched.append(c)
         for breach in out.facts.get("sla_breaches", ()):
-            c = self._customer(state, breach["tenant"], breach["customer_id"])
+            c = self._touch(state, breach["tenant"], breach["customer_id"])
             what = (f"complaint {breach['complaint_id']} ({breach['priority']}) missed its {breach['stage']} SLA "
                     f"by {breach['late_ms'] / 3_600_000:.1f} h")
             c.breached(breach["at_ms"], what)
             rows.append(EvidenceRow(breach["tenant"], breach["customer_id"], "sla_breach",
                                     f"{breach['complaint_id']}|{breach['stage']}", breach["at_ms"], what, state.partition))
-            touched.append(c)
-        return touched
 
     def tick(self, state: ChurnState, clock_ms: int, out: Output) -> None:
         """Score the customers the batch touched, then those whose timer is due, at the batch's clock.
         Once per batch, not per message: events of one batch arriving out of order across topics
         would otherwise flip a level back and forth within the batch."""
         state.clock_ms = max(state.clock_ms, clock_ms)
-        state.dirty.update((id(c), c) for c in self._read_complaint_facts(state, out))
+        self._read_complaint_facts(state, out)
         for c in state.dirty.values():
             self._evaluate(state, c, state.clock_ms, out)
         state.dirty.clear()
@@ -321,8 +353,15 @@ class ChurnCore(MetricCore[ChurnState]):
 
     def _evaluate(self, state: ChurnState, c: Customer, clock_ms: int, out: Output) -> None:
         signals = present(c, clock_ms, self.config)
-        score = score_of(signals, self.config)
-        level = level_of(c, score, self.config)
+        # score and level (without cancellation) depend on the set of signals only: at most 2**6 of them
+        key = tuple(signals)
+        scored = self._levels.get(key)
+        if scored is None:
+            score = score_of(signals, self.config)
+            scored = self._levels[key] = (score, level_of(_NEVER_CANCELLED, score, self.config))
+        score, level = scored
+        if c.cancelled_ms > c.started_ms:  # level_of: churned, whatever the score
+            level = "churned"
         if level != c.level:
             self._emit(state, c, level, score, contributions(c, clock_ms, self.config), clock_ms, out)
         # One live timer per customer: a later change time needs no new entry, because the pending
@@ -330,7 +369,7 @@ class ChurnCore(MetricCore[ChurnState]):
         due = next_change_ms(c, clock_ms, self.config)
         if c.due_ms <= clock_ms or due < c.due_ms:
             c.due_ms = due
-            heapq.heappush(state.timers, (due, customer_key(c.tenant, c.customer_id)))
+            heapq.heappush(state.timers, (due, c.key))
 
     def _emit(self, state: ChurnState, c: Customer, level: str, score: float, found: list[Contribution],
               at_ms: int, out: Output) -> None:

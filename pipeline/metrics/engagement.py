@@ -51,9 +51,11 @@ class EngagementCore(MetricCore[EngagementState]):
         return EngagementState()
 
     def add(self, state: EngagementState, accepted: Accepted, out: Output) -> None:
+        note = state.active.note
         for event in accepted.events:
-            if event.get("customer_id") is not None:
-                state.active.note(event["tenant"], event["customer_id"], event["event_time"])
+            customer_id = event.get("customer_id")
+            if customer_id is not None:
+                note(event["tenant"], customer_id, event["event_time"])
         for opened in out.facts.get("complaints_opened", ()):
             state.complained.note(opened["tenant"], opened["customer_id"], opened["opened_ms"])
 

@@ -73,14 +73,16 @@ class _Track:
     def chain(self, i: int, steps: int, window_ms: int) -> list[int]:
         """Indices of the greedy earliest attempt from step-1 event i; an exclusion event before
         the next step ends it (every later attempt from i would have it between two steps)."""
-        limit = self.events[i][0] + window_ms
-        chain = [i]
-        for j in range(i + 1, len(self.events)):
-            event_ms, _, mask = self.events[j]
-            if event_ms > limit or len(chain) == steps:
+        events = self.events
+        limit = events[i][0] + window_ms
+        chain, level = [i], 1
+        for j in range(i + 1, len(events)):
+            event_ms, _, mask = events[j]
+            if event_ms > limit or level == steps:
                 break
-            if mask >> len(chain) & 1:
+            if mask >> level & 1:
                 chain.append(j)
+                level += 1
             elif mask & EXCLUDED:
                 break
         return chain
@@ -127,6 +129,18 @@ class FunnelCore(MetricCore[FunnelState]):
             CONVERSION_SECONDS, "histogram", "Time from the latest step-1 event to the last step, per conversion.",
             ("tenant", "funnel"), conversion_buckets(self.funnels)),)
         self._event_types = {step.event_type for funnel in self.funnels for step in funnel.steps + funnel.exclusions}
+        # event type -> [(funnel index, funnel, ((mask bit, source, where), ...))]: an event is matched only
+        # against the steps and exclusions of its own type, in the funnels that have any (Step.matches without
+        # its event-type test; same mask as Funnel.step_mask)
+        dispatch: dict[str, list] = {}
+        for index, funnel in enumerate(self.funnels):
+            checks: dict[str, list] = {}
+            for bit, step in [(1 << i, step) for i, step in enumerate(funnel.steps)] + [
+                    (EXCLUDED, exclusion) for exclusion in funnel.exclusions]:
+                checks.setdefault(step.event_type, []).append((bit, step.source, step.where))
+            for event_type, candidates in checks.items():
+                dispatch.setdefault(event_type, []).append((index, funnel, tuple(candidates)))
+        self._dispatch = dispatch
         self.longest_window_ms = max(funnel.window_ms for funnel in self.funnels)
 
     @classmethod
@@ -138,24 +152,47 @@ class FunnelCore(MetricCore[FunnelState]):
         return FunnelState()
 
     # -- input ------------------------------------------------------------------------------
+    @staticmethod
+    def _mask(candidates: tuple, source: str, event: dict) -> int:
+        """The step mask of an event of the candidates' event type (Funnel.step_mask, pre-filtered by type)."""
+        mask = 0
+        for bit, step_source, where in candidates:
+            if step_source and source != step_source:
+                continue
+            if where:
+                attributes = event.get("attributes") or {}
+                if not all(attributes.get(key) == value for key, value in where):
+                    continue
+            mask |= bit
+        return mask
+
     def add(self, state: FunnelState, accepted: Accepted, out: Output) -> None:
         state.partition = accepted.partition
         changed: dict[tuple, set[int]] = defaultdict(set)
+        dispatch, source, mask_of, tracks = self._dispatch, accepted.source, self._mask, state.tracks
         for event in accepted.events:
             customer = event.get("customer_id")
-            if customer is None or event.get("event_type") not in self._event_types:
+            if customer is None:
+                continue
+            funnels = dispatch.get(event.get("event_type"))
+            if funnels is None:
                 continue
             event_ms = event["event_time"]
-            state.clock_ms = max(state.clock_ms, event_ms)
-            for index, funnel in enumerate(self.funnels):
-                mask = funnel.step_mask(accepted.source, event)
+            if event_ms > state.clock_ms:
+                state.clock_ms = event_ms
+            for index, funnel, candidates in funnels:
+                mask = mask_of(candidates, source, event)
                 if not mask:
                     continue
                 key = (event["tenant"], customer, index)
-                track = state.track(key, event_ms)
+                track = tracks.get(key) or state.track(key, event_ms)
                 if track.insert(event_ms, event["event_id"], mask):
-                    changed[key].update(self._reassess(track, funnel, event_ms - funnel.window_ms, event_ms,
-                                                       out, key[0]))
+                    # An event that is only a step 1 cannot join or end another attempt (a chain takes
+                    # step k >= 2 or stops at an exclusion), so only the attempts starting at its own
+                    # millisecond can change; any other step event may change every attempt that can
+                    # reach it: those starting within the conversion window before it.
+                    first_ms = event_ms if mask == 1 else event_ms - funnel.window_ms
+                    changed[key].update(self._reassess(track, funnel, first_ms, event_ms, out, key[0]))
         for key, starts in changed.items():
             self._emit(state, key, starts, out)
 
@@ -163,24 +200,25 @@ class FunnelCore(MetricCore[FunnelState]):
                   out: Optional[Output], tenant: str) -> set[int]:
         """Recompute the attempts starting in [first_ms, last_ms]; observe new conversions into out
         (None: mark them observed silently). Returns the start times whose attempt changed."""
-        events, steps = track.events, len(funnel.steps)
+        events, steps, window_ms, chain_from = track.events, len(funnel.steps), funnel.window_ms, track.chain
         best: dict[int, list[int]] = {}
         for i in range(bisect_left(events, (first_ms,)), bisect_left(events, (last_ms + 1,))):
-            if events[i][2] & 1:
-                chain = track.chain(i, steps, funnel.window_ms)
-                start_ms = events[i][0]
+            start_ms, _, mask = events[i]
+            if mask & 1:
+                chain = chain_from(i, steps, window_ms)
                 if len(chain) > len(best.get(start_ms, ())):
                     best[start_ms] = chain
                 if len(chain) == steps:
                     self._convert(track, funnel, chain, out, tenant)
         changed = set()
+        attempts = track.attempts
         for start_ms, chain in best.items():
-            times = tuple(events[j][0] for j in chain)
-            attempt = track.attempts.get(start_ms)
+            level, times = len(chain), tuple([events[j][0] for j in chain])
+            attempt = attempts.get(start_ms)
             if attempt is None:
-                track.attempts[start_ms] = [len(chain), times, 0]
-            elif (attempt[0], attempt[1]) != (len(chain), times):
-                attempt[0], attempt[1] = len(chain), times
+                attempts[start_ms] = [level, times, 0]
+            elif attempt[0] != level or attempt[1] != times:
+                attempt[0], attempt[1] = level, times
             else:
                 continue
             changed.add(start_ms)
@@ -212,14 +250,15 @@ class FunnelCore(MetricCore[FunnelState]):
     def _emit(self, state: FunnelState, key: tuple, starts: set[int], out: Output) -> None:
         tenant, customer, index = key
         funnel, track = self.funnels[index], state.tracks[key]
-        pad = len(funnel.steps)
+        if not starts:
+            return  # (and no empty funnel_progress entry in out.rows)
+        pad, clock, attempts, rows = len(funnel.steps), state.clock_ms, track.attempts, out.rows["funnel_progress"]
         for start_ms in sorted(starts):
-            attempt = track.attempts[start_ms]
-            attempt[2] = max(state.clock_ms, attempt[2] + 1)
+            attempt = attempts[start_ms]
+            attempt[2] = max(clock, attempt[2] + 1)
             level, times, version = attempt
-            out.rows["funnel_progress"].append((
-                funnel.name, tenant, customer, start_ms // 1000, start_ms, level,
-                list(times) + [0] * (pad - level), version, state.partition))
+            rows.append((funnel.name, tenant, customer, start_ms // 1000, start_ms, level,
+                         list(times) + [0] * (pad - level), version, state.partition))
 
     # -- clock ------------------------------------------------------------------------------
     def horizon_ms(self, clock_ms: int) -> int:

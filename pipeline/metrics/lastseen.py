@@ -22,7 +22,7 @@ def customer_key(tenant: str, customer_id: str) -> int:
 
 
 class LastSeen:
-    __slots__ = ("keys", "minutes", "tenants", "tenant_names", "_tenant_index", "_pending")
+    __slots__ = ("keys", "minutes", "tenants", "tenant_names", "_tenant_index", "_pending", "_recent")
 
     def __init__(self) -> None:
         self.keys = np.empty(0, np.uint64)  # sorted
@@ -31,17 +31,24 @@ class LastSeen:
         self.tenant_names: list[str] = []
         self._tenant_index: dict[str, int] = {}
         self._pending: dict[int, tuple[int, int]] = {}  # key -> (minute, tenant index), not merged yet
+        # (tenant, customer id) -> (key, tenant index) of the pending customers: a customer seen again before
+        # the merge is not hashed again (cleared with _pending, so it never outgrows it)
+        self._recent: dict[tuple[str, str], tuple[int, int]] = {}
 
     def __len__(self) -> int:
         self.merge()
         return len(self.keys)
 
     def note(self, tenant: str, customer_id: str, event_ms: int) -> None:
-        index = self._tenant_index.get(tenant)
-        if index is None:
-            index = self._tenant_index[tenant] = len(self.tenant_names)
-            self.tenant_names.append(tenant)
-        key, minute = customer_key(tenant, customer_id), event_ms // MINUTE_MS
+        known = self._recent.get((tenant, customer_id))
+        if known is None:
+            index = self._tenant_index.get(tenant)
+            if index is None:
+                index = self._tenant_index[tenant] = len(self.tenant_names)
+                self.tenant_names.append(tenant)
+            known = self._recent[(tenant, customer_id)] = (customer_key(tenant, customer_id), index)
+        key, index = known
+        minute = event_ms // MINUTE_MS
         seen = self._pending.get(key)
         if seen is None or seen[0] < minute:
             self._pending[key] = (minute, index)
@@ -51,7 +58,7 @@ class LastSeen:
             return
         keys = np.fromiter(self._pending, np.uint64, len(self._pending))
         values = np.array(list(self._pending.values()), np.int64).reshape(-1, 2)
-        self._pending = {}
+        self._pending, self._recent = {}, {}
         order = np.argsort(keys)
         keys, minutes, tenants = keys[order], values[order, 0].astype(np.int32), values[order, 1].astype(np.uint16)
         at = np.searchsorted(self.keys, keys)

@@ -27,10 +27,15 @@ class _Series:
         bucket = self.buckets.get(minute)
         if bucket is None:
             bucket = self.buckets[minute] = [0] * self.width
-        targets = [bucket] + [self.sums[label] for label, start in self.starts.items() if minute > start]
-        for acc in targets:
-            for i, value in enumerate(counts):
-                acc[i] += value
+        nonzero = [(i, value) for i, value in enumerate(counts) if value]  # adding 0 changes nothing
+        for i, value in nonzero:
+            bucket[i] += value
+        sums = self.sums
+        for label, start in self.starts.items():
+            if minute > start:
+                acc = sums[label]
+                for i, value in nonzero:
+                    acc[i] += value
 
     def advance(self, label: str, start: int) -> None:
         """Move a window's lower bound forward, subtracting the buckets it leaves behind."""
