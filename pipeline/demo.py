@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from pipeline.local.broker import LocalBroker
-from pipeline.local.metrics import scrape, total
+from pipeline.local.metrics import histogram_quantile, scrape, total
 from pipeline.local.processes import die_with_parent, free_port, stop_process
 from pipeline.settings import Settings
 
@@ -71,6 +71,20 @@ FAMILIES = (
 )
 
 
+# Complaint handling percentiles, per tenant over every priority, from the worker's histograms.
+PERCENTILES = (
+    ("complaint first response p50 / p90", "cx_complaint_first_response_seconds"),
+    ("complaint resolution p50 / p90", "cx_complaint_resolution_seconds"),
+)
+
+
+def duration(seconds: float) -> str:
+    for unit, size in (("d", 86_400), ("h", 3_600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.1f}{unit}"
+    return f"{seconds:.0f}s"
+
+
 def metrics_table(samples: dict, title: str) -> Table:
     table = Table("metric", "labels", "value", title=title)
     for name, series, shown, fmt, match in FAMILIES:
@@ -78,6 +92,10 @@ def metrics_table(samples: dict, title: str) -> Table:
                 if all(labels.get(k) == v for k, v in match.items())]
         for labels, value in sorted(rows, key=lambda row: [row[0].get(k, "") for k in shown]):
             table.add_row(name, " ".join(labels.get(k, "") for k in shown), fmt.format(value))
+    for name, histogram in PERCENTILES:
+        p50, p90 = (histogram_quantile(q, samples, histogram, "tenant") for q in (0.5, 0.9))
+        for tenant in sorted(p50):
+            table.add_row(name, tenant, f"{duration(p50[tenant])} / {duration(p90[tenant])}")
     return table
 
 

@@ -22,3 +22,29 @@ def scrape(url: str, timeout: float = 2.0, token: Optional[str] = None) -> dict[
 
 def total(samples: dict, name: str, **match: str) -> float:
     return sum(v for labels, v in samples.get(name, []) if all(labels.get(k) == m for k, m in match.items()))
+
+
+def histogram_quantile(q: float, samples: dict, name: str, by: str) -> dict[str, float]:
+    """Prometheus' ``histogram_quantile(q, sum by (by, le) (name_bucket))`` over one scrape: per value of
+    label ``by``, linear interpolation inside the bucket that holds the q-th observation (the highest
+    finite bound when it falls in +Inf). A group without observations is left out."""
+    cumulative: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    for labels, value in samples.get(f"{name}_bucket", []):
+        cumulative[labels.get(by, "")][float(labels["le"])] += value
+    result = {}
+    for group, buckets in cumulative.items():
+        bounds = sorted(buckets)
+        count = buckets[bounds[-1]]
+        if count <= 0:
+            continue
+        rank, lower, below = q * count, 0.0, 0.0
+        for bound in bounds:
+            if buckets[bound] >= rank:
+                if bound == float("inf"):
+                    result[group] = lower
+                else:
+                    inside = buckets[bound] - below
+                    result[group] = lower + (bound - lower) * ((rank - below) / inside if inside else 0.0)
+                break
+            lower, below = bound, buckets[bound]
+    return result

@@ -36,6 +36,13 @@ def test_demo_runs_to_a_summary(tmp_path):
         assert margin[(tenant, "7d")] < margin[(tenant, "1h")], margin
     assert re.search(r"│ funnel conversion\s*│ \w+ purchase 1h\s*│\s*\d+\.\d%", out), "no funnel conversion"
     assert re.search(r"│ NPS by region\s*│ \w+ \w+ 7d\s*│\s*-?\d+\.\d", out), "no segment NPS"
+    # every other metric family of the summary, with a value of its own shape
+    for family, value in (("active customers", r"\w+ 1d\s*│\s*[\d,]+"), (r"stickiness \(DAU/MAU\)", r"\w+\s*│\s*\d+\.\d%"),
+                          ("churn risk", r"\w+ \w+\s*│\s*[\d,]+"), ("complaints open", r"\w+ \w+\s*│\s*[\d,]+"),
+                          ("complaint spike", r"\w+\s*│\s*[01]"),
+                          ("complaint first response p50 / p90", r"\w+\s*│\s*[\d.]+[smhd] / [\d.]+[smhd]"),
+                          ("actions sent", r"\w+ \w+\s*│\s*[\d,]+")):
+        assert re.search(rf"│ {family}\s*│ {value}", summary), f"no {family} in the summary"
     rows = int(re.search(r"ClickHouse rows: events\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     assert rows > 0
     assert_all_gone(out)
