@@ -1,7 +1,7 @@
 """cxp_consumer_lag_records: highwater minus committed offset over the owned input partitions, per source.
 
 The Kafka consumer is a stand-in holding an assignment and highwaters (the real one is exercised by
-tests/integration/test_consumer_lag.py); what is tested is the collector's arithmetic and exposition.
+tests/faults/test_consumer_lag.py); what is tested is the collector's arithmetic and exposition.
 """
 from __future__ import annotations
 

@@ -1,0 +1,44 @@
+"""cxp_consumer_lag_records on a real worker (Tansu, ClickHouse 18.16, `cxp worker` subprocess).
+
+ClickHouse is frozen (SIGSTOP, the suite's own_clickhouse: the session's shared one is never touched)
+while input arrives, so the worker consumes it but can neither store nor ack nor commit it: every record
+sent must show as lag of its source. Once ClickHouse is thawed the records are stored, acked and
+committed, and the lag of every source returns to 0.
+"""
+from __future__ import annotations
+
+from collections import Counter
+
+import pytest
+
+from pipeline.local.metrics import total
+from pipeline.registry import SOURCES
+from tests.faults.harness import now_ms, produce, simulated, valid_workload, wait_until
+
+pytestmark = pytest.mark.integration
+
+
+def lag(samples: dict) -> dict[str, float]:
+    return {labels["source"]: value for labels, value in samples.get("cxp_consumer_lag_records", [])}
+
+
+def test_lag_counts_the_records_waiting_then_returns_to_zero(own_stage, own_clickhouse):
+    """own_stage thaws own_clickhouse and stops the worker at the end, also when an assertion fails."""
+    caught_up = {source: 0.0 for source in SOURCES}
+    worker = own_stage.worker(CXP_CLICKHOUSE_CONNECT_TIMEOUT="1", CXP_CLICKHOUSE_TIMEOUT="2").start()
+    wait_until(worker.metrics, lambda s: lag(s) == caught_up, 60, "the four sources owned, nothing waiting")
+
+    work = valid_workload(simulated(seed=11, count=400, end_ms=now_ms()))
+    sent = Counter(message.source for message in work.messages)
+    own_clickhouse.freeze()
+    try:
+        produce(own_stage.bootstrap, own_stage.prefix, work.messages)
+        waiting = wait_until(worker.metrics, lambda s: lag(s) == dict(sent), 60,
+                             f"the {len(work.messages)} records sent counted as lag {dict(sent)}")
+        assert total(waiting, "cxp_oldest_unacked_seconds") > 0  # consumed, not durable
+    finally:
+        own_clickhouse.thaw()
+
+    done = wait_until(worker.metrics, lambda s: lag(s) == caught_up, 120, "lag back to 0 once stored")
+    assert total(done, "cxp_events_processed_total") == len(work.valid)
+    assert own_stage.tables.scalar("SELECT count() FROM {db}.events FINAL") == len(work.valid)
