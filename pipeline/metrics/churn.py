@@ -163,9 +163,8 @@ def present(c: Customer, clock_ms: int, cfg: ChurnConfig) -> list[str]:
             c.handoff_ms > c.resolved_ms and _unresolved_handoff(c, clock_ms, cfg)):
         found.append("chatbot")
     if c.days:
-        today = clock_ms // DAY_MS  # _activity, the baseline first: without one there is no drop to count
-        before = c.active_days(today - 28, today - 8) / 3
-        if before >= MIN_BASELINE_DAYS and c.active_days(today - 7, today - 1) < cfg.drop * before:
+        last_week, before = _activity(c, clock_ms)
+        if before >= MIN_BASELINE_DAYS and last_week < cfg.drop * before:
             found.append("activity_drop")
     return found
 
@@ -215,9 +214,8 @@ def score_of(signals: Sequence[str], cfg: ChurnConfig) -> float:
     return min(1.0, round(sum(cfg.weights.get(name, 0.0) for name in signals), 9))
 
 
-def level_of(c: Customer, score: float, cfg: ChurnConfig) -> str:
-    if c.cancelled():
-        return "churned"
+def score_level(score: float, cfg: ChurnConfig) -> str:
+    """The level a score gives; a cancelled customer is churned whatever the score (``_evaluate``)."""
     return "high" if score >= cfg.high else "medium" if score >= cfg.medium else "low"
 
 
@@ -245,9 +243,6 @@ def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
     return clock_ms + cfg.forget_ms if best is None else best
 
 
-_NEVER_CANCELLED = Customer("", "", 0)  # level_of by score alone
-
-
 @dataclass
 class ChurnState:
     customers: dict[int, Customer] = field(default_factory=dict)
@@ -268,7 +263,7 @@ class ChurnCore(MetricCore[ChurnState]):
     )
 
     def __post_init__(self) -> None:
-        self._levels: dict[tuple[str, ...], tuple[float, str]] = {}  # signals -> (score_of, level_of if not cancelled)
+        self._levels: dict[tuple[str, ...], tuple[float, str]] = {}  # signals -> (score_of, score_level)
 
     def new_state(self, partition: int = 0) -> ChurnState:
         return ChurnState(partition=partition)
@@ -289,17 +284,14 @@ class ChurnCore(MetricCore[ChurnState]):
 
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ChurnState, accepted: Accepted, out: Output) -> None:
-        dirty, customer = state.dirty, self._customer
+        touch = self._touch
         times = CRM_TIMES if accepted.source == "crm" else CHAT_TIMES if accepted.source == "chatbot" else None
         clock = state.clock_ms
         for event in accepted.events:
             customer_id = event.get("customer_id")
             if customer_id is None:
                 continue
-            tenant = event["tenant"]
-            c = dirty.get((tenant, customer_id))
-            if c is None:
-                c = dirty[(tenant, customer_id)] = customer(state, tenant, customer_id)
+            c = touch(state, event["tenant"], customer_id)
             event_ms = event["event_time"]
             c.seen(event_ms)
             if times is not None:
@@ -312,7 +304,7 @@ class ChurnCore(MetricCore[ChurnState]):
         for event in out.facts.get("answers", ()):
             survey = event["survey"]
             if survey["kind"] == "NPS" and event.get("customer_id") is not None:
-                self._touch(state, event["tenant"], event["customer_id"]).answered(event["event_time"], survey["score"])
+                touch(state, event["tenant"], event["customer_id"]).answered(event["event_time"], survey["score"])
         self._read_complaint_facts(state, out)
 
     def _read_complaint_facts(self, state: ChurnState, out: Output) -> None:
@@ -353,14 +345,14 @@ class ChurnCore(MetricCore[ChurnState]):
 
     def _evaluate(self, state: ChurnState, c: Customer, clock_ms: int, out: Output) -> None:
         signals = present(c, clock_ms, self.config)
-        # score and level (without cancellation) depend on the set of signals only: at most 2**6 of them
+        # score and its level depend on the set of signals only: at most 2**6 of them
         key = tuple(signals)
         scored = self._levels.get(key)
         if scored is None:
             score = score_of(signals, self.config)
-            scored = self._levels[key] = (score, level_of(_NEVER_CANCELLED, score, self.config))
+            scored = self._levels[key] = (score, score_level(score, self.config))
         score, level = scored
-        if c.cancelled_ms > c.started_ms:  # level_of: churned, whatever the score
+        if c.cancelled():
             level = "churned"
         if level != c.level:
             self._emit(state, c, level, score, contributions(c, clock_ms, self.config), clock_ms, out)

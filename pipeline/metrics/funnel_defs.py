@@ -54,8 +54,14 @@ class Step:
     source: Optional[str] = None
 
     def matches(self, source: str, event: dict) -> bool:
-        if event.get("event_type") != self.event_type or (self.source and source != self.source):
+        return event.get("event_type") == self.event_type and self.fits(source, event)
+
+    def fits(self, source: str, event: dict) -> bool:
+        """The step's source and attribute conditions, for an event already known to be of its type."""
+        if self.source and source != self.source:
             return False
+        if not self.where:
+            return True
         attributes = event.get("attributes") or {}
         return all(attributes.get(key) == value for key, value in self.where)
 

@@ -129,15 +129,14 @@ class FunnelCore(MetricCore[FunnelState]):
             CONVERSION_SECONDS, "histogram", "Time from the latest step-1 event to the last step, per conversion.",
             ("tenant", "funnel"), conversion_buckets(self.funnels)),)
         self._event_types = {step.event_type for funnel in self.funnels for step in funnel.steps + funnel.exclusions}
-        # event type -> [(funnel index, funnel, ((mask bit, source, where), ...))]: an event is matched only
-        # against the steps and exclusions of its own type, in the funnels that have any (Step.matches without
-        # its event-type test; same mask as Funnel.step_mask)
+        # event type -> [(funnel index, funnel, ((mask bit, step), ...))]: an event is matched only against
+        # the steps and exclusions of its own type, in the funnels that have any (same mask as Funnel.step_mask)
         dispatch: dict[str, list] = {}
         for index, funnel in enumerate(self.funnels):
             checks: dict[str, list] = {}
             for bit, step in [(1 << i, step) for i, step in enumerate(funnel.steps)] + [
                     (EXCLUDED, exclusion) for exclusion in funnel.exclusions]:
-                checks.setdefault(step.event_type, []).append((bit, step.source, step.where))
+                checks.setdefault(step.event_type, []).append((bit, step))
             for event_type, candidates in checks.items():
                 dispatch.setdefault(event_type, []).append((index, funnel, tuple(candidates)))
         self._dispatch = dispatch
@@ -156,14 +155,9 @@ class FunnelCore(MetricCore[FunnelState]):
     def _mask(candidates: tuple, source: str, event: dict) -> int:
         """The step mask of an event of the candidates' event type (Funnel.step_mask, pre-filtered by type)."""
         mask = 0
-        for bit, step_source, where in candidates:
-            if step_source and source != step_source:
-                continue
-            if where:
-                attributes = event.get("attributes") or {}
-                if not all(attributes.get(key) == value for key, value in where):
-                    continue
-            mask |= bit
+        for bit, step in candidates:
+            if step.fits(source, event):
+                mask |= bit
         return mask
 
     def add(self, state: FunnelState, accepted: Accepted, out: Output) -> None:
