@@ -41,6 +41,8 @@ SCHEMA_IDS = {"WebEvent": 1, "ChatbotEvent": 2, "CrmEvent": 3, "ComplaintEvent":
 WINDOWS = {"1h": HOUR, "24h": DAY, "7d": 7 * DAY}  # the worker's default windows
 CLASSES = {"NPS": ("promoter", "passive", "detractor"), "CSAT": ("satisfied", "neutral", "dissatisfied"),
            "CES": ("all",)}
+# Worker settings for the tests that stop or freeze ClickHouse: a failed attempt shows within seconds.
+CLICKHOUSE_TIMEOUTS = {"CXP_CLICKHOUSE_CONNECT_TIMEOUT": "1", "CXP_CLICKHOUSE_TIMEOUT": "2"}
 MAX_MESSAGE_BYTES = 4 * 1024 * 1024  # the oversized test sends 1.2 MB messages; kafka-python's default cap is 1 MB
 
 

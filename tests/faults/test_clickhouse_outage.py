@@ -10,6 +10,7 @@ import pytest
 
 from pipeline.local.metrics import total
 from tests.faults.harness import (
+    CLICKHOUSE_TIMEOUTS,
     MINUTE,
     Stage,
     Tally,
@@ -26,8 +27,6 @@ from tests.services.worker import WorkerProcess
 
 pytestmark = pytest.mark.integration
 
-TIMEOUTS = {"CXP_CLICKHOUSE_CONNECT_TIMEOUT": "1", "CXP_CLICKHOUSE_TIMEOUT": "2"}
-
 
 def sink_errors(samples: dict) -> float:
     return total(samples, "cxp_sink_errors_total")
@@ -42,7 +41,7 @@ def outage(stage: Stage, break_clickhouse: Callable[[], None], mend_clickhouse: 
     """Input before the fault (drained), input during it, then the fault repaired. Returns the worker,
     all input, the /metrics scrapes taken during the fault (each one proves /metrics answered), the
     final tally, and the seconds from ClickHouse answering again until rows and series were exact."""
-    worker = stage.worker(**TIMEOUTS).start()
+    worker = stage.worker(**CLICKHOUSE_TIMEOUTS).start()
     end = now_ms()
     before = stage.produce(valid_workload(simulated(seed=seed, count=3000, end_ms=end - 15 * MINUTE, span_ms=10 * MINUTE)),
                            "before")

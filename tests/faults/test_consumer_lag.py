@@ -13,7 +13,7 @@ import pytest
 
 from pipeline.local.metrics import total
 from pipeline.registry import SOURCES
-from tests.faults.harness import now_ms, produce, simulated, valid_workload, wait_until
+from tests.faults.harness import CLICKHOUSE_TIMEOUTS, now_ms, produce, simulated, valid_workload, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +25,7 @@ def lag(samples: dict) -> dict[str, float]:
 def test_lag_counts_the_records_waiting_then_returns_to_zero(own_stage, own_clickhouse):
     """own_stage thaws own_clickhouse and stops the worker at the end, also when an assertion fails."""
     caught_up = {source: 0.0 for source in SOURCES}
-    worker = own_stage.worker(CXP_CLICKHOUSE_CONNECT_TIMEOUT="1", CXP_CLICKHOUSE_TIMEOUT="2").start()
+    worker = own_stage.worker(**CLICKHOUSE_TIMEOUTS).start()
     wait_until(worker.metrics, lambda s: lag(s) == caught_up, 60, "the four sources owned, nothing waiting")
 
     work = valid_workload(simulated(seed=11, count=400, end_ms=now_ms()))
