@@ -145,6 +145,7 @@ def build_app(settings: Settings) -> faust.App:
         broker_credentials=faust_credentials(settings),
         autodiscover=False,
         store="memory://",
+        datadir=str(settings.data_dir / "faust-{conf.name}"),  # not <app id>-data/ in the working directory
         web_host=settings.web_host,
         web_bind=settings.web_host,
         web_port=settings.web_port,

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CXP_", extra="forbid", hide_input_in_errors=True)
 
     config_file: Optional[Path] = Field(None, description="YAML file with any of these settings (keys in lower case).")
-    data_dir: Path = Field(Path(".cxp"), description="Folder for local state: embedded ClickHouse, broker and demo logs.")
+    data_dir: Path = Field(Path(".cxp"), description="Folder for local state: embedded ClickHouse, broker, demo logs and Faust's data folder.")
     kafka_url: Optional[str] = Field(
         None,
         description="Kafka bootstrap servers as kafka://host:port[,host:port]. Unset: `cxp demo` starts a local "

@@ -13,8 +13,8 @@ from pipeline.local.processes import free_port, stop_process
 
 
 class WorkerProcess:
-    """`python -m pipeline.cli worker` with the given environment, output to log_path, in cwd (Faust
-    writes its ``<app id>-data/`` folder into the working directory)."""
+    """`python -m pipeline.cli worker` with the given environment, output to log_path, in cwd (relative
+    paths, such as the default ``CXP_DATA_DIR``, resolve there)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, cwd: Optional[Path] = None):
         self.env, self.log_path, self.cwd = env, log_path, cwd
