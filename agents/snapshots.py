@@ -13,9 +13,11 @@ SnapshotRow = ROWS["metric_snapshots"]
 
 
 def snapshot_rows(processor: Processor, ts: int) -> list[tuple]:
-    """One row per (tenant, metric, window) value of every core, over the owned partitions."""
+    """One row per (tenant, metric, window) value of every core, over the owned partitions, which the
+    row names: docs/metrics.md says how to combine the rows of several workers."""
     states = processor.owned_states()
-    return [SnapshotRow(ts=ts, tenant=tenant, metric=metric, window=window, value=value, n=n)
+    partitions = ",".join(map(str, processor.owned_partitions()))
+    return [SnapshotRow(ts=ts, tenant=tenant, metric=metric, window=window, value=value, n=n, partitions=partitions)
             for index, core in enumerate(processor.cores)
             for tenant, metric, window, value, n in core.snapshot([s.cores[index] for s in states], processor.clock_ms)]
 

@@ -93,8 +93,12 @@ class Processor:
                 for query, by_partition in by_query.items():
                     core.restore(core_state, query, by_partition.get(partition, []), self.clock_ms)
 
+    def owned_partitions(self) -> list[int]:
+        """The owned partitions whose state is built, in order."""
+        return sorted(partition for partition in self.partitions if partition in self.owned)
+
     def owned_states(self) -> list[PartitionState]:
-        return [state for partition, state in self.partitions.items() if partition in self.owned]
+        return [self.partitions[partition] for partition in self.owned_partitions()]
 
     # -- processing -----------------------------------------------------------------------------
     def process(self, records: Iterable[Record], now_ms: int) -> Output:

@@ -33,7 +33,8 @@ distinct keys. The documented queries, which never double count after a replay:
     -- funnel gauges per window, from funnel_progress or windowFunnel over events: docs/metrics.md
     -- one row per emitted signal / snapshot / rejected record
     SELECT level, count() FROM cx.churn_signals FINAL GROUP BY level
-    SELECT ts, value, n FROM cx.metric_snapshots FINAL WHERE metric = 'nps' AND `window` = '24h' ORDER BY ts
+    -- a row per worker and snapshot; fleet values from several workers: docs/metrics.md, "History"
+    SELECT ts, partitions, value, n FROM cx.metric_snapshots FINAL WHERE metric = 'nps' AND `window` = '24h' ORDER BY ts
     SELECT reason, count() FROM cx.dead_letters FINAL GROUP BY reason
 
 In cluster mode (``create_statements(database, cluster)``) these names are Distributed tables over
@@ -99,10 +100,11 @@ _TABLES = (
         ("offset", "Int64"), ("batch_index", "Int32"), ("reason", "String"), ("error", "String"),
         ("key", "Nullable(String)"), ("payload", "String"),
     ), "ReplacingMergeTree() PARTITION BY toYYYYMM(received_at) ORDER BY (topic, partition, offset, batch_index)"),
+    # One worker's value over the partitions it owns ("0,3,7"): several workers write at the same second.
     Table("metric_snapshots", (
         ("ts", "DateTime"), ("tenant", "String"), ("metric", "String"), ("window", "String"), ("value", "Float64"),
-        ("n", "UInt64"),
-    ), "ReplacingMergeTree() PARTITION BY toYYYYMM(ts) ORDER BY (tenant, metric, `window`, ts)"),
+        ("n", "UInt64"), ("partitions", "String"),
+    ), "ReplacingMergeTree() PARTITION BY toYYYYMM(ts) ORDER BY (tenant, metric, `window`, ts, partitions)"),
     # Not partitioned by time: a later state of the same complaint or funnel attempt must land in the
     # same partition as the earlier one, or the two would never be merged.
     Table("complaints", (
@@ -160,3 +162,18 @@ def create_statements(database: str = "cx", cluster: Optional[str] = None) -> li
         return [f"CREATE DATABASE IF NOT EXISTS {database}"] + [table.create(database) for table in _TABLES]
     return [f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}"] + [
         statement for table in _TABLES for statement in table.create_on_cluster(database, cluster)]
+
+
+def missing_column_fixes(database: str, present: set[tuple[str, str]], cluster: Optional[str] = None) -> list[str]:
+    """The ALTER statements that add the columns this version writes and tables created by an older
+    version lack; ``present`` holds (table, column) as ``system.columns`` lists them. CREATE TABLE IF
+    NOT EXISTS leaves such a table as it is, and every insert into it would fail."""
+    fixes = []
+    for table in _TABLES:
+        missing = [(name, kind) for name, kind in table.columns if (table.name, name) not in present]
+        names = [table.name] if cluster is None else [f"{table.name}_local", table.name]
+        on_cluster = "" if cluster is None else f" ON CLUSTER {cluster}"
+        fixes += [f"ALTER TABLE {database}.{name}{on_cluster} "
+                  + ", ".join(f"ADD COLUMN `{column}` {kind}" for column, kind in missing)
+                  for name in names if missing]
+    return fixes

@@ -145,12 +145,19 @@ def cx_overview() -> dashboard.Dashboard:
         .with_panel(series("CES (mean effort, 1–7)",
                            prom(f"tenant_window:cx_ces:mean{{{TENANT_WINDOW}}}", "{{tenant}} {{window}}")))
         .with_panel(series("NPS history (ClickHouse metric_snapshots)", sql(f"""
-SELECT toDateTime(intDiv(toUInt32(ts), $__interval_s) * $__interval_s) AS time, tenant, avg(value) AS nps
-FROM cx.metric_snapshots FINAL
-WHERE metric = 'nps' AND `window` IN (${{window:singlequote}}) AND {TENANTS_SQL} AND $__timeFilter(ts)
-GROUP BY time, tenant
+SELECT time, tenant, `window`, sum(nps * answers) / sum(answers) AS nps
+FROM (
+    SELECT toDateTime(intDiv(toUInt32(ts), $__interval_s) * $__interval_s) AS time, tenant, `window`, partitions,
+           argMax(value, ts) AS nps, argMax(n, ts) AS answers
+    FROM cx.metric_snapshots FINAL
+    WHERE metric = 'nps' AND `window` IN (${{window:singlequote}}) AND {TENANTS_SQL} AND $__timeFilter(ts)
+    GROUP BY time, tenant, `window`, partitions
+)
+GROUP BY time, tenant, `window`
 ORDER BY time""", time_series=True), width=12,
-                           description="The worker writes its current values every CXP_SNAPSHOT_INTERVAL seconds."))
+                           description="Every worker writes its current values over the partitions it owns every "
+                                       "CXP_SNAPSHOT_INTERVAL seconds; per interval the last value of each worker, "
+                                       "weighted by its answers, gives the fleet's NPS."))
         .with_panel(grid("NPS by source (ClickHouse)", sql(f"""
 SELECT tenant, source, count() AS answers,
        round(100 * (countIf(score >= 9) - countIf(score <= 6)) / count(), 1) AS nps

@@ -135,10 +135,10 @@ def draw_sql(ax, panel_type: str, query, stack: Stack, start_s: float, end_s: fl
     client.disconnect()
     if not rows:
         return False
-    if panel_type == "timeseries":  # (time, series name, value)
+    if panel_type == "timeseries":  # (time, label..., value): one series per label combination
         series = defaultdict(list)
-        for when, name, value in rows:
-            series[name].append((when, value))
+        for when, *labels, value in rows:
+            series[" ".join(map(str, labels))].append((when, value))
         for name, points in sorted(series.items()):
             ax.plot(*zip(*points), linewidth=0.8, label=str(name))
         ax.tick_params(axis="x", labelrotation=30)

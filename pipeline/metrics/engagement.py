@@ -93,14 +93,18 @@ class EngagementCore(MetricCore[EngagementState]):
         return out
 
     @staticmethod
-    def stickiness(states: Sequence[EngagementState], clock_ms: int) -> dict[str, float]:
+    def stickiness_counts(states: Sequence[EngagementState], clock_ms: int) -> dict[str, tuple[int, int]]:
+        """tenant -> (customers active in the last day, in the last 30 days)."""
         daily: dict[str, int] = {}
         monthly: dict[str, int] = {}
         for state in states:
             for counts, window in ((daily, STICKINESS[0]), (monthly, STICKINESS[1])):
                 for tenant, n in _counts(state.active, clock_ms, window).items():
                     counts[tenant] = counts.get(tenant, 0) + n
-        return {tenant: daily.get(tenant, 0) / n for tenant, n in monthly.items() if n}
+        return {tenant: (daily.get(tenant, 0), n) for tenant, n in monthly.items() if n}
+
+    def stickiness(self, states: Sequence[EngagementState], clock_ms: int) -> dict[str, float]:
+        return {tenant: day / month for tenant, (day, month) in self.stickiness_counts(states, clock_ms).items()}
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
@@ -119,8 +123,8 @@ class EngagementCore(MetricCore[EngagementState]):
     def snapshot(self, states: Sequence[EngagementState], clock_ms: int) -> Iterable[tuple[str, str, str, float, int]]:
         for (tenant, window), (active, _) in sorted(self.totals(states, clock_ms).items()):
             yield tenant, "active_customers", window, float(active), active
-        for tenant, value in sorted(self.stickiness(states, clock_ms).items()):
-            yield tenant, "stickiness", "1d/30d", value, 0
+        for tenant, (day, month) in sorted(self.stickiness_counts(states, clock_ms).items()):
+            yield tenant, "stickiness", "1d/30d", day / month, month
 
     @staticmethod
     def _families() -> list[Metric]:

@@ -14,7 +14,11 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlparse
 
-from pipeline.tables import TABLES, create_statements
+from pipeline.tables import TABLES, create_statements, missing_column_fixes
+
+
+class OutdatedTables(RuntimeError):
+    """Tables exist without columns this version writes; the message holds the ALTER statements."""
 
 
 class Backend(ABC):
@@ -35,8 +39,15 @@ class Backend(ABC):
     def close(self) -> None: ...
 
     def create_tables(self) -> None:
+        """Run the DDL, then refuse tables that an older version created without today's columns."""
         for statement in create_statements(self.database, self.cluster):
             self.execute(statement)
+        present = set(self.query(f"SELECT table, name FROM system.columns WHERE database = '{self.database}'"))
+        fixes = missing_column_fixes(self.database, present, self.cluster)
+        if fixes:
+            raise OutdatedTables(
+                f"ClickHouse tables in database {self.database} were created by an older cx-pipeline and lack "
+                "columns this version writes. Add them, then start again:\n  " + ";\n  ".join(fixes) + ";")
 
 
 class NativeBackend(Backend):

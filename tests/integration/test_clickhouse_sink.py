@@ -9,7 +9,7 @@ import pytest
 
 from pipeline.dedup import id_hash
 from pipeline.tables import COLUMNS, TABLES
-from sinks.clickhouse.backend import ChdbBackend, open_backend
+from sinks.clickhouse.backend import ChdbBackend, OutdatedTables, open_backend
 from sinks.clickhouse.sink import ClickHouseSink, SinkError
 
 pytestmark = pytest.mark.integration
@@ -29,7 +29,8 @@ SAMPLES = {
         (T0, T0 * 1000 + 5, "cx.events.web", 1, 7, -1, "undecodable", "bad magic byte", None, b"not avro"),
         (T0, T0 * 1000 + 5, "cx.events.crm", 0, 8, 3, "invalid_value", "score 11 > 10", "c9", b"{}"),
     ],
-    "metric_snapshots": [(T0, "acme", "nps", "24h", 41.5, 200), (T0 + 60, "acme", "csat", "1h", 80.0, 18_446_744_073_709_551_615)],
+    "metric_snapshots": [(T0, "acme", "nps", "24h", 41.5, 200, "0,1"),
+                         (T0 + 60, "acme", "csat", "1h", 80.0, 18_446_744_073_709_551_615, "0,1,2,3")],
     "complaints": [
         ("k1", "acme", "c1", "high", "billing", "phone", "resolved", T0, T0 + 600, T0 + 3600, 1, T0 * 1000 + 3_600_000,
          T0 * 1000, T0 * 1000 + 600_000, T0 * 1000 + 3_600_000, 0, 1, T0 * 1000 + 3_600_000, 2, 0,
@@ -73,6 +74,25 @@ def test_ddl_creates_every_table_with_the_contract_columns(any_backend):
     for table in TABLES.values():
         assert [tuple(r[:2]) for r in any_backend.query(f"DESCRIBE TABLE {db}.{table.name}")] == list(table.columns)
     any_backend.create_tables()  # idempotent
+
+
+def test_a_table_from_an_older_version_is_refused_with_the_alter_that_fixes_it(any_backend):
+    """metric_snapshots as it was before the partitions column: the DDL (IF NOT EXISTS) leaves it alone,
+    so the start is refused with the statement to run, and that statement makes it current."""
+    db = any_backend.database
+    columns = ", ".join(f"`{name}` {kind}" for name, kind in TABLES["metric_snapshots"].columns if name != "partitions")
+    any_backend.execute(f"DROP TABLE {db}.metric_snapshots")
+    any_backend.execute(f"CREATE TABLE {db}.metric_snapshots ({columns}) ENGINE = ReplacingMergeTree() "
+                        "PARTITION BY toYYYYMM(ts) ORDER BY (tenant, metric, `window`, ts)")
+    with pytest.raises(OutdatedTables) as refused:
+        any_backend.create_tables()
+    fixes = [line.strip().rstrip(";") for line in str(refused.value).splitlines() if line.strip().startswith("ALTER")]
+    assert fixes == [f"ALTER TABLE {db}.metric_snapshots ADD COLUMN `partitions` String"]
+    for fix in fixes:
+        any_backend.execute(fix)
+    any_backend.create_tables()
+    assert [tuple(r[:2]) for r in any_backend.query(f"DESCRIBE TABLE {db}.metric_snapshots")] == \
+        list(TABLES["metric_snapshots"].columns)
 
 
 @pytest.mark.parametrize("table", list(SAMPLES))

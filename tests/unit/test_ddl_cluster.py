@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from pipeline.settings import Settings
-from pipeline.tables import TABLES, Table, create_statements
+from pipeline.tables import TABLES, Table, create_statements, missing_column_fixes
 from sinks.clickhouse.backend import open_backend
 
 
@@ -57,3 +57,12 @@ def test_the_cluster_setting_takes_identifiers_only_and_chdb_has_no_cluster_mode
     with pytest.raises(ValueError, match="needs a server"):
         open_backend(None, tmp_path, cluster="cx_cluster")
     assert not (tmp_path / "clickhouse").exists()
+
+
+def test_missing_columns_are_added_to_the_local_and_the_distributed_table():
+    present = {(name, column) for name, table in TABLES.items() for column, _ in table.columns}
+    assert missing_column_fixes("cx", present, "prod") == []
+    present -= {("actions", "reason"), ("actions", "due_at")}
+    assert missing_column_fixes("cx", present, "prod") == [
+        f"ALTER TABLE cx.{name} ON CLUSTER prod ADD COLUMN `reason` {dict(TABLES['actions'].columns)['reason']}, "
+        f"ADD COLUMN `due_at` {dict(TABLES['actions'].columns)['due_at']}" for name in ("actions_local", "actions")]
