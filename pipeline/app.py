@@ -139,6 +139,7 @@ def build_app(settings: Settings) -> faust.App:
     def run_blocking(function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
         return asyncio.get_running_loop().run_in_executor(clickhouse_thread, function, *args)
 
+    settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates its folder in it, not the parents
     app = CxApp(
         settings.app_id,
         broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
