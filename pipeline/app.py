@@ -166,20 +166,13 @@ def build_app(settings: Settings) -> faust.App:
     prometheus.register(ConsumerLagCollector(lambda: app.consumer, topic_sources, commits.committed))
     topics = app.topic(*topic_sources, key_serializer="raw", value_serializer="raw")
 
-    def on_stall(stalled: bool) -> None:
-        """Pause fetching while a delivery step fails, so buffers don't grow behind the blocked agent."""
-        consumer = app.consumer
-        assignment = consumer.assignment()
-        if assignment:
-            (consumer.pause_partitions if stalled else consumer.resume_partitions)(assignment)
-
     retry = RetryPolicy(settings.sink_retry_backoff, settings.sink_retry_max_backoff)
     delivery = Delivery(
         ClickHouseSink(backend), run_blocking,
         publish=lambda topic, key, value: app.producer.send(topic, key, value, None, None, None),
         topic_names={name: settings.topic(name) for name in OUTPUT_TOPICS}, metrics=metrics,
         retry=retry,
-        flush_rows=settings.sink_batch_rows, flush_interval=settings.sink_flush_interval, on_stall=on_stall)
+        flush_rows=settings.sink_batch_rows, flush_interval=settings.sink_flush_interval)
     metrics.oldest_unacked.set_function(delivery.oldest_unacked_seconds)
     ready = asyncio.Event()  # set once the owned partitions' state is rebuilt; cleared during a rebalance
     ingest.register(app, topics, processor, delivery, settings.batch_max_messages, settings.batch_within, ready)
@@ -216,7 +209,7 @@ def build_app(settings: Settings) -> faust.App:
                 except Exception as exc:  # noqa: BLE001 - any ClickHouse failure: retry like a failed insert
                     metrics.sink_errors.labels("restore").inc()
                     delay = retry.next_delay(delay)
-                    log.error("rebuilding partition state from clickhouse failed; retrying, input paused",
+                    log.error("rebuilding partition state from clickhouse failed; retrying, input held back",
                               extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
                     await asyncio.sleep(delay)
             processor.restore(restored)

@@ -113,7 +113,7 @@ class Settings(BaseSettings):
     )
     sink_retry_backoff: float = Field(
         0.2, gt=0, description="First delay in seconds before a failed delivery (ClickHouse insert or topic send) is "
-        "retried; it doubles per failure up to sink_retry_max_backoff. Input is paused meanwhile, never dropped.")
+        "retried; it doubles per failure up to sink_retry_max_backoff. Input is held back meanwhile, never dropped.")
     sink_retry_max_backoff: float = Field(10.0, gt=0, description="Longest delay between delivery retries, in seconds.")
     clickhouse_connect_timeout: float = Field(3.0, gt=0, description="Seconds to wait for a ClickHouse connection.")
     clickhouse_timeout: float = Field(

@@ -14,8 +14,10 @@ again; each metric core is idempotent against its own table (survey answers by e
 second pass rewrites the same rows (collapsing under FINAL) and counts nothing twice. Output-topic
 messages are at least once: after such a crash they may be sent again, with the same content.
 
-Retries live here and nowhere else: one attempt per step, then :class:`RetryPolicy` backoff, input
-paused (``on_stall``) and the agent held back (``wait_for_room``) until the step succeeds. Every failed
+Retries live here and nowhere else: one attempt per step, then :class:`RetryPolicy` backoff and the
+agent held back (``wait_for_room``) until the step succeeds; Faust's bounded stream buffer then stops
+the fetching. (Pausing the partitions instead loses records: Faust drops those it fetched before the
+pause, after the consumer position moved past them, and later counts the hole as acked.) Every failed
 attempt counts in ``cxp_sink_errors_total{table}``; the first failure of an incident is logged with
 the fix, and so is the recovery.
 """
@@ -62,10 +64,10 @@ class Delivery:
 
     def __init__(self, sink: ClickHouseSink, run_blocking: Callable[..., Awaitable[Any]], publish: Publish,
                  topic_names: dict[str, str], metrics: PipelineMetrics, retry: RetryPolicy, flush_rows: int,
-                 flush_interval: float, on_stall: Callable[[bool], None] = lambda stalled: None):
+                 flush_interval: float):
         self.sink, self.run_blocking, self.publish = sink, run_blocking, publish
         self.topic_names, self.metrics, self.retry = topic_names, metrics, retry
-        self.flush_rows, self.flush_interval, self.on_stall = flush_rows, flush_interval, on_stall
+        self.flush_rows, self.flush_interval = flush_rows, flush_interval
         self.acknowledge: Callable[[Any], Awaitable[Any]] = _no_ack  # set by the agent: acks one input record
         self.deadline: Optional[float] = None  # monotonic time after which retries give up (revoke, shutdown)
         self._buffer, self._acks, self._since = Output(), [], None
@@ -178,8 +180,6 @@ class Delivery:
                 if label in self._failing:
                     self._failing.discard(label)
                     log.warning("delivery recovered", extra={"target": label})
-                    if not self._failing:
-                        self.on_stall(False)
                 return
             except DeliveryStopped:
                 raise
@@ -188,9 +188,9 @@ class Delivery:
                 delay = self.retry.next_delay(delay)
                 if label not in self._failing:
                     self._failing.add(label)
-                    self.on_stall(True)
-                    log.error("delivery failed; input paused, retrying until it succeeds. Check that the target is up "
-                              "and reachable (CXP_CLICKHOUSE_URL / CXP_KAFKA_URL); nothing is acknowledged meanwhile",
+                    log.error("delivery failed; input held back, retrying until it succeeds. Check that the target "
+                              "is up and reachable (CXP_CLICKHOUSE_URL / CXP_KAFKA_URL); nothing is acknowledged "
+                              "meanwhile",
                               extra={"target": label, "error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
                 if self.deadline is not None and time.monotonic() + delay > self.deadline:
                     raise DeliveryStopped(label) from exc

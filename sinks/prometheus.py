@@ -109,9 +109,9 @@ class ConsumerLagCollector(Collector):
     minus the group's committed offset (``committed``: what this worker committed, or found committed when
     the partition was assigned; 0 when the group never committed it). Offsets are committed only up to
     acked records, and a record is acked once its output is durable, so this counts what waits to be
-    fetched, processed or stored, plus what was stored in the last commit interval. While the worker
-    pauses fetching (ClickHouse failing), highwaters are not refreshed: the value is the backlog known
-    when fetching paused, and ``cxp_oldest_unacked_seconds`` tells the stall.
+    fetched, processed or stored, plus what was stored in the last commit interval. While ClickHouse
+    fails, the held-back worker stops fetching once its buffers are full and highwaters are not
+    refreshed: the value is the backlog known then, and ``cxp_oldest_unacked_seconds`` tells the stall.
     """
 
     NAME = "cxp_consumer_lag_records"
