@@ -19,10 +19,11 @@ WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}
 TOPICS = {f"cx.events.{s}": s for s in ("web", "chatbot", "crm", "complaints")}
 
 
-def processor(deadletter_max_bytes: int = 65_536) -> Processor:
+def processor(deadletter_max_bytes: int = 65_536, cores=None, partitions=range(4)) -> Processor:
+    """The survey core alone unless ``cores`` are given, owning ``partitions``."""
     rules = Rules.from_schemas({s: REGISTRY.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000, 7 * 86_400_000)
-    p = Processor(CODEC, rules, TOPICS, 86_400_000, [SurveyCore(WINDOWS)], deadletter_max_bytes)
-    p.assign(range(4))
+    p = Processor(CODEC, rules, TOPICS, 86_400_000, cores or [SurveyCore(WINDOWS)], deadletter_max_bytes)
+    p.assign(partitions)
     return p
 
 

@@ -5,21 +5,16 @@ from collections import defaultdict
 from agents.snapshots import snapshot_rows
 from pipeline.metrics import build_cores
 from pipeline.processor import Processor
-from pipeline.registry import EVENT_SCHEMAS
 from pipeline.settings import Settings
-from pipeline.validate import Rules
-from tests.unit.test_processor import CODEC, NOW, REGISTRY, TOPICS, events, records  # noqa: F401 - events: fixture
+from tests.unit.test_processor import CODEC, NOW, events, processor, records  # noqa: F401 - events: fixture
 
 COUNTS = {"active_customers"}
 NOT_COMBINED = {"nps_margin_of_error"}  # per worker only; the fleet's comes from Prometheus
 
 
 def worker(partitions) -> Processor:
-    rules = Rules.from_schemas({s: REGISTRY.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000,
-                               7 * 86_400_000)
-    p = Processor(CODEC, rules, TOPICS, 86_400_000, build_cores(Settings(), CODEC))
-    p.assign(partitions)
-    return p
+    """A worker's processor with every core, owning ``partitions``."""
+    return processor(cores=build_cores(Settings(), CODEC), partitions=partitions)
 
 
 def combined(rows) -> dict:
