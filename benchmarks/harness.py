@@ -48,11 +48,11 @@ from rich.console import Console
 from rich.table import Table
 
 from pipeline.dedup import id_hash
-from pipeline.local.broker import LocalBroker
-from pipeline.local.clickhouse import ClickHouseServer
-from pipeline.local.metrics import scrape, total
-from pipeline.local.processes import free_port, stop_process
-from pipeline.local.worker import WorkerProcess
+from runtime.local.broker import LocalBroker
+from runtime.local.clickhouse import ClickHouseServer
+from runtime.local.metrics import scrape, total
+from runtime.local.processes import free_port, stop_process
+from runtime.local.worker import WorkerProcess
 from pipeline.metrics import build_cores
 from pipeline.partitioner import event_key, partition_for
 from pipeline.processor import Processor, Record
@@ -61,7 +61,7 @@ from pipeline.registry import EVENT_SCHEMAS, SOURCES, BundledRegistry
 from pipeline.settings import Settings
 from pipeline.simulate import Simulator
 from pipeline.tables import COLUMNS
-from pipeline.topics import ensure_topics
+from runtime.topics import ensure_topics
 from pipeline.validate import Rules
 from pipeline.wire import Codec
 from sinks.clickhouse.backend import NativeBackend
@@ -572,7 +572,7 @@ def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: f
 
 
 def processor_for(codec: Codec, prefix: str = "cx.") -> Processor:
-    """A Processor configured as pipeline/app.py build_app does with the default settings (all cores),
+    """A Processor configured as runtime/app.py build_app does with the default settings (all cores),
     owning every partition."""
     registry = codec.registry
     rules = Rules.from_schemas({s: registry.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000, 7 * 86_400_000)

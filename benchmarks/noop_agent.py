@@ -2,7 +2,7 @@
 
 Run by the harness as ``python -m benchmarks.noop_agent worker -l warn --without-web``; configured by
 environment (BENCH_BROKER, BENCH_PREFIX, BENCH_GROUP, BENCH_DATADIR, BENCH_COUNT_FILE). It writes its
-running count of messages to BENCH_COUNT_FILE after every batch. Settings follow pipeline/app.py:
+running count of messages to BENCH_COUNT_FILE after every batch. Settings follow runtime/app.py:
 raw serializers, earliest offset reset, 6 s session timeout, memory store, no stream_wait_empty.
 """
 import os

@@ -20,9 +20,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from pipeline.local.broker import LocalBroker
-from pipeline.local.clickhouse import ClickHouseServer
-from pipeline.local.worker import WorkerProcess, worker_env
+from runtime.local.broker import LocalBroker
+from runtime.local.clickhouse import ClickHouseServer
+from runtime.local.worker import WorkerProcess, worker_env
 from pipeline.producer import EventProducer
 from pipeline.registry import BundledRegistry
 from pipeline.simulate import Simulator, run_simulation

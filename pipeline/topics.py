@@ -1,15 +1,12 @@
-"""Topic names and creation. All input topics get the same partition count (co-partitioning; docs/contract.md)."""
+"""Topic names: the one place that says which topics exist. All input topics get the same partition
+count (co-partitioning; docs/contract.md); :mod:`runtime.topics` creates them."""
 from __future__ import annotations
 
-import time
-
-from kafka import KafkaAdminClient
-from kafka.admin import NewTopic
-from kafka.errors import KafkaError, TopicAlreadyExistsError
-
-from pipeline.kafka_security import kafka_python_config
 from pipeline.registry import SOURCES
 from pipeline.settings import Settings
+
+# Logical names of the topics the worker writes; the full name is settings.topic(name).
+OUTPUT_TOPICS = ("deadletter", "signals.churn", "actions")
 
 
 def input_topics(settings: Settings) -> dict[str, str]:
@@ -17,44 +14,6 @@ def input_topics(settings: Settings) -> dict[str, str]:
     return {settings.topic(f"events.{source}"): source for source in SOURCES}
 
 
-def output_topics(settings: Settings) -> list[str]:
-    return [settings.topic(name) for name in ("deadletter", "signals.churn", "actions")]
-
-
-def ensure_topics(settings: Settings, timeout_s: float = 30.0) -> dict[str, int]:
-    """Create missing topics; return the partition count of every topic. Fails if inputs disagree."""
-    names = list(input_topics(settings)) + output_topics(settings)
-    deadline = time.monotonic() + timeout_s
-    counts: dict[str, int] = {}
-    last_error: Exception | None = None
-    security = kafka_python_config(settings)
-    while len(counts) < len(names):
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"could not create or describe the topics on {settings.bootstrap_servers} within "
-                               f"{timeout_s:.0f} s (last error: {last_error}); is the broker running and CXP_KAFKA_URL right?")
-        try:
-            admin = KafkaAdminClient(bootstrap_servers=settings.bootstrap_servers, client_id="cxp-admin",
-                                     request_timeout_ms=5000, **security)
-            try:
-                missing = [NewTopic(n, settings.partitions, settings.topic_replication_factor) for n in names if n not in set(admin.list_topics())]
-                if missing:
-                    try:
-                        admin.create_topics(missing)
-                    except TopicAlreadyExistsError:
-                        pass
-                for meta in admin.describe_topics(names):
-                    if meta.get("partitions"):
-                        counts[meta.get("name") or meta.get("topic")] = len(meta["partitions"])
-            finally:
-                admin.close()
-        except KafkaError as exc:
-            last_error = exc
-        if len(counts) < len(names):
-            time.sleep(0.3)
-    inputs = {counts[t] for t in input_topics(settings)}
-    if len(inputs) > 1:
-        raise RuntimeError(
-            f"input topics have different partition counts {sorted(inputs)}: they must be co-partitioned "
-            "(docs/contract.md, Topics); recreate them with one count"
-        )
-    return counts
+def output_topics(settings: Settings) -> dict[str, str]:
+    """logical name -> full topic name."""
+    return {name: settings.topic(name) for name in OUTPUT_TOPICS}

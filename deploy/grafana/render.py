@@ -40,10 +40,10 @@ class Stack:
     """Broker, ClickHouse, worker and Prometheus under one folder, fed with simulated events."""
 
     def __init__(self, home: Path):
-        from pipeline.local.broker import LocalBroker
-        from pipeline.local.clickhouse import ClickHouseServer
-        from pipeline.local.prometheus import PrometheusServer
-        from pipeline.local.worker import WorkerProcess, worker_env
+        from runtime.local.broker import LocalBroker
+        from runtime.local.clickhouse import ClickHouseServer
+        from runtime.local.prometheus import PrometheusServer
+        from runtime.local.worker import WorkerProcess, worker_env
 
         self.started = []
         self.broker = self._start(LocalBroker(home / "broker").start())

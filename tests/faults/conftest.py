@@ -8,7 +8,7 @@ import pytest
 
 pytest.register_assert_rewrite("tests.faults.harness")  # its asserts show diffs too; before it is imported
 
-from pipeline.local.broker import LocalBroker  # noqa: E402
+from runtime.local.broker import LocalBroker  # noqa: E402
 from tests.faults.harness import RestartableClickHouse, Stage  # noqa: E402
 
 

@@ -24,8 +24,8 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from pipeline.local.clickhouse import ClickHouseServer
-from pipeline.local.metrics import total
+from runtime.local.clickhouse import ClickHouseServer
+from runtime.local.metrics import total
 from pipeline.partitioner import event_key, partition_for
 from pipeline.simulate import Simulator
 from schemas import SCHEMA_DIR

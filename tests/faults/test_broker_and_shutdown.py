@@ -10,8 +10,8 @@ import time
 
 import pytest
 
-from pipeline.local.metrics import scrape, total
-from pipeline.local.processes import free_port
+from runtime.local.metrics import scrape, total
+from runtime.local.processes import free_port
 from tests.faults.harness import (
     Stage,
     Workload,
@@ -116,7 +116,7 @@ def test_demo_stops_every_process_it_started(signum, tmp_path):
     env = {k: v for k, v in os.environ.items() if k not in ("CXP_KAFKA_URL", "CXP_CLICKHOUSE_URL")}
     env["CXP_DATA_DIR"] = str(tmp_path / "data")
     with open(tmp_path / "demo.log", "wb") as log:
-        demo = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "demo", "--duration", "60", "--rate", "200",
+        demo = subprocess.Popen([sys.executable, "-m", "runtime.cli", "demo", "--duration", "60", "--rate", "200",
                                  "--web-port", str(web_port)], env=env, stdout=log, stderr=subprocess.STDOUT,
                                 start_new_session=True)
     started: dict[int, int] = {}

@@ -8,7 +8,7 @@ from typing import Callable
 
 import pytest
 
-from pipeline.local.metrics import total
+from runtime.local.metrics import total
 from tests.faults.harness import (
     CLICKHOUSE_TIMEOUTS,
     MINUTE,

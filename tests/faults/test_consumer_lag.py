@@ -11,7 +11,7 @@ from collections import Counter
 
 import pytest
 
-from pipeline.local.metrics import total
+from runtime.local.metrics import total
 from pipeline.registry import SOURCES
 from tests.faults.harness import CLICKHOUSE_TIMEOUTS, now_ms, produce, simulated, valid_workload, wait_until
 

@@ -23,7 +23,7 @@ import fastavro
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.local.metrics import scrape
+from runtime.local.metrics import scrape
 from pipeline.settings import Settings
 from pipeline.simulate import Simulator
 from schemas import SCHEMA_DIR

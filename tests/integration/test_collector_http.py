@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from kafka import KafkaConsumer, TopicPartition
 
-from pipeline.local.broker import LocalBroker
+from runtime.local.broker import LocalBroker
 from pipeline.partitioner import partition_for
 from pipeline.registry import SOURCES, BundledRegistry
 from pipeline.wire import Codec

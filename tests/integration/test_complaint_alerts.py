@@ -19,7 +19,7 @@ import pytest
 import yaml
 from kafka import KafkaProducer
 
-from pipeline.local.alertmanager import AlertmanagerServer, WebhookReceiver
+from runtime.local.alertmanager import AlertmanagerServer, WebhookReceiver
 from pipeline.partitioner import event_key
 from tests.integration.test_pipeline import avro
 from tests.services.prometheus import PrometheusServer

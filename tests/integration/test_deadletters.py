@@ -19,7 +19,7 @@ from collections import defaultdict
 import pytest
 from kafka import KafkaProducer
 
-from pipeline.local.metrics import total
+from runtime.local.metrics import total
 from pipeline.partitioner import event_key, partition_for
 from pipeline.simulate import Simulator
 from sinks.clickhouse.backend import NativeBackend
@@ -50,7 +50,7 @@ def nps(events: list[dict]) -> dict[str, float]:
 
 
 def cxp(env: dict, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True,
                           timeout=120, env=env)
 
 

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 def test_demo_runs_to_a_summary(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
     env.update(CXP_DATA_DIR=str(tmp_path), COLUMNS="200")
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "demo", "--history", "2d", "--history-events",
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "demo", "--history", "2d", "--history-events",
                              "20000", "--duration", "8", "--rate", "800"],
                             capture_output=True, text=True, timeout=240, env=env)
     out = result.stdout + result.stderr
@@ -59,7 +59,7 @@ def assert_all_gone(out: str) -> None:
 def test_sigterm_during_the_backfill_stops_everything(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
     env.update(CXP_DATA_DIR=str(tmp_path), COLUMNS="200")
-    demo = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "demo", "--history", "1d", "--history-events",
+    demo = subprocess.Popen([sys.executable, "-m", "runtime.cli", "demo", "--history", "1d", "--history-events",
                              "5000000"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     lines = []
     for line in demo.stdout:

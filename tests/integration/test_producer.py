@@ -10,7 +10,7 @@ import pytest
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from kafka.admin import NewTopic
 
-from pipeline.local.processes import free_port
+from runtime.local.processes import free_port
 from pipeline.partitioner import event_key, partition_for
 from pipeline.producer import EventProducer, ProducerError
 from pipeline.registry import BATCH_SCHEMAS, SOURCES, BundledRegistry

@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from pipeline.local.metrics import total
+from runtime.local.metrics import total
 from pipeline.simulate import JsonlWriter, Simulator, read_jsonl
 from sinks.clickhouse.backend import NativeBackend
 from tests.services.worker import WorkerProcess, worker_env
@@ -43,7 +43,7 @@ def test_replay_two_histories_with_progress_and_rate_limit(broker, clickhouse_ur
         cli_env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
         cli_env.update(CXP_KAFKA_URL=broker.url, CXP_TOPIC_PREFIX=prefix, CXP_PARTITIONS="4", COLUMNS="200")
         started = time.monotonic()
-        result = subprocess.run([sys.executable, "-m", "pipeline.cli", "replay", *map(str, files),
+        result = subprocess.run([sys.executable, "-m", "runtime.cli", "replay", *map(str, files),
                                  "--rate", str(RATE)], capture_output=True, text=True, timeout=120, env=cli_env)
         elapsed = time.monotonic() - started
         assert result.returncode == 0, result.stderr

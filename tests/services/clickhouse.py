@@ -1,4 +1,4 @@
-"""A real ClickHouse server (pipeline.local.clickhouse: Debian's clickhouse-server, 18.16 on CI) per test
+"""A real ClickHouse server (runtime.local.clickhouse: Debian's clickhouse-server, 18.16 on CI) per test
 session, on free loopback ports, stopped by PID; plus an embedded chdb backend per test."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import uuid
 
 import pytest
 
-from pipeline.local.clickhouse import ClickHouseServer
+from runtime.local.clickhouse import ClickHouseServer
 from sinks.clickhouse.backend import ChdbBackend, NativeBackend
 
 

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.local.clickhouse import ClickHouseServer
-from pipeline.local.processes import free_port, stop_process
+from runtime.local.clickhouse import ClickHouseServer
+from runtime.local.processes import free_port, stop_process
 
 CLUSTER = "cxp_test"
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")  # Debian's zookeeper package; its manifest lists the deps

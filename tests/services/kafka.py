@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.local.broker import LocalBroker
+from runtime.local.broker import LocalBroker
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""A real Prometheus server scraping given targets (pipeline.local.prometheus), for tests."""
-from pipeline.local.prometheus import PrometheusServer
+"""A real Prometheus server scraping given targets (runtime.local.prometheus), for tests."""
+from runtime.local.prometheus import PrometheusServer
 
 __all__ = ["PrometheusServer"]

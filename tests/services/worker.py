@@ -1,4 +1,4 @@
-"""`cxp worker` as a real subprocess (pipeline.local.worker), for tests."""
-from pipeline.local.worker import WorkerProcess, worker_env
+"""`cxp worker` as a real subprocess (runtime.local.worker), for tests."""
+from runtime.local.worker import WorkerProcess, worker_env
 
 __all__ = ["WorkerProcess", "worker_env"]

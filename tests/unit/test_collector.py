@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter
 
-from pipeline.collector import (
+from agents.collector import (
     MAX_DEPTH,
     CollectorError,
     counting_middleware,

@@ -113,22 +113,22 @@ class Refusing:
 
 
 def test_topic_admin_and_cli_producer_are_built_with_the_security_settings(monkeypatch):
-    import pipeline.cli
+    import runtime.cli
     import pipeline.producer
-    import pipeline.topics
+    import runtime.topics
     from pipeline.producer import ProducerError
 
-    ensure_topics = pipeline.topics.ensure_topics
-    monkeypatch.setattr(pipeline.topics, "KafkaAdminClient", Refusing)
+    ensure_topics = runtime.topics.ensure_topics
+    monkeypatch.setattr(runtime.topics, "KafkaAdminClient", Refusing)
     monkeypatch.setattr(pipeline.producer, "KafkaProducer", Refusing)
     Refusing.calls = []
     settings = Settings(kafka_url="kafka://localhost:1", kafka_security_protocol="SASL_PLAINTEXT",
                         kafka_sasl_mechanism="SCRAM-SHA-512", kafka_sasl_username="cx", kafka_sasl_password="pw")
     with pytest.raises(RuntimeError, match="could not create"):
         ensure_topics(settings, timeout_s=0.2)
-    monkeypatch.setattr(pipeline.topics, "ensure_topics", lambda settings: {})  # cxp simulate/produce's producer
+    monkeypatch.setattr(runtime.topics, "ensure_topics", lambda settings: {})  # cxp simulate/produce's producer
     with pytest.raises(ProducerError):
-        pipeline.cli._producer(settings)
+        runtime.cli._producer(settings)
     assert len(Refusing.calls) == 2
     assert all(call["sasl_mechanism"] == "SCRAM-SHA-512" and call["sasl_plain_password"] == "pw"
                and call["security_protocol"] == "SASL_PLAINTEXT" for call in Refusing.calls)

@@ -1,9 +1,9 @@
-"""pipeline.local.metrics.histogram_quantile against values worked out by hand with Prometheus' rules."""
+"""runtime.local.metrics.histogram_quantile against values worked out by hand with Prometheus' rules."""
 from __future__ import annotations
 
 import pytest
 
-from pipeline.local.metrics import histogram_quantile
+from runtime.local.metrics import histogram_quantile
 
 
 def buckets(name: str, tenant: str, priority: str, counts: dict[str, float]) -> list[tuple[dict, float]]:

@@ -6,7 +6,7 @@ from pathlib import Path
 from setuptools.config.pyprojecttoml import read_configuration
 
 ROOT = Path(__file__).resolve().parents[2]
-ROOTS = ("pipeline", "schemas", "agents", "sinks")
+ROOTS = ("pipeline", "schemas", "agents", "sinks", "runtime")
 
 
 def setuptools_config() -> dict:
@@ -27,7 +27,7 @@ def on_disk() -> set[str]:
 
 
 def test_every_package_on_disk_is_packaged():
-    assert {"pipeline.metrics", "pipeline.local", "sinks.clickhouse"} <= on_disk()  # the walk itself finds subpackages
+    assert {"pipeline.metrics", "runtime.local", "sinks.clickhouse"} <= on_disk()  # the walk itself finds subpackages
     assert on_disk() - packaged() == set()
 
 

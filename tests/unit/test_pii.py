@@ -168,11 +168,11 @@ def test_undecodable_message_keeps_no_bytes_in_pii_mode():
 def test_settings_never_show_the_key(tmp_path):
     secret = "do-not-print-me-0123456789"
     env = {"COLUMNS": "250", "PATH": "", "CXP_PII_KEY": secret}
-    shown = subprocess.run([sys.executable, "-m", "pipeline.cli", "config"], capture_output=True, text=True, timeout=60,
+    shown = subprocess.run([sys.executable, "-m", "runtime.cli", "config"], capture_output=True, text=True, timeout=60,
                            env=env)
     assert shown.returncode == 0 and "CXP_PII_KEY" in shown.stdout and secret not in shown.stdout + shown.stderr
     assert secret not in repr(Settings(pii_key=secret))
-    refused = subprocess.run([sys.executable, "-m", "pipeline.cli", "config"], capture_output=True, text=True,
+    refused = subprocess.run([sys.executable, "-m", "runtime.cli", "config"], capture_output=True, text=True,
                              timeout=60, env=dict(env, CXP_PII_KEY="tooshort-secret"))
     assert refused.returncode == 2 and "16 bytes" in refused.stderr and "tooshort-secret" not in refused.stderr
 
@@ -185,7 +185,7 @@ def test_key_file_and_lookup_command(tmp_path):
         Settings(pii_key_file=key_file, pii_key=KEY.decode())
     with pytest.raises(ValueError, match="not found"):
         Settings(pii_key_file=tmp_path / "missing")
-    result = subprocess.run([sys.executable, "-m", "pipeline.cli", "pii-id", "cust-000042", "anon-1"],
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "pii-id", "cust-000042", "anon-1"],
                             capture_output=True, text=True, timeout=60, env={"PATH": "", "CXP_PII_KEY_FILE": str(key_file)})
     assert result.stdout.splitlines() == [f"cust-000042\t{oracle('cust-000042')}", f"anon-1\t{oracle('anon-1')}"]
 

@@ -24,7 +24,7 @@ HOSTILE = ["cx; DROP TABLE cx.events; --", "cx`", "cx.events", "1cx", "cx'", "cx
 
 
 def cxp(*args: str, env: dict) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "runtime.cli", *args], capture_output=True, text=True, timeout=60,
                           env={"PATH": os.environ.get("PATH", ""), "COLUMNS": "400", **env})
 
 

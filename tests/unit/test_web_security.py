@@ -11,7 +11,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from pipeline.secret_values import ConfigurationError
 from pipeline.settings import Settings
-from pipeline.web_security import (
+from agents.web_security import (
     Guard,
     RateLimiter,
     bearer_token,
@@ -81,7 +81,7 @@ def test_a_big_batch_passes_once_then_its_debt_is_waited_off():
 
 def test_zero_means_no_limit_and_idle_clients_are_forgotten(monkeypatch):
     assert all(RateLimiter(0).admit("a", 10**9) == 0.0 for _ in range(1000))
-    monkeypatch.setattr("pipeline.web_security.MAX_CLIENTS", 3)
+    monkeypatch.setattr("agents.web_security.MAX_CLIENTS", 3)
     clock = FakeClock()
     limiter = RateLimiter(1, clock)
     for client in "abc":

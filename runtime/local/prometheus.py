@@ -9,7 +9,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from pipeline.local.processes import free_port, stop_process
+from runtime.local.processes import free_port, stop_process
 
 
 class PrometheusServer:

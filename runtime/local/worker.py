@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pipeline.local.metrics import scrape
-from pipeline.local.processes import free_port, stop_process
+from runtime.local.metrics import scrape
+from runtime.local.processes import free_port, stop_process
 
 
 class WorkerProcess:
-    """`python -m pipeline.cli worker` with the given environment, output to log_path, in cwd (relative
+    """`python -m runtime.cli worker` with the given environment, output to log_path, in cwd (relative
     paths, such as the default ``CXP_DATA_DIR``, resolve there)."""
 
     def __init__(self, env: dict[str, str], log_path: Path, cwd: Optional[Path] = None):
@@ -28,7 +28,7 @@ class WorkerProcess:
 
     def launch(self) -> "WorkerProcess":
         """Start the process and return at once."""
-        self.process = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=self.env, cwd=self.cwd,
+        self.process = subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker"], env=self.env, cwd=self.cwd,
                                         stdout=open(self.log_path, "ab"), stderr=subprocess.STDOUT)
         self.launched_at = time.perf_counter()
         return self

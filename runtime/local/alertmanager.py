@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from pipeline.local.processes import free_port, stop_process
+from runtime.local.processes import free_port, stop_process
 
 BINARIES = ("prometheus-alertmanager", "alertmanager")
 

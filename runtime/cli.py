@@ -36,10 +36,10 @@ def load_settings(args: argparse.Namespace, **overrides) -> Settings:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from pipeline.app import build_app
-    from pipeline.logs import logging_config
+    from runtime.app import build_app
+    from runtime.logs import logging_config
     from sinks.clickhouse.backend import require_embedded
-    from pipeline.web_security import log_start_up
+    from agents.web_security import log_start_up
 
     BoundedWorker = _bounded_worker_class()
 
@@ -101,7 +101,7 @@ def _bounded_worker_class():
 
 
 def cmd_topics(args: argparse.Namespace) -> int:
-    from pipeline.topics import ensure_topics
+    from runtime.topics import ensure_topics
 
     settings = load_settings(args, kafka_url=args.kafka_url, partitions=args.partitions)
     for topic, count in sorted(ensure_topics(settings).items()):
@@ -113,7 +113,7 @@ def _producer(settings: Settings):
     from pipeline.kafka_security import kafka_python_config
     from pipeline.producer import EventProducer
     from pipeline.registry import make_registry
-    from pipeline.topics import ensure_topics
+    from runtime.topics import ensure_topics
     from pipeline.wire import Codec
 
     ensure_topics(settings)
@@ -170,7 +170,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
-    from pipeline import deadletters
+    from runtime import deadletters
     from sinks.clickhouse.backend import open_backend, require_embedded
 
     settings = load_settings(args, kafka_url=args.kafka_url, clickhouse_url=args.clickhouse_url)
@@ -205,7 +205,7 @@ def cmd_deadletters(args: argparse.Namespace) -> int:
 
 def _redrive(letters: list, settings: Settings) -> int:
     """Re-drive what can be; exit code 1 if any selected dead letter was refused."""
-    from pipeline.deadletters import redrive
+    from runtime.deadletters import redrive
 
     refused = [letter for letter in letters if letter.truncated]
     for letter in refused:
@@ -224,7 +224,7 @@ def _redrive(letters: list, settings: Settings) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo
+    from runtime.demo import run_demo
 
     settings = load_settings(args, kafka_url=args.kafka_url, clickhouse_url=args.clickhouse_url)
     try:

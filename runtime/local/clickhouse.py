@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pipeline.local.processes import free_port, stop_process
+from runtime.local.processes import free_port, stop_process
 
 INSTALL_HINT = "apt-get install clickhouse-server clickhouse-client"
 

@@ -26,7 +26,7 @@ from pipeline.partitioner import event_key, partition_for
 from pipeline.registry import EVENT_SCHEMAS, SOURCES, SchemaRegistry
 from pipeline.settings import Settings
 from pipeline.validate import INVALID_VALUE, Rules, check_fields
-from pipeline.web_security import Guard, middleware as guard_middleware
+from agents.web_security import Guard, middleware as guard_middleware
 from pipeline.wire import Codec, batch_size
 
 log = logging.getLogger("cxp.collector")

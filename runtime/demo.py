@@ -25,9 +25,9 @@ from rich.panel import Panel
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from pipeline.local.broker import LocalBroker
-from pipeline.local.metrics import histogram_quantile, scrape, total
-from pipeline.local.processes import die_with_parent, free_port, stop_process
+from runtime.local.broker import LocalBroker
+from runtime.local.metrics import histogram_quantile, scrape, total
+from runtime.local.processes import die_with_parent, free_port, stop_process
 from pipeline.settings import Settings
 
 console = Console()
@@ -172,8 +172,8 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
     from pipeline.registry import make_registry
     from pipeline.secret_values import clickhouse_security
     from pipeline.simulate import Simulator, run_simulation
-    from pipeline.web_security import metrics_token
-    from pipeline.topics import ensure_topics
+    from agents.web_security import metrics_token
+    from runtime.topics import ensure_topics
     from pipeline.wire import Codec
     from sinks.clickhouse.backend import open_backend, require_embedded
 
@@ -204,7 +204,7 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         if history_ms:  # silent for half the history counts as inactive here (the default, 14 days, can't show)
             env.setdefault("CXP_CHURN_INACTIVITY", f"{history_ms // 3000}s")
         worker_log = home / "worker.log"
-        worker = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "worker"], env=env, cwd=home,
+        worker = subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker"], env=env, cwd=home,
                                   stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
         metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
         token = metrics_token(settings)

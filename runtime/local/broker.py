@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pipeline.local.processes import die_with_parent, free_port, stop_process
+from runtime.local.processes import die_with_parent, free_port, stop_process
 
 
 class LocalBroker:

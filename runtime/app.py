@@ -12,14 +12,13 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Awaitable, Callable, Mapping, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 import faust
-from faust.transport.drivers import aiokafka as aiokafka_driver
 from prometheus_client import CollectorRegistry
 
 from agents import ingest, snapshots
-from pipeline.collector import register as register_collector
+from agents.collector import register as register_collector
 from pipeline.kafka_security import faust_credentials
 from pipeline.metrics import build_cores
 from pipeline.pii import Pseudonymiser
@@ -27,18 +26,19 @@ from pipeline.processor import Processor
 from pipeline.registry import EVENT_SCHEMAS, make_registry
 from pipeline.secret_values import clickhouse_security
 from pipeline.settings import Settings, duration_ms
-from pipeline.topics import ensure_topics, input_topics
+from pipeline.topics import input_topics, output_topics
+from runtime.topics import ensure_topics
 from pipeline.validate import Rules
-from pipeline.web_security import Guard
+from agents.web_security import Guard
 from pipeline.wire import Codec
 from sinks.clickhouse.backend import open_backend
 from sinks.clickhouse.sink import ClickHouseSink
 from sinks.clickhouse.state import read_partitions
 from sinks.delivery import Delivery, RetryPolicy
+from runtime.commits import CommitWatch
 from sinks.prometheus import CONTENT_TYPE, ConsumerLagCollector, CoreCollector, PipelineMetrics, instruments_of
 
 log = logging.getLogger("cxp.worker")
-OUTPUT_TOPICS = ("deadletter", "signals.churn", "actions")
 
 
 class CxApp(faust.App):
@@ -54,63 +54,6 @@ class CxApp(faust.App):
         if self.before_stop is not None:
             await self.before_stop()
         await super().on_stop()
-
-
-class CommitWatch:
-    """Counts failed offset commits and logs the first of each incident, with the fix, and the recovery.
-    Keeps the group's committed offset of each partition (``committed``), for the consumer lag gauge.
-
-    A commit that has not finished after ``stall_s`` counts as failed: with the broker gone, aiokafka
-    waits for a coordinator instead of failing, and a stalled commit is what an operator must see.
-    """
-
-    def __init__(self, metrics: PipelineMetrics, stall_s: float):
-        self.metrics, self.stall_s, self.failing = metrics, stall_s, False
-        self.committed: dict[Any, int] = {}
-
-    def consumer_class(self) -> type:
-        watch = self
-
-        class CountingConsumer(aiokafka_driver.Consumer):
-            async def _commit(self, offsets: Mapping[Any, int]) -> bool:
-                commit = asyncio.ensure_future(super()._commit(offsets))
-                done, _ = await asyncio.wait({commit}, timeout=watch.stall_s)
-                if not done:
-                    watch.report(False)
-                ok = False
-                try:
-                    ok = await commit
-                    if ok:
-                        watch.committed.update(offsets)
-                    return ok
-                finally:
-                    if done or ok:
-                        watch.report(ok or not offsets)
-
-            async def seek_to_committed(self) -> Mapping[Any, int]:
-                # Faust calls this after every assignment: the broker's committed offsets of the owned partitions.
-                offsets = await super().seek_to_committed()
-                for tp, offset in offsets.items():
-                    if offset is None:
-                        watch.committed.pop(tp, None)
-                    else:
-                        watch.committed[tp] = offset
-                return offsets
-
-        return CountingConsumer
-
-    def report(self, ok: bool) -> None:
-        if ok:
-            if self.failing:
-                log.warning("offset commits succeed again")
-            self.failing = False
-            return
-        self.metrics.commit_errors.inc()
-        if not self.failing:
-            self.failing = True
-            log.error("offset commit failed: records already durable may be consumed again after a restart (dedup "
-                      "absorbs them). Usually the broker restarted or the group is rebalancing and it recovers by "
-                      "itself; if cxp_commit_errors_total keeps growing, check the broker and CXP_KAFKA_URL")
 
 
 def build_app(settings: Settings) -> faust.App:
@@ -170,7 +113,7 @@ def build_app(settings: Settings) -> faust.App:
     delivery = Delivery(
         ClickHouseSink(backend), run_blocking,
         publish=lambda topic, key, value: app.producer.send(topic, key, value, None, None, None),
-        topic_names={name: settings.topic(name) for name in OUTPUT_TOPICS}, metrics=metrics,
+        topic_names=output_topics(settings), metrics=metrics,
         retry=retry,
         flush_rows=settings.sink_batch_rows, flush_interval=settings.sink_flush_interval)
     metrics.oldest_unacked.set_function(delivery.oldest_unacked_seconds)
