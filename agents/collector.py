@@ -254,6 +254,7 @@ def register(app: faust.App, settings: Settings, registry: SchemaRegistry, rules
     requests: a Counter labelled (source, code), on the caller's registry;
     guard: the tokens and rate limits of the collector's paths and /metrics (401 and 429 are counted too).
     """
+    web_settings = settings.web
     app.web.web_app.middlewares.append(counting_middleware(requests))
     app.web.web_app.middlewares.append(guard_middleware(guard, PATH_PREFIX))
 
@@ -265,20 +266,20 @@ def register(app: faust.App, settings: Settings, registry: SchemaRegistry, rules
     class Collector(faust.web.View):
         async def post(self, request: Any, source: str) -> Any:
             try:
-                if (request.content_length or 0) > settings.collector_max_body:
+                if (request.content_length or 0) > web_settings.collector_max_body:
                     raise CollectorError(413, f"body is {request.content_length} bytes, at most "
-                                              f"{settings.collector_max_body} allowed; split the batch")
+                                              f"{web_settings.collector_max_body} allowed; split the batch")
                 events = parse_request(source, await request.read(), registry, rules, codec,
-                                       settings.collector_max_body, settings.max_message_bytes)
+                                       web_settings.collector_max_body, web_settings.max_message_bytes)
             except CollectorError as exc:
                 return self.json(exc.body(), status=exc.status)
             refusal = guard.check_events(request, len(events))
             if refusal is not None:
                 return refusal
-            topic = settings.topic(f"events.{source}")
-            messages = split_messages(source, events, partition_counts[topic], codec, settings.max_message_bytes)
+            topic = settings.kafka.topic(f"events.{source}")
+            messages = split_messages(source, events, partition_counts[topic], codec, web_settings.max_message_bytes)
             try:
-                await asyncio.wait_for(send(messages, topic), settings.collector_send_timeout)
+                await asyncio.wait_for(send(messages, topic), web_settings.collector_send_timeout.seconds)
             except (KafkaError, asyncio.TimeoutError) as exc:  # the broker, not the client, failed
                 # Some messages may have been written: a client's retry is caught by dedup on event_id.
                 return self.json({"error": f"could not write to Kafka, retry later: {type(exc).__name__}: {exc}"},

@@ -20,7 +20,7 @@ from typing import Any, Callable, Optional
 from aiohttp import web
 
 from pipeline.secret_values import ConfigurationError, display_settings, read_secret_file, secret, token_lines
-from pipeline.settings import Settings
+from pipeline.settings import SecuritySettings, Settings
 
 log = logging.getLogger("cxp.security")
 MAX_CLIENTS = 10_000  # buckets kept; full ones (idle clients) are dropped beyond this
@@ -28,7 +28,7 @@ MAX_CLIENTS = 10_000  # buckets kept; full ones (idle clients) are dropped beyon
 CLIENT_KEY = web.RequestKey("cxp_client", str)
 
 
-def collector_tokens(settings: Settings) -> list[str]:
+def collector_tokens(settings: SecuritySettings) -> list[str]:
     """Every accepted collector token: the inline ones, then the file's."""
     tokens = token_lines(settings.collector_tokens.get_secret_value()) if settings.collector_tokens else []
     if settings.collector_tokens_file is not None:
@@ -39,7 +39,7 @@ def collector_tokens(settings: Settings) -> list[str]:
     return tokens
 
 
-def metrics_token(settings: Settings) -> Optional[str]:
+def metrics_token(settings: SecuritySettings) -> Optional[str]:
     """The /metrics token, or None: an empty value (CXP_METRICS_TOKEN=) leaves /metrics open."""
     return secret(settings.metrics_token, settings.metrics_token_file, "metrics_token_file") or None
 
@@ -129,10 +129,11 @@ class Guard:
     """The web server's access rules, from the settings (tokens are read once, at start-up)."""
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic):
-        self.collector_tokens = collector_tokens(settings)
-        self.metrics_token = metrics_token(settings)
-        self.requests = RateLimiter(settings.collector_rate_limit_requests, clock)
-        self.events = RateLimiter(settings.collector_rate_limit_events, clock)
+        security = settings.security
+        self.collector_tokens = collector_tokens(security)
+        self.metrics_token = metrics_token(security)
+        self.requests = RateLimiter(security.collector_rate_limit_requests, clock)
+        self.events = RateLimiter(security.collector_rate_limit_events, clock)
 
     def check_collector(self, request: Any) -> Optional[web.Response]:
         """The 401 or 429 answer for a collector request, or None to let it through. Remembers who the
@@ -192,15 +193,15 @@ def log_start_up(settings: Settings) -> None:
     """The worker's first lines once its logging is set up: every setting, secrets masked, and the
     warning of :func:`warn_if_exposed`."""
     log.info("worker settings", extra={"settings": display_settings(settings)})
-    warn_if_exposed(settings, collector_tokens(settings))
+    warn_if_exposed(settings, collector_tokens(settings.security))
 
 
 def warn_if_exposed(settings: Settings, tokens: list[str]) -> None:
     """Log a warning when the collector is reachable beyond this host and takes anyone's events."""
-    if not tokens and not is_loopback(settings.web_host):
+    if not tokens and not is_loopback(settings.web.host):
         log.warning("the web server binds %s and no collector token is set: anyone who can reach port %s can "
                     "send events. Set CXP_COLLECTOR_TOKENS or CXP_COLLECTOR_TOKENS_FILE (docs/security.md)",
-                    settings.web_host, settings.web_port)
+                    settings.web.host, settings.web.port)
 
 
 def is_loopback(host: str) -> bool:

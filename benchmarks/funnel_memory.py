@@ -14,10 +14,9 @@ import argparse
 import gc
 import tracemalloc
 
-from pipeline.metrics.base import Accepted, Output
-from pipeline.metrics.funnel_defs import load_funnels
+from pipeline.metrics.base import Batch, Output
 from pipeline.metrics.funnels import FunnelCore
-from pipeline.settings import Settings, duration_ms
+from pipeline.settings import Settings
 
 SESSION = (("product_view", 0), ("product_view", 20), ("product_view", 45), ("add_to_cart", 60),
            ("checkout_started", 150), ("purchase", 270))  # (event type, seconds into the session)
@@ -36,16 +35,16 @@ def main() -> None:
     parser.add_argument("--every", type=float, default=60.0, help="seconds of event time between customers")
     args = parser.parse_args()
     settings = Settings()
-    core = FunnelCore(load_funnels(settings.funnels_file), settings.window_ms, duration_ms(settings.max_lateness))
+    core = FunnelCore.configure(settings.funnels, settings.stream)
     gc.collect()
     tracemalloc.start()
     base = tracemalloc.get_traced_memory()[0]
-    state = core.new_state()
+    state = core.new_state(0)
     report_every = max(1, args.customers // 10)
     for i in range(args.customers):
         start = T0 + int(i * args.every * 1000)
         out = Output()
-        core.add(state, Accepted.of("web", 0, i, session(i, start)), out)
+        core.add(state, Batch.of(0, [("web", event) for event in session(i, start)]), out)
         core.tick(state, start + SESSION[-1][1] * 1000, out)
         if (i + 1) % report_every == 0:
             del out

@@ -53,11 +53,11 @@ from runtime.local.clickhouse import ClickHouseServer
 from runtime.local.metrics import scrape, total
 from runtime.local.processes import free_port, stop_process
 from runtime.local.worker import WorkerProcess
-from pipeline.metrics import build_cores
+from pipeline.metrics.registry import build_cores
 from pipeline.partitioner import event_key, partition_for
 from pipeline.processor import Processor, Record
 from pipeline.producer import EventProducer
-from pipeline.registry import EVENT_SCHEMAS, SOURCES, BundledRegistry
+from pipeline.registry import SOURCES, BundledRegistry
 from pipeline.settings import Settings
 from pipeline.simulate import Simulator
 from pipeline.tables import COLUMNS
@@ -574,10 +574,9 @@ def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: f
 def processor_for(codec: Codec, prefix: str = "cx.") -> Processor:
     """A Processor configured as runtime/app.py build_app does with the default settings (all cores),
     owning every partition."""
-    registry = codec.registry
-    rules = Rules.from_schemas({s: registry.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000, 7 * 86_400_000)
-    processor = Processor(codec, rules, {f"{prefix}events.{s}": s for s in SOURCES}, DEDUP_HORIZON_MS,
-                          build_cores(Settings(), codec))
+    settings = Settings()
+    processor = Processor(codec, Rules.from_registry(codec.registry, settings.stream),
+                          {f"{prefix}events.{s}": s for s in SOURCES}, DEDUP_HORIZON_MS, build_cores(settings))
     processor.assign(range(PARTITIONS))
     return processor
 
@@ -766,7 +765,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             return done
 
         if "e2e" in args.only:
-            insert_rows = Settings.model_fields["sink_batch_rows"].default  # the worker's flush size
+            insert_rows = Settings().sink.batch_rows  # the worker's flush size
             for run in range(args.runs):
                 # All metric cores and surveys only, in alternating order so neither always runs first.
                 variants = [("end_to_end", {}), ("surveys_only", SURVEYS_ONLY)]

@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import time
 
-from pipeline.metrics import build_cores
+from pipeline.metrics.registry import build_cores
 from pipeline.partitioner import event_key, partition_for
 from pipeline.pii import Pseudonymiser
 from pipeline.processor import Processor, Record
-from pipeline.registry import EVENT_SCHEMAS, BundledRegistry
-from pipeline.settings import Settings, duration_ms
+from pipeline.registry import BundledRegistry
+from pipeline.settings import Settings
 from pipeline.simulate import Simulator
 from pipeline.validate import Rules
 from pipeline.wire import Codec
@@ -77,20 +77,18 @@ def main() -> None:
     settings = Settings()
     registry = BundledRegistry()
     codec = Codec(registry)
-    rules = Rules.from_schemas({s: registry.by_name(name).schema for s, name in EVENT_SCHEMAS.items()},
-                               duration_ms(settings.max_future_skew), duration_ms(settings.max_lateness))
+    rules = Rules.from_registry(registry, settings.stream)
     records = batch_records(codec, events)
 
     def process(pii):
         def run():
-            processor = Processor(codec, rules, TOPICS, duration_ms(settings.dedup_horizon), build_cores(settings, codec),
-                                  pii=pii)
+            processor = Processor(codec, rules, TOPICS, settings.stream.dedup_horizon.ms, build_cores(settings), pii=pii)
             processor.assign(range(4))
             processor.process(records, now)
         return run
 
     processed = best_per_event_us({"off": process(None), "on": process(
-        Pseudonymiser(KEY, settings.pii_drop_text, settings.pii_cache_size))}, n, args.runs)
+        Pseudonymiser(KEY, settings.security.pii_drop_text, settings.security.pii_cache_size))}, n, args.runs)
     off, on = processed["off"], processed["on"]
     print(f"  {'process, mode off:':20} {off:7.2f}")
     print(f"  {'process, mode on:':20} {on:7.2f}  ({(on - off) / off:+.1%})")

@@ -29,7 +29,8 @@ from random import Random
 from typing import Optional
 
 from pipeline.metrics.complaint_spikes import SpikeTest
-from pipeline.settings import Settings, duration_ms
+from pipeline.config import duration_ms
+from pipeline.settings import Settings
 
 HOURS_PER_WEEK = 168
 
@@ -111,10 +112,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--weeks", type=int, default=12, help="healthy weeks per tenant (default 12)")
     parser.add_argument("--surges", type=int, default=200, help="surges for the delay figures (default 200)")
     parser.add_argument("--factor", type=float, default=3.0, help="surge size, times the usual rate (default 3)")
-    parser.add_argument("--alpha", type=float, default=defaults.spike_alpha, help="CXP_SPIKE_ALPHA")
-    parser.add_argument("--min-count", type=int, default=defaults.spike_min_count, help="CXP_SPIKE_MIN_COUNT")
-    parser.add_argument("--min-ratio", type=float, default=defaults.spike_min_ratio, help="CXP_SPIKE_MIN_RATIO")
-    parser.add_argument("--baseline-weeks", type=int, default=defaults.spike_weeks, help="CXP_SPIKE_WEEKS")
+    parser.add_argument("--alpha", type=float, default=defaults.complaint_spikes.alpha, help="CXP_SPIKE_ALPHA")
+    parser.add_argument("--min-count", type=int, default=defaults.complaint_spikes.min_count, help="CXP_SPIKE_MIN_COUNT")
+    parser.add_argument("--min-ratio", type=float, default=defaults.complaint_spikes.min_ratio, help="CXP_SPIKE_MIN_RATIO")
+    parser.add_argument("--baseline-weeks", type=int, default=defaults.complaint_spikes.weeks, help="CXP_SPIKE_WEEKS")
     args = parser.parse_args(argv)
     test = SpikeTest(duration_ms("1h"), args.alpha, args.min_count, args.min_ratio, args.baseline_weeks)
     rates = [float(rate) for rate in args.rates.split(",")]

@@ -16,7 +16,7 @@ import hashlib
 from functools import lru_cache
 from typing import Optional
 
-from pipeline.settings import PII_MIN_KEY_BYTES, Settings
+from pipeline.settings import PII_MIN_KEY_BYTES, SecuritySettings
 
 # The personal ids of each source's events (the CRM account id is the customer's account).
 ID_FIELDS = {
@@ -56,7 +56,7 @@ class Pseudonymiser:
         self.of = lru_cache(maxsize=cache_size)(self._of_text)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Optional["Pseudonymiser"]:
+    def from_settings(cls, settings: SecuritySettings) -> Optional["Pseudonymiser"]:
         """The configured pseudonymiser, or None when PII mode is off (no key)."""
         key = settings.pii_secret()
         return None if key is None else cls(key, settings.pii_drop_text, settings.pii_cache_size)

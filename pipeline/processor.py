@@ -5,6 +5,10 @@ and the batch's :class:`Output` counts each (a batch message of n events counts 
 message 1). State is kept per partition number: all input topics are co-partitioned, so partition p
 of every source belongs to one worker, and its state (dedup ids, one state per core) moves with it.
 The agent only hands over records of partitions this worker owns (:meth:`Processor.owns`).
+
+The cores see the batch once per partition: one ``add`` with every accepted event of that partition,
+however many Kafka messages carried them, then one ``tick`` per partition; facts are routed between
+them as :mod:`pipeline.metrics.base` describes.
 """
 from __future__ import annotations
 
@@ -12,7 +16,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
 
 from pipeline.dedup import Deduper, id_hash
-from pipeline.metrics.base import Accepted, MetricCore, Output, Restored
+from pipeline.messages import DeadLetter
+from pipeline.metrics.base import Batch, MetricCore, Output, Restored
+from pipeline.metrics.rounds import Rounds
 from pipeline.tables import ROWS
 from pipeline.validate import UNDECODABLE, Rejection, Rules, check_fields, check_time
 from pipeline.wire import Codec, UndecodableError
@@ -48,6 +54,7 @@ class Processor:
         self.topic_sources = topic_sources
         self.dedup_horizon_ms = dedup_horizon_ms
         self.cores = cores
+        self.rounds = Rounds(cores)
         self.deadletter_max_bytes = deadletter_max_bytes
         self.pii = pii  # PII mode: ids pseudonymised right after validation, before dedup, rows and cores
         self.partitions: dict[int, PartitionState] = {}
@@ -89,9 +96,9 @@ class Processor:
             state = self.state(partition)
             hashes, times = restored.ids.get(partition, ([], []))
             state.dedup.restore(hashes, times)
-            for core, core_state, by_query in zip(self.cores, state.cores, restored.core_rows):
-                for query, by_partition in by_query.items():
-                    core.restore(core_state, query, by_partition.get(partition, []), self.clock_ms)
+            for core, core_state, by_name in zip(self.cores, state.cores, restored.core_rows):
+                for name, by_partition in by_name.items():
+                    core.restore(core_state, name, by_partition.get(partition, []), self.clock_ms)
 
     def owned_partitions(self) -> list[int]:
         """The owned partitions whose state is built, in order."""
@@ -103,17 +110,19 @@ class Processor:
     # -- processing -----------------------------------------------------------------------------
     def process(self, records: Iterable[Record], now_ms: int) -> Output:
         out = Output()
+        batches: dict[int, Batch] = {}
         for record in records:
-            self._process_record(record, now_ms, out)
+            self._process_record(record, now_ms, out, batches)
+        for partition, batch in batches.items():
+            if batch.events:
+                self.rounds.add(self.partitions[partition].cores, batch, out)
         clock = self.clock_ms
         for state in self.partitions.values():
             state.dedup.expire(clock)
-            for core, core_state in zip(self.cores, state.cores):
-                core.tick(core_state, clock, out)
-            out.facts.clear()
+            self.rounds.tick(state.cores, clock, out)
         return out
 
-    def _process_record(self, record: Record, now_ms: int, out: Output) -> None:
+    def _process_record(self, record: Record, now_ms: int, out: Output, batches: dict[int, Batch]) -> None:
         source = self.topic_sources[record.topic]
         try:
             if record.key is not None:
@@ -128,14 +137,14 @@ class Processor:
         except UndecodableError as exc:
             out.count("cxp_events_consumed", (source,))
             return self._reject(record, source, None, None, Rejection(UNDECODABLE, str(exc)), now_ms, out)
-        self._process_events(record, source, decoded.events, decoded.is_batch, now_ms, out)
+        self._process_events(record, source, decoded.events, decoded.is_batch, now_ms, out, batches)
 
     def _process_events(self, record: Record, source: str, events: list[dict], is_batch: bool, now_ms: int,
-                        out: Output) -> None:
-        """Validate every event, dedup the valid ones in one call, write their rows, hand them to the cores."""
+                        out: Output, batches: dict[int, Batch]) -> None:
+        """Validate every event, dedup the valid ones in one call, write their rows, add them to the batch."""
         state = self.state(record.partition)
         rules, clock = self.rules, self.clock_ms
-        future_limit, late_limit = now_ms + rules.max_future_skew_ms, clock - rules.max_lateness_ms if clock else None
+        late_limit, future_limit = rules.time_bounds(now_ms, clock)
         valid = []
         for index, event in enumerate(events):
             rejection = check_fields(source, event, rules)
@@ -153,7 +162,10 @@ class Processor:
         # An id is remembered for the dedup horizon from when it was seen, on the event-time clock: an old
         # event from a lagging partition is not forgotten at once.
         new = state.dedup.check(hashes, [max(event["event_time"], clock) for event in valid])
-        accepted = Accepted(source, record.partition, record.offset, [], [])
+        batch = batches.get(record.partition)
+        if batch is None:
+            batch = batches[record.partition] = Batch(record.partition, [], [], [])
+        before = len(batch.events)
         rows = out.rows["events"]
         source_clock = self.source_clock_ms.get(source, 0)
         for event, key, is_new in zip(valid, hashes, new):
@@ -161,8 +173,9 @@ class Processor:
                 continue
             event_ms = event["event_time"]
             clock, source_clock = max(clock, event_ms), max(source_clock, event_ms)
-            accepted.events.append(event)
-            accepted.hashes.append(key)
+            batch.sources.append(source)
+            batch.events.append(event)
+            batch.hashes.append(key)
             attributes = event.get("attributes") or {}
             rows.append(EventRow(
                 event_id=event["event_id"], source=source, event_type=event["event_type"], event_time=event_ms // 1000,
@@ -173,14 +186,10 @@ class Processor:
         self.clock_ms = clock
         if source_clock:
             self.source_clock_ms[source] = source_clock
-        processed = len(accepted.events)
+        processed = len(batch.events) - before
         out.count("cxp_events_processed", (source,), processed)
         if processed < len(valid):
             out.count("cxp_events_duplicate", (source,), len(valid) - processed)
-        if processed:
-            for core, core_state in zip(self.cores, state.cores):
-                core.add(core_state, accepted, out)
-            out.facts.clear()
 
     def _reject(self, record: Record, source: str, event: Optional[dict], batch_index: Optional[int],
                 rejection: Rejection, now_ms: int, out: Output) -> None:
@@ -200,12 +209,10 @@ class Processor:
         if truncated:
             error += f" [original {len(original)} bytes, key {len(key or b'')} bytes: truncated to {limit}]"
         key, value = (key[:limit] if key is not None else None), original[:limit]
-        out.send("deadletter", key, self.codec.encode("cx.DeadLetter", {
-            "reason": rejection.reason, "error": error, "source_topic": record.topic,
-            "source_partition": record.partition, "source_offset": record.offset, "batch_index": batch_index,
-            "original_key": key, "original_value": value, "received_time": now_ms,
-            "truncated": truncated, "original_size": len(original),
-        }))
+        out.send("deadletter", key, DeadLetter(
+            reason=rejection.reason, error=error, source_topic=record.topic, source_partition=record.partition,
+            source_offset=record.offset, batch_index=batch_index, original_key=key, original_value=value,
+            received_time=now_ms, truncated=truncated, original_size=len(original)))
         out.rows["dead_letters"].append(DeadLetterRow(
             received_at=now_ms // 1000, received_ms=now_ms, topic=record.topic, partition=record.partition,
             offset=record.offset, batch_index=-1 if batch_index is None else batch_index, reason=rejection.reason,

@@ -71,6 +71,15 @@ def _inline_references(schema: dict, raw: dict[str, dict]) -> dict:
     return walk(schema)
 
 
+def enum_symbols(record: str, field_name: str) -> tuple[str, ...]:
+    """The symbols of an enum field of a bundled record: the schema is the one owner of such a vocabulary."""
+    field_schema = next(f for f in load_schemas()[record]["fields"] if f["name"] == field_name)["type"]
+    return tuple(field_schema["symbols"])
+
+
+PRIORITIES = enum_symbols("cx.ComplaintEvent", "priority")  # low, normal, high, urgent
+
+
 def _strip_logical_types(schema: Any) -> Any:
     if isinstance(schema, dict):
         return {k: _strip_logical_types(v) for k, v in schema.items() if k != "logicalType"}

@@ -63,19 +63,23 @@ def display_value(value: Any) -> str:
         return MASK if value.get_secret_value() else ""
     if isinstance(value, str) and "://" in value:
         return ",".join(mask_url(part) for part in value.split(","))
+    if isinstance(value, (list, tuple)):
+        return ",".join(map(str, value))
+    if isinstance(value, dict):
+        return ",".join(f"{key}={item}" for key, item in value.items())
     return str(value)
 
 
 def display_settings(settings: Any) -> dict[str, str]:
-    """Every setting by name, as text safe to print or log."""
-    return {name: display_value(getattr(settings, name)) for name in type(settings).model_fields}
+    """Every setting by its CXP_ variable, as text safe to print or log."""
+    return {variable: display_value(value) for variable, (value, _) in settings.flat().items()}
 
 
-def clickhouse_security(settings: Any) -> dict[str, Any]:
+def clickhouse_security(clickhouse: Any) -> dict[str, Any]:
     """NativeBackend's password / secure / ca_certs arguments from the clickhouse_* settings."""
-    options: dict[str, Any] = {"secure": settings.clickhouse_secure}
-    if settings.clickhouse_password_file is not None:
-        options["password"] = read_secret_file(settings.clickhouse_password_file, "clickhouse_password_file")
-    if settings.clickhouse_ca_file is not None:
-        options["ca_certs"] = str(settings.clickhouse_ca_file)
+    options: dict[str, Any] = {"secure": clickhouse.secure}
+    if clickhouse.password_file is not None:
+        options["password"] = read_secret_file(clickhouse.password_file, "clickhouse_password_file")
+    if clickhouse.ca_file is not None:
+        options["ca_certs"] = str(clickhouse.ca_file)
     return options

@@ -1,4 +1,4 @@
-"""ClickHouse DDL of every table of the contract: the one place for table and column names.
+"""Every ClickHouse table of the contract: the one place for table and column names, types and engines.
 
 ``ROWS[table]`` is the row layout every writer uses: a named tuple whose fields are the columns in
 order (``ROWS["events"](event_id=..., ...)``), so no code re-types a layout by position. DateTime
@@ -37,17 +37,14 @@ distinct keys. The documented queries, which never double count after a replay:
     SELECT ts, partitions, value, n FROM cx.metric_snapshots FINAL WHERE metric = 'nps' AND `window` = '24h' ORDER BY ts
     SELECT reason, count() FROM cx.dead_letters FINAL GROUP BY reason
 
-In cluster mode (``create_statements(database, cluster)``) these names are Distributed tables over
+The CREATE statements are :mod:`sinks.clickhouse.ddl`. In cluster mode these names are Distributed tables over
 replicated ``<name>_local`` ones, so the same queries work unchanged (docs/configuration.md, "ClickHouse cluster").
 """
 from __future__ import annotations
 
-import re
 from collections import namedtuple
 from dataclasses import dataclass
-from typing import Optional
 
-from pipeline.settings import check_identifier
 
 
 @dataclass(frozen=True)
@@ -55,30 +52,6 @@ class Table:
     name: str
     columns: tuple[tuple[str, str], ...]  # (name, ClickHouse type)
     engine: str
-
-    def create(self, database: str) -> str:
-        return f"CREATE TABLE IF NOT EXISTS {database}.{self.name} (\n  {self._columns()}\n) ENGINE = {self.engine}"
-
-    def create_on_cluster(self, database: str, cluster: str) -> list[str]:
-        """The cluster form: ``<name>_local``, the same engine replicated (one ZooKeeper path per shard,
-        a replica per server from the ``{shard}``/``{replica}`` macros), and a Distributed table with the
-        contract name over it. The sharding key hashes the sorting key, so a replayed row goes to the
-        shard that holds its original and FINAL collapses the two there."""
-        engine = re.fullmatch(r"(\w*MergeTree)\(([^)]*)\)(.*ORDER BY (.+))", self.engine)
-        if not engine:
-            raise ValueError(f"table {self.name}: cluster mode needs a *MergeTree engine with ORDER BY, "
-                             f"got {self.engine!r}")
-        kind, arguments, rest, order_by = engine.groups()
-        replication = [f"'/clickhouse/tables/{{shard}}/{database}/{self.name}'", "'{replica}'"]
-        replicated = f"Replicated{kind}({', '.join(replication + ([arguments] if arguments else []))}){rest}"
-        shard_key = order_by[1:-1] if order_by.startswith("(") and order_by.endswith(")") else order_by
-        local, head = f"{self.name}_local", f"CREATE TABLE IF NOT EXISTS {database}.{{}} ON CLUSTER {cluster}"
-        return [f"{head.format(local)} (\n  {self._columns()}\n) ENGINE = {replicated}",
-                f"{head.format(self.name)} (\n  {self._columns()}\n) ENGINE = "
-                f"Distributed({cluster}, {database}, {local}, cityHash64({shard_key}))"]
-
-    def _columns(self) -> str:
-        return ",\n  ".join(f"`{name}` {kind}" for name, kind in self.columns)
 
 
 _TABLES = (
@@ -150,30 +123,3 @@ _TABLES = (
 TABLES: dict[str, Table] = {table.name: table for table in _TABLES}
 COLUMNS: dict[str, tuple[str, ...]] = {table.name: tuple(name for name, _ in table.columns) for table in _TABLES}
 ROWS = {name: namedtuple(f"{name.title().replace('_', '')}Row", columns) for name, columns in COLUMNS.items()}
-
-
-def create_statements(database: str = "cx", cluster: Optional[str] = None) -> list[str]:
-    """CREATE DATABASE and every CREATE TABLE, all IF NOT EXISTS (safe to run on every start). With a
-    cluster, all of them ON CLUSTER, each table as a replicated ``_local`` table plus a Distributed one."""
-    for what, name in (("ClickHouse database name", database), ("ClickHouse cluster name", cluster)):
-        if name is not None:
-            check_identifier(what, name)
-    if cluster is None:
-        return [f"CREATE DATABASE IF NOT EXISTS {database}"] + [table.create(database) for table in _TABLES]
-    return [f"CREATE DATABASE IF NOT EXISTS {database} ON CLUSTER {cluster}"] + [
-        statement for table in _TABLES for statement in table.create_on_cluster(database, cluster)]
-
-
-def missing_column_fixes(database: str, present: set[tuple[str, str]], cluster: Optional[str] = None) -> list[str]:
-    """The ALTER statements that add the columns this version writes and tables created by an older
-    version lack; ``present`` holds (table, column) as ``system.columns`` lists them. CREATE TABLE IF
-    NOT EXISTS leaves such a table as it is, and every insert into it would fail."""
-    fixes = []
-    for table in _TABLES:
-        missing = [(name, kind) for name, kind in table.columns if (table.name, name) not in present]
-        names = [table.name] if cluster is None else [f"{table.name}_local", table.name]
-        on_cluster = "" if cluster is None else f" ON CLUSTER {cluster}"
-        fixes += [f"ALTER TABLE {database}.{name}{on_cluster} "
-                  + ", ".join(f"ADD COLUMN `{column}` {kind}" for column, kind in missing)
-                  for name in names if missing]
-    return fixes

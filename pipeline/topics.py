@@ -3,17 +3,17 @@ count (co-partitioning; docs/contract.md); :mod:`runtime.topics` creates them.""
 from __future__ import annotations
 
 from pipeline.registry import SOURCES
-from pipeline.settings import Settings
+from pipeline.settings import KafkaSettings
 
 # Logical names of the topics the worker writes; the full name is settings.topic(name).
 OUTPUT_TOPICS = ("deadletter", "signals.churn", "actions")
 
 
-def input_topics(settings: Settings) -> dict[str, str]:
+def input_topics(kafka: KafkaSettings) -> dict[str, str]:
     """topic name -> source."""
-    return {settings.topic(f"events.{source}"): source for source in SOURCES}
+    return {kafka.topic(f"events.{source}"): source for source in SOURCES}
 
 
-def output_topics(settings: Settings) -> dict[str, str]:
+def output_topics(kafka: KafkaSettings) -> dict[str, str]:
     """logical name -> full topic name."""
-    return {name: settings.topic(name) for name in OUTPUT_TOPICS}
+    return {name: kafka.topic(name) for name in OUTPUT_TOPICS}

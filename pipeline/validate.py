@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Optional
+from typing import Any, Optional
+
+from pipeline.registry import EVENT_SCHEMAS, PRIORITIES
+from pipeline.scores import SCORE_RANGES
 
 # Reason codes (docs/contract.md, Bad input): each rejected event carries exactly one.
 UNDECODABLE = "undecodable"
@@ -12,7 +15,6 @@ FUTURE_TIMESTAMP = "future_timestamp"
 TOO_LATE = "too_late"
 REASONS = (UNDECODABLE, MISSING_FIELD, INVALID_VALUE, FUTURE_TIMESTAMP, TOO_LATE)
 
-SCORE_RANGES = {"NPS": (0, 10), "CSAT": (1, 5), "CES": (1, 7)}
 MAX_EVENT_ID = 128
 # Fields that must be a non-empty string, per source, beyond the common ones.
 REQUIRED_IDS = {"chatbot": ("conversation_id",), "complaints": ("complaint_id",)}
@@ -31,7 +33,7 @@ class Rules:
     event_types: dict[str, frozenset[str]]
     max_future_skew_ms: int
     max_lateness_ms: int
-    priorities: frozenset[str] = frozenset({"low", "normal", "high", "urgent"})
+    priorities: frozenset[str] = frozenset(PRIORITIES)
 
     @classmethod
     def from_schemas(cls, event_schemas: dict[str, dict], max_future_skew_ms: int, max_lateness_ms: int) -> "Rules":
@@ -41,6 +43,17 @@ class Rules:
             field = next(f for f in schema["fields"] if f["name"] == "event_type")
             types[source] = frozenset(field["type"]["symbols"])
         return cls(types, max_future_skew_ms, max_lateness_ms)
+
+    @classmethod
+    def from_registry(cls, registry: Any, stream: Any) -> "Rules":
+        """The rules of the registry's event schemas and the stream settings (lateness, future skew)."""
+        return cls.from_schemas({source: registry.by_name(name).schema for source, name in EVENT_SCHEMAS.items()},
+                                stream.max_future_skew.ms, stream.max_lateness.ms)
+
+    def time_bounds(self, now_ms: int, clock_ms: int) -> tuple[Optional[int], int]:
+        """(earliest, latest) valid event_time: ``max_lateness`` behind the event-time clock (no bound before
+        the first event) and ``max_future_skew`` ahead of the wall clock."""
+        return (clock_ms - self.max_lateness_ms if clock_ms else None), now_ms + self.max_future_skew_ms
 
 
 def check_fields(source: str, event: dict, rules: Rules) -> Optional[Rejection]:
@@ -83,10 +96,11 @@ def check_fields(source: str, event: dict, rules: Rules) -> Optional[Rejection]:
 
 def check_time(event_time: int, rules: Rules, now_ms: int, clock_ms: int) -> Optional[Rejection]:
     """future_timestamp against the wall clock, too_late against the event-time clock."""
-    if event_time > now_ms + rules.max_future_skew_ms:
+    earliest, latest = rules.time_bounds(now_ms, clock_ms)
+    if event_time > latest:
         ahead = (event_time - now_ms) / 1000
         return Rejection(FUTURE_TIMESTAMP, f"event_time is {ahead:.0f} s ahead of the worker's clock")
-    if clock_ms and event_time < clock_ms - rules.max_lateness_ms:
+    if earliest is not None and event_time < earliest:
         behind = (clock_ms - event_time) / 1000
         return Rejection(TOO_LATE, f"event_time is {behind:.0f} s behind the event-time clock")
     return None

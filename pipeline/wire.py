@@ -13,6 +13,7 @@ from typing import NamedTuple, Optional
 
 from fastavro import schemaless_reader, schemaless_writer
 
+from pipeline.messages import as_avro, schema_name
 from pipeline.registry import BATCH_SCHEMAS, EVENT_SCHEMAS, RegisteredSchema, SchemaRegistry
 
 _HEADER = struct.Struct(">BI")
@@ -39,6 +40,10 @@ class Codec:
         out.write(_HEADER.pack(0, schema.id))
         schemaless_writer(out, schema.parsed, record)
         return out.getvalue()
+
+    def encode_message(self, message: NamedTuple) -> bytes:
+        """An output message of :mod:`pipeline.messages`, under its schema ``cx.<class name>``."""
+        return self.encode(schema_name(message), as_avro(message))
 
     def encode_event(self, source: str, event: dict) -> bytes:
         return self.encode(EVENT_SCHEMAS[source], event)

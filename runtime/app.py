@@ -1,10 +1,11 @@
 """The composition root: one Faust app with the ingest agent, the delivery path and the web endpoints.
 
-Worker state is a cache of what ClickHouse holds. On a rebalance (Faust/aiokafka use the eager
-protocol: every member revokes everything, then gets its new assignment) each worker first flushes
-and acks what it processed, and stops processing revoked partitions; then each rebuilds the state of
-partitions it did not hold from ClickHouse (:mod:`sinks.clickhouse.state`). A partition kept across
-the rebalance keeps its state if the revoke-time flush succeeded, else every partition is rebuilt.
+:func:`build_app` reads as the list of parts; each part has its small builder below. Worker state is a
+cache of what ClickHouse holds. On a rebalance (Faust/aiokafka use the eager protocol: every member
+revokes everything, then gets its new assignment) each worker first flushes and acks what it processed,
+and stops processing revoked partitions; then each rebuilds the state of partitions it did not hold from
+ClickHouse (:mod:`sinks.clickhouse.state`). A partition kept across the rebalance keeps its state if the
+revoke-time flush succeeded, else every partition is rebuilt.
 """
 from __future__ import annotations
 
@@ -19,26 +20,26 @@ from prometheus_client import CollectorRegistry
 
 from agents import ingest, snapshots
 from agents.collector import register as register_collector
+from agents.web_security import Guard
 from pipeline.kafka_security import faust_credentials
-from pipeline.metrics import build_cores
+from pipeline.metrics.registry import build_cores, durable_order
 from pipeline.pii import Pseudonymiser
 from pipeline.processor import Processor
-from pipeline.registry import EVENT_SCHEMAS, make_registry
-from pipeline.secret_values import clickhouse_security
-from pipeline.settings import Settings, duration_ms
+from pipeline.registry import make_registry
+from pipeline.settings import Settings
 from pipeline.topics import input_topics, output_topics
-from runtime.topics import ensure_topics
 from pipeline.validate import Rules
-from agents.web_security import Guard
 from pipeline.wire import Codec
-from sinks.clickhouse.backend import open_backend
+from runtime.commits import CommitWatch
+from runtime.topics import ensure_topics
+from sinks.clickhouse.backend import connect
 from sinks.clickhouse.sink import ClickHouseSink
 from sinks.clickhouse.state import read_partitions
-from sinks.delivery import Delivery, RetryPolicy
-from runtime.commits import CommitWatch
+from sinks.delivery import Delivery, Retrier, RetryPolicy
 from sinks.prometheus import CONTENT_TYPE, ConsumerLagCollector, CoreCollector, PipelineMetrics, instruments_of
 
 log = logging.getLogger("cxp.worker")
+RunBlocking = Callable[..., Awaitable[Any]]
 
 
 class CxApp(faust.App):
@@ -57,82 +58,100 @@ class CxApp(faust.App):
 
 
 def build_app(settings: Settings) -> faust.App:
-    registry = make_registry(settings.schema_registry_url)
+    registry = make_registry(settings.kafka.schema_registry_url)
     codec = Codec(registry)
-    rules = Rules.from_schemas(
-        {source: registry.by_name(name).schema for source, name in EVENT_SCHEMAS.items()},
-        duration_ms(settings.max_future_skew), duration_ms(settings.max_lateness),
-    )
-    topic_sources = input_topics(settings)
+    rules = Rules.from_registry(registry, settings.stream)
+    topic_sources = input_topics(settings.kafka)
     partition_counts = ensure_topics(settings)
-    cores = build_cores(settings, codec)
-    dedup_horizon_ms = duration_ms(settings.dedup_horizon)
-    processor = Processor(codec, rules, topic_sources, dedup_horizon_ms, cores, settings.deadletter_max_bytes,
-                          pii=Pseudonymiser.from_settings(settings))
+    processor = Processor(codec, rules, topic_sources, settings.stream.dedup_horizon.ms, build_cores(settings),
+                          settings.stream.deadletter_max_bytes, pii=Pseudonymiser.from_settings(settings.security))
     prometheus = CollectorRegistry(auto_describe=True)
-    metrics = PipelineMetrics(prometheus, instruments_of(cores))
+    metrics = PipelineMetrics(prometheus, instruments_of(processor.cores))
     prometheus.register(CoreCollector(processor))
+    backend = connect(settings.clickhouse, settings.data_dir)
+    run_blocking = clickhouse_thread()
+    retrier = Retrier(RetryPolicy(settings.sink.retry_backoff.seconds, settings.sink.retry_max_backoff.seconds),
+                      metrics.sink_errors)
 
-    guard = Guard(settings)
-    backend = open_backend(settings.clickhouse_url, settings.data_dir, settings.clickhouse_database,
-                           settings.clickhouse_connect_timeout, settings.clickhouse_timeout, settings.clickhouse_cluster,
-                           **clickhouse_security(settings))
-    clickhouse_thread = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")  # one connection, one thread
+    app = faust_app(settings)
+    commits = CommitWatch(metrics, stall_s=settings.kafka.session_timeout.seconds)
+    app.transport.Consumer = commits.consumer_class()
+    prometheus.register(ConsumerLagCollector(lambda: app.consumer, topic_sources, commits.committed))
+    delivery = Delivery(
+        ClickHouseSink(backend), run_blocking,
+        publish=lambda topic, key, value: app.producer.send(topic, key, value, None, None, None),
+        topic_names=output_topics(settings.kafka), codec=codec, table_order=durable_order(processor.cores),
+        metrics=metrics, retrier=retrier, flush_rows=settings.sink.batch_rows,
+        flush_interval=settings.sink.flush_interval.seconds)
+    metrics.oldest_unacked.set_function(delivery.oldest_unacked_seconds)
+
+    ready = asyncio.Event()  # set once the owned partitions' state is rebuilt; cleared during a rebalance
+    topics = app.topic(*topic_sources, key_serializer="raw", value_serializer="raw")
+    ingest.register(app, topics, processor, delivery, settings.kafka.batch_max_messages,
+                    settings.kafka.batch_within.seconds, ready)
+    snapshots.register(app, processor, delivery, settings.snapshot_interval.seconds)
+    handle_rebalances(app, settings, processor, delivery, ready,
+                      rebuild=lambda partitions: retrier.run("restore", run_blocking, read_partitions, backend,
+                                                             partitions, processor.cores, processor.clock_ms,
+                                                             settings.stream.dedup_horizon.ms))
+    app.before_stop = lambda: flush_before_stop(delivery, settings.shutdown_timeout.seconds)
+
+    @app.page("/metrics")
+    async def metrics_page(web: Any, request: Any) -> Any:
+        return web.bytes(metrics.render(), content_type=CONTENT_TYPE)
+
+    register_collector(app, settings, registry, rules, codec, partition_counts, metrics.collector_requests,
+                       Guard(settings))
+    return app
+
+
+def clickhouse_thread() -> RunBlocking:
+    """Run blocking ClickHouse calls on one thread (one connection), off the event loop."""
+    thread = ThreadPoolExecutor(1, thread_name_prefix="clickhouse")
 
     def run_blocking(function: Callable[..., Any], *args: Any) -> Awaitable[Any]:
-        return asyncio.get_running_loop().run_in_executor(clickhouse_thread, function, *args)
+        return asyncio.get_running_loop().run_in_executor(thread, function, *args)
 
+    return run_blocking
+
+
+def faust_app(settings: Settings) -> CxApp:
+    kafka = settings.kafka
     settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust creates its folder in it, not the parents
-    app = CxApp(
-        settings.app_id,
-        broker=[f"kafka://{server}" for server in settings.bootstrap_servers.split(",")],
-        broker_credentials=faust_credentials(settings),
+    return CxApp(
+        kafka.app_id,
+        broker=[f"kafka://{server}" for server in kafka.bootstrap_servers.split(",")],
+        broker_credentials=faust_credentials(kafka),
         autodiscover=False,
         store="memory://",
         datadir=str(settings.data_dir / "faust-{conf.name}"),  # not <app id>-data/ in the working directory
-        web_host=settings.web_host,
-        web_bind=settings.web_host,
-        web_port=settings.web_port,
-        topic_partitions=settings.partitions,
-        topic_replication_factor=settings.topic_replication_factor,
+        web_host=settings.web.host,
+        web_bind=settings.web.host,
+        web_port=settings.web.port,
+        topic_partitions=kafka.partitions,
+        topic_replication_factor=kafka.topic_replication_factor,
         consumer_auto_offset_reset="earliest",
-        broker_session_timeout=settings.session_timeout,
-        broker_heartbeat_interval=min(3.0, settings.session_timeout / 3),
-        broker_rebalance_timeout=max(30.0, settings.session_timeout * 3),
+        broker_session_timeout=kafka.session_timeout.seconds,
+        broker_heartbeat_interval=min(3.0, kafka.session_timeout.seconds / 3),
+        broker_rebalance_timeout=max(30.0, kafka.session_timeout.seconds * 3),
         producer_acks=-1,
         key_serializer="raw",
         value_serializer="raw",
         stream_wait_empty=False,
     )
-    commits = CommitWatch(metrics, stall_s=settings.session_timeout)
-    app.transport.Consumer = commits.consumer_class()
-    prometheus.register(ConsumerLagCollector(lambda: app.consumer, topic_sources, commits.committed))
-    topics = app.topic(*topic_sources, key_serializer="raw", value_serializer="raw")
 
-    retry = RetryPolicy(settings.sink_retry_backoff, settings.sink_retry_max_backoff)
-    delivery = Delivery(
-        ClickHouseSink(backend), run_blocking,
-        publish=lambda topic, key, value: app.producer.send(topic, key, value, None, None, None),
-        topic_names=output_topics(settings), metrics=metrics,
-        retry=retry,
-        flush_rows=settings.sink_batch_rows, flush_interval=settings.sink_flush_interval)
-    metrics.oldest_unacked.set_function(delivery.oldest_unacked_seconds)
-    ready = asyncio.Event()  # set once the owned partitions' state is rebuilt; cleared during a rebalance
-    ingest.register(app, topics, processor, delivery, settings.batch_max_messages, settings.batch_within, ready)
-    snapshots.register(app, processor, delivery, settings.snapshot_interval)
 
-    async def flush_before_stop() -> None:
-        if not await delivery.flush_until(max(settings.shutdown_timeout - 3.0, 1.0)):
-            log.warning("stopping with data not yet durable; its records are unacked and will be consumed again")
-
-    app.before_stop = flush_before_stop
+def handle_rebalances(app: faust.App, settings: Settings, processor: Processor, delivery: Delivery,
+                      ready: asyncio.Event, rebuild: Callable[[list[int]], Awaitable[Any]]) -> None:
+    """The revoke barrier and the rebuild of newly assigned partitions (``rebuild`` retries until it succeeds)."""
+    topic_sources = input_topics(settings.kafka)
 
     @app.on_partitions_revoked.connect
     async def on_revoked(app: Any, revoked: set, **kwargs: Any) -> None:
         # The barrier of a rebalance: make what this worker processed durable and acked before another
         # worker rebuilds the partitions from ClickHouse, then process nothing more until assigned.
         ready.clear()
-        flushed = await delivery.flush_until(settings.session_timeout * 0.6)
+        flushed = await delivery.flush_until(settings.kafka.session_timeout.seconds * 0.6)
         if not flushed:
             delivery.discard()
             log.warning("flush at rebalance did not finish; dropping unflushed output, partitions will be rebuilt "
@@ -142,29 +161,16 @@ def build_app(settings: Settings) -> faust.App:
     @app.on_partitions_assigned.connect
     async def on_assigned(app: Any, assigned: set, **kwargs: Any) -> None:
         new = processor.assign({tp.partition for tp in assigned if tp.topic in topic_sources})
-        if new:
-            started, delay = time.monotonic(), None
-            while True:  # nothing is processed until the state is back, however long ClickHouse takes
-                try:
-                    restored = await run_blocking(read_partitions, backend, new, cores, processor.clock_ms,
-                                                  dedup_horizon_ms)
-                    break
-                except Exception as exc:  # noqa: BLE001 - any ClickHouse failure: retry like a failed insert
-                    metrics.sink_errors.labels("restore").inc()
-                    delay = retry.next_delay(delay)
-                    log.error("rebuilding partition state from clickhouse failed; retrying, input held back",
-                              extra={"error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
-                    await asyncio.sleep(delay)
+        if new:  # nothing is processed until the state is back, however long ClickHouse takes
+            started = time.monotonic()
+            restored = await rebuild(new)
             processor.restore(restored)
             log.info("partition state rebuilt from clickhouse", extra={
                 "partitions": new, "rows": restored.row_count(), "seconds": round(time.monotonic() - started, 3)})
         ready.set()
 
-    @app.page("/metrics")
-    async def metrics_page(web: Any, request: Any) -> Any:
-        return web.bytes(metrics.render(), content_type=CONTENT_TYPE)
 
-    register_collector(app, settings, registry, rules, codec, partition_counts, metrics.collector_requests,
-                       guard)
+async def flush_before_stop(delivery: Delivery, shutdown_timeout_s: float) -> None:
+    if not await delivery.flush_until(max(shutdown_timeout_s - 3.0, 1.0)):
+        log.warning("stopping with data not yet durable; its records are unacked and will be consumed again")
 
-    return app

@@ -9,12 +9,12 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.settings import Settings, duration_ms
+from pipeline.config import duration_ms
+from pipeline.settings import Settings, SettingsError
 
 console = Console(stderr=True)
 
@@ -25,10 +25,8 @@ def load_settings(args: argparse.Namespace, **overrides) -> Settings:
         values["config_file"] = args.config
     try:
         return Settings(**values)
-    except ValidationError as exc:  # named by variable, without the values given: they may be secrets
-        problems = "; ".join(f"CXP_{'_'.join(map(str, error['loc'])).upper()}: {error['msg']}"
-                             for error in exc.errors(include_input=False, include_url=False))
-        console.print(f"[red]invalid configuration:[/red] {escape(problems)}")
+    except SettingsError as exc:  # named by variable, without the values given: they may be secrets
+        console.print(f"[red]invalid configuration:[/red] {escape(str(exc))}")
         raise SystemExit(2) from None
     except FileNotFoundError as exc:
         console.print(f"[red]invalid configuration:[/red] {exc}")
@@ -44,11 +42,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
     BoundedWorker = _bounded_worker_class()
 
     settings = load_settings(args, kafka_url=args.kafka_url, clickhouse_url=args.clickhouse_url, web_port=args.web_port)
-    if not settings.kafka_url:
+    if not settings.kafka.url:
         console.print("[red]no Kafka configured:[/red] set CXP_KAFKA_URL=kafka://host:9092 or pass --kafka-url "
                       "(`cxp demo` starts a local broker for you)")
         return 2
-    if not settings.clickhouse_url:
+    if not settings.clickhouse.url:
         require_embedded()
     if args.uvloop:
         import asyncio
@@ -57,7 +55,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
     app = build_app(settings)
-    worker = BoundedWorker(app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout,
+    worker = BoundedWorker(app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout.seconds,
                            logging_config=logging_config(settings.log_level, settings.log_format),
                            on_logging_ready=lambda: log_start_up(settings))
     worker.execute_from_commandline()
@@ -117,8 +115,9 @@ def _producer(settings: Settings):
     from pipeline.wire import Codec
 
     ensure_topics(settings)
-    return EventProducer(settings.bootstrap_servers, Codec(make_registry(settings.schema_registry_url)),
-                         topic_prefix=settings.topic_prefix, **kafka_python_config(settings))
+    kafka = settings.kafka
+    return EventProducer(kafka.bootstrap_servers, Codec(make_registry(kafka.schema_registry_url)),
+                         topic_prefix=kafka.topic_prefix, **kafka_python_config(kafka))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
@@ -171,19 +170,17 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def cmd_deadletters(args: argparse.Namespace) -> int:
     from runtime import deadletters
-    from sinks.clickhouse.backend import open_backend, require_embedded
+    from sinks.clickhouse.backend import connect, require_embedded
 
     settings = load_settings(args, kafka_url=args.kafka_url, clickhouse_url=args.clickhouse_url)
-    if not settings.clickhouse_url:
+    if not settings.clickhouse.url:
         require_embedded()
     try:
         selection = deadletters.Selection(args.reason, args.topic, args.partition, args.from_offset, args.to_offset)
     except ValueError as exc:
         console.print(f"[red]{exc}[/red]")
         return 2
-    backend = open_backend(settings.clickhouse_url, settings.data_dir, settings.clickhouse_database,
-                           settings.clickhouse_connect_timeout, settings.clickhouse_timeout,
-                           settings.clickhouse_cluster)
+    backend = connect(settings.clickhouse, settings.data_dir)
     try:
         if args.redrive:
             return _redrive(deadletters.fetch(backend, selection), settings)
@@ -213,10 +210,10 @@ def _redrive(letters: list, settings: Settings) -> int:
                       "send it again from its source system")
     chosen = [letter for letter in letters if not letter.truncated]
     if chosen:
-        if not settings.kafka_url:
+        if not settings.kafka.url:
             console.print("[red]no Kafka configured:[/red] set CXP_KAFKA_URL=kafka://host:9092 or pass --kafka-url")
             return 2
-        sent = redrive(chosen, settings.bootstrap_servers)
+        sent = redrive(chosen, settings.kafka.bootstrap_servers)
         console.print(f"re-drove {sent:,} dead letters to their source topics")
     elif not refused:
         console.print("no dead letters match")
@@ -242,8 +239,8 @@ def cmd_config(args: argparse.Namespace) -> int:
     settings = load_settings(args)
     table = Table("variable", "value", "meaning")
     shown = display_settings(settings)  # secrets masked
-    for name, field in Settings.model_fields.items():
-        table.add_row(f"CXP_{name.upper()}", shown[name], field.description)
+    for variable, (_, description) in settings.flat().items():
+        table.add_row(variable, shown[variable], description)
     Console().print(table)
     return 0
 
@@ -251,7 +248,7 @@ def cmd_config(args: argparse.Namespace) -> int:
 def cmd_pii_id(args: argparse.Namespace) -> int:
     from pipeline.pii import Pseudonymiser
 
-    pseudonymiser = Pseudonymiser.from_settings(load_settings(args))
+    pseudonymiser = Pseudonymiser.from_settings(load_settings(args).security)
     if pseudonymiser is None:
         console.print("[red]PII mode is off:[/red] set CXP_PII_KEY_FILE (or CXP_PII_KEY) to the workers' key")
         return 2

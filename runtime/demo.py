@@ -170,17 +170,16 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
     from pipeline.kafka_security import kafka_python_config
     from pipeline.producer import EventProducer
     from pipeline.registry import make_registry
-    from pipeline.secret_values import clickhouse_security
     from pipeline.simulate import Simulator, run_simulation
     from agents.web_security import metrics_token
     from runtime.topics import ensure_topics
     from pipeline.wire import Codec
-    from sinks.clickhouse.backend import open_backend, require_embedded
+    from sinks.clickhouse.backend import connect, require_embedded
 
     if history_ms > MAX_HISTORY_MS:
         raise RuntimeError(f"at most {MAX_HISTORY_MS // DAY_MS} days of history: the worker rejects events "
                            "7 days behind its clock as too_late, and partitions are consumed at different paces")
-    if not settings.clickhouse_url:
+    if not settings.clickhouse.url:
         require_embedded()
     stop_on_signals()
     home = (settings.data_dir / "demo").resolve()  # absolute: the worker runs in it (Faust data folder)
@@ -190,24 +189,24 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
     broker: Optional[LocalBroker] = None
     worker: Optional[subprocess.Popen] = None
     try:
-        if not settings.kafka_url:
+        if not settings.kafka.url:
             broker = LocalBroker(home).start()
             console.print(f"started a local Tansu broker at {broker.bootstrap_servers} (pid {broker.process.pid})")
-        settings = settings.model_copy(update={"kafka_url": settings.kafka_url or broker.url, "data_dir": home,
-                                               "web_port": web_port or free_port(), "session_timeout": 6.0})
+        settings = settings.replace(kafka_url=settings.kafka.url or broker.url, data_dir=home,
+                                    web_port=web_port or free_port(), session_timeout="6s")
         ensure_topics(settings)
 
-        env = dict(os.environ, CXP_KAFKA_URL=settings.kafka_url, CXP_DATA_DIR=str(home),
-                   CXP_WEB_PORT=str(settings.web_port), CXP_SESSION_TIMEOUT="6", CXP_SNAPSHOT_INTERVAL="5")
-        if settings.clickhouse_url:
-            env["CXP_CLICKHOUSE_URL"] = settings.clickhouse_url
+        env = dict(os.environ, CXP_KAFKA_URL=settings.kafka.url, CXP_DATA_DIR=str(home),
+                   CXP_WEB_PORT=str(settings.web.port), CXP_SESSION_TIMEOUT="6", CXP_SNAPSHOT_INTERVAL="5")
+        if settings.clickhouse.url:
+            env["CXP_CLICKHOUSE_URL"] = settings.clickhouse.url
         if history_ms:  # silent for half the history counts as inactive here (the default, 14 days, can't show)
             env.setdefault("CXP_CHURN_INACTIVITY", f"{history_ms // 3000}s")
         worker_log = home / "worker.log"
         worker = subprocess.Popen([sys.executable, "-m", "runtime.cli", "worker"], env=env, cwd=home,
                                   stdout=open(worker_log, "ab"), stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-        metrics_url = f"http://{settings.web_host}:{settings.web_port}/metrics"
-        token = metrics_token(settings)
+        metrics_url = f"http://{settings.web.host}:{settings.web.port}/metrics"
+        token = metrics_token(settings.security)
         _wait_for_metrics(metrics_url, worker, worker_log, token)
         console.print(f"worker pid {worker.pid} serving {metrics_url}; logs in {worker_log}")
 
@@ -215,8 +214,8 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         # A tenth of the customers fall silent halfway through the history: churn's inactivity signal.
         simulator = Simulator(seed=seed, start_ms=now_ms - history_ms, bad_rate=bad_rate,
                               silent_share=SILENT_SHARE if history_ms else 0.0, silent_at_ms=now_ms - history_ms // 2)
-        producer = EventProducer(settings.bootstrap_servers, Codec(make_registry(settings.schema_registry_url)),
-                                 topic_prefix=settings.topic_prefix, **kafka_python_config(settings))
+        producer = EventProducer(settings.kafka.bootstrap_servers, Codec(make_registry(settings.kafka.schema_registry_url)),
+                                 topic_prefix=settings.kafka.topic_prefix, **kafka_python_config(settings.kafka))
         history = 0
         if history_ms and history_events:
             console.print(f"backfilling {history_ms / DAY_MS:g} days of history (~{history_events:,} events)")
@@ -251,11 +250,10 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
             stop.set()
         sim_thread.join()
         producer.close()
-        time.sleep(settings.sink_flush_interval + 0.5)  # let the last rows reach ClickHouse
+        time.sleep(settings.sink.flush_interval.seconds + 0.5)  # let the last rows reach ClickHouse
         samples = scrape(metrics_url, token=token)
         stop_process(worker)
-        backend = open_backend(settings.clickhouse_url, home, settings.clickhouse_database,
-                               **clickhouse_security(settings))
+        backend = connect(settings.clickhouse, home)
         rows = {t: backend.query(f"SELECT count() FROM {backend.database}.{t} FINAL")[0][0] for t in TABLES}
         backend.close()
         _summary(samples, rows, producer.events_sent, history, simulator.stats)

@@ -2,8 +2,10 @@
 
 Order of one flush, and why (the crash-consistency invariant):
 
-1. output-topic messages (dead letters, churn signals, actions), acknowledged by Kafka;
-2. every derived table (survey_responses, dead_letters, metric_snapshots, funnel_progress, ...);
+1. output-topic messages (dead letters, churn signals, actions), encoded here, acknowledged by Kafka;
+2. every derived table, in ``table_order``: the metric cores' tables in the reverse of their run order
+   (:func:`pipeline.metrics.registry.durable_order`: a core's rows before those of the cores whose facts
+   it consumes), then the others (dead_letters, metric_snapshots);
 3. ``events`` last: it is the commit marker. The dedup ids are rebuilt from it, so an event found in
    ``events`` had everything it produced durable before;
 4. then the input records are acked (their offsets may be committed), then the counter deltas are
@@ -11,15 +13,17 @@ Order of one flush, and why (the crash-consistency invariant):
 
 A crash anywhere before 3 leaves the event out of ``events``, so after a restart it is processed
 again; each metric core is idempotent against its own table (survey answers by event id, ...), so the
-second pass rewrites the same rows (collapsing under FINAL) and counts nothing twice. Output-topic
-messages are at least once: after such a crash they may be sent again, with the same content.
+second pass rewrites the same rows (collapsing under FINAL) and counts nothing twice. Because upstream
+tables are written after downstream ones, a core that finds its own rows on the second pass (and so
+publishes no fact) only hides input whose downstream rows are already durable. Output-topic messages
+are at least once: after such a crash they may be sent again, with the same content.
 
-Retries live here and nowhere else: one attempt per step, then :class:`RetryPolicy` backoff and the
-agent held back (``wait_for_room``) until the step succeeds; Faust's bounded stream buffer then stops
-the fetching. (Pausing the partitions instead loses records: Faust drops those it fetched before the
-pause, after the consumer position moved past them, and later counts the hole as acked.) Every failed
-attempt counts in ``cxp_sink_errors_total{table}``; the first failure of an incident is logged with
-the fix, and so is the recovery.
+Retries live in :class:`Retrier` and nowhere else (the partition rebuild uses it too): one attempt per
+step, then backoff and the agent held back (``wait_for_room``) until the step succeeds; Faust's bounded
+stream buffer then stops the fetching. (Pausing the partitions instead loses records: Faust drops those
+it fetched before the pause, after the consumer position moved past them, and later counts the hole as
+acked.) Every failed attempt counts in ``cxp_sink_errors_total{table}``; the first failure of an
+incident is logged with the fix, and so is the recovery.
 """
 from __future__ import annotations
 
@@ -27,9 +31,12 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Optional
+from typing import Any, Awaitable, Callable, Optional, Sequence
+
+from prometheus_client import Counter
 
 from pipeline.metrics.base import Output
+from pipeline.wire import Codec
 from sinks.clickhouse.sink import ClickHouseSink
 from sinks.prometheus import PipelineMetrics
 
@@ -52,6 +59,52 @@ class DeliveryStopped(Exception):
     """A deadline passed before everything was durable; what is left stays buffered, unacked."""
 
 
+class Retrier:
+    """The one retry loop: run a step until it succeeds, backing off by ``policy`` between attempts, or until
+    ``deadline`` (monotonic seconds, then :class:`DeliveryStopped`). Every failed attempt counts in
+    ``errors{target}``; the first failure of an incident and the recovery are logged once."""
+
+    def __init__(self, policy: RetryPolicy, errors: Counter):
+        self.policy, self.errors = policy, errors
+        self.deadline: Optional[float] = None
+        self._failing: set[str] = set()
+
+    async def run(self, target: str, step: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        delay = None
+        while True:
+            try:
+                result = await self._bounded(step, *args)
+                if target in self._failing:
+                    self._failing.discard(target)
+                    log.warning("delivery recovered", extra={"target": target})
+                return result
+            except DeliveryStopped:
+                raise
+            except Exception as exc:  # noqa: BLE001 - every failure of a step is retried the same way
+                self.errors.labels(target).inc()
+                delay = self.policy.next_delay(delay)
+                if target not in self._failing:
+                    self._failing.add(target)
+                    log.error("delivery failed; input held back, retrying until it succeeds. Check that the target "
+                              "is up and reachable (CXP_CLICKHOUSE_URL / CXP_KAFKA_URL); nothing is acknowledged "
+                              "meanwhile",
+                              extra={"target": target, "error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
+                if self.deadline is not None and time.monotonic() + delay > self.deadline:
+                    raise DeliveryStopped(target) from exc
+                await asyncio.sleep(delay)
+
+    async def _bounded(self, step: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        if self.deadline is None:
+            return await step(*args)
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeliveryStopped("deadline passed")
+        try:
+            return await asyncio.wait_for(step(*args), remaining)
+        except asyncio.TimeoutError:
+            raise DeliveryStopped("deadline passed") from None
+
+
 Publish = Callable[[str, Optional[bytes], bytes], Awaitable[Awaitable[Any]]]
 
 
@@ -63,18 +116,17 @@ class Delivery:
     """
 
     def __init__(self, sink: ClickHouseSink, run_blocking: Callable[..., Awaitable[Any]], publish: Publish,
-                 topic_names: dict[str, str], metrics: PipelineMetrics, retry: RetryPolicy, flush_rows: int,
-                 flush_interval: float):
-        self.sink, self.run_blocking, self.publish = sink, run_blocking, publish
-        self.topic_names, self.metrics, self.retry = topic_names, metrics, retry
+                 topic_names: dict[str, str], codec: Codec, table_order: Sequence[str], metrics: PipelineMetrics,
+                 retrier: Retrier, flush_rows: int, flush_interval: float):
+        self.sink, self.run_blocking, self.publish, self.codec = sink, run_blocking, publish, codec
+        self.topic_names, self.metrics, self.retrier = topic_names, metrics, retrier
         self.flush_rows, self.flush_interval = flush_rows, flush_interval
+        self._rank = {table: rank for rank, table in enumerate(table_order)}
         self.acknowledge: Callable[[Any], Awaitable[Any]] = _no_ack  # set by the agent: acks one input record
-        self.deadline: Optional[float] = None  # monotonic time after which retries give up (revoke, shutdown)
         self._buffer, self._acks, self._since = Output(), [], None
         self._inflight_since: Optional[float] = None
         self._lock = asyncio.Lock()
         self._flushing: Optional[asyncio.Future] = None
-        self._failing: set[str] = set()
 
     # -- buffering ------------------------------------------------------------------------------
     def add(self, out: Output, acks: list[Any]) -> None:
@@ -137,13 +189,13 @@ class Delivery:
 
     async def flush_until(self, seconds: float) -> bool:
         """Flush, giving up after ``seconds`` (a running background flush gives up too)."""
-        self.deadline = time.monotonic() + seconds
+        self.retrier.deadline = time.monotonic() + seconds
         try:
             if self._flushing is not None and not self._flushing.done():
                 await asyncio.shield(self._flushing)
             return await self.flush()
         finally:
-            self.deadline = None
+            self.retrier.deadline = None
 
     def discard(self) -> None:
         """Forget everything buffered and not yet durable: its records stay unacked and are consumed again."""
@@ -152,15 +204,17 @@ class Delivery:
     async def _deliver(self, out: Output) -> None:
         """Steps in the documented order; each step's part is removed from ``out`` once durable."""
         for topic in list(out.messages):
-            await self._attempt(self.topic_names[topic], self._send, topic, out.messages[topic])
+            encoded = [(key, self.codec.encode_message(message)) for key, message in out.messages[topic]]
+            await self.retrier.run(self.topic_names[topic], self._send, topic, encoded)
             del out.messages[topic]
-        for table in sorted(out.rows, key=lambda name: name == COMMIT_MARKER):
+        last = len(self._rank)
+        for table in sorted(out.rows, key=lambda name: (name == COMMIT_MARKER, self._rank.get(name, last))):
             rows = out.rows[table]
             if rows:
-                await self._attempt(table, self._insert, table, rows)
+                await self.retrier.run(table, self._insert, table, rows)
             del out.rows[table]
 
-    async def _send(self, topic: str, messages: list) -> None:
+    async def _send(self, topic: str, messages: list[tuple[Optional[bytes], bytes]]) -> None:
         full_name = self.topic_names[topic]
         futures = [await self.publish(full_name, key, value) for key, value in messages]
         await asyncio.gather(*futures)
@@ -170,42 +224,6 @@ class Delivery:
         await self.run_blocking(self.sink.insert, table, rows)
         self.metrics.sink_flush_seconds.labels(table).observe(time.perf_counter() - started)
         self.metrics.sink_rows.labels(table).inc(len(rows))
-
-    async def _attempt(self, label: str, step: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run one step until it succeeds, backing off between attempts, or until the deadline."""
-        delay = None
-        while True:
-            try:
-                await self._bounded(step, *args)
-                if label in self._failing:
-                    self._failing.discard(label)
-                    log.warning("delivery recovered", extra={"target": label})
-                return
-            except DeliveryStopped:
-                raise
-            except Exception as exc:  # noqa: BLE001 - every failure of a step is retried the same way
-                self.metrics.sink_errors.labels(label).inc()
-                delay = self.retry.next_delay(delay)
-                if label not in self._failing:
-                    self._failing.add(label)
-                    log.error("delivery failed; input held back, retrying until it succeeds. Check that the target "
-                              "is up and reachable (CXP_CLICKHOUSE_URL / CXP_KAFKA_URL); nothing is acknowledged "
-                              "meanwhile",
-                              extra={"target": label, "error": f"{type(exc).__name__}: {exc}", "retry_in_s": delay})
-                if self.deadline is not None and time.monotonic() + delay > self.deadline:
-                    raise DeliveryStopped(label) from exc
-                await asyncio.sleep(delay)
-
-    async def _bounded(self, step: Callable[..., Awaitable[None]], *args: Any) -> None:
-        if self.deadline is None:
-            return await step(*args)
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeliveryStopped("deadline passed")
-        try:
-            await asyncio.wait_for(step(*args), remaining)
-        except asyncio.TimeoutError:
-            raise DeliveryStopped("deadline passed") from None
 
 
 async def _no_ack(record: Any) -> None:

@@ -1,24 +1,24 @@
-"""Follow-up actions: the one place that turns the fact ``actions`` into messages on cx.actions.
+"""Follow-up actions: the one place that turns :class:`~pipeline.metrics.facts.ActionRequested` into messages
+on cx.actions.
 
-Any core before it publishes ``out.facts["actions"]``: dicts with the FollowUpAction fields (kind,
-customer_id, tenant, reason, context str -> str, due_time, created_time, epoch ms), the
-``kafka_partition`` of the input that caused it, and an ``action_id`` derived from the cause
-(:func:`pipeline.metrics.complaints.action_id`, e.g. sha1 of "complaint_sla_breach|<complaint id>|<stage>").
-For each id not emitted before, this core sends the Avro FollowUpAction on "actions" (key: customer
-id), writes an ``actions`` row and counts ``cx_actions_total{tenant,kind}``.
+Any core may publish ``ActionRequested`` (kind, customer, tenant, reason, context, due and created times,
+and an ``action_id`` derived from the cause by :func:`pipeline.metrics.facts.action_id`). For each id not
+emitted before, this core sends a ``FollowUpAction`` on "actions" (key: customer id), writes an
+``actions`` row and counts ``cx_actions_total{tenant,kind}``.
 
-Idempotent on its own: it remembers the ids it emitted for ``horizon_ms`` of event time, restored
-from the ``actions`` table, so a cause seen again (a replay) sends nothing. It must run last, after
-every core that publishes actions.
+Idempotent on its own: it remembers the ids it emitted for ``horizon_ms`` of event time, restored from the
+``actions`` table, so a cause seen again (a replay) sends nothing. It consumes what other cores publish,
+so it runs after them, and its table is made durable before theirs (:mod:`pipeline.metrics.base`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
-from pipeline.metrics.base import Accepted, Instrument, MetricCore, Output, RestoreQuery
+from pipeline.messages import FollowUpAction
+from pipeline.metrics.base import Facts, Instrument, MetricCore, Output, Restore
+from pipeline.metrics.facts import ActionRequested
 from pipeline.tables import ROWS
-from pipeline.wire import Codec
 
 ActionRow = ROWS["actions"]
 PRUNE_EVERY_MS = 60_000
@@ -33,49 +33,47 @@ class ActionState:
 
 @dataclass
 class ActionCore(MetricCore[ActionState]):
-    codec: Codec
     horizon_ms: int  # how long an emitted id is remembered, by event time
-    name: str = "actions"
+    name = "actions"
+    consumes = (ActionRequested,)
+    tables = ("actions",)
     instruments: Sequence[Instrument] = (
         Instrument("cx_actions", "counter", "Follow-up actions sent on cx.actions, by kind.", ("tenant", "kind")),
     )
 
-    def new_state(self, partition: int = 0) -> ActionState:
+    @classmethod
+    def configure(cls, section: Any, stream: Any) -> "ActionCore":
+        return cls(stream.max_lateness.ms)
+
+    def new_state(self, partition: int) -> ActionState:
         return ActionState(partition)
 
-    def add(self, state: ActionState, accepted: Accepted, out: Output) -> None:
-        self._emit(state, out)
+    def take(self, state: ActionState, facts: Facts, out: Output) -> None:
+        for action in facts.of(ActionRequested):
+            if action.action_id in state.emitted:
+                continue
+            state.emitted[action.action_id] = action.created_ms
+            out.send("actions", action.customer_id.encode("utf-8"), FollowUpAction(
+                kind=action.kind, customer_id=action.customer_id, tenant=action.tenant, reason=action.reason,
+                context=action.context, due_time=action.due_ms, created_time=action.created_ms,
+                action_id=action.action_id))
+            out.rows["actions"].append(ActionRow(
+                action_id=action.action_id, kind=action.kind, tenant=action.tenant, customer_id=action.customer_id,
+                reason=action.reason, context_keys=list(action.context), context_values=list(action.context.values()),
+                created_at=action.created_ms // 1000, created_ms=action.created_ms,
+                due_at=action.due_ms // 1000, due_ms=action.due_ms, kafka_partition=state.partition))
+            out.count("cx_actions", (action.tenant, action.kind))
 
     def tick(self, state: ActionState, clock_ms: int, out: Output) -> None:
-        self._emit(state, out)
         if clock_ms - state.pruned_ms < PRUNE_EVERY_MS:
             return
         state.pruned_ms, oldest = clock_ms, clock_ms - self.horizon_ms
         for gone in [key for key, created in state.emitted.items() if created < oldest]:
             del state.emitted[gone]
 
-    def _emit(self, state: ActionState, out: Output) -> None:
-        for action in out.facts.get("actions", ()):
-            key = action["action_id"]
-            if key in state.emitted:
-                continue
-            state.emitted[key] = action["created_time"]
-            record = {name: action[name] for name in ("kind", "customer_id", "tenant", "reason", "context",
-                                                      "due_time", "created_time", "action_id")}
-            out.send("actions", action["customer_id"].encode("utf-8"), self.codec.encode("cx.FollowUpAction", record))
-            context = action["context"]
-            out.rows["actions"].append(ActionRow(
-                action_id=key, kind=action["kind"], tenant=action["tenant"], customer_id=action["customer_id"],
-                reason=action["reason"], context_keys=list(context), context_values=list(context.values()),
-                created_at=action["created_time"] // 1000, created_ms=action["created_time"],
-                due_at=action["due_time"] // 1000, due_ms=action["due_time"], kafka_partition=state.partition))
-            out.count("cx_actions", (action["tenant"], action["kind"]))
+    def restores(self) -> Sequence[Restore]:
+        return (Restore("actions", "actions", ("action_id", "created_ms"), "created_ms", self.horizon_ms, final=True),)
 
-    def restore_queries(self) -> Sequence[RestoreQuery]:
-        return (RestoreQuery("actions", "SELECT kafka_partition, action_id, created_ms "
-                             "FROM {db}.actions FINAL WHERE kafka_partition IN ({partitions}) "
-                             "AND created_ms > {since_ms}", self.horizon_ms),)
-
-    def restore(self, state: ActionState, query: str, rows: list[tuple], clock_ms: int) -> None:
+    def restore(self, state: ActionState, name: str, rows: list, clock_ms: int) -> None:
         for key, created_ms in rows:
             state.emitted[key] = int(created_ms)

@@ -1,54 +1,81 @@
-"""The one interface every metric core implements, and the :class:`Output` of one batch.
+"""The one interface every metric core implements, the facts between cores, and the :class:`Output` of a batch.
 
-A metric core is a pure module: no I/O, no clock of its own, no Prometheus registry. The processor
-owns one state object per core per Kafka partition (all input topics are co-partitioned by customer,
-so partition ``p`` of every source belongs to one worker and its state moves with it) and calls:
+A metric core is a pure module: no I/O, no SQL, no encoding, no clock of its own. The processor owns one
+state object per core per Kafka partition (all input topics are co-partitioned by customer, so partition
+``p`` of every source belongs to one worker and its state moves with it) and, per batch and partition,
+runs one **round** over the cores in their run order:
 
-``add(state, accepted, out)``
-    once per input message, with the events of that message that passed validation and dedup;
+``add(state, batch, out)``
+    once, with every event of the partition that passed validation and dedup in this batch;
+``take(state, facts, out)``
+    with the facts of the types the core ``consumes`` published since its last step (below);
 ``tick(state, clock_ms, out)``
-    after each batch, as the event-time clock moves (expiry, timers such as SLA deadlines);
-``restore_queries`` / ``restore``
-    when the worker is assigned a partition: the core names the ClickHouse queries that rebuild its
-    state, the sink runs them, and ``restore`` loads the rows (the core itself never does I/O);
-``collect(states, clock_ms)``
-    at scrape time, with the states of every owned partition: the core sums its partials and returns
-    gauge families. A revoked partition's state is gone, so its series disappear with it.
+    as the event-time clock moves (expiry, timers such as SLA deadlines); every partition, every batch.
 
-Cores run in a fixed order. A core may publish facts for the cores after it in ``out.facts``
-(complaints -> churn -> actions); no core imports another. Facts live for one round: the cores'
-``add`` calls for one message, or their ``tick`` calls for one partition; then they are cleared.
+Then, outside the rounds: ``restores`` declares what to read back from ClickHouse when a partition is
+assigned (:class:`Restore`: table, columns, filter, span; no SQL), ``restore`` loads those rows (named
+tuples), and ``describe``/``collect``/``snapshot`` read the states of the owned partitions at scrape time.
 
-Rows, topic messages and counter deltas all go into one :class:`Output`; the delivery path
-(:mod:`sinks.delivery`) makes it durable, then acknowledges the input records, then applies the
-counter deltas to the process-owned Prometheus instruments.
+**Facts** are typed records (:mod:`pipeline.metrics.facts`). A core declares ``publishes`` (fact type ->
+the phase it publishes in) and ``consumes``; :mod:`pipeline.metrics.registry` runs producers before their
+consumers and refuses an enabled consumer without an enabled producer. The rule that gets every fact to
+every consumer, whatever the phase that made it: before each of its steps (``add`` in the add phase,
+``tick`` in the tick phase) a core is handed, through one ``take`` call, every fact it consumes that was
+published since its previous step in this round. Producers run first, so a fact made in ``add`` is taken
+before the consumer's ``add``, one made in ``tick`` before the consumer's ``tick``; no fact outlives its
+round.
+
+Rows, topic messages and counter deltas go into one :class:`Output`; the delivery path makes it durable,
+in the reverse of the run order (a core's tables before those of the cores it consumes from, so a
+restored upstream core never hides input a downstream core has not stored yet), ``events`` last, then
+acknowledges the input records, then applies the counter deltas.
 """
 from __future__ import annotations
 
-from collections import Counter, defaultdict
+from collections import Counter, defaultdict, namedtuple
 from dataclasses import dataclass, field
-from typing import Generic, Iterable, NamedTuple, Optional, Sequence, TypeVar
+from functools import lru_cache
+from typing import Any, ClassVar, Generic, Iterable, Mapping, NamedTuple, Optional, Sequence, TypeVar, Union
 
 from prometheus_client.metrics_core import Metric
 
+from pipeline.config import Section
 from pipeline.dedup import id_hash
 
 State = TypeVar("State")
+ADD, TAKE, TICK = "add", "take", "tick"  # the phases a fact can be published in
 
 
-class Accepted(NamedTuple):
-    """The valid, new events of one input message."""
+class Batch(NamedTuple):
+    """The valid, new events of one partition in one processor batch, in consumption order."""
 
-    source: str  # web, chatbot, crm, complaints
     partition: int
-    offset: int
+    sources: list[str]  # web, chatbot, crm, complaints: the source of each event
     events: list[dict]  # decoded Avro dicts; event_time is int epoch milliseconds
-    hashes: list[int]  # id_hash of each event's event_id, in the same order
+    hashes: list[int]  # id_hash of each event's event_id
 
     @classmethod
-    def of(cls, source: str, partition: int, offset: int, events: list[dict]) -> "Accepted":
-        """With the hashes computed here (the processor has them already; tests and tools use this)."""
-        return cls(source, partition, offset, events, [id_hash(event["event_id"]) for event in events])
+    def of(cls, partition: int, items: Sequence[tuple[str, dict]]) -> "Batch":
+        """From (source, event) pairs, hashing the ids here (the processor has them; tests and tools use this)."""
+        return cls(partition, [source for source, _ in items], [event for _, event in items],
+                   [id_hash(event["event_id"]) for _, event in items])
+
+
+class Facts:
+    """The facts handed to one ``take`` call, by type."""
+
+    __slots__ = ("_by_type",)
+
+    def __init__(self, facts: Iterable[Any] = ()):
+        self._by_type: dict[type, list] = defaultdict(list)
+        for fact in facts:
+            self._by_type[type(fact)].append(fact)
+
+    def of(self, kind: type) -> list:
+        return self._by_type.get(kind, [])
+
+    def __bool__(self) -> bool:
+        return bool(self._by_type)
 
 
 @dataclass(frozen=True)
@@ -67,18 +94,18 @@ class Output:
     """Everything one batch produced, delivered as a unit before its records are acknowledged.
 
     rows:      table -> row tuples (layouts in :mod:`pipeline.tables`)
-    messages:  logical topic ("deadletter", "actions", "signals.churn") -> (key, Avro value)
+    messages:  logical topic ("deadletter", "actions", "signals.churn") -> (key, typed message of
+               :mod:`pipeline.messages`), encoded by the delivery path
     counts:    (instrument name, label values) -> increment
     observations: (instrument name, label values, value) for histograms
-    facts:     name -> values, read by later cores in the same round (one message, or one partition's
-               tick); never delivered
+    facts:     published by the core that runs now; the processor routes them to consumers at once
     """
 
     rows: defaultdict = field(default_factory=lambda: defaultdict(list))
     messages: defaultdict = field(default_factory=lambda: defaultdict(list))
     counts: Counter = field(default_factory=Counter)
     observations: list = field(default_factory=list)
-    facts: defaultdict = field(default_factory=lambda: defaultdict(list))
+    facts: list = field(default_factory=list)
 
     def count(self, name: str, labels: tuple, n: int = 1) -> None:
         self.counts[(name, labels)] += n
@@ -86,8 +113,11 @@ class Output:
     def observe(self, name: str, labels: tuple, value: float) -> None:
         self.observations.append((name, labels, value))
 
-    def send(self, topic: str, key: Optional[bytes], value: bytes) -> None:
-        self.messages[topic].append((key, value))
+    def send(self, topic: str, key: Optional[bytes], message: NamedTuple) -> None:
+        self.messages[topic].append((key, message))
+
+    def publish(self, fact: NamedTuple) -> None:
+        self.facts.append(fact)
 
     def merge(self, other: "Output") -> None:
         """Fold ``other`` into this one (the delivery buffer is one Output for many batches)."""
@@ -102,18 +132,61 @@ class Output:
         return sum(map(len, self.rows.values()))
 
 
-class RestoreQuery(NamedTuple):
-    """A query the sink runs for a core when partitions are assigned.
+# -- what a core needs read back -------------------------------------------------------------------
+class Equals(NamedTuple):
+    column: str
+    value: Union[str, int]
 
-    ``sql`` is a template: ``{db}`` (database), ``{partitions}`` (comma-separated partition numbers)
-    and ``{since_ms}`` (clock - span, epoch ms) are filled in by the sink, with identifiers and
-    integers only, never event data. The first column of every row must be ``kafka_partition``: the
-    sink groups rows by it and hands each partition's rows, without that column, to ``restore``.
-    """
+
+class OneOf(NamedTuple):
+    column: str
+    values: tuple[Union[str, int], ...]
+
+
+class NoneOf(NamedTuple):
+    column: str
+    values: tuple[Union[str, int], ...]
+
+
+class NotNull(NamedTuple):
+    column: str
+
+
+Condition = Union[Equals, OneOf, NoneOf, NotNull]
+
+
+class Newest(NamedTuple):
+    """One row per value of ``keys`` (and per ``bucket_ms`` of ``by``, when given): the columns of the row
+    with the largest ``by``, and that largest ``by``."""
+
+    keys: tuple[str, ...]
+    by: str
+    bucket_ms: Optional[int] = None
+
+
+class Restore(NamedTuple):
+    """What one core reads back for newly assigned partitions: rows of ``table`` (with ``FINAL`` when
+    ``final``) of those partitions, whose ``time`` column is after ``clock - span_ms`` (every row when
+    ``time`` is None), meeting every condition of ``where``. The core's ``restore`` gets them as named
+    tuples of ``columns``. The sink turns this into SQL; the core never sees any."""
 
     name: str
-    sql: str
-    span_ms: int  # how far behind the clock rows still matter
+    table: str
+    columns: tuple[str, ...]
+    time: Optional[str]
+    span_ms: int = 0
+    where: tuple[Condition, ...] = ()
+    newest: Optional[Newest] = None
+    final: bool = False
+
+    def row_type(self) -> type:
+        """The named tuple of ``columns`` that rows of this restore come as."""
+        return _row_type(self.name, self.columns)
+
+
+@lru_cache(maxsize=None)
+def _row_type(name: str, columns: tuple[str, ...]) -> type:
+    return namedtuple(f"{name.title().replace('_', '')}Row", columns)
 
 
 @dataclass
@@ -123,7 +196,7 @@ class Restored:
     partitions: list[int]
     source_clocks: dict[str, int] = field(default_factory=dict)
     ids: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)  # partition -> (id hashes, event ms)
-    core_rows: list[dict[str, dict[int, list[tuple]]]] = field(default_factory=list)  # per core: query -> partition -> rows
+    core_rows: list[dict[str, dict[int, list[tuple]]]] = field(default_factory=list)  # per core: name -> partition -> rows
 
     @property
     def clock_ms(self) -> int:
@@ -131,30 +204,47 @@ class Restored:
 
     def row_count(self) -> int:
         return sum(len(hashes) for hashes, _ in self.ids.values()) + sum(
-            len(rows) for by_query in self.core_rows for by_partition in by_query.values() for rows in by_partition.values())
+            len(rows) for by_name in self.core_rows for by_partition in by_name.values() for rows in by_partition.values())
 
 
 class MetricCore(Generic[State]):
-    """Base class of a metric core. Subclasses override what they need; the defaults do nothing."""
+    """Base class of a metric core. Subclasses override what they need; the defaults do nothing.
 
-    name: str = ""
+    Declarations (class attributes): ``name`` (also its settings section and its ``CXP_METRICS`` name),
+    ``Settings`` (its :class:`~pipeline.config.Section`, or None), ``publishes`` (fact type -> phase),
+    ``consumes`` (fact types), ``tables`` (the tables it writes) and ``instruments``.
+    """
+
+    name: ClassVar[str] = ""
+    Settings: ClassVar[Optional[type[Section]]] = None
+    publishes: ClassVar[Mapping[type, str]] = {}
+    consumes: ClassVar[tuple[type, ...]] = ()
+    tables: ClassVar[tuple[str, ...]] = ()
     instruments: Sequence[Instrument] = ()
 
-    def new_state(self, partition: int = 0) -> State:
-        """Empty state for one Kafka partition (the number, for rows that record it)."""
+    @classmethod
+    def configure(cls, section: Optional[Section], stream: Any) -> "MetricCore":
+        """The worker's core from its settings section and the stream settings (windows, lateness)."""
         raise NotImplementedError
 
-    def add(self, state: State, accepted: Accepted, out: Output) -> None:
-        """Once per input message, with its accepted events."""
+    def new_state(self, partition: int) -> State:
+        """Empty state for one Kafka partition."""
+        raise NotImplementedError
+
+    def add(self, state: State, batch: Batch, out: Output) -> None:
+        """Once per batch and partition, with its accepted events."""
+
+    def take(self, state: State, facts: Facts, out: Output) -> None:
+        """The consumed facts published since this core's last step (see the module docstring)."""
 
     def tick(self, state: State, clock_ms: int, out: Output) -> None:
         """After a batch, as the event-time clock moved: expire state, fire timers."""
 
-    def restore_queries(self) -> Sequence[RestoreQuery]:
+    def restores(self) -> Sequence[Restore]:
         return ()
 
-    def restore(self, state: State, query: str, rows: list[tuple], clock_ms: int) -> None:
-        """Load one partition's rows of the restore query named ``query``."""
+    def restore(self, state: State, name: str, rows: list, clock_ms: int) -> None:
+        """Load one partition's rows of the restore named ``name``."""
 
     def describe(self) -> Iterable[Metric]:
         """The gauge families ``collect`` returns, without samples."""
@@ -167,4 +257,3 @@ class MetricCore(Generic[State]):
     def snapshot(self, states: Sequence[State], clock_ms: int) -> Iterable[tuple[str, str, str, float, int]]:
         """(tenant, metric, window, value, n) for the metric_snapshots history table."""
         return ()
-

@@ -4,9 +4,10 @@ The score is the sum of the weights of the signals present at the event-time clo
 
 =============  ==========================================================================================
 inactivity     no event from the customer for ``inactivity`` (14 days)
-detractor      the customer's latest NPS answer, within ``memory`` (30 days), scored 0..6
+detractor      the customer's latest NPS answer, within ``memory`` (30 days), a detractor's (0..6; fact
+               :class:`~pipeline.metrics.facts.SurveyAnswered` of the survey core)
 complaints     two or more complaints opened within ``memory``, or a complaint that breached its SLA
-               (facts ``complaints_opened`` and ``sla_breaches`` of the complaint core)
+               (facts ``ComplaintOpened`` and ``SlaBreached`` of the complaint core)
 downgrade      a ``subscription_downgraded`` CRM event within ``memory``
 chatbot        a ``conversation_abandoned`` within ``memory``, or a ``handoff_requested`` not followed by
                ``conversation_resolved`` within ``handoff_timeout`` (24 h)
@@ -17,8 +18,8 @@ activity_drop  active on fewer days in the last 7 full days than ``drop`` (half)
 Levels: ``churned`` after ``subscription_cancelled`` (until a later ``subscription_started``), else
 ``high`` from ``high`` (0.5), ``medium`` from ``medium`` (0.3), else ``low``. When a customer's level
 changes, a ``cx.ChurnSignal`` goes to ``signals.churn`` and a row to ``churn_signals``, with every
-contributing signal, its weight and its evidence; the fact ``churn_changes`` carries the same to later
-cores (follow-up actions). Inactivity and expiring evidence are judged in ``tick`` from a timer heap,
+contributing signal, its weight and its evidence; the fact ``ChurnLevelChanged`` carries the same to the
+follow-up actions. Inactivity and expiring evidence are judged in ``tick`` from a timer heap,
 so a customer who goes quiet is re-scored when the clock passes their next change, not at their next event.
 
 Idempotent: every piece of state is a latest time, a day bitmask or a set keyed by complaint id, so
@@ -31,18 +32,36 @@ from __future__ import annotations
 import heapq
 import time
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple, Optional, Sequence
+from typing import Annotated, Any, Iterable, Optional, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from pydantic import BeforeValidator, Field, model_validator
 
-from pipeline.metrics.base import Accepted, Instrument, MetricCore, Output, RestoreQuery
+from pipeline.config import Duration, Section
+from pipeline.messages import ChurnSignal, Contribution
+from pipeline.metrics.base import (
+    TICK,
+    Batch,
+    Equals,
+    Facts,
+    Instrument,
+    MetricCore,
+    Newest,
+    NotNull,
+    OneOf,
+    Output,
+    Restore,
+)
+from pipeline.metrics.facts import ChurnLevelChanged, ComplaintOpened, SlaBreached, SurveyAnswered
 from pipeline.metrics.lastseen import customer_key
+from pipeline.scores import is_detractor
 from pipeline.tables import ROWS
-from pipeline.wire import Codec
 
 DAY_MS = 86_400_000
 SIGNALS = ("inactivity", "detractor", "complaints", "downgrade", "chatbot", "activity_drop")
+WEIGHTS = {"inactivity": 0.25, "detractor": 0.2, "complaints": 0.2, "downgrade": 0.15, "chatbot": 0.1,
+           "activity_drop": 0.1}
 LEVELS = ("low", "medium", "high", "churned")
 DAY_BITS = 29  # today and the 28 days before: the activity-drop comparison needs no more
 DAY_MASK = (1 << DAY_BITS) - 1
@@ -74,13 +93,49 @@ class ChurnConfig:
         if unknown:
             raise ValueError(f"unknown churn signals {sorted(unknown)} in churn_weights; known: {', '.join(SIGNALS)}")
         if not self.medium <= self.high:
-            raise ValueError("churn_medium must not be above churn_high")
+            raise ValueError(f"churn_medium ({self.medium}) must not be above churn_high ({self.high})")
 
 
-class Contribution(NamedTuple):
-    signal: str
-    weight: float
-    evidence: str
+def _weights(value: Any) -> dict[str, float]:
+    """``signal=weight,...`` (or a mapping); signals not given keep their default weight."""
+    if isinstance(value, str):
+        pairs = [item.split("=", 1) for item in value.split(",") if item.strip()]
+        if any(len(pair) != 2 for pair in pairs):
+            raise ValueError(f"churn_weights must look like inactivity=0.25,detractor=0.2, got {value!r}")
+        value = {name.strip(): float(weight) for name, weight in pairs}
+    return {**WEIGHTS, **value}
+
+
+class ChurnSettings(Section):
+    prefix = "churn_"
+    weights: Annotated[dict[str, float], BeforeValidator(_weights)] = Field(
+        WEIGHTS, description="Weight of each churn signal (signal=weight, comma-separated; signals not "
+        "listed keep their default); the score is the sum of the weights of the signals present, at most 1.")
+    medium: float = Field(0.3, ge=0, le=1, description="Churn score from which a customer's level is medium.")
+    high: float = Field(0.5, ge=0, le=1, description="Churn score from which a customer's level is high.")
+    inactivity: Duration = Field(Duration("14d"), description="No event for this long (event time) is the "
+                                 "inactivity signal.")
+    memory: Duration = Field(
+        Duration("30d"), description="How long a detractor answer, complaint, SLA breach, downgrade or chatbot "
+        "problem counts towards the churn score.")
+    handoff_timeout: Duration = Field(
+        Duration("24h"), description="A chatbot handoff not followed by a resolved conversation within this time is "
+        "a signal.")
+    activity_drop: float = Field(
+        0.5, gt=0, lt=1, description="Activity-drop signal: active days in the last 7 full days below this share of "
+        "the weekly mean of the 3 weeks before (which must be at least 2 days a week).")
+    forget: Duration = Field(Duration("90d"), description="A customer without any event for this long is dropped "
+                             "from churn state and gauges.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "ChurnSettings":
+        self.config()  # unknown signals, thresholds out of order
+        return self
+
+    def config(self) -> "ChurnConfig":
+        return ChurnConfig(weights=self.weights, medium=self.medium, high=self.high, inactivity_ms=self.inactivity.ms,
+                           memory_ms=self.memory.ms, handoff_timeout_ms=self.handoff_timeout.ms,
+                           drop=self.activity_drop, forget_ms=self.forget.ms)
 
 
 class Customer:
@@ -151,7 +206,7 @@ def present(c: Customer, clock_ms: int, cfg: ChurnConfig) -> list[str]:
     found = []
     if c.last_ms and clock_ms - c.last_ms >= cfg.inactivity_ms:
         found.append("inactivity")
-    if c.nps_ms and clock_ms - c.nps_ms < memory and c.nps_score <= 6:
+    if c.nps_ms and clock_ms - c.nps_ms < memory and is_detractor(c.nps_score):
         found.append("detractor")
     complaints = c.complaints  # at most two
     if ((len(complaints) == 2 and clock_ms - complaints[0][0] < memory and clock_ms - complaints[1][0] < memory)
@@ -255,8 +310,11 @@ class ChurnState:
 @dataclass
 class ChurnCore(MetricCore[ChurnState]):
     config: ChurnConfig
-    codec: Codec
-    name: str = "churn"
+    name = "churn"
+    Settings = ChurnSettings
+    publishes = {ChurnLevelChanged: TICK}
+    consumes = (SurveyAnswered, ComplaintOpened, SlaBreached)
+    tables = ("churn_signals", "churn_evidence")
     instruments: Sequence[Instrument] = (
         Instrument("cx_churn_signals", "counter", "Churn signals emitted (level changes), by contributing signal; "
                    "cancelled for churned, cleared for a return to low without any signal.", ("tenant", "reason")),
@@ -265,7 +323,11 @@ class ChurnCore(MetricCore[ChurnState]):
     def __post_init__(self) -> None:
         self._levels: dict[tuple[str, ...], tuple[float, str]] = {}  # signals -> (score_of, score_level)
 
-    def new_state(self, partition: int = 0) -> ChurnState:
+    @classmethod
+    def configure(cls, section: ChurnSettings, stream: Any) -> "ChurnCore":
+        return cls(section.config())
+
+    def new_state(self, partition: int) -> ChurnState:
         return ChurnState(partition=partition)
 
     def _customer(self, state: ChurnState, tenant: str, customer_id: str) -> Customer:
@@ -283,17 +345,17 @@ class ChurnCore(MetricCore[ChurnState]):
         return c
 
     # -- input -----------------------------------------------------------------------------------
-    def add(self, state: ChurnState, accepted: Accepted, out: Output) -> None:
+    def add(self, state: ChurnState, batch: Batch, out: Output) -> None:
         touch = self._touch
-        times = CRM_TIMES if accepted.source == "crm" else CHAT_TIMES if accepted.source == "chatbot" else None
         clock = state.clock_ms
-        for event in accepted.events:
+        for source, event in zip(batch.sources, batch.events):
             customer_id = event.get("customer_id")
             if customer_id is None:
                 continue
             c = touch(state, event["tenant"], customer_id)
             event_ms = event["event_time"]
             c.seen(event_ms)
+            times = CRM_TIMES if source == "crm" else CHAT_TIMES if source == "chatbot" else None
             if times is not None:
                 attribute = times.get(event["event_type"])
                 if attribute:
@@ -301,34 +363,31 @@ class ChurnCore(MetricCore[ChurnState]):
             if event_ms > clock:
                 clock = event_ms
         state.clock_ms = clock
-        for event in out.facts.get("answers", ()):
-            survey = event["survey"]
-            if survey["kind"] == "NPS" and event.get("customer_id") is not None:
-                touch(state, event["tenant"], event["customer_id"]).answered(event["event_time"], survey["score"])
-        self._read_complaint_facts(state, out)
 
-    def _read_complaint_facts(self, state: ChurnState, out: Output) -> None:
-        """Complaints opened and SLA breaches: their customers become dirty."""
+    def take(self, state: ChurnState, facts: Facts, out: Output) -> None:
+        """NPS answers, complaints opened and SLA breaches: their customers become dirty."""
+        for answer in facts.of(SurveyAnswered):
+            if answer.kind == "NPS" and answer.customer_id is not None:
+                self._touch(state, answer.tenant, answer.customer_id).answered(answer.event_ms, answer.score)
         rows = out.rows["churn_evidence"]
-        for opened in out.facts.get("complaints_opened", ()):
-            c = self._touch(state, opened["tenant"], opened["customer_id"])
-            c.complained(opened["opened_ms"], opened["complaint_id"])
-            rows.append(EvidenceRow(opened["tenant"], opened["customer_id"], "complaint_opened",
-                                    opened["complaint_id"], opened["opened_ms"], "", state.partition))
-        for breach in out.facts.get("sla_breaches", ()):
-            c = self._touch(state, breach["tenant"], breach["customer_id"])
-            what = (f"complaint {breach['complaint_id']} ({breach['priority']}) missed its {breach['stage']} SLA "
-                    f"by {breach['late_ms'] / 3_600_000:.1f} h")
-            c.breached(breach["at_ms"], what)
-            rows.append(EvidenceRow(breach["tenant"], breach["customer_id"], "sla_breach",
-                                    f"{breach['complaint_id']}|{breach['stage']}", breach["at_ms"], what, state.partition))
+        for opened in facts.of(ComplaintOpened):
+            c = self._touch(state, opened.tenant, opened.customer_id)
+            c.complained(opened.opened_ms, opened.complaint_id)
+            rows.append(EvidenceRow(opened.tenant, opened.customer_id, "complaint_opened", opened.complaint_id,
+                                    opened.opened_ms, "", state.partition))
+        for breach in facts.of(SlaBreached):
+            c = self._touch(state, breach.tenant, breach.customer_id)
+            what = (f"complaint {breach.complaint_id} ({breach.priority}) missed its {breach.stage} SLA "
+                    f"by {breach.late_ms / 3_600_000:.1f} h")
+            c.breached(breach.at_ms, what)
+            rows.append(EvidenceRow(breach.tenant, breach.customer_id, "sla_breach",
+                                    f"{breach.complaint_id}|{breach.stage}", breach.at_ms, what, state.partition))
 
     def tick(self, state: ChurnState, clock_ms: int, out: Output) -> None:
         """Score the customers the batch touched, then those whose timer is due, at the batch's clock.
-        Once per batch, not per message: events of one batch arriving out of order across topics
+        Once per batch, not per event: events of one batch arriving out of order across topics
         would otherwise flip a level back and forth within the batch."""
         state.clock_ms = max(state.clock_ms, clock_ms)
-        self._read_complaint_facts(state, out)
         for c in state.dirty.values():
             self._evaluate(state, c, state.clock_ms, out)
         state.dirty.clear()
@@ -373,68 +432,56 @@ class ChurnCore(MetricCore[ChurnState]):
             customer_id=c.customer_id, tenant=c.tenant, score=score, level=level, reasons=reasons,
             signal_time=at_ms // 1000, signal_ms=at_ms, previous_level=previous, kafka_partition=state.partition,
             seq=c.seq))
-        out.send("signals.churn", c.customer_id.encode("utf-8"), self.codec.encode("cx.ChurnSignal", {
-            "customer_id": c.customer_id, "tenant": c.tenant, "score": score, "level": level, "reasons": reasons,
-            "signal_time": at_ms, "previous_level": previous, "sequence": c.seq,
-            "contributions": [f._asdict() for f in found]}))
+        out.send("signals.churn", c.customer_id.encode("utf-8"), ChurnSignal(
+            customer_id=c.customer_id, tenant=c.tenant, score=score, level=level, reasons=reasons, signal_time=at_ms,
+            previous_level=previous, contributions=list(found), sequence=c.seq))
         for f in found or (Contribution("cleared", 0.0, ""),):
             out.count("cx_churn_signals", (c.tenant, f.signal))
-        out.facts["churn_changes"].append({
-            "customer_id": c.customer_id, "tenant": c.tenant, "level": level, "previous_level": previous,
-            "score": score, "reasons": reasons, "at_ms": at_ms, "sequence": c.seq})
+        out.publish(ChurnLevelChanged(c.tenant, c.customer_id, level, previous, score, tuple(reasons), at_ms, c.seq))
 
     # -- restore ---------------------------------------------------------------------------------
-    def restore_queries(self) -> Sequence[RestoreQuery]:
-        cfg = self.config
-        where = "kafka_partition IN ({partitions}) AND customer_id IS NOT NULL"
-        types = ", ".join(f"'{t}'" for t in (*CRM_TIMES, *CHAT_TIMES))
-        return (
-            RestoreQuery("seen", "SELECT kafka_partition, tenant, customer_id, max(event_ms) FROM "
-                         "{db}.events WHERE " + where + " AND event_ms > {since_ms} "
-                         "GROUP BY kafka_partition, tenant, customer_id", cfg.forget_ms),
-            RestoreQuery("days", "SELECT kafka_partition, tenant, customer_id, max(event_ms) FROM {db}.events WHERE "
-                         + where + " AND event_ms > {since_ms} "
-                         "GROUP BY kafka_partition, tenant, customer_id, intDiv(event_ms, 86400000)", DAY_BITS * DAY_MS),
-            RestoreQuery("typed", "SELECT kafka_partition, tenant, customer_id, event_type, max(event_ms) FROM "
-                         "{db}.events WHERE " + where + f" AND event_type IN ({types}) AND event_ms > {{since_ms}} "
-                         "GROUP BY kafka_partition, tenant, customer_id, event_type", cfg.forget_ms),
-            RestoreQuery("nps", "SELECT kafka_partition, tenant, customer_id, argMax(score, event_ms * 16 + 15 - score), "
-                         "max(event_ms) "
-                         "FROM {db}.survey_responses WHERE " + where + " AND kind = 'NPS' AND event_ms > {since_ms} "
-                         "GROUP BY kafka_partition, tenant, customer_id", cfg.memory_ms),
-            RestoreQuery("evidence", "SELECT kafka_partition, tenant, customer_id, kind, evidence_id, evidence_ms, "
-                         "detail FROM {db}.churn_evidence FINAL WHERE kafka_partition IN ({partitions}) "
-                         "AND evidence_ms > {since_ms}", cfg.memory_ms),
-            RestoreQuery("levels", "SELECT kafka_partition, tenant, customer_id, argMax(level, seq), max(seq) FROM "
-                         "{db}.churn_signals WHERE kafka_partition IN ({partitions}) AND signal_ms > {since_ms} "
-                         "GROUP BY kafka_partition, tenant, customer_id", cfg.forget_ms),
+    def restores(self) -> Sequence[Restore]:
+        cfg, known = self.config, (NotNull("customer_id"),)
+        per_customer = ("tenant", "customer_id")
+        return (  # in this order: "seen" makes the customers the others fill in, "levels" ends the rebuild
+            Restore("seen", "events", ("tenant", "customer_id", "event_ms"), "event_ms", cfg.forget_ms, known,
+                    Newest(per_customer, "event_ms")),
+            Restore("days", "events", ("tenant", "customer_id", "event_ms"), "event_ms", DAY_BITS * DAY_MS, known,
+                    Newest(per_customer, "event_ms", bucket_ms=DAY_MS)),
+            Restore("typed", "events", ("tenant", "customer_id", "event_type", "event_ms"), "event_ms", cfg.forget_ms,
+                    known + (OneOf("event_type", (*CRM_TIMES, *CHAT_TIMES)),),
+                    Newest((*per_customer, "event_type"), "event_ms")),
+            Restore("nps", "survey_responses", ("tenant", "customer_id", "score", "event_ms"), "event_ms",
+                    cfg.memory_ms, known + (Equals("kind", "NPS"),)),
+            Restore("evidence", "churn_evidence", ("tenant", "customer_id", "kind", "evidence_id", "evidence_ms",
+                                                   "detail"), "evidence_ms", cfg.memory_ms, final=True),
+            Restore("levels", "churn_signals", ("tenant", "customer_id", "level", "seq"), "signal_ms", cfg.forget_ms,
+                    newest=Newest(per_customer, "seq")),
         )
 
-    def restore(self, state: ChurnState, query: str, rows: list[tuple], clock_ms: int) -> None:
+    def restore(self, state: ChurnState, name: str, rows: list, clock_ms: int) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
         for row in rows:
-            if query == "seen":
-                tenant, customer_id, event_ms = row[0], row[1], int(row[2])
-                self._customer(state, tenant, customer_id).seen(event_ms)
+            if name == "seen":
+                self._customer(state, row.tenant, row.customer_id).seen(int(row.event_ms))
                 continue
-            c = state.customers.get(customer_key(row[0], row[1]))
+            c = state.customers.get(customer_key(row.tenant, row.customer_id))
             if c is None:
                 continue  # no event within `forget`: forgotten
-            if query == "days":
-                c.seen(int(row[2]))
-            elif query == "typed":
-                c.note_time({**CRM_TIMES, **CHAT_TIMES}[row[2]], int(row[3]))
-            elif query == "nps":
-                c.answered(int(row[3]), int(row[2]))
-            elif query == "evidence":
-                kind, evidence_id, evidence_ms, detail = row[2], row[3], int(row[4]), row[5]
-                if kind == "complaint_opened":
-                    c.complained(evidence_ms, evidence_id)
+            if name == "days":
+                c.seen(int(row.event_ms))
+            elif name == "typed":
+                c.note_time({**CRM_TIMES, **CHAT_TIMES}[row.event_type], int(row.event_ms))
+            elif name == "nps":
+                c.answered(int(row.event_ms), int(row.score))
+            elif name == "evidence":
+                if row.kind == "complaint_opened":
+                    c.complained(int(row.evidence_ms), row.evidence_id)
                 else:
-                    c.breached(evidence_ms, detail)
-            elif query == "levels":
-                c.level, c.seq = row[2], int(row[3])
-        if query == "levels":  # the last query: score everyone at the next tick
+                    c.breached(int(row.evidence_ms), row.detail)
+            elif name == "levels":
+                c.level, c.seq = row.level, int(row.seq)
+        if name == "levels":  # the last one: score everyone at the next tick
             for key, c in state.customers.items():
                 c.due_ms = state.clock_ms
                 heapq.heappush(state.timers, (c.due_ms, key))

@@ -16,8 +16,8 @@ usually gets:
   keeps the flag across the boundary, where the fresh bucket has few openings yet.
 
 Counting the current bucket so far against a whole bucket's baseline can only under-flag, never
-over-flag, early in the bucket. The input is the fact ``complaints_opened`` of the complaints core
-(each complaint once), so replays count nothing twice; the state is rebuilt from ``complaints``.
+over-flag, early in the bucket. The input is the fact :class:`~pipeline.metrics.facts.ComplaintOpened` of
+the complaints core (each complaint once), so replays count nothing twice; the state is rebuilt from ``complaints``.
 Gauges are computed over the partitions a worker owns (alerts take the max over workers).
 """
 from __future__ import annotations
@@ -29,8 +29,11 @@ from typing import Iterable, Optional, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from pydantic import Field
 
-from pipeline.metrics.base import MetricCore, Output, RestoreQuery
+from pipeline.config import Duration, Section
+from pipeline.metrics.base import Facts, MetricCore, Output, Restore
+from pipeline.metrics.facts import ComplaintOpened
 
 WEEK_MS, DAY_MS, HOUR_MS = 7 * 86_400_000, 86_400_000, 3_600_000
 EWMA_WEIGHT = 0.3  # weight of the most recent day in the short-history baseline
@@ -103,16 +106,35 @@ class SpikeState:
     clock_ms: int = 0
 
 
+class SpikeSettings(Section):
+    prefix = "spike_"
+    bucket: Duration = Field(Duration("1h"), description="Complaint spike detection: width of the event-time bucket "
+                             "whose opened count is tested against the baseline.")
+    alpha: float = Field(1e-4, gt=0, lt=1, description="Complaint spike: flag when the Poisson tail "
+                         "P(X >= opened | baseline) is below this.")
+    min_count: int = Field(5, ge=1, description="Complaint spike: never flag a bucket with fewer openings.")
+    min_ratio: float = Field(2.0, ge=1, description="Complaint spike: never flag a bucket with fewer than this many "
+                             "times the baseline openings.")
+    weeks: int = Field(4, ge=1, description="Complaint spike: weeks of same-hour-of-week history in the baseline (an "
+                       "EWMA of recent buckets stands in while history is shorter).")
+
+
 @dataclass
 class ComplaintSpikeCore(MetricCore[SpikeState]):
     test: SpikeTest
-    name: str = "complaint_spikes"
+    name = "complaint_spikes"
+    Settings = SpikeSettings
+    consumes = (ComplaintOpened,)
+
+    @classmethod
+    def configure(cls, section: SpikeSettings, stream) -> "ComplaintSpikeCore":
+        return cls(SpikeTest(section.bucket.ms, section.alpha, section.min_count, section.min_ratio, section.weeks))
 
     @property
     def horizon_ms(self) -> int:
         return (self.test.weeks + 1) * WEEK_MS
 
-    def new_state(self, partition: int = 0) -> SpikeState:
+    def new_state(self, partition: int) -> SpikeState:
         return SpikeState()
 
     def _count(self, state: SpikeState, tenant: str, opened_ms: int) -> None:
@@ -120,9 +142,11 @@ class ComplaintSpikeCore(MetricCore[SpikeState]):
         state.counts[tenant][bucket] += 1
         state.first[tenant] = min(state.first.get(tenant, bucket), bucket)
 
+    def take(self, state: SpikeState, facts: Facts, out: Output) -> None:
+        for opened in facts.of(ComplaintOpened):
+            self._count(state, opened.tenant, opened.opened_ms)
+
     def tick(self, state: SpikeState, clock_ms: int, out: Output) -> None:
-        for opened in out.facts.get("complaints_opened", ()):  # published by the complaints core's tick
-            self._count(state, opened["tenant"], opened["opened_ms"])
         bucket_now = clock_ms // self.test.bucket_ms
         if bucket_now != state.clock_ms // self.test.bucket_ms:
             oldest = (clock_ms - self.horizon_ms) // self.test.bucket_ms
@@ -131,11 +155,10 @@ class ComplaintSpikeCore(MetricCore[SpikeState]):
                     del counts[bucket]
         state.clock_ms = clock_ms
 
-    def restore_queries(self) -> Sequence[RestoreQuery]:
-        return (RestoreQuery("opened", "SELECT kafka_partition, tenant, opened_ms FROM {db}.complaints FINAL "
-                             "WHERE kafka_partition IN ({partitions}) AND opened_ms > {since_ms}", self.horizon_ms),)
+    def restores(self) -> Sequence[Restore]:
+        return (Restore("opened", "complaints", ("tenant", "opened_ms"), "opened_ms", self.horizon_ms, final=True),)
 
-    def restore(self, state: SpikeState, query: str, rows: list[tuple], clock_ms: int) -> None:
+    def restore(self, state: SpikeState, name: str, rows: list, clock_ms: int) -> None:
         for tenant, opened_ms in rows:
             self._count(state, tenant, int(opened_ms))
         state.clock_ms = max(state.clock_ms, clock_ms)

@@ -24,12 +24,12 @@ SLA (targets per priority, counted from opened_ms by event time):
   clock is past it. So a complaint nobody touches breaches on ``tick`` as soon as the clock passes.
 
 Each breach counts once per complaint and stage, when first seen, and publishes a follow-up action
-(fact ``actions``; :mod:`pipeline.metrics.actions` sends it) and the fact ``sla_breaches`` (churn
-evidence). A breach, once counted, stays (a later
+(fact :class:`~pipeline.metrics.facts.ActionRequested`; the actions core sends it) and the fact
+:class:`~pipeline.metrics.facts.SlaBreached` (churn evidence). A breach, once counted, stays (a later
 out-of-order event that would have prevented it does not undo it).
 
 Counts happen on state transitions after each batch (``tick``): first ``opened`` seen -> opened counter
-and the fact ``complaints_opened``; first response becoming known -> its histogram; the complaint
+and the fact :class:`~pipeline.metrics.facts.ComplaintOpened`; first response becoming known -> its histogram; the complaint
 becoming resolved (again, after a reopen) -> the resolution histogram. The ``complaints`` table holds
 each complaint's events and breach flags, and is the state a worker restores, so a replayed event is
 recognised by its id hash and changes nothing: no transition, no count, no row.
@@ -46,16 +46,19 @@ afresh, known only by its new events.
 from __future__ import annotations
 
 import bisect
-import hashlib
 import heapq
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, NamedTuple, Optional, Sequence
+from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from pydantic import Field, field_validator
 
-from pipeline.metrics.base import Accepted, Instrument, MetricCore, Output, RestoreQuery
+from pipeline.config import Duration, Section
+from pipeline.metrics.base import TICK, Batch, Instrument, MetricCore, NoneOf, OneOf, Output, Restore
+from pipeline.metrics.facts import ActionRequested, ComplaintOpened, SlaBreached, action_id
+from pipeline.registry import PRIORITIES
 from pipeline.tables import ROWS
 
 LIFECYCLE = ("opened", "acknowledged", "escalated", "resolved", "reopened", "closed")
@@ -132,9 +135,48 @@ def _stays_open(events: Sequence[Event], i: int) -> bool:
     return after is None or after.ms > events[i].ms
 
 
-def action_id(kind: str, *cause: str) -> str:
-    """Deterministic id of a follow-up action, from its cause: the same breach always gets the same id."""
-    return hashlib.sha1("|".join((kind, *cause)).encode("utf-8")).hexdigest()
+class SlaTargets:
+    """``urgent=1h/8h,high=4h/24h,...``: first-response / resolution targets for every priority, parsed once."""
+
+    __slots__ = ("ms", "text")
+
+    def __init__(self, text: Any):
+        if isinstance(text, SlaTargets):
+            self.ms, self.text = text.ms, text.text
+            return
+        targets: dict[str, tuple[int, int]] = {}
+        for item in str(text).split(","):
+            priority, _, spans = item.partition("=")
+            first, _, resolution = spans.partition("/")
+            if priority.strip() not in PRIORITIES or not resolution:
+                raise ValueError(f"bad complaint SLA {item!r}: use priority=first_response/resolution, e.g. high=4h/24h")
+            targets[priority.strip()] = (Duration(first).ms, Duration(resolution).ms)
+        missing = set(PRIORITIES) - set(targets)
+        if missing:
+            raise ValueError(f"complaint SLA lacks priorities {sorted(missing)}")
+        self.ms: dict[str, tuple[int, int]] = targets  # priority -> (first response, resolution)
+        self.text = str(text)
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class ComplaintSettings(Section):
+    prefix = "complaint_"
+    sla: Any = Field(
+        "urgent=1h/8h,high=4h/24h,normal=24h/72h,low=72h/7d", description="Complaint SLA targets per priority: "
+        "first response / resolution, counted from `opened` by event time (priority=first/resolution, comma-separated).")
+    category_max_values: int = Field(
+        20, ge=1, description="Complaint categories a worker labels by name per tenant in cx_complaints_opened_total "
+        "(the first ones seen); later categories count as `other`.")
+    max_events: int = Field(
+        64, ge=4, description="Events kept per complaint to recompute its state when events arrive out of order; "
+        "beyond that the oldest are folded into the state.")
+
+    @field_validator("sla", mode="before")
+    @classmethod
+    def _parse_sla(cls, value: Any) -> SlaTargets:
+        return SlaTargets(value)
 
 
 @dataclass
@@ -170,7 +212,10 @@ class ComplaintCore(MetricCore[ComplaintState]):
     max_lateness_ms: int
     category_max_values: int = 20
     max_events: int = 64
-    name: str = "complaints"
+    name = "complaints"
+    Settings = ComplaintSettings
+    publishes = {ComplaintOpened: TICK, SlaBreached: TICK, ActionRequested: TICK}
+    tables = ("complaints",)
     instruments: Sequence[Instrument] = (
         Instrument("cx_complaints_opened", "counter", "Complaints opened, by priority and category (capped).",
                    ("tenant", "priority", "category")),
@@ -185,15 +230,19 @@ class ComplaintCore(MetricCore[ComplaintState]):
     )
     _categories: dict[str, set[str]] = field(default_factory=dict)  # per process: category labels in use per tenant
 
-    def new_state(self, partition: int = 0) -> ComplaintState:
+    @classmethod
+    def configure(cls, section: ComplaintSettings, stream: Any) -> "ComplaintCore":
+        return cls(section.sla.ms, stream.max_lateness.ms, section.category_max_values, section.max_events)
+
+    def new_state(self, partition: int) -> ComplaintState:
         return ComplaintState(partition)
 
     # -- input -----------------------------------------------------------------------------------
-    def add(self, state: ComplaintState, accepted: Accepted, out: Output) -> None:
-        state.clock_ms = max(state.clock_ms, max(event["event_time"] for event in accepted.events))
-        if accepted.source != "complaints":
-            return
-        for event, key in zip(accepted.events, accepted.hashes):
+    def add(self, state: ComplaintState, batch: Batch, out: Output) -> None:
+        state.clock_ms = max(state.clock_ms, max(event["event_time"] for event in batch.events))
+        for source, event, key in zip(batch.sources, batch.events, batch.hashes):
+            if source != "complaints":
+                continue
             cid = event.get("complaint_id")
             if not cid or event["event_type"] not in RANK:
                 continue
@@ -248,9 +297,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
         self._move_backlog(state, complaint, before, after)
         if before.opened_ms is None and after.opened_ms is not None:
             out.count("cx_complaints_opened", (tenant, priority, self._category_label(tenant, category)))
-            out.facts["complaints_opened"].append({"tenant": tenant, "opened_ms": after.opened_ms,
-                                                   "complaint_id": complaint.complaint_id,
-                                                   "customer_id": complaint.customer_id})
+            out.publish(ComplaintOpened(tenant, complaint.customer_id, complaint.complaint_id, after.opened_ms))
             for target in self.sla_ms[priority]:
                 heapq.heappush(state.deadlines, (after.opened_ms + target, complaint.complaint_id))
         if before.first_response_ms is None and after.first_response_ms is not None:
@@ -295,18 +342,16 @@ class ComplaintCore(MetricCore[ComplaintState]):
     def _breach(self, complaint: Complaint, stage: str, late_ms: int, clock_ms: int, out: Output) -> None:
         priority, category, _ = complaint.attrs
         out.count("cx_complaint_sla_breaches", (complaint.tenant, priority, stage))
-        out.facts["sla_breaches"].append({
-            "complaint_id": complaint.complaint_id, "customer_id": complaint.customer_id, "tenant": complaint.tenant,
-            "priority": priority, "stage": stage, "late_ms": late_ms, "at_ms": clock_ms})
+        out.publish(SlaBreached(complaint.tenant, complaint.customer_id, complaint.complaint_id, priority, stage, late_ms,
+                                clock_ms))
         kind = "complaint_sla_breach"
-        out.facts["actions"].append({
-            "action_id": action_id(kind, complaint.complaint_id, stage), "kind": kind,
-            "customer_id": complaint.customer_id, "tenant": complaint.tenant,
-            "reason": f"{priority} complaint {complaint.complaint_id}: {stage.replace('_', ' ')} SLA breached",
-            "context": {"complaint_id": complaint.complaint_id, "priority": priority, "stage": stage,
-                        "late_seconds": str(late_ms // 1000), "category": category or ""},
-            "created_time": clock_ms, "due_time": clock_ms + self.sla_ms[priority][0],
-        })
+        out.publish(ActionRequested(
+            action_id=action_id(kind, complaint.complaint_id, stage), kind=kind, tenant=complaint.tenant,
+            customer_id=complaint.customer_id,
+            reason=f"{priority} complaint {complaint.complaint_id}: {stage.replace('_', ' ')} SLA breached",
+            context={"complaint_id": complaint.complaint_id, "priority": priority, "stage": stage,
+                     "late_seconds": str(late_ms // 1000), "category": category or ""},
+            due_ms=clock_ms + self.sla_ms[priority][0], created_ms=clock_ms))
 
     def _expire(self, state: ComplaintState, clock_ms: int) -> None:
         while state.expiries and state.expiries[0][0] < clock_ms:
@@ -337,15 +382,16 @@ class ComplaintCore(MetricCore[ComplaintState]):
             event_hashes=[e.hash for e in c.events], event_types=[LIFECYCLE[e.rank] for e in c.events],
             event_times_ms=[e.ms for e in c.events])
 
-    def restore_queries(self) -> Sequence[RestoreQuery]:
-        return (RestoreQuery(
-            "complaints", "SELECT kafka_partition, complaint_id, tenant, customer_id, priority, category, "
-            "origin_channel, updated_ms, sla_first_response_breached, sla_resolution_breached, folded_reopens, "
-            "event_hashes, event_types, event_times_ms FROM {db}.complaints FINAL "
-            "WHERE kafka_partition IN ({partitions}) AND (status IN ('opened', 'acknowledged', 'escalated', "
-            "'reopened') OR last_event_ms > {since_ms})", self.max_lateness_ms),)
+    def restores(self) -> Sequence[Restore]:
+        # Open complaints whatever their age, settled ones while a late event may still reach them.
+        columns = ("complaint_id", "tenant", "customer_id", "priority", "category", "origin_channel", "updated_ms",
+                   "sla_first_response_breached", "sla_resolution_breached", "folded_reopens", "event_hashes",
+                   "event_types", "event_times_ms")
+        return (Restore("open", "complaints", columns, None, where=(OneOf("status", tuple(sorted(OPEN))),), final=True),
+                Restore("settled", "complaints", columns, "last_event_ms", self.max_lateness_ms,
+                        where=(NoneOf("status", tuple(sorted(OPEN))),), final=True))
 
-    def restore(self, state: ComplaintState, query: str, rows: list[tuple], clock_ms: int) -> None:
+    def restore(self, state: ComplaintState, name: str, rows: list, clock_ms: int) -> None:
         for (cid, tenant, customer, priority, category, channel, updated_ms, fr_breached, res_breached, folded,
              hashes, types, times) in rows:
             events = sorted(Event(int(ms), RANK[t], int(h)) for h, t, ms in zip(hashes, types, times))

@@ -6,22 +6,27 @@ customer and don't count. It equals ``uniqExact(customer_id)`` over ``cx.events`
 Inputs are partitioned by customer, so the counts of all workers add up exactly.
 
 ``cx_complaint_customers{tenant,window}``: customers with a complaint opened in the window, from the
-complaint core's fact ``complaints_opened`` (dicts with complaint_id, customer_id, tenant, opened_ms).
+complaint core's fact :class:`~pipeline.metrics.facts.ComplaintOpened` (it publishes it in ``tick``; the
+processor hands it over through ``take``).
 Ratios per worker (``cx_stickiness`` = active 1d / active 30d, ``cx_complaint_customer_ratio``) are
 exported for single-worker setups; fleets use the recording rules, which divide the summed counts.
 
 State: the last minute each customer was seen (:class:`LastSeen`, 14 bytes a customer), kept for the
-largest window (at least 30 days, for stickiness). Rebuilt from ``events``; idempotent by construction.
+largest window (at least 30 days, for stickiness). Rebuilt from ``events`` and ``complaints`` (the opening
+time of each complaint, what the fact carried); idempotent by construction.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Annotated, Iterable, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from pydantic import BeforeValidator, Field
 
-from pipeline.metrics.base import Accepted, MetricCore, Output, RestoreQuery
+from pipeline.config import Duration, Section, split_list
+from pipeline.metrics.base import Batch, Facts, MetricCore, Newest, NotNull, Output, Restore
+from pipeline.metrics.facts import ComplaintOpened
 from pipeline.metrics.lastseen import MINUTE_MS, LastSeen
 
 DAY_MS = 86_400_000
@@ -38,44 +43,55 @@ def _counts(store: LastSeen, clock_ms: int, window_ms: int) -> dict[str, int]:
     return store.count_since((clock_ms - window_ms) // MINUTE_MS)
 
 
+class EngagementSettings(Section):
+    prefix = "engagement_"
+    windows: Annotated[list[Duration], BeforeValidator(split_list)] = Field(
+        [Duration("1d"), Duration("7d"), Duration("30d")], description="Windows of cx_active_customers and "
+        "cx_complaint_customers, by event time (comma-separated). Stickiness (DAU/MAU) always uses 1d and 30d.")
+
+
 @dataclass
 class EngagementCore(MetricCore[EngagementState]):
     windows_ms: dict[str, int]
-    name: str = "engagement"
+    name = "engagement"
+    Settings = EngagementSettings
+    consumes = (ComplaintOpened,)
+
+    @classmethod
+    def configure(cls, section: EngagementSettings, stream) -> "EngagementCore":
+        return cls({str(window): window.ms for window in section.windows})
 
     @property
     def retention_ms(self) -> int:
         return max(max(self.windows_ms.values()), STICKINESS[1])
 
-    def new_state(self, partition: int = 0) -> EngagementState:
+    def new_state(self, partition: int) -> EngagementState:
         return EngagementState()
 
-    def add(self, state: EngagementState, accepted: Accepted, out: Output) -> None:
+    def add(self, state: EngagementState, batch: Batch, out: Output) -> None:
         note = state.active.note
-        for event in accepted.events:
+        for event in batch.events:
             customer_id = event.get("customer_id")
             if customer_id is not None:
                 note(event["tenant"], customer_id, event["event_time"])
-        for opened in out.facts.get("complaints_opened", ()):
-            state.complained.note(opened["tenant"], opened["customer_id"], opened["opened_ms"])
+
+    def take(self, state: EngagementState, facts: Facts, out: Output) -> None:
+        for opened in facts.of(ComplaintOpened):
+            state.complained.note(opened.tenant, opened.customer_id, opened.opened_ms)
 
     def tick(self, state: EngagementState, clock_ms: int, out: Output) -> None:
         oldest = (clock_ms - self.retention_ms) // MINUTE_MS
         state.active.expire(oldest)
         state.complained.expire(oldest)
 
-    def restore_queries(self) -> Sequence[RestoreQuery]:
-        # The complaint core publishes complaints_opened for the `opened` event of each complaint, at its
-        # event time, so the same rows in `events` rebuild what its facts gave us.
-        sql = ("SELECT kafka_partition, tenant, customer_id, max(event_ms) FROM {{db}}.events "
-               "WHERE kafka_partition IN ({{partitions}}) AND event_ms > {{since_ms}} AND customer_id IS NOT NULL{} "
-               "GROUP BY kafka_partition, tenant, customer_id")
-        return (RestoreQuery("active", sql.format(""), self.retention_ms),
-                RestoreQuery("complained", sql.format(" AND source = 'complaints' AND event_type = 'opened'"),
-                             self.retention_ms))
+    def restores(self) -> Sequence[Restore]:
+        return (Restore("active", "events", ("tenant", "customer_id", "event_ms"), "event_ms", self.retention_ms,
+                        where=(NotNull("customer_id"),), newest=Newest(("tenant", "customer_id"), "event_ms")),
+                Restore("complained", "complaints", ("tenant", "customer_id", "opened_ms"), "opened_ms",
+                        self.retention_ms, newest=Newest(("tenant", "customer_id"), "opened_ms"), final=True))
 
-    def restore(self, state: EngagementState, query: str, rows: list[tuple], clock_ms: int) -> None:
-        store = state.active if query == "active" else state.complained
+    def restore(self, state: EngagementState, name: str, rows: list, clock_ms: int) -> None:
+        store = state.active if name == "active" else state.complained
         for tenant, customer_id, event_ms in rows:
             store.note(tenant, customer_id, int(event_ms))
         store.merge()

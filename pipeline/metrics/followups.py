@@ -1,14 +1,14 @@
 """Closed loop: follow-up actions for detractors and customers entering high churn risk, and whether
 following up on a detractor won them back.
 
-Actions go to the fact ``actions`` (FollowUpAction fields plus a deterministic ``action_id``) for the
-generic actions core, which emits each once:
+Actions go to the fact :class:`~pipeline.metrics.facts.ActionRequested` (with a deterministic
+``action_id``) for the actions core, which emits each once:
 
 ``detractor_followup``
-    for every NPS answer of 0..6 from a known customer (the survey core's fact ``answers``, each answer
-    once), due ``due`` (48 h) after the answer; id = sha1("detractor_followup|" + event id).
+    for every NPS answer of 0..6 from a known customer (the survey core's fact ``SurveyAnswered``, each
+    answer once), due ``due`` (48 h) after the answer; id = sha1("detractor_followup|" + event id).
 ``churn_risk_high``
-    when the churn core's fact ``churn_changes`` says a customer entered level high, due at once;
+    when the churn core's fact ``ChurnLevelChanged`` says a customer entered level high, due at once;
     id = sha1("churn_risk_high|tenant|customer|time of the change").
 
 Recovery: ``cx_detractor_followups{tenant,window,outcome}`` counts the detractor follow-ups whose answer
@@ -20,33 +20,39 @@ keyed by event id (idempotent), rebuilt from ``survey_responses``.
 from __future__ import annotations
 
 import bisect
-import hashlib
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from pydantic import Field
 
-from pipeline.metrics.base import Accepted, MetricCore, Output, RestoreQuery
+from pipeline.config import Duration, Section
+from pipeline.metrics.base import TAKE, Equals, Facts, MetricCore, NotNull, Output, Restore
+from pipeline.metrics.facts import ActionRequested, ChurnLevelChanged, SurveyAnswered, action_id
 from pipeline.metrics.lastseen import customer_key
+from pipeline.scores import is_detractor
 
 OUTCOMES = ("recovered", "not_recovered", "pending")
-DETRACTOR_MAX = 6
-
-
-def action_id(*cause: object) -> str:
-    return hashlib.sha1("|".join(map(str, cause)).encode("utf-8")).hexdigest()
 
 
 def outcomes(answers: Sequence[tuple[int, int, str]]) -> list[tuple[int, str]]:
     """(answer ms, outcome) of every detractor answer in a customer's time-ordered (ms, score, id) answers."""
     found = []
     for i, (ms, score, _) in enumerate(answers):
-        if score <= DETRACTOR_MAX:
+        if is_detractor(score):
             following = answers[i + 1][1] if i + 1 < len(answers) else None
             found.append((ms, "pending" if following is None else
-                          "recovered" if following > DETRACTOR_MAX else "not_recovered"))
+                          "not_recovered" if is_detractor(following) else "recovered"))
     return found
+
+
+class FollowupSettings(Section):
+    prefix = "followup_"
+    due: Duration = Field(Duration("48h"), description="Due time of a detractor_followup action after the answer.")
+    recovery_window: Duration = Field(
+        Duration("30d"), description="Detractor follow-ups in this window count towards cx_detractor_followups "
+        "(recovery).")
 
 
 @dataclass
@@ -59,46 +65,49 @@ class FollowupState:
 class FollowupCore(MetricCore[FollowupState]):
     due_ms: int
     recovery_window_ms: int
-    name: str = "followups"
+    name = "followups"
+    Settings = FollowupSettings
+    publishes = {ActionRequested: TAKE}
+    consumes = (SurveyAnswered, ChurnLevelChanged)
 
-    def new_state(self, partition: int = 0) -> FollowupState:
+    @classmethod
+    def configure(cls, section: FollowupSettings, stream: Any) -> "FollowupCore":
+        return cls(section.due.ms, section.recovery_window.ms)
+
+    def new_state(self, partition: int) -> FollowupState:
         return FollowupState()
 
-    def add(self, state: FollowupState, accepted: Accepted, out: Output) -> None:
-        for event in out.facts.get("answers", ()):
-            survey, customer_id = event["survey"], event.get("customer_id")
-            if survey["kind"] != "NPS" or customer_id is None:
+    def take(self, state: FollowupState, facts: Facts, out: Output) -> None:
+        for answer in facts.of(SurveyAnswered):
+            if answer.kind != "NPS" or answer.customer_id is None:
                 continue
-            self._remember(state, event["tenant"], customer_id, event["event_time"], survey["score"], event["event_id"])
-            if survey["score"] <= DETRACTOR_MAX:
-                out.facts["actions"].append(self._detractor_action(event, accepted.source))
-        self._churn_actions(out)
+            self._remember(state, answer.tenant, answer.customer_id, answer.event_ms, answer.score, answer.event_id)
+            if is_detractor(answer.score):
+                out.publish(self._detractor_action(answer))
+        for change in facts.of(ChurnLevelChanged):
+            if change.level == "high":
+                out.publish(self._churn_action(change))
 
-    def _detractor_action(self, event: dict, source: str) -> dict:
-        survey, answered_ms = event["survey"], event["event_time"]
-        context = {"score": str(survey["score"]), "source": source, "event_id": event["event_id"]}
+    def _detractor_action(self, answer: SurveyAnswered) -> ActionRequested:
+        context = {"score": str(answer.score), "source": answer.source, "event_id": answer.event_id}
         for name in ("comment", "touchpoint"):
-            if survey.get(name):
-                context[name] = survey[name]
-        where = f" at touchpoint {survey['touchpoint']}" if survey.get("touchpoint") else ""
-        return {"action_id": action_id("detractor_followup", event["event_id"]), "kind": "detractor_followup",
-                "customer_id": event["customer_id"], "tenant": event["tenant"],
-                "reason": f"NPS {survey['score']} (detractor){where} via {source}", "context": context,
-                "due_time": answered_ms + self.due_ms, "created_time": answered_ms}
+            if getattr(answer, name):
+                context[name] = getattr(answer, name)
+        where = f" at touchpoint {answer.touchpoint}" if answer.touchpoint else ""
+        return ActionRequested(
+            action_id=action_id("detractor_followup", answer.event_id), kind="detractor_followup", tenant=answer.tenant,
+            customer_id=answer.customer_id, reason=f"NPS {answer.score} (detractor){where} via {answer.source}",
+            context=context, due_ms=answer.event_ms + self.due_ms, created_ms=answer.event_ms)
 
     @staticmethod
-    def _churn_actions(out: Output) -> None:
-        for change in out.facts.get("churn_changes", ()):
-            if change["level"] != "high":
-                continue
-            at_ms = change["at_ms"]
-            out.facts["actions"].append({
-                "action_id": action_id("churn_risk_high", change["tenant"], change["customer_id"], at_ms),
-                "kind": "churn_risk_high", "customer_id": change["customer_id"], "tenant": change["tenant"],
-                "reason": f"churn risk high (score {change['score']:.2f}, was {change['previous_level']})",
-                "context": {"score": f"{change['score']:.4f}", "previous_level": change["previous_level"],
-                            "reasons": "\n".join(change["reasons"])},
-                "due_time": at_ms, "created_time": at_ms})
+    def _churn_action(change: ChurnLevelChanged) -> ActionRequested:
+        return ActionRequested(
+            action_id=action_id("churn_risk_high", change.tenant, change.customer_id, change.at_ms),
+            kind="churn_risk_high", tenant=change.tenant, customer_id=change.customer_id,
+            reason=f"churn risk high (score {change.score:.2f}, was {change.previous_level})",
+            context={"score": f"{change.score:.4f}", "previous_level": change.previous_level,
+                     "reasons": "\n".join(change.reasons)},
+            due_ms=change.at_ms, created_ms=change.at_ms)
 
     def _remember(self, state: FollowupState, tenant: str, customer_id: str, answered_ms: int, score: int,
                   event_id: str) -> None:
@@ -110,7 +119,6 @@ class FollowupCore(MetricCore[FollowupState]):
             answers.insert(at, entry)
 
     def tick(self, state: FollowupState, clock_ms: int, out: Output) -> None:
-        self._churn_actions(out)
         if clock_ms // 3_600_000 <= state.clock_ms // 3_600_000:
             return  # expire hourly: totals() applies the window exactly, this only frees memory
         state.clock_ms = clock_ms
@@ -122,12 +130,12 @@ class FollowupCore(MetricCore[FollowupState]):
             if not answers:
                 del state.answers[key]
 
-    def restore_queries(self) -> Sequence[RestoreQuery]:
-        return (RestoreQuery("answers", "SELECT kafka_partition, tenant, customer_id, event_ms, score, event_id FROM "
-                             "{db}.survey_responses FINAL WHERE kafka_partition IN ({partitions}) AND kind = 'NPS' "
-                             "AND customer_id IS NOT NULL AND event_ms > {since_ms}", self.recovery_window_ms),)
+    def restores(self) -> Sequence[Restore]:
+        return (Restore("answers", "survey_responses", ("tenant", "customer_id", "event_ms", "score", "event_id"),
+                        "event_ms", self.recovery_window_ms, (Equals("kind", "NPS"), NotNull("customer_id")),
+                        final=True),)
 
-    def restore(self, state: FollowupState, query: str, rows: list[tuple], clock_ms: int) -> None:
+    def restore(self, state: FollowupState, name: str, rows: list, clock_ms: int) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
         for tenant, customer_id, event_ms, score, event_id in rows:
             self._remember(state, tenant, customer_id, int(event_ms), int(score), event_id)

@@ -24,9 +24,9 @@ from typing import Optional, Union
 
 import yaml
 
-from pipeline.settings import duration_ms
+from pipeline.config import duration_ms
+from pipeline.registry import SOURCES
 
-SOURCES = ("web", "chatbot", "crm", "complaints")
 MAX_STEPS = 32  # ClickHouse's windowFunnel takes at most 32 conditions
 # windowFunnel keeps its timestamps as Int32, so a reproducing query's relative milliseconds
 # (event_ms - base) and the window must stay below 2**31 ms, about 24.8 days.
@@ -35,11 +35,6 @@ EXCLUDED = 1 << MAX_STEPS  # the step-mask bit of an exclusion event
 _IDENTIFIER = re.compile(r"^[A-Za-z0-9_.:-]+$")  # also keeps names safe inside SQL literals
 _FUNNEL_KEYS = {"name", "window", "steps", "exclude"}
 _STEP_KEYS = {"event_type", "name", "where", "source"}
-
-
-def sql_string(value: str) -> str:
-    """A ClickHouse string literal (definitions come from the settings file, never from events)."""
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class FunnelConfigError(ValueError):
@@ -65,16 +60,6 @@ class Step:
         attributes = event.get("attributes") or {}
         return all(attributes.get(key) == value for key, value in self.where)
 
-    def sql_condition(self) -> str:
-        """The step as a condition on the ``events`` table."""
-        parts = [f"event_type = {sql_string(self.event_type)}"]
-        if self.source:
-            parts.append(f"source = {sql_string(self.source)}")
-        for key, value in self.where:
-            parts.append(f"has(attr_keys, {sql_string(key)}) AND attr_values[indexOf(attr_keys, {sql_string(key)})] = "
-                         f"{sql_string(value)}")
-        return " AND ".join(parts)
-
 
 @dataclass(frozen=True)
 class Funnel:
@@ -82,16 +67,6 @@ class Funnel:
     window_ms: int
     steps: tuple[Step, ...] = field(default=())
     exclusions: tuple[Step, ...] = ()  # their event types are never steps
-
-    def window_funnel_sql(self, db: str, since_ms: int) -> str:
-        """The documented query: each customer's level from ClickHouse's own windowFunnel over the events
-        from ``since_ms`` on. 18.16 takes only a DateTime or UInt32 time, so times are milliseconds after
-        since_ms (below 2**31: about 24.8 days); the subquery's ORDER BY puts same-millisecond events in
-        event_id order, the core's tie rule."""
-        conditions = ", ".join(step.sql_condition() for step in self.steps)
-        return (f"SELECT tenant, customer_id, windowFunnel({self.window_ms})(toUInt32(event_ms - {int(since_ms)}), "
-                f"{conditions}) AS level FROM (SELECT * FROM {db}.events FINAL WHERE customer_id IS NOT NULL "
-                f"AND event_ms >= {int(since_ms)} ORDER BY event_ms, event_id) GROUP BY tenant, customer_id")
 
     def step_mask(self, source: str, event: dict) -> int:
         """Bit i set when the event matches step i+1 (one event may match several steps);

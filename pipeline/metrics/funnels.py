@@ -27,13 +27,16 @@ import heapq
 from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from pipeline.metrics.base import Accepted, Instrument, MetricCore, Output, RestoreQuery
+from pydantic import Field, field_validator
+
+from pipeline.config import Section
+from pipeline.metrics.base import Batch, Instrument, MetricCore, Newest, NotNull, OneOf, Output, Restore
 from pipeline.metrics.funnel_defs import EXCLUDED, Funnel, load_funnels
-from pipeline.settings import Settings, duration_ms
 
 BUCKET_MS = 60_000
 CONVERSION_SECONDS = "cx_funnel_conversion_seconds"
@@ -118,8 +121,23 @@ class FunnelState:
         return track
 
 
+class FunnelSettings(Section):
+    prefix = "funnels_"
+    file: Path = Field(
+        Path(__file__).parent.parent / "funnels.yaml",
+        description="YAML file of the conversion funnels (steps, filters, window). Default: the bundled purchase funnel.")
+
+    @field_validator("file")
+    @classmethod
+    def _check(cls, path: Path) -> Path:
+        load_funnels(path)  # a bad definition fails when the settings load, naming the funnel and the step
+        return path
+
+
 class FunnelCore(MetricCore[FunnelState]):
     name = "funnels"
+    Settings = FunnelSettings
+    tables = ("funnel_progress",)
 
     def __init__(self, funnels: Sequence[Funnel], windows_ms: dict[str, int], max_lateness_ms: int):
         self.funnels = tuple(funnels)
@@ -143,12 +161,12 @@ class FunnelCore(MetricCore[FunnelState]):
         self.longest_window_ms = max(funnel.window_ms for funnel in self.funnels)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "FunnelCore":
+    def configure(cls, section: FunnelSettings, stream) -> "FunnelCore":
         """The worker's core; a bad funnels file raises FunnelConfigError here, at start-up."""
-        return cls(load_funnels(settings.funnels_file), settings.window_ms, duration_ms(settings.max_lateness))
+        return cls(load_funnels(section.file), stream.window_ms, stream.max_lateness.ms)
 
-    def new_state(self, partition: int = 0) -> FunnelState:
-        return FunnelState()
+    def new_state(self, partition: int) -> FunnelState:
+        return FunnelState(partition=partition)
 
     # -- input ------------------------------------------------------------------------------
     @staticmethod
@@ -160,11 +178,10 @@ class FunnelCore(MetricCore[FunnelState]):
                 mask |= bit
         return mask
 
-    def add(self, state: FunnelState, accepted: Accepted, out: Output) -> None:
-        state.partition = accepted.partition
+    def add(self, state: FunnelState, batch: Batch, out: Output) -> None:
         changed: dict[tuple, set[int]] = defaultdict(set)
-        dispatch, source, mask_of, tracks = self._dispatch, accepted.source, self._mask, state.tracks
-        for event in accepted.events:
+        dispatch, mask_of, tracks = self._dispatch, self._mask, state.tracks
+        for source, event in zip(batch.sources, batch.events):
             customer = event.get("customer_id")
             if customer is None:
                 continue
@@ -290,44 +307,38 @@ class FunnelCore(MetricCore[FunnelState]):
     def restore_span_ms(self) -> int:
         return max(self.max_lateness_ms, max(self.windows_ms.values()) + BUCKET_MS) + self.longest_window_ms
 
-    def restore_queries(self) -> Sequence[RestoreQuery]:
-        span, types = self.restore_span_ms(), ", ".join(f"'{t}'" for t in sorted(self._event_types))
+    def restores(self) -> Sequence[Restore]:
+        span = self.restore_span_ms() + 1  # attempts and events from clock - restore_span_ms() on, inclusive
         return (
             # the last version written per attempt, so a rewritten row always outranks it
-            RestoreQuery("funnel_versions",
-                         "SELECT kafka_partition, tenant, funnel, customer_id, started_ms, max(updated_ms) "
-                         "FROM {db}.funnel_progress WHERE kafka_partition IN ({partitions}) "
-                         "AND started_ms >= {since_ms} "
-                         "GROUP BY kafka_partition, tenant, funnel, customer_id, started_ms",
-                         span),
-            RestoreQuery("funnel_events",
-                         "SELECT kafka_partition, source, event_type, event_ms, event_id, tenant, customer_id, "
-                         "attr_keys, attr_values FROM {db}.events WHERE kafka_partition IN ({partitions}) "
-                         f"AND event_ms >= {{since_ms}} AND customer_id IS NOT NULL AND event_type IN ({types})",
-                         span),
+            Restore("funnel_versions", "funnel_progress", ("tenant", "funnel", "customer_id", "started_ms", "updated_ms"),
+                    "started_ms", span, newest=Newest(("tenant", "funnel", "customer_id", "started_ms"), "updated_ms")),
+            Restore("funnel_events", "events", ("source", "event_type", "event_ms", "event_id", "tenant", "customer_id",
+                                                "attr_keys", "attr_values"), "event_ms", span,
+                    where=(NotNull("customer_id"), OneOf("event_type", tuple(sorted(self._event_types))))),
         )
 
-    def restore(self, state: FunnelState, query: str, rows: list[tuple], clock_ms: int) -> None:
+    def restore(self, state: FunnelState, name: str, rows: list, clock_ms: int) -> None:
         """Rebuild without emitting rows or observing conversions: whatever the events table holds
         was completely delivered (it is written last), conversions included."""
         state.clock_ms = max(state.clock_ms, clock_ms)
         index_of = {funnel.name: i for i, funnel in enumerate(self.funnels)}
-        if query == "funnel_versions":
-            for tenant, name, customer, start_ms, version in rows:
-                if name in index_of:
-                    track = state.track((tenant, customer, index_of[name]), start_ms)
-                    attempt = track.attempts.setdefault(start_ms, [0, (), 0])
-                    attempt[2] = max(attempt[2], version)
+        if name == "funnel_versions":
+            for row in rows:
+                if row.funnel in index_of:
+                    track = state.track((row.tenant, row.customer_id, index_of[row.funnel]), row.started_ms)
+                    attempt = track.attempts.setdefault(row.started_ms, [0, (), 0])
+                    attempt[2] = max(attempt[2], row.updated_ms)
                     track.stairs = None
             return
         touched = set()
-        for source, event_type, event_ms, event_id, tenant, customer, keys, values in rows:
-            event = {"event_type": event_type, "attributes": dict(zip(keys, values))}
+        for row in rows:
+            event = {"event_type": row.event_type, "attributes": dict(zip(row.attr_keys, row.attr_values))}
             for index, funnel in enumerate(self.funnels):
-                mask = funnel.step_mask(source, event)
+                mask = funnel.step_mask(row.source, event)
                 if mask:
-                    key = (tenant, customer, index)
-                    state.track(key, event_ms).insert(event_ms, event_id, mask)
+                    key = (row.tenant, row.customer_id, index)
+                    state.track(key, row.event_ms).insert(row.event_ms, row.event_id, mask)
                     touched.add(key)
         for key in touched:
             track, funnel = state.tracks[key], self.funnels[key[2]]

@@ -1,7 +1,7 @@
 """NPS, CSAT and CES broken down by segment: configured attribute keys (region, plan, ...) and source.
 
-Reads the ``answers`` fact of the survey core (each answer it counted, once), so it inherits its
-idempotency. Every answer falls in exactly one segment per dimension: the attribute's value, or
+Consumes :class:`~pipeline.metrics.facts.SurveyAnswered` (each answer the survey core counted, once), so
+it inherits its idempotency. Every answer falls in exactly one segment per dimension: the attribute's value, or
 ``unknown`` when the event lacks it. Attribute values come from customers' systems, so the series
 are capped: per (tenant, dimension) at most ``max_values`` segments are exported, those with the most
 responses in the largest window, and the rest are summed as ``other`` (in every window alike). The
@@ -12,17 +12,30 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Annotated, Iterable, Sequence
 
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
 from prometheus_client.metrics_core import Metric
+from pydantic import BeforeValidator, Field
 
-from pipeline.metrics.base import Accepted, MetricCore, Output, RestoreQuery
-from pipeline.metrics.surveys import CLASSES, Totals, ces, counts_of, csat, nps
+from pipeline.config import Section, split_list
+from pipeline.metrics.base import Facts, MetricCore, Output, Restore
+from pipeline.metrics.facts import SurveyAnswered
 from pipeline.metrics.windows import RollingCounts
+from pipeline.scores import CLASSES, Totals, ces, counts_of, csat, nps
 
 OTHER, UNKNOWN = "other", "unknown"
 MAX_LABEL_CHARS = 64
+
+
+class SegmentSettings(Section):
+    prefix = "segment_"
+    dimensions: Annotated[list[str], BeforeValidator(split_list)] = Field(
+        ["region", "plan", "source"], description="Segment breakdowns of NPS/CSAT/CES: attribute keys of the events, "
+        "and `source` (comma-separated).")
+    max_values: int = Field(
+        20, ge=1, description="Segments exported per tenant and dimension (those with most responses); the rest are "
+        "summed as `other`, so a customer-supplied attribute can't explode the series count.")
 
 
 @dataclass
@@ -30,37 +43,42 @@ class SegmentCore(MetricCore[RollingCounts]):
     windows_ms: dict[str, int]
     dimensions: tuple[str, ...]  # attribute keys, and "source"
     max_values: int
-    name: str = "segments"
 
-    def new_state(self, partition: int = 0) -> RollingCounts:
+    name = "segments"
+    Settings = SegmentSettings
+    consumes = (SurveyAnswered,)
+
+    @classmethod
+    def configure(cls, section: SegmentSettings, stream) -> "SegmentCore":
+        return cls(stream.window_ms, tuple(section.dimensions), section.max_values)
+
+    def new_state(self, partition: int) -> RollingCounts:
         return RollingCounts(self.windows_ms, 5)  # key: (tenant, kind, dimension, segment)
 
-    def segments_of(self, event: dict, source: str) -> Iterable[tuple[str, str]]:
-        attributes = event.get("attributes") or {}
+    def segments_of(self, attributes: dict, source: str) -> Iterable[tuple[str, str]]:
         for dimension in self.dimensions:
             value = source if dimension == "source" else attributes.get(dimension) or UNKNOWN
             yield dimension, value[:MAX_LABEL_CHARS]
 
-    def add(self, state: RollingCounts, accepted: Accepted, out: Output) -> None:
-        for event in out.facts.get("answers", ()):
-            survey = event["survey"]
-            counts = counts_of(survey["kind"], survey["score"])
-            for dimension, segment in self.segments_of(event, accepted.source):
-                state.add((event["tenant"], survey["kind"], dimension, segment), event["event_time"], counts)
+    def take(self, state: RollingCounts, facts: Facts, out: Output) -> None:
+        for answer in facts.of(SurveyAnswered):
+            counts = counts_of(answer.kind, answer.score)
+            for dimension, segment in self.segments_of(answer.attributes, answer.source):
+                state.add((answer.tenant, answer.kind, dimension, segment), answer.event_ms, counts)
 
     def tick(self, state: RollingCounts, clock_ms: int, out: Output) -> None:
         state.prune(clock_ms)
 
-    def restore_queries(self) -> Sequence[RestoreQuery]:
-        return (RestoreQuery("answers", "SELECT kafka_partition, tenant, kind, score, event_ms, source, attr_keys, "
-                             "attr_values FROM {db}.survey_responses FINAL WHERE kafka_partition IN ({partitions}) "
-                             "AND event_ms > {since_ms}", max(self.windows_ms.values())),)
+    def restores(self) -> Sequence[Restore]:
+        return (Restore("answers", "survey_responses",
+                        ("tenant", "kind", "score", "event_ms", "source", "attr_keys", "attr_values"), "event_ms",
+                        max(self.windows_ms.values()), final=True),)
 
-    def restore(self, state: RollingCounts, query: str, rows: list[tuple], clock_ms: int) -> None:
-        for tenant, kind, score, event_ms, source, keys, values in rows:
-            event = {"attributes": dict(zip(keys, values))}
-            for dimension, segment in self.segments_of(event, source):
-                state.add((tenant, kind, dimension, segment), int(event_ms), counts_of(kind, int(score)))
+    def restore(self, state: RollingCounts, name: str, rows: list, clock_ms: int) -> None:
+        for row in rows:
+            counts = counts_of(row.kind, int(row.score))
+            for dimension, segment in self.segments_of(dict(zip(row.attr_keys, row.attr_values)), row.source):
+                state.add((row.tenant, row.kind, dimension, segment), int(row.event_ms), counts)
 
     def totals(self, states: Sequence[RollingCounts], clock_ms: int) -> dict[tuple[str, str, str, str, str], Totals]:
         """(tenant, kind, dimension, segment, window) -> Totals, capped per (tenant, dimension)."""

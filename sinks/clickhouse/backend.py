@@ -14,7 +14,10 @@ from pathlib import Path
 from typing import Any, Optional, Sequence, Union
 from urllib.parse import parse_qs, urlparse
 
-from pipeline.tables import TABLES, create_statements, missing_column_fixes
+from pipeline.secret_values import clickhouse_security
+from pipeline.settings import ClickHouseSettings
+from pipeline.tables import TABLES
+from sinks.clickhouse.ddl import create_statements, missing_column_fixes
 
 
 class OutdatedTables(RuntimeError):
@@ -197,3 +200,9 @@ def open_backend(url: Optional[str], data_dir: Path, database: str = "cx", conne
         ChdbBackend(Path(data_dir) / "clickhouse", database)
     backend.create_tables()
     return backend
+
+
+def connect(clickhouse: ClickHouseSettings, data_dir: Path) -> Backend:
+    """:func:`open_backend` as the ``clickhouse_*`` settings say (credentials from the password file)."""
+    return open_backend(clickhouse.url, data_dir, clickhouse.database, clickhouse.connect_timeout.seconds,
+                        clickhouse.timeout.seconds, clickhouse.cluster, **clickhouse_security(clickhouse))

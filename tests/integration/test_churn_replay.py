@@ -51,7 +51,8 @@ class Input:
 def expected_levels(inp: Input) -> dict[tuple[str, str], str]:
     """(tenant, customer) -> level at the final clock, straight from the definition in docs/metrics.md
     (default settings)."""
-    weights, settings = Settings().churn_weights, Settings()
+    settings = Settings()
+    weights = settings.churn.weights
     facts: dict[tuple[str, str], dict] = defaultdict(lambda: defaultdict(int, days=set()))
     for source, e in inp.valid:
         if e["customer_id"] is None:
@@ -82,13 +83,13 @@ def expected_levels(inp: Input) -> dict[tuple[str, str], str]:
             "downgrade": within(f["downgrade"]),
             "chatbot": within(f["abandoned"]) or (f["handoff"] > f["resolved"] and clock - f["handoff"] >= DAY
                                                   and within(f["handoff"])),
-            "activity_drop": (lambda last, before: before >= 2 and last < settings.churn_activity_drop * before)(
+            "activity_drop": (lambda last, before: before >= 2 and last < settings.churn.activity_drop * before)(
                 sum(today - 7 <= d <= today - 1 for d in f["days"]),
                 sum(today - 28 <= d <= today - 8 for d in f["days"]) / 3),
         }
         score = min(1.0, sum(weights[name] for name, on in present.items() if on))
-        levels[key] = ("churned" if f["cancelled"] > f["started"] else "high" if score >= settings.churn_high - 1e-9
-                       else "medium" if score >= settings.churn_medium - 1e-9 else "low")
+        levels[key] = ("churned" if f["cancelled"] > f["started"] else "high" if score >= settings.churn.high - 1e-9
+                       else "medium" if score >= settings.churn.medium - 1e-9 else "low")
     return levels
 
 

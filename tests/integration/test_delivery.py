@@ -17,10 +17,13 @@ from prometheus_client import CollectorRegistry
 
 from pipeline.dedup import id_hash
 from pipeline.metrics.base import Output
+from pipeline.messages import DeadLetter
+from pipeline.registry import BundledRegistry
 from pipeline.tables import ROWS
+from pipeline.wire import Codec
 from sinks.clickhouse.backend import NativeBackend
 from sinks.clickhouse.sink import ClickHouseSink
-from sinks.delivery import Delivery, RetryPolicy
+from sinks.delivery import Delivery, Retrier, RetryPolicy
 from sinks.prometheus import PipelineMetrics
 
 pytestmark = pytest.mark.integration
@@ -36,7 +39,8 @@ def batch(n: int, start: int = 0) -> Output:
             event_id, ms // 1000, ms, "acme", f"c{i}", "web", "NPS", i % 11, None, None, 0, id_hash(event_id), [], []))
         out.rows["events"].append(ROWS["events"](
             event_id, "web", "survey_response", ms // 1000, ms, "acme", f"c{i}", None, None, [], [], 0, i, id_hash(event_id)))
-    out.send("deadletter", b"k", b"letter")
+    out.send("deadletter", b"k", DeadLetter("invalid_value", "bad", "cx.events.web", 0, start, None, b"k", b"letter",
+                                            T0, False, 6))
     out.count("cxp_events_processed", ("web",), n)
     return out
 
@@ -62,8 +66,8 @@ class Harness:
 
         self.delivery = Delivery(
             ClickHouseSink(self.backend), lambda f, *a: asyncio.get_running_loop().run_in_executor(executor, f, *a),
-            publish, {"deadletter": "cx.deadletter"}, self.metrics, RetryPolicy(0.05, 0.2), flush_rows=10_000,
-            flush_interval=60)
+            publish, {"deadletter": "cx.deadletter"}, Codec(BundledRegistry()), ["survey_responses"], self.metrics,
+            Retrier(RetryPolicy(0.05, 0.2), self.metrics.sink_errors), flush_rows=10_000, flush_interval=60)
         self.delivery.acknowledge = acknowledge
 
     def count(self, table: str) -> int:

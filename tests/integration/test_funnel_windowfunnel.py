@@ -12,11 +12,13 @@ import random
 import pytest
 
 from pipeline.dedup import id_hash
-from pipeline.metrics.base import Accepted, Output
+from pipeline.metrics.base import Batch, Output
 from pipeline.metrics.funnel_defs import parse_funnels
 from pipeline.metrics.funnels import FunnelCore
 from pipeline.tables import COLUMNS, ROWS
 from sinks.clickhouse.backend import NativeBackend
+from sinks.clickhouse.queries import window_funnel_sql
+from sinks.clickhouse.state import restore_sql
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +61,7 @@ def event_row(source: str, e: dict) -> tuple:
 
 def at_least_from_sql(backend, funnel, since_ms) -> dict[str, list[int]]:
     recount = ", ".join(f"sum(level >= {k})" for k in range(1, len(funnel.steps) + 1))
-    rows = backend.query(f"SELECT tenant, {recount} FROM ({funnel.window_funnel_sql(backend.database, since_ms)}) "
+    rows = backend.query(f"SELECT tenant, {recount} FROM ({window_funnel_sql(funnel, backend.database, since_ms)}) "
                          "GROUP BY tenant")
     return {tenant: list(counts) for tenant, *counts in rows if any(counts)}
 
@@ -86,20 +88,18 @@ def test_core_levels_and_window_counts_equal_window_funnel(clickhouse_url):
         backend.insert("events", columns, list(zip(*rows[: len(rows) // 3])))  # a replayed flush: FINAL drops it
 
         core = FunnelCore(FUNNELS, WINDOWS, max_lateness_ms=200 * MIN)
-        state, out = core.new_state(), Output()
+        state, out = core.new_state(0), Output()
         shuffled = events[:]
         rng.shuffle(shuffled)
         for offset in range(0, len(shuffled), 3):  # several events per message, one source per message
-            batch = shuffled[offset:offset + 3]
-            for source in {s for s, _ in batch}:
-                core.add(state, Accepted.of(source, 0, offset, [e for s, e in batch if s == source]), out)
+            core.add(state, Batch.of(0, shuffled[offset:offset + 3]), out)
         clock = max(e["event_time"] for _, e in events)
         core.tick(state, clock, out)  # nothing is old enough to expire
         backend.insert("funnel_progress", COLUMNS["funnel_progress"], list(zip(*out.rows["funnel_progress"])))
 
         levels = core.levels(state)
         for funnel in FUNNELS:
-            sql_levels = backend.query(funnel.window_funnel_sql(backend.database, T0))
+            sql_levels = backend.query(window_funnel_sql(funnel, backend.database, T0))
             assert len(sql_levels) == len({(e["tenant"], e["customer_id"]) for _, e in events})
             for tenant, customer, level in sql_levels:
                 assert levels.get((tenant, customer, funnel.name), 0) == level, (funnel.name, tenant, customer)
@@ -110,10 +110,10 @@ def test_core_levels_and_window_counts_equal_window_funnel(clickhouse_url):
                 assert mine == at_least_from_sql(backend, funnel, first_ms), (funnel.name, label)
                 assert mine == at_least_from_progress(backend, funnel, first_ms), (funnel.name, label)
         # the restore queries run on 18.16 and rebuild the same state, without a row or an observation
-        restored, restore_out = core.new_state(), Output()
-        for query in core.restore_queries():
-            sql = query.sql.format(db=backend.database, partitions="0", since_ms=clock - query.span_ms)
-            core.restore(restored, query.name, [row[1:] for row in backend.query(sql)], clock)
+        restored, restore_out = core.new_state(0), Output()
+        for spec in core.restores():
+            rows = backend.query(restore_sql(spec, backend.database, [0], clock))
+            core.restore(restored, spec.name, [spec.row_type()(*row[1:]) for row in rows], clock)
         core.tick(restored, clock, restore_out)
         assert restore_out.row_count() == 0 and restore_out.observations == []
         assert core.levels(restored) == levels

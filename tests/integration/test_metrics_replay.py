@@ -15,10 +15,11 @@ from collections import Counter, defaultdict
 import pytest
 from kafka import KafkaProducer
 
-from pipeline.metrics.surveys import CLASSES, classify
+from pipeline.scores import CLASSES, classify
 from pipeline.partitioner import event_key, partition_for
 from pipeline.simulate import Simulator
 from sinks.clickhouse.backend import NativeBackend
+from sinks.clickhouse.queries import window_funnel_sql
 from tests.foreign import RECORD, avro
 from tests.services.worker import WorkerProcess, worker_env
 
@@ -187,9 +188,9 @@ def test_funnel_levels_equal_clickhouse_window_funnel(replayed):
     from pipeline.settings import Settings
 
     ch, db, data = replayed["clickhouse"], replayed["db"], replayed["data"]
-    (funnel,) = load_funnels(Settings().funnels_file)
+    (funnel,) = load_funnels(Settings().funnels.file)
     first_ms = min(e["event_time"] for _, e in data.valid)
-    truth = {(t, c): level for t, c, level in ch.query(funnel.window_funnel_sql(db, first_ms)) if level}
+    truth = {(t, c): level for t, c, level in ch.query(window_funnel_sql(funnel, db, first_ms)) if level}
     stored = {(t, c): level for t, c, level in ch.query(
         f"SELECT tenant, customer_id, max(level) FROM {db}.funnel_progress FINAL WHERE funnel = '{funnel.name}' "
         "GROUP BY tenant, customer_id")}
@@ -199,7 +200,7 @@ def test_funnel_levels_equal_clickhouse_window_funnel(replayed):
     gauges = {(l["tenant"], l["step"], l["window"]): v for l, v in replayed["second"]["cx_funnel_customers"]}
     for window, w in WINDOWS.items():
         since = ((data.clock - w) // 60_000) * 60_000 + 60_000  # the window's first millisecond
-        levels = ch.query(funnel.window_funnel_sql(db, since))
+        levels = ch.query(window_funnel_sql(funnel, db, since))
         for tenant in {t for t, _, _ in levels}:
             for k, step in enumerate(funnel.steps, 1):
                 expected = sum(1 for t, _, level in levels if t == tenant and level >= k)

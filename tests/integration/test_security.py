@@ -110,8 +110,8 @@ def test_rate_limit_answers_429_with_retry_after_then_recovers(guarded):
 def test_start_up_log_has_the_settings_but_no_secret(guarded):
     log = guarded.log_path.read_text(errors="replace")
     settings_lines = [json.loads(line) for line in log.splitlines() if '"worker settings"' in line]
-    assert settings_lines and settings_lines[0]["settings"]["metrics_token"] == "***"
-    assert settings_lines[0]["settings"]["kafka_sasl_password"] == "***"
+    assert settings_lines and settings_lines[0]["settings"]["CXP_METRICS_TOKEN"] == "***"
+    assert settings_lines[0]["settings"]["CXP_KAFKA_SASL_PASSWORD"] == "***"
     for secret in (METRICS_TOKEN, SASL_PASSWORD, "token-alpha-9c2e", "token-beta-41d0"):
         assert secret not in log
 
@@ -183,6 +183,6 @@ def test_the_clickhouse_password_file_is_what_the_server_checks(clickhouse_url, 
     assert NativeBackend(clickhouse_url).query("SELECT 1") == [(1,)]
     secret = tmp_path / "clickhouse-password"
     secret.write_text("not-the-password\n")
-    options = clickhouse_security(Settings(clickhouse_url=clickhouse_url, clickhouse_password_file=secret))
+    options = clickhouse_security(Settings(clickhouse_url=clickhouse_url, clickhouse_password_file=secret).clickhouse)
     with pytest.raises(ServerException, match="(?i)password"):
         NativeBackend(clickhouse_url, **options).query("SELECT 1")

@@ -5,37 +5,39 @@ import io
 
 import fastavro
 
+from pipeline.messages import FollowUpAction
 from pipeline.metrics.actions import ActionCore
-from pipeline.metrics.base import Output
-from pipeline.metrics.complaints import action_id
+from pipeline.metrics.base import Facts, Output
+from pipeline.metrics.facts import ActionRequested, action_id
 from pipeline.registry import BundledRegistry
 from pipeline.wire import Codec
 
 DAY = 86_400_000
 
 
-def fact(complaint: str, stage: str, created: int) -> dict:
-    return {"action_id": action_id("complaint_sla_breach", complaint, stage), "kind": "complaint_sla_breach",
-            "customer_id": "c-7", "tenant": "acme", "reason": "first response SLA breached",
-            "context": {"complaint_id": complaint, "stage": stage}, "created_time": created,
-            "due_time": created + 3_600_000}
+def fact(complaint: str, stage: str, created: int) -> ActionRequested:
+    return ActionRequested(action_id("complaint_sla_breach", complaint, stage), "complaint_sla_breach", "acme", "c-7",
+                           "first response SLA breached", {"complaint_id": complaint, "stage": stage},
+                           created + 3_600_000, created)
 
 
-def round_with(core: ActionCore, state, facts: list[dict], clock: int) -> Output:
+def round_with(core: ActionCore, state, facts: list[ActionRequested], clock: int) -> Output:
     out = Output()
-    out.facts["actions"].extend(facts)
+    core.take(state, Facts(facts), out)
     core.tick(state, clock, out)
     return out
 
 
 def test_each_action_once_with_its_avro_message_row_and_count():
     codec = Codec(BundledRegistry())
-    core = ActionCore(codec, 7 * DAY)
+    core = ActionCore(7 * DAY)
     state = core.new_state(2)
     first = round_with(core, state, [fact("k1", "first_response", 1000), fact("k1", "first_response", 1000)], 1000)
     again = round_with(core, state, [fact("k1", "first_response", 5000), fact("k1", "resolution", 5000)], 5000)
     assert len(first.messages["actions"]) == 1 and len(again.messages["actions"]) == 1
-    key, value = first.messages["actions"][0]
+    key, message = first.messages["actions"][0]
+    assert isinstance(message, FollowUpAction)
+    value = codec.encode_message(message)
     schema = codec.registry.by_name("cx.FollowUpAction")
     assert key == b"c-7" and int.from_bytes(value[1:5], "big") == schema.id
     record = fastavro.schemaless_reader(io.BytesIO(value[5:]), schema.decoder_parsed)
@@ -47,9 +49,10 @@ def test_each_action_once_with_its_avro_message_row_and_count():
 
 
 def test_restored_ids_are_not_sent_again_and_ids_are_forgotten_after_the_horizon():
-    core = ActionCore(Codec(BundledRegistry()), 7 * DAY)
+    core = ActionCore(7 * DAY)
     state = core.new_state(2)
-    core.restore(state, "actions", [(action_id("complaint_sla_breach", "k1", "resolution"), 1000)], 1000)
+    (spec,) = core.restores()
+    core.restore(state, "actions", [spec.row_type()(action_id("complaint_sla_breach", "k1", "resolution"), 1000)], 1000)
     assert not round_with(core, state, [fact("k1", "resolution", 2000)], 2000).messages
     round_with(core, state, [], 9 * DAY)
     assert state.emitted == {}

@@ -9,10 +9,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.metrics.base import Accepted, Output
+from pipeline.metrics.base import Batch, Facts, Output
+from pipeline.metrics.churn import WEIGHTS as CHURN_WEIGHTS
 from pipeline.metrics.churn import ChurnConfig, ChurnCore, contributions, present
+from pipeline.metrics.facts import ChurnLevelChanged, ComplaintOpened, SlaBreached, SurveyAnswered
 from pipeline.registry import BundledRegistry
-from pipeline.settings import CHURN_WEIGHTS
 from pipeline.wire import Codec
 from schemas import SCHEMA_DIR
 
@@ -29,7 +30,7 @@ TYPED = {"downgrade": ("crm", "subscription_downgraded"), "cancel": ("crm", "sub
 
 
 def core() -> ChurnCore:
-    return ChurnCore(CONFIG, CODEC)
+    return ChurnCore(CONFIG)
 
 
 # -- the definition, evaluated directly from what happened ---------------------------------------------
@@ -70,8 +71,7 @@ def step(churn: ChurnCore, state, op: tuple, clock: int, offset: int) -> Output:
     out = Output()
     if kind == "breach":
         tick_out = Output()
-        tick_out.facts["sla_breaches"] = [{"complaint_id": detail, "customer_id": customer, "tenant": tenant,
-                                           "priority": "high", "stage": "resolution", "late_ms": 3_600_000, "at_ms": t}]
+        churn.take(state, Facts([SlaBreached(tenant, customer, detail, "high", "resolution", 3_600_000, t)]), tick_out)
         churn.tick(state, clock, tick_out)
         return tick_out
     event = {"event_id": f"e{offset}", "tenant": tenant, "customer_id": customer, "event_time": t}
@@ -79,15 +79,15 @@ def step(churn: ChurnCore, state, op: tuple, clock: int, offset: int) -> Output:
     if kind == "nps":
         source = "crm"
         event.update(event_type="survey_response", survey={"kind": "NPS", "score": detail})
-        out.facts["answers"] = [event]
+        churn.take(state, Facts([SurveyAnswered(f"e{offset}", source, tenant, customer, "NPS", detail, t, {}, None,
+                                                None)]), out)
     elif kind == "complaint":
         source = "complaints"
         event.update(event_type="opened")
-        out.facts["complaints_opened"] = [{"complaint_id": detail, "customer_id": customer, "tenant": tenant,
-                                           "opened_ms": t}]
+        churn.take(state, Facts([ComplaintOpened(tenant, customer, detail, t)]), out)
     else:
         source, event["event_type"] = TYPED[kind]
-    churn.add(state, Accepted(source, 3, offset, [event], [offset]), out)
+    churn.add(state, Batch(3, [source], [event], [offset]), out)
     tick_out = Output()
     churn.tick(state, clock, tick_out)
     out.merge(tick_out)
@@ -172,12 +172,14 @@ def test_inactivity_is_judged_on_the_clock_without_the_customers_events():
     assert row.reasons == [f"inactivity (0.25): no activity for 14 days (last on {day})",
                            f"downgrade (0.15): subscription downgraded on {day}"]
     assert out.counts == {("cx_churn_signals", ("acme", "inactivity")): 1, ("cx_churn_signals", ("acme", "downgrade")): 1}
-    (key, value), = out.messages["signals.churn"]
+    (key, message), = out.messages["signals.churn"]
+    value = CODEC.encode_message(message)
     signal = fastavro.schemaless_reader(io.BytesIO(value[5:]), SIGNAL_SCHEMA)
     assert key == b"c1" and (signal["level"], signal["previous_level"], signal["sequence"]) == ("medium", "low", 1)
     assert signal["contributions"][1] == {"signal": "downgrade", "weight": 0.15,
                                           "evidence": f"subscription downgraded on {day}"}
-    assert out.facts["churn_changes"][0]["level"] == "medium"
+    (change,) = out.facts
+    assert isinstance(change, ChurnLevelChanged) and (change.level, change.sequence) == ("medium", 1)
 
 
 def test_complaint_facts_count_once_per_complaint_and_are_kept_as_evidence():
@@ -215,8 +217,8 @@ def test_restore_rebuilds_the_same_levels_without_signals():
                      if hasattr(r, "evidence_id")],
         "levels": [(r.tenant, r.customer_id, r.level, r.seq) for r in rows if hasattr(r, "level")],
     }
-    for query in [q.name for q in churn.restore_queries()]:
-        churn.restore(restored, query, restore[query], clock)
+    for spec in churn.restores():
+        churn.restore(restored, spec.name, [spec.row_type()(*row) for row in restore[spec.name]], clock)
     out = Output()
     churn.tick(restored, clock, out)
     assert not out.rows["churn_signals"] and restored.partition == 3
@@ -237,7 +239,7 @@ def test_bytes_per_customer():
     churn = core()
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    state = churn.new_state()
+    state = churn.new_state(0)
     for i in range(5000):
         customer = ("acme", f"cust-{i:06d}")
         for d in range(0, 30, 3):

@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from benchmarks.spike_eval import evaluate
-from pipeline.metrics.base import Output
+from pipeline.metrics.base import Facts, Output
 from pipeline.metrics.complaint_spikes import ComplaintSpikeCore, SpikeTest, poisson_tail
+from pipeline.metrics.facts import ComplaintOpened
 
 HOUR, DAY, WEEK = 3_600_000, 86_400_000, 7 * 86_400_000
 TEST = SpikeTest(HOUR, 1e-4, 5, 2.0, 4)
@@ -54,13 +55,13 @@ def test_small_evaluation_meets_the_bounds():
     assert figures.delay_quantile(0.9) <= 2
 
 
-def opened(tenant: str, at: int) -> dict:
-    return {"tenant": tenant, "opened_ms": at, "complaint_id": f"{tenant}-{at}"}
+def opened(tenant: str, at: int) -> ComplaintOpened:
+    return ComplaintOpened(tenant, "c1", f"{tenant}-{at}", at)
 
 
-def feed(core, state, facts: list[dict], clock: int) -> None:
+def feed(core, state, facts: list[ComplaintOpened], clock: int) -> None:
     out = Output()
-    out.facts["complaints_opened"].extend(facts)
+    core.take(state, Facts(facts), out)
     core.tick(state, clock, out)
 
 
@@ -70,7 +71,7 @@ def samples(core, states, clock):
 
 def test_core_flags_a_surge_against_its_same_hour_of_week_baseline():
     core = ComplaintSpikeCore(TEST)
-    state = core.new_state()
+    state = core.new_state(0)
     start = 1_700_006_400_000 // WEEK * WEEK  # a week boundary
     history = [opened("acme", start + h * HOUR + i * 60_000) for h in range(4 * 7 * 24) for i in range(10)]
     feed(core, state, history, start + 4 * WEEK - 1)
@@ -89,7 +90,7 @@ def test_core_flags_a_surge_against_its_same_hour_of_week_baseline():
 
 def test_no_flag_without_a_day_of_history_and_ewma_while_short():
     core = ComplaintSpikeCore(TEST)
-    state = core.new_state()
+    state = core.new_state(0)
     base = 1_700_000_000_000 // DAY * DAY
     feed(core, state, [opened("acme", base + i) for i in range(50)], base + 1000)
     assert samples(core, [state], base + 1000)[("cx_complaint_spike", "acme")] == 0.0
@@ -106,7 +107,7 @@ def test_a_partial_first_bucket_does_not_lower_the_baseline():
     """History that starts 50 minutes into an hour has one opening in that hour instead of six; counting
     that hour would drag the EWMA baseline to 4.04 and under-flag (found by the alert test late in an hour)."""
     core = ComplaintSpikeCore(TEST)
-    state = core.new_state()
+    state = core.new_state(0)
     base = 1_700_000_000_000 // DAY * DAY
     start = base + 50 * 60_000
     facts = [opened("acme", start + n * 10 * 60_000) for n in range(3 * 24 * 6)]
@@ -117,10 +118,11 @@ def test_a_partial_first_bucket_does_not_lower_the_baseline():
 
 def test_partitions_are_summed_and_restore_equals_live_counting():
     core = ComplaintSpikeCore(TEST)
-    live, a, b = core.new_state(), core.new_state(), core.new_state()
+    live, a, b = core.new_state(0), core.new_state(0), core.new_state(0)
     base = 1_700_000_000_000 // DAY * DAY
     times = [base + i * 7 * 60_000 for i in range(3 * 24 * 9)]
     feed(core, live, [opened("acme", t) for t in times], times[-1])
-    core.restore(a, "opened", [("acme", t) for t in times[::2]], times[-1])
-    core.restore(b, "opened", [("acme", t) for t in times[1::2]], times[-1])
+    (spec,) = core.restores()
+    core.restore(a, "opened", [spec.row_type()("acme", t) for t in times[::2]], times[-1])
+    core.restore(b, "opened", [spec.row_type()("acme", t) for t in times[1::2]], times[-1])
     assert samples(core, [a, b], times[-1]) == samples(core, [live], times[-1])

@@ -9,8 +9,10 @@ from hypothesis import strategies as st
 
 from pipeline.dedup import id_hash
 from pipeline.metrics.actions import ActionCore
-from pipeline.metrics.base import Accepted, Output
-from pipeline.metrics.complaints import ComplaintCore, action_id
+from pipeline.metrics.base import Batch, Output
+from pipeline.metrics.complaints import ComplaintCore
+from pipeline.metrics.facts import ComplaintOpened, action_id
+from pipeline.metrics.rounds import Rounds
 from pipeline.registry import BundledRegistry
 from pipeline.wire import Codec
 
@@ -23,8 +25,7 @@ LATENESS = 30 * 24 * HOUR
 
 
 def make_cores():
-    codec = Codec(BundledRegistry())
-    return ComplaintCore(SLA, LATENESS), ActionCore(codec, LATENESS), codec
+    return ComplaintCore(SLA, LATENESS), ActionCore(LATENESS), Codec(BundledRegistry())
 
 
 PARTITION = 3
@@ -35,16 +36,14 @@ class Harness:
 
     def __init__(self):
         self.complaints, self.actions, self.codec = make_cores()
+        self.rounds = Rounds([self.complaints, self.actions])
         self.states = [self.complaints.new_state(PARTITION), self.actions.new_state(PARTITION)]
         self.out = Output()
         self.clock = 0
 
     def deliver(self, event: dict, tick: bool = True) -> None:
         out = Output()
-        accepted = Accepted("complaints", PARTITION, 0, [event], [id_hash(event["event_id"])])
-        for core, state in zip((self.complaints, self.actions), self.states):
-            core.add(state, accepted, out)
-        out.facts.clear()
+        self.rounds.add(self.states, Batch(PARTITION, ["complaints"], [event], [id_hash(event["event_id"])]), out)
         self.clock = max(self.clock, event["event_time"])
         if tick:
             self.tick(self.clock, out)
@@ -55,12 +54,8 @@ class Harness:
         if clock > self.clock:  # the partition's clock moves with its events of any source
             self.clock = clock
             web = {"event_id": f"web-{clock}", "event_type": "page_view", "event_time": clock, "tenant": "acme"}
-            for core, state in zip((self.complaints, self.actions), self.states):
-                core.add(state, Accepted("web", 3, 0, [web], [id_hash(web["event_id"])]), target)
-            target.facts.clear()
-        for core, state in zip((self.complaints, self.actions), self.states):
-            core.tick(state, self.clock, target)
-        target.facts.clear()
+            self.rounds.add(self.states, Batch(PARTITION, ["web"], [web], [id_hash(web["event_id"])]), target)
+        self.rounds.tick(self.states, self.clock, target)
         if out is None:
             self.out.merge(target)
 
@@ -186,8 +181,9 @@ def test_sla_breaches_equal_a_brute_force_scan_of_deadlines(spec, extra_ms):
                                ("resolution", a.sla_resolution_breached)) if flag}
     assert got == want
     assert h.count("cx_complaint_sla_breaches") == len(want)
+    encoded = [h.codec.encode_message(m) for _, m in h.out.messages["actions"]]
     sent = [fastavro.schemaless_reader(io.BytesIO(v[5:]), h.codec.registry.by_name("cx.FollowUpAction").parsed)
-            for _, v in h.out.messages["actions"]]
+            for v in encoded]
     assert sorted(a["action_id"] for a in sent) == sorted(action_id("complaint_sla_breach", c, s) for c, s in want)
     assert {(a["context"]["complaint_id"], a["context"]["stage"]) for a in sent} == want
     assert all(a["kind"] == "complaint_sla_breach" and a["due_time"] > a["created_time"] for a in sent)
@@ -205,13 +201,13 @@ def test_replay_after_restore_counts_and_writes_nothing(spec, rnd):
     assert {row.kafka_partition for row in first.latest_rows().values()} == {PARTITION}  # rows name their partition
     # a new owner restores from the tables (latest row per complaint / action) and gets the whole input again
     second = Harness()
-    complaint_rows = [tuple(getattr(r, c) for c in (
-        "complaint_id", "tenant", "customer_id", "priority", "category", "origin_channel", "updated_ms",
-        "sla_first_response_breached", "sla_resolution_breached", "folded_reopens", "event_hashes", "event_types",
-        "event_times_ms")) for r in first.latest_rows().values()]
-    second.complaints.restore(second.states[0], "complaints", complaint_rows, first.clock)
+    for spec in second.complaints.restores():  # "open" and "settled": all rows are recent enough here
+        rows = [spec.row_type()(*(getattr(r, c) for c in spec.columns)) for r in first.latest_rows().values()
+                if (r.status in ("opened", "acknowledged", "escalated", "reopened")) == (spec.name == "open")]
+        second.complaints.restore(second.states[0], spec.name, rows, first.clock)
+    (spec,) = second.actions.restores()
     second.actions.restore(second.states[1], "actions",
-                           [(r.action_id, r.created_ms) for r in first.out.rows["actions"]], first.clock)
+                           [spec.row_type()(r.action_id, r.created_ms) for r in first.out.rows["actions"]], first.clock)
     assert second.backlog() == first.backlog()
     replay = events[:]
     rnd.shuffle(replay)
@@ -273,10 +269,10 @@ def test_closed_complaints_expire_after_max_lateness_open_ones_stay():
 def test_categories_are_capped_per_tenant():
     complaints, _, _ = make_cores()
     complaints.category_max_values = 2
-    state, out = complaints.new_state(), Output()
+    state, out = complaints.new_state(0), Output()
     for i, category in enumerate(("billing", "delivery", "fraud", "billing")):
         e = dict(event(f"k{i}", "opened", i, 0), category=category)
-        complaints.add(state, Accepted("complaints", 0, i, [e], [id_hash(e["event_id"])]), out)
+        complaints.add(state, Batch(0, ["complaints"], [e], [id_hash(e["event_id"])]), out)
     complaints.tick(state, 10, out)
     assert {labels[2]: n for (_, labels), n in out.counts.items()} == {"billing": 2, "delivery": 1, "other": 1}
 
@@ -284,11 +280,11 @@ def test_categories_are_capped_per_tenant():
 def test_kept_events_are_bounded():
     complaints, _, _ = make_cores()
     complaints.max_events = 5
-    state, out = complaints.new_state(), Output()
+    state, out = complaints.new_state(0), Output()
     kinds = ["opened", "acknowledged"] + ["resolved", "reopened"] * 5
     for n, kind in enumerate(kinds):
         e = event("e", kind, n * MIN, n)
-        complaints.add(state, Accepted("complaints", 0, n, [e], [id_hash(e["event_id"])]), out)
+        complaints.add(state, Batch(0, ["complaints"], [e], [id_hash(e["event_id"])]), out)
     complaints.tick(state, len(kinds) * MIN, out)
     row = out.rows["complaints"][-1]
     assert len(row.event_types) == 5 and row.event_types[:2] == ["opened", "acknowledged"]
@@ -297,9 +293,8 @@ def test_kept_events_are_bounded():
 
 def test_an_opened_complaint_is_published_with_its_customer_for_the_churn_core():
     complaints, _, _ = make_cores()
-    state, out = complaints.new_state(), Output()
+    state, out = complaints.new_state(3), Output()
     opened = event("k", "opened", HOUR, 0, customer="c-7")
-    complaints.add(state, Accepted("complaints", 3, 0, [opened], [id_hash(opened["event_id"])]), out)
+    complaints.add(state, Batch(3, ["complaints"], [opened], [id_hash(opened["event_id"])]), out)
     complaints.tick(state, HOUR, out)
-    assert out.facts["complaints_opened"] == [{"tenant": "acme", "opened_ms": HOUR, "complaint_id": "k",
-                                               "customer_id": "c-7"}]
+    assert out.facts == [ComplaintOpened("acme", "c-7", "k", HOUR)]

@@ -5,16 +5,17 @@ from __future__ import annotations
 import re
 
 import pytest
-from pydantic import ValidationError
+from pipeline.settings import SettingsError as ValidationError
 
 from pipeline.settings import Settings
-from pipeline.tables import TABLES, Table, create_statements, missing_column_fixes
+from pipeline.tables import TABLES, Table
+from sinks.clickhouse.ddl import create, create_on_cluster, create_statements, missing_column_fixes
 from sinks.clickhouse.backend import open_backend
 
 
 def test_without_a_cluster_the_ddl_is_the_single_server_one():
     assert create_statements("cx") == create_statements("cx", None) == [
-        "CREATE DATABASE IF NOT EXISTS cx", *(table.create("cx") for table in TABLES.values())]
+        "CREATE DATABASE IF NOT EXISTS cx", *(create(table, "cx") for table in TABLES.values())]
     assert not any(" ON CLUSTER " in statement or "Replicated" in statement for statement in create_statements("cx"))
 
 
@@ -23,7 +24,7 @@ def test_every_table_gets_a_replicated_local_table_and_a_distributed_one_with_th
     assert statements[0] == "CREATE DATABASE IF NOT EXISTS cx ON CLUSTER prod"
     assert len(statements) == 1 + 2 * len(TABLES)
     for (local, distributed), table in zip(zip(statements[1::2], statements[2::2]), TABLES.values()):
-        single = table.create("cx")
+        single = create(table, "cx")
         columns = single[single.index("("):single.index(") ENGINE")]
         assert f"cx.{table.name}_local ON CLUSTER prod {columns}" in local
         assert f"cx.{table.name} ON CLUSTER prod {columns}" in distributed
@@ -37,7 +38,7 @@ def test_every_table_gets_a_replicated_local_table_and_a_distributed_one_with_th
 
 def test_a_version_column_stays_the_last_engine_argument():
     table = Table("t", (("k", "String"), ("v", "Int64")), "ReplacingMergeTree(v) ORDER BY k")
-    local, distributed = table.create_on_cluster("db", "c")
+    local, distributed = create_on_cluster(table, "db", "c")
     assert local.endswith("ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/db/t', '{replica}', v) ORDER BY k")
     assert distributed.endswith("Distributed(c, db, t_local, cityHash64(k))")
 
@@ -46,12 +47,12 @@ def test_names_that_are_not_identifiers_and_engines_that_cannot_be_replicated_ar
     with pytest.raises(ValueError, match="cluster"):
         create_statements("cx", "prod; DROP TABLE x")
     with pytest.raises(ValueError, match="MergeTree"):
-        Table("t", (("k", "String"),), "Memory").create_on_cluster("db", "c")
+        create_on_cluster(Table("t", (("k", "String"),), "Memory"), "db", "c")
 
 
 def test_the_cluster_setting_takes_identifiers_only_and_chdb_has_no_cluster_mode(tmp_path):
-    assert Settings(clickhouse_cluster="cx_cluster_1").clickhouse_cluster == "cx_cluster_1"
-    assert Settings().clickhouse_cluster is None
+    assert Settings(clickhouse_cluster="cx_cluster_1").clickhouse.cluster == "cx_cluster_1"
+    assert Settings().clickhouse.cluster is None
     with pytest.raises(ValidationError):
         Settings(clickhouse_cluster="cx-cluster")
     with pytest.raises(ValueError, match="needs a server"):

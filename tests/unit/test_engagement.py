@@ -2,8 +2,9 @@
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.metrics.base import Accepted, Output
+from pipeline.metrics.base import Batch, Facts, Output
 from pipeline.metrics.engagement import EngagementCore
+from pipeline.metrics.facts import ComplaintOpened
 from pipeline.metrics.lastseen import LastSeen
 
 DAY = 86_400_000
@@ -25,12 +26,12 @@ def feed(core, state, messages, complaints=()):
     clock = 0
     for i, message in enumerate(messages):
         out = Output()
-        out.facts["complaints_opened"] = [{"complaint_id": f"k{i}-{j}", "customer_id": c, "tenant": tenant,
-                                           "opened_ms": t} for j, (tenant, c, t) in enumerate(complaints) if j % len(messages) == i]
         events = [{"event_id": f"e{i}-{j}", "tenant": tenant, "customer_id": c, "event_time": t}
                   for j, (tenant, c, t) in enumerate(message)]
-        core.add(state, Accepted("web", 0, i, events, list(range(len(events)))), out)
+        core.add(state, Batch(0, ["web"] * len(events), events, list(range(len(events)))), out)
         clock = max([clock] + [t for _, _, t in message])
+        core.take(state, Facts(ComplaintOpened(tenant, c, f"k{i}-{j}", t) for j, (tenant, c, t) in enumerate(complaints)
+                               if j % len(messages) == i), out)  # published in tick, taken before the tick
         core.tick(state, clock, Output())
     return clock
 
@@ -44,7 +45,7 @@ event = st.tuples(st.sampled_from(["acme", "globex"]), st.one_of(st.none(), st.s
        st.lists(event.filter(lambda e: e[1] is not None), max_size=10), st.booleans())
 def test_counts_equal_a_naive_distinct_count(messages, complaints, replay):
     core = EngagementCore(WINDOWS)
-    state = core.new_state()
+    state = core.new_state(0)
     clock = feed(core, state, messages * (2 if replay else 1), complaints)
     events = [e for message in messages for e in message if e[1] is not None]
     for label, window in WINDOWS.items():
@@ -64,19 +65,20 @@ def test_partitions_add_up_and_restore_rebuilds_the_same_counts(messages, cut):
     """Two partitions summed equal one naive count; a state restored from (tenant, customer, max t) rows
     and then fed the rest of the input equals one that saw everything."""
     core = EngagementCore(WINDOWS)
-    by_partition = [core.new_state(), core.new_state()]
+    by_partition = [core.new_state(0), core.new_state(0)]
     for message in messages:
         for p in (0, 1):
             part = [e for e in message if e[1] is not None and int(e[1][1:]) % 2 == p]
             if part:
                 feed(core, by_partition[p], [part])
     cut = min(cut, len(messages) - 1)
-    whole, restored = core.new_state(), core.new_state()
+    whole, restored = core.new_state(0), core.new_state(0)
     feed(core, whole, messages)
     seen = {}
     for tenant, customer, t in (e for message in messages[:cut] for e in message if e[1] is not None):
         seen[(tenant, customer)] = max(seen.get((tenant, customer), 0), t)
-    core.restore(restored, "active", [(tenant, c, t) for (tenant, c), t in seen.items()], 0)
+    active = next(spec for spec in core.restores() if spec.name == "active")
+    core.restore(restored, "active", [active.row_type()(tenant, c, t) for (tenant, c), t in seen.items()], 0)
     feed(core, restored, messages[cut:])
     clock = max(t for message in messages for _, _, t in message)  # anonymous events move the clock too
     events = [e for message in messages for e in message if e[1] is not None]
@@ -88,7 +90,7 @@ def test_partitions_add_up_and_restore_rebuilds_the_same_counts(messages, cut):
 
 def test_expiry_after_the_largest_window_and_bytes_per_customer():
     core = EngagementCore(WINDOWS)
-    state = core.new_state()
+    state = core.new_state(0)
     feed(core, state, [[("acme", f"c{i}", T0 + i * 1000) for i in range(10_000)]])
     store = state.active
     assert len(store) == 10_000 and store.nbytes() / len(store) == 14  # 8 key + 4 minute + 2 tenant
@@ -110,7 +112,7 @@ def test_later_and_earlier_events_keep_the_latest_minute():
 
 def test_gauges():
     core = EngagementCore(WINDOWS)
-    state = core.new_state()
+    state = core.new_state(0)
     clock = feed(core, state, [[("acme", "c1", T0), ("acme", "c2", T0 + 20 * DAY)]], [("acme", "c2", T0 + 20 * DAY)])
     families = {f.name: {tuple(s.labels.values()): s.value for s in f.samples} for f in core.collect([state], clock)}
     assert families["cx_active_customers"] == {("acme", "1d"): 1, ("acme", "7d"): 1, ("acme", "30d"): 2}

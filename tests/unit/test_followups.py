@@ -4,7 +4,8 @@ import hashlib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.metrics.base import Accepted, Output
+from pipeline.metrics.base import Facts, Output
+from pipeline.metrics.facts import ActionRequested, ChurnLevelChanged, SurveyAnswered
 from pipeline.metrics.followups import FollowupCore
 
 HOUR, DAY = 3_600_000, 86_400_000
@@ -12,47 +13,40 @@ T0 = 1_780_000_000_000
 CORE = FollowupCore(due_ms=48 * HOUR, recovery_window_ms=30 * DAY)
 
 
-def answer(event_id, score, t, customer="c1", kind="NPS", comment=None, touchpoint="relationship"):
-    return {"event_id": event_id, "tenant": "acme", "customer_id": customer, "event_time": t,
-            "survey": {"kind": kind, "score": score, "comment": comment, "touchpoint": touchpoint}}
+def answer(event_id, score, t, customer="c1", kind="NPS", comment=None, touchpoint="relationship", source="crm"):
+    return SurveyAnswered(event_id, source, "acme", customer, kind, score, t, {}, touchpoint, comment)
 
 
-def publish(state, answers, source="crm", churn_changes=()) -> Output:
+def publish(state, answers, churn_changes=()) -> Output:
     out = Output()
-    out.facts["answers"] = list(answers)
-    out.facts["churn_changes"] = list(churn_changes)
-    CORE.add(state, Accepted(source, 2, 0, list(answers), list(range(len(answers)))), out)
+    CORE.take(state, Facts([*answers, *churn_changes]), out)
     return out
 
 
 def test_a_detractor_gets_one_followup_with_its_context():
-    state = CORE.new_state()
+    state = CORE.new_state(2)
     out = publish(state, [answer("e1", 3, T0, comment="Too slow."), answer("e2", 8, T0), answer("e3", 5, T0, kind="CSAT"),
                           answer("e4", 0, T0, customer=None)])
-    (action,) = out.facts["actions"]  # passive, CSAT and anonymous answers get none
-    assert action == {
-        "action_id": hashlib.sha1(b"detractor_followup|e1").hexdigest(), "kind": "detractor_followup",
-        "customer_id": "c1", "tenant": "acme", "reason": "NPS 3 (detractor) at touchpoint relationship via crm",
-        "context": {"score": "3", "source": "crm", "event_id": "e1", "comment": "Too slow.", "touchpoint": "relationship"},
-        "due_time": T0 + 48 * HOUR, "created_time": T0}
+    (action,) = out.facts  # passive, CSAT and anonymous answers get none
+    assert action == ActionRequested(
+        action_id=hashlib.sha1(b"detractor_followup|e1").hexdigest(), kind="detractor_followup", tenant="acme",
+        customer_id="c1", reason="NPS 3 (detractor) at touchpoint relationship via crm",
+        context={"score": "3", "source": "crm", "event_id": "e1", "comment": "Too slow.", "touchpoint": "relationship"},
+        due_ms=T0 + 48 * HOUR, created_ms=T0)
     again = publish(state, [answer("e1", 3, T0, comment="Too slow.")])  # replayed: same id, same content
-    assert again.facts["actions"] == [action]
+    assert again.facts == [action]
 
 
 def test_entering_high_risk_is_an_action_other_levels_are_not():
-    change = {"customer_id": "c9", "tenant": "acme", "previous_level": "medium", "score": 0.55,
-              "reasons": ["inactivity (0.25): no activity for 20 days (last on 2026-05-01)",
-                          "detractor (0.2): NPS 2 on 2026-05-03", "activity_drop (0.1): …"], "at_ms": T0}
-    out = publish(CORE.new_state(), [], churn_changes=[dict(change, level="high"), dict(change, level="medium")])
-    (action,) = out.facts["actions"]
-    assert action["kind"] == "churn_risk_high" and action["due_time"] == action["created_time"] == T0
-    assert action["action_id"] == hashlib.sha1(f"churn_risk_high|acme|c9|{T0}".encode()).hexdigest()
-    assert action["context"]["reasons"].split("\n") == change["reasons"]
-    assert action["reason"] == "churn risk high (score 0.55, was medium)"
-    tick_out = Output()
-    tick_out.facts["churn_changes"] = [dict(change, level="high")]  # changes found by the clock, in tick
-    CORE.tick(CORE.new_state(), T0, tick_out)
-    assert tick_out.facts["actions"] == [action]
+    reasons = ("inactivity (0.25): no activity for 20 days (last on 2026-05-01)", "detractor (0.2): NPS 2 on 2026-05-03",
+               "activity_drop (0.1): …")
+    high = ChurnLevelChanged("acme", "c9", "high", "medium", 0.55, reasons, T0, 3)
+    out = publish(CORE.new_state(2), [], churn_changes=[high, high._replace(level="medium")])
+    (action,) = out.facts
+    assert action.kind == "churn_risk_high" and action.due_ms == action.created_ms == T0
+    assert action.action_id == hashlib.sha1(f"churn_risk_high|acme|c9|{T0}".encode()).hexdigest()
+    assert tuple(action.context["reasons"].split("\n")) == reasons
+    assert action.reason == "churn risk high (score 0.55, was medium)"
 
 
 def recount(answers, clock):
@@ -76,7 +70,7 @@ def recount(answers, clock):
                 max_size=40), st.booleans())
 def test_recovery_counts_equal_a_recount(raw, replay):
     answers = [(f"e{i}", customer, score, T0 + t) for i, (customer, score, t) in enumerate(raw)]
-    state, clock = CORE.new_state(), T0
+    state, clock = CORE.new_state(2), T0
     for event_id, customer, score, t in answers + (answers if replay else []):
         publish(state, [answer(event_id, score, t, customer=customer)])
         clock = max(clock, t)
@@ -90,10 +84,11 @@ def test_recovery_counts_equal_a_recount(raw, replay):
 
 
 def test_restore_from_survey_rows():
-    live, restored = CORE.new_state(), CORE.new_state()
+    live, restored = CORE.new_state(2), CORE.new_state(2)
     rows = [("acme", "c1", T0, 2, "e1"), ("acme", "c1", T0 + DAY, 9, "e2"), ("acme", "c2", T0, 4, "e3")]
     for tenant, customer, t, score, event_id in rows:
         publish(live, [answer(event_id, score, t, customer=customer)])
-    CORE.restore(restored, "answers", rows, T0 + DAY)
+    (spec,) = CORE.restores()
+    CORE.restore(restored, "answers", [spec.row_type()(*row) for row in rows], T0 + DAY)
     assert CORE.totals([restored], T0 + DAY) == CORE.totals([live], T0 + DAY) == {
         ("acme", "recovered"): 1, ("acme", "pending"): 1}

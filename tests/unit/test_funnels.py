@@ -18,11 +18,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.metrics.base import Accepted, Output
+from pipeline.metrics.base import Output
 from pipeline.metrics.funnel_defs import FunnelConfigError, load_funnels, parse_funnels
 from pipeline.metrics.funnels import CONVERSION_SECONDS, FunnelCore, conversion_buckets
 from pipeline.settings import Settings
 from pipeline.tables import COLUMNS
+from tests.unit.cores import batch as batch_of
+from tests.unit.cores import restore
 
 MIN = 60_000
 T0 = 1_790_000_000_000 - 1_790_000_000_000 % MIN
@@ -107,7 +109,7 @@ def deliver(core, state, messages, out=None):
     out = out or Output()
     clock = state.clock_ms
     for offset, (source, events) in enumerate(messages):
-        core.add(state, Accepted.of(source, 3, offset, events), out)
+        core.add(state, batch_of(source, 3, events), out)
         clock = max([clock] + [e["event_time"] for e in events])
         core.tick(state, clock, out)
     return out
@@ -163,7 +165,7 @@ def customers_of(events):
 @given(st.lists(event_strategy, min_size=1, max_size=14), st.integers(0, 10**6))
 def test_levels_windows_rows_and_conversions_match_brute_force(raw, seed):
     events, messages = build_stream(raw, seed)
-    core, state = make_core(), make_core().new_state()
+    core, state = make_core(), make_core().new_state(3)
     out = deliver(core, state, messages)
     clock = max(e["event_time"] for _, e in events)
     rows = latest_rows(out)
@@ -207,10 +209,10 @@ def test_whole_history_level_is_window_funnel_and_in_order_conversions_are_exact
     events, _ = build_stream(raw, 0)
     in_order = [(s, [e]) for s, e in sorted(events, key=lambda se: (se[1]["event_time"], se[1]["event_id"]))]
     core = make_core()
-    state = core.new_state()
+    state = core.new_state(3)
     out = Output()
     for offset, (source, batch) in enumerate(in_order):  # no tick: nothing expires
-        core.add(state, Accepted.of(source, 0, offset, batch), out)
+        core.add(state, batch_of(source, 0, batch), out)
     levels = core.levels(state)
     expected_seconds = Counter()
     for funnel in FUNNELS:
@@ -229,26 +231,25 @@ def test_restore_from_the_events_table_continues_exactly(raw, seed, cut):
     _, messages = build_stream(raw, seed)
     cut = min(cut, len(messages) - 1)
     core = make_core()
-    original = core.new_state()
+    original = core.new_state(3)
     written = deliver(core, original, messages[:cut])
     clock = original.clock_ms
     since = clock - core.restore_span_ms()
-    restored = core.new_state()
-    queries = {q.name: q for q in core.restore_queries()}
-    assert set(queries) == {"funnel_versions", "funnel_events"}
+    restored = core.new_state(3)
+    assert {spec.name for spec in core.restores()} == {"funnel_versions", "funnel_events"}
     names = COLUMNS["funnel_progress"]
     versions = {}
     for row in written.rows["funnel_progress"]:
         r = dict(zip(names, row))
         key = (r["tenant"], r["funnel"], r["customer_id"], r["started_ms"])
         versions[key] = max(versions.get(key, 0), r["updated_ms"])
-    core.restore(restored, "funnel_versions", [k + (v,) for k, v in versions.items() if k[3] >= since], clock)
+    restore(core, restored, "funnel_versions", [k + (v,) for k, v in versions.items() if k[3] >= since], clock)
     event_rows = [(source, e["event_type"], e["event_time"], e["event_id"], e["tenant"], e["customer_id"],
                    list(e["attributes"]), list(e["attributes"].values()))
                   for source, batch in messages[:cut] for e in batch
                   if e["customer_id"] is not None and e["event_time"] >= since and e["event_type"] in ("view", "cart", "pay")]
     restore_out = Output()
-    core.restore(restored, "funnel_events", event_rows, clock)
+    restore(core, restored, "funnel_events", event_rows, clock)
     core.tick(restored, clock, restore_out)
     assert restore_out.row_count() == 0 and restore_out.observations == []
     assert core.at_least([restored], clock) == core.at_least([original], clock)
@@ -262,12 +263,12 @@ def test_restore_from_the_events_table_continues_exactly(raw, seed, cut):
 def run(events, funnels=FUNNELS):
     """Deliver (event_type, minute offset, event_id[, attrs]) for one customer, in the given order."""
     core = make_core(funnels)
-    state = core.new_state()
+    state = core.new_state(3)
     out = Output()
     for i, (kind, minutes, event_id, *attrs) in enumerate(events):
         event = {"event_id": event_id, "event_type": kind, "event_time": T0 + int(minutes * MIN), "tenant": "acme",
                  "customer_id": "c1", "attributes": attrs[0] if attrs else {}}
-        core.add(state, Accepted.of("web", 0, i, [event]), out)
+        core.add(state, batch_of("web", 0, [event]), out)
     return core.levels(state).get(("acme", "c1", "buy"), 0), out
 
 
@@ -278,12 +279,12 @@ def test_same_millisecond_is_taken_in_event_id_order():
 
 def test_one_event_matching_two_steps_counts_as_one_of_them():
     core = make_core()
-    state = core.new_state()
+    state = core.new_state(3)
     pro_view = {"event_id": "x", "event_type": "view", "event_time": T0, "tenant": "acme", "customer_id": "c1",
                 "attributes": {"plan": "pro"}}
-    core.add(state, Accepted.of("web", 0, 0, [pro_view]), Output())
+    core.add(state, batch_of("web", 0, [pro_view]), Output())
     assert core.levels(state)[("acme", "c1", "pro")] == 1
-    core.add(state, Accepted.of("web", 0, 1, [dict(pro_view, event_id="y", event_time=T0 + 1)]), Output())
+    core.add(state, batch_of("web", 0, [dict(pro_view, event_id="y", event_time=T0 + 1)]), Output())
     assert core.levels(state)[("acme", "c1", "pro")] == 2
 
 
@@ -306,7 +307,7 @@ def test_a_step_up_to_max_lateness_late_still_joins_its_attempt():
     """The view is 9 minutes behind the clock when its cart arrives 7 minutes late: its attempt has
     left every metric window, but a late step may still reach it, so it is kept and updated."""
     core = make_core()
-    state = core.new_state()
+    state = core.new_state(3)
     out = Output()
     view, cart, other = ({"event_id": i, "event_type": k, "event_time": T0 + m * MIN, "tenant": "acme",
                           "customer_id": c, "attributes": {}}
@@ -317,9 +318,9 @@ def test_a_step_up_to_max_lateness_late_still_joins_its_attempt():
 
 def test_anonymous_and_unrelated_events_leave_no_state():
     core = make_core()
-    state = core.new_state()
+    state = core.new_state(3)
     out = Output()
-    core.add(state, Accepted.of("web", 0, 0, [
+    core.add(state, batch_of("web", 0, [
         {"event_id": "a", "event_type": "view", "event_time": T0, "tenant": "acme", "customer_id": None, "attributes": {}},
         {"event_id": "b", "event_type": "search", "event_time": T0, "tenant": "acme", "customer_id": "c1", "attributes": {}},
     ]), out)
@@ -328,13 +329,13 @@ def test_anonymous_and_unrelated_events_leave_no_state():
 
 def test_gauges_and_snapshot():
     core = make_core()
-    state = core.new_state()
+    state = core.new_state(3)
     for i, kinds in enumerate([("view", "cart", "pay"), ("view", "cart"), ("view",)]):
         events = [{"event_id": f"{i}{j}", "event_type": k, "event_time": T0 + j * MIN, "tenant": "acme",
                    "customer_id": f"c{i}", "attributes": {}} for j, k in enumerate(kinds)]
-        core.add(state, Accepted.of("web", 0, i, events), Output())
+        core.add(state, batch_of("web", 0, events), Output())
     clock = T0 + 2 * MIN  # the 2m window starts at T0 + 1 min: no attempt started in it
-    customers, ratio = core.collect([state, core.new_state()], clock)
+    customers, ratio = core.collect([state, core.new_state(3)], clock)
     buy = {(s.labels["step"], s.labels["window"]): s.value for s in customers.samples if s.labels["funnel"] == "buy"}
     assert buy == {("view", "6m"): 3, ("cart", "6m"): 2, ("pay", "6m"): 1,
                    ("view", "2m"): 0, ("cart", "2m"): 0, ("pay", "2m"): 0}
@@ -353,14 +354,14 @@ def test_state_stays_bounded_on_an_endless_stream():
     """Ten thousand customers, one every 6 s of event time for ~17 h: the state holds what the
     horizon (lateness + conversion window, or the largest metric window) can still reach."""
     core = make_core()
-    state = core.new_state()
+    state = core.new_state(3)
     peak = 0
     for i in range(10_000):
         t = T0 + i * 6_000
         events = [{"event_id": f"e{i}-{k}", "event_type": kind, "event_time": t + k, "tenant": "acme",
                    "customer_id": f"c{i}", "attributes": {}} for k, kind in enumerate(("view", "cart", "pay"))]
         out = Output()
-        core.add(state, Accepted.of("web", 0, i, events), out)
+        core.add(state, batch_of("web", 0, events), out)
         core.tick(state, t + 2, out)
         peak = max(peak, len(state.tracks))
     horizon = T0 + 9_999 * 6_000 + 2 - core.horizon_ms(T0 + 9_999 * 6_000 + 2)
@@ -372,12 +373,12 @@ def test_state_stays_bounded_on_an_endless_stream():
 
 def test_conversion_buckets_run_from_10s_to_the_window():
     assert conversion_buckets(FUNNELS) == (10.0, 30.0, 60.0, 120.0, 300.0)
-    assert conversion_buckets(load_funnels(Settings().funnels_file))[-3:] == (1200.0, 1800.0, 3600.0)
+    assert conversion_buckets(load_funnels(Settings().funnels.file))[-3:] == (1200.0, 1800.0, 3600.0)
 
 
 # -- definitions ---------------------------------------------------------------------------------
 def test_bundled_default_is_the_purchase_funnel():
-    (purchase,) = load_funnels(Settings().funnels_file)
+    (purchase,) = load_funnels(Settings().funnels.file)
     assert purchase.name == "purchase" and purchase.window_ms == 3_600_000
     assert [s.name for s in purchase.steps] == ["product_view", "add_to_cart", "checkout_started", "purchase"]
 
@@ -387,7 +388,7 @@ def test_funnels_file_setting_from_the_environment(tmp_path, monkeypatch):
     path.write_text(yaml.safe_dump({"funnels": [{"name": "signup", "window": "30m", "steps": [
         "visit", {"event_type": "signup", "where": {"plan": "pro"}, "source": "web"}]}]}))
     monkeypatch.setenv("CXP_FUNNELS_FILE", str(path))
-    (signup,) = load_funnels(Settings().funnels_file)
+    (signup,) = load_funnels(Settings().funnels.file)
     assert signup.window_ms == 1_800_000 and signup.steps[1].where == (("plan", "pro"),)
     assert signup.steps[1].matches("web", {"event_type": "signup", "attributes": {"plan": "pro"}})
     assert not signup.steps[1].matches("crm", {"event_type": "signup", "attributes": {"plan": "pro"}})
@@ -431,14 +432,15 @@ def test_missing_or_broken_file(tmp_path):
         load_funnels(tmp_path / "bad.yaml")
 
 
-def test_from_settings_fails_at_start_up_on_a_bad_file(tmp_path, monkeypatch):
+def test_a_bad_funnels_file_fails_when_the_settings_load(tmp_path, monkeypatch):
     path = tmp_path / "f.yaml"
     path.write_text("funnels:\n  - {name: buy, window: 1h, steps: [view, {event_type: cart, source: fax}]}\n")
     monkeypatch.setenv("CXP_FUNNELS_FILE", str(path))
-    with pytest.raises(FunnelConfigError, match=r"funnel 'buy', step 2 \(cart\): `source` must be one of"):
-        FunnelCore.from_settings(Settings())
+    with pytest.raises(ValueError, match=r"funnel 'buy', step 2 \(cart\): `source` must be one of"):
+        Settings()
     monkeypatch.delenv("CXP_FUNNELS_FILE")
-    core = FunnelCore.from_settings(Settings())
+    settings = Settings()
+    core = FunnelCore.configure(settings.funnels, settings.stream)
     assert [f.name for f in core.funnels] == ["purchase"] and core.horizon_ms(10**13) == 10**13 - 7 * 86_400_000 - 3_600_000
 
 
@@ -462,7 +464,7 @@ def level_without_exclusions_between(events, starts, steps: int, window_ms: int)
 def test_exclusion_ends_an_attempt_brute_force(raw, seed):
     events, messages = build_stream(raw, seed)
     core = make_core(EXCLUDING)
-    state = core.new_state()
+    state = core.new_state(3)
     out = deliver(core, state, messages)
     clock = max(e["event_time"] for _, e in events)
     (funnel,) = EXCLUDING
@@ -497,4 +499,4 @@ def test_exclusion_definitions():
         parse_funnels(funnel_doc(exclude=["complaint", {"where": {"a": "b"}}]))
     with pytest.raises(FunnelConfigError, match=r"funnel 'buy': `exclude` must be a list"):
         parse_funnels(funnel_doc(exclude="complaint"))
-    assert "'complaint'" in make_core(EXCLUDING).restore_queries()[1].sql
+    assert "complaint" in make_core(EXCLUDING).restores()[1].where[1].values

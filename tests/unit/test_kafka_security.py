@@ -27,12 +27,12 @@ def certificates(tmp_path_factory):
 
 
 def faust_app(settings: Settings) -> faust.App:
-    return faust.App("cxp-security-test", broker="kafka://localhost:9092", broker_credentials=faust_credentials(settings))
+    return faust.App("cxp-security-test", broker="kafka://localhost:9092", broker_credentials=faust_credentials(settings.kafka))
 
 
 def test_plaintext_by_default():
-    assert faust_credentials(Settings()) is None
-    assert kafka_python_config(Settings()) == {"security_protocol": "PLAINTEXT"}
+    assert faust_credentials(Settings().kafka) is None
+    assert kafka_python_config(Settings().kafka) == {"security_protocol": "PLAINTEXT"}
 
 
 @pytest.mark.parametrize("mechanism", ["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"])
@@ -48,7 +48,7 @@ def test_sasl_over_tls_reaches_aiokafka_and_kafka_python(mechanism, certificates
     assert auth["ssl_context"].verify_mode == ssl.CERT_REQUIRED and auth["ssl_context"].check_hostname
     assert app.producer._settings_auth()["sasl_plain_password"] == "s3cret"
 
-    config = kafka_python_config(settings)
+    config = kafka_python_config(settings.kafka)
     assert config["security_protocol"] == "SASL_SSL" and config["sasl_mechanism"] == mechanism
     assert config["sasl_plain_username"] == "cx" and config["sasl_plain_password"] == "s3cret"
     assert config["ssl_context"].verify_mode == ssl.CERT_REQUIRED
@@ -64,8 +64,8 @@ def test_sasl_password_from_a_file_and_plaintext_sasl(tmp_path):
     auth = credentials_to_aiokafka_auth(faust_app(settings).conf.broker_credentials)
     assert auth["security_protocol"] == "SASL_PLAINTEXT" and auth["sasl_plain_password"] == "from-file"
     assert auth["ssl_context"] is None
-    assert kafka_python_config(settings)["sasl_plain_password"] == "from-file"
-    assert "ssl_context" not in kafka_python_config(settings)
+    assert kafka_python_config(settings.kafka)["sasl_plain_password"] == "from-file"
+    assert "ssl_context" not in kafka_python_config(settings.kafka)
 
 
 def test_mutual_tls_loads_the_client_certificate(certificates):
@@ -75,9 +75,9 @@ def test_mutual_tls_loads_the_client_certificate(certificates):
     assert auth["security_protocol"] == "SSL"
     # the CA file was loaded into the context the brokers are verified with
     assert [c["subject"] for c in auth["ssl_context"].get_ca_certs()] == [((("commonName", "cxp-test"),),)]
-    assert kafka_python_config(settings)["security_protocol"] == "SSL"
+    assert kafka_python_config(settings.kafka)["security_protocol"] == "SSL"
     with pytest.raises(ssl.SSLError):  # a key that does not belong to the certificate is refused
-        kafka_python_config(settings.model_copy(update={"kafka_ssl_keyfile": certificates / "client.pem"}))
+        kafka_python_config(settings.replace(kafka_ssl_keyfile=certificates / "client.pem").kafka)
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -90,15 +90,15 @@ def test_mutual_tls_loads_the_client_certificate(certificates):
 ])
 def test_incomplete_settings_are_refused_with_the_missing_setting(overrides, message):
     with pytest.raises(ConfigurationError, match=message):
-        kafka_python_config(Settings(**overrides))
+        kafka_python_config(Settings(**overrides).kafka)
     with pytest.raises(ConfigurationError, match=message):
-        faust_credentials(Settings(**overrides))
+        faust_credentials(Settings(**overrides).kafka)
 
 
 def test_unknown_protocol_or_mechanism_is_a_settings_error():
-    with pytest.raises(ValueError, match="kafka_security_protocol"):
+    with pytest.raises(ValueError, match="CXP_KAFKA_SECURITY_PROTOCOL"):
         Settings(kafka_security_protocol="SASL")
-    with pytest.raises(ValueError, match="kafka_sasl_mechanism"):
+    with pytest.raises(ValueError, match="CXP_KAFKA_SASL_MECHANISM"):
         Settings(kafka_sasl_mechanism="GSSAPI")
 
 

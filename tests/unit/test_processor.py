@@ -17,6 +17,7 @@ CODEC = Codec(REGISTRY)
 NOW = 1_700_000_000_000
 WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}
 TOPICS = {f"cx.events.{s}": s for s in ("web", "chatbot", "crm", "complaints")}
+ANSWER_ROW = SurveyCore(WINDOWS).restores()[0].row_type()
 
 
 def processor(deadletter_max_bytes: int = 65_536, cores=None, partitions=range(4)) -> Processor:
@@ -101,7 +102,7 @@ def test_replay_after_restore_counts_only_duplicates(events):
         times.append(row.event_ms)
     answers: dict = {}
     for r in out.rows["survey_responses"]:
-        answers.setdefault(r.kafka_partition, []).append((r.tenant, r.kind, r.score, r.event_ms, r.id_hash))
+        answers.setdefault(r.kafka_partition, []).append(ANSWER_ROW(r.tenant, r.kind, r.score, r.event_ms, r.id_hash))
     restored.core_rows = [{"answers": answers}]
     second = processor()
     second.restore(restored)
@@ -160,7 +161,8 @@ def test_oversized_bad_record_gives_a_dead_letter_that_fits(oversized):
         bad = Record("cx.events.web", 0, 1, b"k" * 200_000, b"\x00junk" * 150_000)
     out = processor(limit).process([bad, Record("cx.events.web", 0, 2, b"c1", CODEC.encode_event("web", good))], NOW)
     assert total(out, "cxp_events_processed") == 1 and total(out, "cxp_events_rejected") == 1
-    (key, value), = out.messages["deadletter"]
+    (key, message), = out.messages["deadletter"]
+    value = CODEC.encode_message(message)
     assert len(value) < 3 * limit and (key is None or len(key) <= limit)
     letter = CODEC.decode(value).events[0]
     assert letter["truncated"] and letter["original_size"] == len(bad.value) and len(letter["original_value"]) == limit

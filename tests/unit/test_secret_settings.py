@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from pydantic import ValidationError
+from pipeline.settings import SettingsError as ValidationError
 
 from pipeline.secret_values import ConfigurationError, clickhouse_security, display_settings, mask_url
 from pipeline.settings import Settings
-from pipeline.tables import create_statements
+from sinks.clickhouse.ddl import create_statements
 from sinks.clickhouse.backend import NativeBackend
 
 SECRETS = {"CXP_COLLECTOR_TOKENS": "collector-secret-1,collector-secret-2", "CXP_METRICS_TOKEN": "metrics-secret",
@@ -39,8 +39,9 @@ def test_display_settings_masks_every_secret(monkeypatch):
         monkeypatch.setenv(name, value)
     shown = display_settings(Settings())
     assert not [word for word in SECRET_WORDS if word in repr(shown)]
-    assert shown["collector_tokens"] == "***" and shown["clickhouse_url"].startswith("clickhouse://cx:***@db:9000/cx")
-    assert shown["metrics_token_file"] == "None" and shown["web_port"] == "6066"
+    assert shown["CXP_COLLECTOR_TOKENS"] == "***"
+    assert shown["CXP_CLICKHOUSE_URL"].startswith("clickhouse://cx:***@db:9000/cx")
+    assert shown["CXP_METRICS_TOKEN_FILE"] == "None" and shown["CXP_WEB_PORT"] == "6066"
 
 
 def test_cxp_config_shows_no_secret():
@@ -95,13 +96,13 @@ def test_clickhouse_password_file_and_tls_reach_the_driver(tmp_path):
     secret.write_text("p@ss:w/rd\n")
     settings = Settings(clickhouse_url="clickhouse://cx:in-url@db:9000/cx", clickhouse_password_file=secret,
                         clickhouse_secure=True, clickhouse_ca_file=tmp_path / "ca.pem")
-    options = clickhouse_security(settings)
+    options = clickhouse_security(settings.clickhouse)
     assert options == {"secure": True, "password": "p@ss:w/rd", "ca_certs": str(tmp_path / "ca.pem")}
-    connection = NativeBackend(settings.clickhouse_url, **options).client.connection  # connects lazily
+    connection = NativeBackend(settings.clickhouse.url, **options).client.connection  # connects lazily
     assert (connection.user, connection.password, connection.secure_socket) == ("cx", "p@ss:w/rd", True)
     assert connection.ssl_options["ca_certs"] == str(tmp_path / "ca.pem")
-    plain = NativeBackend("clickhouse://cx:in%40url@db:9000/cx", **clickhouse_security(Settings())).client.connection
+    plain = NativeBackend("clickhouse://cx:in%40url@db:9000/cx", **clickhouse_security(Settings().clickhouse)).client.connection
     assert (plain.password, plain.secure_socket) == ("in@url", False)
     assert NativeBackend("clickhouses://db:9440/cx").client.connection.secure_socket
     with pytest.raises(ConfigurationError, match="clickhouse_password_file"):
-        clickhouse_security(Settings(clickhouse_password_file=tmp_path / "missing"))
+        clickhouse_security(Settings(clickhouse_password_file=tmp_path / "missing").clickhouse)

@@ -5,9 +5,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.dedup import id_hash
-from pipeline.metrics.base import Accepted, Output
+from pipeline.metrics.base import Batch, Output
+from pipeline.metrics.rounds import Rounds
 from pipeline.metrics.segments import OTHER, UNKNOWN, SegmentCore
 from pipeline.metrics.surveys import SurveyCore
+from tests.unit.cores import restore
 
 WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}
 DAY = 86_400_000
@@ -22,18 +24,16 @@ answers = st.lists(st.tuples(
 def run(items, max_values):
     """Survey and segment cores side by side, the way the processor runs them: answers are facts."""
     surveys, segments = SurveyCore(WINDOWS), SegmentCore(WINDOWS, ("region", "plan", "source"), max_values)
-    s_state, g_state, clock = surveys.new_state(), segments.new_state(), 0
+    s_state, g_state, clock = surveys.new_state(0), segments.new_state(0), 0
     for i, (tenant, kind, score, t, source, region, plan) in enumerate(items):
         score = {"NPS": score, "CSAT": 1 + score % 5, "CES": 1 + score % 7}[kind]
         attributes = {k: v for k, v in (("region", region), ("plan", plan)) if v is not None}
         event = {"event_id": f"e{i}", "event_time": t, "tenant": tenant, "attributes": attributes,
                  "survey": {"kind": kind, "score": score}}
-        accepted, out = Accepted(source, 0, i, [event], [id_hash(event["event_id"])]), Output()
-        surveys.add(s_state, accepted, out)
-        segments.add(g_state, accepted, out)
+        rounds, out = Rounds([surveys, segments]), Output()
+        rounds.add([s_state, g_state], Batch(0, [source], [event], [id_hash(event["event_id"])]), out)
         clock = max(clock, t)
-        surveys.tick(s_state, clock, out)
-        segments.tick(g_state, clock, out)
+        rounds.tick([s_state, g_state], clock, out)
     return surveys, s_state, segments, g_state, clock
 
 
@@ -70,13 +70,13 @@ def test_restore_from_survey_rows_equals_live_state():
     items = [("acme", "NPS", i % 11, i * 60_000, ("web", "crm")[i % 2], f"r{i % 3}", "pro") for i in range(40)]
     surveys, _, segments, live, clock = run(items, 5)
     out = Output()
-    fresh_surveys = surveys.new_state()
+    fresh_surveys = surveys.new_state(0)
     for i, (tenant, kind, score, t, source, region, plan) in enumerate(items):
         event = {"event_id": f"e{i}", "event_time": t, "tenant": tenant, "attributes": {"region": region, "plan": plan},
                  "survey": {"kind": kind, "score": score}}
-        surveys.add(fresh_surveys, Accepted(source, 0, i, [event], [id_hash(f"e{i}")]), out)
+        surveys.add(fresh_surveys, Batch(0, [source], [event], [id_hash(f"e{i}")]), out)
     rows = [(r.tenant, r.kind, r.score, r.event_ms, r.source, r.attr_keys, r.attr_values)
             for r in out.rows["survey_responses"]]
-    restored = segments.new_state()
-    segments.restore(restored, "answers", rows, clock)
+    restored = segments.new_state(0)
+    restore(segments, restored, "answers", rows, clock)
     assert segments.totals([restored], clock) == segments.totals([live], clock)

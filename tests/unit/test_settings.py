@@ -3,7 +3,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.settings import Settings, duration_ms
+from pipeline.config import Duration, duration_ms
+from pipeline.settings import Settings
 
 CONFIGURATION = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
 
@@ -21,15 +22,15 @@ def test_environment_over_file_over_defaults(tmp_path, monkeypatch):
     monkeypatch.setenv("CXP_CONFIG_FILE", str(config))
     monkeypatch.setenv("CXP_PARTITIONS", "6")
     settings = Settings()
-    assert settings.partitions == 6  # environment wins
-    assert settings.windows == ["1h", "2h"] and settings.web_port == 7000  # file beats defaults
-    assert settings.window_ms == {"1h": 3_600_000, "2h": 7_200_000}
-    assert settings.max_lateness == "7d"  # default
+    assert settings.kafka.partitions == 6  # environment wins
+    assert settings.stream.windows == [Duration("1h"), Duration("2h")] and settings.web.port == 7000  # file beats defaults
+    assert settings.stream.window_ms == {"1h": 3_600_000, "2h": 7_200_000}
+    assert settings.stream.max_lateness.ms == 7 * 86_400_000 and str(settings.stream.max_lateness) == "7d"  # default
 
 
 def test_comma_separated_windows_and_bad_values(monkeypatch):
     monkeypatch.setenv("CXP_WINDOWS", "1h,3d")
-    assert Settings().windows == ["1h", "3d"]
+    assert list(Settings().stream.window_ms) == ["1h", "3d"]
     monkeypatch.setenv("CXP_WINDOWS", "1h,sometimes")
     with pytest.raises(ValueError):
         Settings()
@@ -42,11 +43,29 @@ def test_missing_config_file_names_the_file(monkeypatch):
 
 
 def test_kafka_url():
-    assert Settings(kafka_url="kafka://a:9092,b:9092").bootstrap_servers == "a:9092,b:9092"
+    assert Settings(kafka_url="kafka://a:9092,b:9092").kafka.bootstrap_servers == "a:9092,b:9092"
+    assert Settings(kafka_url="a:9092, b:9092").kafka.bootstrap_servers == "a:9092,b:9092"  # the plain form too
     with pytest.raises(ValueError, match="CXP_KAFKA_URL"):
-        Settings().bootstrap_servers
+        Settings().kafka.bootstrap_servers
+    with pytest.raises(ValueError, match="is not host:port"):
+        Settings(kafka_url="notaurl")
+
+
+def test_sections_keep_the_flat_variable_names(monkeypatch):
+    """Every setting is one CXP_ variable, whatever section holds it; errors name that variable."""
+    monkeypatch.setenv("CXP_CHURN_HIGH", "0.6")
+    monkeypatch.setenv("CXP_APP_ID", "other-group")
+    monkeypatch.setenv("CXP_SINK_FLUSH_INTERVAL", "2s")
+    settings = Settings(clickhouse_timeout="4s")
+    assert settings.churn.high == 0.6 and settings.kafka.app_id == "other-group"
+    assert settings.sink.flush_interval.seconds == 2.0 and settings.clickhouse.timeout.seconds == 4.0
+    assert settings.replace(web_port=7001).web.port == 7001 and settings.replace(web_port=7001).churn.high == 0.6
+    variables = settings.flat()
+    assert variables["CXP_CHURN_HIGH"][0] == 0.6 and variables["CXP_APP_ID"][0] == "other-group"
+    assert Settings.variable(("churn", "high")) == "CXP_CHURN_HIGH" and Settings.variable(("kafka", "app_id")) == "CXP_APP_ID"
+    assert Settings.variable(("log_level",)) == "CXP_LOG_LEVEL"
 
 
 def test_configuration_doc_documents_every_setting():
     documented = set(re.findall(r"^\| `(CXP_[A-Z_]+)` \|", CONFIGURATION.read_text(), re.MULTILINE))
-    assert {f"CXP_{name.upper()}" for name in Settings.model_fields} <= documented
+    assert set(Settings().flat()) <= documented

@@ -3,7 +3,7 @@ worker that owns every partition."""
 from collections import defaultdict
 
 from agents.snapshots import snapshot_rows
-from pipeline.metrics import build_cores
+from pipeline.metrics.registry import build_cores
 from pipeline.processor import Processor
 from pipeline.settings import Settings
 from tests.unit.test_processor import CODEC, NOW, events, processor, records  # noqa: F401 - events: fixture
@@ -14,7 +14,7 @@ NOT_COMBINED = {"nps_margin_of_error"}  # per worker only; the fleet's comes fro
 
 def worker(partitions) -> Processor:
     """A worker's processor with every core, owning ``partitions``."""
-    return processor(cores=build_cores(Settings(), CODEC), partitions=partitions)
+    return processor(cores=build_cores(Settings()), partitions=partitions)
 
 
 def combined(rows) -> dict:

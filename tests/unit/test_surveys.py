@@ -5,9 +5,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.dedup import id_hash
-from pipeline.metrics.base import Accepted, Output
-from pipeline.metrics.surveys import SurveyCore, Totals, ces, classify, counts_of, csat, nps, nps_margin_of_error
+from pipeline.metrics.base import Batch, Output
+from pipeline.metrics.facts import SurveyAnswered
+from pipeline.metrics.surveys import SurveyCore
+from pipeline.scores import Totals, ces, classify, counts_of, csat, nps, nps_margin_of_error
 from pipeline.metrics.windows import RollingCounts
+from tests.unit.cores import restore
 
 WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}
 
@@ -129,7 +132,7 @@ def survey_event(event_id, score, t, tenant="acme", kind="NPS"):
 
 
 def accepted(events, partition=0):
-    return Accepted("web", partition, 0, events, [id_hash(e["event_id"]) for e in events])
+    return Batch(partition, ["web"] * len(events), events, [id_hash(e["event_id"]) for e in events])
 
 
 @settings(max_examples=100, deadline=None)
@@ -137,7 +140,7 @@ def accepted(events, partition=0):
 def test_core_counts_each_answer_once_however_often_delivered(answers):
     """Idempotent on its own: redelivering answers (beyond any processor dedup) changes no total."""
     core = SurveyCore(WINDOWS)
-    state, out = core.new_state(), Output()
+    state, out = core.new_state(0), Output()
     events = {f"e{i}": survey_event(f"e{i}", score, t) for i, score, t in answers}
     for event in events.values():
         core.add(state, accepted([event]), out)
@@ -151,12 +154,12 @@ def test_core_counts_each_answer_once_however_often_delivered(answers):
 
 def test_restore_from_rows_equals_live_state_and_stays_idempotent():
     core = SurveyCore(WINDOWS)
-    live, out = core.new_state(), Output()
+    live, out = core.new_state(0), Output()
     events = [survey_event(f"e{i}", i % 11, 1_000_000 + i * 60_000) for i in range(50)]
     core.add(live, accepted(events), out)
     rows = [(r.tenant, r.kind, r.score, r.event_ms, r.id_hash) for r in out.rows["survey_responses"]]
-    restored = core.new_state()
-    core.restore(restored, "answers", rows, events[-1]["event_time"])
+    restored = core.new_state(0)
+    restore(core, restored, "answers", rows, events[-1]["event_time"])
     clock = events[-1]["event_time"]
     assert SurveyCore.totals([restored], clock) == SurveyCore.totals([live], clock)
     again = Output()
@@ -166,11 +169,11 @@ def test_restore_from_rows_equals_live_state_and_stays_idempotent():
 
 def test_collect_sums_partitions_and_detractors_are_facts():
     core = SurveyCore(WINDOWS)
-    a, b, out = core.new_state(), core.new_state(), Output()
+    a, b, out = core.new_state(0), core.new_state(0), Output()
     core.add(a, accepted([survey_event("x", 10, 60_000)]), out)
     core.add(b, accepted([survey_event("y", 2, 60_000)], partition=1), out)
     families = {f.name: f for f in core.collect([a, b], 60_000)}
     nps_1h = [s.value for s in families["cx_nps"].samples if s.labels == {"tenant": "acme", "window": "1h"}]
     assert nps_1h == [0.0]
-    assert [e["event_id"] for e in out.facts["answers"]] == ["x", "y"]
+    assert [(type(f), f.event_id, f.score) for f in out.facts] == [(SurveyAnswered, "x", 10), (SurveyAnswered, "y", 2)]
     assert {f.name for f in core.describe()} == set(families)

@@ -48,12 +48,12 @@ def test_tokens_from_setting_and_file_and_unreadable_file(tmp_path):
     path = tmp_path / "tokens"
     path.write_text("# rotated 2026-11\nfile-one\n\n  file-two  # the new one\n")
     settings = Settings(collector_tokens="env-one, env-two", collector_tokens_file=path)
-    assert collector_tokens(settings) == ["env-one", "env-two", "file-one", "file-two"]
+    assert collector_tokens(settings.security) == ["env-one", "env-two", "file-one", "file-two"]
     with pytest.raises(ConfigurationError, match="collector_tokens_file"):
-        collector_tokens(Settings(collector_tokens_file=tmp_path / "missing"))
+        collector_tokens(Settings(collector_tokens_file=tmp_path / "missing").security)
     path.write_text("# nothing but a comment\n")
     with pytest.raises(ConfigurationError, match="no token"):
-        collector_tokens(Settings(collector_tokens_file=path))
+        collector_tokens(Settings(collector_tokens_file=path).security)
 
 
 def test_requests_bucket_allows_a_second_of_burst_then_refills():
