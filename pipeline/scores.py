@@ -1,6 +1,7 @@
 """Survey scores: valid ranges, classes, and the NPS, CSAT and CES formulas. The one place for each rule.
 
-Ranges: NPS 0..10, CSAT 1..5, CES 1..7. Classes: promoter 9-10 / passive 7-8 / detractor 0-6 for NPS,
+Ranges: NPS 0..10, CSAT 1..5, CES 1..7. NPS is a score from -100 to 100, CSAT a ratio from 0 to 1, CES a
+mean score. Classes: promoter 9-10 / passive 7-8 / detractor 0-6 for NPS,
 satisfied 4-5 / neutral 3 / dissatisfied 1-2 for CSAT, one class ``all`` for CES.
 """
 from __future__ import annotations
@@ -70,9 +71,9 @@ def nps_margin_of_error(t: Totals) -> Optional[float]:
     return 1.96 * 100.0 * math.sqrt(max(p + d - (p - d) ** 2, 0.0) / t.n)
 
 
-def csat(t: Totals) -> Optional[float]:
-    """100 × answers scoring 4 or 5 / answers."""
-    return 100.0 * t.classes[0] / t.n if t.n else None
+def csat_ratio(t: Totals) -> Optional[float]:
+    """Answers scoring 4 or 5 / answers, 0..1."""
+    return t.classes[0] / t.n if t.n else None
 
 
 def ces(t: Totals) -> Optional[float]:
@@ -83,6 +84,6 @@ def ces(t: Totals) -> Optional[float]:
 # kind -> (metric name, formula) of every score a kind has: the gauges and the metric_snapshots rows
 FORMULAS: dict[str, tuple[tuple[str, Callable[[Totals], Optional[float]]], ...]] = {
     "NPS": (("nps", nps), ("nps_margin_of_error", nps_margin_of_error)),
-    "CSAT": (("csat", csat),),
+    "CSAT": (("csat_ratio", csat_ratio),),
     "CES": (("ces", ces),),
 }

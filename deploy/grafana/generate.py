@@ -138,10 +138,10 @@ def cx_overview() -> dashboard.Dashboard:
         .with_variable(variable("window", "Window", 'label_values(cx_survey_responses{tenant=~"$tenant"}, window)',
                                 "24h", VariableSort.DISABLED))
         .with_row(dashboard.Row("Surveys"))
-        .with_panel(band("NPS ± 95 % margin of error", f"tenant_window:cx_nps:ratio{{{TENANT_WINDOW}}}",
-                         f"tenant_window:cx_nps_margin_of_error:ratio{{{TENANT_WINDOW}}}", "{{tenant}} {{window}}"))
-        .with_panel(series("CSAT %", prom(f"tenant_window:cx_csat:ratio{{{TENANT_WINDOW}}}", "{{tenant}} {{window}}"),
-                           unit="percent"))
+        .with_panel(band("NPS ± 95 % margin of error", f"tenant_window:cx_nps:score{{{TENANT_WINDOW}}}",
+                         f"tenant_window:cx_nps_margin_of_error:points{{{TENANT_WINDOW}}}", "{{tenant}} {{window}}"))
+        .with_panel(series("CSAT", prom(f"tenant_window:cx_csat:ratio{{{TENANT_WINDOW}}}", "{{tenant}} {{window}}"),
+                           unit="percentunit"))
         .with_panel(series("CES (mean effort, 1–7)",
                            prom(f"tenant_window:cx_ces:mean{{{TENANT_WINDOW}}}", "{{tenant}} {{window}}")))
         .with_panel(series("NPS history (ClickHouse metric_snapshots)", sql(f"""
@@ -173,11 +173,11 @@ ORDER BY event_time DESC
 LIMIT 100"""), width=24, description="No customer ids: the comment, where and when."))
         .with_row(dashboard.Row("Segments"))
         .with_panel(bars("NPS by segment", prom(
-            f"tenant_window_dimension_segment:cx_segment_nps:ratio{{{TENANT_WINDOW}}}",
+            f"tenant_window_dimension_segment:cx_segment_nps:score{{{TENANT_WINDOW}}}",
             "{{tenant}} {{dimension}}={{segment}}", instant=True)))
-        .with_panel(bars("CSAT % by segment", prom(
+        .with_panel(bars("CSAT by segment", prom(
             f"tenant_window_dimension_segment:cx_segment_csat:ratio{{{TENANT_WINDOW}}}",
-            "{{tenant}} {{dimension}}={{segment}}", instant=True), unit="percent"))
+            "{{tenant}} {{dimension}}={{segment}}", instant=True), unit="percentunit"))
         .with_panel(bars("CES by segment", prom(
             f"tenant_window_dimension_segment:cx_segment_ces:mean{{{TENANT_WINDOW}}}",
             "{{tenant}} {{dimension}}={{segment}}", instant=True)))

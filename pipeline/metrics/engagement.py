@@ -8,7 +8,7 @@ Inputs are partitioned by customer, so the counts of all workers add up exactly.
 ``cx_complaint_customers{tenant,window}``: customers with a complaint opened in the window, from the
 complaint core's fact :class:`~pipeline.metrics.facts.ComplaintOpened` (it publishes it in ``tick``; the
 processor hands it over through ``take``).
-Ratios per worker (``cx_stickiness`` = active 1d / active 30d, ``cx_complaint_customer_ratio``) are
+Ratios per worker (``cx_stickiness_ratio`` = active 1d / active 30d, ``cx_complaint_customer_ratio``) are
 exported for single-worker setups; fleets use the recording rules, which divide the summed counts.
 
 State: the last minute each customer was seen (:class:`LastSeen`, 14 bytes a customer), kept for the
@@ -151,6 +151,6 @@ class EngagementCore(MetricCore[EngagementState]):
                               labels=window),
             GaugeMetricFamily("cx_complaint_customer_ratio", "cx_complaint_customers / cx_active_customers of this "
                               "worker (fleet: tenant_window:cx_complaint_customers:ratio).", labels=window),
-            GaugeMetricFamily("cx_stickiness", "DAU/MAU of this worker: active 1d / active 30d "
+            GaugeMetricFamily("cx_stickiness_ratio", "DAU/MAU of this worker: active 1d / active 30d "
                               "(fleet: tenant:cx_stickiness:ratio).", labels=["tenant"]),
         ]

@@ -14,7 +14,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from typing import Annotated, Iterable, Sequence
 
-from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 from pydantic import BeforeValidator, Field
 
@@ -22,7 +22,7 @@ from pipeline.config import Section, split_list
 from pipeline.metrics.base import Facts, MetricCore, Output, Restore
 from pipeline.metrics.facts import SurveyAnswered
 from pipeline.metrics.windows import RollingCounts
-from pipeline.scores import CLASSES, Totals, ces, counts_of, csat, nps
+from pipeline.scores import CLASSES, Totals, ces, counts_of, csat_ratio, nps
 
 OTHER, UNKNOWN = "other", "unknown"
 MAX_LABEL_CHARS = 64
@@ -111,9 +111,9 @@ class SegmentCore(MetricCore[RollingCounts]):
             labels = [tenant, window, dimension, segment]
             for name, count in zip(CLASSES[kind], t.classes):
                 responses.add_metric([tenant, kind, window, dimension, segment, name], count)
-            score.add_metric([tenant, kind, window, dimension, segment], count_value=t.n, sum_value=t.score_sum)
+            score.add_metric([tenant, kind, window, dimension, segment], t.score_sum)
             if t.n:
-                gauge, formula = {"NPS": (nps_g, nps), "CSAT": (csat_g, csat), "CES": (ces_g, ces)}[kind]
+                gauge, formula = {"NPS": (nps_g, nps), "CSAT": (csat_g, csat_ratio), "CES": (ces_g, ces)}[kind]
                 gauge.add_metric(labels, formula(t))
         return families
 
@@ -123,9 +123,9 @@ class SegmentCore(MetricCore[RollingCounts]):
         return [
             GaugeMetricFamily("cx_segment_responses", "Survey responses in the window per segment, by class.",
                               labels=["tenant", "kind", "window", "dimension", "segment", "class"]),
-            SummaryMetricFamily("cx_segment_score", "Survey scores in the window per segment: sum and count.",
-                                labels=["tenant", "kind", "window", "dimension", "segment"]),
+            GaugeMetricFamily("cx_segment_scores", "Sum of the scores of the survey responses in the window per "
+                              "segment.", labels=["tenant", "kind", "window", "dimension", "segment"]),
             GaugeMetricFamily("cx_segment_nps", "NPS of a segment in the window.", labels=labels),
-            GaugeMetricFamily("cx_segment_csat", "CSAT of a segment in the window.", labels=labels),
+            GaugeMetricFamily("cx_segment_csat_ratio", "CSAT of a segment in the window (0..1).", labels=labels),
             GaugeMetricFamily("cx_segment_ces", "CES of a segment in the window.", labels=labels),
         ]

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
-from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
+from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
 
 from pipeline.dedup import Deduper
@@ -28,7 +28,7 @@ from pipeline.tables import ROWS
 SurveyRow = ROWS["survey_responses"]
 GAUGES = {"nps": ("cx_nps", "Net Promoter Score (-100..100) in the window."),
           "nps_margin_of_error": ("cx_nps_margin_of_error", "95 % margin of error of cx_nps, in NPS points."),
-          "csat": ("cx_csat", "CSAT: percent of responses scoring 4 or 5."),
+          "csat_ratio": ("cx_csat_ratio", "CSAT: share of responses scoring 4 or 5 (0..1)."),
           "ces": ("cx_ces", "CES: mean effort score (1..7).")}
 
 
@@ -113,7 +113,7 @@ class SurveyCore(MetricCore[SurveyState]):
         for (tenant, kind, window), t in sorted(self.totals(states, clock_ms).items()):
             for name, count in zip(CLASSES[kind], t.classes):
                 responses.add_metric([tenant, kind, window, name], count)
-            score.add_metric([tenant, kind, window], count_value=t.n, sum_value=t.score_sum)
+            score.add_metric([tenant, kind, window], t.score_sum)
             if t.n:
                 for metric, formula in FORMULAS[kind]:
                     families[metric].add_metric([tenant, window], formula(t))
@@ -121,13 +121,13 @@ class SurveyCore(MetricCore[SurveyState]):
 
     @staticmethod
     def _families() -> dict[str, Metric]:
-        # A gauge may not end in _sum (promtool), so the windowed score sum and count are the _sum and
-        # _count of a summary: cx_survey_score_sum{tenant,kind,window} and cx_survey_score_count.
+        # Windowed counts are gauges (they fall as the window slides): the answers by class, and the sum
+        # of their scores, from which the fleet's CES is sum(scores) / sum(responses).
         families: dict[str, Metric] = {
             "responses": GaugeMetricFamily("cx_survey_responses", "Survey responses in the window, by class.",
                                            labels=["tenant", "kind", "window", "class"]),
-            "score": SummaryMetricFamily("cx_survey_score", "Survey scores in the window: sum and count.",
-                                         labels=["tenant", "kind", "window"]),
+            "score": GaugeMetricFamily("cx_survey_scores", "Sum of the scores of the survey responses in the "
+                                       "window.", labels=["tenant", "kind", "window"]),
         }
         for metric, (name, documentation) in GAUGES.items():
             families[metric] = GaugeMetricFamily(name, documentation, labels=["tenant", "window"])

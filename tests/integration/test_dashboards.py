@@ -94,7 +94,7 @@ def stack(broker, clickhouse_server, tmp_path_factory):
             worker.wait_for(lambda s: consumed(s) >= sent and s["cxp_oldest_unacked_seconds"][0][1] == 0,
                             timeout_s=240, what=f"{sent} events consumed and durable")
             prometheus.wait_for(f"sum(cxp_events_consumed_total) >= {sent}", timeout_s=60)
-        for rule in ("source:cxp_events_consumed:rate5m > 0", "tenant_window:cx_nps:ratio"):  # rules evaluated
+        for rule in ("source:cxp_events_consumed:rate5m > 0", "tenant_window:cx_nps:score"):  # rules evaluated
             prometheus.wait_for(rule)
         yield {"worker": worker, "prometheus": prometheus, "clickhouse": NativeBackend(clickhouse_server.url(database)),
                "database": database, "now_ms": now_ms}

@@ -108,7 +108,7 @@ def test_real_prometheus_scrapes_the_worker(chdb_worker, events, tmp_path):
         total = server.wait_for("sum(cxp_events_consumed_total)")
         assert float(total[0]["value"][1]) == len(events)
         # the shipped recording rule, computed from summed counts, agrees with the worker's own NPS
-        fleet = server.wait_for('tenant_window:cx_nps:ratio{window="24h"}')
+        fleet = server.wait_for('tenant_window:cx_nps:score{window="24h"}')
         for r in fleet:
             assert float(r["value"][1]) == pytest.approx(worker_values[(r["metric"]["tenant"], "24h")])
     finally:

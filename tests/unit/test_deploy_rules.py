@@ -25,10 +25,10 @@ DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 
 # The contract's series, by type: the exposed names are the gauge names, counter + _total, histogram + _bucket/_sum/_count.
 SPEC_GAUGES = {
-    "cx_nps", "cx_nps_margin_of_error", "cx_survey_responses", "cx_survey_score_sum", "cx_csat", "cx_ces",
+    "cx_nps", "cx_nps_margin_of_error", "cx_survey_responses", "cx_survey_scores", "cx_csat_ratio", "cx_ces",
     "cx_funnel_customers", "cx_funnel_conversion_ratio", "cx_churn_risk_customers", "cx_complaints_open",
-    "cx_complaint_spike", "cx_active_customers", "cx_segment_nps", "cx_segment_csat", "cx_segment_ces",
-    "cx_segment_responses", "cx_segment_score_sum", "cx_segment_score_count",
+    "cx_complaint_spike", "cx_active_customers", "cx_segment_nps", "cx_segment_csat_ratio", "cx_segment_ces",
+    "cx_segment_responses", "cx_segment_scores",
     "cx_complaint_customers", "cx_detractor_followups",
     "cxp_event_time_lag_seconds",
 }

@@ -118,4 +118,4 @@ def test_gauges():
     assert families["cx_active_customers"] == {("acme", "1d"): 1, ("acme", "7d"): 1, ("acme", "30d"): 2}
     assert families["cx_complaint_customers"] == {("acme", "1d"): 1, ("acme", "7d"): 1, ("acme", "30d"): 1}
     assert families["cx_complaint_customer_ratio"][("acme", "30d")] == 0.5
-    assert families["cx_stickiness"] == {("acme",): 0.5}
+    assert families["cx_stickiness_ratio"] == {("acme",): 0.5}

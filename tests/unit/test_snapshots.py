@@ -38,7 +38,7 @@ def test_two_workers_combine_into_the_value_of_one(events):
     one = snapshot_rows(whole, 1_700_000_000)
     two = snapshot_rows(low, 1_700_000_000) + snapshot_rows(high, 1_700_000_000)
     assert {r.partitions for r in one} == {"0,1,2,3"} and {r.partitions for r in two} == {"0,1", "2,3"}
-    assert {r.metric.split(":")[0] for r in one} >= {"nps", "csat", "ces", "funnel_conversion", "active_customers",
+    assert {r.metric.split(":")[0] for r in one} >= {"nps", "csat_ratio", "ces", "funnel_conversion", "active_customers",
                                                     "stickiness"}
     expected, actual = combined(one), combined(two)
     assert actual.keys() == expected.keys()

@@ -8,7 +8,7 @@ from pipeline.dedup import id_hash
 from pipeline.metrics.base import Batch, Output
 from pipeline.metrics.facts import SurveyAnswered
 from pipeline.metrics.surveys import SurveyCore
-from pipeline.scores import Totals, ces, classify, counts_of, csat, nps, nps_margin_of_error
+from pipeline.scores import Totals, ces, classify, counts_of, csat_ratio, nps, nps_margin_of_error
 from pipeline.metrics.windows import RollingCounts
 from tests.unit.cores import restore
 
@@ -49,7 +49,7 @@ def test_nps_and_margin_by_hand():
 
 
 def test_csat_ces():
-    assert csat(Totals(n=4, classes=(3, 1, 0))) == 75.0
+    assert csat_ratio(Totals(n=4, classes=(3, 1, 0))) == 0.75
     assert ces(Totals(n=4, classes=(4, 0, 0), score_sum=10)) == 2.5
 
 
