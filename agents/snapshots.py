@@ -16,10 +16,11 @@ def snapshot_rows(processor: Processor, ts: int) -> list[tuple]:
     """One row per (tenant, metric, window) value of every core, over the owned partitions, which the
     row names: docs/metrics.md says how to combine the rows of several workers."""
     states = processor.owned_states()
+    clocks = [state.clock_ms for state in states]
     partitions = ",".join(map(str, processor.owned_partitions()))
     return [SnapshotRow(ts=ts, tenant=tenant, metric=metric, window=window, value=value, n=n, partitions=partitions)
             for index, core in enumerate(processor.cores)
-            for tenant, metric, window, value, n in core.snapshot([s.cores[index] for s in states], processor.clock_ms)]
+            for tenant, metric, window, value, n in core.snapshot([s.cores[index] for s in states], clocks)]
 
 
 def register(app: Any, processor: Processor, delivery: Delivery, interval: float) -> None:

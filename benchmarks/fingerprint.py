@@ -98,7 +98,7 @@ def _gauges(processor: Processor) -> dict[str, str]:
     states = processor.owned_states()
     out = {}
     for index, core in enumerate(processor.cores):
-        for family in core.collect([state.cores[index] for state in states], processor.clock_ms):
+        for family in core.collect([state.cores[index] for state in states], [state.clock_ms for state in states]):
             if family.name not in CHANGED_ON_PURPOSE:
                 out[family.name] = _hash(sorted((s.name, sorted(s.labels.items()), s.value) for s in family.samples))
     return out

@@ -9,10 +9,17 @@ The agent only hands over records of partitions this worker owns (:meth:`Process
 The cores see the batch once per partition: one ``add`` with every accepted event of that partition,
 however many Kafka messages carried them, then one ``tick`` per partition; facts are routed between
 them as :mod:`pipeline.metrics.base` describes.
+
+Stream time is per partition, as in Kafka Streams: a partition's clock is the largest event_time it has
+processed (any source; the sources are co-partitioned). The dedup horizon, every core's windows and timers
+follow that clock. Lateness (``too_late``) is judged by the clock of the event's own topic-partition (its
+source within the partition): topics and partitions are fetched at their own pace, and in a backfill one
+can run days ahead of another, so a partition or a topic consumed behind the others never has its valid
+events rejected because others are ahead.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
 
 from pipeline.dedup import Deduper, id_hash
@@ -44,6 +51,8 @@ class Record(NamedTuple):
 class PartitionState:
     dedup: Deduper
     cores: list[Any]  # one state per core, in core order
+    clock_ms: int = 0  # the partition's stream time: the largest event_time it has processed
+    source_clocks: dict[str, int] = field(default_factory=dict)  # per source (topic-partition): its largest
 
 
 class Processor:
@@ -59,8 +68,7 @@ class Processor:
         self.pii = pii  # PII mode: ids pseudonymised right after validation, before dedup, rows and cores
         self.partitions: dict[int, PartitionState] = {}
         self.owned: set[int] = set()
-        self.clock_ms = 0  # event-time clock: the largest event_time processed
-        self.source_clock_ms: dict[str, int] = {}
+        self.source_clock_ms: dict[str, int] = {}  # the newest event_time per source, for the lag gauge
 
     # -- ownership ------------------------------------------------------------------------------
     def owns(self, partition: int) -> bool:
@@ -91,14 +99,25 @@ class Processor:
         """Load state read back from ClickHouse (:func:`sinks.clickhouse.state.read_partitions`)."""
         for source, clock in restored.source_clocks.items():
             self.source_clock_ms[source] = max(self.source_clock_ms.get(source, 0), clock)
-        self.clock_ms = max(self.clock_ms, restored.clock_ms)
         for partition in restored.partitions:
             state = self.state(partition)
+            for source, clock in restored.clocks.get(partition, {}).items():
+                state.source_clocks[source] = max(state.source_clocks.get(source, 0), clock)
+            state.clock_ms = max(state.source_clocks.values(), default=state.clock_ms)
             hashes, times = restored.ids.get(partition, ([], []))
             state.dedup.restore(hashes, times)
             for core, core_state, by_name in zip(self.cores, state.cores, restored.core_rows):
                 for name, by_partition in by_name.items():
-                    core.restore(core_state, name, by_partition.get(partition, []), self.clock_ms)
+                    core.restore(core_state, name, by_partition.get(partition, []), state.clock_ms)
+
+    @property
+    def clock_ms(self) -> int:
+        """The newest event_time of any partition held (0 before the first)."""
+        return max((state.clock_ms for state in self.partitions.values()), default=0)
+
+    def clocks(self) -> dict[int, int]:
+        """partition -> stream time, for the partitions held."""
+        return {partition: state.clock_ms for partition, state in self.partitions.items()}
 
     def owned_partitions(self) -> list[int]:
         """The owned partitions whose state is built, in order."""
@@ -116,10 +135,9 @@ class Processor:
         for partition, batch in batches.items():
             if batch.events:
                 self.rounds.add(self.partitions[partition].cores, batch, out)
-        clock = self.clock_ms
         for state in self.partitions.values():
-            state.dedup.expire(clock)
-            self.rounds.tick(state.cores, clock, out)
+            state.dedup.expire(state.clock_ms)
+            self.rounds.tick(state.cores, state.clock_ms, out)
         return out
 
     def _process_record(self, record: Record, now_ms: int, out: Output, batches: dict[int, Batch]) -> None:
@@ -143,14 +161,14 @@ class Processor:
                         out: Output, batches: dict[int, Batch]) -> None:
         """Validate every event, dedup the valid ones in one call, write their rows, add them to the batch."""
         state = self.state(record.partition)
-        rules, clock = self.rules, self.clock_ms
-        late_limit, future_limit = rules.time_bounds(now_ms, clock)
+        rules, clock, own_clock = self.rules, state.clock_ms, state.source_clocks.get(source, 0)
+        late_limit, future_limit = rules.time_bounds(now_ms, own_clock)
         valid = []
         for index, event in enumerate(events):
             rejection = check_fields(source, event, rules)
             event_ms = event.get("event_time")
             if rejection is None and (event_ms > future_limit or (late_limit is not None and event_ms < late_limit)):
-                rejection = check_time(event_ms, rules, now_ms, clock)
+                rejection = check_time(event_ms, rules, now_ms, own_clock)
             if rejection is not None:
                 self._reject(record, source, event, index if is_batch else None, rejection, now_ms, out)
             else:
@@ -159,8 +177,8 @@ class Processor:
         if not valid:
             return
         hashes = [id_hash(event["event_id"]) for event in valid]
-        # An id is remembered for the dedup horizon from when it was seen, on the event-time clock: an old
-        # event from a lagging partition is not forgotten at once.
+        # An id is remembered for the dedup horizon from when it was seen, on the partition's clock: an old
+        # (late) event is not forgotten at once.
         new = state.dedup.check(hashes, [max(event["event_time"], clock) for event in valid])
         batch = batches.get(record.partition)
         if batch is None:
@@ -172,7 +190,7 @@ class Processor:
             if not is_new:
                 continue
             event_ms = event["event_time"]
-            clock, source_clock = max(clock, event_ms), max(source_clock, event_ms)
+            clock, own_clock, source_clock = max(clock, event_ms), max(own_clock, event_ms), max(source_clock, event_ms)
             batch.sources.append(source)
             batch.events.append(event)
             batch.hashes.append(key)
@@ -183,7 +201,7 @@ class Processor:
                 anonymous_id=event.get("anonymous_id"), session_id=event.get("session_id"),
                 attr_keys=list(attributes), attr_values=list(attributes.values()), kafka_partition=record.partition,
                 kafka_offset=record.offset, id_hash=key))
-        self.clock_ms = clock
+        state.clock_ms, state.source_clocks[source] = clock, own_clock
         if source_clock:
             self.source_clock_ms[source] = source_clock
         processed = len(batch.events) - before

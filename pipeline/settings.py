@@ -231,8 +231,8 @@ class StreamSettings(Section):
                              description="Rolling metric windows, by event time (comma-separated).")
     max_future_skew: Duration = Field(Duration("5m"), description="Reject events this far ahead of the worker's wall "
                                       "clock.")
-    max_lateness: Duration = Field(Duration("7d"), description="Reject events this far behind the worker's event-time "
-                                   "clock.")
+    max_lateness: Duration = Field(Duration("7d"), description="Reject events this far behind the event-time clock of "
+                                   "their topic-partition.")
     dedup_horizon: Duration = Field(Duration("24h"), description="An event_id seen again within this event-time span "
                                     "is a duplicate.")
     deadletter_max_bytes: int = Field(

@@ -92,7 +92,7 @@ def build_app(settings: Settings) -> faust.App:
     snapshots.register(app, processor, delivery, settings.snapshot_interval.seconds)
     handle_rebalances(app, settings, processor, delivery, ready,
                       rebuild=lambda partitions: retrier.run("restore", run_blocking, read_partitions, backend,
-                                                             partitions, processor.cores, processor.clock_ms,
+                                                             partitions, processor.cores,
                                                              settings.stream.dedup_horizon.ms))
     app.before_stop = lambda: flush_before_stop(delivery, settings.shutdown_timeout.seconds)
 

@@ -280,7 +280,7 @@ def build_parser() -> argparse.ArgumentParser:
     kafka(p)
     p.add_argument("--clickhouse-url", help="use this ClickHouse server instead of embedded chdb")
     p.add_argument("--history", default="3d", help="simulated history backfilled before going live (default 3d, "
-                   "at most 5d; 0: none)")
+                   "at most 60d; 0: none)")
     p.add_argument("--history-events", type=int, default=150_000, help="events in that history (default 150000)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds to run live (default 60; Ctrl-C stops early)")
     p.add_argument("--rate", type=float, default=2000.0, help="simulated events per second (default 2000)")

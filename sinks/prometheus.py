@@ -87,8 +87,9 @@ class CoreCollector(Collector):
     def collect(self) -> Iterable[Metric]:
         processor = self.processor
         states = processor.owned_states()
+        clocks = [state.clock_ms for state in states]
         for index, core in enumerate(processor.cores):
-            yield from core.collect([state.cores[index] for state in states], processor.clock_ms)
+            yield from core.collect([state.cores[index] for state in states], clocks)
         lag, now = self._lag_family(), self.now()
         if states:
             for source, clock_ms in sorted(processor.source_clock_ms.items()):

@@ -10,11 +10,13 @@ runs one **round** over the cores in their run order:
 ``take(state, facts, out)``
     with the facts of the types the core ``consumes`` published since its last step (below);
 ``tick(state, clock_ms, out)``
-    as the event-time clock moves (expiry, timers such as SLA deadlines); every partition, every batch.
+    as the partition's event-time clock moves (expiry, timers such as SLA deadlines); every partition,
+    every batch. Stream time is per partition: the largest event_time the partition has processed.
 
 Then, outside the rounds: ``restores`` declares what to read back from ClickHouse when a partition is
 assigned (:class:`Restore`: table, columns, filter, span; no SQL), ``restore`` loads those rows (named
-tuples), and ``describe``/``collect``/``snapshot`` read the states of the owned partitions at scrape time.
+tuples), and ``describe``/``collect``/``snapshot`` read the states of the owned partitions at scrape time,
+each at its own partition's clock (a window ends at the clock of the partition whose data it holds).
 
 **Facts** are typed records (:mod:`pipeline.metrics.facts`). A core declares ``publishes`` (fact type ->
 the phase it publishes in) and ``consumes``; :mod:`pipeline.metrics.registry` runs producers before their
@@ -194,13 +196,10 @@ class Restored:
     """What ClickHouse holds for newly assigned partitions: the sink reads it, the processor rebuilds from it."""
 
     partitions: list[int]
+    clocks: dict[int, dict[str, int]] = field(default_factory=dict)  # partition -> source -> newest event_time
     source_clocks: dict[str, int] = field(default_factory=dict)
     ids: dict[int, tuple[list[int], list[int]]] = field(default_factory=dict)  # partition -> (id hashes, event ms)
     core_rows: list[dict[str, dict[int, list[tuple]]]] = field(default_factory=list)  # per core: name -> partition -> rows
-
-    @property
-    def clock_ms(self) -> int:
-        return max(self.source_clocks.values(), default=0)
 
     def row_count(self) -> int:
         return sum(len(hashes) for hashes, _ in self.ids.values()) + sum(
@@ -250,10 +249,10 @@ class MetricCore(Generic[State]):
         """The gauge families ``collect`` returns, without samples."""
         return ()
 
-    def collect(self, states: Sequence[State], clock_ms: int) -> Iterable[Metric]:
-        """Gauge families summed over the given partition states, at scrape time."""
+    def collect(self, states: Sequence[State], clocks: Sequence[int]) -> Iterable[Metric]:
+        """Gauge families summed over the given partition states (``clocks``: each one's stream time)."""
         return ()
 
-    def snapshot(self, states: Sequence[State], clock_ms: int) -> Iterable[tuple[str, str, str, float, int]]:
+    def snapshot(self, states: Sequence[State], clocks: Sequence[int]) -> Iterable[tuple[str, str, str, float, int]]:
         """(tenant, metric, window, value, n) for the metric_snapshots history table."""
         return ()

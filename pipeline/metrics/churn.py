@@ -498,7 +498,7 @@ class ChurnCore(MetricCore[ChurnState]):
     def describe(self) -> Iterable[Metric]:
         return [self._family()]
 
-    def collect(self, states: Sequence[ChurnState], clock_ms: int) -> Iterable[Metric]:
+    def collect(self, states: Sequence[ChurnState], clocks: Sequence[int]) -> Iterable[Metric]:
         family = self._family()
         counts = self.levels(states)
         for tenant in sorted({tenant for tenant, _ in counts}):

@@ -167,7 +167,10 @@ class ComplaintSpikeCore(MetricCore[SpikeState]):
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
-    def collect(self, states: Sequence[SpikeState], clock_ms: int) -> Iterable[Metric]:
+    def collect(self, states: Sequence[SpikeState], clocks: Sequence[int]) -> Iterable[Metric]:
+        # Openings are counted in absolute event-time buckets, so per-partition counts add up exactly; the
+        # bucket tested is the current one of the newest partition.
+        clock_ms = max(clocks, default=0)
         counts: dict[str, dict[int, int]] = defaultdict(lambda: defaultdict(int))
         first: dict[str, int] = {}
         for state in states:

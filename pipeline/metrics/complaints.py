@@ -415,7 +415,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
     def describe(self) -> Iterable[Metric]:
         return [self._family()]
 
-    def collect(self, states: Sequence[ComplaintState], clock_ms: int) -> Iterable[Metric]:
+    def collect(self, states: Sequence[ComplaintState], clocks: Sequence[int]) -> Iterable[Metric]:
         total: Counter = Counter()
         for state in states:
             total.update(state.backlog)

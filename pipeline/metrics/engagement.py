@@ -97,10 +97,10 @@ class EngagementCore(MetricCore[EngagementState]):
         store.merge()
 
     # -- reading ---------------------------------------------------------------------------------
-    def totals(self, states: Sequence[EngagementState], clock_ms: int) -> dict[tuple[str, str], tuple[int, int]]:
+    def totals(self, states: Sequence[EngagementState], clocks: Sequence[int]) -> dict[tuple[str, str], tuple[int, int]]:
         """(tenant, window label) -> (active customers, customers with a complaint opened)."""
         out: dict[tuple[str, str], tuple[int, int]] = {}
-        for state in states:
+        for state, clock_ms in zip(states, clocks):
             for label, window in self.windows_ms.items():
                 active, complained = _counts(state.active, clock_ms, window), _counts(state.complained, clock_ms, window)
                 for tenant in active.keys() | complained.keys():
@@ -109,37 +109,37 @@ class EngagementCore(MetricCore[EngagementState]):
         return out
 
     @staticmethod
-    def stickiness_counts(states: Sequence[EngagementState], clock_ms: int) -> dict[str, tuple[int, int]]:
+    def stickiness_counts(states: Sequence[EngagementState], clocks: Sequence[int]) -> dict[str, tuple[int, int]]:
         """tenant -> (customers active in the last day, in the last 30 days)."""
         daily: dict[str, int] = {}
         monthly: dict[str, int] = {}
-        for state in states:
+        for state, clock_ms in zip(states, clocks):
             for counts, window in ((daily, STICKINESS[0]), (monthly, STICKINESS[1])):
                 for tenant, n in _counts(state.active, clock_ms, window).items():
                     counts[tenant] = counts.get(tenant, 0) + n
         return {tenant: (daily.get(tenant, 0), n) for tenant, n in monthly.items() if n}
 
-    def stickiness(self, states: Sequence[EngagementState], clock_ms: int) -> dict[str, float]:
-        return {tenant: day / month for tenant, (day, month) in self.stickiness_counts(states, clock_ms).items()}
+    def stickiness(self, states: Sequence[EngagementState], clocks: Sequence[int]) -> dict[str, float]:
+        return {tenant: day / month for tenant, (day, month) in self.stickiness_counts(states, clocks).items()}
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
-    def collect(self, states: Sequence[EngagementState], clock_ms: int) -> Iterable[Metric]:
+    def collect(self, states: Sequence[EngagementState], clocks: Sequence[int]) -> Iterable[Metric]:
         active_g, complained_g, ratio_g, sticky_g = families = self._families()
-        for (tenant, window), (active, complained) in sorted(self.totals(states, clock_ms).items()):
+        for (tenant, window), (active, complained) in sorted(self.totals(states, clocks).items()):
             active_g.add_metric([tenant, window], active)
             complained_g.add_metric([tenant, window], complained)
             if active:
                 ratio_g.add_metric([tenant, window], complained / active)
-        for tenant, value in sorted(self.stickiness(states, clock_ms).items()):
+        for tenant, value in sorted(self.stickiness(states, clocks).items()):
             sticky_g.add_metric([tenant], value)
         return families
 
-    def snapshot(self, states: Sequence[EngagementState], clock_ms: int) -> Iterable[tuple[str, str, str, float, int]]:
-        for (tenant, window), (active, _) in sorted(self.totals(states, clock_ms).items()):
+    def snapshot(self, states: Sequence[EngagementState], clocks: Sequence[int]) -> Iterable[tuple[str, str, str, float, int]]:
+        for (tenant, window), (active, _) in sorted(self.totals(states, clocks).items()):
             yield tenant, "active_customers", window, float(active), active
-        for tenant, (day, month) in sorted(self.stickiness_counts(states, clock_ms).items()):
+        for tenant, (day, month) in sorted(self.stickiness_counts(states, clocks).items()):
             yield tenant, "stickiness", "1d/30d", day / month, month
 
     @staticmethod

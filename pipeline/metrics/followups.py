@@ -141,11 +141,11 @@ class FollowupCore(MetricCore[FollowupState]):
             self._remember(state, tenant, customer_id, int(event_ms), int(score), event_id)
 
     # -- reading ---------------------------------------------------------------------------------
-    def totals(self, states: Sequence[FollowupState], clock_ms: int) -> dict[tuple[str, str], int]:
+    def totals(self, states: Sequence[FollowupState], clocks: Sequence[int]) -> dict[tuple[str, str], int]:
         """(tenant, outcome) -> detractor follow-ups answered within the recovery window."""
         out: dict[tuple[str, str], int] = {}
-        oldest = clock_ms - self.recovery_window_ms
-        for state in states:
+        for state, clock_ms in zip(states, clocks):
+            oldest = clock_ms - self.recovery_window_ms
             for tenant, answers in state.answers.values():
                 for answered_ms, outcome in outcomes(answers):
                     if oldest < answered_ms <= clock_ms:
@@ -155,9 +155,9 @@ class FollowupCore(MetricCore[FollowupState]):
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
-    def collect(self, states: Sequence[FollowupState], clock_ms: int) -> Iterable[Metric]:
+    def collect(self, states: Sequence[FollowupState], clocks: Sequence[int]) -> Iterable[Metric]:
         counts_g, rate_g = families = self._families()
-        totals = self.totals(states, clock_ms)
+        totals = self.totals(states, clocks)
         window = self._window_label()
         for tenant in sorted({tenant for tenant, _ in totals}):
             for outcome in OUTCOMES:

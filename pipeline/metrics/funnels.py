@@ -358,11 +358,11 @@ class FunnelCore(MetricCore[FunnelState]):
                               "by attempts started in the window.", labels=("tenant", "funnel", "window")),
         )
 
-    def at_least(self, states: Sequence[FunnelState], clock_ms: int) -> dict[tuple[str, int, str], list[int]]:
+    def at_least(self, states: Sequence[FunnelState], clocks: Sequence[int]) -> dict[tuple[str, int, str], list[int]]:
         """(tenant, funnel index, window) -> customers who reached at least step 1..n."""
         totals: dict[tuple[str, int, str], list[int]] = {}
-        firsts = {label: self.window_first_ms(clock_ms, window) for label, window in self.windows_ms.items()}
-        for state in states:
+        for state, clock_ms in zip(states, clocks):
+            firsts = {label: self.window_first_ms(clock_ms, window) for label, window in self.windows_ms.items()}
             for (tenant, _, index), track in state.tracks.items():
                 steps = len(self.funnels[index].steps)
                 for label, first_ms in firsts.items():
@@ -376,9 +376,9 @@ class FunnelCore(MetricCore[FunnelState]):
         return {(tenant, customer, self.funnels[index].name): track.level_since(since_ms)
                 for (tenant, customer, index), track in state.tracks.items()}
 
-    def collect(self, states: Sequence[FunnelState], clock_ms: int) -> Iterable[Metric]:
+    def collect(self, states: Sequence[FunnelState], clocks: Sequence[int]) -> Iterable[Metric]:
         customers, ratio = self._families()
-        for (tenant, index, label), counts in sorted(self.at_least(states, clock_ms).items()):
+        for (tenant, index, label), counts in sorted(self.at_least(states, clocks).items()):
             funnel = self.funnels[index]
             for step, n in zip(funnel.steps, counts):
                 customers.add_metric((tenant, funnel.name, step.name, label), n)
@@ -386,7 +386,7 @@ class FunnelCore(MetricCore[FunnelState]):
                 ratio.add_metric((tenant, funnel.name, label), counts[-1] / counts[0])
         return [customers, ratio]
 
-    def snapshot(self, states: Sequence[FunnelState], clock_ms: int) -> Iterable[tuple[str, str, str, float, int]]:
+    def snapshot(self, states: Sequence[FunnelState], clocks: Sequence[int]) -> Iterable[tuple[str, str, str, float, int]]:
         """(tenant, 'funnel_conversion:<funnel>', window, last/first step, first-step customers)."""
         return [(tenant, f"funnel_conversion:{self.funnels[index].name}", label, counts[-1] / counts[0], counts[0])
-                for (tenant, index, label), counts in sorted(self.at_least(states, clock_ms).items()) if counts[0]]
+                for (tenant, index, label), counts in sorted(self.at_least(states, clocks).items()) if counts[0]]

@@ -80,10 +80,10 @@ class SegmentCore(MetricCore[RollingCounts]):
             for dimension, segment in self.segments_of(dict(zip(row.attr_keys, row.attr_values)), row.source):
                 state.add((row.tenant, row.kind, dimension, segment), int(row.event_ms), counts)
 
-    def totals(self, states: Sequence[RollingCounts], clock_ms: int) -> dict[tuple[str, str, str, str, str], Totals]:
+    def totals(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> dict[tuple[str, str, str, str, str], Totals]:
         """(tenant, kind, dimension, segment, window) -> Totals, capped per (tenant, dimension)."""
         raw: dict[tuple, list[int]] = defaultdict(lambda: [0] * 5)
-        for state in states:
+        for state, clock_ms in zip(states, clocks):
             for ((tenant, kind, dimension, segment), window), counts in state.totals(clock_ms).items():
                 acc = raw[(tenant, kind, dimension, segment, window)]
                 for i, value in enumerate(counts):
@@ -105,9 +105,9 @@ class SegmentCore(MetricCore[RollingCounts]):
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
-    def collect(self, states: Sequence[RollingCounts], clock_ms: int) -> Iterable[Metric]:
+    def collect(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> Iterable[Metric]:
         responses, score, nps_g, csat_g, ces_g = families = self._families()
-        for (tenant, kind, dimension, segment, window), t in sorted(self.totals(states, clock_ms).items()):
+        for (tenant, kind, dimension, segment, window), t in sorted(self.totals(states, clocks).items()):
             labels = [tenant, window, dimension, segment]
             for name, count in zip(CLASSES[kind], t.classes):
                 responses.add_metric([tenant, kind, window, dimension, segment, name], count)

@@ -95,10 +95,10 @@ class SurveyCore(MetricCore[SurveyState]):
 
     # -- reading ---------------------------------------------------------------------------------
     @staticmethod
-    def totals(states: Sequence[SurveyState], clock_ms: int) -> dict[tuple[str, str, str], Totals]:
-        """(tenant, kind, window) -> Totals summed over the given partition states."""
+    def totals(states: Sequence[SurveyState], clocks: Sequence[int]) -> dict[tuple[str, str, str], Totals]:
+        """(tenant, kind, window) -> Totals summed over the given partition states, each at its clock."""
         out: dict[tuple[str, str, str], Totals] = {}
-        for state in states:
+        for state, clock_ms in zip(states, clocks):
             for ((tenant, kind), label), counts in state.windows.totals(clock_ms).items():
                 key, totals = (tenant, kind, label), Totals.of(counts)
                 out[key] = out[key] + totals if key in out else totals
@@ -107,10 +107,10 @@ class SurveyCore(MetricCore[SurveyState]):
     def describe(self) -> Iterable[Metric]:
         return self._families().values()
 
-    def collect(self, states: Sequence[SurveyState], clock_ms: int) -> Iterable[Metric]:
+    def collect(self, states: Sequence[SurveyState], clocks: Sequence[int]) -> Iterable[Metric]:
         families = self._families()
         responses, score = families["responses"], families["score"]
-        for (tenant, kind, window), t in sorted(self.totals(states, clock_ms).items()):
+        for (tenant, kind, window), t in sorted(self.totals(states, clocks).items()):
             for name, count in zip(CLASSES[kind], t.classes):
                 responses.add_metric([tenant, kind, window, name], count)
             score.add_metric([tenant, kind, window], t.score_sum)
@@ -133,8 +133,8 @@ class SurveyCore(MetricCore[SurveyState]):
             families[metric] = GaugeMetricFamily(name, documentation, labels=["tenant", "window"])
         return families
 
-    def snapshot(self, states: Sequence[SurveyState], clock_ms: int) -> Iterable[tuple[str, str, str, float, int]]:
-        for (tenant, kind, window), totals in sorted(self.totals(states, clock_ms).items()):
+    def snapshot(self, states: Sequence[SurveyState], clocks: Sequence[int]) -> Iterable[tuple[str, str, str, float, int]]:
+        for (tenant, kind, window), totals in sorted(self.totals(states, clocks).items()):
             if totals.n:
                 for metric, formula in FORMULAS[kind]:
                     yield tenant, metric, window, formula(totals), totals.n

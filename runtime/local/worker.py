@@ -59,11 +59,16 @@ class WorkerProcess:
         return scrape(self.metrics_url, token=self.env.get("CXP_METRICS_TOKEN"))
 
     def wait_for(self, predicate, timeout_s: float = 60.0, what: str = "condition") -> dict:
-        """Poll /metrics until predicate(samples) holds; return the samples."""
+        """Poll /metrics until predicate(samples) holds; return the samples. A scrape that times out (a busy
+        worker on a loaded machine) is polled again; a worker that exited raises at once."""
         deadline = time.monotonic() + timeout_s
         samples: dict = {}
         while time.monotonic() < deadline:
-            samples = self.metrics()
+            self.raise_if_exited()
+            try:
+                samples = self.metrics()
+            except OSError:
+                continue
             if predicate(samples):
                 return samples
             time.sleep(0.3)

@@ -3,6 +3,8 @@
 checked identifiers; values are quoted here."""
 from __future__ import annotations
 
+from typing import Optional
+
 from pipeline.metrics.funnel_defs import Funnel, Step
 
 
@@ -22,12 +24,13 @@ def step_condition(step: Step) -> str:
     return " AND ".join(parts)
 
 
-def window_funnel_sql(funnel: Funnel, db: str, since_ms: int) -> str:
-    """Each customer's level from ClickHouse's own windowFunnel over the events from ``since_ms`` on.
-    18.16 takes only a DateTime or UInt32 time, so times are milliseconds after since_ms (below 2**31:
-    about 24.8 days); the subquery's ORDER BY puts same-millisecond events in event_id order, the core's
-    tie rule."""
+def window_funnel_sql(funnel: Funnel, db: str, since_ms: int, partition: Optional[int] = None) -> str:
+    """Each customer's level from ClickHouse's own windowFunnel over the events from ``since_ms`` on (of one
+    Kafka partition, if given). 18.16 takes only a DateTime or UInt32 time, so times are milliseconds after
+    since_ms (below 2**31: about 24.8 days); the subquery's ORDER BY puts same-millisecond events in
+    event_id order, the core's tie rule."""
     conditions = ", ".join(step_condition(step) for step in funnel.steps)
+    only = "" if partition is None else f" AND kafka_partition = {int(partition)}"
     return (f"SELECT tenant, customer_id, windowFunnel({funnel.window_ms})(toUInt32(event_ms - {int(since_ms)}), "
             f"{conditions}) AS level FROM (SELECT * FROM {db}.events FINAL WHERE customer_id IS NOT NULL "
-            f"AND event_ms >= {int(since_ms)} ORDER BY event_ms, event_id) GROUP BY tenant, customer_id")
+            f"AND event_ms >= {int(since_ms)}{only} ORDER BY event_ms, event_id) GROUP BY tenant, customer_id")

@@ -1,14 +1,15 @@
 """Read back what the worker needs to resume partitions: ClickHouse is the durable copy of its state.
 
 Runs on partition assignment, after the previous owner flushed (the revoke barrier of a rebalance),
-so the rows read here are everything that owner made durable. The event-time clock and the dedup ids
-come from ``events`` (the commit marker of every flush); each metric core declares what else it needs
-(:class:`~pipeline.metrics.base.Restore`), which :func:`restore_sql` turns into a query.
+so the rows read here are everything that owner made durable. Each partition's stream time (its newest
+event_time) and the dedup ids come from ``events`` (the commit marker of every flush); each metric core
+declares what else it needs (:class:`~pipeline.metrics.base.Restore`), which :func:`restore_sql` turns
+into a query whose time span ends at each partition's own clock.
 """
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from pipeline.config import check_identifier
 from pipeline.metrics.base import Condition, Equals, MetricCore, NoneOf, NotNull, OneOf, Restore, Restored
@@ -32,13 +33,16 @@ def _condition(condition: Condition) -> str:
     raise TypeError(f"unknown restore condition {condition!r}")
 
 
-def restore_sql(spec: Restore, db: str, partitions: Sequence[int], clock_ms: int) -> str:
-    """The query of one restore: ``kafka_partition`` first, then ``spec.columns``."""
+def restore_sql(spec: Restore, db: str, clocks: Mapping[int, int]) -> str:
+    """The query of one restore over the partitions of ``clocks`` (partition -> stream time):
+    ``kafka_partition`` first, then ``spec.columns``."""
     for column in (spec.table, *spec.columns, *([spec.time] if spec.time else [])):
         check_identifier("restore column", column)
-    where = [f"kafka_partition IN ({', '.join(str(int(p)) for p in partitions)})"]
     if spec.time:
-        where.append(f"{spec.time} > {int(clock_ms - spec.span_ms)}")
+        where = ["(" + " OR ".join(f"(kafka_partition = {int(p)} AND {spec.time} > {int(clock - spec.span_ms)})"
+                                   for p, clock in sorted(clocks.items())) + ")"]
+    else:
+        where = [f"kafka_partition IN ({', '.join(str(int(p)) for p in sorted(clocks))})"]
     where += [_condition(condition) for condition in spec.where]
     source = f"{db}.{spec.table}{' FINAL' if spec.final else ''} WHERE {' AND '.join(where)}"
     newest = spec.newest
@@ -51,18 +55,21 @@ def restore_sql(spec: Restore, db: str, partitions: Sequence[int], clock_ms: int
     return f"SELECT kafka_partition, {', '.join(columns)} FROM {source} GROUP BY {', '.join(group)}"
 
 
-def read_partitions(backend: Backend, partitions: Sequence[int], cores: Sequence[MetricCore], clock_ms: int,
+def read_partitions(backend: Backend, partitions: Sequence[int], cores: Sequence[MetricCore],
                     dedup_horizon_ms: int) -> Restored:
-    """Everything needed to rebuild ``partitions``; ``clock_ms`` is the worker's clock so far."""
+    """Everything needed to rebuild ``partitions``."""
     db, listed = backend.database, ", ".join(str(int(p)) for p in partitions)
     restored = Restored(list(partitions))
-    restored.source_clocks = {source: int(ms) for source, ms in backend.query(
-        f"SELECT source, max(event_ms) FROM {db}.events WHERE kafka_partition IN ({listed}) GROUP BY source")}
-    clock = max(clock_ms, restored.clock_ms)
+    clocks = {int(p): 0 for p in partitions}
+    for partition, source, event_ms in backend.query(
+            f"SELECT kafka_partition, source, max(event_ms) FROM {db}.events WHERE kafka_partition IN ({listed}) "
+            "GROUP BY kafka_partition, source"):
+        clocks[int(partition)] = max(clocks[int(partition)], int(event_ms))
+        restored.clocks.setdefault(int(partition), {})[source] = int(event_ms)
+        restored.source_clocks[source] = max(restored.source_clocks.get(source, 0), int(event_ms))
     ids: dict[int, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
-    for partition, key, event_ms in backend.query(
-            f"SELECT kafka_partition, id_hash, event_ms FROM {db}.events "
-            f"WHERE kafka_partition IN ({listed}) AND event_ms > {clock - dedup_horizon_ms}"):
+    recent = " OR ".join(f"(kafka_partition = {p} AND event_ms > {clock - dedup_horizon_ms})" for p, clock in clocks.items())
+    for partition, key, event_ms in backend.query(f"SELECT kafka_partition, id_hash, event_ms FROM {db}.events WHERE {recent}"):
         hashes, times = ids[int(partition)]
         hashes.append(int(key))
         times.append(int(event_ms))
@@ -72,7 +79,7 @@ def read_partitions(backend: Backend, partitions: Sequence[int], cores: Sequence
         for spec in core.restores():
             row_type = spec.row_type()
             by_partition: dict[int, list] = defaultdict(list)
-            for row in backend.query(restore_sql(spec, db, partitions, clock)):
+            for row in backend.query(restore_sql(spec, db, clocks)):
                 by_partition[int(row[0])].append(row_type(*row[1:]))
             by_name[spec.name] = dict(by_partition)
         restored.core_rows.append(by_name)

@@ -164,7 +164,8 @@ def simulated(seed: int, count: int, end_ms: int, span_ms: int = 30 * MINUTE, cu
     return [(s, e) for s, e in sim.events(count=count, rate=count * 1000 / span_ms) if e["event_time"] <= end_ms]
 
 
-def valid_workload(events: list[tuple[str, dict]], batched: bool = False, batch_size: int = 200) -> Workload:
+def valid_workload(events: list[tuple[str, dict]], batched: bool = False, batch_size: int = 200,
+                   partitions: int = PARTITIONS) -> Workload:
     """Events as single-event messages keyed by customer, or as batch messages of one source and partition."""
     work = Workload(valid=list(events))
     if not batched:
@@ -172,7 +173,7 @@ def valid_workload(events: list[tuple[str, dict]], batched: bool = False, batch_
         return work
     groups: dict[tuple[str, int], list[dict]] = {}
     for source, event in events:
-        groups.setdefault((source, partition_for(event_key(source, event), PARTITIONS)), []).append(event)
+        groups.setdefault((source, partition_for(event_key(source, event), partitions)), []).append(event)
     for (source, partition), group in groups.items():
         for i in range(0, len(group), batch_size):
             chunk = group[i:i + batch_size]
@@ -181,8 +182,10 @@ def valid_workload(events: list[tuple[str, dict]], batched: bool = False, batch_
     return work
 
 
-def sentinels(tag: str, template: list[tuple[str, dict]], event_ms: int) -> Workload:
-    """One valid, survey-less event at the end of every input topic-partition.
+def sentinels(tag: str, template: list[tuple[str, dict]], event_ms: int, partitions: Iterable[int] = range(PARTITIONS),
+              count: int = PARTITIONS) -> Workload:
+    """One valid, survey-less event at the end of every input topic-partition (of ``partitions``, out of
+    ``count``), its conversation or complaint its own.
 
     Partitions are consumed in order, so once all sentinels are rows in ``events`` the worker has been
     through everything sent before them (Tansu's end offsets are wrong, so lag cannot tell us that).
@@ -190,17 +193,20 @@ def sentinels(tag: str, template: list[tuple[str, dict]], event_ms: int) -> Work
     work = Workload()
     for source in SOURCES:
         base = next(e for s, e in template if s == source and not e.get("survey"))
-        for partition in range(PARTITIONS):
+        for partition in partitions:
             customer = next(f"sentinel-{tag}-{i}" for i in range(10_000)
-                            if partition_for(f"sentinel-{tag}-{i}".encode(), PARTITIONS) == partition)
+                            if partition_for(f"sentinel-{tag}-{i}".encode(), count) == partition)
             event = dict(base, event_id=f"sentinel-{tag}-{source}-{partition}", customer_id=customer, event_time=event_ms)
+            for own in ("complaint_id", "conversation_id"):
+                if own in event:
+                    event[own] = f"sentinel-{tag}-{partition}"
             work.valid.append((source, event))
             work.messages.append(Message(source, customer.encode(), encode(RECORD[source], event), partition))
     return work
 
 
-def sentinel_ids(tag: str) -> set[str]:
-    return {f"sentinel-{tag}-{source}-{p}" for source in SOURCES for p in range(PARTITIONS)}
+def sentinel_ids(tag: str, partitions: Iterable[int] = range(PARTITIONS)) -> set[str]:
+    return {f"sentinel-{tag}-{source}-{p}" for source in SOURCES for p in partitions}
 
 
 def with_sentinels(work: Workload, tag: str) -> Workload:
@@ -487,6 +493,7 @@ class Stage:
     workdir: Path
     prefix: str = field(default_factory=lambda: f"f{uuid.uuid4().hex[:8]}.")
     workers: list[WorkerProcess] = field(default_factory=list)
+    partitions: int = PARTITIONS
 
     @property
     def bootstrap(self) -> str:
@@ -501,7 +508,7 @@ class Stage:
         data_dir = self.workdir / f"worker-{len(self.workers)}"
         data_dir.mkdir(parents=True)
         env = worker_env(self.kafka_url, data_dir, self.clickhouse_url, CXP_TOPIC_PREFIX=self.prefix,
-                         CXP_APP_ID=f"cxp-faults-{self.prefix}", CXP_PARTITIONS=str(PARTITIONS), **extra)
+                         CXP_APP_ID=f"cxp-faults-{self.prefix}", CXP_PARTITIONS=str(self.partitions), **extra)
         worker = WorkerProcess(env, data_dir / "worker.log")
         self.workers.append(worker)
         return worker

@@ -105,19 +105,19 @@ def test_core_levels_and_window_counts_equal_window_funnel(clickhouse_url):
                 assert levels.get((tenant, customer, funnel.name), 0) == level, (funnel.name, tenant, customer)
             for label, window in WINDOWS.items():
                 first_ms = ((clock - window) // MIN + 1) * MIN
-                mine = {tenant: counts for (tenant, index, w), counts in core.at_least([state], clock).items()
+                mine = {tenant: counts for (tenant, index, w), counts in core.at_least([state], [clock]).items()
                         if FUNNELS[index] is funnel and w == label and any(counts)}
                 assert mine == at_least_from_sql(backend, funnel, first_ms), (funnel.name, label)
                 assert mine == at_least_from_progress(backend, funnel, first_ms), (funnel.name, label)
         # the restore queries run on 18.16 and rebuild the same state, without a row or an observation
         restored, restore_out = core.new_state(0), Output()
         for spec in core.restores():
-            rows = backend.query(restore_sql(spec, backend.database, [0], clock))
+            rows = backend.query(restore_sql(spec, backend.database, {0: clock}))
             core.restore(restored, spec.name, [spec.row_type()(*row[1:]) for row in rows], clock)
         core.tick(restored, clock, restore_out)
         assert restore_out.row_count() == 0 and restore_out.observations == []
         assert core.levels(restored) == levels
-        assert core.at_least([restored], clock) == core.at_least([state], clock)
+        assert core.at_least([restored], [clock]) == core.at_least([state], [clock])
         times = [e["event_time"] for _, e in events]
         assert len(times) - len(set(times)) >= 20  # the data really had same-millisecond events
     finally:

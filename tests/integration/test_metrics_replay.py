@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter, defaultdict
+from typing import NamedTuple, Optional
 
 import pytest
 from kafka import KafkaProducer
@@ -32,12 +33,20 @@ WINDOWS = {"1h": 3_600_000, "24h": DAY, "7d": 7 * DAY}
 DIMENSIONS = ("region", "plan", "source")
 
 
+class Message(NamedTuple):
+    source: str
+    partition: int
+    key: bytes
+    value: bytes
+    events: int
+
+
 class Dataset:
     """The simulator's events, what gets sent (with duplicates, disorder and bad records), and the truth."""
 
-    def __init__(self, now_ms: int, seed: int = 11):
-        sim = Simulator(seed=seed, customers=3000, start_ms=now_ms - 6 * DAY)
-        self.valid = [(s, e) for s, e in sim.events(count=N_EVENTS, rate=N_EVENTS / (6 * 86_400))
+    def __init__(self, now_ms: int, seed: int = 11, events: int = N_EVENTS, days: int = 6):
+        sim = Simulator(seed=seed, customers=3000, start_ms=now_ms - days * DAY)
+        self.valid = [(s, e) for s, e in sim.events(count=events, rate=events / (days * 86_400))
                       if e["event_time"] <= now_ms]
         rng = random.Random(seed)
         self.duplicates = rng.sample(self.valid, 500)
@@ -45,12 +54,33 @@ class Dataset:
         self.bad = [("crm", dict(crm, event_id=f"bad-{uuid.uuid4()}", event_type="survey_response",
                                  survey={"kind": "NPS", "score": 42, "comment": None, "touchpoint": None}))
                     for _ in range(50)]
-        self.clock = max(e["event_time"] for _, e in self.valid)
+        # stream time per partition (docs/metrics.md): the newest event of each partition
+        self.clocks: dict[int, int] = {}
+        for source, e in self.valid:
+            partition = self.partition_of(source, e)
+            self.clocks[partition] = max(self.clocks.get(partition, 0), e["event_time"])
 
-    def messages(self, rng: random.Random) -> list[tuple[str, int, bytes, bytes]]:
-        """(topic suffix, partition, key, value): batches of up to 100 events per partition, in an order
-        shuffled within two-hour slices of event time (disorder well inside max_lateness)."""
-        items = self.valid + self.duplicates + self.bad
+    @staticmethod
+    def partition_of(source: str, event: dict) -> int:
+        return partition_for(event_key(source, event), PARTITIONS)
+
+    def in_window(self, source: str, event: dict, window_ms: int) -> bool:
+        """Inside the window of its partition's clock, minute-rounded as every core does."""
+        return event["event_time"] // 60_000 > (self.clocks[self.partition_of(source, event)] - window_ms) // 60_000
+
+    @property
+    def sent(self) -> int:
+        """Events in one sending of the whole input."""
+        return len(self.valid) + len(self.duplicates) + len(self.bad)
+
+    @staticmethod
+    def events_in(messages: list[Message]) -> int:
+        return sum(message.events for message in messages)
+
+    def messages(self, rng: random.Random, items: Optional[list[tuple[str, dict]]] = None) -> list[Message]:
+        """Batches of up to 100 events per partition, in an order shuffled within two-hour slices of
+        event time (disorder well inside max_lateness); of the whole input unless ``items`` are given."""
+        items = list(self.valid + self.duplicates + self.bad if items is None else items)
         items.sort(key=lambda item: item[1]["event_time"] // (2 * 3_600_000) + rng.random())
         groups: dict[tuple[str, int], list[dict]] = defaultdict(list)
         out = []
@@ -64,9 +94,10 @@ class Dataset:
         return out
 
     @staticmethod
-    def _message(source: str, events: list[dict]) -> tuple[str, int, bytes, bytes]:
+    def _message(source: str, events: list[dict]) -> Message:
         key = event_key(source, events[0])
-        return source, partition_for(key, PARTITIONS), key, avro(f"{RECORD[source]}Batch", {"events": list(events)})
+        return Message(source, partition_for(key, PARTITIONS), key, avro(f"{RECORD[source]}Batch", {"events": list(events)}),
+                       len(events))
 
     def answers(self):
         return [(s, e) for s, e in self.valid if e.get("survey")]
@@ -74,10 +105,10 @@ class Dataset:
     def survey_truth(self) -> dict[tuple[str, str, str, str], int]:
         """(tenant, kind, window, class) -> responses."""
         truth: Counter = Counter()
-        for _, e in self.answers():
+        for source, e in self.answers():
             kind, score = e["survey"]["kind"], e["survey"]["score"]
             for window, w in WINDOWS.items():
-                if e["event_time"] // 60_000 > (self.clock - w) // 60_000:
+                if self.in_window(source, e, w):
                     truth[(e["tenant"], kind, window, CLASSES[kind][classify(kind, score)])] += 1
         return dict(truth)
 
@@ -86,7 +117,7 @@ class Dataset:
         truth: Counter = Counter()
         for source, e in self.answers():
             for window, w in WINDOWS.items():
-                if e["event_time"] // 60_000 > (self.clock - w) // 60_000:
+                if self.in_window(source, e, w):
                     for dimension in DIMENSIONS:
                         segment = source if dimension == "source" else (e.get("attributes") or {}).get(dimension, "unknown")
                         truth[(e["tenant"], e["survey"]["kind"], window, dimension, segment)] += 1
@@ -95,8 +126,8 @@ class Dataset:
 
 def produce(bootstrap: str, prefix: str, messages) -> None:
     producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5, max_request_size=2_000_000)
-    for source, partition, key, value in messages:
-        producer.send(f"{prefix}events.{source}", value, key=key, partition=partition)
+    for message in messages:
+        producer.send(f"{prefix}events.{message.source}", message.value, key=message.key, partition=message.partition)
     producer.flush()
     producer.close()
 
@@ -115,7 +146,7 @@ def replayed(broker, clickhouse_server, tmp_path_factory):
     env = worker_env(broker.url, tmp_path_factory.mktemp("replay"), clickhouse_server.url(database),
                      CXP_TOPIC_PREFIX=prefix, CXP_APP_ID=f"replay-{uuid.uuid4().hex[:6]}", CXP_SEGMENT_MAX_VALUES="50")
     worker = WorkerProcess(env, tmp_path_factory.mktemp("replay-log") / "worker.log").start()
-    sent = len(data.valid) + len(data.duplicates) + len(data.bad)
+    sent = data.sent
 
     def drained(expected_consumed: int):
         return worker.wait_for(
@@ -170,12 +201,13 @@ def test_segment_series_equal_recomputation_after_replay(replayed):
 
 def test_clickhouse_segment_query_agrees(replayed):
     """The documented segment query over survey_responses gives the worker's 7d NPS per region."""
-    ch, db, data = replayed["clickhouse"], replayed["db"], replayed["data"]
-    start_minute = (data.clock - WINDOWS["7d"]) // 60_000
+    ch, db = replayed["clickhouse"], replayed["db"]
     rows = ch.query(
         f"SELECT tenant, attr_values[indexOf(attr_keys, 'region')] AS region, "
-        f"100 * (countIf(score >= 9) - countIf(score <= 6)) / count() FROM {db}.survey_responses FINAL "
-        f"WHERE kind = 'NPS' AND intDiv(event_ms, 60000) > {start_minute} GROUP BY tenant, region")
+        f"100 * (countIf(score >= 9) - countIf(score <= 6)) / count() FROM (SELECT * FROM {db}.survey_responses FINAL) "
+        f"ANY INNER JOIN (SELECT kafka_partition, max(event_ms) AS clock FROM {db}.events GROUP BY kafka_partition) "
+        f"USING kafka_partition WHERE kind = 'NPS' AND intDiv(event_ms, 60000) > intDiv(clock - {WINDOWS['7d']}, 60000) "
+        "GROUP BY tenant, region")
     gauges = {(l["tenant"], l["segment"]): v for l, v in replayed["second"]["cx_segment_nps"]
               if l["window"] == "7d" and l["dimension"] == "region"}
     assert rows and {(t, r): pytest.approx(v) for t, r, v in rows} == gauges
@@ -199,8 +231,10 @@ def test_funnel_levels_equal_clickhouse_window_funnel(replayed):
 
     gauges = {(l["tenant"], l["step"], l["window"]): v for l, v in replayed["second"]["cx_funnel_customers"]}
     for window, w in WINDOWS.items():
-        since = ((data.clock - w) // 60_000) * 60_000 + 60_000  # the window's first millisecond
-        levels = ch.query(window_funnel_sql(funnel, db, since))
+        levels = []  # per partition, from its own window's first millisecond
+        for partition, clock in data.clocks.items():
+            since = ((clock - w) // 60_000) * 60_000 + 60_000
+            levels += ch.query(window_funnel_sql(funnel, db, since, partition))
         for tenant in {t for t, _, _ in levels}:
             for k, step in enumerate(funnel.steps, 1):
                 expected = sum(1 for t, _, level in levels if t == tenant and level >= k)

@@ -31,11 +31,13 @@ HOUR = 3_600_000
 SOURCES = ("web", "chatbot", "crm", "complaints")
 
 
-def nps_oracle(responses: list[tuple[str, int, int]], clock_ms: int, window_ms: int) -> dict[str, tuple[float, int]]:
-    """tenant -> (NPS, n) over the responses with minute(t) > minute(clock - W)."""
+def nps_oracle(responses: list[tuple[str, int, int, int]], clocks: dict[int, int],
+               window_ms: int) -> dict[str, tuple[float, int]]:
+    """tenant -> (NPS, n) over the (tenant, score, t, partition) responses with minute(t) > minute(clock - W),
+    clock being the stream time of the response's partition."""
     per_tenant: dict[str, list[int]] = defaultdict(list)
-    for tenant, score, t in responses:
-        if t // 60_000 > (clock_ms - window_ms) // 60_000:
+    for tenant, score, t, partition in responses:
+        if t // 60_000 > (clocks[partition] - window_ms) // 60_000:
             per_tenant[tenant].append(score)
     return {tenant: (100.0 * (sum(s >= 9 for s in scores) - sum(s <= 6 for s in scores)) / len(scores), len(scores))
             for tenant, scores in per_tenant.items()}
@@ -76,12 +78,17 @@ class Input:
     def expected_rejected(self) -> Counter:
         return Counter(r for *_, r in self.bad_events) + Counter({"undecodable": len(self.undecodable)})
 
-    def surveys(self) -> list[tuple[str, int, int]]:
-        return [(e["tenant"], e["survey"]["score"], e["event_time"]) for _, e in self.valid
-                if e.get("survey") and e["survey"]["kind"] == "NPS"]
+    def surveys(self) -> list[tuple[str, int, int, int]]:
+        return [(e["tenant"], e["survey"]["score"], e["event_time"], partition_for(event_key(s, e), PARTITIONS))
+                for s, e in self.valid if e.get("survey") and e["survey"]["kind"] == "NPS"]
 
-    def clock(self) -> int:
-        return max(e["event_time"] for _, e in self.valid)
+    def clocks(self) -> dict[int, int]:
+        """partition -> its stream time (newest event time)."""
+        out: dict[int, int] = {}
+        for s, e in self.valid:
+            partition = partition_for(event_key(s, e), PARTITIONS)
+            out[partition] = max(out.get(partition, 0), e["event_time"])
+        return out
 
 
 def produce_valid(bootstrap: str, prefix: str, inp: Input, batched: bool) -> None:
@@ -185,7 +192,7 @@ def test_nps_matches_recomputation(run):
     nps = {(l["tenant"], l["window"]): v for l, v in samples["cx_nps"]}
     margin = {(l["tenant"], l["window"]) for l, _ in samples["cx_nps_margin_of_error"]}
     for window, w_ms in {"1h": HOUR, "24h": 24 * HOUR, "7d": 7 * 24 * HOUR}.items():
-        expected = nps_oracle(inp.surveys(), inp.clock(), w_ms)
+        expected = nps_oracle(inp.surveys(), inp.clocks(), w_ms)
         assert expected, "the input must contain NPS answers"
         for tenant, (value, n) in expected.items():
             assert nps[(tenant, window)] == pytest.approx(value, abs=1e-9), (tenant, window)
@@ -200,11 +207,12 @@ def test_clickhouse_rows_match_input(run):
     n_surveys = sum(1 for _, e in inp.valid if e.get("survey"))
     assert ch.query(f"SELECT count() FROM {db}.survey_responses FINAL")[0][0] == n_surveys
     # ClickHouse's own aggregation over the raw rows agrees with the worker's NPS
-    for tenant, (value, n) in nps_oracle(inp.surveys(), inp.clock(), 24 * HOUR).items():
-        start_minute = (inp.clock() - 24 * HOUR) // 60_000
+    for tenant, (value, n) in nps_oracle(inp.surveys(), inp.clocks(), 24 * HOUR).items():
         row = ch.query(f"SELECT 100 * (countIf(score >= 9) - countIf(score <= 6)) / count(), count() "
-                       f"FROM {db}.survey_responses FINAL WHERE kind = 'NPS' AND tenant = '{tenant}' "
-                       f"AND intDiv(event_ms, 60000) > {start_minute}")[0]
+                       f"FROM (SELECT * FROM {db}.survey_responses FINAL) ANY INNER JOIN (SELECT kafka_partition, "
+                       f"max(event_ms) AS clock FROM {db}.events GROUP BY kafka_partition) USING kafka_partition "
+                       f"WHERE kind = 'NPS' AND tenant = '{tenant}' "
+                       f"AND intDiv(event_ms, 60000) > intDiv(clock - {24 * HOUR}, 60000)")[0]
         assert row[0] == pytest.approx(value) and row[1] == n
     reasons = dict(ch.query(f"SELECT reason, count() FROM {db}.dead_letters FINAL GROUP BY reason"))
     assert reasons == dict(inp.expected_rejected())

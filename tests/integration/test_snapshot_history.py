@@ -32,7 +32,6 @@ def test_nps_history_weights_each_workers_last_value_by_its_answers(clickhouse_u
     earlier = snapshot_rows(low, T + 5)  # superseded within the interval by the same worker's later row
     low.process([r for r in batches[len(batches) // 2:] if r.partition < 2], NOW)
     high.process([r for r in batches if r.partition >= 2], NOW)
-    low.clock_ms = high.clock_ms = whole.clock_ms
     stale = [row._replace(value=-100.0) for row in snapshot_rows(whole, T - 60)]  # the interval before
     rows = stale + earlier + snapshot_rows(low, T + 30) + snapshot_rows(high, T + 12)
 

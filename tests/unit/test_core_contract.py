@@ -14,6 +14,7 @@ from pipeline.metrics.facts import ComplaintOpened, SurveyAnswered
 from pipeline.metrics.registry import CORE_CLASSES, CoreConfigError, build_cores, durable_order, enabled_classes
 from pipeline.metrics.rounds import Rounds
 from pipeline.settings import Settings
+from pipeline.partitioner import event_key, partition_for
 from pipeline.simulate import Simulator
 from tests.unit.test_processor import NOW, processor, records
 
@@ -126,16 +127,20 @@ def test_the_complaint_rate_counts_complaints_opened_in_the_tick_phase():
     p = processor(cores=build_cores(Settings()))
     for start in range(0, len(events), 500):
         p.process(records(events[start:start + 500], batched=False), NOW)
-    clock = p.clock_ms
     engagement = next(i for i, core in enumerate(p.cores) if core.name == "engagement")
-    got = p.cores[engagement].totals([s.cores[engagement] for s in p.owned_states()], clock)
+    states = p.owned_states()
+    got = p.cores[engagement].totals([s.cores[engagement] for s in states], [s.clock_ms for s in states])
     opened: dict[tuple[str, str], int] = {}
+    partition_of: dict[tuple[str, str], int] = {}
     for source, event in events:
         if source == "complaints" and event["event_type"] == "opened" and event.get("complaint_id"):
             key = (event["tenant"], event["customer_id"])
             opened[key] = max(opened.get(key, 0), event["event_time"])
+            partition_of[key] = partition_for(event_key(source, event), 4)
     for label, window in {"1d": 86_400_000, "7d": 7 * 86_400_000}.items():
-        expected = Counter(t for (t, _), ms in opened.items() if ms // 60_000 > (clock - window) // 60_000)
+        clock = {partition: p.partitions[partition].clock_ms for partition in p.owned}
+        expected = Counter(t for (t, c), ms in opened.items()
+                           if ms // 60_000 > (clock[partition_of[(t, c)]] - window) // 60_000)
         assert expected and {t: got.get((t, label), (0, 0))[1] for t in expected} == dict(expected)
 
 

@@ -52,11 +52,11 @@ def test_counts_equal_a_naive_distinct_count(messages, complaints, replay):
         expected_active = naive(events, clock, window)
         expected_complained = naive(complaints, clock, window)
         for tenant in {"acme", "globex"}:
-            got = core.totals([state], clock).get((tenant, label), (0, 0))
+            got = core.totals([state], [clock]).get((tenant, label), (0, 0))
             assert got == (expected_active.get(tenant, 0), expected_complained.get(tenant, 0)), (tenant, label)
     month = naive(events, clock, 30 * DAY)
     expected_sticky = {t: naive(events, clock, DAY).get(t, 0) / n for t, n in month.items()}
-    assert core.stickiness([state], clock) == expected_sticky
+    assert core.stickiness([state], [clock]) == expected_sticky
 
 
 @settings(max_examples=50, deadline=None)
@@ -84,7 +84,7 @@ def test_partitions_add_up_and_restore_rebuilds_the_same_counts(messages, cut):
     events = [e for message in messages for e in message if e[1] is not None]
     for label, window in WINDOWS.items():
         expected = naive(events, clock, window)
-        for totals in (core.totals(by_partition, clock), core.totals([whole], clock), core.totals([restored], clock)):
+        for totals in (core.totals(by_partition, [clock] * 2), core.totals([whole], [clock]), core.totals([restored], [clock])):
             assert {t: a for (t, w), (a, _) in totals.items() if w == label and a} == expected
 
 
@@ -114,7 +114,7 @@ def test_gauges():
     core = EngagementCore(WINDOWS)
     state = core.new_state(0)
     clock = feed(core, state, [[("acme", "c1", T0), ("acme", "c2", T0 + 20 * DAY)]], [("acme", "c2", T0 + 20 * DAY)])
-    families = {f.name: {tuple(s.labels.values()): s.value for s in f.samples} for f in core.collect([state], clock)}
+    families = {f.name: {tuple(s.labels.values()): s.value for s in f.samples} for f in core.collect([state], [clock])}
     assert families["cx_active_customers"] == {("acme", "1d"): 1, ("acme", "7d"): 1, ("acme", "30d"): 2}
     assert families["cx_complaint_customers"] == {("acme", "1d"): 1, ("acme", "7d"): 1, ("acme", "30d"): 1}
     assert families["cx_complaint_customer_ratio"][("acme", "30d")] == 0.5

@@ -75,9 +75,9 @@ def test_recovery_counts_equal_a_recount(raw, replay):
         publish(state, [answer(event_id, score, t, customer=customer)])
         clock = max(clock, t)
         CORE.tick(state, clock, Output())
-    got = {outcome: n for (_, outcome), n in CORE.totals([state], clock).items()}
+    got = {outcome: n for (_, outcome), n in CORE.totals([state], [clock]).items()}
     assert got == recount(answers, clock)
-    families = {f.name: f for f in CORE.collect([state], clock)}
+    families = {f.name: f for f in CORE.collect([state], [clock])}
     judged = got.get("recovered", 0) + got.get("not_recovered", 0)
     ratios = [s.value for s in families["cx_detractor_recovery_ratio"].samples]
     assert ratios == ([got.get("recovered", 0) / judged] if judged else [])
@@ -90,5 +90,5 @@ def test_restore_from_survey_rows():
         publish(live, [answer(event_id, score, t, customer=customer)])
     (spec,) = CORE.restores()
     CORE.restore(restored, "answers", [spec.row_type()(*row) for row in rows], T0 + DAY)
-    assert CORE.totals([restored], T0 + DAY) == CORE.totals([live], T0 + DAY) == {
+    assert CORE.totals([restored], [T0 + DAY]) == CORE.totals([live], [T0 + DAY]) == {
         ("acme", "recovered"): 1, ("acme", "pending"): 1}

@@ -188,7 +188,7 @@ def test_levels_windows_rows_and_conversions_match_brute_force(raw, seed):
                 for k in range(level):
                     counts[k] += 1
     assert rows == {}  # no row for an attempt that does not exist
-    got = {key: counts for key, counts in core.at_least([state], clock).items() if any(counts)}
+    got = {key: counts for key, counts in core.at_least([state], [clock]).items() if any(counts)}
     assert got == {key: counts for key, counts in expected_counts.items() if any(counts)}
     # each conversion observed once at most, and every final one at least once
     observed = Counter(labels for name, labels, _ in out.observations if name == CONVERSION_SECONDS)
@@ -252,11 +252,11 @@ def test_restore_from_the_events_table_continues_exactly(raw, seed, cut):
     restore(core, restored, "funnel_events", event_rows, clock)
     core.tick(restored, clock, restore_out)
     assert restore_out.row_count() == 0 and restore_out.observations == []
-    assert core.at_least([restored], clock) == core.at_least([original], clock)
+    assert core.at_least([restored], [clock]) == core.at_least([original], [clock])
     rest_original, rest_restored = deliver(core, original, messages[cut:]), deliver(core, restored, messages[cut:])
     assert rest_restored.rows == rest_original.rows
     assert rest_restored.observations == rest_original.observations
-    assert core.at_least([restored], restored.clock_ms) == core.at_least([original], original.clock_ms)
+    assert core.at_least([restored], [restored.clock_ms]) == core.at_least([original], [original.clock_ms])
 
 
 # -- examples a CX analyst would ask about --------------------------------------------------------
@@ -335,16 +335,16 @@ def test_gauges_and_snapshot():
                    "customer_id": f"c{i}", "attributes": {}} for j, k in enumerate(kinds)]
         core.add(state, batch_of("web", 0, events), Output())
     clock = T0 + 2 * MIN  # the 2m window starts at T0 + 1 min: no attempt started in it
-    customers, ratio = core.collect([state, core.new_state(3)], clock)
+    customers, ratio = core.collect([state, core.new_state(3)], [clock, 0])
     buy = {(s.labels["step"], s.labels["window"]): s.value for s in customers.samples if s.labels["funnel"] == "buy"}
     assert buy == {("view", "6m"): 3, ("cart", "6m"): 2, ("pay", "6m"): 1,
                    ("view", "2m"): 0, ("cart", "2m"): 0, ("pay", "2m"): 0}
     # nobody started an attempt in the 2m window: no ratio there
     assert {(s.labels["funnel"], s.labels["window"]): s.value for s in ratio.samples} == {
         ("buy", "6m"): 1 / 3, ("pro", "6m"): 0.0}
-    assert list(core.snapshot([state], clock)) == [("acme", "funnel_conversion:buy", "6m", 1 / 3, 3),
+    assert list(core.snapshot([state], [clock])) == [("acme", "funnel_conversion:buy", "6m", 1 / 3, 3),
                                                    ("acme", "funnel_conversion:pro", "6m", 0.0, 3)]
-    later = {(s.labels["step"], s.labels["window"]): s.value for s in core.collect([state], T0 + 7 * MIN)[0].samples
+    later = {(s.labels["step"], s.labels["window"]): s.value for s in core.collect([state], [T0 + 7 * MIN])[0].samples
              if s.labels["funnel"] == "buy"}
     assert later[("view", "6m")] == 0
     assert [m.name for m in core.describe()] == ["cx_funnel_customers", "cx_funnel_conversion_ratio"]
@@ -484,7 +484,7 @@ def test_exclusion_ends_an_attempt_brute_force(raw, seed):
             counts = expected.setdefault((tenant, 0, label), [0, 0, 0])
             for k in range(level):
                 counts[k] += 1
-    got = {key: counts for key, counts in core.at_least([state], clock).items() if any(counts)}
+    got = {key: counts for key, counts in core.at_least([state], [clock]).items() if any(counts)}
     assert got == {key: counts for key, counts in expected.items() if any(counts)}
 
 

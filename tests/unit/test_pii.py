@@ -19,7 +19,7 @@ from pipeline.registry import EVENT_SCHEMAS, BundledRegistry
 from pipeline.settings import Settings
 from pipeline.simulate import Simulator
 from pipeline.validate import Rules
-from tests.unit.test_processor import CODEC, NOW, TOPICS, WINDOWS, records
+from tests.unit.test_processor import CODEC, NOW, TOPICS, WINDOWS, records, survey_totals
 
 KEY = b"0123456789abcdef-test-key"
 REGISTRY = BundledRegistry()
@@ -133,8 +133,7 @@ def test_processor_in_pii_mode_counts_the_same_and_stores_no_raw_value(events):
     batches = records(events, batched=True) + records(events[:500], batched=False)  # a replay: duplicates
     out_plain, out_private = plain.process(batches, NOW), private.process(batches, NOW)
     assert out_plain.counts == out_private.counts
-    assert SurveyCore.totals([s.cores[0] for s in plain.owned_states()], plain.clock_ms) == \
-        SurveyCore.totals([s.cores[0] for s in private.owned_states()], private.clock_ms)
+    assert survey_totals(plain) == survey_totals(private)
     assert Counter(r.event_id for r in out_plain.rows["events"]) == Counter(r.event_id for r in out_private.rows["events"])
     for a, b in zip(sorted(out_plain.rows["events"]), sorted(out_private.rows["events"])):
         assert (b.customer_id, b.anonymous_id, b.session_id) == tuple(

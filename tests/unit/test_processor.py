@@ -38,7 +38,7 @@ def total(out, name: str) -> int:
 
 
 def survey_totals(p: Processor):
-    return SurveyCore.totals([s.cores[0] for s in p.owned_states()], p.clock_ms)
+    return SurveyCore.totals([s.cores[0] for s in p.owned_states()], [s.clock_ms for s in p.owned_states()])
 
 
 def records(events, batched: bool):

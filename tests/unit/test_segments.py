@@ -41,8 +41,8 @@ def run(items, max_values):
 @given(answers, st.integers(1, 5))
 def test_segments_sum_to_the_unsegmented_count_and_are_capped(items, max_values):
     surveys, s_state, segments, g_state, clock = run(items, max_values)
-    whole = SurveyCore.totals([s_state], clock)
-    parts = segments.totals([g_state], clock)
+    whole = SurveyCore.totals([s_state], [clock])
+    parts = segments.totals([g_state], [clock])
     sums = defaultdict(lambda: [0, 0])
     labels = defaultdict(set)
     for (tenant, kind, dimension, segment, window), t in parts.items():
@@ -59,10 +59,10 @@ def test_segments_sum_to_the_unsegmented_count_and_are_capped(items, max_values)
 def test_biggest_segments_keep_their_names_and_missing_attributes_are_unknown():
     items = [("acme", "NPS", 10, 1000, "web", region, None) for region in ["eu"] * 5 + ["us"] * 3 + ["apac"] * 2]
     _, _, segments, state, clock = run(items, 2)
-    regions = {seg: t.n for (_, _, dim, seg, window), t in segments.totals([state], clock).items()
+    regions = {seg: t.n for (_, _, dim, seg, window), t in segments.totals([state], [clock]).items()
                if dim == "region" and window == "7d"}
     assert regions == {"eu": 5, "us": 3, OTHER: 2}
-    plans = {seg for (_, _, dim, seg, _), _ in segments.totals([state], clock).items() if dim == "plan"}
+    plans = {seg for (_, _, dim, seg, _), _ in segments.totals([state], [clock]).items() if dim == "plan"}
     assert plans == {UNKNOWN}
 
 
@@ -79,4 +79,4 @@ def test_restore_from_survey_rows_equals_live_state():
             for r in out.rows["survey_responses"]]
     restored = segments.new_state(0)
     restore(segments, restored, "answers", rows, clock)
-    assert segments.totals([restored], clock) == segments.totals([live], clock)
+    assert segments.totals([restored], [clock]) == segments.totals([live], [clock])

@@ -149,7 +149,7 @@ def test_core_counts_each_answer_once_however_often_delivered(answers):
     core.tick(state, clock, out)
     assert len(out.rows["survey_responses"]) == len(events)
     responses = [("acme", "NPS", e["survey"]["score"], e["event_time"]) for e in events.values()]
-    assert_matches(SurveyCore.totals([state], clock), responses, clock)
+    assert_matches(SurveyCore.totals([state], [clock]), responses, clock)
 
 
 def test_restore_from_rows_equals_live_state_and_stays_idempotent():
@@ -161,10 +161,10 @@ def test_restore_from_rows_equals_live_state_and_stays_idempotent():
     restored = core.new_state(0)
     restore(core, restored, "answers", rows, events[-1]["event_time"])
     clock = events[-1]["event_time"]
-    assert SurveyCore.totals([restored], clock) == SurveyCore.totals([live], clock)
+    assert SurveyCore.totals([restored], [clock]) == SurveyCore.totals([live], [clock])
     again = Output()
     core.add(restored, accepted(events), again)  # e.g. events written to survey_responses but not yet to events
-    assert not again.rows["survey_responses"] and SurveyCore.totals([restored], clock) == SurveyCore.totals([live], clock)
+    assert not again.rows["survey_responses"] and SurveyCore.totals([restored], [clock]) == SurveyCore.totals([live], [clock])
 
 
 def test_collect_sums_partitions_and_detractors_are_facts():
@@ -172,7 +172,7 @@ def test_collect_sums_partitions_and_detractors_are_facts():
     a, b, out = core.new_state(0), core.new_state(0), Output()
     core.add(a, accepted([survey_event("x", 10, 60_000)]), out)
     core.add(b, accepted([survey_event("y", 2, 60_000)], partition=1), out)
-    families = {f.name: f for f in core.collect([a, b], 60_000)}
+    families = {f.name: f for f in core.collect([a, b], [60_000] * 2)}
     nps_1h = [s.value for s in families["cx_nps"].samples if s.labels == {"tenant": "acme", "window": "1h"}]
     assert nps_1h == [0.0]
     assert [(type(f), f.event_id, f.score) for f in out.facts] == [(SurveyAnswered, "x", 10), (SurveyAnswered, "y", 2)]
