@@ -21,6 +21,7 @@ from rich.table import Table
 
 from pipeline.config import ENV_PREFIX, duration_ms
 from pipeline.settings import Settings, SettingsError
+from pipeline.validate import REASONS
 
 console = Console(stderr=True)
 
@@ -385,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "run it while the worker is stopped (one process per chdb folder).")
     kafka(p)
     p.add_argument("--clickhouse-url", help="ClickHouse server (default: CXP_CLICKHOUSE_URL, else embedded chdb)")
-    p.add_argument("--reason", help="only this reason code (undecodable, missing_field, invalid_value, ...)")
+    p.add_argument("--reason", help=f"only this reason code ({', '.join(REASONS)})")
     p.add_argument("--topic", help="only dead letters from this source topic")
     p.add_argument("--partition", type=int, help="only from this partition of the source topic")
     p.add_argument("--from-offset", type=int, help="only from this source offset on")
