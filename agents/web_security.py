@@ -19,24 +19,13 @@ from typing import Any, Callable, Optional
 
 from aiohttp import web
 
-from pipeline.secret_values import ConfigurationError, display_settings, read_secret_file, secret, token_lines
+from pipeline.secret_values import display_settings, secret
 from pipeline.settings import SecuritySettings, Settings
 
 log = logging.getLogger("cxp.security")
 MAX_CLIENTS = 10_000  # buckets kept; full ones (idle clients) are dropped beyond this
 # Where check_collector leaves the client's identity on the request, for check_events.
 CLIENT_KEY = web.RequestKey("cxp_client", str)
-
-
-def collector_tokens(settings: SecuritySettings) -> list[str]:
-    """Every accepted collector token: the inline ones, then the file's."""
-    tokens = token_lines(settings.collector_tokens.get_secret_value()) if settings.collector_tokens else []
-    if settings.collector_tokens_file is not None:
-        from_file = token_lines(read_secret_file(settings.collector_tokens_file, "collector_tokens_file"))
-        if not from_file:
-            raise ConfigurationError(f"collector_tokens_file {settings.collector_tokens_file} holds no token")
-        tokens += from_file
-    return tokens
 
 
 def metrics_token(settings: SecuritySettings) -> Optional[str]:
@@ -130,7 +119,7 @@ class Guard:
 
     def __init__(self, settings: Settings, clock: Callable[[], float] = time.monotonic):
         security = settings.security
-        self.collector_tokens = collector_tokens(security)
+        self.collector_tokens = security.collector_token_list()
         self.metrics_token = metrics_token(security)
         self.requests = RateLimiter(security.collector_rate_limit_requests, clock)
         self.events = RateLimiter(security.collector_rate_limit_events, clock)
@@ -193,7 +182,7 @@ def log_start_up(settings: Settings) -> None:
     """The worker's first lines once its logging is set up: every setting, secrets masked, and the
     warning of :func:`warn_if_exposed`."""
     log.info("worker settings", extra={"settings": display_settings(settings)})
-    warn_if_exposed(settings, collector_tokens(settings.security))
+    warn_if_exposed(settings, settings.security.collector_token_list())
 
 
 def warn_if_exposed(settings: Settings, tokens: list[str]) -> None:

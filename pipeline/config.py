@@ -8,11 +8,12 @@ Durations are parsed once, here, into :class:`Duration`; code reads ``.ms`` or `
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar, Union
+from typing import Annotated, Any, ClassVar, Union
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict
 from pydantic_core import core_schema
 
+ENV_PREFIX = "CXP_"
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 # The only names that go into generated SQL unquoted (database, cluster): checked once, for every caller.
@@ -81,11 +82,36 @@ def split_list(value: Any) -> Any:
     return [item.strip() for item in value.split(",") if item.strip()] if isinstance(value, str) else value
 
 
+def distinct_windows(windows: list[Duration]) -> list[Duration]:
+    """A field validator's check for a list of windows: at least one, each above 0, no two of one length
+    (``1h,60m`` would export the same series under two labels)."""
+    if not windows:
+        raise ValueError("needs at least one window, e.g. 1h,24h,7d")
+    for window in windows:
+        positive(window)
+    lengths = [window.ms for window in windows]
+    twice = [str(w) for w in windows if lengths.count(w.ms) > 1]
+    if twice:
+        raise ValueError(f"{', '.join(twice)}: one window length listed twice; list each length once")
+    return windows
+
+
+Windows = Annotated[list[Duration], BeforeValidator(split_list), AfterValidator(distinct_windows)]
+Names = Annotated[list[str], BeforeValidator(split_list)]
+
+
 class Section(BaseModel):
     """A group of settings whose variables are ``CXP_<prefix><field>`` (or the field's alias)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, hide_input_in_errors=True, validate_default=True)
     prefix: ClassVar[str] = ""
+
+    @classmethod
+    def env_name(cls, field_name: str) -> str:
+        """The variable of one of this section's fields: ``ChurnSettings.env_name("high")`` is CXP_CHURN_HIGH.
+        A check across fields names its variables with it, since its error belongs to no single field."""
+        field = cls.model_fields[field_name]
+        return ENV_PREFIX + (field.alias or cls.prefix + field_name).upper()
 
     @classmethod
     def variables(cls) -> dict[str, str]:

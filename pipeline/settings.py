@@ -9,6 +9,7 @@ field's description is the documentation (``cxp config`` prints it).
 """
 from __future__ import annotations
 
+import difflib
 import os
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -27,14 +28,40 @@ from pydantic import (
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-from pipeline.config import Duration, Section, check_identifier, positive, split_list
-from pipeline.metrics.registry import CORE_CLASSES
+from pipeline.config import ENV_PREFIX, Duration, Names, Section, Windows, check_identifier, positive
+from pipeline.metrics.registry import CORE_CLASSES, enabled_classes
+from pipeline.secret_values import ConfigurationError, read_secret_file, token_lines
 
 PII_MIN_KEY_BYTES = 16
-ENV_PREFIX = "CXP_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 PositiveDuration = Annotated[Duration, AfterValidator(positive)]
-Windows = Annotated[list[Duration], BeforeValidator(split_list)]
-Names = Annotated[list[str], BeforeValidator(split_list)]
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _existing_file(path: Optional[Path]) -> Optional[Path]:
+    """A field validator's check for a file the program reads (certificates, keys): it must be a readable file."""
+    if path is not None:
+        try:
+            with open(path, "rb"):
+                pass
+        except OSError as exc:
+            raise ValueError(f"cannot read {path}: {exc.strerror}") from None
+    return path
+
+
+def _secret_file(path: Optional[Path]) -> Optional[Path]:
+    """A field validator's check for a file holding a secret: readable and not blank."""
+    if path is not None and not _existing_file(path).read_text(errors="replace").strip():
+        raise ValueError(f"{path} is empty")
+    return path
+
+
+ReadableFile = Annotated[Optional[Path], AfterValidator(_existing_file)]
+SecretFile = Annotated[Optional[Path], AfterValidator(_secret_file)]
 
 
 def _kafka_servers(value: Optional[str]) -> Optional[str]:
@@ -63,11 +90,11 @@ class KafkaSettings(Section):
         "PLAIN", description="SASL mechanism, with kafka_security_protocol SASL_PLAINTEXT or SASL_SSL.")
     sasl_username: Optional[str] = Field(None, description="SASL user name.")
     sasl_password: Optional[SecretStr] = Field(None, description="SASL password.")
-    sasl_password_file: Optional[Path] = Field(None, description="File holding the SASL password.")
-    ssl_cafile: Optional[Path] = Field(
+    sasl_password_file: SecretFile = Field(None, description="File holding the SASL password.")
+    ssl_cafile: ReadableFile = Field(
         None, description="CA certificates (PEM) to verify the brokers with, for SSL/SASL_SSL. Unset: the system's.")
-    ssl_certfile: Optional[Path] = Field(None, description="Client certificate (PEM) for mutual TLS.")
-    ssl_keyfile: Optional[Path] = Field(None, description="Private key (PEM) of the client certificate.")
+    ssl_certfile: ReadableFile = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    ssl_keyfile: ReadableFile = Field(None, description="Private key (PEM) of the client certificate.")
     schema_registry_url: Optional[str] = Field(
         None, alias="schema_registry_url",
         description="Confluent-compatible schema registry URL. Unset: the bundled schemas with fixed ids.")
@@ -95,6 +122,39 @@ class KafkaSettings(Section):
             raise ValueError(f"invalid {info.field_name} {value!r}: Kafka names use only letters, digits, . _ -")
         return value
 
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _check_registry_url(cls, value: Optional[str]) -> Optional[str]:
+        if value and (urlparse(value).scheme not in ("http", "https") or not urlparse(value).hostname):
+            raise ValueError("must look like http://registry:8081 (https:// for TLS; user:password@ for basic auth)")
+        return value or None
+
+    @model_validator(mode="after")
+    def _check_security(self) -> "KafkaSettings":
+        """Combinations no broker could accept, named by their variables."""
+        protocol = self.security_protocol
+        if self.uses_sasl:
+            has_password = bool(self.sasl_password and self.sasl_password.get_secret_value()) or self.sasl_password_file
+            if not (self.sasl_username and has_password):
+                raise ValueError(f"{self.env_name('security_protocol')}={protocol} needs "
+                                 f"{self.env_name('sasl_username')} and {self.env_name('sasl_password')} "
+                                 f"(or {self.env_name('sasl_password_file')})")
+        if (self.ssl_certfile is None) != (self.ssl_keyfile is None):
+            raise ValueError(f"a Kafka client certificate needs both {self.env_name('ssl_certfile')} and "
+                             f"{self.env_name('ssl_keyfile')}")
+        if not self.uses_tls and (self.ssl_cafile or self.ssl_certfile):
+            raise ValueError(f"CXP_KAFKA_SSL_* files are set but {self.env_name('security_protocol')} is {protocol}: "
+                             "use SSL or SASL_SSL")
+        return self
+
+    @property
+    def uses_sasl(self) -> bool:
+        return self.security_protocol.startswith("SASL_")
+
+    @property
+    def uses_tls(self) -> bool:
+        return self.security_protocol in ("SSL", "SASL_SSL")
+
     @property
     def bootstrap_servers(self) -> str:
         """host:port[,host:port]."""
@@ -121,11 +181,11 @@ class ClickHouseSettings(Section):
     timeout: PositiveDuration = Field(
         Duration("10s"), description="How long a ClickHouse insert or query may wait on the socket before it counts "
         "as a sink error and is retried (a hung server shows up in cxp_sink_errors_total).")
-    password_file: Optional[Path] = Field(
+    password_file: SecretFile = Field(
         None, description="File holding the ClickHouse password; overrides a password in clickhouse_url.")
     secure: bool = Field(False, description="Connect to ClickHouse over TLS (as a clickhouses:// URL does; port 9440 "
                          "usually).")
-    ca_file: Optional[Path] = Field(
+    ca_file: ReadableFile = Field(
         None, description="CA certificates (PEM) to verify the ClickHouse server with. Unset: the system's.")
 
     @field_validator("database", "cluster")
@@ -140,7 +200,7 @@ class ClickHouseSettings(Section):
             return value
         parsed = urlparse(value)
         if parsed.scheme not in ("clickhouse", "clickhouses"):
-            raise ValueError("clickhouse_url must look like clickhouse://user:password@host:9000/cx "
+            raise ValueError("must look like clickhouse://user:password@host:9000/cx "
                              "(clickhouses:// for TLS)")
         database = parsed.path.strip("/")
         if database:
@@ -158,11 +218,18 @@ class SinkSettings(Section):
         "retried; it doubles per failure up to sink_retry_max_backoff. Input is held back meanwhile, never dropped.")
     retry_max_backoff: PositiveDuration = Field(Duration("10s"), description="Longest delay between delivery retries.")
 
+    @model_validator(mode="after")
+    def _check_order(self) -> "SinkSettings":
+        if self.retry_backoff.ms > self.retry_max_backoff.ms:
+            raise ValueError(f"{self.env_name('retry_backoff')} ({self.retry_backoff}) must not be above "
+                             f"{self.env_name('retry_max_backoff')} ({self.retry_max_backoff})")
+        return self
+
 
 class WebSettings(Section):
     prefix = "web_"
     host: str = Field("127.0.0.1", description="Address the worker's web server (/metrics, collector) binds.")
-    port: int = Field(6066, description="Port of the worker's web server. Give each worker on a host its own.")
+    port: Port = Field(6066, description="Port of the worker's web server (1-65535). Give each worker on a host its own.")
     collector_max_body: int = Field(
         1_048_576, ge=1, le=1_048_576, alias="collector_max_body",
         description="Largest HTTP collector request body in bytes (at most 1 MiB, the web server's own cap).")
@@ -188,12 +255,12 @@ class SecuritySettings(Section):
     collector_tokens: Optional[SecretStr] = Field(
         None, description="Bearer tokens the collector accepts (comma-separated; several at once for rotation). "
         "Unset, and no collector_tokens_file: the collector takes requests without a token.")
-    collector_tokens_file: Optional[Path] = Field(
+    collector_tokens_file: SecretFile = Field(
         None, description="File of collector tokens, one per line (# comments allowed), read at start-up; "
         "adds to collector_tokens. Remove a line and restart to revoke a token.")
     metrics_token: Optional[SecretStr] = Field(
         None, description="Bearer token /metrics requires. Unset, and no metrics_token_file: /metrics is open.")
-    metrics_token_file: Optional[Path] = Field(None, description="File holding the /metrics token.")
+    metrics_token_file: SecretFile = Field(None, description="File holding the /metrics token.")
     collector_rate_limit_requests: float = Field(
         0, ge=0, description="Requests per second one client (its token, else its IP address) may send to the "
         "collector, bursts of one second's worth allowed; beyond it 429 with Retry-After. 0: no limit.")
@@ -205,21 +272,45 @@ class SecuritySettings(Section):
     def _join_tokens(cls, value: Any) -> Any:
         return ",".join(value) if isinstance(value, list) else value  # a YAML list reads as the env form
 
+    def collector_token_list(self) -> list[str]:
+        """Every accepted collector token: the inline ones, then the file's (read now)."""
+        tokens = token_lines(self.collector_tokens.get_secret_value()) if self.collector_tokens else []
+        if self.collector_tokens_file is not None:
+            from_file = token_lines(read_secret_file(self.collector_tokens_file, self.env_name("collector_tokens_file")))
+            if not from_file:
+                raise ConfigurationError(f"{self.env_name('collector_tokens_file')} {self.collector_tokens_file} holds "
+                                         "no token (only comments or blank lines)")
+            tokens += from_file
+        return tokens
+
+    @model_validator(mode="after")
+    def _check_tokens_file(self) -> "SecuritySettings":
+        try:
+            self.collector_token_list()
+        except ConfigurationError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
     @model_validator(mode="after")
     def _check_pii_key(self) -> "SecuritySettings":
+        key_variable, file_variable = self.env_name("pii_key"), self.env_name("pii_key_file")
         if self.pii_key is not None and self.pii_key_file is not None:
-            raise ValueError("set pii_key or pii_key_file, not both")
-        key = self.pii_secret()  # a missing key file or a short key fails here, when settings load
+            raise ValueError(f"set {key_variable} or {file_variable}, not both")
+        try:
+            key = self.pii_secret()  # a missing key file or a short key fails here, when settings load
+        except ValueError as exc:
+            raise ValueError(f"{file_variable}: {exc}") from None
         if key is not None and len(key) < PII_MIN_KEY_BYTES:
-            raise ValueError(f"the PII key must have at least {PII_MIN_KEY_BYTES} bytes, got {len(key)} "
-                             "(CXP_PII_KEY or CXP_PII_KEY_FILE)")
+            where = f"{file_variable} {self.pii_key_file}" if self.pii_key_file else key_variable
+            raise ValueError(f"{where}: the PII key has {len(key)} bytes; it needs at least {PII_MIN_KEY_BYTES} bytes, "
+                             "e.g. a random one from `openssl rand -base64 32`")
         return self
 
     def pii_secret(self) -> Optional[bytes]:
         """The PII mode key, or None when PII mode is off."""
         if self.pii_key_file is not None:
             if not self.pii_key_file.is_file():
-                raise ValueError(f"pii_key_file {self.pii_key_file} not found")
+                raise ValueError(f"{self.pii_key_file} not found")
             return self.pii_key_file.read_bytes().rstrip(b"\r\n")
         return None if self.pii_key is None else self.pii_key.get_secret_value().encode("utf-8")
 
@@ -238,6 +329,9 @@ class StreamSettings(Section):
     deadletter_max_bytes: int = Field(
         65_536, ge=1024, le=262_144, description="Bytes of the original key and value kept in a dead letter; longer "
         "ones are truncated and the dead letter says so (truncated, original_size), so it always fits in Kafka.")
+    tenants: Names = Field(
+        [], description="The tenants the workers accept (comma-separated); an event of any other "
+        "tenant is dead-lettered as unknown_tenant, so a typo cannot add series. Empty: every tenant is accepted.")
 
     @property
     def window_ms(self) -> dict[str, int]:
@@ -287,9 +381,12 @@ class BaseSettingsWithSections(BaseSettings):
     config_file: Optional[Path] = Field(None, description="YAML file with any of these settings (keys in lower case).")
     data_dir: Path = Field(Path(".cxp"), description="Folder for local state: embedded ClickHouse, broker, demo logs "
                            "and Faust's data folder.")
-    metrics: Names = Field(["all"], description="Metric cores to run (comma-separated: surveys, ...), or all.")
-    log_level: str = Field("info", description="Log level: debug, info, warning, error.")
-    log_format: str = Field("json", description="json (one object per line) or console.")
+    metrics: Names = Field(["all"], description="Metric cores to run (comma-separated: "
+                           f"{', '.join(core.name for core in CORE_CLASSES)}), or all.")
+    log_level: Annotated[Literal[LOG_LEVELS], BeforeValidator(_lower)] = Field(
+        "info", description=f"Log level: {', '.join(LOG_LEVELS)}.")
+    log_format: Annotated[Literal["json", "console"], BeforeValidator(_lower)] = Field(
+        "json", description="json (one object per line) or console.")
     shutdown_timeout: PositiveDuration = Field(
         Duration("15s"), description="On SIGTERM a worker flushes what it can for at most this long, then exits; "
         "records not yet durable are consumed again after restart.")
@@ -301,6 +398,17 @@ class BaseSettingsWithSections(BaseSettings):
     web: WebSettings = Field(default_factory=WebSettings)
     security: SecuritySettings = Field(default_factory=SecuritySettings)
     stream: StreamSettings = Field(default_factory=StreamSettings)
+
+    @field_validator("metrics")
+    @classmethod
+    def _check_metrics(cls, names: list[str]) -> list[str]:
+        """Known cores, and every fact a chosen core consumes published by another chosen core."""
+        if not names:
+            raise ValueError("list the metric cores to run, or all")
+        if "all" in names and len(names) > 1:
+            raise ValueError("use all alone, or list the cores without it")
+        enabled_classes(names)
+        return names
 
     def __init__(self, **values: Any):
         try:
@@ -316,7 +424,17 @@ class BaseSettingsWithSections(BaseSettings):
         location = error["loc"]
         if len(location) == 1 and location[0] in cls.sections():
             return message
-        return f"{cls.variable(location)}: {message}"
+        variable = cls.variable(location)
+        if error["type"] == "extra_forbidden":
+            close = cls.closest_variable(variable)
+            message = "not a setting" + (f"; did you mean {close}?" if close else " (cxp config lists them all)")
+        return f"{variable}: {message}"
+
+    @classmethod
+    def closest_variable(cls, name: str) -> Optional[str]:
+        """The setting a mistyped variable name most likely meant (CXP_TENANT -> CXP_TENANTS), or None."""
+        known = [ENV_PREFIX + variable.upper() for variable in cls.variable_index()]
+        return next(iter(difflib.get_close_matches(name, known, n=1)), None)
 
     @classmethod
     def sections(cls) -> dict[str, type[Section]]:
@@ -359,7 +477,10 @@ class BaseSettingsWithSections(BaseSettings):
             path = Path(config_file)
             if not path.is_file():
                 raise FileNotFoundError(f"config file {config_file} not found (set by CXP_CONFIG_FILE or --config)")
-            document = yaml.safe_load(path.read_text()) or {}
+            try:
+                document = yaml.safe_load(path.read_text()) or {}
+            except yaml.YAMLError as exc:
+                raise SettingsError(f"CXP_CONFIG_FILE: {config_file} is not valid YAML: {exc}") from None
             if not isinstance(document, dict):
                 raise FileNotFoundError(f"config file {config_file}: expected a mapping of settings")
             sources.append(_FlatSource(settings_cls, document))

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Iterable, Optional
 
 from pipeline.registry import EVENT_SCHEMAS, PRIORITIES
 from pipeline.scores import SCORE_RANGES
@@ -13,9 +13,11 @@ MISSING_FIELD = "missing_field"
 INVALID_VALUE = "invalid_value"
 FUTURE_TIMESTAMP = "future_timestamp"
 TOO_LATE = "too_late"
-REASONS = (UNDECODABLE, MISSING_FIELD, INVALID_VALUE, FUTURE_TIMESTAMP, TOO_LATE)
+UNKNOWN_TENANT = "unknown_tenant"
+REASONS = (UNDECODABLE, MISSING_FIELD, INVALID_VALUE, FUTURE_TIMESTAMP, TOO_LATE, UNKNOWN_TENANT)
 
 MAX_EVENT_ID = 128
+MAX_TENANT_SHOWN = 100  # of an unknown tenant, in the dead letter's error text
 # Fields that must be a non-empty string, per source, beyond the common ones.
 REQUIRED_IDS = {"chatbot": ("conversation_id",), "complaints": ("complaint_id",)}
 
@@ -28,27 +30,30 @@ class Rejection:
 
 @dataclass(frozen=True)
 class Rules:
-    """What a valid event is: the enum symbols come from the bundled schemas, the limits from settings."""
+    """What a valid event is: the enum symbols come from the bundled schemas, the limits and the tenant
+    allow-list (empty: any tenant) from settings."""
 
     event_types: dict[str, frozenset[str]]
     max_future_skew_ms: int
     max_lateness_ms: int
     priorities: frozenset[str] = frozenset(PRIORITIES)
+    tenants: frozenset[str] = frozenset()
 
     @classmethod
-    def from_schemas(cls, event_schemas: dict[str, dict], max_future_skew_ms: int, max_lateness_ms: int) -> "Rules":
+    def from_schemas(cls, event_schemas: dict[str, dict], max_future_skew_ms: int, max_lateness_ms: int,
+                     tenants: Iterable[str] = ()) -> "Rules":
         """event_schemas: source -> raw Avro schema of that source's event."""
         types = {}
         for source, schema in event_schemas.items():
             field = next(f for f in schema["fields"] if f["name"] == "event_type")
             types[source] = frozenset(field["type"]["symbols"])
-        return cls(types, max_future_skew_ms, max_lateness_ms)
+        return cls(types, max_future_skew_ms, max_lateness_ms, tenants=frozenset(tenants))
 
     @classmethod
     def from_registry(cls, registry: Any, stream: Any) -> "Rules":
-        """The rules of the registry's event schemas and the stream settings (lateness, future skew)."""
+        """The rules of the registry's event schemas and the stream settings (lateness, future skew, tenants)."""
         return cls.from_schemas({source: registry.by_name(name).schema for source, name in EVENT_SCHEMAS.items()},
-                                stream.max_future_skew.ms, stream.max_lateness.ms)
+                                stream.max_future_skew.ms, stream.max_lateness.ms, stream.tenants)
 
     def time_bounds(self, now_ms: int, clock_ms: int) -> tuple[Optional[int], int]:
         """(earliest, latest) valid event_time: ``max_lateness`` behind the event-time clock (no bound before
@@ -57,7 +62,9 @@ class Rules:
 
 
 def check_fields(source: str, event: dict, rules: Rules) -> Optional[Rejection]:
-    """Required fields, enum symbols and survey scores: everything but the clocks."""
+    """Required fields, enum symbols, survey scores and the tenant allow-list: everything but the clocks.
+    The tenant is checked last, so an ``unknown_tenant`` dead letter is otherwise valid and can be re-driven
+    once its tenant is allowed."""
     # `not value` is the blank test: every field checked here is a string (or None).
     event_id = event.get("event_id")
     if not event_id:
@@ -83,14 +90,18 @@ def check_fields(source: str, event: dict, rules: Rules) -> Optional[Rejection]:
     if source == "complaints" and event.get("priority") not in rules.priorities:
         return Rejection(INVALID_VALUE, f"unknown complaint priority {event.get('priority')!r}")
     survey = event.get("survey")
-    if survey is None:
-        return Rejection(INVALID_VALUE, "survey_response without a survey") if event_type == "survey_response" else None
-    bounds = SCORE_RANGES.get(survey.get("kind"))
-    if bounds is None:
-        return Rejection(INVALID_VALUE, f"unknown survey kind {survey.get('kind')!r}")
-    score = survey.get("score")
-    if not isinstance(score, int) or not bounds[0] <= score <= bounds[1]:
-        return Rejection(INVALID_VALUE, f"{survey['kind']} score {score!r} outside {bounds[0]}..{bounds[1]}")
+    if survey is not None:
+        bounds = SCORE_RANGES.get(survey.get("kind"))
+        if bounds is None:
+            return Rejection(INVALID_VALUE, f"unknown survey kind {survey.get('kind')!r}")
+        score = survey.get("score")
+        if not isinstance(score, int) or not bounds[0] <= score <= bounds[1]:
+            return Rejection(INVALID_VALUE, f"{survey['kind']} score {score!r} outside {bounds[0]}..{bounds[1]}")
+    elif event_type == "survey_response":
+        return Rejection(INVALID_VALUE, "survey_response without a survey")
+    if rules.tenants and event["tenant"] not in rules.tenants:
+        return Rejection(UNKNOWN_TENANT, f"tenant {event['tenant'][:MAX_TENANT_SHOWN]!r} is not in CXP_TENANTS "
+                                         f"({', '.join(sorted(rules.tenants))})")
     return None
 
 

@@ -4,8 +4,14 @@ from __future__ import annotations
 
 import argparse
 import heapq
+import json
+import os
+import shlex
+import shutil
 import sys
+import textwrap
 import time
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Optional
 
@@ -13,24 +19,33 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from pipeline.config import duration_ms
+from pipeline.config import ENV_PREFIX, duration_ms
 from pipeline.settings import Settings, SettingsError
+from pipeline.validate import REASONS
 
 console = Console(stderr=True)
 
 
 def load_settings(args: argparse.Namespace, **overrides) -> Settings:
+    """The settings, or exit 2 with one line naming each invalid variable (never its value: it may be a secret)."""
     values = {k: v for k, v in overrides.items() if v is not None}
     if getattr(args, "config", None):
         values["config_file"] = args.config
     try:
         return Settings(**values)
-    except SettingsError as exc:  # named by variable, without the values given: they may be secrets
-        console.print(f"[red]invalid configuration:[/red] {escape(str(exc))}")
+    except (SettingsError, FileNotFoundError) as exc:
+        console.print(f"[red]invalid configuration:[/red] {escape(str(exc))}", soft_wrap=True)
         raise SystemExit(2) from None
-    except FileNotFoundError as exc:
-        console.print(f"[red]invalid configuration:[/red] {exc}")
-        raise SystemExit(2) from None
+
+
+def log_to_stderr(settings: Settings) -> None:
+    """Structured logs (CXP_LOG_LEVEL, CXP_LOG_FORMAT) from here on, so waits and retries before a
+    worker's own start-up are logged too."""
+    import logging.config
+
+    from runtime.logs import logging_config
+
+    logging.config.dictConfig(logging_config(settings.log_level, settings.log_format))
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
@@ -46,6 +61,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         console.print("[red]no Kafka configured:[/red] set CXP_KAFKA_URL=kafka://host:9092 or pass --kafka-url "
                       "(`cxp demo` starts a local broker for you)")
         return 2
+    log_to_stderr(settings)
     if not settings.clickhouse.url:
         require_embedded()
     if args.uvloop:
@@ -102,6 +118,7 @@ def cmd_topics(args: argparse.Namespace) -> int:
     from runtime.topics import ensure_topics
 
     settings = load_settings(args, kafka_url=args.kafka_url, partitions=args.partitions)
+    log_to_stderr(settings)
     for topic, count in sorted(ensure_topics(settings).items()):
         console.print(f"{topic}: {count} partitions")
     return 0
@@ -114,6 +131,7 @@ def _producer(settings: Settings):
     from runtime.topics import ensure_topics
     from pipeline.wire import Codec
 
+    log_to_stderr(settings)
     ensure_topics(settings)
     kafka = settings.kafka
     return EventProducer(kafka.bootstrap_servers, Codec(make_registry(kafka.schema_registry_url)),
@@ -234,15 +252,55 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from pipeline.secret_values import display_settings
+    from pipeline.secret_values import MASK, display_settings
 
     settings = load_settings(args)
-    table = Table("variable", "value", "meaning")
+    if args.check:
+        for variable, suggestion in unknown_variables(os.environ):
+            hint = f"; did you mean {suggestion}?" if suggestion else ""
+            console.print(f"[yellow]warning:[/yellow] {variable} is not a cxp setting; the settings ignore it{hint}",
+                          soft_wrap=True)
+        console.print(f"configuration valid: {len(settings.flat())} settings", soft_wrap=True)
+        return 0
     shown = display_settings(settings)  # secrets masked
-    for variable, (_, description) in settings.flat().items():
-        table.add_row(variable, shown[variable], description)
-    Console().print(table)
+    values = {variable: None if value is None else shown[variable] for variable, (value, _) in settings.flat().items()}
+    if args.format == "json":
+        print(json.dumps(values, indent=2))
+    elif args.format == "env":
+        for variable, value in values.items():
+            if value is None:
+                print(f"# {variable} is unset")
+            elif MASK in value:  # sourcing a masked secret would set it to the mask
+                print(f"# {variable}={value}  (secret, not shown)")
+            else:
+                print(f"{variable}={shlex.quote(value)}")
+    else:
+        print(config_text(settings, values, shutil.get_terminal_size((100, 24)).columns))
     return 0
+
+
+def config_text(settings: Settings, values: dict[str, Optional[str]], width: int) -> str:
+    """Every setting by section: ``CXP_NAME = value`` and its meaning wrapped below, within ``width`` columns."""
+    index = settings.variable_index()
+    sections = settings.sections()
+    width = max(width, 40)
+    groups: dict[str, list[str]] = {}
+    for variable, (_, description) in settings.flat().items():
+        field = index[variable[len(ENV_PREFIX):].lower()][0]
+        value = "(unset)" if values[variable] is None else values[variable] or "(empty)"
+        lines = textwrap.wrap(f"{variable} = {value}", width, initial_indent="  ", subsequent_indent="      ",
+                              break_on_hyphens=False)
+        lines += textwrap.wrap(description or "", width, initial_indent="      ", subsequent_indent="      ")
+        groups.setdefault(field if field in sections else "general", []).extend(lines)
+    return "\n\n".join(f"[{name}]\n" + "\n".join(lines) for name, lines in groups.items())
+
+
+def unknown_variables(environment: dict[str, str]) -> list[tuple[str, Optional[str]]]:
+    """CXP_ variables in the environment that are not settings (likely typos, which the settings ignore),
+    each with the closest setting's name or None."""
+    known = {ENV_PREFIX + name.upper() for name in Settings.variable_index()}
+    return [(name, Settings.closest_variable(name))
+            for name in sorted(environment) if name.startswith(ENV_PREFIX) and name not in known]
 
 
 def cmd_pii_id(args: argparse.Namespace) -> int:
@@ -257,8 +315,16 @@ def cmd_pii_id(args: argparse.Namespace) -> int:
     return 0
 
 
+def package_version() -> str:
+    try:
+        return version("cx-pipeline")
+    except PackageNotFoundError:
+        return "unknown (cx-pipeline is not installed: pip install .)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cxp", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"cxp {package_version()}")
     parser.add_argument("--config", type=Path, help="YAML settings file (same keys as the CXP_* variables, lower case)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -320,7 +386,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "run it while the worker is stopped (one process per chdb folder).")
     kafka(p)
     p.add_argument("--clickhouse-url", help="ClickHouse server (default: CXP_CLICKHOUSE_URL, else embedded chdb)")
-    p.add_argument("--reason", help="only this reason code (undecodable, missing_field, invalid_value, ...)")
+    p.add_argument("--reason", help=f"only this reason code ({', '.join(REASONS)})")
     p.add_argument("--topic", help="only dead letters from this source topic")
     p.add_argument("--partition", type=int, help="only from this partition of the source topic")
     p.add_argument("--from-offset", type=int, help="only from this source offset on")
@@ -340,7 +406,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("ids", nargs="+", help="raw ids, e.g. cust-000042")
     p.set_defaults(func=cmd_pii_id)
 
-    p = sub.add_parser("config", help="show every setting, its variable, current value and meaning")
+    p = sub.add_parser("config", help="show every setting, its variable, current value and meaning; --check validates",
+                       description="Every setting with its current value (secrets masked) and meaning. Every command "
+                       "validates the settings first and exits 2 naming the first invalid variable; --check does "
+                       "only that, and also warns about CXP_ variables that are not settings (typos).")
+    p.add_argument("--check", action="store_true",
+                   help="validate the settings: exit 0 if valid, else 2 with the variable and the fix")
+    p.add_argument("--format", choices=("table", "json", "env"), default="table",
+                   help="table (default: by section, wrapped to the terminal), json (variable -> value, null when "
+                   "unset) or env (VARIABLE=value lines; unset and secret ones commented out)")
     p.set_defaults(func=cmd_config)
     return parser
 

@@ -31,4 +31,7 @@ def logging_config(level: str, fmt: str) -> dict:
         "formatters": {"default": formatter},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "default", "stream": "ext://sys.stderr"}},
         "root": {"level": level.upper(), "handlers": ["stderr"]},
+        # kafka-python (topic admin, SDK producer) logs each connection attempt, about ten lines a second while a
+        # broker is down; what fails reaches the caller as an exception, which cxp reports. Shown at debug only.
+        "loggers": {"kafka": {"level": "DEBUG" if level.lower() == "debug" else "CRITICAL"}},
     }

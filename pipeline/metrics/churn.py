@@ -91,9 +91,12 @@ class ChurnConfig:
     def __post_init__(self) -> None:
         unknown = set(self.weights) - set(SIGNALS)
         if unknown:
-            raise ValueError(f"unknown churn signals {sorted(unknown)} in churn_weights; known: {', '.join(SIGNALS)}")
+            raise ValueError(f"unknown churn signals {sorted(unknown)} in CXP_CHURN_WEIGHTS; known: {', '.join(SIGNALS)}")
         if not self.medium <= self.high:
-            raise ValueError(f"churn_medium ({self.medium}) must not be above churn_high ({self.high})")
+            raise ValueError(f"CXP_CHURN_MEDIUM ({self.medium}) must not be above CXP_CHURN_HIGH ({self.high})")
+        if not self.inactivity_ms < self.forget_ms:
+            raise ValueError("CXP_CHURN_INACTIVITY must be below CXP_CHURN_FORGET: a customer is forgotten before "
+                             "the inactivity signal could fire")
 
 
 def _weights(value: Any) -> dict[str, float]:

@@ -151,6 +151,9 @@ class SlaTargets:
             if priority.strip() not in PRIORITIES or not resolution:
                 raise ValueError(f"bad complaint SLA {item!r}: use priority=first_response/resolution, e.g. high=4h/24h")
             targets[priority.strip()] = (Duration(first).ms, Duration(resolution).ms)
+            if targets[priority.strip()][0] > targets[priority.strip()][1]:
+                raise ValueError(f"bad complaint SLA {item!r}: the first-response target must not be above the "
+                                 "resolution target")
         missing = set(PRIORITIES) - set(targets)
         if missing:
             raise ValueError(f"complaint SLA lacks priorities {sorted(missing)}")

@@ -18,13 +18,13 @@ time of each complaint, what the fact carried); idempotent by construction.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Iterable, Sequence
+from typing import Iterable, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
-from pydantic import BeforeValidator, Field
+from pydantic import Field
 
-from pipeline.config import Duration, Section, split_list
+from pipeline.config import Duration, Section, Windows
 from pipeline.metrics.base import Batch, Facts, MetricCore, Newest, NotNull, Output, Restore
 from pipeline.metrics.facts import ComplaintOpened
 from pipeline.metrics.lastseen import MINUTE_MS, LastSeen
@@ -45,7 +45,7 @@ def _counts(store: LastSeen, clock_ms: int, window_ms: int) -> dict[str, int]:
 
 class EngagementSettings(Section):
     prefix = "engagement_"
-    windows: Annotated[list[Duration], BeforeValidator(split_list)] = Field(
+    windows: Windows = Field(
         [Duration("1d"), Duration("7d"), Duration("30d")], description="Windows of cx_active_customers and "
         "cx_complaint_customers, by event time (comma-separated). Stickiness (DAU/MAU) always uses 1d and 30d.")
 

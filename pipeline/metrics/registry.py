@@ -69,7 +69,7 @@ def enabled_classes(names: Sequence[str]) -> list[type[MetricCore]]:
     wanted = list(known) if list(names) == ["all"] else list(names)
     unknown = [name for name in wanted if name not in known]
     if unknown:
-        raise CoreConfigError(f"unknown metric cores {unknown} in CXP_METRICS; known: {', '.join(known)} (or all)")
+        raise CoreConfigError(f"unknown metric cores {', '.join(unknown)}; use all, or some of {', '.join(known)}")
     return run_order([core for core in CORE_CLASSES if core.name in wanted])
 
 

@@ -3,7 +3,8 @@
 Events dated a few seconds ahead of the wall clock are dead-lettered as future_timestamp by a worker
 allowing 1 s of skew; once that time has come (the cause is gone), they are re-driven, twice. The
 second re-drive must change nothing: the same rows in ``events`` (FINAL and unmerged), the same NPS.
-A dead letter cut to deadletter_max_bytes is refused. Input comes from a non-project writer
+A dead letter cut to deadletter_max_bytes is refused. Events of a tenant outside CXP_TENANTS are
+dead-lettered as unknown_tenant and appear in no metric. Input comes from a non-project writer
 (kafka-python + plain fastavro).
 """
 from __future__ import annotations
@@ -29,7 +30,8 @@ from tests.services.worker import WorkerProcess, worker_env
 pytestmark = pytest.mark.integration
 
 PARTITIONS = 4
-N_VALID, N_FUTURE = 40, 12
+N_VALID, N_FUTURE, N_UNKNOWN_TENANT = 40, 12, 3
+TENANTS = "acme,globex"  # the simulator's tenants
 AHEAD_MS = 12_000  # how far ahead of the wall clock the future events are dated
 
 
@@ -65,7 +67,8 @@ def test_list_and_redrive_twice_doubles_nothing(broker, clickhouse_url, tmp_path
     prefix = f"t{uuid.uuid4().hex[:6]}."
     crm_topic = f"{prefix}events.crm"
     env = worker_env(broker.url, tmp_path, clickhouse_url, CXP_TOPIC_PREFIX=prefix, CXP_PARTITIONS=str(PARTITIONS),
-                     CXP_APP_ID=f"cxp-test-{prefix}", CXP_MAX_FUTURE_SKEW="1s", CXP_DEADLETTER_MAX_BYTES="1024")
+                     CXP_APP_ID=f"cxp-test-{prefix}", CXP_MAX_FUTURE_SKEW="1s", CXP_DEADLETTER_MAX_BYTES="1024",
+                     CXP_TENANTS=TENANTS)
     worker = WorkerProcess(env, tmp_path / "worker.log", cwd=tmp_path).start()
     backend = NativeBackend(clickhouse_url)
     db = backend.database
@@ -77,16 +80,20 @@ def test_list_and_redrive_twice_doubles_nothing(broker, clickhouse_url, tmp_path
         future = [dict(e, event_time=ahead) for e in future]
         oversized = dict(surveys[-2], event_time=ahead, survey=dict(surveys[-2]["survey"], comment="x" * 2000))
         bad_score = dict(surveys[-1], survey=dict(surveys[-1]["survey"], score=11))
+        typos = [dict(e, event_id=str(uuid.uuid4()), tenant="acme-typo") for e in valid[:N_UNKNOWN_TENANT]]
+        assert {e["tenant"] for e in valid} == set(TENANTS.split(","))
 
         producer = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, linger_ms=5)
-        for e in valid + [oversized, bad_score]:
+        for e in valid + [oversized, bad_score] + typos:
             producer.send(crm_topic, avro("CrmEvent", e), key=event_key("crm", e))
         batch_key = event_key("crm", future[0])
         producer.send(crm_topic, avro("CrmEventBatch", {"events": future}), key=batch_key,
                       partition=partition_for(batch_key, PARTITIONS))
         producer.flush()
-        worker.wait_for(lambda s: total(s, "cxp_events_consumed_total") == N_VALID + N_FUTURE + 2, what="all consumed")
-        wait_rows(backend, f"SELECT count() FROM {db}.dead_letters FINAL", N_FUTURE + 2)
+        consumed = N_VALID + N_FUTURE + 2 + N_UNKNOWN_TENANT
+        worker.wait_for(lambda s: total(s, "cxp_events_consumed_total") == consumed, what="all consumed")
+        wait_rows(backend, f"SELECT count() FROM {db}.dead_letters FINAL", N_FUTURE + 2 + N_UNKNOWN_TENANT)
+        assert total(worker.metrics(), "cxp_events_rejected_total", reason="unknown_tenant") == N_UNKNOWN_TENANT
 
         cli_env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
         cli_env.update(CXP_KAFKA_URL=broker.url, CXP_CLICKHOUSE_URL=clickhouse_url, CXP_TOPIC_PREFIX=prefix,
@@ -95,6 +102,7 @@ def test_list_and_redrive_twice_doubles_nothing(broker, clickhouse_url, tmp_path
         assert listing.returncode == 0, listing.stderr
         assert re.search(rf"future_timestamp\s*│\s*{re.escape(crm_topic)}\s*│\s*{N_FUTURE + 1}\s", listing.stdout)
         assert re.search(rf"invalid_value\s*│\s*{re.escape(crm_topic)}\s*│\s*1\s", listing.stdout)
+        assert re.search(rf"unknown_tenant\s*│\s*{re.escape(crm_topic)}\s*│\s*{N_UNKNOWN_TENANT}\s", listing.stdout)
         assert "NPS score 11 outside 0..10" in listing.stdout and f"{crm_topic}[" in listing.stdout
         assert "truncated to 1024]" in listing.stdout  # the error text as the worker wrote it
 
@@ -125,7 +133,9 @@ def test_list_and_redrive_twice_doubles_nothing(broker, clickhouse_url, tmp_path
 
         assert total(twice, "cxp_events_processed_total") == N_VALID + N_FUTURE + 1
         assert total(twice, "cxp_events_duplicate_total") == N_FUTURE
-        assert total(twice, "cxp_events_rejected_total") == N_FUTURE + 2
+        assert total(twice, "cxp_events_rejected_total") == N_FUTURE + 2 + N_UNKNOWN_TENANT
+        assert all(labels["tenant"] != "acme-typo" for family, samples in twice.items() if family.startswith("cx_")
+                   for labels, _ in samples)
         assert {labels["tenant"]: v for labels, v in twice["cx_nps"] if labels["window"] == "1h"} == nps_once
         for table in ("events", "survey_responses"):
             final, unmerged = backend.query(f"SELECT (SELECT count() FROM {db}.{table} FINAL), "

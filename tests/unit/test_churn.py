@@ -230,8 +230,10 @@ def test_restore_rebuilds_the_same_levels_without_signals():
 def test_unknown_weights_and_inverted_thresholds_are_refused():
     with pytest.raises(ValueError, match="unknown churn signals"):
         ChurnConfig(weights={"moon_phase": 1.0})
-    with pytest.raises(ValueError, match="churn_medium"):
+    with pytest.raises(ValueError, match=r"CXP_CHURN_MEDIUM \(0.6\) must not be above CXP_CHURN_HIGH \(0.5\)"):
         ChurnConfig(weights=CHURN_WEIGHTS, medium=0.6, high=0.5)
+    with pytest.raises(ValueError, match="CXP_CHURN_INACTIVITY must be below CXP_CHURN_FORGET"):
+        ChurnConfig(weights=CHURN_WEIGHTS, inactivity_ms=90 * DAY, forget_ms=90 * DAY)
 
 
 def test_bytes_per_customer():

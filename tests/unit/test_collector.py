@@ -27,9 +27,9 @@ RULES = Rules.from_schemas({s: REGISTRY.by_name(n).schema for s, n in EVENT_SCHE
 LOGIN = {"event_id": "e1", "event_type": "login", "event_time": 1, "customer_id": "c"}
 
 
-def parse(source, payload, max_body=100_000, max_message_bytes=900_000):
+def parse(source, payload, max_body=100_000, max_message_bytes=900_000, rules=RULES):
     body = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
-    return parse_request(source, body, REGISTRY, RULES, CODEC, max_body, max_message_bytes)
+    return parse_request(source, body, REGISTRY, rules, CODEC, max_body, max_message_bytes)
 
 
 def status(source, payload, **kw):
@@ -59,6 +59,17 @@ def test_errors_are_4xx_with_json_bodies():
     code, body = status("complaints", {"event_id": "k", "event_type": "opened", "event_time": 1, "customer_id": "c",
                                        "complaint_id": ""})
     assert code == 422 and body["details"][0]["reason"] == "missing_field"
+
+
+def test_a_tenant_outside_the_allow_list_is_a_422_naming_it():
+    """The collector applies CXP_TENANTS like the worker, so an HTTP sender learns it at once."""
+    rules = Rules.from_schemas({s: REGISTRY.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000,
+                               7 * 86_400_000, tenants=["acme"])
+    assert len(parse("web", dict(LOGIN, tenant="acme"), rules=rules)) == 1
+    with pytest.raises(CollectorError) as info:
+        parse("web", {"events": [dict(LOGIN, tenant="acme"), dict(LOGIN, tenant="acme-eu")]}, rules=rules)
+    assert info.value.status == 422 and info.value.body()["details"] == [
+        {"index": 1, "reason": "unknown_tenant", "error": "tenant 'acme-eu' is not in CXP_TENANTS (acme)"}]
 
 
 def test_deeply_nested_json_is_a_400_not_a_recursion_error():

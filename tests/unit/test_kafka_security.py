@@ -13,8 +13,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaConnectionError
 
 from pipeline.kafka_security import faust_credentials, kafka_python_config
-from pipeline.secret_values import ConfigurationError
-from pipeline.settings import Settings
+from pipeline.settings import Settings, SettingsError
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +80,19 @@ def test_mutual_tls_loads_the_client_certificate(certificates):
 
 
 @pytest.mark.parametrize("overrides, message", [
-    ({"kafka_security_protocol": "SASL_SSL"}, "CXP_KAFKA_SASL_USERNAME"),
+    ({"kafka_security_protocol": "SASL_SSL"}, "CXP_KAFKA_SECURITY_PROTOCOL=SASL_SSL needs CXP_KAFKA_SASL_USERNAME"),
     ({"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_username": "cx"}, "CXP_KAFKA_SASL_PASSWORD"),
-    ({"kafka_security_protocol": "SSL", "kafka_ssl_certfile": "/x.pem"}, "CXP_KAFKA_SSL_KEYFILE"),
-    ({"kafka_ssl_cafile": "/ca.pem"}, "use SSL or SASL_SSL"),
+    ({"kafka_security_protocol": "SSL", "kafka_ssl_certfile": "{certs}/client.pem"}, "CXP_KAFKA_SSL_KEYFILE"),
+    ({"kafka_ssl_cafile": "{certs}/client.pem"}, "use SSL or SASL_SSL"),
+    ({"kafka_security_protocol": "SSL", "kafka_ssl_cafile": "/nonexistent/ca.pem"},
+     "CXP_KAFKA_SSL_CAFILE: cannot read /nonexistent/ca.pem"),
     ({"kafka_security_protocol": "SASL_PLAINTEXT", "kafka_sasl_username": "cx",
-      "kafka_sasl_password_file": "/nonexistent/pw"}, "kafka_sasl_password_file"),
+      "kafka_sasl_password_file": "/nonexistent/pw"}, "CXP_KAFKA_SASL_PASSWORD_FILE: cannot read /nonexistent/pw"),
 ])
-def test_incomplete_settings_are_refused_with_the_missing_setting(overrides, message):
-    with pytest.raises(ConfigurationError, match=message):
-        kafka_python_config(Settings(**overrides).kafka)
-    with pytest.raises(ConfigurationError, match=message):
-        faust_credentials(Settings(**overrides).kafka)
+def test_incomplete_settings_are_refused_when_they_load(overrides, message, certificates):
+    """Before any client is built: every command refuses them up front, naming the variables."""
+    with pytest.raises(SettingsError, match=message):
+        Settings(**{name: value.format(certs=certificates) for name, value in overrides.items()})
 
 
 def test_unknown_protocol_or_mechanism_is_a_settings_error():

@@ -9,7 +9,7 @@ from pipeline.partitioner import event_key, partition_for
 from pipeline.processor import Processor, Record
 from pipeline.registry import EVENT_SCHEMAS, BundledRegistry
 from pipeline.simulate import Simulator
-from pipeline.validate import Rules
+from pipeline.validate import Rules, check_fields
 from pipeline.wire import Codec
 
 REGISTRY = BundledRegistry()
@@ -20,9 +20,10 @@ TOPICS = {f"cx.events.{s}": s for s in ("web", "chatbot", "crm", "complaints")}
 ANSWER_ROW = SurveyCore(WINDOWS).restores()[0].row_type()
 
 
-def processor(deadletter_max_bytes: int = 65_536, cores=None, partitions=range(4)) -> Processor:
+def processor(deadletter_max_bytes: int = 65_536, cores=None, partitions=range(4), tenants=()) -> Processor:
     """The survey core alone unless ``cores`` are given, owning ``partitions``."""
-    rules = Rules.from_schemas({s: REGISTRY.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000, 7 * 86_400_000)
+    rules = Rules.from_schemas({s: REGISTRY.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 300_000, 7 * 86_400_000,
+                               tenants=tenants)
     p = Processor(CODEC, rules, TOPICS, 86_400_000, cores or [SurveyCore(WINDOWS)], deadletter_max_bytes)
     p.assign(partitions)
     return p
@@ -167,3 +168,21 @@ def test_oversized_bad_record_gives_a_dead_letter_that_fits(oversized):
     letter = CODEC.decode(value).events[0]
     assert letter["truncated"] and letter["original_size"] == len(bad.value) and len(letter["original_value"]) == limit
     assert "truncated" in letter["error"] and len(out.rows["dead_letters"][0].payload) == limit
+
+
+def test_events_of_a_tenant_outside_the_allow_list_are_dead_lettered_and_never_counted(events):
+    """CXP_TENANTS=acme: globex's events (the simulator's second tenant) go to the dead letters with the reason
+    unknown_tenant, are counted by that reason, and reach no table and no core."""
+    p = processor(tenants=["acme"])
+    out = p.process(records(events, batched=True), NOW)
+    # The oracle: globex's events that pass every other field rule (duplicates included: validation comes first).
+    globex = Counter(source for source, event in events
+                     if event.get("tenant") == "globex" and check_fields(source, event, processor().rules) is None)
+    assert sum(globex.values()) > 100
+    rejected = counts(out, "cxp_events_rejected")
+    assert {source: n for (source, reason), n in rejected.items() if reason == "unknown_tenant"} == dict(globex)
+    letters = [row for row in out.rows["dead_letters"] if row.reason == "unknown_tenant"]
+    assert len(letters) == sum(globex.values())
+    assert {row.error for row in letters} == {"tenant 'globex' is not in CXP_TENANTS (acme)"}
+    assert {row.tenant for row in out.rows["events"]} == {"acme"}
+    assert {tenant for tenant, _, _ in survey_totals(p)} == {"acme"}

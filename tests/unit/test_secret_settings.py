@@ -9,8 +9,8 @@ import sys
 import pytest
 from pipeline.settings import SettingsError as ValidationError
 
-from pipeline.secret_values import ConfigurationError, clickhouse_security, display_settings, mask_url
-from pipeline.settings import Settings
+from pipeline.secret_values import clickhouse_security, display_settings, mask_url
+from pipeline.settings import Settings, SettingsError
 from sinks.clickhouse.ddl import create_statements
 from sinks.clickhouse.backend import NativeBackend
 
@@ -94,6 +94,7 @@ def test_ddl_refuses_identifiers_even_when_called_directly():
 def test_clickhouse_password_file_and_tls_reach_the_driver(tmp_path):
     secret = tmp_path / "clickhouse-password"
     secret.write_text("p@ss:w/rd\n")
+    (tmp_path / "ca.pem").write_text("a CA bundle; the driver reads it when it connects\n")
     settings = Settings(clickhouse_url="clickhouse://cx:in-url@db:9000/cx", clickhouse_password_file=secret,
                         clickhouse_secure=True, clickhouse_ca_file=tmp_path / "ca.pem")
     options = clickhouse_security(settings.clickhouse)
@@ -104,5 +105,5 @@ def test_clickhouse_password_file_and_tls_reach_the_driver(tmp_path):
     plain = NativeBackend("clickhouse://cx:in%40url@db:9000/cx", **clickhouse_security(Settings().clickhouse)).client.connection
     assert (plain.password, plain.secure_socket) == ("in@url", False)
     assert NativeBackend("clickhouses://db:9440/cx").client.connection.secure_socket
-    with pytest.raises(ConfigurationError, match="clickhouse_password_file"):
-        clickhouse_security(Settings(clickhouse_password_file=tmp_path / "missing").clickhouse)
+    with pytest.raises(SettingsError, match="CXP_CLICKHOUSE_PASSWORD_FILE: cannot read"):
+        Settings(clickhouse_password_file=tmp_path / "missing")

@@ -2,7 +2,16 @@
 import pytest
 
 from pipeline.registry import EVENT_SCHEMAS, BundledRegistry
-from pipeline.validate import FUTURE_TIMESTAMP, INVALID_VALUE, MISSING_FIELD, TOO_LATE, Rules, check_fields, check_time
+from pipeline.validate import (
+    FUTURE_TIMESTAMP,
+    INVALID_VALUE,
+    MISSING_FIELD,
+    TOO_LATE,
+    UNKNOWN_TENANT,
+    Rules,
+    check_fields,
+    check_time,
+)
 
 NOW = 1_700_000_000_000
 MIN = 60_000
@@ -73,3 +82,21 @@ def test_time_limits(rules):
     assert reason(rules, "web", web(event_time=NOW - 7 * DAY)) is None
     assert reason(rules, "web", web(event_time=NOW - 7 * DAY - 1)) == TOO_LATE
     assert reason(rules, "web", web(event_time=NOW - 30 * DAY), clock=0) is None  # no clock yet
+
+
+def test_unknown_tenant_against_the_allow_list():
+    registry = BundledRegistry()
+    allowed = Rules.from_schemas({s: registry.by_name(n).schema for s, n in EVENT_SCHEMAS.items()}, 5 * MIN, 7 * DAY,
+                                 tenants=["acme", "globex"])
+    assert reason(allowed, "web", web(tenant="acme")) is None and reason(allowed, "web", web(tenant="globex")) is None
+    rejection = check_fields("web", web(tenant="acme "), allowed)
+    assert rejection.reason == UNKNOWN_TENANT
+    assert rejection.error == "tenant 'acme ' is not in CXP_TENANTS (acme, globex)"
+    assert len(check_fields("web", web(tenant="x" * 10_000), allowed).error) < 200  # a huge tenant is cut
+    # Checked last: an unknown_tenant dead letter is otherwise valid, so it can be re-driven once allowed.
+    assert reason(allowed, "web", web(tenant="nobody", customer_id=None)) == MISSING_FIELD
+    assert reason(allowed, "web", web(tenant="nobody", event_type="teleport")) == INVALID_VALUE
+
+
+def test_without_an_allow_list_every_tenant_is_accepted(rules):
+    assert not rules.tenants and reason(rules, "web", web(tenant="anything-at-all")) is None

@@ -9,13 +9,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from pipeline.secret_values import ConfigurationError
-from pipeline.settings import Settings
+from pipeline.settings import Settings, SettingsError
 from agents.web_security import (
     Guard,
     RateLimiter,
     bearer_token,
-    collector_tokens,
     matching_token,
     middleware,
     token_identity,
@@ -48,12 +46,13 @@ def test_tokens_from_setting_and_file_and_unreadable_file(tmp_path):
     path = tmp_path / "tokens"
     path.write_text("# rotated 2026-11\nfile-one\n\n  file-two  # the new one\n")
     settings = Settings(collector_tokens="env-one, env-two", collector_tokens_file=path)
-    assert collector_tokens(settings.security) == ["env-one", "env-two", "file-one", "file-two"]
-    with pytest.raises(ConfigurationError, match="collector_tokens_file"):
-        collector_tokens(Settings(collector_tokens_file=tmp_path / "missing").security)
+    assert settings.security.collector_token_list() == ["env-one", "env-two", "file-one", "file-two"]
+    # refused when the settings load, naming the variable
+    with pytest.raises(SettingsError, match="CXP_COLLECTOR_TOKENS_FILE: cannot read .*missing"):
+        Settings(collector_tokens_file=tmp_path / "missing")
     path.write_text("# nothing but a comment\n")
-    with pytest.raises(ConfigurationError, match="no token"):
-        collector_tokens(Settings(collector_tokens_file=path).security)
+    with pytest.raises(SettingsError, match="CXP_COLLECTOR_TOKENS_FILE .* holds no token"):
+        Settings(collector_tokens_file=path)
 
 
 def test_requests_bucket_allows_a_second_of_burst_then_refills():
