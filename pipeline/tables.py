@@ -112,6 +112,13 @@ _TABLES = (
         # topics arrives out of order and is judged at one clock), so the change's number is the key.
         # Not partitioned by time, so a re-sent change always lands next to its first copy.
     ), "ReplacingMergeTree() ORDER BY (tenant, customer_id, seq)"),
+    # One row per chatbot conversation, latest state wins (the chatbot core's state is rebuilt from it).
+    Table("chatbot_conversations", (
+        ("tenant", "String"), ("conversation_id", "String"), ("customer_id", "Nullable(String)"),
+        ("handoff_ms", "Nullable(Int64)"), ("resolved_ms", "Nullable(Int64)"), ("abandoned_ms", "Nullable(Int64)"),
+        ("ended_ms", "Nullable(Int64)"), ("outcome", "String"), ("last_event_ms", "Int64"), ("updated_ms", "Int64"),
+        ("kafka_partition", "UInt16"),
+    ), "ReplacingMergeTree(updated_ms) ORDER BY (tenant, conversation_id)"),
     # What the churn core learned from other cores' facts (complaints opened, SLA breaches), which no
     # other table keeps per customer and Kafka partition: its state is rebuilt from here.
     Table("churn_evidence", (

@@ -198,12 +198,24 @@ LIMIT 100"""), width=24, description="No customer ids: the comment, where and wh
             f"3600 * tenant_reason:cx_churn_signals:rate1h{{{TENANT}}}", "{{tenant}} {{reason}}")))
         .with_panel(series("Active customers", prom(f"tenant_window:cx_active_customers:sum{{{TENANT}}}",
                                                    "{{tenant}} {{window}}")))
-        .with_panel(series("Stickiness (DAU / MAU)", prom(
-            f'sum by (tenant) (cx_active_customers{{{TENANT}, window="1d"}})'
-            f' / (sum by (tenant) (cx_active_customers{{{TENANT}, window="30d"}}) > 0)', "{{tenant}}"),
-            unit="percentunit", description="Active customers 1d / 30d, summed over workers before dividing."))
+        .with_panel(series("Stickiness (DAU / MAU)", prom(f"tenant:cx_stickiness:ratio{{{TENANT}}}", "{{tenant}}"),
+                           unit="percentunit", description="Active customers 1d / 30d, summed over workers before "
+                                                           "dividing."))
+        .with_panel(series("Complaint rate (customers with a complaint / active)", prom(
+            f"tenant_window:cx_complaint_customers:ratio{{{TENANT}}}", "{{tenant}} {{window}}"), unit="percentunit"))
+        .with_panel(series("Detractor recovery (next NPS answer 7-10)", prom(
+            f"tenant_window:cx_detractor_recovery:ratio{{{TENANT}}}", "{{tenant}} {{window}}"), unit="percentunit",
+            description="Of the detractors followed up and heard from again, the share whose next answer was "
+                        "passive or promoter."))
         .with_panel(series("Follow-up actions / h by kind", prom(
-            f"3600 * sum by (tenant, kind) (rate(cx_actions_total{{{TENANT}}}[1h]))", "{{tenant}} {{kind}}"), width=16))
+            f"3600 * sum by (tenant, kind) (rate(cx_actions_total{{{TENANT}}}[1h]))", "{{tenant}} {{kind}}")))
+        .with_panel(series("Chatbot containment (resolved without a handoff)", prom(
+            f"tenant_window:cx_chatbot_containment:ratio{{{TENANT_WINDOW}}}", "{{tenant}} {{window}}"),
+            unit="percentunit", description="Conversations the bot resolved without handing them to a person / "
+                                            "conversations that ended in the window."))
+        .with_panel(bars("Chatbot conversations by outcome", prom(
+            f"tenant_window_outcome:cx_chatbot_conversations:sum{{{TENANT_WINDOW}}}", "{{tenant}} {{outcome}}",
+            instant=True), width=16))
         .with_row(dashboard.Row("Complaints"))
         .with_panel(series("Complaints open by priority", prom(
             f"tenant_priority:cx_complaints_open:sum{{{TENANT}}}", "{{tenant}} {{priority}}")))

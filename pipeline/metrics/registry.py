@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from pipeline.metrics.actions import ActionCore
 from pipeline.metrics.base import MetricCore
+from pipeline.metrics.chatbot import ChatbotCore
 from pipeline.metrics.churn import ChurnCore
 from pipeline.metrics.complaint_spikes import ComplaintSpikeCore
 from pipeline.metrics.complaints import ComplaintCore
@@ -33,6 +34,7 @@ CORE_CLASSES: tuple[type[MetricCore], ...] = (
     ChurnCore,
     FollowupCore,
     ActionCore,
+    ChatbotCore,
 )
 
 

@@ -23,33 +23,28 @@ RULE_FILES = ("recording_rules.yml", "alert_rules.yml")
 RULE_TESTS = sorted((PROM / "tests").glob("*.yml"))
 DASHBOARDS = sorted((GRAFANA / "dashboards").glob("*.json"))
 
-# The contract's series, by type: the exposed names are the gauge names, counter + _total, histogram + _bucket/_sum/_count.
-SPEC_GAUGES = {
-    "cx_nps", "cx_nps_margin_of_error", "cx_survey_responses", "cx_survey_scores", "cx_csat_ratio", "cx_ces",
-    "cx_funnel_customers", "cx_funnel_conversion_ratio", "cx_churn_risk_customers", "cx_complaints_open",
-    "cx_complaint_spike", "cx_active_customers", "cx_segment_nps", "cx_segment_csat_ratio", "cx_segment_ces",
-    "cx_segment_responses", "cx_segment_scores",
-    "cx_complaint_customers", "cx_detractor_followups",
-    "cxp_event_time_lag_seconds",
-}
-SPEC_COUNTERS = {
-    "cx_churn_signals", "cx_complaints_opened", "cx_complaint_sla_breaches", "cxp_events_consumed",
-    "cxp_events_rejected", "cxp_events_duplicate", "cxp_sink_rows", "cxp_sink_errors",
-}
-SPEC_HISTOGRAMS = {"cx_complaint_first_response_seconds", "cx_complaint_resolution_seconds", "cxp_sink_flush_seconds"}
-SPEC_SERIES = (
-    SPEC_GAUGES
-    | {f"{name}_total" for name in SPEC_COUNTERS}
-    | {f"{name}_{suffix}" for name in SPEC_HISTOGRAMS for suffix in ("bucket", "sum", "count")}
-)
-# The worker's own health series beyond the contract's list (docs/metrics.md, Pipeline health): the
-# pipeline alerts and the pipeline-health dashboard read them.
-PIPELINE_HEALTH_SERIES = {"cxp_commit_errors_total", "cxp_oldest_unacked_seconds", "cxp_consumer_lag_records"}
-# Everything the dashboards may show beyond the contract's list (of these, only the health series feed rules).
-SERIES_BEYOND_SPEC = {
-    "cx_funnel_conversion_seconds_bucket", "cx_actions_total", "cx_complaints_opened_rate",
-    "cx_complaints_opened_baseline",
-} | PIPELINE_HEALTH_SERIES
+def exported_series() -> set[str]:
+    """Every series name a worker with every core exports: the cores' gauge families, the counters (+ _total)
+    and histograms (+ _bucket/_sum/_count) of the cores and the pipeline, and the scrape-time gauges."""
+    from prometheus_client import CollectorRegistry
+
+    from pipeline.metrics.registry import build_cores
+    from pipeline.settings import Settings
+    from sinks.prometheus import ConsumerLagCollector, CoreCollector, PipelineMetrics, instruments_of
+
+    cores = build_cores(Settings())
+    registry = CollectorRegistry(auto_describe=True)
+    PipelineMetrics(registry, instruments_of(cores))
+    names: set[str] = set()
+    for family in registry.collect():
+        suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_sum", "_count")}.get(family.type, ("",))
+        names |= {family.name + suffix for suffix in suffixes}
+    names |= {family.name for core in cores for family in core.describe()}
+    names |= {CoreCollector._lag_family().name, ConsumerLagCollector.NAME}
+    return names
+
+
+SERIES = exported_series()
 # Prometheus' own per-target series: only the rules may read it (WorkerDown, job:up:sum).
 PROMETHEUS_SERIES = {"up"}
 SPEC_TABLES = {"events", "survey_responses", "complaints", "funnel_progress", "churn_signals", "metric_snapshots",
@@ -267,7 +262,7 @@ def test_cx_alerts_name_the_tenant():
 
 
 def test_rules_read_only_spec_series_and_their_own_records():
-    allowed = SPEC_SERIES | PIPELINE_HEALTH_SERIES | PROMETHEUS_SERIES | recording_rule_names()
+    allowed = SERIES | PROMETHEUS_SERIES | recording_rule_names()
     for rule in rules("record") + rules("alert"):
         unknown = metric_names(rule["expr"]) - allowed
         assert not unknown, f"{rule.get('record') or rule.get('alert')}: unknown series {unknown}"
@@ -304,7 +299,7 @@ def test_metric_names_helper():
 
 @pytest.mark.parametrize("path", DASHBOARDS, ids=lambda path: path.name)
 def test_dashboard_queries_use_only_known_series(path):
-    allowed = SPEC_SERIES | SERIES_BEYOND_SPEC | recording_rule_names()
+    allowed = SERIES | recording_rule_names()
     exprs = prometheus_exprs(json.loads(path.read_text()))
     assert len(exprs) >= 10
     problems = [f"{where}: {expr} -> unknown {sorted(metric_names(expr) - allowed)}"

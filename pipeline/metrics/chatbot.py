@@ -1,0 +1,206 @@
+"""Chatbot containment: the share of chatbot conversations the bot resolved without handing them to a person.
+
+A conversation (chatbot events of one ``conversation_id`` in one tenant) **ends** at its earliest
+``conversation_resolved`` or ``conversation_abandoned``; until then it is open and counts nowhere. An ended
+conversation's outcome:
+
+- ``handed_off``: a ``handoff_requested`` or ``agent_joined`` was seen for it, whenever it came;
+- ``contained``: resolved, and never handed off;
+- ``abandoned``: abandoned, and never handed off.
+
+``cx_chatbot_conversations{tenant,window,outcome}`` counts the conversations that ended in the window (by
+end time, the minute rounding of every window) and ``cx_chatbot_containment_ratio`` is contained / ended.
+Events of a conversation may arrive in any order: a late handoff moves a contained conversation to
+handed_off, a late earlier end moves its end time, in the windows too (the counts are kept per end
+minute and moved, not recounted).
+
+State per partition: each conversation's earliest handoff, resolution and abandonment times, kept until
+``max_lateness`` after its last event (later events would be too late), and rolling counts per end minute.
+The ``chatbot_conversations`` table holds one row per conversation, latest state wins; the state is
+rebuilt from it, so a replayed event changes nothing and writes nothing.
+"""
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass, field
+from typing import Any, Iterable, Optional, Sequence
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+
+from pipeline.metrics.base import Batch, MetricCore, Output, Restore
+from pipeline.metrics.windows import RollingCounts
+from pipeline.tables import ROWS
+
+OUTCOMES = ("contained", "handed_off", "abandoned")
+HANDOFF = frozenset(("handoff_requested", "agent_joined"))
+ConversationRow = ROWS["chatbot_conversations"]
+
+
+@dataclass
+class Conversation:
+    tenant: str
+    conversation_id: str
+    customer_id: Optional[str]
+    handoff_ms: int = 0  # earliest handoff or agent join; 0: none
+    resolved_ms: int = 0  # earliest resolution; 0: none
+    abandoned_ms: int = 0  # earliest abandonment; 0: none
+    last_ms: int = 0  # newest event
+    updated_ms: int = 0  # version of the row last written or restored
+    written: Optional[tuple] = None  # content of the row last written or restored
+    counted: Optional[tuple[int, int]] = None  # (end ms, outcome index) as counted in the windows
+
+    def outcome(self) -> Optional[tuple[int, int]]:
+        """(end ms, index into OUTCOMES), or None while open."""
+        ends = [ms for ms in (self.resolved_ms, self.abandoned_ms) if ms]
+        if not ends:
+            return None
+        end = min(ends)
+        if self.handoff_ms:
+            return end, 1
+        return end, 0 if self.resolved_ms == end else 2
+
+    def content(self) -> tuple:
+        return self.customer_id, self.handoff_ms, self.resolved_ms, self.abandoned_ms, self.last_ms
+
+
+@dataclass
+class ChatbotState:
+    partition: int
+    windows: RollingCounts  # key: tenant; counts per end minute: contained, handed off, abandoned
+    conversations: dict[tuple[str, str], Conversation] = field(default_factory=dict)
+    dirty: set[tuple[str, str]] = field(default_factory=set)
+    expiries: list[tuple[int, tuple[str, str]]] = field(default_factory=list)  # heap: (forget after ms, key)
+    clock_ms: int = 0
+
+
+@dataclass
+class ChatbotCore(MetricCore[ChatbotState]):
+    windows_ms: dict[str, int]
+    max_lateness_ms: int
+    name = "chatbot"
+    tables = ("chatbot_conversations",)
+
+    @classmethod
+    def configure(cls, section: Any, stream: Any) -> "ChatbotCore":
+        return cls(stream.window_ms, stream.max_lateness.ms)
+
+    def new_state(self, partition: int) -> ChatbotState:
+        return ChatbotState(partition, RollingCounts(self.windows_ms, len(OUTCOMES)))
+
+    def add(self, state: ChatbotState, batch: Batch, out: Output) -> None:
+        for source, event in zip(batch.sources, batch.events):
+            if source != "chatbot":
+                continue
+            key = (event["tenant"], event["conversation_id"])
+            c = state.conversations.get(key)
+            if c is None:
+                c = state.conversations[key] = Conversation(key[0], key[1], event.get("customer_id"))
+            ms, kind = event["event_time"], event["event_type"]
+            if kind in HANDOFF:
+                c.handoff_ms = min(c.handoff_ms or ms, ms)
+            elif kind == "conversation_resolved":
+                c.resolved_ms = min(c.resolved_ms or ms, ms)
+            elif kind == "conversation_abandoned":
+                c.abandoned_ms = min(c.abandoned_ms or ms, ms)
+            c.last_ms = max(c.last_ms, ms)
+            c.customer_id = c.customer_id or event.get("customer_id")
+            state.dirty.add(key)
+
+    def tick(self, state: ChatbotState, clock_ms: int, out: Output) -> None:
+        state.clock_ms = max(state.clock_ms, clock_ms)
+        for key in state.dirty:
+            c = state.conversations[key]
+            self._count(state, c)
+            if c.content() != c.written:
+                c.written = c.content()
+                c.updated_ms = max(c.updated_ms + 1, state.clock_ms)
+                out.rows["chatbot_conversations"].append(self._row(c, state.partition))
+            heapq.heappush(state.expiries, (c.last_ms + self.max_lateness_ms, key))
+        state.dirty.clear()
+        state.windows.prune(state.clock_ms)
+        while state.expiries and state.expiries[0][0] < state.clock_ms:
+            _, key = heapq.heappop(state.expiries)
+            c = state.conversations.get(key)
+            if c is not None and c.last_ms + self.max_lateness_ms < state.clock_ms:
+                del state.conversations[key]
+
+    @staticmethod
+    def _count(state: ChatbotState, c: Conversation) -> None:
+        """Move the conversation's count in the windows to its current end minute and outcome."""
+        now = c.outcome()
+        if now == c.counted:
+            return
+        if c.counted is not None:
+            counts = [0] * len(OUTCOMES)
+            counts[c.counted[1]] = -1
+            state.windows.add(c.tenant, c.counted[0], counts)
+        if now is not None:
+            counts = [0] * len(OUTCOMES)
+            counts[now[1]] = 1
+            state.windows.add(c.tenant, now[0], counts)
+        c.counted = now
+
+    @staticmethod
+    def _row(c: Conversation, partition: int) -> tuple:
+        ended = c.outcome()
+        nullable = lambda ms: ms or None  # noqa: E731
+        return ConversationRow(
+            tenant=c.tenant, conversation_id=c.conversation_id, customer_id=c.customer_id,
+            handoff_ms=nullable(c.handoff_ms), resolved_ms=nullable(c.resolved_ms), abandoned_ms=nullable(c.abandoned_ms),
+            ended_ms=ended[0] if ended else None, outcome=OUTCOMES[ended[1]] if ended else "",
+            last_event_ms=c.last_ms, updated_ms=c.updated_ms, kafka_partition=partition)
+
+    def restores(self) -> Sequence[Restore]:
+        span = max(max(self.windows_ms.values()), self.max_lateness_ms)
+        return (Restore("conversations", "chatbot_conversations", ("tenant", "conversation_id", "customer_id",
+                                                                    "handoff_ms", "resolved_ms", "abandoned_ms",
+                                                                    "last_event_ms", "updated_ms"),
+                        "last_event_ms", span, final=True),)
+
+    def restore(self, state: ChatbotState, name: str, rows: list, clock_ms: int) -> None:
+        state.clock_ms = max(state.clock_ms, clock_ms)
+        for row in rows:
+            c = Conversation(row.tenant, row.conversation_id, row.customer_id, int(row.handoff_ms or 0),
+                             int(row.resolved_ms or 0), int(row.abandoned_ms or 0), int(row.last_event_ms),
+                             int(row.updated_ms))
+            c.written = c.content()
+            state.conversations[(c.tenant, c.conversation_id)] = c
+            heapq.heappush(state.expiries, (c.last_ms + self.max_lateness_ms, (c.tenant, c.conversation_id)))
+            self._count(state, c)
+
+    # -- reading ---------------------------------------------------------------------------------
+    @staticmethod
+    def totals(states: Sequence[ChatbotState], clocks: Sequence[int]) -> dict[tuple[str, str], list[int]]:
+        """(tenant, window) -> ended conversations per outcome, over the given partitions."""
+        out: dict[tuple[str, str], list[int]] = {}
+        for state, clock_ms in zip(states, clocks):
+            for (tenant, window), counts in state.windows.totals(clock_ms).items():
+                acc = out.setdefault((tenant, window), [0] * len(OUTCOMES))
+                for i, n in enumerate(counts):
+                    acc[i] += n
+        return out
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self, states: Sequence[ChatbotState], clocks: Sequence[int]) -> Iterable[Metric]:
+        conversations, ratio = families = self._families()
+        for (tenant, window), counts in sorted(self.totals(states, clocks).items()):
+            for outcome, n in zip(OUTCOMES, counts):
+                conversations.add_metric([tenant, window, outcome], n)
+            if sum(counts):
+                ratio.add_metric([tenant, window], counts[0] / sum(counts))
+        return families
+
+    @staticmethod
+    def _families() -> list[Metric]:
+        labels = ["tenant", "window"]
+        return [
+            GaugeMetricFamily("cx_chatbot_conversations", "Chatbot conversations that ended in the window, by outcome: "
+                              "contained (resolved without a handoff), handed_off, abandoned.",
+                              labels=labels + ["outcome"]),
+            GaugeMetricFamily("cx_chatbot_containment_ratio", "Conversations resolved by the bot without a handoff / "
+                              "conversations ended, in the window, of this worker (fleet: "
+                              "tenant_window:cx_chatbot_containment:ratio).", labels=labels),
+        ]
