@@ -47,8 +47,8 @@ SPEC_SERIES = (
 PIPELINE_HEALTH_SERIES = {"cxp_commit_errors_total", "cxp_oldest_unacked_seconds", "cxp_consumer_lag_records"}
 # Everything the dashboards may show beyond the contract's list (of these, only the health series feed rules).
 SERIES_BEYOND_SPEC = {
-    "cx_funnel_conversion_seconds_bucket", "cx_actions_total", "cx_complaints_opened_rate",
-    "cx_complaints_opened_baseline",
+    "cx_funnel_conversion_seconds_bucket", "cx_actions_total", "cx_complaints_opened_recent",
+    "cx_complaints_opened_expected",
 } | PIPELINE_HEALTH_SERIES
 # Prometheus' own per-target series: only the rules may read it (WorkerDown, job:up:sum).
 PROMETHEUS_SERIES = {"up"}
@@ -326,8 +326,8 @@ def test_dashboard_promql_parses(path, tmp_path):
 DASHBOARD_CONTENT = {
     "cx-overview.json": ({"tenant", "window"}, (
         "nps", "csat", "ces", "segment", "funnel", "conversion time", "churn", "active customers", "stickiness",
-        "actions", "complaints open", "baseline", "spike", "first response", "resolution", "exact percentiles",
-        "sla", "metric_snapshots")),
+        "actions", "complaints open", "against the expected", "spike", "first response", "resolution",
+        "exact percentiles", "sla", "metric_snapshots")),
     "cx-pipeline-health.json": (set(), (
         "workers up", "consumed", "rejected", "duplicates", "lag", "rows", "sink errors", "flush", "commit errors",
         "oldest unacknowledged", "dead letters")),
