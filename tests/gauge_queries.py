@@ -1,8 +1,8 @@
 """The reproducing queries of docs/metrics.md, run against ClickHouse and compared with a worker's gauges.
 
 Each gauge family of a metric core has a block introduced by "Reproduces `<family>`:" in docs/metrics.md:
-SQL with ``{W}`` (window in ms) and ``{window}`` (its label) placeholders and ``cx.`` as the database,
-whose result columns are the family's labels and ``value``.
+SQL with ``{W}`` (window in ms), ``{window}`` (its label) and ``{C}`` (the newest partition's clock)
+placeholders and ``cx.`` as the database, whose result columns are the family's labels and ``value``.
 """
 from __future__ import annotations
 
@@ -37,6 +37,9 @@ def families_of(cores: list[MetricCore]) -> dict[str, MetricCore]:
 def run_query(client, sql: str, database: str, window: Optional[tuple[str, int]] = None) -> dict[tuple, float]:
     """Rows of one reproducing query as {sorted (label, value) pairs: value}, zeros dropped."""
     sql = _DATABASE.sub(f"{database}.", sql)
+    if "{C}" in sql:
+        (clock,), = client.execute(f"SELECT max(event_ms) FROM {database}.events")
+        sql = sql.replace("{C}", str(clock))
     if window is not None:
         sql = sql.replace("{window}", window[0]).replace("{W}", str(window[1]))
     rows, columns = client.execute(sql, with_column_types=True)

@@ -221,12 +221,13 @@ LIMIT 100"""), width=24, description="No customer ids: the comment, where and wh
             f"tenant_priority:cx_complaints_open:sum{{{TENANT}}}", "{{tenant}} {{priority}}")))
         .with_panel(series("Complaints opened / h by category", prom(
             f"3600 * tenant_category:cx_complaints_opened:rate1h{{{TENANT}}}", "{{tenant}} {{category}}")))
-        .with_panel(series("Complaints opened / h against the baseline",
-                           prom(f"sum by (tenant) (cx_complaints_opened_rate{{{TENANT}}})", "{{tenant}} opened / h"),
-                           prom(f"sum by (tenant) (cx_complaints_opened_baseline{{{TENANT}}})",
-                                "{{tenant}} baseline / h"),
-                           description="Opened in the current event-time bucket against the baseline for that "
-                                       "time of the week; the spike flag says when the gap is significant."))
+        .with_panel(series("Complaints opened in the last hour against the expected",
+                           prom(f"sum by (tenant) (cx_complaints_opened_recent{{{TENANT}}})", "{{tenant}} opened"),
+                           prom(f"sum by (tenant) (cx_complaints_opened_expected{{{TENANT}}})",
+                                "{{tenant}} expected"),
+                           description="Opened in the spike detector's sliding event-time window (the last 60 "
+                                       "minutes) against what that window usually gets at this time of the week; "
+                                       "the spike flag says when the gap is significant."))
         .with_panel(single("Complaint spike", prom(f"tenant:cx_complaint_spike:max{{{TENANT}}}", "{{tenant}}")))
         .with_panel(series("SLA breaches / h", prom(
             f"3600 * tenant_priority_stage:cx_complaint_sla_breaches:rate1h{{{TENANT}}}",

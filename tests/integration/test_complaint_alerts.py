@@ -84,7 +84,7 @@ def test_complaint_spike_fires_on_a_burst_and_not_on_healthy_traffic(broker, cli
                         what="the healthy history counted")
         # a rule evaluation has seen the healthy state: the recording rule over the flag reads 0
         prometheus.wait_for('tenant:cx_complaint_spike:max{tenant="acme"} == 0', timeout_s=120)
-        prometheus.wait_for('cx_complaints_opened_baseline{tenant="acme"} > 5', timeout_s=120)
+        prometheus.wait_for('cx_complaints_opened_expected{tenant="acme"} > 5', timeout_s=120)
         assert not firing(prometheus, "ComplaintSpike")
         burst_sent = time.time()
         send(broker.bootstrap_servers, f"{prefix}events.complaints", burst)

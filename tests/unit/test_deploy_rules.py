@@ -321,8 +321,8 @@ def test_dashboard_promql_parses(path, tmp_path):
 DASHBOARD_CONTENT = {
     "cx-overview.json": ({"tenant", "window"}, (
         "nps", "csat", "ces", "segment", "funnel", "conversion time", "churn", "active customers", "stickiness",
-        "actions", "complaints open", "baseline", "spike", "first response", "resolution", "exact percentiles",
-        "sla", "metric_snapshots")),
+        "actions", "complaints open", "against the expected", "spike", "first response", "resolution",
+        "exact percentiles", "sla", "metric_snapshots")),
     "cx-pipeline-health.json": (set(), (
         "workers up", "consumed", "rejected", "duplicates", "lag", "rows", "sink errors", "flush", "commit errors",
         "oldest unacknowledged", "dead letters")),
