@@ -107,7 +107,7 @@ _TABLES = (
     Table("churn_signals", (
         ("customer_id", "String"), ("tenant", "String"), ("score", "Float64"), ("level", "String"),
         ("reasons", "Array(String)"), ("signal_time", "DateTime"), ("signal_ms", "Int64"),
-        ("previous_level", "String"), ("kafka_partition", "UInt16"), ("seq", "UInt64"),
+        ("previous_level", "String"), ("kafka_partition", "UInt16"), ("seq", "UInt64"), ("reached_ms", "Int64"),
         # seq: the customer's n-th level change. Two changes can share signal_ms (input from several
         # topics arrives out of order and is judged at one clock), so the change's number is the key.
         # Not partitioned by time, so a re-sent change always lands next to its first copy.

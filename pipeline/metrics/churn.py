@@ -268,6 +268,41 @@ def contributions(c: Customer, clock_ms: int, cfg: ChurnConfig) -> list[Contribu
             for name in present(c, clock_ms, cfg)]
 
 
+def since(c: Customer, signal: str, clock_ms: int, cfg: ChurnConfig) -> int:
+    """The event time from which ``signal`` (present at ``clock_ms``) has been present, from the customer's
+    evidence alone: the same whatever batches the input came in."""
+    memory = cfg.memory_ms
+    if signal == "inactivity":
+        return c.last_ms + cfg.inactivity_ms
+    if signal == "detractor":
+        return c.nps_ms
+    if signal == "downgrade":
+        return c.downgrade_ms
+    if signal == "complaints":
+        held = [c.complaints[0][0]] if len(c.complaints) == 2 and clock_ms - c.complaints[1][0] < memory else []
+        if c.breach is not None and clock_ms - c.breach[0] < memory:
+            held.append(c.breach[0])
+        return min(held)
+    if signal == "chatbot":
+        held = [c.abandoned_ms] if c.abandoned_ms and clock_ms - c.abandoned_ms < memory else []
+        if _unresolved_handoff(c, clock_ms, cfg):
+            held.append(c.handoff_ms + cfg.handoff_timeout_ms)
+        return min(held)
+    return clock_ms // DAY_MS * DAY_MS  # activity_drop is judged per day
+
+
+def reached_ms(c: Customer, signals: Sequence[str], threshold: float, clock_ms: int, cfg: ChurnConfig) -> int:
+    """When the present signals first added up to ``threshold``: signals taken in the order they appeared,
+    the time of the one that crossed it. It names a level change by its evidence, not by the batch that
+    happened to carry it, so a replay after a crash names the same change the same way."""
+    total = 0.0
+    for started, name in sorted((since(c, name, clock_ms, cfg), name) for name in signals):
+        total = round(total + cfg.weights.get(name, 0.0), 9)
+        if total >= threshold:
+            return started
+    return clock_ms
+
+
 def score_of(signals: Sequence[str], cfg: ChurnConfig) -> float:
     return min(1.0, round(sum(cfg.weights.get(name, 0.0) for name in signals), 9))
 
@@ -417,7 +452,10 @@ class ChurnCore(MetricCore[ChurnState]):
         if c.cancelled():
             level = "churned"
         if level != c.level:
-            self._emit(state, c, level, score, contributions(c, clock_ms, self.config), clock_ms, out)
+            reached = (c.cancelled_ms if level == "churned" else clock_ms if level == "low" else
+                       reached_ms(c, signals, self.config.high if level == "high" else self.config.medium, clock_ms,
+                                  self.config))
+            self._emit(state, c, level, score, contributions(c, clock_ms, self.config), clock_ms, reached, out)
         # One live timer per customer: a later change time needs no new entry, because the pending
         # earlier one re-scores the customer (harmlessly early) and schedules the next.
         due = next_change_ms(c, clock_ms, self.config)
@@ -426,7 +464,7 @@ class ChurnCore(MetricCore[ChurnState]):
             heapq.heappush(state.timers, (due, c.key))
 
     def _emit(self, state: ChurnState, c: Customer, level: str, score: float, found: list[Contribution],
-              at_ms: int, out: Output) -> None:
+              at_ms: int, reached: int, out: Output) -> None:
         if level == "churned":
             found = [Contribution("cancelled", 0.0, f"subscription cancelled on {day(c.cancelled_ms)}"), *found]
         reasons = [f"{f.signal} ({f.weight:g}): {f.evidence}" for f in found]
@@ -434,13 +472,14 @@ class ChurnCore(MetricCore[ChurnState]):
         out.rows["churn_signals"].append(SignalRow(
             customer_id=c.customer_id, tenant=c.tenant, score=score, level=level, reasons=reasons,
             signal_time=at_ms // 1000, signal_ms=at_ms, previous_level=previous, kafka_partition=state.partition,
-            seq=c.seq))
+            seq=c.seq, reached_ms=reached))
         out.send("signals.churn", c.customer_id.encode("utf-8"), ChurnSignal(
             customer_id=c.customer_id, tenant=c.tenant, score=score, level=level, reasons=reasons, signal_time=at_ms,
             previous_level=previous, contributions=list(found), sequence=c.seq))
         for f in found or (Contribution("cleared", 0.0, ""),):
             out.count("cx_churn_signals", (c.tenant, f.signal))
-        out.publish(ChurnLevelChanged(c.tenant, c.customer_id, level, previous, score, tuple(reasons), at_ms, c.seq))
+        out.publish(ChurnLevelChanged(c.tenant, c.customer_id, level, previous, score, tuple(reasons), at_ms, c.seq,
+                                      reached))
 
     # -- restore ---------------------------------------------------------------------------------
     def restores(self) -> Sequence[Restore]:
@@ -469,6 +508,10 @@ class ChurnCore(MetricCore[ChurnState]):
                 self._customer(state, row.tenant, row.customer_id).seen(int(row.event_ms))
                 continue
             c = state.customers.get(customer_key(row.tenant, row.customer_id))
+            if c is None and name == "levels":
+                # signalled, but its events are not durable yet (a flush torn after churn_signals): keep the
+                # level and sequence, so the replayed events continue it instead of signalling it again
+                c = self._customer(state, row.tenant, row.customer_id)
             if c is None:
                 continue  # no event within `forget`: forgotten
             if name == "days":

@@ -53,8 +53,9 @@ class ChurnLevelChanged(NamedTuple):
     previous_level: str
     score: float
     reasons: tuple[str, ...]
-    at_ms: int
+    at_ms: int  # the partition's clock when the change was found
     sequence: int
+    reached_ms: int  # when the customer's evidence first added up to the new level (churn.reached_ms)
 
 
 class ActionRequested(NamedTuple):

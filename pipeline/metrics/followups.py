@@ -9,7 +9,8 @@ Actions go to the fact :class:`~pipeline.metrics.facts.ActionRequested` (with a 
     answer once), due ``due`` (48 h) after the answer; id = sha1("detractor_followup|" + event id).
 ``churn_risk_high``
     when the churn core's fact ``ChurnLevelChanged`` says a customer entered level high, due at once;
-    id = sha1("churn_risk_high|tenant|customer|time of the change").
+    id = sha1("churn_risk_high|tenant|customer|reached"), reached being when the customer's evidence
+    first added up to high: the same after a crash and a replay, whatever batches carried the input.
 
 Recovery: ``cx_detractor_followups{tenant,window,outcome}`` counts the detractor follow-ups whose answer
 lies in the window (``recovery_window``, 30 days) by the customer's *next* NPS answer: ``recovered``
@@ -102,7 +103,7 @@ class FollowupCore(MetricCore[FollowupState]):
     @staticmethod
     def _churn_action(change: ChurnLevelChanged) -> ActionRequested:
         return ActionRequested(
-            action_id=action_id("churn_risk_high", change.tenant, change.customer_id, change.at_ms),
+            action_id=action_id("churn_risk_high", change.tenant, change.customer_id, change.reached_ms),
             kind="churn_risk_high", tenant=change.tenant, customer_id=change.customer_id,
             reason=f"churn risk high (score {change.score:.2f}, was {change.previous_level})",
             context={"score": f"{change.score:.4f}", "previous_level": change.previous_level,

@@ -40,10 +40,10 @@ def test_a_detractor_gets_one_followup_with_its_context():
 def test_entering_high_risk_is_an_action_other_levels_are_not():
     reasons = ("inactivity (0.25): no activity for 20 days (last on 2026-05-01)", "detractor (0.2): NPS 2 on 2026-05-03",
                "activity_drop (0.1): …")
-    high = ChurnLevelChanged("acme", "c9", "high", "medium", 0.55, reasons, T0, 3)
+    high = ChurnLevelChanged("acme", "c9", "high", "medium", 0.55, reasons, T0 + 5, 3, T0)
     out = publish(CORE.new_state(2), [], churn_changes=[high, high._replace(level="medium")])
     (action,) = out.facts
-    assert action.kind == "churn_risk_high" and action.due_ms == action.created_ms == T0
+    assert action.kind == "churn_risk_high" and action.due_ms == action.created_ms == T0 + 5
     assert action.action_id == hashlib.sha1(f"churn_risk_high|acme|c9|{T0}".encode()).hexdigest()
     assert tuple(action.context["reasons"].split("\n")) == reasons
     assert action.reason == "churn risk high (score 0.55, was medium)"
