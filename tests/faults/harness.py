@@ -12,6 +12,7 @@ import os
 import signal
 import struct
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -251,6 +252,41 @@ def produce(bootstrap: str, prefix: str, messages: Iterable[Message]) -> None:
             future.get(timeout=1)  # raises the send's error, if it failed
     finally:
         producer.close()
+
+
+class Trickle:
+    """Steady input: messages sent in order, in small chunks spread over about ``seconds``, from a thread."""
+
+    def __init__(self, bootstrap: str, prefix: str, messages: list[Message], seconds: float, chunk: int = 50):
+        self.bootstrap, self.prefix, self.seconds = bootstrap, prefix, seconds
+        self.chunks = [messages[i:i + chunk] for i in range(0, len(messages), chunk)]
+        self.sent = 0
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="trickle", daemon=True)
+
+    def start(self) -> "Trickle":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for chunk in self.chunks:
+                produce(self.bootstrap, self.prefix, chunk)
+                self.sent += len(chunk)
+                time.sleep(self.seconds / len(self.chunks))
+        except BaseException as exc:  # noqa: BLE001 - raised in the test by join()
+            self.error = exc
+
+    def wait_sent(self, count: int, timeout_s: float = 30.0) -> None:
+        wait_until(lambda: self.sent, lambda n: n >= count or self.error is not None, timeout_s,
+                   f"{count} messages of the trickle sent")
+
+    def join(self, timeout_s: float = 120.0) -> None:
+        """Until every message is sent; raises what stopped the sending."""
+        self._thread.join(timeout_s)
+        if self.error is not None:
+            raise self.error
+        assert not self._thread.is_alive(), f"trickle still sending after {timeout_s:.0f} s"
 
 
 def read_dead_letters(bootstrap: str, prefix: str, idle_ms: int = 4000) -> list[dict]:
