@@ -8,6 +8,8 @@ import threading
 import time
 from typing import Any, Callable, Mapping, Optional
 
+from aiokafka.errors import IllegalGenerationError
+from aiokafka.protocol.commit import OffsetCommitRequest
 from faust.transport.drivers import aiokafka as aiokafka_driver
 
 from sinks.prometheus import PipelineMetrics
@@ -82,7 +84,14 @@ class CommitWatch:
 
     def watch_attempts(self, coordinator: Any) -> None:
         """Count each failed attempt of aiokafka's commit loop (GroupCoordinator._do_commit_offsets: one
-        OffsetCommit request, which raises on an error answer or a lost connection)."""
+        OffsetCommit request, which raises on an error answer or a lost connection).
+
+        An attempt while the worker is no group member (the coordinator forgot it: aiokafka has reset its
+        generation and rejoins) fails without being sent, as Kafka fails it for a group with other members.
+        A broker that forgot everything (memory-mode Tansu restarted) would store it: offsets of the old
+        partitions, past the end of the new ones, where the worker then waits for records that never come.
+        The records are consumed again after the rejoin; dedup absorbs them.
+        """
         attempt = getattr(coordinator, "_do_commit_offsets", None)
         if attempt is None:
             log.warning("this aiokafka has no GroupCoordinator._do_commit_offsets: failed commit attempts are not "
@@ -91,6 +100,8 @@ class CommitWatch:
 
         async def counted(assignment: Any, offsets: Mapping[Any, Any]) -> Any:
             try:
+                if offsets and coordinator.generation == OffsetCommitRequest.DEFAULT_GENERATION_ID:
+                    raise IllegalGenerationError("not a member of the group: rejoining")
                 return await attempt(assignment, offsets)
             except Exception as exc:  # noqa: BLE001 - every failed attempt counts; aiokafka decides what follows
                 self.failed(f"{type(exc).__name__}: {exc}")

@@ -9,6 +9,7 @@ import logging
 import pytest
 from aiokafka.consumer import group_coordinator
 from aiokafka.consumer.group_coordinator import GroupCoordinator
+from aiokafka.errors import IllegalGenerationError
 from aiokafka.protocol.commit import OffsetCommitRequest
 from prometheus_client import CollectorRegistry
 
@@ -130,10 +131,10 @@ def test_a_stalled_commit_counts_once_per_stall_unless_its_attempts_are_failing(
 
 
 class Coordinator:
-    """Stands in for aiokafka's GroupCoordinator: only the attempt the watch wraps."""
+    """Stands in for aiokafka's GroupCoordinator: the attempt the watch wraps, and the member's generation."""
 
-    def __init__(self, outcomes: list[Exception | None]):
-        self.outcomes = outcomes
+    def __init__(self, outcomes: list[Exception | None], generation: int = 3):
+        self.outcomes, self.generation = outcomes, generation
 
     async def _do_commit_offsets(self, assignment, offsets):
         outcome = self.outcomes.pop(0)
@@ -165,3 +166,17 @@ def test_an_aiokafka_without_the_attempt_is_said_not_to_be_counted(caplog):
     with caplog.at_level(logging.WARNING, logger="cxp.worker"):
         watch.watch_attempts(object())
     assert "not counted" in worker_lines(caplog)[0].getMessage()
+
+
+def test_no_commit_is_sent_while_the_worker_is_no_group_member():
+    """aiokafka resets the generation to -1 when the coordinator forgot the member; a restarted memory-mode
+    broker would store such a commit: offsets past the end of its new partitions."""
+    watch, metrics, _ = watch_with_clock()
+    coordinator = Coordinator([None], generation=OffsetCommitRequest.DEFAULT_GENERATION_ID)
+    watch.watch_attempts(coordinator)
+    with pytest.raises(IllegalGenerationError):
+        asyncio.run(coordinator._do_commit_offsets(None, {"tp": 1}))
+    assert coordinator.outcomes == [None] and errors(metrics) == 1  # not sent, counted
+    coordinator.generation = 4  # rejoined
+    asyncio.run(coordinator._do_commit_offsets(None, {"tp": 1}))
+    assert coordinator.outcomes == [] and errors(metrics) == 1
