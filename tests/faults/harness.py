@@ -255,11 +255,12 @@ def produce(bootstrap: str, prefix: str, messages: Iterable[Message]) -> None:
 
 
 class Trickle:
-    """Steady input: messages sent in order, in small chunks spread over about ``seconds``, from a thread."""
+    """Steady input: the messages of ``work`` sent in order, in small chunks spread over about ``seconds``,
+    from a thread."""
 
-    def __init__(self, bootstrap: str, prefix: str, messages: list[Message], seconds: float, chunk: int = 50):
-        self.bootstrap, self.prefix, self.seconds = bootstrap, prefix, seconds
-        self.chunks = [messages[i:i + chunk] for i in range(0, len(messages), chunk)]
+    def __init__(self, bootstrap: str, prefix: str, work: Workload, seconds: float, chunk: int = 50):
+        self.bootstrap, self.prefix, self.work, self.seconds = bootstrap, prefix, work, seconds
+        self.chunks = [work.messages[i:i + chunk] for i in range(0, len(work.messages), chunk)]
         self.sent = 0
         self.error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="trickle", daemon=True)
@@ -547,6 +548,21 @@ class Stage:
         full = with_sentinels(work, tag)
         produce(self.bootstrap, self.prefix, full.messages)
         return full
+
+    def trickle(self, work: Workload, seconds: float) -> Trickle:
+        """Start sending work as steady input (see Trickle)."""
+        return Trickle(self.bootstrap, self.prefix, work, seconds).start()
+
+    def finish_trickle(self, flowing: Trickle, tag: str, total: Workload, scrape: Callable[[], list[dict]]) -> "Tally":
+        """Once the trickle has sent everything, its sentinels (tagged ``tag``); then until all of ``total``,
+        extended by the trickle's input and sentinels, is stored and counted exactly (see wait_exact)."""
+        flowing.join()
+        total.extend(flowing.work)
+        tail = sentinels(tag, flowing.work.valid, flowing.work.clock())
+        produce(self.bootstrap, self.prefix, tail.messages)
+        total.extend(tail)
+        self.wait_drained([tag])
+        return self.wait_exact(total, scrape)
 
     def wait_drained(self, tags: Iterable[str], timeout_s: float = 120.0) -> None:
         """Until the sentinels of every tag are rows in ClickHouse: all input before them was processed."""

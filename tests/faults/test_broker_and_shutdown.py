@@ -17,7 +17,6 @@ from runtime.local.metrics import scrape, total
 from runtime.local.processes import free_port
 from tests.faults.harness import (
     Stage,
-    Trickle,
     Workload,
     create_topics,
     descendants,
@@ -26,7 +25,6 @@ from tests.faults.harness import (
     outcome_totals,
     produce,
     record_fault,
-    sentinels,
     simulated,
     still_running,
     valid_workload,
@@ -119,8 +117,8 @@ def test_a_broker_restart_under_load_is_one_logged_incident_with_every_failed_co
                                                           span_ms=10 * 60_000)), "backlog")
             worker = stage.worker().start()
             wait_until(lambda: relay.commits, lambda c: c[0] >= 1, 120, "an offset commit through the relay")
-            during = valid_workload(simulated(seed=802, count=6000, end_ms=end, span_ms=10 * 60_000))
-            flowing = Trickle(stage.bootstrap, stage.prefix, during.messages, seconds=RESTART_ERRORS_S + 8).start()
+            flowing = stage.trickle(valid_workload(simulated(seed=802, count=6000, end_ms=end, span_ms=10 * 60_000)),
+                                    seconds=RESTART_ERRORS_S + 8)
             flowing.wait_sent(1000)
             assert total(worker.metrics(), "cxp_commit_errors_total") == 0
 
@@ -130,13 +128,7 @@ def test_a_broker_restart_under_load_is_one_logged_incident_with_every_failed_co
             relay.commit_error = 0
             back = time.monotonic()
 
-            flowing.join()
-            work.extend(during)
-            tail = sentinels("after", during.valid, during.clock())
-            produce(stage.bootstrap, stage.prefix, tail.messages)
-            work.extend(tail)
-            stage.wait_drained(["after"])
-            counted = stage.wait_exact(work, lambda: [worker.metrics()])
+            counted = stage.finish_trickle(flowing, "after", work, lambda: [worker.metrics()])
             recovery_s = time.monotonic() - back
             closing = wait_until(lambda: log_records(worker.log_path, "offset commits succeed again"), bool, 60,
                                  "the worker logging that commits succeed again")
