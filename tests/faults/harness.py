@@ -262,6 +262,7 @@ class Trickle:
         self.bootstrap, self.prefix, self.work, self.seconds = bootstrap, prefix, work, seconds
         self.chunks = [work.messages[i:i + chunk] for i in range(0, len(work.messages), chunk)]
         self.sent = 0
+        self.finished_at: Optional[float] = None  # time.monotonic() once the broker acknowledged the last chunk
         self.error: Optional[BaseException] = None
         self._thread = threading.Thread(target=self._run, name="trickle", daemon=True)
 
@@ -275,6 +276,7 @@ class Trickle:
                 produce(self.bootstrap, self.prefix, chunk)
                 self.sent += len(chunk)
                 time.sleep(self.seconds / len(self.chunks))
+            self.finished_at = time.monotonic()
         except BaseException as exc:  # noqa: BLE001 - raised in the test by join()
             self.error = exc
 

@@ -129,7 +129,7 @@ def test_a_broker_restart_under_load_is_one_logged_incident_with_every_failed_co
             back = time.monotonic()
 
             counted = stage.finish_trickle(flowing, "after", work, lambda: [worker.metrics()])
-            recovery_s = time.monotonic() - back
+            recovery_s = time.monotonic() - max(back, flowing.finished_at)
             closing = wait_until(lambda: log_records(worker.log_path, "offset commits succeed again"), bool, 60,
                                  "the worker logging that commits succeed again")
             samples = worker.metrics()
@@ -151,8 +151,8 @@ def test_a_broker_restart_under_load_is_one_logged_incident_with_every_failed_co
     record_fault("6b", "broker restart seen on the wire, under input",
                  f"a relay in front of Tansu drops every connection, then answers commits UNKNOWN_TOPIC_OR_PARTITION "
                  f"for {RESTART_ERRORS_S} s", len(work.valid), counted, recovery_s,
-                 "from the relay passing commits again until the sentinels are stored and the rows and series "
-                 "equal the recomputation",
+                 "from the relay passing commits again or the last input sent, whichever came later, until the "
+                 "sentinels are stored and the rows and series equal the recomputation",
                  note=f"failed commits: {failed_on_wire} on the wire, {errors:.0f} in cxp_commit_errors_total; "
                       f"commit-failure lines in the log: {len(aiokafka_lines)} from aiokafka and {len(incidents)} "
                       f"from the worker, {sum(r['aiokafka_lines_held_back'] for r in closing)} held back and "
