@@ -180,7 +180,8 @@ class ClickHouseSettings(Section):
     connect_timeout: PositiveDuration = Field(Duration("3s"), description="How long to wait for a ClickHouse connection.")
     timeout: PositiveDuration = Field(
         Duration("10s"), description="How long a ClickHouse insert or query may wait on the socket before it counts "
-        "as a sink error and is retried (a hung server shows up in cxp_sink_errors_total).")
+        "as a sink error and is retried: a server that stops answering shows up in cxp_sink_errors_total one "
+        "timeout after an attempt starts, and again for every attempt.")
     password_file: SecretFile = Field(
         None, description="File holding the ClickHouse password; overrides a password in clickhouse_url.")
     secure: bool = Field(False, description="Connect to ClickHouse over TLS (as a clickhouses:// URL does; port 9440 "

@@ -30,7 +30,7 @@ from pipeline.settings import Settings
 from pipeline.topics import input_topics, output_topics
 from pipeline.validate import Rules
 from pipeline.wire import Codec
-from runtime.commits import CommitWatch
+from runtime.commits import COORDINATOR_LOGGER, CommitWatch
 from runtime.topics import ensure_topics
 from sinks.clickhouse.backend import connect
 from sinks.clickhouse.sink import ClickHouseSink
@@ -76,6 +76,7 @@ def build_app(settings: Settings) -> faust.App:
     app = faust_app(settings)
     commits = CommitWatch(metrics, stall_s=settings.kafka.session_timeout.seconds)
     app.transport.Consumer = commits.consumer_class()
+    logging.getLogger(COORDINATOR_LOGGER).addFilter(commits.log_filter)
     prometheus.register(ConsumerLagCollector(lambda: app.consumer, topic_sources, commits.committed))
     delivery = Delivery(
         ClickHouseSink(backend), run_blocking,

