@@ -41,6 +41,10 @@ def recount(events: list[dict], clock: int) -> dict[tuple[str, str], list[int]]:
     return out
 
 
+def nonzero(totals: dict) -> dict:
+    return {k: v for k, v in totals.items() if any(v)}
+
+
 event_strategy = st.tuples(st.sampled_from(["acme", "globex"]), st.integers(0, 5), st.sampled_from(TYPES),
                            st.integers(0, 30 * 60))
 
@@ -75,7 +79,7 @@ def test_outcomes_follow_the_definition_in_any_order_and_a_replay_changes_nothin
     state = core.new_state(2)
     out = feed(core, state, shuffled, rng)
     clock = max(e["event_time"] for e in events)
-    assert {k: v for k, v in core.totals([state], [clock]).items() if any(v)} == recount(events, clock)
+    assert nonzero(core.totals([state], [clock])) == recount(events, clock)
     latest = {}
     for row in out.rows["chatbot_conversations"]:
         if (row.tenant, row.conversation_id) not in latest or row.updated_ms > latest[(row.tenant, row.conversation_id)].updated_ms:
@@ -87,7 +91,8 @@ def test_outcomes_follow_the_definition_in_any_order_and_a_replay_changes_nothin
                                                r.abandoned_ms, r.last_event_ms, r.updated_ms) for r in latest.values()], clock)
     again = feed(core, restored, shuffled[cut:] + shuffled[:cut], rng)
     assert again.row_count() == 0
-    assert core.totals([restored], [clock]) == core.totals([state], [clock])
+    # a tenant whose conversations all slid out keeps a zero row live and none after a restore; both read as 0
+    assert nonzero(core.totals([restored], [clock])) == nonzero(core.totals([state], [clock]))
 
 
 def test_a_late_handoff_moves_a_contained_conversation_and_the_ratio_follows():
