@@ -355,8 +355,9 @@ def measuring_cost(worker: Worker, done: Done, polls: int = 300, scrapes: int = 
     """At the end of a run (the input through, the worker idle): the worker's CPU per /progress poll and per
     /metrics scrape, from /proc CPU time over `polls` polls and `scrapes` scrapes in a row, less its idle
     CPU (timers, heartbeats) measured just before; the polls' share of the worker's CPU during the run
-    (polls made x CPU per poll / the worker's CPU from its first answer to the end); and the wall time of
-    one /metrics request (median), the time a scrape holds the worker's event loop at this state size."""
+    (done's polls x CPU per poll / done's worker CPU, both over the time the input was consumed); and the
+    wall time of one /metrics request (median), the time a scrape holds the worker's event loop at this
+    state size."""
     started = worker.cpu_seconds()
     time.sleep(IDLE_BASELINE_S)
     idle_per_s = (worker.cpu_seconds() - started) / IDLE_BASELINE_S
@@ -663,9 +664,7 @@ def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: f
     scrape_seconds: list[float] = []
     base = worker.poll_progress()["events"]["processed"]
     stop = threading.Event()
-    cpu_at_start = worker.cpu_seconds()
-
-    failed_polls = 0
+    cpu_at_start, failed_polls = worker.cpu_seconds(), 0
 
     def poller() -> None:
         nonlocal failed_polls
