@@ -1,7 +1,7 @@
 """Who may use the worker's web server: bearer tokens and per-client rate limits.
 
 The collector (``POST /v1/events/{source}``) needs one of the collector tokens when any is set;
-``/metrics`` needs the metrics token when one is set. Tokens are compared in constant time. A client
+``/metrics`` and ``/progress`` need the metrics token when one is set. Tokens are compared in constant time. A client
 (its token when authentication is on, else its IP address) gets two token buckets, requests/s and
 events/s, that refill continuously and hold one second's worth: a request is refused with 429 until
 its bucket holds what it costs. A request with more events than a second's worth needs a full bucket
@@ -26,6 +26,9 @@ log = logging.getLogger("cxp.security")
 MAX_CLIENTS = 10_000  # buckets kept; full ones (idle clients) are dropped beyond this
 # Where check_collector leaves the client's identity on the request, for check_events.
 CLIENT_KEY = web.RequestKey("cxp_client", str)
+METRICS_PATH = "/metrics"  # Prometheus' page: every series, each core's gauges computed on the spot
+PROGRESS_PATH = "/progress"  # the pipeline counters alone, as JSON, cheap enough to poll often
+METRICS_PATHS = frozenset({METRICS_PATH, PROGRESS_PATH})  # what the metrics token guards
 
 
 def metrics_token(settings: SecuritySettings) -> Optional[str]:
@@ -152,14 +155,14 @@ class Guard:
 
 
 def middleware(guard: Guard, collector_prefix: str) -> Any:
-    """aiohttp middleware applying ``guard`` to the collector's paths and to /metrics. Installed inside
+    """aiohttp middleware applying ``guard`` to the collector's paths, /metrics and /progress. Installed inside
     the collector's counting middleware, so its 401 and 429 answers are counted like any other."""
 
     @web.middleware
     async def guard_requests(request: web.Request, handler: Any) -> web.StreamResponse:
         if request.path.startswith(collector_prefix):
             refusal = guard.check_collector(request)
-        elif request.path == "/metrics":
+        elif request.path in METRICS_PATHS:
             refusal = guard.check_metrics(request)
         else:
             refusal = None

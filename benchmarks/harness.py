@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import gc
+import http.client
 import json
 import os
 import platform
@@ -42,15 +43,17 @@ import uuid
 from collections import Counter, defaultdict
 from operator import itemgetter
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from rich.console import Console
 from rich.table import Table
 
+from agents.web_security import METRICS_PATH, PROGRESS_PATH
+from benchmarks import peers
 from pipeline.dedup import id_hash
 from runtime.local.broker import LocalBroker
 from runtime.local.clickhouse import ClickHouseServer
-from runtime.local.metrics import scrape, total
+from runtime.local.metrics import fetch, total
 from runtime.local.processes import free_port, stop_process
 from runtime.local.worker import WorkerProcess
 from pipeline.metrics.registry import build_cores
@@ -73,15 +76,52 @@ PARTITIONS = 4
 WINDOWS = {"1h": 3_600_000, "24h": 86_400_000, "7d": 604_800_000}  # the worker's defaults (CXP_WINDOWS)
 DEDUP_HORIZON_MS = 86_400_000
 SPAN_MS = 4 * 3_600_000  # event times of the preloaded input span the four hours before now
-CUSTOMERS = 50_000
+CUSTOMERS = 50_000  # default of --customers
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # units of the CPU times in /proc/PID/stat
+# How often the harness reads a worker's /progress: every FAST_POLL_S while the worker joins its group
+# (it is idle then, and the start must be seen at once) and near the end (for the end time), otherwise
+# a quarter of the estimated time left, at most SLOW_POLL_S. LATENCY_POLL_S during the latency runs.
+FAST_POLL_S, SLOW_POLL_S, LATENCY_POLL_S = 0.05, 1.0, 0.05
+IDLE_BASELINE_S = 1.0  # how long measuring_cost watches an idle worker's CPU before timing requests
 FIGURES = ("e2e", "single", "two", "latency", "sink", "state")  # for --only; e2e includes surveys only, ceiling, bare
 T0 = time.monotonic()
 SURVEYS_ONLY = {"CXP_METRICS": "surveys"}  # the metric cores setting: only the survey core (NPS/CSAT/CES)
+PEERS = (  # (figure key, measure, its extra arguments given the work folder): benchmarks/peers.py
+    ("quix_stateless", peers.quixstreams_count, lambda workdir: ("0", str(workdir / f"quix-{uid()}"))),
+    ("quix_stateful", peers.quixstreams_count, lambda workdir: ("1", str(workdir / f"quix-{uid()}"))),
+    ("confluent", peers.confluent_count, lambda workdir: (f"plain-{uid()}",)),
+)
 RATIOS = {  # figure -> (numerator, denominator), each a median of the runs
     "ratio_to_ceiling": ("end_to_end_eps", "ceiling_eps"),
     "ratio_to_bare": ("end_to_end_eps", "bare_pipeline_eps"),
     "all_cores_to_surveys_only": ("end_to_end_eps", "surveys_only_eps"),
 }
+
+
+def scrape_target_ms(customers: int) -> Optional[float]:
+    """Issue 17's scrape targets: <= 10 ms at 50k customers, <= 30 ms at 500k (none set beyond)."""
+    return 10.0 if customers <= 50_000 else 30.0 if customers <= 500_000 else None
+
+
+def targets(figures: dict, customers: int) -> dict:
+    """figure -> {"target": as printed, "value", "met"} for every measured figure that has a target: the
+    goals of issue 17 (measuring cost, scrape, one event per message, batched ratios, latency, state) and
+    the project's older ones (end-to-end >= 50k events/s, sink ratio)."""
+    scrape_ms = scrape_target_ms(customers)
+    goals = {
+        "poll_cost_percent": ("< 1 %", lambda v: v < 1.0),
+        "end_to_end_eps": (">= 50k", lambda v: v >= 50_000),
+        "ratio_to_ceiling": (">= 0.45", lambda v: v >= 0.45),
+        "all_cores_to_surveys_only": (">= 0.8", lambda v: v >= 0.8),
+        "single_to_batched": (">= 0.8", lambda v: v >= 0.8),
+        "latency_p99_s": ("< 1 s", lambda v: v < 1.0),
+        "sink_ratio": (">= 0.8", lambda v: v >= 0.8),
+        "state_bytes_per_customer": ("<= 1 KB", lambda v: v <= 1000),
+    }
+    if scrape_ms is not None:
+        goals["scrape_ms"] = (f"<= {scrape_ms:.0f} ms", lambda v: v <= scrape_ms)
+    return {key: {"target": text, "value": figures[key], "met": bool(met(figures[key]))}
+            for key, (text, met) in goals.items() if key in figures}
 
 
 class CorrectnessError(Exception):
@@ -93,11 +133,11 @@ def uid() -> str:
 
 
 # -- input -------------------------------------------------------------------------------------------------
-def make_events(n: int, seed: int = 1) -> list[tuple[str, dict]]:
+def make_events(n: int, customers: int = CUSTOMERS, seed: int = 1) -> list[tuple[str, dict]]:
     """n simulator events whose event times span SPAN_MS and end a minute before now."""
     rate = n / (SPAN_MS / 1000)  # events per second of event time
     start_ms = int(time.time() * 1000) - 60_000 - int(n / rate * 1000)
-    return list(Simulator(seed=seed, customers=CUSTOMERS, start_ms=start_ms).events(count=n, rate=rate))
+    return list(Simulator(seed=seed, customers=customers, start_ms=start_ms).events(count=n, rate=rate))
 
 
 def preload_batched(bootstrap: str, prefix: str, events, codec: Codec) -> float:
@@ -189,71 +229,162 @@ class Worker(WorkerProcess):
                         CXP_APP_ID=group, CXP_WEB_PORT=str(port), CXP_SESSION_TIMEOUT="6",
                         CXP_DATA_DIR=str(home / "data"), CXP_LOG_LEVEL="warning", **settings)
         super().__init__(env, home / "worker.log", cwd=home)
+        self.connection: Optional[http.client.HTTPConnection] = None
         self.launch()
 
-    def poll_metrics(self) -> dict:
-        """The current samples, {} while /metrics does not answer yet; raises if the worker has exited."""
+    def get(self, path: str, timeout_s: float = 5.0) -> bytes:
+        """GET path over one kept-alive connection, as Prometheus scrapes: a new connection per request
+        costs the worker about three times the CPU (~1 ms instead of ~0.35 ms for /progress here)."""
+        try:
+            if self.connection is None:
+                self.connection = http.client.HTTPConnection("127.0.0.1", self.web_port, timeout=timeout_s)
+            self.connection.timeout = timeout_s
+            self.connection.request("GET", path)
+            response = self.connection.getresponse()
+            body = response.read()
+        except (OSError, http.client.HTTPException) as exc:
+            if self.connection is not None:
+                self.connection.close()
+            self.connection = None
+            raise OSError(f"GET {path}: {exc!r}") from exc
+        if response.status != 200:
+            raise RuntimeError(f"{path} answered {response.status}: {body[:200]!r}")
+        return body
+
+    def poll_progress(self) -> dict:
+        """The worker's /progress, {} while its web server does not answer yet; raises if it has exited."""
         self.raise_if_exited()
         try:
-            return scrape(self.metrics_url, timeout=5)
+            return json.loads(self.get(PROGRESS_PATH))
         except OSError:
             return {}
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU time of the worker process (all its threads) so far, from /proc/PID/stat."""
+        with open(f"/proc/{self.process.pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()  # after the command name: state, ppid, ...
+        return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime, stime
+
     def stop(self, timeout_s: float = 60.0) -> None:
+        if self.connection is not None:
+            self.connection.close()
         super().stop(timeout_s)
 
 
 class Done(dict):
-    """Result of wait_done: seconds (from first consumed), with_join (from process start), samples per worker."""
+    """Result of wait_done: seconds (from first consumed), with_join (from process start), samples per
+    worker (one /metrics scrape once the input is through), and for the measuring cost the polls of
+    /progress made while the input was consumed and the workers' CPU seconds over that time."""
 
 
-def wait_done(workers: list[Worker], n_events: int, distinct: int, on_ready: Optional[Callable[[], None]] = None,
-              poll_s: float = 0.05) -> Done:
-    """Poll /metrics until the input is through.
+def next_poll_s(first: Optional[float], consumed: float, n_events: int, now: float) -> float:
+    """FAST_POLL_S until consumption starts and near the end, else a quarter of the estimated time left
+    (at most SLOW_POLL_S): few polls while the worker is busy, and the end time still within 50 ms."""
+    if first is None or consumed <= 0 or consumed >= n_events:
+        return FAST_POLL_S
+    left_s = (n_events - consumed) * (now - first) / consumed
+    return min(SLOW_POLL_S, max(FAST_POLL_S, left_s / 4))
+
+
+def wait_done(workers: list[Worker], n_events: int, distinct: int,
+              on_ready: Optional[Callable[[], None]] = None) -> Done:
+    """Poll /progress (next_poll_s) until the input is through, then scrape /metrics once (for the oracle).
 
     One worker: consumed == n and the events rows in ClickHouse == processed (as the brief defines it).
     Several: a rebalance may replay a few records (counted again as consumed, then as duplicates), so the
     condition is processed == distinct event ids and rows == processed, summed over workers.
-    on_ready is called once, when every worker's /metrics first answers (before consumption starts).
+    on_ready is called once, when every worker's web server first answers (before consumption starts).
     """
     first: Optional[float] = None
     last_change, last_state = time.perf_counter(), None
     stall_s = max(120.0, n_events / 2000)
+    polls, cpu_at_start, cpu_before, ready = 0, None, [0.0] * len(workers), False
     while True:
-        samples = [w.poll_metrics() for w in workers]
+        states = [w.poll_progress() for w in workers]
         now = time.perf_counter()
-        if on_ready is not None and all(samples):
-            on_ready()
-            on_ready = None
-        consumed = sum(total(s, "cxp_events_consumed_total") for s in samples)
-        processed = sum(total(s, "cxp_events_processed_total") for s in samples)
-        rows = sum(total(s, "cxp_sink_rows_total", table="events") for s in samples)
+        if not ready and all(states):
+            ready = True
+            if on_ready is not None:
+                on_ready()
+        answered = [s for s in states if s]
+        consumed = sum(s["events"]["consumed"] for s in answered)
+        processed = sum(s["events"]["processed"] for s in answered)
+        rows = sum(s["sink_rows"].get("events", 0) for s in answered)
         # Counters move only once a batch is durable, so consumption started when the oldest record
         # still waiting to be durable was taken, or at the first counted event, whichever is earlier.
-        waiting = max((total(s, "cxp_oldest_unacked_seconds") for s in samples), default=0.0)
+        waiting = max((s["oldest_unacked_seconds"] for s in answered), default=0.0)
         starts = [t for t in (first, now - waiting if waiting > 0 else None, now if consumed > 0 else None) if t is not None]
         first = min(starts) if starts else None
+        if first is None:  # nothing consumed yet: CPU so far is start-up and join, not the run's
+            cpu_before = [w.cpu_seconds() for w in workers]
+        else:  # counted from the last poll that saw nothing consumed (the one before may have waited on a batch)
+            if cpu_at_start is None:
+                cpu_at_start = cpu_before
+            polls += 1
         if len(workers) == 1:
-            finished = consumed >= n_events and rows == processed and all(samples)
+            finished = consumed >= n_events and rows == processed and all(states)
         else:
             finished = processed >= distinct and rows >= processed and consumed >= n_events
         if finished:
+            cpu = sum(w.cpu_seconds() - at_start for w, at_start in zip(workers, cpu_at_start))
+            samples = [w.metrics() for w in workers]
+            if len(workers) == 1:
+                check_progress(states[0], samples[0])
             return Done(seconds=now - first, with_join=now - min(w.launched_at for w in workers), samples=samples,
-                        consumed=consumed, processed=processed, rows=rows)
+                        consumed=consumed, processed=processed, rows=rows, polls=polls, worker_cpu_s=cpu)
         state = (consumed, processed, rows)
         if state != last_state:
             last_change, last_state = now, state
         elif now - last_change > stall_s:
             raise RuntimeError(f"no progress for {stall_s:.0f} s: consumed {consumed:,.0f} of {n_events:,}, processed "
                                f"{processed:,.0f}, events rows {rows:,.0f}; logs in {[str(w.log_path) for w in workers]}")
-        time.sleep(poll_s)
+        time.sleep(next_poll_s(first, consumed, n_events, now))
+
+
+def check_progress(progress: dict, samples: dict) -> None:
+    """/progress must say what /metrics says (read just after it, with the input through and nothing moving)."""
+    expected = {**{f"events.{key}": total(samples, f"cxp_events_{key}_total") for key in progress["events"]},
+                "sink_rows.events": total(samples, "cxp_sink_rows_total", table="events")}
+    got = {**{f"events.{key}": value for key, value in progress["events"].items()},
+           "sink_rows.events": progress["sink_rows"].get("events", 0)}
+    if got != expected:
+        raise CorrectnessError(f"/progress {got} differs from /metrics {expected}")
+
+
+def measuring_cost(worker: Worker, done: Done, polls: int = 300, scrapes: int = 7) -> dict:
+    """At the end of a run (the input through, the worker idle): the worker's CPU per /progress poll and per
+    /metrics scrape, from /proc CPU time over `polls` polls and `scrapes` scrapes in a row, less its idle
+    CPU (timers, heartbeats) measured just before; the polls' share of the worker's CPU during the run
+    (done's polls x CPU per poll / done's worker CPU, both over the time the input was consumed); and the
+    wall time of one /metrics request (median), the time a scrape holds the worker's event loop at this
+    state size."""
+    started = worker.cpu_seconds()
+    time.sleep(IDLE_BASELINE_S)
+    idle_per_s = (worker.cpu_seconds() - started) / IDLE_BASELINE_S
+
+    def cpu_per_call(call: Callable[[], object], k: int) -> tuple[float, list[float]]:
+        cpu_before, t_before, walls = worker.cpu_seconds(), time.perf_counter(), []
+        for _ in range(k):
+            t = time.perf_counter()
+            call()
+            walls.append(time.perf_counter() - t)
+        busy = worker.cpu_seconds() - cpu_before - idle_per_s * (time.perf_counter() - t_before)
+        return max(busy, 0.0) / k, walls
+
+    poll_cpu, _ = cpu_per_call(lambda: worker.get(PROGRESS_PATH), polls)
+    page = worker.get(METRICS_PATH, timeout_s=60)
+    scrape_cpu, walls = cpu_per_call(lambda: worker.get(METRICS_PATH, timeout_s=60), scrapes)
+    return {"poll_cpu_ms": poll_cpu * 1000, "polls": done["polls"], "worker_cpu_s": done["worker_cpu_s"],
+            "poll_cost_percent": 100.0 * done["polls"] * poll_cpu / done["worker_cpu_s"] if done["worker_cpu_s"] else 0.0,
+            "scrape_ms": statistics.median(walls) * 1000, "scrape_ms_each": [w * 1000 for w in walls],
+            "scrape_cpu_ms": scrape_cpu * 1000, "scrape_bytes": len(page), "idle_cpu_percent": 100.0 * idle_per_s}
 
 
 def end_to_end_once(broker: LocalBroker, clickhouse: ClickHouseServer, prefix: str, n_events: int, oracle: Oracle,
                     workdir: Path, what: str, spy_out: Optional[Path] = None, **settings: str) -> Done:
     """One worker (fresh group and database, extra CXP_* settings) through the preloaded input; checked
-    against the oracle. With spy_out, py-spy records it from the moment its /metrics answers until the
-    input is through."""
+    against the oracle, then its measuring cost and scrape time (measuring_cost) are taken. With
+    spy_out, py-spy records it from the moment its web server answers until the input is through."""
     worker = Worker(broker.url, clickhouse.url(f"bench_{uid()}"), prefix, f"bench-{uid()}", workdir, **settings)
     spy = Spy(worker.process.pid, spy_out) if spy_out else None
     try:
@@ -262,6 +393,7 @@ def end_to_end_once(broker: LocalBroker, clickhouse: ClickHouseServer, prefix: s
             spy.stop()
         done["peak_rss"] = worker.peak_rss_bytes()
         oracle.check(done["samples"][0], what)
+        done["cost"] = measuring_cost(worker, done)
         return done
     finally:
         if spy:
@@ -350,18 +482,22 @@ def parse_profile(path: Path, top: int = 15) -> dict:
 
 
 # -- the measurements ------------------------------------------------------------------------------------------
-def in_child(measure: str, bootstrap: str, prefix: str, n: int, *extra: object) -> float:
-    """harness.<measure>(bootstrap, prefix, n, *extra) in a fresh Python process, as the worker gets one
-    (not this process with the whole input on its heap): its events/s. The arguments travel as strings."""
-    code = "import sys; from benchmarks import harness; print(getattr(harness, sys.argv[1])(*sys.argv[2:]))"
-    done = subprocess.run([sys.executable, "-c", code, measure, bootstrap, prefix, str(n), *map(str, extra)],
+def in_child(measure: Callable, bootstrap: str, prefix: str, n: int, *extra: object) -> Any:
+    """measure(bootstrap, prefix, n, *extra), a function of benchmarks/, in a fresh Python process, as the
+    worker gets one (not this process with the whole input on its heap): its result, through JSON. The
+    arguments travel as strings."""
+    code = ("import importlib, json, sys; module = importlib.import_module(sys.argv[1]); "
+            "print(json.dumps(getattr(module, sys.argv[2])(*sys.argv[3:])))")
+    module = sys.modules[measure.__module__].__spec__.name  # benchmarks.harness also when run as __main__
+    done = subprocess.run([sys.executable, "-c", code, module, measure.__name__, bootstrap, prefix, str(n),
+                           *map(str, extra)],
                           env=child_env(), cwd=ROOT, capture_output=True, text=True, timeout=max(300.0, n / 1000))
     if done.returncode != 0:
         last = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else ""
         if last.startswith("benchmarks.harness.CorrectnessError: "):  # a wrong answer, not a crash
             raise CorrectnessError(last.split(": ", 1)[1])
-        raise RuntimeError(f"{measure} failed:\n{done.stderr[-2000:]}")
-    return float(done.stdout.strip().splitlines()[-1])
+        raise RuntimeError(f"{measure.__name__} failed:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def consume_all(bootstrap: str, prefix: str, n: int, handle: Callable[[list], int]) -> float:
@@ -509,29 +645,45 @@ def warm_up(bootstrap: str, worker: Worker, prefix: str, codec: Codec) -> None:
     with EventProducer(bootstrap, codec, topic_prefix=prefix) as producer:
         producer.send(source, event)
     deadline = time.perf_counter() + 120
-    while total(worker.poll_metrics(), "cxp_events_processed_total") < 1:
+    while (worker.poll_progress() or {"events": {"processed": 0}})["events"]["processed"] < 1:
         if time.perf_counter() > deadline:
             raise RuntimeError(f"the worker did not process the warm-up event; see {worker.log_path}")
         time.sleep(0.1)
 
 
-def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: float, codec: Codec) -> dict:
-    """Offer `rate` events/s for `seconds`; latency of event i = first scrape with processed >= i, minus its send."""
+def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: float, codec: Codec, customers: int,
+            scrape_interval_s: float) -> dict:
+    """Offer `rate` events/s for `seconds`; latency of event i = first /progress poll (every LATENCY_POLL_S)
+    with processed >= i, minus its send. Meanwhile /metrics is scraped every scrape_interval_s on another
+    connection, as Prometheus and dashboards do, so the figure includes the stalls a scrape causes. The
+    measuring cost of the polls is taken at the end (measuring_cost)."""
     n = int(rate * seconds)
-    events = list(Simulator(seed=99, customers=CUSTOMERS, start_ms=int(time.time() * 1000)).events(count=n, rate=rate))
+    events = list(Simulator(seed=99, customers=customers, start_ms=int(time.time() * 1000)).events(count=n, rate=rate))
     sent_at = [0.0] * n
     seen: list[tuple[float, float]] = []
-    base = total(worker.poll_metrics(), "cxp_events_processed_total")
+    scrape_seconds: list[float] = []
+    base = worker.poll_progress()["events"]["processed"]
     stop = threading.Event()
+    cpu_at_start, failed_polls = worker.cpu_seconds(), 0
 
-    def scraper() -> None:
+    def poller() -> None:
+        nonlocal failed_polls
         while not stop.is_set():
+            progress = worker.poll_progress()
+            if progress:
+                seen.append((time.perf_counter(), progress["events"]["processed"] - base))
+            else:
+                failed_polls += 1  # no answer within 5 s: the worker's event loop was that busy
+            time.sleep(LATENCY_POLL_S)
+
+    def prometheus() -> None:
+        while not stop.wait(scrape_interval_s):
+            started = time.perf_counter()
             try:
-                samples = scrape(worker.metrics_url, timeout=5)
+                fetch(worker.metrics_url, timeout=30)  # its own connection: the poller owns the worker's
             except OSError:
                 continue
-            seen.append((time.perf_counter(), total(samples, "cxp_events_processed_total") - base))
-            time.sleep(0.02)
+            scrape_seconds.append(time.perf_counter() - started)
 
     def producer_thread() -> None:
         with EventProducer(bootstrap, codec, topic_prefix=prefix, linger_ms=50) as producer:
@@ -544,8 +696,10 @@ def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: f
                 sent_at[i] = time.perf_counter()
                 producer.send(source, event)
 
-    watcher = threading.Thread(target=scraper, daemon=True, name="bench-scraper")
+    watcher = threading.Thread(target=poller, daemon=True, name="bench-progress")
     watcher.start()
+    scraper = threading.Thread(target=prometheus, daemon=True, name="bench-scraper")
+    scraper.start()
     sender = threading.Thread(target=producer_thread, name="bench-producer")
     sender.start()
     sender.join()
@@ -555,6 +709,8 @@ def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: f
         time.sleep(0.05)
     stop.set()
     watcher.join()
+    scraper.join()
+    cost = measuring_cost(worker, Done(polls=len(seen), worker_cpu_s=worker.cpu_seconds() - cpu_at_start))
     latencies, j = [], 0
     for i, t_sent in enumerate(sent_at, 1):
         while j < len(seen) and seen[j][1] < i:
@@ -563,12 +719,13 @@ def latency(bootstrap: str, worker: Worker, prefix: str, rate: float, seconds: f
             break
         latencies.append(max(seen[j][0] - t_sent, 0.0))
     if not latencies:
-        raise RuntimeError("no event's count was ever seen in /metrics")
+        raise RuntimeError("no event's count was ever seen in /progress")
     latencies.sort()
     q = lambda p: latencies[min(len(latencies) - 1, int(len(latencies) * p))]  # noqa: E731
     gaps = [b[0] - a[0] for a, b in zip(seen, seen[1:])]
     return {"p50": q(0.50), "p99": q(0.99), "max": latencies[-1], "offered_eps": offered, "events": n,
-            "seen": len(latencies), "scrapes": len(seen), "scrape_interval_s": statistics.median(gaps) if gaps else 0.0}
+            "seen": len(latencies), "polls": len(seen), "failed_polls": failed_polls, "poll_interval_s": statistics.median(gaps) if gaps else 0.0,
+            "scrape_interval_s": scrape_interval_s, "scrape_seconds": scrape_seconds, "cost": cost}
 
 
 def processor_for(codec: Codec, prefix: str = "cx.") -> Processor:
@@ -708,6 +865,12 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
     parser.add_argument("--runs", type=int, default=3, help="runs per figure; the median is reported (default 3)")
     parser.add_argument("--rate", type=float, default=10_000, help="offered rate for the latency figure, events/s (default 10,000)")
     parser.add_argument("--latency-seconds", type=float, default=20, help="how long to offer that rate (default 20)")
+    parser.add_argument("--scrape-interval", type=float, default=5.0,
+                        help="seconds between /metrics scrapes during the latency runs (default 5: deploy/ scrapes every "
+                             "15 s; an HA pair and a dashboard make it a few per 15 s)")
+    parser.add_argument("--customers", type=int, default=CUSTOMERS,
+                        help=f"customers of the simulated input (default {CUSTOMERS:,}); the scrape time is measured at "
+                             "the state they leave")
     parser.add_argument("--sink-rows", type=int, default=100_000, help="rows for the sink comparison (default 100,000)")
     parser.add_argument("--sink-batch", type=int, default=10_000, help="rows per insert in the sink comparison (default 10,000)")
     parser.add_argument("--profile", action="store_true",
@@ -726,8 +889,8 @@ def parse_args(argv: Optional[list[str]]) -> argparse.Namespace:
         args.only -= {"two", "latency"}
     if args.single_events is None:
         args.single_events = min(args.events, 100_000)
-    if args.events < 1 or args.runs < 1:
-        parser.error("--events and --runs must be positive")
+    if args.events < 1 or args.runs < 1 or args.customers < 1:
+        parser.error("--events, --runs and --customers must be positive")
     return args
 
 
@@ -739,7 +902,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     results: dict = {"started": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "machine": machine(), "smoke": args.smoke,
                      "config": {k: (sorted(v) if isinstance(v, set) else str(v) if isinstance(v, Path) else v)
                                 for k, v in vars(args).items()},
-                     "figures": {}, "runs": defaultdict(list), "correctness": []}
+                     "figures": {}, "runs": defaultdict(list), "correctness": [], "costs": []}
     fig, runs = results["figures"], results["runs"]
     broker = clickhouse = None
     failed = None
@@ -748,10 +911,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         (workdir / "clickhouse").mkdir()
         clickhouse = ClickHouseServer(workdir / "clickhouse")
 
-        step(f"generating {args.events:,} simulator events ({CUSTOMERS:,} customers, event times over the past "
+        step(f"generating {args.events:,} simulator events ({args.customers:,} customers, event times over the past "
              f"{SPAN_MS // 3_600_000} h)")
-        events = make_events(args.events)
+        events = make_events(args.events, args.customers)
         oracle = Oracle(events)
+        results["input"] = {"customers_with_events": len({e["customer_id"] for _, e in events if e.get("customer_id")})}
         batched_prefix = f"b{uid()}."
         if args.only & {"e2e", "two"} or args.profile:
             step(f"preloading them as batch messages of up to 500 events (prefix {batched_prefix})")
@@ -761,8 +925,19 @@ def main(argv: Optional[list[str]] = None) -> int:
             what = (f"end-to-end run {run}" if run else "profiled end-to-end run") + (f" {settings}" if settings else "")
             done = end_to_end_once(broker, clickhouse, batched_prefix, args.events, oracle, workdir, what, spy_out,
                                    **settings)
-            results["correctness"].append(f"{what}: ok ({oracle.distinct:,} events, {len(oracle.nps)} NPS series)")
+            results["correctness"].append(f"{what}: ok ({oracle.distinct:,} events, {len(oracle.nps)} NPS series, "
+                                          "/progress = /metrics)")
             return done
+
+        def record_cost(name: str, done: Done) -> None:
+            cost = done["cost"]
+            runs[f"{name}_poll_cost_percent"].append(cost["poll_cost_percent"])
+            runs[f"{name}_scrape_ms"].append(cost["scrape_ms"])
+            runs[f"{name}_scrape_cpu_ms"].append(cost["scrape_cpu_ms"])
+            results["costs"].append({"run": name, **cost})
+            note(f"measuring cost: {cost['polls']:,} polls of /progress, {cost['poll_cpu_ms']:.2f} ms of worker CPU each = "
+                 f"{cost['poll_cost_percent']:.2f} % of its {cost['worker_cpu_s']:.1f} CPU s; one /metrics scrape at the "
+                 f"end {cost['scrape_ms']:.1f} ms ({cost['scrape_cpu_ms']:.1f} ms CPU, {cost['scrape_bytes'] / 1024:,.0f} KiB)")
 
         if "e2e" in args.only:
             insert_rows = Settings().sink.batch_rows  # the worker's flush size
@@ -778,12 +953,13 @@ def main(argv: Optional[list[str]] = None) -> int:
                     runs[f"{name}_peak_rss_mib"].append(done["peak_rss"] / 2**20)
                     note(f"{args.events / done['seconds']:,.0f} events/s ({done['seconds']:.1f} s; {done['with_join']:.1f} s "
                          f"from process start), peak RSS {done['peak_rss'] / 2**20:,.0f} MiB, NPS and count correct")
+                    record_cost(name, done)
                 step(f"ceiling run {run + 1}/{args.runs}: aiokafka getmany + decode + count")
-                runs["ceiling_eps"].append(in_child("ceiling", broker.bootstrap_servers, batched_prefix, args.events))
+                runs["ceiling_eps"].append(in_child(ceiling, broker.bootstrap_servers, batched_prefix, args.events))
                 note(f"{runs['ceiling_eps'][-1]:,.0f} events/s")
                 step(f"bare pipeline run {run + 1}/{args.runs}: aiokafka getmany + decode + columnar insert "
                      f"every {insert_rows:,} rows")
-                runs["bare_pipeline_eps"].append(in_child("bare_pipeline", broker.bootstrap_servers, batched_prefix,
+                runs["bare_pipeline_eps"].append(in_child(bare_pipeline, broker.bootstrap_servers, batched_prefix,
                                                           args.events, clickhouse.url(f"bench_bare_{uid()}"), insert_rows))
                 note(f"{runs['bare_pipeline_eps'][-1]:,.0f} events/s, {args.events:,} rows stored")
             for key in ("end_to_end_eps", "end_to_end_with_join_eps", "surveys_only_eps", "ceiling_eps", "bare_pipeline_eps"):
@@ -792,6 +968,10 @@ def main(argv: Optional[list[str]] = None) -> int:
                 runs[ratio] = [x / y for x, y in zip(runs[a], runs[b])]
                 fig[ratio] = fig[a] / fig[b]
             fig["worker_peak_rss_mib"] = max(runs["end_to_end_peak_rss_mib"])
+            fig["scrape_ms"] = med(runs["end_to_end_scrape_ms"])
+            fig["scrape_customers"] = results["input"]["customers_with_events"]
+            fig["scrape_cpu_ms"] = med(runs["end_to_end_scrape_cpu_ms"])
+            fig["surveys_only_scrape_ms"] = med(runs["surveys_only_scrape_ms"])
 
         if "single" in args.only:
             single_events = events[:args.single_events]
@@ -799,23 +979,37 @@ def main(argv: Optional[list[str]] = None) -> int:
             single_prefix = f"s{uid()}."
             step(f"preloading {len(single_events):,} events one per message (prefix {single_prefix})")
             fig["preload_single_seconds"] = preload_single(broker.bootstrap_servers, single_prefix, single_events, codec)
+            n_single = len(single_events)
+            by_tenant = dict(Counter(e["tenant"] for _, e in single_events))  # what a consumer without dedup counts
             for run in range(args.runs):
-                step(f"one-event-per-message run {run + 1}/{args.runs}: worker, then Faust's no-op agent")
-                worker = Worker(broker.url, clickhouse.url(f"bench_{uid()}"), single_prefix, f"bench-{uid()}", workdir)
-                try:
-                    done = wait_done([worker], len(single_events), single_oracle.distinct)
-                    single_oracle.check(done["samples"][0], f"one-event-per-message run {run + 1}")
-                    results["correctness"].append(f"one-event-per-message run {run + 1}: ok")
-                finally:
-                    worker.stop()
-                runs["single_event_eps"].append(len(single_events) / done["seconds"])
-                runs["faust_noop_msgs_per_s"].append(
-                    faust_noop(broker.bootstrap_servers, single_prefix, len(single_events), workdir))
-                note(f"worker {runs['single_event_eps'][-1]:,.0f} events/s, "
-                     f"no-op {runs['faust_noop_msgs_per_s'][-1]:,.0f} msg/s")
-            fig["single_event_eps"] = med(runs["single_event_eps"])
-            fig["faust_noop_msgs_per_s"] = med(runs["faust_noop_msgs_per_s"])
+                step(f"one-event-per-message run {run + 1}/{args.runs}: the worker, then Faust's no-op agent and the "
+                     "peers (quixstreams stateless and stateful, a plain confluent-kafka loop)")
+                what = f"one-event-per-message run {run + 1}"
+                done = end_to_end_once(broker, clickhouse, single_prefix, n_single, single_oracle, workdir, what)
+                results["correctness"].append(f"{what}: ok (/progress = /metrics)")
+                runs["single_event_eps"].append(n_single / done["seconds"])
+                note(f"worker {runs['single_event_eps'][-1]:,.0f} events/s")
+                record_cost("single_event", done)
+                runs["faust_noop_msgs_per_s"].append(faust_noop(broker.bootstrap_servers, single_prefix, n_single, workdir))
+                note(f"Faust no-op agent {runs['faust_noop_msgs_per_s'][-1]:,.0f} msg/s")
+                for key, measure, extra in PEERS:
+                    peer = in_child(measure, broker.bootstrap_servers, single_prefix, n_single, *extra(workdir))
+                    if peer["events_by_tenant"] != by_tenant:
+                        raise CorrectnessError(f"{key} counted {peer['events_by_tenant']} events per tenant, the input "
+                                               f"has {by_tenant}")
+                    results["correctness"].append(f"{what}, {key}: events per tenant ok")
+                    runs[f"{key}_msgs_per_s"].append(peer["msgs_per_s"])
+                    if "closing_s" in peer:
+                        runs[f"{key}_closing_s"].append(peer["closing_s"])
+                    note(f"{key} {peer['msgs_per_s']:,.0f} msg/s")
+            for key in ("single_event_eps", "faust_noop_msgs_per_s", *(f"{key}_msgs_per_s" for key, _, _ in PEERS)):
+                fig[key] = med(runs[key])
             fig["single_event_ratio_to_noop"] = fig["single_event_eps"] / fig["faust_noop_msgs_per_s"]
+            for key, _, _ in PEERS:
+                fig[f"{key}_ratio_to_noop"] = fig[f"{key}_msgs_per_s"] / fig["faust_noop_msgs_per_s"]
+            fig["single_event_ratio_to_quix_stateful"] = fig["single_event_eps"] / fig["quix_stateful_msgs_per_s"]
+            if "end_to_end_eps" in fig:
+                fig["single_to_batched"] = fig["single_event_eps"] / fig["end_to_end_eps"]
 
         if "two" in args.only:
             for run in range(args.runs):
@@ -844,14 +1038,19 @@ def main(argv: Optional[list[str]] = None) -> int:
                 worker = Worker(broker.url, clickhouse.url(f"bench_{uid()}"), prefix, f"bench-{uid()}", workdir)
                 try:
                     warm_up(broker.bootstrap_servers, worker, prefix, codec)
-                    lat = latency(broker.bootstrap_servers, worker, prefix, args.rate, args.latency_seconds, codec)
+                    lat = latency(broker.bootstrap_servers, worker, prefix, args.rate, args.latency_seconds, codec,
+                                  args.customers, args.scrape_interval)
                 finally:
                     worker.stop()
-                for key in ("p50", "p99", "max", "offered_eps", "scrape_interval_s"):
+                for key in ("p50", "p99", "max", "offered_eps", "poll_interval_s"):
                     runs[f"latency_{key}"].append(lat[key])
+                runs["latency_scrape_seconds"].append(lat["scrape_seconds"])
+                runs["latency_poll_cost_percent"].append(lat["cost"]["poll_cost_percent"])
+                results["costs"].append({"run": "latency", **lat["cost"]})
                 note(f"p50 {lat['p50']:.3f} s, p99 {lat['p99']:.3f} s, max {lat['max']:.3f} s ({lat['seen']:,}/"
-                     f"{lat['events']:,} seen, offered {lat['offered_eps']:,.0f}/s, a scrape every "
-                     f"{lat['scrape_interval_s'] * 1000:.0f} ms)")
+                     f"{lat['events']:,} seen, offered {lat['offered_eps']:,.0f}/s, /progress every "
+                     f"{lat['poll_interval_s'] * 1000:.0f} ms, /metrics every {args.scrape_interval:g} s: "
+                     + ", ".join(f"{t * 1000:.0f}" for t in lat["scrape_seconds"]) + " ms)")
             fig["latency_p50_s"] = med(runs["latency_p50"])
             fig["latency_p99_s"] = med(runs["latency_p99"])
             fig["latency_offered_eps"] = med(runs["latency_offered_eps"])
@@ -880,16 +1079,24 @@ def main(argv: Optional[list[str]] = None) -> int:
                  f"customer or anonymous visitor); all live allocations {state['net_bytes'] / 2**20:,.1f} MiB")
 
         if args.profile:
-            step("profiled end-to-end run (py-spy, not counted in the medians)")
-            out = workdir / "profile.txt"
-            done = end_to_end(0, out)
-            fig["profiled_run_eps"] = args.events / done["seconds"]
-            results["profile"] = parse_profile(out)
-            if out.exists():  # keep the raw stacks (git-ignored) for flame graphs or a closer look
-                kept = ROOT / "benchmarks" / "results" / time.strftime("profile-%Y%m%d-%H%M%S.txt")
-                kept.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(out, kept)
-                results["profile"]["raw_file"] = str(kept)
+            results["profile"] = {}
+            profiled = [("batched", batched_prefix, args.events, oracle)]
+            if "single" in args.only:
+                profiled.append(("single", single_prefix, n_single, single_oracle))
+            for name, prefix, n, expected in profiled:
+                step(f"profiled end-to-end run, {name} input (py-spy, all metric cores, not counted in the medians)")
+                out = workdir / f"profile-{name}.txt"
+                load_before = os.getloadavg()
+                done = end_to_end_once(broker, clickhouse, prefix, n, expected, workdir, f"profiled {name} run", out)
+                fig[f"profiled_{name}_eps"] = n / done["seconds"]
+                profile = results["profile"][name] = parse_profile(out)
+                profile.update(loadavg_before=load_before, loadavg_after=os.getloadavg(), events_per_s=n / done["seconds"])
+                note(f"{n / done['seconds']:,.0f} events/s with py-spy attached, {profile['samples']:,} samples")
+                if out.exists():  # keep the raw stacks (git-ignored) for flame graphs or a closer look
+                    kept = ROOT / "benchmarks" / "results" / time.strftime(f"profile-{name}-%Y%m%d-%H%M%S.txt")
+                    kept.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copy(out, kept)
+                    profile["raw_file"] = str(kept)
     except CorrectnessError as exc:
         failed = str(exc)
     finally:
@@ -904,6 +1111,11 @@ def main(argv: Optional[list[str]] = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
     results["runs"] = dict(results["runs"])
+    polled = [v for key, values in results["runs"].items() if key.endswith("_poll_cost_percent") for v in values]
+    if polled:
+        fig["poll_cost_percent"] = max(polled)
+    results["targets"] = targets(fig, args.customers)
+    results["machine"]["loadavg_at_end"] = os.getloadavg()
     step("done")
     results["load_by_step"] = [dict(zip(("t_s", "step", "loadavg_1m", "steal_percent_since_previous"), row)) for row in LOAD]
     results["ok"] = failed is None
@@ -946,7 +1158,8 @@ def report(results: dict, args: argparse.Namespace) -> None:
     f, runs = results["figures"], results["runs"]
     title = (f"cx-pipeline benchmark: {results['config']['events']:,} events, median of {results['config']['runs']} run(s)"
              + (" [smoke: correctness only]" if args.smoke else ""))
-    table = Table("figure", "median", "runs", "target", title=title)
+    table = Table("figure", "median", "runs", "target", "met", title=title)
+    goals = results.get("targets", {})
 
     def spread(key: str, fmt: str) -> str:
         values = runs.get(key) or []
@@ -963,37 +1176,59 @@ def report(results: dict, args: argparse.Namespace) -> None:
         ("end-to-end, CXP_METRICS=surveys (events/s)", "surveys_only_eps", "surveys_only_eps", "{:,.0f}", ""),
         ("ratio all metric cores / surveys only", "all_cores_to_surveys_only", "all_cores_to_surveys_only", "{:.2f}",
          ">= 0.8"),
-        ("one event per message, worker (events/s)", "single_event_eps", "single_event_eps", "{:,.0f}", ""),
+        ("one event per message, worker, all cores (events/s)", "single_event_eps", "single_event_eps", "{:,.0f}", ""),
+        ("ratio one-per-message / batched, all cores", "single_to_batched", None, "{:.2f}", ""),
         ("Faust no-op agent, same input (messages/s)", "faust_noop_msgs_per_s", "faust_noop_msgs_per_s", "{:,.0f}", ""),
-        ("ratio one-per-message / Faust no-op", "single_event_ratio_to_noop", None, "{:.2f}", ""),
+        ("ratio worker one-per-message / Faust no-op", "single_event_ratio_to_noop", None, "{:.2f}", ""),
+        ("quixstreams, stateless decode + count (messages/s)", "quix_stateless_msgs_per_s", "quix_stateless_msgs_per_s",
+         "{:,.0f}", ""),
+        ("  / Faust no-op", "quix_stateless_ratio_to_noop", None, "{:.2f}", ""),
+        ("quixstreams, + count per key in RocksDB with changelog (messages/s)", "quix_stateful_msgs_per_s",
+         "quix_stateful_msgs_per_s", "{:,.0f}", ""),
+        ("  / Faust no-op", "quix_stateful_ratio_to_noop", None, "{:.2f}", ""),
+        ("plain confluent-kafka consume(5000) + decode + count (messages/s)", "confluent_msgs_per_s",
+         "confluent_msgs_per_s", "{:,.0f}", ""),
+        ("  / Faust no-op", "confluent_ratio_to_noop", None, "{:.2f}", ""),
+        ("ratio worker one-per-message / quixstreams stateful", "single_event_ratio_to_quix_stateful", None, "{:.2f}", ""),
         ("two workers, batched input, total (events/s)", "two_workers_eps", "two_workers_eps", "{:,.0f}", ""),
-        (f"latency p50 at {args.rate:,.0f} events/s offered (s)", "latency_p50_s", "latency_p50", "{:.3f}", ""),
-        (f"latency p99 at {args.rate:,.0f} events/s offered (s)", "latency_p99_s", "latency_p99", "{:.3f}", "< 1 s"),
+        (f"latency p50 at {args.rate:,.0f} events/s offered, /metrics every {args.scrape_interval:g} s (s)",
+         "latency_p50_s", "latency_p50", "{:.3f}", ""),
+        ("latency p99, same (s)", "latency_p99_s", "latency_p99", "{:.3f}", ""),
         ("ClickHouseSink insert (rows/s)", "sink_rows_per_s", "sink_rows_per_s", "{:,.0f}", ""),
         ("plain clickhouse-driver columnar insert (rows/s)", "plain_driver_rows_per_s", "plain_driver_rows_per_s", "{:,.0f}", ""),
         ("ratio sink / plain insert", "sink_ratio", "sink_ratio", "{:.2f}", ">= 0.8"),
         ("worker peak RSS, VmHWM (MiB, max of runs)", "worker_peak_rss_mib", "end_to_end_peak_rss_mib", "{:,.0f}", ""),
-        ("state per active customer (bytes)", "state_bytes_per_customer", None, "{:,.0f}", "<= 1 KB"),
-        ("profiled end-to-end run (events/s, py-spy attached)", "profiled_run_eps", None, "{:,.0f}", ""),
+        ("state per active customer (bytes)", "state_bytes_per_customer", None, "{:,.0f}", ""),
+        (f"one /metrics scrape after an all-cores run, {f.get('scrape_customers', 0):,} customers (ms, wall)",
+         "scrape_ms", "end_to_end_scrape_ms", "{:.1f}", ""),
+        ("  worker CPU per scrape (ms)", "scrape_cpu_ms", "end_to_end_scrape_cpu_ms", "{:.1f}", ""),
+        ("  same scrape after a surveys-only run (ms, wall)", "surveys_only_scrape_ms", "surveys_only_scrape_ms",
+         "{:.1f}", ""),
+        ("measuring cost: /progress polls, share of the worker's CPU (%, max of runs)", "poll_cost_percent", None,
+         "{:.2f}", ""),
+        ("profiled run, batched input (events/s, py-spy attached)", "profiled_batched_eps", None, "{:,.0f}", ""),
+        ("profiled run, one event per message (events/s, py-spy attached)", "profiled_single_eps", None, "{:,.0f}", ""),
     ]
     for label, key, runs_key, fmt, target in rows:
         if key in f:
-            table.add_row(label, fmt.format(f[key]), spread(runs_key, fmt) if runs_key else "", target)
+            goal = goals.get(key)
+            table.add_row(label, fmt.format(f[key]), spread(runs_key, fmt) if runs_key else "",
+                          goal["target"] if goal else target, ("met" if goal["met"] else "missed") if goal else "")
     console.print(table)
     m = results["machine"]
     console.print(f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB RAM, Python {m['python']}, "
-                  f"load average at start {m['loadavg_at_start'][0]:.2f}; the Tansu broker, ClickHouse 18.16 and the "
+                  f"load average (1/5/15 min) at start {'/'.join(f'{v:.2f}' for v in m['loadavg_at_start'])}, at end "
+                  f"{'/'.join(f'{v:.2f}' for v in m['loadavg_at_end'])}; the Tansu broker, ClickHouse 18.16 and the "
                   f"worker(s) share it. Total {results['seconds']:.0f} s.")
     steal = [row["steal_percent_since_previous"] for row in results.get("load_by_step", [])[1:]]
     if steal:
         console.print(f"CPU stolen by the hypervisor per step: median {statistics.median(steal):.0f} %, max {max(steal):.0f} % "
                       "(figures from steps with much steal are low; see load_by_step in the JSON)")
-    if "profile" in results:
-        p = results["profile"]
+    for run, p in results.get("profile", {}).items():
         for key, heading in (("own", "top functions by own samples (leaf frames)"),
                              ("inclusive_project", "top project functions by inclusive samples"),
                              ("project_lines", "top project lines (innermost project frame of each sample)")):
-            t = Table("samples", "%", "function", title=f"py-spy: {heading}, {p['samples']:,} samples")
+            t = Table("samples", "%", "function", title=f"py-spy, {run} input: {heading}, {p['samples']:,} samples")
             for name, n, pct in p[key]:
                 t.add_row(f"{n:,}", f"{pct:.1f}", name)
             console.print(t)

@@ -229,7 +229,7 @@ class SinkSettings(Section):
 
 class WebSettings(Section):
     prefix = "web_"
-    host: str = Field("127.0.0.1", description="Address the worker's web server (/metrics, collector) binds.")
+    host: str = Field("127.0.0.1", description="Address the worker's web server (/metrics, /progress, collector) binds.")
     port: Port = Field(6066, description="Port of the worker's web server (1-65535). Give each worker on a host its own.")
     collector_max_body: int = Field(
         1_048_576, ge=1, le=1_048_576, alias="collector_max_body",
@@ -260,7 +260,8 @@ class SecuritySettings(Section):
         None, description="File of collector tokens, one per line (# comments allowed), read at start-up; "
         "adds to collector_tokens. Remove a line and restart to revoke a token.")
     metrics_token: Optional[SecretStr] = Field(
-        None, description="Bearer token /metrics requires. Unset, and no metrics_token_file: /metrics is open.")
+        None, description="Bearer token /metrics and /progress require. Unset, and no metrics_token_file: both "
+        "are open.")
     metrics_token_file: SecretFile = Field(None, description="File holding the /metrics token.")
     collector_rate_limit_requests: float = Field(
         0, ge=0, description="Requests per second one client (its token, else its IP address) may send to the "

@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 
 from agents import ingest, snapshots
 from agents.collector import register as register_collector
-from agents.web_security import Guard
+from agents.web_security import METRICS_PATH, PROGRESS_PATH, Guard
 from pipeline.kafka_security import faust_credentials
 from pipeline.metrics.registry import build_cores, durable_order
 from pipeline.pii import Pseudonymiser
@@ -97,9 +97,13 @@ def build_app(settings: Settings) -> faust.App:
                                                              settings.stream.dedup_horizon.ms))
     app.before_stop = lambda: flush_before_stop(delivery, settings.shutdown_timeout.seconds)
 
-    @app.page("/metrics")
+    @app.page(METRICS_PATH)
     async def metrics_page(web: Any, request: Any) -> Any:
         return web.bytes(metrics.render(), content_type=CONTENT_TYPE)
+
+    @app.page(PROGRESS_PATH)
+    async def progress_page(web: Any, request: Any) -> Any:
+        return web.json(metrics.progress())
 
     register_collector(app, settings, registry, rules, codec, partition_counts, metrics.collector_requests,
                        Guard(settings))

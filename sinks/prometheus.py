@@ -72,6 +72,24 @@ class PipelineMetrics:
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
+    def progress(self) -> dict:
+        """Where the worker is, as JSON for ``GET /progress``: the event counters' totals, rows durable per
+        table and the oldest unacked age. Read from the instruments /metrics renders (so the two always
+        agree), but only these: its cost grows with their label sets (sources, reject reasons, tables),
+        never with customers or events, unlike a /metrics render that runs every core's ``collect``."""
+        return {
+            "events": {spec.name.removeprefix("cxp_events_"): _sum(self._by_name[spec.name])
+                       for spec in PIPELINE_INSTRUMENTS},
+            "sink_rows": {sample.labels["table"]: sample.value
+                          for metric in self.sink_rows.collect() for sample in metric.samples},
+            "oldest_unacked_seconds": _sum(self.oldest_unacked),
+        }
+
+
+def _sum(instrument: Any) -> float:
+    """The sum of an unlabelled gauge's or a labelled counter's values (``*_created`` samples are off)."""
+    return sum(sample.value for metric in instrument.collect() for sample in metric.samples)
+
 
 class CoreCollector(Collector):
     """Gauges at scrape time: each core's families over the owned partitions, and the event-time lag."""

@@ -1,6 +1,7 @@
-"""Read a worker's /metrics as the tests, the benchmarks and the demo's live view need it."""
+"""Read a worker's /metrics (and /progress) as the tests, the benchmarks and the demo's live view need it."""
 from __future__ import annotations
 
+import json
 import urllib.request
 from collections import defaultdict
 from typing import Optional
@@ -8,16 +9,27 @@ from typing import Optional
 from prometheus_client.parser import text_string_to_metric_families
 
 
-def scrape(url: str, timeout: float = 2.0, token: Optional[str] = None) -> dict[str, list[tuple[dict, float]]]:
-    """metric sample name -> [(labels, value)] from a /metrics endpoint (sending ``token`` if it needs one)."""
+def fetch(url: str, timeout: float = 2.0, token: Optional[str] = None) -> bytes:
+    """The body of a GET on the worker's web server (sending ``token`` if it needs one)."""
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout) as response:
-        text = response.read().decode()
+        return response.read()
+
+
+def scrape(url: str, timeout: float = 2.0, token: Optional[str] = None) -> dict[str, list[tuple[dict, float]]]:
+    """metric sample name -> [(labels, value)] from a /metrics endpoint (sending ``token`` if it needs one)."""
+    text = fetch(url, timeout, token).decode()
     samples: dict[str, list[tuple[dict, float]]] = defaultdict(list)
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             samples[sample.name].append((sample.labels, sample.value))
     return samples
+
+
+def progress(url: str, timeout: float = 2.0, token: Optional[str] = None) -> dict:
+    """A worker's /progress: {"events": {consumed, processed, duplicate, rejected}, "sink_rows": {table: n},
+    "oldest_unacked_seconds": s} (sinks.prometheus.PipelineMetrics.progress)."""
+    return json.loads(fetch(url, timeout, token))
 
 
 def total(samples: dict, name: str, **match: str) -> float:

@@ -1,4 +1,4 @@
-"""Run `cxp worker` as a real subprocess, the way users run it, and read its /metrics."""
+"""Run `cxp worker` as a real subprocess, the way users run it, and read its /metrics and /progress."""
 from __future__ import annotations
 
 import os
@@ -8,7 +8,8 @@ import time
 from pathlib import Path
 from typing import Optional
 
-from runtime.local.metrics import scrape
+from agents.web_security import METRICS_PATH, PROGRESS_PATH
+from runtime.local.metrics import progress, scrape
 from runtime.local.processes import free_port, stop_process
 
 
@@ -24,7 +25,11 @@ class WorkerProcess:
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.web_port}/metrics"
+        return f"http://127.0.0.1:{self.web_port}{METRICS_PATH}"
+
+    @property
+    def progress_url(self) -> str:
+        return f"http://127.0.0.1:{self.web_port}{PROGRESS_PATH}"
 
     def launch(self) -> "WorkerProcess":
         """Start the process and return at once."""
@@ -57,6 +62,9 @@ class WorkerProcess:
 
     def metrics(self) -> dict:
         return scrape(self.metrics_url, token=self.env.get("CXP_METRICS_TOKEN"))
+
+    def progress(self, timeout_s: float = 2.0) -> dict:
+        return progress(self.progress_url, timeout_s, token=self.env.get("CXP_METRICS_TOKEN"))
 
     def wait_for(self, predicate, timeout_s: float = 60.0, what: str = "condition") -> dict:
         """Poll /metrics until predicate(samples) holds; return the samples. A scrape that times out (a busy

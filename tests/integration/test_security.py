@@ -38,10 +38,10 @@ def post(port: int, source: str, payload, token: str | None = None) -> tuple[int
         connection.close()
 
 
-def get_metrics_status(port: int, token: str | None) -> int:
+def get_metrics_status(port: int, token: str | None, path: str = "/metrics") -> int:
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     try:
-        connection.request("GET", "/metrics", headers={"Authorization": f"Bearer {token}"} if token else {})
+        connection.request("GET", path, headers={"Authorization": f"Bearer {token}"} if token else {})
         return connection.getresponse().status
     finally:
         connection.close()
@@ -87,10 +87,11 @@ def test_collector_needs_a_token_and_both_rotated_tokens_work(guarded):
     assert answered(guarded, "401") - before == 3
 
 
-def test_metrics_needs_its_token(guarded):
-    assert get_metrics_status(guarded.web_port, None) == 401
-    assert get_metrics_status(guarded.web_port, "token-alpha-9c2e") == 401
-    assert get_metrics_status(guarded.web_port, METRICS_TOKEN) == 200
+@pytest.mark.parametrize("path", ["/metrics", "/progress"])
+def test_metrics_and_progress_need_the_metrics_token(guarded, path):
+    assert get_metrics_status(guarded.web_port, None, path) == 401
+    assert get_metrics_status(guarded.web_port, "token-alpha-9c2e", path) == 401
+    assert get_metrics_status(guarded.web_port, METRICS_TOKEN, path) == 200
 
 
 def test_rate_limit_answers_429_with_retry_after_then_recovers(guarded):
