@@ -1,6 +1,6 @@
-"""A real replicated ClickHouse cluster on loopback: Debian's ZooKeeper as the coordinator and two
-clickhouse-server 18.16 processes as one shard of two replicas, each with its own ports, data and
-macros. Every process is started by the test and stopped by PID."""
+"""A real replicated ClickHouse cluster on loopback: Debian's ZooKeeper as the coordinator and two (or
+three) clickhouse-server 18.16 processes as one shard, each replica with its own ports, data and macros.
+Every process is started by the test and stopped by PID; a replica may be stopped and restarted."""
 from __future__ import annotations
 
 import shutil
@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from runtime.local.clickhouse import ClickHouseServer
 from runtime.local.processes import free_port, stop_process
+from tests.services.clickhouse import RestartableClickHouse
 
 CLUSTER = "cxp_test"
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")  # Debian's zookeeper package; its manifest lists the deps
@@ -89,7 +89,7 @@ class ReplicatedCluster:
     def __init__(self, workdir: Path, name: str = CLUSTER, replicas: int = 2):
         self.name, workdir = name, Path(workdir)
         self.zookeeper = ZooKeeper(workdir / "zookeeper")
-        self.servers: list[ClickHouseServer] = []
+        self.servers: list[RestartableClickHouse] = []
         ports = [free_port() for _ in range(replicas)]
         listed = "\n    ".join(f"<replica><host>127.0.0.1</host><port>{port}</port></replica>" for port in ports)
         try:
@@ -98,7 +98,7 @@ class ReplicatedCluster:
                                                replica=f"r{number}", cluster=name, replicas=listed)
                 server_dir = workdir / f"r{number}"
                 server_dir.mkdir(parents=True)
-                self.servers.append(ClickHouseServer(server_dir, tcp_port=port, extra_config=config))
+                self.servers.append(RestartableClickHouse(server_dir, tcp_port=port, extra_config=config))
         except BaseException:
             self.stop()
             raise
@@ -112,5 +112,13 @@ class ReplicatedCluster:
 @pytest.fixture(scope="module")
 def clickhouse_cluster(tmp_path_factory):
     cluster = ReplicatedCluster(tmp_path_factory.mktemp("clickhouse_cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def clickhouse_cluster_of_three(tmp_path_factory):
+    """One shard of three replicas: the production profile's shape, where the majority quorum is two."""
+    cluster = ReplicatedCluster(tmp_path_factory.mktemp("clickhouse_cluster_of_three"), replicas=3)
     yield cluster
     cluster.stop()
