@@ -163,8 +163,9 @@ class ClickHouseSettings(Section):
     @model_validator(mode="after")
     def _alt_hosts_need_a_cluster(self) -> "ClickHouseSettings":
         if self.alt_hosts and not (self.url and self.cluster):
-            raise ValueError("CXP_CLICKHOUSE_ALT_HOSTS needs CXP_CLICKHOUSE_URL and CXP_CLICKHOUSE_CLUSTER: servers outside a "
-                             "cluster each hold their own tables, so switching between them would split the data")
+            raise ValueError("CXP_CLICKHOUSE_ALT_HOSTS needs CXP_CLICKHOUSE_URL and CXP_CLICKHOUSE_CLUSTER: servers "
+                             "outside a cluster each hold their own tables, so switching between them would split "
+                             "the data")
         return self
 
 

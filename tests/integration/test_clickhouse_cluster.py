@@ -10,14 +10,17 @@ NPS per tenant), each replica's own `_local` tables, and the first worker's gaug
 Replica outages (the quorum is a majority of the replicas, docs/configuration.md "ClickHouse cluster"):
 with two replicas one down refuses inserts until it returns; with three a worker that knows every
 server (CXP_CLICKHOUSE_ALT_HOSTS) keeps writing and even starts with the replica its URL names down, and
-a replica that lacks an acknowledged write refuses reads rather than answer short.
+a replica that lacks an acknowledged write refuses reads rather than answer short. Grafana's balancer
+(deploy/production/clickhouse/haproxy.cfg, the real HAProxy) keeps answering with a replica stopped.
 """
 from __future__ import annotations
 
 import random
+import re
 import time
 import uuid
 from collections import defaultdict
+from pathlib import Path
 
 import pytest
 from clickhouse_driver.errors import ServerException
@@ -25,9 +28,11 @@ from kafka import KafkaProducer
 
 from pipeline.partitioner import event_key
 from pipeline.simulate import Simulator
+from runtime.local.processes import free_port
 from sinks.clickhouse.backend import NativeBackend
 from tests.faults.harness import wait_until
 from tests.foreign import RECORD, avro
+from tests.services.clickhouse_cluster import Balancer
 from tests.services.worker import WorkerProcess, worker_env
 
 pytestmark = pytest.mark.integration
@@ -322,3 +327,51 @@ def test_three_replicas_a_worker_keeps_writing_with_one_down(broker, clickhouse_
             reader.close()
         assert stored_once(server, db) == (len(valid),) * 3
         assert stored_once(server, db, "survey_responses") == (answers,) * 3
+
+
+PRODUCTION_BALANCER = Path(__file__).resolve().parents[2] / "deploy" / "production" / "clickhouse" / "haproxy.cfg"
+
+
+def balancer_config(servers) -> tuple[str, int]:
+    """The production balancer's config with the replicas' loopback ports for ch-1, ch-2, ...; its port."""
+    text, port = PRODUCTION_BALANCER.read_text(), free_port()
+    text, bound = re.subn(r"^  bind :9000$", f"  bind 127.0.0.1:{port}", text, flags=re.M)
+    assert bound == 1, "haproxy.cfg no longer binds :9000"
+    for number, server in enumerate(servers, start=1):
+        loopback = f"  server ch-{number} 127.0.0.1:{server.tcp_port} port {server.http_port}"
+        text, found = re.subn(rf"^  server ch-{number} ch-{number}:9000$", loopback, text, flags=re.M)
+        assert found == 1, f"haproxy.cfg does not list ch-{number}"
+    return text, port
+
+
+def test_grafanas_balancer_answers_with_a_replica_stopped(clickhouse_cluster_of_three, tmp_path):
+    """Each query a new connection through the balancer, as Grafana's data source opens them: all answer,
+    with every replica up and right after one stops (refused connections go to another replica)."""
+    db = f"cx_lb_{uuid.uuid4().hex[:8]}"
+    servers = clickhouse_cluster_of_three.servers
+    writer = NativeBackend(servers[1].url(db), cluster=clickhouse_cluster_of_three.name)
+    writer.create_tables()
+    writer.insert("events", EVENT_COLUMNS, event_rows("lb"))
+    config, port = balancer_config(servers)
+    balancer = Balancer(tmp_path / "haproxy", config, port)
+
+    def counts(queries: int = 9) -> list[int]:
+        answers = []
+        for _ in range(queries):
+            through = NativeBackend(f"clickhouse://default@127.0.0.1:{port}/{db}")
+            try:
+                answers.append(through.query(f"SELECT count() FROM {db}.events")[0][0])
+            finally:
+                through.close()
+        return answers
+
+    try:
+        assert counts() == [100] * 9
+        servers[0].stop()
+        try:
+            assert counts() == [100] * 9, balancer.log_tail()
+        finally:
+            servers[0].restart()
+    finally:
+        balancer.stop()
+        writer.close()

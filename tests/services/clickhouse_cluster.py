@@ -17,6 +17,7 @@ from tests.services.clickhouse import RestartableClickHouse
 CLUSTER = "cxp_test"
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")  # Debian's zookeeper package; its manifest lists the deps
 ZOOKEEPER_HINT = "apt-get install zookeeper"
+HAPROXY_HINT = "apt-get install haproxy"
 SLF4J_SIMPLE = Path("/usr/share/java/slf4j-simple.jar")  # a log binding, so zookeeper.log says why it refused something
 
 REPLICA_CONFIG = """<?xml version="1.0"?>
@@ -80,6 +81,38 @@ def _read_all(conn: socket.socket) -> bytes:
     while chunk := conn.recv(4096):
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+class Balancer:
+    """HAProxy (Debian's haproxy) run in the foreground with ``config``, its log in workdir; stopped by PID."""
+
+    def __init__(self, workdir: Path, config: str, port: int, start_timeout_s: float = 10.0):
+        haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+        if not haproxy:
+            pytest.fail(f"haproxy not found: install it with `{HAPROXY_HINT}`, or run ./run test", pytrace=False)
+        self.workdir, self.port = Path(workdir), port
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "haproxy.cfg").write_text(config)
+        with open(self.workdir / "haproxy.log", "ab") as out:
+            self.process = subprocess.Popen([haproxy, "-db", "-f", str(self.workdir / "haproxy.cfg")], stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.monotonic() + start_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f"haproxy exited with {self.process.returncode}:\n{self.log_tail()}", pytrace=False)
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        pytest.fail(f"haproxy did not listen within {start_timeout_s:.0f} s:\n{self.log_tail()}", pytrace=False)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return (self.workdir / "haproxy.log").read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        stop_process(self.process, timeout_s)
 
 
 class ReplicatedCluster:
