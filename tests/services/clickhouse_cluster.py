@@ -8,6 +8,7 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -54,26 +55,40 @@ class ZooKeeper:
         """Until `srvr` reports a serving server ("Mode: standalone"). An open port is not enough: a
         ClickHouse 18.16 that cannot open its ZooKeeper session at startup crashes on its first ON CLUSTER
         query (its DDL worker keeps a null session)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"zookeeper exited with {self.process.returncode}:\n{self.log_tail()}", pytrace=False)
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                    conn.sendall(b"srvr")
-                    if b"Mode: standalone" in _read_all(conn):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        pytest.fail(f"zookeeper did not answer within {timeout_s:.0f} s:\n{self.log_tail()}", pytrace=False)
+        def serving() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"srvr")
+                return b"Mode: standalone" in _read_all(conn)
+
+        wait_ready(self, "zookeeper", serving, timeout_s)
 
     def log_tail(self, chars: int = 3000) -> str:
         return (self.workdir / "zookeeper.log").read_text(errors="replace")[-chars:]
 
     def stop(self, timeout_s: float = 20.0) -> None:
         stop_process(self.process, timeout_s)
+
+
+def wait_ready(service, name: str, ready: Callable[[], bool], timeout_s: float) -> None:
+    """Poll ready() (OSError counts as not yet) until it holds; fail the test with the service's log
+    tail if its process exits or the time runs out (then stop it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            pytest.fail(f"{name} exited with {service.process.returncode}:\n{service.log_tail()}", pytrace=False)
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    service.stop()
+    pytest.fail(f"{name} did not answer within {timeout_s:.0f} s:\n{service.log_tail()}", pytrace=False)
+
+
+def _accepts(port: int) -> bool:
+    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    return True
 
 
 def _read_all(conn: socket.socket) -> bytes:
@@ -96,17 +111,7 @@ class Balancer:
         with open(self.workdir / "haproxy.log", "ab") as out:
             self.process = subprocess.Popen([haproxy, "-db", "-f", str(self.workdir / "haproxy.cfg")], stdout=out,
                                             stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + start_timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"haproxy exited with {self.process.returncode}:\n{self.log_tail()}", pytrace=False)
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        pytest.fail(f"haproxy did not listen within {start_timeout_s:.0f} s:\n{self.log_tail()}", pytrace=False)
+        wait_ready(self, "haproxy", lambda: _accepts(port), start_timeout_s)
 
     def log_tail(self, chars: int = 3000) -> str:
         return (self.workdir / "haproxy.log").read_text(errors="replace")[-chars:]
