@@ -206,6 +206,17 @@ def stored_once(server, db: str, table: str = "events") -> tuple[int, int, int]:
         reader.close()
 
 
+def test_a_backend_that_knows_fewer_servers_than_the_cluster_says_so(clickhouse_cluster, caplog):
+    first_replica, second_replica = clickhouse_cluster.servers
+    for alt_hosts, warned in (((), True), ((address(second_replica),), False)):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="cxp.clickhouse"):
+            NativeBackend(first_replica.url(), cluster=clickhouse_cluster.name, alt_hosts=alt_hosts).close()
+        messages = [r.getMessage() for r in caplog.records if r.name == "cxp.clickhouse"]
+        assert bool(messages) == warned, messages
+        assert all("knows 1 of the 2 servers" in m and "CXP_CLICKHOUSE_ALT_HOSTS" in m for m in messages)
+
+
 def test_two_replicas_one_down_inserts_stop_until_it_returns(clickhouse_cluster):
     """Of two replicas the majority is both: with the second down an insert is refused before anything is
     written (code 285), also through the server that is up; once it is back the same insert, retried as
