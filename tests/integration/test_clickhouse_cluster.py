@@ -163,8 +163,8 @@ def test_replay_after_restore_from_the_other_replica_changes_nothing(cluster_run
 
 
 def test_an_acknowledged_insert_is_already_on_the_other_replica(clickhouse_cluster):
-    """Inserts wait for the quorum of all replicas: the moment one returns, replica 2 has its rows
-    (with asynchronous replication alone it usually would not yet)."""
+    """Inserts wait for a majority of the replicas, of two both: the moment one returns, replica 2 has its
+    rows (with asynchronous replication alone it usually would not yet)."""
     db = f"cx_quorum_{uuid.uuid4().hex[:8]}"
     first_replica, second_replica = clickhouse_cluster.servers
     writer = NativeBackend(first_replica.url(db), cluster=clickhouse_cluster.name)
