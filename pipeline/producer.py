@@ -5,9 +5,14 @@ Events bound for one partition (Kafka's default murmur2 partitioner of their key
 reaches ``max_batch_bytes``, or ``linger_ms`` after its first event, whichever comes first. A worker pays
 per Kafka message whatever the message holds, so events per message is the pipeline's main throughput
 lever; linger bounds what batching adds to end-to-end latency.
+
+Durability: ``acks=all`` (a batch counts as sent once every in-sync replica has it, at least the topic's
+``min.insync.replicas``) and, where the broker hands out producer ids, idempotence (a batch retried after
+a lost acknowledgement is not written twice): :func:`open_producer`.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any, Iterator, Optional
@@ -19,9 +24,12 @@ from pipeline.partitioner import event_key, partition_for
 from pipeline.registry import SOURCES
 from pipeline.wire import Codec
 
+log = logging.getLogger("cxp.producer")
+
 KAFKA_DEFAULTS = {
     "client_id": "cxp-producer",
-    "acks": 1,  # "all" for more durability; kafka-python enables idempotence only then
+    "acks": "all",  # sent = on every in-sync replica: an acknowledged batch survives the loss of its leader
+    "enable_idempotence": True,  # unless the broker refuses producer ids (open_producer)
     "linger_ms": 5,  # messages are batches already: only gather what is ready into one request
     "batch_size": 512 * 1024,  # several batch messages per record batch, within the broker's 1 MiB default
     "compression_type": None,
@@ -33,6 +41,48 @@ KAFKA_DEFAULTS = {
 
 class ProducerError(RuntimeError):
     """Kafka cannot be reached, a topic is missing, or events were not delivered."""
+
+
+def open_producer(bootstrap_servers: str, **config: Any) -> KafkaProducer:
+    """A kafka-python producer with :data:`KAFKA_DEFAULTS` under ``config``: ``acks=all``, idempotent if the
+    broker allows it.
+
+    An idempotent producer first asks the broker for a producer id (InitProducerId), and a broker that
+    refuses fails every later send: Tansu 0.6 answers the request's versions 0-2 with UnknownError (it
+    answers 3 and later, which kafka-python sends to a broker that announces them), a Kafka cluster with
+    ACLs refuses a client without IdempotentWrite. So the id is awaited here; on a refusal the producer is
+    opened again without idempotence, with a warning: ``acks=all`` still holds, but a batch retried after
+    a lost acknowledgement may be written twice (the worker's dedup drops the repeated events). Passing
+    ``enable_idempotence=True`` explicitly makes a refusal an error instead.
+    """
+    settings = dict(KAFKA_DEFAULTS, **config)
+    producer = KafkaProducer(bootstrap_servers=bootstrap_servers, **settings)
+    refusal = _producer_id_refusal(producer, settings["max_block_ms"] / 1000)
+    if refusal is None:
+        return producer
+    producer.close(timeout=0)
+    if config.get("enable_idempotence"):
+        raise ProducerError(f"Kafka at {bootstrap_servers} refuses producer ids ({refusal}), and idempotence was "
+                            "asked for explicitly")
+    log.warning("Kafka at %s refuses producer ids (%s): sending with acks=all but without idempotence, so a "
+                "retried batch may be written twice (the workers' dedup drops repeated events)",
+                bootstrap_servers, refusal)
+    return KafkaProducer(bootstrap_servers=bootstrap_servers, **dict(settings, enable_idempotence=False))
+
+
+def _producer_id_refusal(producer: KafkaProducer, timeout_s: float) -> Optional[str]:
+    """Why the broker refused the producer an id, or None: it has one, it is not idempotent, or no answer
+    came within timeout_s (then sends wait or time out as usual). Reads kafka-python's transaction manager,
+    which exists only for an idempotent producer and asks for the id as soon as the producer starts."""
+    manager = getattr(producer, "_transaction_manager", None)
+    deadline = time.monotonic() + timeout_s
+    while manager is not None and time.monotonic() < deadline:
+        if manager.has_producer_id():
+            return None
+        if manager.has_fatal_error():
+            return str(manager.last_error)
+        time.sleep(0.005)
+    return None
 
 
 class _Buffer:
@@ -50,9 +100,9 @@ class EventProducer:
         self.bootstrap_servers, self.codec = bootstrap_servers, codec
         self.max_batch_events, self.max_batch_bytes, self.linger_s = max_batch_events, max_batch_bytes, linger_ms / 1000
         self._topics = {source: f"{topic_prefix}events.{source}" for source in SOURCES}
-        config = dict(KAFKA_DEFAULTS, max_request_size=max(1_048_576, max_batch_bytes + 4096), **producer_config)
         try:
-            self._producer = KafkaProducer(bootstrap_servers=bootstrap_servers, **config)
+            self._producer = open_producer(bootstrap_servers, **dict(
+                {"max_request_size": max(1_048_576, max_batch_bytes + 4096)}, **producer_config))
         except KafkaError as exc:
             raise ProducerError(f"cannot reach Kafka at {bootstrap_servers} ({exc}): is the broker running, and is "
                                 "the address (CXP_KAFKA_URL / --kafka-url) right?") from exc

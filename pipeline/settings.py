@@ -73,10 +73,20 @@ def _kafka_servers(value: Optional[str]) -> Optional[str]:
     if scheme != "kafka":
         raise ValueError(f"use kafka://host:9092 or host:9092, not {scheme}://...")
     for server in servers.rstrip("/").split(","):
-        host, _, port = server.strip().rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError(f"{server.strip()!r} is not host:port (e.g. kafka:9092 or kafka://kafka:9092)")
+        _check_host_port(server.strip(), "kafka:9092 or kafka://kafka:9092")
     return ",".join(server.strip() for server in servers.rstrip("/").split(","))
+
+
+def _check_host_port(server: str, example: str) -> None:
+    host, _, port = server.rpartition(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{server!r} is not host:port (e.g. {example})")
+
+
+def _clickhouse_servers(servers: list[str]) -> list[str]:
+    for server in servers:
+        _check_host_port(server, "ch-2:9000")
+    return servers
 
 
 class KafkaSettings(Section):
@@ -173,10 +183,13 @@ class ClickHouseSettings(Section):
         None, description="ClickHouse server as clickhouse://user:password@host:9000/cx (native protocol). "
         "Unset: embedded chdb under data_dir/clickhouse.")
     database: str = Field("cx", description="ClickHouse database for all tables.")
+    alt_hosts: Annotated[Names, AfterValidator(_clickhouse_servers)] = Field(
+        [], description="The other servers of a ClickHouse cluster as host:port (comma-separated): when the "
+        "clickhouse_url server does not answer, the worker connects to the first of these that does, in order.")
     cluster: Optional[str] = Field(
         None, description="ClickHouse cluster (a remote_servers name) for cluster mode: replicated `<table>_local` "
-        "tables and Distributed tables over them, created ON CLUSTER; inserts wait for every replica of the shard. "
-        "Unset: one server.")
+        "tables and Distributed tables over them, created ON CLUSTER; inserts wait for a majority of the replicas "
+        "of the shard. Unset: one server.")
     connect_timeout: PositiveDuration = Field(Duration("3s"), description="How long to wait for a ClickHouse connection.")
     timeout: PositiveDuration = Field(
         Duration("10s"), description="How long a ClickHouse insert or query may wait on the socket before it counts "
@@ -207,6 +220,14 @@ class ClickHouseSettings(Section):
         if database:
             check_identifier("database in clickhouse_url", database)
         return value
+
+    @model_validator(mode="after")
+    def _alt_hosts_need_a_cluster(self) -> "ClickHouseSettings":
+        if self.alt_hosts and not (self.url and self.cluster):
+            raise ValueError("CXP_CLICKHOUSE_ALT_HOSTS needs CXP_CLICKHOUSE_URL and CXP_CLICKHOUSE_CLUSTER: servers "
+                             "outside a cluster each hold their own tables, so switching between them would split "
+                             "the data")
+        return self
 
 
 class SinkSettings(Section):

@@ -15,10 +15,9 @@ import re
 from dataclasses import dataclass
 from typing import Optional
 
-from kafka import KafkaProducer
 from kafka.errors import KafkaError
 
-from pipeline.producer import KAFKA_DEFAULTS
+from pipeline.producer import open_producer
 from sinks.clickhouse.backend import Backend
 
 _TRUNCATED = re.compile(r"\[original (\d+) bytes, key \d+ bytes: truncated to (\d+)\]$")
@@ -104,7 +103,7 @@ def redrive(letters: list[DeadLetter], bootstrap_servers: str, timeout_s: float 
     if any(letter.truncated for letter in letters):
         raise ValueError("truncated dead letters cannot be re-driven")
     try:
-        producer = KafkaProducer(bootstrap_servers=bootstrap_servers, **dict(KAFKA_DEFAULTS, client_id="cxp-redrive"))
+        producer = open_producer(bootstrap_servers, client_id="cxp-redrive")
     except KafkaError as exc:
         raise RuntimeError(f"cannot reach Kafka at {bootstrap_servers}: {exc}") from exc
     try:

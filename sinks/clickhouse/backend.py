@@ -8,6 +8,7 @@ DateTime. Strings that are not UTF-8 (dead-letter payloads) come back intact onl
 from __future__ import annotations
 
 import json
+import logging
 import select
 from abc import ABC, abstractmethod
 from datetime import date, datetime
@@ -18,7 +19,9 @@ from urllib.parse import parse_qs, urlparse
 from pipeline.secret_values import clickhouse_security
 from pipeline.settings import ClickHouseSettings
 from pipeline.tables import TABLES
-from sinks.clickhouse.ddl import create_statements, missing_column_fixes
+from sinks.clickhouse.ddl import create_statements, missing_column_fixes, table_names
+
+log = logging.getLogger("cxp.clickhouse")
 
 
 class OutdatedTables(RuntimeError):
@@ -43,15 +46,23 @@ class Backend(ABC):
     def close(self) -> None: ...
 
     def create_tables(self) -> None:
-        """Run the DDL, then refuse tables that an older version created without today's columns."""
-        for statement in create_statements(self.database, self.cluster):
-            self.execute(statement)
-        present = set(self.query(f"SELECT table, name FROM system.columns WHERE database = '{self.database}'"))
+        """Run the DDL unless every table exists already, then refuse tables that an older version created
+        without today's columns. Skipping it matters on a cluster: ``ON CLUSTER`` DDL waits for every
+        server, so a worker could not start while one replica is down."""
+        present = self._columns()
+        if {name for table in TABLES.values() for name in table_names(table, self.cluster)} - {t for t, _ in present}:
+            for statement in create_statements(self.database, self.cluster):
+                self.execute(statement)
+            present = self._columns()
         fixes = missing_column_fixes(self.database, present, self.cluster)
         if fixes:
             raise OutdatedTables(
                 f"ClickHouse tables in database {self.database} were created by an older cx-pipeline and lack "
                 "columns this version writes. Add them, then start again:\n  " + ";\n  ".join(fixes) + ";")
+
+    def _columns(self) -> set[tuple[str, str]]:
+        """(table, column) of every table in the database."""
+        return set(self.query(f"SELECT table, name FROM system.columns WHERE database = '{self.database}'"))
 
 
 class NativeBackend(Backend):
@@ -62,15 +73,22 @@ class NativeBackend(Backend):
     settings (``max_threads``...); the driver drops settings it does not know. The connection itself
     opens the user's default database, so the DDL can create the table database.
 
+    ``alt_hosts`` (host:port) are the cluster's other servers. clickhouse-driver tries the URL's server
+    and then each of them in order whenever it (re)connects: before a query, and after a failed one (the
+    sink retries it); a refused or timed-out connection moves on to the next, and it stays on the one
+    that answered.
+
     With ``cluster``, inserts into the Distributed tables are synchronous (``insert_distributed_sync``)
-    and wait for every replica of the shard (``insert_quorum``, the smallest shard's replica count), so
-    a row the worker acks is on all replicas and a restore through any of them reads it. Either
-    setting in the URL wins.
+    and wait for a majority of the shard's replicas (``insert_quorum``, :func:`majority` of the smallest
+    shard): of three replicas two, so an acked row is on two servers and inserts go on with one replica
+    down; of two replicas both, so one down stops inserts. Queries use ``select_sequential_consistency``:
+    a replica that lacks a write acked by the quorum refuses them rather than answer short, so a restore
+    through a replica that is still catching up fails and is retried. Any of these settings in the URL wins.
     """
 
     def __init__(self, url: str, database: str = "cx", connect_timeout: float = 3.0, timeout: float = 10.0,
                  cluster: Optional[str] = None, password: Optional[str] = None, secure: bool = False,
-                 ca_certs: Optional[str] = None):
+                 ca_certs: Optional[str] = None, alt_hosts: Sequence[str] = ()):
         """``timeout`` bounds every wait on the socket (send, receive, ping), so a hung server raises
         instead of blocking for the driver's default 300 s, and one attempt waits at most that long on a
         server that stopped answering (:meth:`_run`). ``password`` (from a file) overrides the URL's;
@@ -87,6 +105,8 @@ class NativeBackend(Backend):
             options["secure"] = True
         if ca_certs is not None:
             options["ca_certs"] = ca_certs
+        if alt_hosts:
+            options.setdefault("alt_hosts", ",".join(alt_hosts))
         self.client = Client(host, **options)
         given = parse_qs(parsed.query)  # timeouts in the URL win over the settings
         for name, value in (("connect_timeout", connect_timeout), ("send_receive_timeout", timeout),
@@ -99,7 +119,8 @@ class NativeBackend(Backend):
             self.client.settings.setdefault("insert_distributed_sync", 1)
             replicas = self._replicas_per_shard(cluster)
             if "insert_quorum" not in given and replicas > 1:
-                self.client.settings["insert_quorum"] = replicas
+                self.client.settings["insert_quorum"] = majority(replicas)
+                self.client.settings.setdefault("select_sequential_consistency", 1)
 
     def _replicas_per_shard(self, cluster: str) -> int:
         counts = self.client.execute("SELECT count() FROM system.clusters WHERE cluster = %(cluster)s "
@@ -107,6 +128,11 @@ class NativeBackend(Backend):
         if not counts:
             raise ValueError(f"ClickHouse at {self.client.connection.host} has no cluster {cluster!r} "
                              "in its remote_servers")
+        servers, known = sum(count for count, in counts), len(self.client.connection.hosts)
+        if known < servers:
+            log.warning("the worker knows %d of the %d servers of ClickHouse cluster %s: when %s is down it cannot "
+                        "reach the others; list them in CXP_CLICKHOUSE_ALT_HOSTS", known, servers, cluster,
+                        self.client.connection.hosts[0][0], extra={"cluster": cluster})
         return min(count for count, in counts)
 
     def _run(self, *args: Any, **kwargs: Any) -> Any:
@@ -158,6 +184,12 @@ def _readable(sock: Any) -> bool:
     poller = select.poll()
     poller.register(sock, select.POLLIN)
     return bool(poller.poll(0))
+
+
+def majority(replicas: int) -> int:
+    """The insert quorum of a shard: more than half its replicas, so an acked row survives the loss of any
+    minority and inserts go on while a minority is down."""
+    return replicas // 2 + 1
 
 
 class EmbeddedClickHouseMissing(RuntimeError):
@@ -233,7 +265,7 @@ def open_backend(url: Optional[str], data_dir: Path, database: str = "cx", conne
                  timeout: float = 10.0, cluster: Optional[str] = None, **security: Any) -> Backend:
     """The server at url (its path, if any, names the database), else embedded chdb under
     data_dir/clickhouse. Runs the DDL, which is idempotent (ON CLUSTER with a cluster).
-    ``security``: NativeBackend's password / secure / ca_certs."""
+    ``security``: NativeBackend's password / secure / ca_certs, and its alt_hosts."""
     if cluster and not url:
         raise ValueError("a ClickHouse cluster needs a server: set clickhouse_url to one of its replicas")
     backend: Backend = NativeBackend(url, database, connect_timeout, timeout, cluster, **security) if url else \
@@ -245,4 +277,5 @@ def open_backend(url: Optional[str], data_dir: Path, database: str = "cx", conne
 def connect(clickhouse: ClickHouseSettings, data_dir: Path) -> Backend:
     """:func:`open_backend` as the ``clickhouse_*`` settings say (credentials from the password file)."""
     return open_backend(clickhouse.url, data_dir, clickhouse.database, clickhouse.connect_timeout.seconds,
-                        clickhouse.timeout.seconds, clickhouse.cluster, **clickhouse_security(clickhouse))
+                        clickhouse.timeout.seconds, clickhouse.cluster, alt_hosts=clickhouse.alt_hosts,
+                        **clickhouse_security(clickhouse))

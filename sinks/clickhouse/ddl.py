@@ -26,10 +26,17 @@ def create_on_cluster(table: Table, database: str, cluster: str) -> list[str]:
     replication = [f"'/clickhouse/tables/{{shard}}/{database}/{table.name}'", "'{replica}'"]
     replicated = f"Replicated{kind}({', '.join(replication + ([arguments] if arguments else []))}){rest}"
     shard_key = order_by[1:-1] if order_by.startswith("(") and order_by.endswith(")") else order_by
-    local, head = f"{table.name}_local", f"CREATE TABLE IF NOT EXISTS {database}.{{}} ON CLUSTER {cluster}"
+    local, distributed = table_names(table, cluster)
+    head = f"CREATE TABLE IF NOT EXISTS {database}.{{}} ON CLUSTER {cluster}"
     return [f"{head.format(local)} (\n  {_columns(table)}\n) ENGINE = {replicated}",
-            f"{head.format(table.name)} (\n  {_columns(table)}\n) ENGINE = "
+            f"{head.format(distributed)} (\n  {_columns(table)}\n) ENGINE = "
             f"Distributed({cluster}, {database}, {local}, cityHash64({shard_key}))"]
+
+
+def table_names(table: Table, cluster: Optional[str] = None) -> list[str]:
+    """The tables that hold ``table``: itself on one server; on a cluster its ``_local`` table and the
+    Distributed table with the contract name."""
+    return [table.name] if cluster is None else [f"{table.name}_local", table.name]
 
 
 def _columns(table: Table) -> str:
@@ -55,7 +62,7 @@ def missing_column_fixes(database: str, present: set[tuple[str, str]], cluster: 
     fixes = []
     for table in TABLES.values():
         missing = [(name, kind) for name, kind in table.columns if (table.name, name) not in present]
-        names = [table.name] if cluster is None else [f"{table.name}_local", table.name]
+        names = table_names(table, cluster)
         on_cluster = "" if cluster is None else f" ON CLUSTER {cluster}"
         fixes += [f"ALTER TABLE {database}.{name}{on_cluster} "
                   + ", ".join(f"ADD COLUMN `{column}` {kind}" for column, kind in missing)

@@ -9,7 +9,8 @@ import pytest
 pytest.register_assert_rewrite("tests.faults.harness")  # its asserts show diffs too; before it is imported
 
 from runtime.local.broker import LocalBroker  # noqa: E402
-from tests.faults.harness import RestartableClickHouse, Stage  # noqa: E402
+from tests.faults.harness import Stage  # noqa: E402
+from tests.services.clickhouse import RestartableClickHouse  # noqa: E402
 
 
 @pytest.fixture

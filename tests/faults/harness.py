@@ -25,7 +25,6 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from runtime.local.clickhouse import ClickHouseServer
 from runtime.local.metrics import total
 from pipeline.partitioner import event_key, partition_for
 from pipeline.simulate import Simulator
@@ -417,26 +416,6 @@ def kill_hard(process: subprocess.Popen) -> None:
     if process.poll() is None:
         os.kill(process.pid, signal.SIGKILL)
     process.wait()
-
-
-class RestartableClickHouse(ClickHouseServer):
-    """A ClickHouse server of one test module, which may be stopped, frozen and started again on the same
-    data folder and ports (the shared session server must never be)."""
-
-    def restart(self, start_timeout_s: float = 30.0) -> None:
-        assert self.process.poll() is not None, "stop it first"
-        with open(self.workdir / "stdout.log", "ab") as out:
-            self.process = subprocess.Popen(self.process.args, stdout=out, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
-        self.pid = self.process.pid
-        self._wait_ready(start_timeout_s)
-
-    def freeze(self) -> None:
-        os.kill(self.pid, signal.SIGSTOP)
-
-    def thaw(self) -> None:
-        if self.process.poll() is None:
-            os.kill(self.pid, signal.SIGCONT)
 
 
 # -- the reliability report ------------------------------------------------------------------------

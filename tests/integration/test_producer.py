@@ -129,3 +129,41 @@ def test_unreachable_broker_is_named_in_the_error():
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(ProducerError, match=f"cannot reach Kafka at {address}.*broker running"):
         EventProducer(address, CODEC, bootstrap_timeout_ms=500)
+
+
+# ------------------------------------------------------------------------ acks=all and idempotence
+
+def sent_and_received(broker, prefix: str, producer: EventProducer, count: int = 300) -> tuple[int, int]:
+    with producer:
+        for source, event in simulated(count):
+            producer.send(source, event)
+    consumer = consumer_at_start(broker, prefix)
+    received = sum(len(CODEC.decode(m.value).events) for m in consume(consumer, count))
+    consumer.close()
+    return producer.events_sent, received
+
+
+def test_default_is_acks_all_and_idempotent_where_the_broker_gives_producer_ids(broker, prefix):
+    """Tansu 0.6 answers InitProducerId in the versions kafka-python sends it: the producer holds an id."""
+    producer = EventProducer(broker.bootstrap_servers, CODEC, topic_prefix=prefix)
+    config = producer._producer.config
+    assert (config["acks"], config["enable_idempotence"]) == (-1, True)
+    assert producer._producer._transaction_manager.has_producer_id()
+    assert sent_and_received(broker, prefix, producer) == (300, 300)
+
+
+def test_a_broker_that_refuses_producer_ids_gets_acks_all_without_idempotence(broker, prefix, caplog):
+    """Asked in an older version (api_version 2.4: InitProducerId v1), the same Tansu refuses the id with
+    UnknownError, as it does aiokafka's v0 (the worker's client): the producer says so and goes on without."""
+    with caplog.at_level("WARNING", logger="cxp.producer"):
+        producer = EventProducer(broker.bootstrap_servers, CODEC, topic_prefix=prefix, api_version=(2, 4))
+    config = producer._producer.config
+    assert (config["acks"], config["enable_idempotence"]) == (-1, False)
+    (warning,) = [r.getMessage() for r in caplog.records if r.name == "cxp.producer"]
+    assert "refuses producer ids" in warning and broker.bootstrap_servers in warning and "UnknownError" in warning
+    assert sent_and_received(broker, prefix, producer) == (300, 300)
+
+
+def test_explicit_idempotence_on_a_refusing_broker_is_an_error(broker):
+    with pytest.raises(ProducerError, match="refuses producer ids"):
+        EventProducer(broker.bootstrap_servers, CODEC, api_version=(2, 4), enable_idempotence=True)

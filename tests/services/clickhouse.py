@@ -1,13 +1,37 @@
 """A real ClickHouse server (runtime.local.clickhouse: Debian's clickhouse-server, 18.16 on CI) per test
-session, on free loopback ports, stopped by PID; plus an embedded chdb backend per test."""
+session, on free loopback ports, stopped by PID; servers a test module may stop and restart; and an
+embedded chdb backend per test."""
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
 import uuid
 
 import pytest
 
 from runtime.local.clickhouse import ClickHouseServer
 from sinks.clickhouse.backend import ChdbBackend, NativeBackend
+
+
+class RestartableClickHouse(ClickHouseServer):
+    """A ClickHouse server of one test module, which may be stopped, frozen and started again on the same
+    data folder and ports (the shared session server must never be)."""
+
+    def restart(self, start_timeout_s: float = 30.0) -> None:
+        assert self.process.poll() is not None, "stop it first"
+        with open(self.workdir / "stdout.log", "ab") as out:
+            self.process = subprocess.Popen(self.process.args, stdout=out, stderr=subprocess.STDOUT,
+                                            start_new_session=True)
+        self.pid = self.process.pid
+        self._wait_ready(start_timeout_s)
+
+    def freeze(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.pid, signal.SIGCONT)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,6 @@
-"""A real replicated ClickHouse cluster on loopback: Debian's ZooKeeper as the coordinator and two
-clickhouse-server 18.16 processes as one shard of two replicas, each with its own ports, data and
-macros. Every process is started by the test and stopped by PID."""
+"""A real replicated ClickHouse cluster on loopback: Debian's ZooKeeper as the coordinator and two (or
+three) clickhouse-server 18.16 processes as one shard, each replica with its own ports, data and macros.
+Every process is started by the test and stopped by PID; a replica may be stopped and restarted."""
 from __future__ import annotations
 
 import shutil
@@ -8,15 +8,17 @@ import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
-from runtime.local.clickhouse import ClickHouseServer
 from runtime.local.processes import free_port, stop_process
+from tests.services.clickhouse import RestartableClickHouse
 
 CLUSTER = "cxp_test"
 ZOOKEEPER_JAR = Path("/usr/share/java/zookeeper.jar")  # Debian's zookeeper package; its manifest lists the deps
 ZOOKEEPER_HINT = "apt-get install zookeeper"
+HAPROXY_HINT = "apt-get install haproxy"
 SLF4J_SIMPLE = Path("/usr/share/java/slf4j-simple.jar")  # a log binding, so zookeeper.log says why it refused something
 
 REPLICA_CONFIG = """<?xml version="1.0"?>
@@ -53,26 +55,40 @@ class ZooKeeper:
         """Until `srvr` reports a serving server ("Mode: standalone"). An open port is not enough: a
         ClickHouse 18.16 that cannot open its ZooKeeper session at startup crashes on its first ON CLUSTER
         query (its DDL worker keeps a null session)."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f"zookeeper exited with {self.process.returncode}:\n{self.log_tail()}", pytrace=False)
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
-                    conn.sendall(b"srvr")
-                    if b"Mode: standalone" in _read_all(conn):
-                        return
-            except OSError:
-                pass
-            time.sleep(0.2)
-        self.stop()
-        pytest.fail(f"zookeeper did not answer within {timeout_s:.0f} s:\n{self.log_tail()}", pytrace=False)
+        def serving() -> bool:
+            with socket.create_connection(("127.0.0.1", self.port), timeout=0.5) as conn:
+                conn.sendall(b"srvr")
+                return b"Mode: standalone" in _read_all(conn)
+
+        wait_ready(self, "zookeeper", serving, timeout_s)
 
     def log_tail(self, chars: int = 3000) -> str:
         return (self.workdir / "zookeeper.log").read_text(errors="replace")[-chars:]
 
     def stop(self, timeout_s: float = 20.0) -> None:
         stop_process(self.process, timeout_s)
+
+
+def wait_ready(service, name: str, ready: Callable[[], bool], timeout_s: float) -> None:
+    """Poll ready() (OSError counts as not yet) until it holds; fail the test with the service's log
+    tail if its process exits or the time runs out (then stop it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if service.process.poll() is not None:
+            pytest.fail(f"{name} exited with {service.process.returncode}:\n{service.log_tail()}", pytrace=False)
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    service.stop()
+    pytest.fail(f"{name} did not answer within {timeout_s:.0f} s:\n{service.log_tail()}", pytrace=False)
+
+
+def _accepts(port: int) -> bool:
+    socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+    return True
 
 
 def _read_all(conn: socket.socket) -> bytes:
@@ -82,6 +98,28 @@ def _read_all(conn: socket.socket) -> bytes:
     return b"".join(chunks)
 
 
+class Balancer:
+    """HAProxy (Debian's haproxy) run in the foreground with ``config``, its log in workdir; stopped by PID."""
+
+    def __init__(self, workdir: Path, config: str, port: int, start_timeout_s: float = 10.0):
+        haproxy = shutil.which("haproxy") or shutil.which("haproxy", path="/usr/sbin")
+        if not haproxy:
+            pytest.fail(f"haproxy not found: install it with `{HAPROXY_HINT}`, or run ./run test", pytrace=False)
+        self.workdir, self.port = Path(workdir), port
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        (self.workdir / "haproxy.cfg").write_text(config)
+        with open(self.workdir / "haproxy.log", "ab") as out:
+            self.process = subprocess.Popen([haproxy, "-db", "-f", str(self.workdir / "haproxy.cfg")], stdout=out,
+                                            stderr=subprocess.STDOUT, start_new_session=True)
+        wait_ready(self, "haproxy", lambda: _accepts(port), start_timeout_s)
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return (self.workdir / "haproxy.log").read_text(errors="replace")[-chars:]
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        stop_process(self.process, timeout_s)
+
+
 class ReplicatedCluster:
     """ZooKeeper plus ``replicas`` ClickHouse servers forming cluster ``name``: one shard, every server a
     replica of it (macros shard=01, replica=r1, r2, ...)."""
@@ -89,7 +127,7 @@ class ReplicatedCluster:
     def __init__(self, workdir: Path, name: str = CLUSTER, replicas: int = 2):
         self.name, workdir = name, Path(workdir)
         self.zookeeper = ZooKeeper(workdir / "zookeeper")
-        self.servers: list[ClickHouseServer] = []
+        self.servers: list[RestartableClickHouse] = []
         ports = [free_port() for _ in range(replicas)]
         listed = "\n    ".join(f"<replica><host>127.0.0.1</host><port>{port}</port></replica>" for port in ports)
         try:
@@ -98,7 +136,7 @@ class ReplicatedCluster:
                                                replica=f"r{number}", cluster=name, replicas=listed)
                 server_dir = workdir / f"r{number}"
                 server_dir.mkdir(parents=True)
-                self.servers.append(ClickHouseServer(server_dir, tcp_port=port, extra_config=config))
+                self.servers.append(RestartableClickHouse(server_dir, tcp_port=port, extra_config=config))
         except BaseException:
             self.stop()
             raise
@@ -112,5 +150,13 @@ class ReplicatedCluster:
 @pytest.fixture(scope="module")
 def clickhouse_cluster(tmp_path_factory):
     cluster = ReplicatedCluster(tmp_path_factory.mktemp("clickhouse_cluster"))
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="module")
+def clickhouse_cluster_of_three(tmp_path_factory):
+    """One shard of three replicas: the production profile's shape, where the majority quorum is two."""
+    cluster = ReplicatedCluster(tmp_path_factory.mktemp("clickhouse_cluster_of_three"), replicas=3)
     yield cluster
     cluster.stop()

@@ -1,11 +1,11 @@
 """deploy/production/ checked as far as this machine can: no Docker engine runs here, so the compose
 file is read as data and every config it mounts is checked against it, with the real tools where they
-exist (promtool for Prometheus, amtool for Alertmanager; Debian's `prometheus` and
-`prometheus-alertmanager` packages, which `./run` installs). Without them these tests fail, not skip.
+exist (promtool for Prometheus, amtool for Alertmanager, haproxy for Grafana's ClickHouse balancer;
+Debian's `prometheus`, `prometheus-alertmanager` and `haproxy` packages, which `./run` installs).
+Without them these tests fail, not skip.
 """
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from pipeline.settings import Settings
+from sinks.clickhouse.backend import majority
 from tests.unit.test_deploy_rules import DEPLOY, promtool, rules
 
 PROFILE = DEPLOY / "production"
@@ -45,12 +46,22 @@ def xml(path: Path) -> ET.Element:
     return ET.parse(path).getroot()
 
 
-def amtool(*args: str) -> str:
-    path = shutil.which("amtool") or ("/usr/bin/amtool" if os.access("/usr/bin/amtool", os.X_OK) else None)
+def tool(name: str, package: str) -> str:
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/bin")
     if not path:
-        pytest.fail("amtool is not installed, so alertmanager.yml cannot be checked: "
-                    "apt-get install prometheus-alertmanager", pytrace=False)
-    result = subprocess.run([path, *args], cwd=PROFILE, capture_output=True, text=True, timeout=60)
+        pytest.fail(f"{name} is not installed, so the profile cannot be checked: apt-get install {package}",
+                    pytrace=False)
+    return path
+
+
+def worker_settings() -> Settings:
+    return Settings(**{key[4:].lower(): substituted(value) for key, value in WORKER_ENV.items()
+                       if not key.endswith("_FILE")})
+
+
+def amtool(*args: str) -> str:
+    result = subprocess.run([tool("amtool", "prometheus-alertmanager"), *args], cwd=PROFILE, capture_output=True,
+                            text=True, timeout=60)
     assert result.returncode == 0, f"$ amtool {' '.join(args)}\n{result.stdout}{result.stderr}"
     return result.stdout
 
@@ -60,8 +71,8 @@ def amtool(*args: str) -> str:
 def test_profile_has_every_part_the_issue_names():
     assert len(services_named("kafka")) == 3
     assert len(services_named("keeper")) == 3
-    assert len(services_named("ch")) == 2
-    assert {"topics", "worker", "prometheus", "alertmanager", "grafana"} <= set(SERVICES)
+    assert len(services_named("ch")) == 3
+    assert {"topics", "worker", "prometheus", "alertmanager", "grafana", "ch-lb"} <= set(SERVICES)
     assert "zookeeper" not in " ".join(SERVICES)
 
 
@@ -108,8 +119,7 @@ def test_kraft_quorum_names_the_three_brokers():
 
 
 def test_workers_reach_every_broker_and_replicate_their_topics():
-    settings = Settings(**{key[4:].lower(): substituted(value) for key, value in WORKER_ENV.items()
-                           if not key.endswith("_FILE")})
+    settings = worker_settings()
     assert sorted(settings.kafka.bootstrap_servers.split(",")) == [f"{b}:9092" for b in services_named("kafka")]
     env = SERVICES["kafka-1"]["environment"]
     assert settings.kafka.topic_replication_factor == env["KAFKA_DEFAULT_REPLICATION_FACTOR"]
@@ -125,6 +135,17 @@ def test_workers_reach_every_broker_and_replicate_their_topics():
 
 
 # ------------------------------------------------------------------------------- ClickHouse and Keeper
+
+def test_workers_reach_every_clickhouse_replica_and_one_may_be_down():
+    """deploy/README.md promises that one ClickHouse replica down stops nothing: the workers know every
+    replica, and the insert quorum (a majority) is below the replica count."""
+    clickhouse = worker_settings().clickhouse
+    named = urlsplit(clickhouse.url)
+    servers = sorted([f"{named.hostname}:{named.port}", *clickhouse.alt_hosts])
+    assert servers == [f"{ch}:9000" for ch in services_named("ch")]
+    assert majority(len(services_named("ch"))) < len(services_named("ch"))
+    assert set(services_named("ch")) <= set(SERVICES["worker"]["depends_on"])  # the first start's DDL needs all
+
 
 def test_clickhouse_cluster_config_matches_the_services():
     config = xml(PROFILE / "clickhouse" / "cluster.xml")
@@ -214,10 +235,29 @@ def test_grafana_uses_the_profiles_data_sources():
     sources = yaml.safe_load((PROFILE / "grafana" / "datasources.yml").read_text())["datasources"]
     assert {s["uid"] for s in sources} == {"prometheus", "clickhouse"}  # the dashboards' uids
     clickhouse = next(s for s in sources if s["uid"] == "clickhouse")
-    assert clickhouse["jsonData"]["host"] in services_named("ch")
+    assert clickhouse["jsonData"]["host"] == "ch-lb" and str(clickhouse["jsonData"]["port"]) == "9000"
     assert clickhouse["secureJsonData"]["password"] == "$__file{/run/secrets/clickhouse_password}"
     assert "clickhouse_password" in SERVICES["grafana"]["secrets"]
     prometheus = next(s for s in sources if s["uid"] == "prometheus")
     assert urlsplit(prometheus["url"]).hostname == "prometheus"
     volumes = SERVICES["grafana"]["volumes"]
     assert "../grafana/dashboards:/etc/grafana/dashboards:ro" in volumes
+
+
+def test_grafanas_clickhouse_balancer_passes_to_every_replica():
+    """haproxy -c accepts the config (the replicas' names do not resolve here, which it only warns about);
+    it listens on the native port, lists every replica and checks each on its HTTP port."""
+    config = PROFILE / "clickhouse" / "haproxy.cfg"
+    result = subprocess.run([tool("haproxy", "haproxy"), "-c", "-f", str(config)], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0 and "Configuration file is valid" in result.stdout, result.stdout + result.stderr
+    warnings = [line for line in result.stderr.splitlines() if "[WARNING]" in line]
+    assert all("could not resolve address" in line for line in warnings), warnings
+    text = config.read_text()
+    assert re.search(r"^  bind :9000$", text, re.M)
+    assert re.findall(r"^  server (\S+) (\S+)$", text, re.M) == [(ch, f"{ch}:9000") for ch in services_named("ch")]
+    assert "check port 8123" in text  # ClickHouse's HTTP port in the image, where /replicas_status answers
+    service = SERVICES["ch-lb"]
+    assert "./clickhouse/haproxy.cfg:/usr/local/etc/haproxy/haproxy.cfg:ro" in service["volumes"]
+    assert set(service["depends_on"]) == set(services_named("ch"))
+    assert "ch-lb" in SERVICES["grafana"]["depends_on"]

@@ -165,6 +165,16 @@ def test_config_loads_the_shipped_rule_files():
     assert "cx-pipeline" in jobs  # the alert rules select job="cx-pipeline"
 
 
+def test_rules_select_the_workers_job_of_both_prometheus_configs():
+    """WorkerDown, WorkerTargetsAbsent, PipelineNoEvents and job:up:sum select the workers by job name: it
+    must be a scrape job of the trial config and of the production profile's, or in one of them
+    WorkerTargetsAbsent would fire for ever and the others never."""
+    selected = {job for name in RULE_FILES for job in re.findall(r'job="([^"]+)"', (PROM / name).read_text())}
+    assert selected == {"cx-pipeline"}
+    for config in (PROM / "prometheus.yml", DEPLOY / "production" / "prometheus.yml"):
+        assert selected <= {job["job_name"] for job in load_yaml(config)["scrape_configs"]}, config
+
+
 @pytest.mark.parametrize("test_file", RULE_TESTS, ids=lambda path: path.name)
 def test_promtool_rule_unit_tests_pass(test_file):
     output = promtool("test", "rules", test_file.name, cwd=test_file.parent)

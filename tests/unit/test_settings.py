@@ -51,6 +51,20 @@ def test_kafka_url():
         Settings(kafka_url="notaurl")
 
 
+def test_clickhouse_alt_hosts(monkeypatch):
+    cluster = dict(clickhouse_url="clickhouse://cxp@ch-1:9000/cx", clickhouse_cluster="cx_cluster")
+    monkeypatch.setenv("CXP_CLICKHOUSE_ALT_HOSTS", "ch-2:9000, ch-3:9001")
+    assert Settings(**cluster).clickhouse.alt_hosts == ["ch-2:9000", "ch-3:9001"]
+    monkeypatch.setenv("CXP_CLICKHOUSE_ALT_HOSTS", "ch-2")
+    with pytest.raises(ValueError, match="CXP_CLICKHOUSE_ALT_HOSTS: 'ch-2' is not host:port"):
+        Settings(**cluster)
+    monkeypatch.setenv("CXP_CLICKHOUSE_ALT_HOSTS", "ch-2:9000")
+    with pytest.raises(ValueError, match="CXP_CLICKHOUSE_ALT_HOSTS needs CXP_CLICKHOUSE_URL and CXP_CLICKHOUSE_CLUSTER"):
+        Settings(clickhouse_url=cluster["clickhouse_url"])  # separate servers would split the tables
+    monkeypatch.delenv("CXP_CLICKHOUSE_ALT_HOSTS")
+    assert Settings(**cluster).clickhouse.alt_hosts == []
+
+
 def test_sections_keep_the_flat_variable_names(monkeypatch):
     """Every setting is one CXP_ variable, whatever section holds it; errors name that variable."""
     monkeypatch.setenv("CXP_CHURN_HIGH", "0.6")
