@@ -47,8 +47,8 @@ SAMPLES = {
         ("purchase", "acme", "c2", T0 + 5, T0 * 1000 + 5000, 1, [T0 * 1000 + 5000, 0, 0, 0], T0 * 1000 + 5000, 0),
     ],
     "churn_signals": [
-        ("c1", "acme", 0.8125, "high", ["inactivity", "detractor"], T0, T0 * 1000 + 1, "medium", 3, 2),
-        ("c2", "acme", 0.0, "low", [], T0 + 1, T0 * 1000 + 2, "high", 0, 7),
+        ("c1", "acme", 0.8125, "high", ["inactivity", "detractor"], T0, T0 * 1000 + 1, "medium", 3, 2, T0 * 1000 - 60_000),
+        ("c2", "acme", 0.0, "low", [], T0 + 1, T0 * 1000 + 2, "high", 0, 7, T0 * 1000 + 2),
     ],
     "churn_evidence": [
         ("acme", "c1", "complaint_opened", "k1", T0 * 1000, "", 3),
