@@ -177,8 +177,17 @@ def test_no_raw_id_or_text_in_output_topics(runs, broker):
     assert leaks([key.decode("latin-1") + value.decode("latin-1") for key, value in plain["deadletter"]])
 
 
+# Counts of level changes: which intermediate levels a customer passes through depends on how the
+# worker's fetches interleave the four topics (docs/metrics.md, churn), which differs between two workers.
+INTERLEAVING_DEPENDENT = {"cx_churn_signals_total"}
+
+
 def test_metrics_equal_those_without_the_mode(runs):
     plain, private = (comparable(runs[mode]["worker"].metrics()) for mode in ("plain", "pii"))
     names = {name for name, _ in plain}
-    assert {"cx_nps", "cx_survey_responses", "cx_funnel_customers", "cxp_events_rejected_total"} <= names
-    assert private == plain
+    assert {"cx_nps", "cx_survey_responses", "cx_funnel_customers", "cx_churn_risk_customers",
+            "cxp_events_rejected_total"} <= names
+    assert private.keys() == plain.keys()
+    # sums of seconds are added in fetch order, so they may differ in the last bits
+    assert {key: pytest.approx(value, rel=1e-9) for key, value in private.items() if key[0] not in INTERLEAVING_DEPENDENT} \
+        == {key: value for key, value in plain.items() if key[0] not in INTERLEAVING_DEPENDENT}
