@@ -45,10 +45,22 @@ class CollectorError(Exception):
         self.status, self.error, self.details = status, error, details
 
     def body(self) -> dict:
+        """The answer as JSON-ready data. Errors quote the client's values, which may hold lone
+        surrogates that no UTF-8 JSON encoder writes; those are escaped as ``\\udXXX`` text."""
         body = {"error": self.error}
         if self.details is not None:
             body["details"] = self.details
-        return body
+        return _utf8_safe(body)
+
+
+def _utf8_safe(node: Any) -> Any:
+    if isinstance(node, str):
+        return node.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(node, dict):
+        return {_utf8_safe(key): _utf8_safe(value) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_utf8_safe(value) for value in node]
+    return node
 
 
 class Encoded(NamedTuple):

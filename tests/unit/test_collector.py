@@ -35,7 +35,8 @@ def parse(source, payload, max_body=100_000, max_message_bytes=900_000, rules=RU
 def status(source, payload, **kw):
     with pytest.raises(CollectorError) as info:
         parse(source, payload, **kw)
-    json.dumps(info.value.body())  # the answer must be serialisable as JSON
+    # The answer must be writable as UTF-8 JSON, as strictly as the web server's encoder (orjson) does.
+    json.dumps(info.value.body(), ensure_ascii=False).encode("utf-8")
     return info.value.status, info.value.body()
 
 
@@ -84,10 +85,15 @@ def test_an_integer_of_more_digits_than_python_converts_is_a_400():
     assert status("web", b'{"event_id": "e", "event_time": ' + b"9" * 5000 + b"}")[0] == 400
 
 
+def test_a_lone_surrogate_where_a_time_belongs_is_a_422_with_the_value_escaped():
+    code, body = status("web", {**LOGIN, "event_time": "\ud800"})
+    assert code == 422 and body["details"][0]["reason"] == "schema" and "\\ud800" in body["details"][0]["error"]
+
+
 @pytest.mark.parametrize("event, field", [
     ({**LOGIN, "customer_id": "c\udc80"}, "customer_id"),
     ({**LOGIN, "attributes": {"plan": "\ud800"}}, "attributes.plan"),
-    ({**LOGIN, "attributes": {"\udfff": "x"}}, "attributes.\udfff (the key)"),
+    ({**LOGIN, "attributes": {"\udfff": "x"}}, "attributes.\\udfff (the key)"),  # quoted back escaped
     ({**LOGIN, "event_type": "survey_response", "survey": {"kind": "NPS", "score": 9, "comment": "ok\udc80"}},
      "survey.comment"),
     ({**LOGIN, "revenue": 10 ** 400}, "revenue"),  # an int fastavro validates for a double but cannot write
