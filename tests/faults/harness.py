@@ -444,9 +444,11 @@ def tally(want_rows: dict[str, int], want_series: dict, got_rows: dict[str, int]
 
 
 def record_fault(number: str, fault: str, injected: str, events_sent: Optional[int], counted: Optional[Tally],
-                 recovery_s: float | list[float], recovery_from: str, junk_sent: int = 0, note: str = "") -> None:
+                 recovery_s: float | list[float] | None, recovery_from: str, junk_sent: int = 0,
+                 note: str = "") -> None:
     """Append one JSON line with a passed fault test's figures to the file named by $CXP_FAULT_REPORT
-    (nothing when unset). recovery_s is one duration, or one per repetition of the fault; recovery_from
+    (nothing when unset). recovery_s is one duration, or one per repetition of the fault, or None where
+    the test measures none; recovery_from
     says in one sentence what it measures; counted is None where the test checks processes, not counts,
     and events_sent None where the input is not the test's own (the demo simulates its own).
     Durations come from time.monotonic(). `python -m tests.faults.report FILE` renders the lines."""

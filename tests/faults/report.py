@@ -49,7 +49,9 @@ def count_cell(value: int | None) -> str:
     return DASH if value is None else f"{value:,}"
 
 
-def recovery_cell(seconds: float | list[float]) -> str:
+def recovery_cell(seconds: float | list[float] | None) -> str:
+    if seconds is None:
+        return DASH
     if isinstance(seconds, list):
         return f"median {statistics.median(seconds):.1f} s, max {max(seconds):.1f} s ({len(seconds)} times)"
     return f"{seconds:.1f} s"

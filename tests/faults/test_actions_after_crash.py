@@ -128,7 +128,7 @@ def test_workers_killed_at_random_moments_leave_the_actions_table_equal_to_the_t
     worker.wait_for(lambda s: total(s, "cxp_oldest_unacked_seconds") == 0, 60, "everything durable")
     figures = check_actions(stage, work)
     record_fault("12", "worker killed at random moments, actions audited",
-                 "SIGKILL 3 times mid-stream, restart each time", len(work.valid), None, 0.0,
+                 "SIGKILL 3 times mid-stream, restart each time", len(work.valid), None, None,
                  "not measured: the test checks the actions table against the topic",
                  note=f"{figures['ids']:,} action ids ({figures['kinds']}), each with one row and one id per cause; "
                       f"{figures['messages']:,} messages, {figures['sent_twice']} sent twice")
