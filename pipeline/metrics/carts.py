@@ -21,7 +21,9 @@ still open. The ``carts`` table has one row per cart, latest state wins; the sta
 from the purchases in ``events``.
 
 State per partition: per buyer with a cart or an event in the last max lateness + ``abandon_after``, the
-open cart's start, the end of the last decided cart and the purchase times of that span.
+open cart's start and the adds that joined it, the end of the last decided cart and the purchase times of
+that span. An add that joined the open cart before a purchase with an earlier time arrived starts the
+next cart when that purchase converts this one, as it would have in time order.
 """
 from __future__ import annotations
 
@@ -44,6 +46,14 @@ OPEN = "open"
 ADD, PURCHASE = 0, 1  # an add sorts before a purchase of the same millisecond
 SWEEP_MS = 3_600_000  # forget idle buyers at most once per hour of event time
 CartRow = ROWS["carts"]
+NONE_JOINED: list[int] = []  # shared by every buyer without joined adds; never appended to (replaced by a new list)
+
+
+def insert_once(times: list[int], at: int) -> None:
+    """Insert ``at`` into the sorted ``times`` unless it is there."""
+    i = bisect.bisect_left(times, at)
+    if i == len(times) or times[i] != at:
+        times.insert(i, at)
 
 
 class CartSettings(Section):
@@ -54,11 +64,12 @@ class CartSettings(Section):
 
 
 class Buyer:
-    __slots__ = ("customer_id", "start", "closed_until", "purchases", "last_ms", "updated_ms")
+    __slots__ = ("customer_id", "start", "joined", "closed_until", "purchases", "last_ms", "updated_ms")
 
     def __init__(self, customer_id: Optional[str]):
         self.customer_id = customer_id
         self.start = 0  # start of the open cart; 0: none open
+        self.joined: list[int] = NONE_JOINED  # sorted times of the adds after the start that joined the open cart
         self.closed_until = 0  # end of the last decided cart: adds and purchases up to it change nothing
         self.purchases: list[int] = []  # sorted purchase times of the kept span
         self.last_ms = 0  # newest event or cart time, for forgetting the buyer
@@ -120,29 +131,38 @@ class CartCore(MetricCore[CartState]):
         if buyer.start and buyer.start + self.abandon_after_ms < at:
             self._end(state, key, buyer, OUTCOMES[1], buyer.start + self.abandon_after_ms)
         if kind == ADD:
-            if at <= buyer.closed_until or buyer.start:
-                return  # part of a decided cart, or joins the open one
-            buyer.start = at
-            i = bisect.bisect_left(buyer.purchases, at)
-            if i < len(buyer.purchases) and buyer.purchases[i] <= at + self.abandon_after_ms:
-                self._end(state, key, buyer, OUTCOMES[0], buyer.purchases[i])  # bought before the add arrived
-            else:
-                self._write(state, key, buyer, OPEN, None)
-                heapq.heappush(state.deadlines, (at + self.abandon_after_ms, key, at))
+            if buyer.start:
+                if at > buyer.start:
+                    buyer.joined = buyer.joined or []
+                    insert_once(buyer.joined, at)
+            elif at > buyer.closed_until:  # at or before it: part of a decided cart
+                self._start(state, key, buyer, at, NONE_JOINED)
             return
-        i = bisect.bisect_left(buyer.purchases, at)
-        if i == len(buyer.purchases) or buyer.purchases[i] != at:
-            buyer.purchases.insert(i, at)
+        insert_once(buyer.purchases, at)
         if buyer.start and buyer.start <= at:
             self._end(state, key, buyer, OUTCOMES[0], at)
+
+    def _start(self, state: CartState, key: tuple[str, str], buyer: Buyer, at: int, joined: list[int]) -> None:
+        """A cart starts at ``at`` with the adds ``joined`` after it; bought already (a purchase seen before the
+        add), it converts at once, and an add it had after that purchase starts the next one."""
+        buyer.start, buyer.joined = at, joined
+        i = bisect.bisect_left(buyer.purchases, at)
+        if i < len(buyer.purchases) and buyer.purchases[i] <= at + self.abandon_after_ms:
+            self._end(state, key, buyer, OUTCOMES[0], buyer.purchases[i])
+        else:
+            self._write(state, key, buyer, OPEN, None)
+            heapq.heappush(state.deadlines, (at + self.abandon_after_ms, key, at))
 
     def _end(self, state: CartState, key: tuple[str, str], buyer: Buyer, outcome: str, end_ms: int) -> None:
         counts = [0, 0]
         counts[OUTCOMES.index(outcome)] = 1
         state.windows.add(key[0], end_ms, counts)
         self._write(state, key, buyer, outcome, end_ms)
-        buyer.closed_until, buyer.start = end_ms, 0
+        later = buyer.joined[bisect.bisect_right(buyer.joined, end_ms):]
+        buyer.closed_until, buyer.start, buyer.joined = end_ms, 0, NONE_JOINED
         buyer.last_ms = max(buyer.last_ms, end_ms)
+        if later:  # adds that joined before an earlier purchase arrived: the first starts the next cart
+            self._start(state, key, buyer, later[0], later[1:] or NONE_JOINED)
 
     def _write(self, state: CartState, key: tuple[str, str], buyer: Buyer, outcome: str, end_ms: Optional[int]) -> None:
         buyer.updated_ms = max(buyer.updated_ms + 1, state.clock_ms)
@@ -180,20 +200,25 @@ class CartCore(MetricCore[CartState]):
         return (Restore("carts", "carts", ("tenant", "buyer", "customer_id", "started_ms", "outcome", "ended_ms",
                                            "updated_ms"), "deadline_ms", span, final=True),
                 Restore("purchases", "events", ("tenant", "customer_id", "anonymous_id", "event_ms"), "event_ms",
-                        self.keep_ms, where=(Equals("source", "web"), Equals("event_type", "purchase"))))
+                        self.keep_ms, where=(Equals("source", "web"), Equals("event_type", "purchase"))),
+                Restore("adds", "events", ("tenant", "customer_id", "anonymous_id", "event_ms"), "event_ms",
+                        self.abandon_after_ms, where=(Equals("source", "web"), Equals("event_type", "add_to_cart"))))
 
     def restore(self, state: CartState, name: str, rows: list, clock_ms: int) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
         state.swept_ms = max(state.swept_ms, state.clock_ms)
         for row in rows:
+            if name == "adds":  # after "carts": the adds that joined an open cart
+                buyer = state.buyers.get((row.tenant, row.customer_id or row.anonymous_id))
+                if buyer is not None and buyer.start and int(row.event_ms) > buyer.start:
+                    buyer.joined = buyer.joined or []
+                    insert_once(buyer.joined, int(row.event_ms))
+                continue
             if name == "purchases":
                 key = (row.tenant, row.customer_id or row.anonymous_id)
                 buyer = state.buyers.setdefault(key, Buyer(row.customer_id))
-                at = int(row.event_ms)
-                i = bisect.bisect_left(buyer.purchases, at)
-                if i == len(buyer.purchases) or buyer.purchases[i] != at:
-                    buyer.purchases.insert(i, at)
-                buyer.last_ms = max(buyer.last_ms, at)
+                insert_once(buyer.purchases, int(row.event_ms))
+                buyer.last_ms = max(buyer.last_ms, int(row.event_ms))
                 continue
             key = (row.tenant, row.buyer)
             buyer = state.buyers.setdefault(key, Buyer(row.customer_id))

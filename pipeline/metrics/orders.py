@@ -5,7 +5,7 @@ An **order** is a web ``purchase`` (validation makes sure it has an ``order_id``
 converts to minor units of an ISO 4217 currency). It counts once per ``order_id`` of a buyer (the customer,
 else the anonymous visitor: the Kafka key, so every copy of it lands in one partition), however often its
 purchase is sent, under the same or new event ids: the order is its earliest purchase event (ties: the
-smaller event id), so the result does not depend on arrival order, and a re-sent copy with a later time
+smaller 64-bit hash of the event id, :func:`~pipeline.dedup.id_hash`), so the result does not depend on arrival order, and a re-sent copy with a later time
 changes nothing. An order id is remembered for ``memory`` (the largest window, at least the max
 lateness) after its time; a copy arriving later than that is a new order.
 
@@ -25,12 +25,12 @@ and customers then cover the same window at the same clock, and ``cx_orders_acti
 The repeat-purchase rate: of the customers (anonymous visitors can't be recognised again) with an order
 in ``repeat_window`` (30d), the share with two or more.
 
-State per partition: the orders of the memory (a Python object each), rolling counts per (tenant,
-currency) and minute, and the customers' last minutes. Rebuilt from ``orders`` (FINAL) and ``events``.
+State per partition: the orders of the memory (a small Python object each, keyed by a hash: the strings
+are in the rows), rolling counts per (tenant, currency) and minute, and the customers' last minutes. Rebuilt from ``orders`` (FINAL) and ``events``.
 """
 from __future__ import annotations
 
-import heapq
+import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from typing import Iterable, Optional, Sequence
@@ -41,12 +41,14 @@ from pydantic import Field
 
 from pipeline.config import Duration, Section, Windows
 from pipeline.metrics.base import Batch, MetricCore, Newest, NotNull, Output, Restore
-from pipeline.metrics.lastseen import MINUTE_MS, LastSeen
+from pipeline.dedup import id_hash
+from pipeline.metrics.lastseen import MINUTE_MS, LastSeen, customer_key
 from pipeline.metrics.windows import RollingCounts
 from pipeline.money import from_minor, minor_unit, to_minor
 from pipeline.tables import ROWS
 
 OTHER = "other"
+SWEEP_MS = 3_600_000  # forget old orders at most once per hour of event time
 OrderRow = ROWS["orders"]
 
 
@@ -64,18 +66,19 @@ class OrdersSettings(Section):
 
 
 class Order:
-    __slots__ = ("tenant", "buyer", "order_id", "customer_id", "ms", "event_id", "currency", "minor", "updated_ms",
-                 "written")
+    """One order, small: its strings live in the row, the key is a hash (:func:`order_key`)."""
 
-    def __init__(self, tenant: str, buyer: str, order_id: str, customer_id: Optional[str], ms: int, event_id: str,
-                 currency: str, minor: int, updated_ms: int = 0, written: bool = False):
-        self.tenant, self.buyer, self.order_id, self.customer_id = tenant, buyer, order_id, customer_id
-        self.ms, self.event_id, self.currency, self.minor = ms, event_id, currency, minor
-        self.updated_ms, self.written = updated_ms, written
+    __slots__ = ("tenant", "customer", "ms", "tie", "currency", "minor", "updated_ms")
 
-    def precedes(self, ms: int, event_id: str) -> bool:
-        """Whether this version comes before a purchase at ``ms`` with ``event_id`` (the earliest one is the order)."""
-        return (self.ms, self.event_id) <= (ms, event_id)
+    def __init__(self, tenant: str, customer: int, ms: int, tie: int, currency: str, minor: int, updated_ms: int = 0):
+        self.tenant, self.customer = sys.intern(tenant), customer  # customer: its customer_key, 0 when anonymous
+        self.ms, self.tie = ms, tie  # tie: id_hash of the purchase's event id, which breaks a tie of times
+        self.currency, self.minor = sys.intern(currency), minor
+        self.updated_ms = updated_ms  # version of the row last written or restored; 0: none yet
+
+
+def order_key(tenant: str, buyer: str, order_id: str) -> int:
+    return id_hash(f"{tenant}\x1f{buyer}\x1f{order_id}")
 
 
 @dataclass
@@ -83,10 +86,10 @@ class OrdersState:
     partition: int
     windows: RollingCounts  # key: (tenant, currency); per minute: orders, minor units
     active: LastSeen = field(default_factory=LastSeen)
-    orders: dict[tuple[str, str, str], Order] = field(default_factory=dict)
-    dirty: set[tuple[str, str, str]] = field(default_factory=set)
-    expiries: list[tuple[int, tuple[str, str, str]]] = field(default_factory=list)  # heap: (forget after ms, key)
+    orders: dict[int, Order] = field(default_factory=dict)  # order_key -> order
+    dirty: dict[int, tuple[str, str, str, Optional[str], str]] = field(default_factory=dict)  # key -> the row's strings
     clock_ms: int = 0
+    swept_ms: int = 0
 
 
 @dataclass
@@ -114,51 +117,49 @@ class OrdersCore(MetricCore[OrdersState]):
 
     def add(self, state: OrdersState, batch: Batch, out: Output) -> None:
         note = state.active.note
-        for source, event in zip(batch.sources, batch.events):
+        for source, event, tie in zip(batch.sources, batch.events, batch.hashes):
             customer_id = event.get("customer_id")
             if customer_id is not None:
                 note(event["tenant"], customer_id, event["event_time"])
             if source == "web" and event["event_type"] == "purchase":
-                self._purchase(state, event)
+                self._purchase(state, event, tie)
 
-    def _purchase(self, state: OrdersState, event: dict) -> None:
-        tenant, customer_id = event["tenant"], event.get("customer_id")
-        key = (tenant, customer_id or event["anonymous_id"], event["order_id"])
-        ms, event_id = event["event_time"], event["event_id"]
+    def _purchase(self, state: OrdersState, event: dict, tie: int) -> None:
+        tenant, customer_id, order_id = event["tenant"], event.get("customer_id"), event["order_id"]
+        buyer = customer_id or event["anonymous_id"]
+        key, ms = order_key(tenant, buyer, order_id), event["event_time"]
         order = state.orders.get(key)
-        if order is not None and order.precedes(ms, event_id):
+        if order is not None and (order.ms, order.tie) <= (ms, tie):
             return  # a copy of a known order
         currency = event["currency"]
-        new = Order(tenant, key[1], key[2], customer_id, ms, event_id, currency, to_minor(event["revenue"], currency))
-        if order is None:
-            heapq.heappush(state.expiries, (ms + self.memory_ms, key))
-        else:  # an earlier copy: the order moves to its time and amount
-            state.windows.add((tenant, order.currency), order.ms, (-1, -order.minor))
-            new.updated_ms, new.written = order.updated_ms, order.written
+        new = Order(tenant, customer_key(tenant, customer_id) if customer_id else 0, ms, tie, currency,
+                    to_minor(event["revenue"], currency))
+        if order is not None:  # an earlier copy: the order moves to its time and amount
+            state.windows.add((order.tenant, order.currency), order.ms, (-1, -order.minor))
+            new.updated_ms = order.updated_ms
         state.orders[key] = new
-        state.windows.add((tenant, currency), ms, (1, new.minor))
-        state.dirty.add(key)
+        state.windows.add((new.tenant, new.currency), ms, (1, new.minor))
+        state.dirty[key] = (tenant, buyer, order_id, customer_id, event["event_id"])
 
     def tick(self, state: OrdersState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
         rows = out.rows["orders"]
-        for key in state.dirty:
+        for key, (tenant, buyer, order_id, customer_id, event_id) in state.dirty.items():
             order = state.orders[key]
-            order.updated_ms = max(order.updated_ms + 1, state.clock_ms) if order.written else state.clock_ms
-            order.written = True
+            order.updated_ms = max(order.updated_ms + 1, state.clock_ms)
             rows.append(OrderRow(
-                tenant=order.tenant, buyer=order.buyer, order_id=order.order_id, customer_id=order.customer_id,
-                order_time=order.ms // 1000, order_ms=order.ms, currency=order.currency, amount_minor=order.minor,
-                minor_unit=minor_unit(order.currency), event_id=order.event_id, updated_ms=order.updated_ms,
+                tenant=tenant, buyer=buyer, order_id=order_id, customer_id=customer_id, order_time=order.ms // 1000,
+                order_ms=order.ms, currency=order.currency, amount_minor=order.minor,
+                minor_unit=minor_unit(order.currency), event_id=event_id, updated_ms=order.updated_ms,
                 kafka_partition=state.partition))
         state.dirty.clear()
         state.windows.prune(state.clock_ms)
         state.active.expire((state.clock_ms - max(self.windows_ms.values())) // MINUTE_MS)
-        while state.expiries and state.expiries[0][0] < state.clock_ms:
-            _, key = heapq.heappop(state.expiries)
-            order = state.orders.get(key)
-            if order is not None and order.ms + self.memory_ms < state.clock_ms:
+        if state.clock_ms - state.swept_ms >= SWEEP_MS:
+            oldest = state.clock_ms - self.memory_ms
+            for key in [key for key, order in state.orders.items() if order.ms < oldest]:
                 del state.orders[key]
+            state.swept_ms = state.clock_ms
 
     def restores(self) -> Sequence[Restore]:
         return (Restore("orders", "orders", ("tenant", "buyer", "order_id", "customer_id", "order_ms", "event_id",
@@ -175,13 +176,13 @@ class OrdersCore(MetricCore[OrdersState]):
                 state.active.note(tenant, customer_id, int(event_ms))
             state.active.merge()
             return
+        state.swept_ms = max(state.swept_ms, state.clock_ms)
         for row in rows:
-            order = Order(row.tenant, row.buyer, row.order_id, row.customer_id, int(row.order_ms), row.event_id,
-                          row.currency, int(row.amount_minor), int(row.updated_ms), True)
-            key = (order.tenant, order.buyer, order.order_id)
-            state.orders[key] = order
+            customer = customer_key(row.tenant, row.customer_id) if row.customer_id else 0
+            order = Order(row.tenant, customer, int(row.order_ms), id_hash(row.event_id), row.currency,
+                          int(row.amount_minor), int(row.updated_ms))
+            state.orders[order_key(row.tenant, row.buyer, row.order_id)] = order
             state.windows.add((order.tenant, order.currency), order.ms, (1, order.minor))
-            heapq.heappush(state.expiries, (order.ms + self.memory_ms, key))
 
     # -- reading ---------------------------------------------------------------------------------
     def totals(self, states: Sequence[OrdersState], clocks: Sequence[int]) -> dict[tuple[str, str, str], list[int]]:
@@ -220,8 +221,7 @@ class OrdersCore(MetricCore[OrdersState]):
         for state, clock_ms in zip(states, clocks):
             start = (clock_ms - self.repeat_window[1]) // MINUTE_MS
             orders: Counter = Counter(
-                (o.tenant, o.customer_id) for o in state.orders.values()
-                if o.customer_id is not None and o.ms // MINUTE_MS > start)
+                (o.tenant, o.customer) for o in state.orders.values() if o.customer and o.ms // MINUTE_MS > start)
             for (tenant, _), n in orders.items():
                 acc = out.setdefault(tenant, [0, 0])
                 acc[0] += 1

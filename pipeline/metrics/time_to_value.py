@@ -74,7 +74,7 @@ class Journey:
 class ValueState:
     partition: int
     customers: dict[tuple[str, str], Journey] = field(default_factory=dict)
-    dirty: set[tuple[str, str]] = field(default_factory=set)
+    dirty: dict[tuple[str, str], None] = field(default_factory=dict)  # in order of arrival
     measured: list[tuple[int, str, int]] = field(default_factory=list)  # (first purchase ms, tenant, time to value ms)
     clock_ms: int = 0
     swept_ms: int = 0
@@ -112,7 +112,7 @@ class TimeToValueCore(MetricCore[ValueState]):
                 journey.first_ms = at
             elif at > journey.last_ms:
                 journey.last_ms = at
-            dirty.add(key)
+            dirty[key] = None
             if source == "web":
                 kind = event["event_type"]
                 if kind == "signup" and (not journey.signup_ms or at < journey.signup_ms):
