@@ -18,7 +18,7 @@ import pytest
 from pipeline.metrics.registry import build_cores
 from pipeline.settings import Settings
 from sinks.clickhouse.backend import NativeBackend
-from tests.gauge_queries import assert_gauges_match
+from tests.gauge_queries import assert_gauges_match, exported
 from tests.integration.test_metrics_replay import Dataset, produce, total
 from tests.services.worker import WorkerProcess, worker_env
 
@@ -77,3 +77,18 @@ def test_the_restart_rebuilt_state_and_counted_nothing_twice(replayed):
         total(samples, "cxp_events_duplicate_total") + total(samples, "cxp_events_rejected_total")
     # the complaint rate, 0 everywhere before the facts were declared, is counted
     assert total(samples, "cx_complaint_customers") > 0 and total(replayed["before"], "cx_complaint_customers") > 0
+
+
+def test_the_comparison_covers_orders_carts_and_time_to_value(replayed):
+    """The revenue families compared above are not empty: orders in several currencies of one tenant (some
+    purchases sent twice), repeat buyers, carts of both outcomes and open ones, first purchases."""
+    samples = replayed["samples"]
+    for family in ("cx_orders", "cx_revenue", "cx_average_order_value", "cx_orders_active_customers",
+                   "cx_revenue_per_active_customer", "cx_purchasing_customers", "cx_repeat_customers",
+                   "cx_repeat_purchase_ratio", "cx_carts", "cx_cart_abandonment_ratio", "cx_carts_open",
+                   "cx_first_purchases", "cx_time_to_first_purchase_exact_seconds"):
+        assert exported(samples, family), f"{family}: nothing to compare"
+    assert len({labels["currency"] for labels, value in samples["cx_revenue"] if value and labels["tenant"] == "acme"}) >= 3
+    assert {labels["outcome"] for labels, value in samples["cx_carts"] if value} == {"converted", "abandoned"}
+    purchases = [e for s, e in replayed["data"].valid if e["event_type"] == "purchase"]
+    assert len({e["order_id"] for e in purchases}) < len(purchases), "no purchase was sent twice"
