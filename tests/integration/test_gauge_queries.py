@@ -92,3 +92,37 @@ def test_the_comparison_covers_orders_carts_and_time_to_value(replayed):
     assert {labels["outcome"] for labels, value in samples["cx_carts"] if value} == {"converted", "abandoned"}
     purchases = [e for s, e in replayed["data"].valid if e["event_type"] == "purchase"]
     assert len({e["order_id"] for e in purchases}) < len(purchases), "no purchase was sent twice"
+
+
+def test_orders_and_revenue_equal_uniq_exact_and_sum_over_the_purchases_as_sent(replayed):
+    """The oracle is not the worker's `orders` table but every purchase as sent (re-sent copies included), loaded
+    into ClickHouse: an order is (tenant, buyer, order_id), its amount counted once in the currency's minor unit.
+    All five days lie in the 30d window, so the 30d series must equal these totals whatever the clocks."""
+    client, db = replayed["clickhouse"].client, replayed["database"]
+    purchases = [e for s, e in replayed["data"].valid if s == "web" and e["event_type"] == "purchase"]
+    assert {e["currency"] for e in purchases} <= {"EUR", "USD", "BRL", "JPY"}  # JPY has no minor unit, the rest 2
+    client.execute(f"CREATE TABLE {db}.sent_purchases (tenant String, customer_id String, buyer String, "
+                   "order_id String, revenue Float64, currency String) ENGINE = Memory")
+    client.execute(f"INSERT INTO {db}.sent_purchases VALUES",
+                   [(e["tenant"], e["customer_id"] or "", e["customer_id"] or e["anonymous_id"], e["order_id"],
+                     e["revenue"], e["currency"]) for e in purchases])
+    rows = client.execute(f"""
+        SELECT tenant, currency, uniqExact(buyer, order_id), sum(minor) / pow(10, any(digits))
+        FROM (SELECT tenant, currency, buyer, order_id, if(currency = 'JPY', 0, 2) AS digits,
+                     round(revenue * pow(10, digits)) AS minor
+              FROM {db}.sent_purchases LIMIT 1 BY tenant, buyer, order_id)
+        GROUP BY tenant, currency""")
+    samples = replayed["samples"]
+    month = {family: {(labels["tenant"], labels["currency"]): value for labels, value in samples[family]
+                      if labels["window"] == "30d" and value} for family in ("cx_orders", "cx_revenue")}
+    assert month["cx_orders"] == {(tenant, currency): orders for tenant, currency, orders, _ in rows}
+    assert month["cx_revenue"] == pytest.approx({(tenant, currency): revenue for tenant, currency, _, revenue in rows},
+                                                rel=1e-12)
+    repeat = client.execute(f"""
+        SELECT tenant, count(), countIf(orders >= 2)
+        FROM (SELECT tenant, customer_id, uniqExact(order_id) AS orders FROM {db}.sent_purchases
+              WHERE customer_id != '' GROUP BY tenant, customer_id)
+        GROUP BY tenant""")
+    for family, column in (("cx_purchasing_customers", 1), ("cx_repeat_customers", 2)):
+        assert {labels["tenant"]: value for labels, value in samples[family]} == {row[0]: row[column] for row in repeat}
+    assert len(purchases) > sum(month["cx_orders"].values()) > 100
