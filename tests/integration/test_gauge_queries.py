@@ -34,9 +34,20 @@ def drained(worker: WorkerProcess, consumed: int) -> dict:
         timeout_s=240, what=f"{consumed} events consumed and durable")
 
 
+BAD_PURCHASES = ({"order_id": None}, {"revenue": None}, {"revenue": -0.01}, {"revenue": float("nan")},
+                 {"currency": "ZZZ"}, {"currency": None})
+
+
+def bad_purchases(data: Dataset) -> list[tuple[str, dict]]:
+    """Copies of a valid purchase under new event ids, each with one defect of issue 18's Bad input."""
+    purchase = next(e for s, e in data.valid if s == "web" and e["event_type"] == "purchase")
+    return [("web", dict(purchase, event_id=str(uuid.uuid4()), **defect)) for defect in BAD_PURCHASES]
+
+
 @pytest.fixture(scope="module")
 def replayed(broker, clickhouse_server, tmp_path_factory):
     data = Dataset(int(time.time() * 1000), seed=23, events=24_000, days=5)
+    data.bad += bad_purchases(data)
     items = data.valid + data.duplicates + data.bad
     middle = sorted(e["event_time"] for _, e in items)[len(items) // 2]
     first_half = data.messages(random.Random(3), [(s, e) for s, e in items if e["event_time"] < middle])
@@ -126,3 +137,12 @@ def test_orders_and_revenue_equal_uniq_exact_and_sum_over_the_purchases_as_sent(
     for family, column in (("cx_purchasing_customers", 1), ("cx_repeat_customers", 2)):
         assert {labels["tenant"]: value for labels, value in samples[family]} == {row[0]: row[column] for row in repeat}
     assert len(purchases) > sum(month["cx_orders"].values()) > 100
+
+
+def test_bad_purchases_are_dead_lettered_as_invalid_value_naming_the_field(replayed):
+    """Each bad purchase was sent twice (its half, then everything again): two dead letters naming its field."""
+    errors = [error for error, in replayed["clickhouse"].client.execute(
+        f"SELECT error FROM {replayed['database']}.dead_letters FINAL "
+        "WHERE reason = 'invalid_value' AND endsWith(error, 'on a purchase')")]
+    assert len(errors) == 2 * len(BAD_PURCHASES)
+    assert sorted(error.split()[0] for error in errors) == sorted(2 * [field for d in BAD_PURCHASES for field in d])
