@@ -7,6 +7,18 @@ complaint's handling) if there is one, else the first event of a new activity of
 time advances by exactly ``1/rate`` per event on average, without drift, and a runner pacing at ``rate``
 keeps event time on the wall clock, while funnel drop-off and complaint handling delays come out as
 they would from real systems.
+
+Customers have a life: most joined in the past year, the rest (``joining_share``) join during the run
+(spread over ``join_span_ms``) and sign up with their first activity; of those, 60 % only try it and leave
+after two weeks on average, and how often a customer comes back falls with the weeks since they joined
+(all of it the first week, 60 % the next, then a plateau of 30 %), so weekly cohorts give a retention curve. Some customers are repeat buyers; the first tenant sells in its
+customers' regional currencies (EUR, USD, JPY, BRL), the others in USD; a few purchases are sent twice
+under a new event id, as a checkout page reloaded or a webhook retried would. Refunds are not simulated:
+the contract has no event for them.
+
+Complaints are one activity of the mix by default, which gives every test plenty of them whatever its
+span. With ``complaint_rate`` they come instead at a realistic pace per customer and month, independent
+of the event rate (a few percent of the customers a month), and a spike multiplies that pace.
 """
 from __future__ import annotations
 
@@ -15,6 +27,7 @@ import copy
 import heapq
 import itertools
 import json
+import math
 import threading
 import time
 import uuid
@@ -24,11 +37,25 @@ from pathlib import Path
 from random import Random
 from typing import IO, Callable, Iterator, Optional, Sequence, Union
 
+from pipeline.money import minor_unit
+
 SEC = 1000
 MIN = 60 * SEC
 HOUR = 60 * MIN
-SPIKE_MS = 10 * MIN  # how long a complaint spike lasts
-SPIKE_FACTOR = 6  # weight of new complaints during a spike, relative to normal
+DAY = 24 * HOUR
+WEEK = 7 * DAY
+MONTH = 30 * DAY
+SPIKE_MS = 10 * MIN  # how long a complaint spike lasts (default)
+SPIKE_FACTOR = 6  # weight (or pace) of new complaints during a spike, relative to normal (default)
+# Coming back: a customer starts an activity with this chance, by weeks since they joined (retention curve).
+RETURN_PLATEAU, RETURN_DECAY = 0.3, 0.45
+RETURN_TRIES = 30  # customers drawn (by activity weight) before one is taken regardless of the chance
+TRYING_SHARE, TRYING_WEEKS = 0.6, 2.0  # joining customers who only try: they leave after ~2 weeks (exponential)
+JOIN_SPAN_MS = 2 * WEEK  # default span over which the joining customers join
+REGIONAL_CURRENCY = {"eu": "EUR", "us": "USD", "apac": "JPY", "latam": "BRL"}  # of the first tenant
+OTHER_TENANTS_CURRENCY = "USD"
+EUR_RATES = {"EUR": 1.0, "USD": 1.08, "JPY": 162.0, "BRL": 5.9}  # units of the currency per euro
+RESENT_SHARE = 0.03  # purchases sent twice, under a new event id
 
 # Fields beyond the common ones, per source: every event carries all of them, so it equals its decoded self.
 EXTRA_FIELDS = {
@@ -63,6 +90,11 @@ class Customer:
     profile: dict
     attributes: dict
     subscribed: bool
+    joined_ms: int  # joined then: nothing before it; the first activity after it starts with a signup if in the run
+    currency: str
+    repeat_buyer: bool  # buys far more often once in the shop
+    signs_up: bool  # joins during the run: their first activity starts with a web signup
+    leaves_ms: float = math.inf  # a joining customer who only tried: nothing new from then on
     unhappy: bool = False  # after a detractor answer, an abandoned chat or a complaint: more likely to churn
     silent_from_ms: Optional[int] = None  # starts nothing new from then on: an inactive (churning) customer
 
@@ -76,16 +108,27 @@ class Simulator:
 
     def __init__(self, seed: int, customers: int = 2000, tenants: Sequence[str] = ("acme", "globex"), *,
                  start_ms: int, spike_at_ms: Optional[int] = None, bad_rate: float = 0.0,
-                 silent_share: float = 0.0, silent_at_ms: Optional[int] = None):
+                 silent_share: float = 0.0, silent_at_ms: Optional[int] = None, joining_share: float = 0.3,
+                 join_span_ms: int = JOIN_SPAN_MS, complaint_rate: Optional[float] = None,
+                 spike_ms: int = SPIKE_MS, spike_factor: float = SPIKE_FACTOR):
         """``silent_share`` of the customers, drawn from a stream of their own (so the events up to
-        ``silent_at_ms`` are those of a run without silence), start no new activity from ``silent_at_ms``."""
+        ``silent_at_ms`` are those of a run without silence), start no new activity from ``silent_at_ms``.
+        ``joining_share`` of them join during ``join_span_ms`` after ``start_ms``. ``complaint_rate``: complaints
+        opened per customer and 30 days (e.g. 0.04), instead of complaints as a share of the activities; a spike
+        from ``spike_at_ms`` lasts ``spike_ms`` and multiplies new complaints by ``spike_factor``."""
         if customers < 1 or not tenants or not 0 <= bad_rate < 1 or not 0 <= silent_share < 1:
             raise ValueError("need customers >= 1, at least one tenant, 0 <= bad_rate < 1 and 0 <= silent_share < 1")
         if silent_share and silent_at_ms is None:
             raise ValueError("silent_share needs silent_at_ms")
+        if not 0 <= joining_share < 1 or join_span_ms <= 0 or (complaint_rate is not None and complaint_rate <= 0):
+            raise ValueError("need 0 <= joining_share < 1, join_span_ms > 0 and complaint_rate > 0 (or None)")
+        if spike_ms <= 0 or spike_factor < 1:
+            raise ValueError("need spike_ms > 0 and spike_factor >= 1")
         self.rng = Random(seed)
         self.spike_at_ms, self.bad_rate = spike_at_ms, bad_rate
+        self.spike_ms, self.spike_factor = spike_ms, spike_factor
         self.stats: Counter = Counter()
+        self._start_ms, self._joining_share, self._join_span_ms = start_ms, joining_share, join_span_ms
         self.customers = [self._customer(i, tenants) for i in range(customers)]
         # A few customers are far more active than most, as in real traffic.
         self._customer_weights = list(itertools.accumulate(self.rng.lognormvariate(0, 1) for _ in self.customers))
@@ -94,9 +137,13 @@ class Simulator:
             for customer in self.customers:
                 if quiet.random() < silent_share:
                     customer.silent_from_ms = silent_at_ms
-        self._activity_weights = list(itertools.accumulate(ACTIVITIES.values()))
+        activities = {name: 0 if complaint_rate and name == "complaint" else w for name, w in ACTIVITIES.items()}
+        self._activity_weights = list(itertools.accumulate(activities.values()))
         self._spike_weights = list(itertools.accumulate(
-            w * SPIKE_FACTOR if name == "complaint" else w for name, w in ACTIVITIES.items()))
+            w * spike_factor if name == "complaint" else w for name, w in activities.items()))
+        # Complaints at a pace of their own: candidates at the spike's pace, kept at normal/spike odds (thinning).
+        self._complaint_gap_ms = MONTH / (customers * complaint_rate) / spike_factor if complaint_rate else None
+        self._next_complaint = start_ms + self._complaint_gap() if complaint_rate else math.inf
         self._clock = float(start_ms)  # start of the next output slot
         self._last = start_ms  # event_time of the last output
         self._due: list[tuple[float, int, Customer, Iterator[Step], Step]] = []  # heap of next steps
@@ -109,7 +156,14 @@ class Simulator:
         attributes = {"region": r.choice(REGIONS), "plan": plan, "device": r.choice(DEVICES),
                       "language": r.choice(LANGUAGES)}
         tenant = i % len(tenants)
-        return Customer(f"cust-{i:06d}", tenants[tenant], PROFILES[tenant % len(PROFILES)], attributes, plan != "free")
+        signs_up = r.random() < self._joining_share
+        joined = self._start_ms + r.random() * self._join_span_ms if signs_up else self._start_ms - r.uniform(0, 52) * WEEK
+        currency = REGIONAL_CURRENCY[attributes["region"]] if tenant == 0 else OTHER_TENANTS_CURRENCY
+        customer = Customer(f"cust-{i:06d}", tenants[tenant], PROFILES[tenant % len(PROFILES)], attributes,
+                            plan != "free", int(joined), currency, r.random() < 0.2, signs_up)
+        if signs_up and r.random() < TRYING_SHARE:
+            customer.leaves_ms = joined + r.expovariate(1 / (TRYING_WEEKS * WEEK))
+        return customer
 
     # -- output ----------------------------------------------------------------------------------
     def events(self, count: Optional[int] = None, until_ms: Optional[int] = None,
@@ -144,6 +198,10 @@ class Simulator:
             at = max(int(scheduled), self._last)
         else:
             customer, activity = self._start(at)
+            if customer.signs_up:  # their first activity: they sign up first
+                customer.signs_up = False
+                visit = {"session_id": f"s-{self.rng.getrandbits(48):012x}", "url": "/signup"}
+                activity = itertools.chain([(0, "web", "signup", visit)], activity)
             step = next(activity)
         _, source, event_type, fields = step
         event = self._event(source, event_type, at, customer, fields)
@@ -154,13 +212,45 @@ class Simulator:
         self._recent.append((source, event))
         return source, event
 
+    def _spiking(self, at: float) -> bool:
+        return self.spike_at_ms is not None and self.spike_at_ms <= at < self.spike_at_ms + self.spike_ms
+
+    def _complaint_gap(self) -> float:
+        return self.rng.expovariate(1 / self._complaint_gap_ms)
+
     def _start(self, at: int) -> tuple[Customer, Iterator[Step]]:
-        spiking = self.spike_at_ms is not None and self.spike_at_ms <= at < self.spike_at_ms + SPIKE_MS
+        while self._next_complaint <= at:  # complaints at their own pace: this candidate is kept at normal/spike odds
+            candidate, self._next_complaint = self._next_complaint, self._next_complaint + self._complaint_gap()
+            if self._spiking(candidate) or self.rng.random() < 1 / self.spike_factor:
+                customer = self._customer_at(at)
+                return customer, self._complaint(customer)
+        spiking = self._spiking(at)
         name = self._pick(tuple(ACTIVITIES), self._spike_weights if spiking else self._activity_weights)
-        customer = self._pick(self.customers, self._customer_weights)
-        while customer.silent_from_ms is not None and customer.silent_from_ms <= at:
-            customer = self._pick(self.customers, self._customer_weights)
+        customer = self._customer_at(at)
         return customer, getattr(self, f"_{name}")(customer)
+
+    def _customer_at(self, at: int) -> Customer:
+        """A customer who has joined and is not silent, drawn by activity weight and kept with the chance that
+        they come back this many weeks after joining; after RETURN_TRIES draws, the first eligible one drawn
+        (or, when none was, any eligible one: the earliest to join if nobody is)."""
+        chosen = None
+        for _ in range(RETURN_TRIES):
+            customer = self._pick(self.customers, self._customer_weights)
+            if not self._eligible(customer, at):
+                continue
+            weeks = (at - customer.joined_ms) / WEEK
+            if self.rng.random() < RETURN_PLATEAU + (1 - RETURN_PLATEAU) * RETURN_DECAY ** weeks:
+                return customer
+            chosen = chosen or customer
+        if chosen is None:
+            chosen = next((c for c in self.customers if self._eligible(c, at)), None) or \
+                min(self.customers, key=lambda c: c.joined_ms)
+        return chosen
+
+    @staticmethod
+    def _eligible(customer: Customer, at: int) -> bool:
+        return customer.joined_ms <= at < customer.leaves_ms and (customer.silent_from_ms is None or
+                                                                  customer.silent_from_ms > at)
 
     def _pick(self, items: Sequence, cum_weights: list[float]):
         """``rng.choices(items, cum_weights=...)[0]`` without its overhead: this runs for most events."""
@@ -204,19 +294,25 @@ class Simulator:
             product = f"p-{r.randrange(300):04d}"
             page = dict(visit, url=f"/products/{product}", product_id=product)
             yield self._delay(20 * SEC), "web", "product_view", page
-        if r.random() >= 0.35:
+        if r.random() >= (0.6 if c.repeat_buyer else 0.35):
             return
         yield self._delay(40 * SEC), "web", "add_to_cart", dict(visit, product_id=product)
         if r.random() < 0.1:
             yield self._delay(60 * SEC), "web", "remove_from_cart", dict(visit, product_id=product)
             return
-        if r.random() >= 0.6:
+        if r.random() >= (0.85 if c.repeat_buyer else 0.5):
             return
         yield self._delay(90 * SEC), "web", "checkout_started", dict(visit, url="/checkout")
         if r.random() >= 0.7:
             return
-        order = {"order_id": f"o-{r.getrandbits(40):010x}", "revenue": round(r.uniform(5, 400), 2), "currency": "EUR"}
-        yield self._delay(120 * SEC), "web", "purchase", dict(visit, url="/checkout/done", **order)
+        # a basket of about 55 EUR on average, in the customer's currency, to its minor unit
+        digits = minor_unit(c.currency)
+        revenue = round(r.lognormvariate(math.log(45), 0.6) * EUR_RATES[c.currency], digits)
+        order = {"order_id": f"o-{r.getrandbits(40):010x}", "revenue": float(revenue), "currency": c.currency}
+        purchase = dict(visit, url="/checkout/done", **order)
+        yield self._delay(120 * SEC), "web", "purchase", purchase
+        if r.random() < RESENT_SHARE:  # the same order again, under a new event id
+            yield self._delay(5 * SEC), "web", "purchase", purchase
         if not visit.get("anonymous_id") and r.random() < 0.15:
             kind = r.choice(("CES", "CSAT"))
             yield self._delay(30 * SEC), "web", "survey_response", dict(visit, survey=self._answer(c, kind, "checkout"))
@@ -225,7 +321,7 @@ class Simulator:
         r = self.rng
         visit = dict(self._visitor(c), session_id=f"s-{r.getrandbits(48):012x}")
         if not visit.get("anonymous_id") and r.random() < 0.6:
-            yield 0, "web", "signup" if r.random() < 0.08 else "login", dict(visit, url="/account")
+            yield 0, "web", "login", dict(visit, url="/account")
         for i in range(r.randint(1, 3)):
             event_type = "search" if r.random() < 0.4 else "page_view"
             yield (0 if i == 0 else self._delay(30 * SEC)), "web", event_type, dict(visit, url=f"/{event_type}/{i}")

@@ -119,6 +119,29 @@ _TABLES = (
         ("ended_ms", "Nullable(Int64)"), ("outcome", "String"), ("last_event_ms", "Int64"), ("updated_ms", "Int64"),
         ("kafka_partition", "UInt16"),
     ), "ReplacingMergeTree(updated_ms) ORDER BY (tenant, conversation_id)"),
+    # One row per order (a purchase's order_id, per buyer: the customer or anonymous visitor, the Kafka key),
+    # latest version wins: the earliest purchase event of the order, its amount in integer minor units.
+    # Not partitioned by time: a re-sent purchase with an earlier time must replace the row it moves.
+    Table("orders", (
+        ("tenant", "String"), ("buyer", "String"), ("order_id", "String"), ("customer_id", "Nullable(String)"),
+        ("order_time", "DateTime"), ("order_ms", "Int64"), ("currency", "String"), ("amount_minor", "Int64"),
+        ("minor_unit", "UInt8"), ("event_id", "String"), ("updated_ms", "Int64"), ("kafka_partition", "UInt16"),
+    ), "ReplacingMergeTree(updated_ms) ORDER BY (tenant, buyer, order_id)"),
+    # One row per cart (started by an add_to_cart of a buyer with no open cart), latest state wins:
+    # open, then converted (ended_ms: the purchase) or abandoned (ended_ms: the deadline).
+    Table("carts", (
+        ("tenant", "String"), ("buyer", "String"), ("customer_id", "Nullable(String)"), ("started_ms", "Int64"),
+        ("deadline_ms", "Int64"), ("outcome", "String"), ("ended_ms", "Nullable(Int64)"), ("updated_ms", "Int64"),
+        ("kafka_partition", "UInt16"),
+    ), "ReplacingMergeTree(updated_ms) ORDER BY (tenant, buyer, started_ms)"),
+    # One row per customer, latest version wins: their first event, signup and first purchase as the
+    # time-to-value core saw them, and the time to value it observed; rewritten when these change and on
+    # the first event of each new day (last_event_ms: that day, the core's memory of the customer).
+    Table("customer_firsts", (
+        ("tenant", "String"), ("customer_id", "String"), ("first_event_ms", "Int64"), ("signup_ms", "Nullable(Int64)"),
+        ("first_purchase_ms", "Nullable(Int64)"), ("time_to_value_ms", "Nullable(Int64)"), ("last_event_ms", "Int64"),
+        ("updated_ms", "Int64"), ("kafka_partition", "UInt16"),
+    ), "ReplacingMergeTree(updated_ms) ORDER BY (tenant, customer_id)"),
     # What the churn core learned from other cores' facts (complaints opened, SLA breaches), which no
     # other table keeps per customer and Kafka partition: its state is rebuilt from here.
     Table("churn_evidence", (

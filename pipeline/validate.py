@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
+from pipeline.money import MoneyError, to_minor
 from pipeline.registry import EVENT_SCHEMAS, PRIORITIES
 from pipeline.scores import SCORE_RANGES
 
@@ -89,6 +90,10 @@ def check_fields(source: str, event: dict, rules: Rules) -> Optional[Rejection]:
         return Rejection(INVALID_VALUE, f"unknown {source} event_type {event_type!r}")
     if source == "complaints" and event.get("priority") not in rules.priorities:
         return Rejection(INVALID_VALUE, f"unknown complaint priority {event.get('priority')!r}")
+    if source == "web" and event_type == "purchase":
+        rejection = check_order(event)
+        if rejection is not None:
+            return rejection
     survey = event.get("survey")
     if survey is not None:
         bounds = SCORE_RANGES.get(survey.get("kind"))
@@ -102,6 +107,18 @@ def check_fields(source: str, event: dict, rules: Rules) -> Optional[Rejection]:
     if rules.tenants and event["tenant"] not in rules.tenants:
         return Rejection(UNKNOWN_TENANT, f"tenant {event['tenant'][:MAX_TENANT_SHOWN]!r} is not in CXP_TENANTS "
                                          f"({', '.join(sorted(rules.tenants))})")
+    return None
+
+
+def check_order(event: dict) -> Optional[Rejection]:
+    """A purchase is an order: an order_id, and a revenue that converts to minor units of its currency
+    (:func:`pipeline.money.to_minor`: present, finite, not negative, an ISO 4217 currency code)."""
+    if not event.get("order_id"):
+        return Rejection(INVALID_VALUE, "order_id is missing or empty on a purchase")
+    try:
+        to_minor(event.get("revenue"), event.get("currency"))
+    except MoneyError as exc:
+        return Rejection(INVALID_VALUE, f"{exc} on a purchase")
     return None
 
 

@@ -2,7 +2,11 @@
 
 First a few days of simulated history are backfilled as fast as the worker takes them, so the 1h, 24h
 and 7d windows differ and funnels, complaints and churn have a past; then the same customers go live
-at the chosen rate, with a complaint spike a little into the live phase, while you watch.
+at the chosen rate while you watch. The numbers are meant to look like a real shop's: 20,000 customers
+(some joining, most coming back less as the weeks pass), orders in the customers' currencies, and
+complaints from about 2 % of the customers a month, whatever the event rate, with a surge (30 times
+the usual pace, as an outage would bring: some 8 an hour per tenant, where the spike test wants at least
+5 in its hour) from 75 minutes before going live to the end.
 Every process the demo starts it also stops. With no URLs configured, the broker is a local Tansu
 and ClickHouse is embedded chdb, both under ``<data_dir>/demo`` which each run starts afresh.
 """
@@ -31,19 +35,24 @@ from runtime.local.processes import die_with_parent, free_port, stop_process
 from pipeline.settings import Settings
 
 console = Console()
-TABLES = ("events", "survey_responses", "funnel_progress", "dead_letters", "metric_snapshots")
+TABLES = ("events", "survey_responses", "funnel_progress", "orders", "carts", "dead_letters", "metric_snapshots")
 DAY_MS = 86_400_000
 MAX_HISTORY_MS = 60 * DAY_MS  # enough for the 30-day windows; more only makes the backfill longer
 SILENT_SHARE = 0.1
+CUSTOMERS = 20_000
+COMPLAINT_RATE = 0.02  # complaints opened per customer and 30 days
+SPIKE_LEAD_MS = 75 * 60_000  # the complaint surge starts this long before going live, and lasts to the end
+SPIKE_FACTOR = 30
 
 
-def _view(samples: dict, metrics_url: str, started: float, produced: int, spike_in_s: float) -> Group:
+def _view(samples: dict, metrics_url: str, started: float, produced: int, spike_at_ms: int) -> Group:
     consumed = total(samples, "cxp_events_consumed_total")
     head = Table.grid(padding=(0, 2))
     head.add_row("metrics", metrics_url)
     head.add_row("live for", f"{time.monotonic() - started:.0f} s")
-    spike = time.monotonic() - started - spike_in_s
-    head.add_row("complaint spike", f"in {-spike:.0f} s" if spike < 0 else f"since {spike:.0f} s")
+    spike_s = time.time() - spike_at_ms / 1000
+    head.add_row("complaint surge", f"in {duration(-spike_s)}" if spike_s < 0 else
+                 f"since {duration(spike_s)} ({SPIKE_FACTOR}x the usual pace)")
     head.add_row("produced / consumed", f"{produced:,} / {consumed:,.0f}")
     head.add_row("processed", f"{total(samples, 'cxp_events_processed_total'):,.0f}")
     head.add_row("duplicates", f"{total(samples, 'cxp_events_duplicate_total'):,.0f}")
@@ -69,6 +78,17 @@ FAMILIES = (
     ("complaint spike", "cx_complaint_spike", ("tenant",), "{:.0f}", {}),
     ("complaint SLA breaches", "cx_complaint_sla_breaches_total", ("tenant", "priority", "stage"), "{:,.0f}", {}),
     ("actions sent", "cx_actions_total", ("tenant", "kind"), "{:,.0f}", {}),
+    ("orders", "cx_orders", ("tenant", "currency", "window"), "{:,.0f}", {"window": "24h"}),
+    ("revenue", "cx_revenue", ("tenant", "currency", "window"), "{:,.2f}", {"window": "24h"}),
+    ("average order value", "cx_average_order_value", ("tenant", "currency", "window"), "{:,.2f}", {"window": "24h"}),
+    ("revenue per active customer", "cx_revenue_per_active_customer", ("tenant", "currency", "window"), "{:,.2f}",
+     {"window": "24h"}),
+    ("repeat-purchase rate", "cx_repeat_purchase_ratio", ("tenant", "window"), "{:.1%}", {}),
+    ("cart abandonment", "cx_cart_abandonment_ratio", ("tenant", "window"), "{:.1%}", {}),
+    ("carts open", "cx_carts_open", ("tenant",), "{:,.0f}", {}),
+    ("first purchases", "cx_first_purchases", ("tenant", "window"), "{:,.0f}", {"window": "7d"}),
+    # Cohort retention (issue 18, point 3) goes here once its core is registered: the share of each weekly
+    # cohort active in week +1, e.g. ("retention, week +1", <its ratio family>, ("tenant", <age label>), "{:.1%}", {...}).
 )
 
 
@@ -97,7 +117,35 @@ def metrics_table(samples: dict, title: str) -> Table:
         p50, p90 = (histogram_quantile(q, samples, histogram, "tenant") for q in (0.5, 0.9))
         for tenant in sorted(p50):
             table.add_row(name, tenant, f"{duration(p50[tenant])} / {duration(p90[tenant])}")
+    exact: dict[str, dict[str, float]] = defaultdict(dict)
+    for labels, value in samples.get("cx_time_to_first_purchase_exact_seconds", []):
+        if labels.get("window") == "7d":
+            exact[labels["tenant"]][labels["quantile"]] = value
+    for tenant, quantiles in sorted(exact.items()):
+        if {"0.5", "0.9"} <= set(quantiles):
+            table.add_row("time to first purchase p50 / p90", f"{tenant} 7d",
+                          f"{duration(quantiles['0.5'])} / {duration(quantiles['0.9'])}")
     return table
+
+
+def complaint_rates(samples: dict, history_ms: int) -> dict[str, tuple[int, int, float]]:
+    """tenant -> (customers with a complaint opened in the last 7 days, customers active in them, that share
+    scaled to 30 days: the monthly pace, as the history may be shorter than 7 days)."""
+    def by_tenant(name: str) -> dict[str, float]:
+        return {labels["tenant"]: value for labels, value in samples.get(name, []) if labels.get("window") == "7d"}
+
+    complained, active = by_tenant("cx_complaint_customers"), by_tenant("cx_active_customers")
+    days = max(min(history_ms / DAY_MS, 7.0), 1.0)
+    return {tenant: (int(complained.get(tenant, 0)), int(n), complained.get(tenant, 0) / n * 30 / days)
+            for tenant, n in sorted(active.items()) if n}
+
+
+def _latest(samples: dict, url: str, token: Optional[str]) -> dict:
+    """A new scrape for the live view, or the last one while the worker is too busy to answer in time."""
+    try:
+        return scrape(url, timeout=5.0, token=token)
+    except OSError:  # timeouts and refused connections alike; the final scrape says if the worker is gone
+        return samples
 
 
 def _wait_for_metrics(url: str, worker: subprocess.Popen, log: Path, token: Optional[str],
@@ -120,13 +168,14 @@ def backfill(producer, events, expected: int, metrics_url: str, worker: subproce
     it has consumed, so its partitions stay close together in event time (none runs days ahead, which
     would make the others' events late). Returns the events sent, once the worker has consumed them all."""
     columns = (TextColumn("{task.description:<18}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    consumed = 0.0
+    consumed, samples = 0.0, {}
 
     def poll() -> None:
-        nonlocal consumed
+        nonlocal consumed, samples
         if worker.poll() is not None:
             raise RuntimeError(f"the worker exited with {worker.returncode} during the backfill; see {log}")
-        consumed = total(scrape(metrics_url, token=token), "cxp_events_consumed_total")
+        samples = _latest(samples, metrics_url, token)
+        consumed = total(samples, "cxp_events_consumed_total")
         progress.update(taken, completed=consumed)
 
     with Progress(*columns, console=console) as progress:
@@ -212,8 +261,13 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
 
         now_ms = int(time.time() * 1000)
         # A tenth of the customers fall silent halfway through the history: churn's inactivity signal.
-        simulator = Simulator(seed=seed, start_ms=now_ms - history_ms, bad_rate=bad_rate,
-                              silent_share=SILENT_SHARE if history_ms else 0.0, silent_at_ms=now_ms - history_ms // 2)
+        # The complaint surge: from 75 minutes before going live (the detector needs a day of history to judge
+        # it, so without history it starts with the live phase) to the end.
+        spike_at_ms = now_ms - min(SPIKE_LEAD_MS, history_ms if history_ms >= DAY_MS else 0)
+        simulator = Simulator(seed=seed, customers=CUSTOMERS, start_ms=now_ms - history_ms, bad_rate=bad_rate,
+                              silent_share=SILENT_SHARE if history_ms else 0.0, silent_at_ms=now_ms - history_ms // 2,
+                              complaint_rate=COMPLAINT_RATE, spike_at_ms=spike_at_ms, spike_factor=SPIKE_FACTOR,
+                              spike_ms=now_ms - spike_at_ms + int(duration_s * 1000) + 60_000)
         producer = EventProducer(settings.kafka.bootstrap_servers, Codec(make_registry(settings.kafka.schema_registry_url)),
                                  topic_prefix=settings.kafka.topic_prefix, **kafka_python_config(settings.kafka))
         history = 0
@@ -223,8 +277,6 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
                                history_events, metrics_url, worker, worker_log, token)
         live_ms = int(time.time() * 1000)
         simulator.skip_to(live_ms)
-        spike_in_s = min(30.0, duration_s / 4)
-        simulator.spike_at_ms = live_ms + int(spike_in_s * 1000)
         stop = threading.Event()
         sim_thread = threading.Thread(
             target=run_simulation, args=(producer, simulator.events(until_ms=live_ms + int(duration_s * 1000),
@@ -236,27 +288,27 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
         try:
             with Live(console=console, refresh_per_second=2) as live:
                 while sim_thread.is_alive():
-                    samples = scrape(metrics_url, token=token)
-                    live.update(_view(samples, metrics_url, started, producer.events_sent, spike_in_s))
+                    samples = _latest(samples, metrics_url, token)
+                    live.update(_view(samples, metrics_url, started, producer.events_sent, spike_at_ms))
                     time.sleep(1.0)
                 producer.flush()
                 deadline = time.monotonic() + 60
                 while total(samples, "cxp_events_consumed_total") < producer.events_sent and time.monotonic() < deadline:
                     time.sleep(0.5)
-                    samples = scrape(metrics_url, token=token)
-                    live.update(_view(samples, metrics_url, started, producer.events_sent, spike_in_s))
+                    samples = _latest(samples, metrics_url, token)
+                    live.update(_view(samples, metrics_url, started, producer.events_sent, spike_at_ms))
         except KeyboardInterrupt:
             console.print("interrupted: stopping")
             stop.set()
         sim_thread.join()
         producer.close()
         time.sleep(settings.sink.flush_interval.seconds + 0.5)  # let the last rows reach ClickHouse
-        samples = scrape(metrics_url, token=token)
+        samples = scrape(metrics_url, timeout=30.0, token=token)
         stop_process(worker)
         backend = connect(settings.clickhouse, home)
         rows = {t: backend.query(f"SELECT count() FROM {backend.database}.{t} FINAL")[0][0] for t in TABLES}
         backend.close()
-        _summary(samples, rows, producer.events_sent, history, simulator.stats)
+        _summary(samples, rows, producer.events_sent, history, simulator.stats, history_ms)
         return 0
     finally:
         if worker is not None:
@@ -265,7 +317,8 @@ def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_
             broker.stop()
 
 
-def _summary(samples: dict, rows: dict[str, int], produced: int, history: int, sim_stats: dict) -> None:
+def _summary(samples: dict, rows: dict[str, int], produced: int, history: int, sim_stats: dict,
+             history_ms: int) -> None:
     table = Table("", "value", title="cx-pipeline demo summary")
     table.add_row("events produced", f"{produced:,}")
     table.add_row("of which history", f"{history:,}")
@@ -280,5 +333,8 @@ def _summary(samples: dict, rows: dict[str, int], produced: int, history: int, s
     for name, count in rows.items():
         table.add_row(f"ClickHouse rows: {name}", f"{count:,}")
     table.add_row("simulator injected", ", ".join(f"{k}={v}" for k, v in sorted(sim_stats.items())) or "-")
+    for tenant, (complained, active, monthly) in complaint_rates(samples, history_ms).items():
+        table.add_row(f"complaint rate {tenant}", f"{complained:,} of {active:,} active customers in 7d "
+                                                  f"({monthly:.1%} a month at this pace)")
     console.print(table)
     console.print(metrics_table(samples, "CX metrics at the end, by event-time window"))

@@ -129,8 +129,8 @@ def cx_overview() -> dashboard.Dashboard:
 
     return (
         new_dashboard("cx-overview", "cx-pipeline — CX overview",
-                      "Customer-experience signals: surveys, segments, funnels, churn risk, engagement, complaints "
-                      "and follow-up actions. Ratios are fleet-wide recording rules over counts summed across "
+                      "Customer-experience signals: surveys, segments, funnels, churn risk, engagement, revenue, "
+                      "cart abandonment, complaints and follow-up actions. Ratios are fleet-wide recording rules over counts summed across "
                       "workers; ClickHouse panels read the stored rows for history and exact percentiles.",
                       ["customer-experience"])
         .with_variable(variable("tenant", "Tenant", "label_values(cx_survey_responses, tenant)", "$__all",
@@ -216,6 +216,55 @@ LIMIT 100"""), width=24, description="No customer ids: the comment, where and wh
         .with_panel(bars("Chatbot conversations by outcome", prom(
             f"tenant_window_outcome:cx_chatbot_conversations:sum{{{TENANT_WINDOW}}}", "{{tenant}} {{outcome}}",
             instant=True), width=16))
+        .with_row(dashboard.Row("Revenue"))
+        .with_panel(series("Revenue by currency", prom(
+            f"tenant_window_currency:cx_revenue:sum{{{TENANT_WINDOW}}}", "{{tenant}} {{currency}} {{window}}"),
+            description="Orders' revenue in the window, in units of each currency (never converted or added across "
+                        "currencies), summed exactly in minor units."))
+        .with_panel(series("Average order value", prom(
+            f"tenant_window_currency:cx_average_order_value:mean{{{TENANT_WINDOW}}}", "{{tenant}} {{currency}} {{window}}"),
+            description="Revenue / orders, per currency; each order once per order_id, re-sent purchases included."))
+        .with_panel(series("Revenue per active customer (ARPU)", prom(
+            f"tenant_window_currency:cx_revenue_per_active_customer:mean{{{TENANT_WINDOW}}}",
+            "{{tenant}} {{currency}} {{window}}"), description="Revenue / customers with any event in the window."))
+        .with_panel(bars("Orders by currency", prom(
+            f"tenant_window_currency:cx_orders:sum{{{TENANT_WINDOW}}}", "{{tenant}} {{currency}}", instant=True)))
+        .with_panel(series("Repeat-purchase rate (30 days)", prom(
+            f"tenant_window:cx_repeat_purchase:ratio{{{TENANT}}}", "{{tenant}}"), unit="percentunit",
+            description="Of the customers with an order in the last 30 days, the share with two or more."))
+        .with_panel(series("Cart abandonment", prom(
+            f"tenant_window:cx_cart_abandonment:ratio{{{TENANT_WINDOW}}}", "{{tenant}} {{window}}"), unit="percentunit",
+            description="Carts with no purchase within CXP_CART_ABANDON_AFTER (24 h) of their start / carts that "
+                        "ended in the window."))
+        .with_panel(bars("Carts by outcome, and open", prom(
+            f"tenant_window_outcome:cx_carts:sum{{{TENANT_WINDOW}}}", "{{tenant}} {{outcome}}", instant=True),
+            prom(f"tenant:cx_carts_open:sum{{{TENANT}}}", "{{tenant}} open", instant=True)))
+        .with_panel(series("Time to first purchase p50 / p90 (estimated, last 24 h)", prom(
+            f"tenant_quantile:cx_time_to_first_purchase_seconds:estimate24h{{{TENANT}}}", "{{tenant}} p{{quantile}}"),
+            unit="s", description="From signup (else first event) to first purchase, from the histogram summed over "
+                                  "workers; exact quantiles in the ClickHouse panel."))
+        .with_panel(series("Revenue per day (ClickHouse orders)", sql(f"""
+SELECT toDateTime(intDiv(toUInt32(order_time), 86400) * 86400) AS time, currency,
+       sum(amount_minor) / pow(10, any(minor_unit)) AS revenue
+FROM cx.orders FINAL
+WHERE {TENANTS_SQL} AND $__timeFilter(order_time)
+GROUP BY time, currency
+ORDER BY time""", time_series=True), width=12,
+            description="Every order once (FINAL), by order time, summed exactly in minor units."))
+        .with_panel(grid("Time to first purchase, exact percentiles (ClickHouse)", sql(f"""
+SELECT tenant, count() AS customers,
+       quantileExact(0.5)(time_to_value_ms / 1000) AS p50_s,
+       quantileExact(0.9)(time_to_value_ms / 1000) AS p90_s
+FROM (
+    SELECT tenant, assumeNotNull(time_to_value_ms) AS time_to_value_ms,
+           toDateTime(intDiv(assumeNotNull(first_purchase_ms), 1000)) AS purchased_at
+    FROM cx.customer_firsts FINAL
+    WHERE first_purchase_ms IS NOT NULL AND {TENANTS_SQL}
+)
+WHERE $__timeFilter(purchased_at)
+GROUP BY tenant
+ORDER BY tenant"""), width=12,
+            description="Customers whose first purchase is in the dashboard range, as measured when it was seen."))
         .with_row(dashboard.Row("Complaints"))
         .with_panel(series("Complaints open by priority", prom(
             f"tenant_priority:cx_complaints_open:sum{{{TENANT}}}", "{{tenant}} {{priority}}")))

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from pipeline.metrics.actions import ActionCore
 from pipeline.metrics.base import MetricCore
+from pipeline.metrics.carts import CartCore
 from pipeline.metrics.chatbot import ChatbotCore
 from pipeline.metrics.churn import ChurnCore
 from pipeline.metrics.complaint_spikes import ComplaintSpikeCore
@@ -18,8 +19,10 @@ from pipeline.metrics.complaints import ComplaintCore
 from pipeline.metrics.engagement import EngagementCore
 from pipeline.metrics.followups import FollowupCore
 from pipeline.metrics.funnels import FunnelCore
+from pipeline.metrics.orders import OrdersCore
 from pipeline.metrics.segments import SegmentCore
 from pipeline.metrics.surveys import SurveyCore
+from pipeline.metrics.time_to_value import TimeToValueCore
 
 if TYPE_CHECKING:
     from pipeline.settings import Settings
@@ -35,6 +38,9 @@ CORE_CLASSES: tuple[type[MetricCore], ...] = (
     FollowupCore,
     ActionCore,
     ChatbotCore,
+    OrdersCore,
+    CartCore,
+    TimeToValueCore,
 )
 
 

@@ -5,21 +5,24 @@ lower boundary is rounded down to the minute; clock is the largest event time pr
 (e.g. (tenant, kind)) has a vector of counts per minute bucket. Every window keeps the running sum of
 the buckets inside it: adding updates the windows the bucket falls in, and moving the clock subtracts
 the buckets a window leaves, so reading a total costs nothing per bucket. Buckets older than the
-largest window are pruned, so state is bounded by the windows, not by traffic.
+largest window are pruned, so state is bounded by the windows, not by traffic; a heap of the bucket
+minutes makes pruning cost the buckets it drops, not all the buckets (43,200 per key in a 30-day window).
 """
 from __future__ import annotations
 
+import heapq
 from typing import Hashable, Sequence
 
 BUCKET_MS = 60_000
 
 
 class _Series:
-    __slots__ = ("buckets", "sums", "starts", "width")
+    __slots__ = ("buckets", "minutes", "sums", "starts", "width")
 
     def __init__(self, labels: Sequence[str], width: int):
         self.width = width
         self.buckets: dict[int, list[int]] = {}
+        self.minutes: list[int] = []  # heap of the minutes in buckets
         self.sums = {label: [0] * width for label in labels}
         self.starts = {label: -(2**62) for label in labels}  # minutes <= start are outside the window
 
@@ -27,6 +30,7 @@ class _Series:
         bucket = self.buckets.get(minute)
         if bucket is None:
             bucket = self.buckets[minute] = [0] * self.width
+            heapq.heappush(self.minutes, minute)
         nonzero = [(i, value) for i, value in enumerate(counts) if value]  # adding 0 changes nothing
         for i, value in nonzero:
             bucket[i] += value
@@ -91,7 +95,7 @@ class RollingCounts:
         oldest = (clock_ms - self.largest_ms) // BUCKET_MS
         for key in list(self._series):
             series = self._series[key]
-            for minute in [m for m in series.buckets if m <= oldest]:
-                del series.buckets[minute]
+            while series.minutes and series.minutes[0] <= oldest:
+                del series.buckets[heapq.heappop(series.minutes)]
             if not series.buckets:
                 del self._series[key]

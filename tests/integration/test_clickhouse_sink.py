@@ -54,6 +54,18 @@ SAMPLES = {
         ("acme", "c1", "complaint_opened", "k1", T0 * 1000, "", 3),
         ("acme", "c1", "sla_breach", "k1|first_response", T0 * 1000 + 600_000, "high|first_response|3600000", 3),
     ],
+    "orders": [  # 2**53 - 1 minor units: the largest amount kept, exact
+        ("acme", "c1", "o-1", "c1", T0, T0 * 1000 + 7, "EUR", 1999, 2, "e1", T0 * 1000 + 7, 3),
+        ("acme", "anon-7", "o-2", None, T0 + 1, T0 * 1000 + 1001, "JPY", 9_007_199_254_740_991, 0, "e2", T0 * 1000 + 1001, 0),
+    ],
+    "carts": [
+        ("acme", "c1", "c1", T0 * 1000, T0 * 1000 + 86_400_000, "converted", T0 * 1000 + 60_000, T0 * 1000 + 60_000, 3),
+        ("acme", "anon-7", None, T0 * 1000, T0 * 1000 + 86_400_000, "open", None, T0 * 1000, 0),
+    ],
+    "customer_firsts": [
+        ("acme", "c1", T0 * 1000, T0 * 1000, T0 * 1000 + 60_000, 60_000, T0 * 1000 + 60_000, T0 * 1000 + 60_000, 3),
+        ("acme", "c2", T0 * 1000 + 5, None, None, None, T0 * 1000 + 5, T0 * 1000 + 5, 1),
+    ],
 }
 
 

@@ -5,6 +5,7 @@ import re
 import signal
 import subprocess
 import sys
+from collections import defaultdict
 
 import pytest
 
@@ -41,8 +42,21 @@ def test_demo_runs_to_a_summary(tmp_path):
                           ("churn risk", r"\w+ \w+\s*│\s*[\d,]+"), ("complaints open", r"\w+ \w+\s*│\s*[\d,]+"),
                           ("complaint spike", r"\w+\s*│\s*[01]"),
                           ("complaint first response p50 / p90", r"\w+\s*│\s*[\d.]+[smhd] / [\d.]+[smhd]"),
-                          ("actions sent", r"\w+ \w+\s*│\s*[\d,]+")):
+                          ("actions sent", r"\w+ \w+\s*│\s*[\d,]+"), ("revenue", r"\w+ [A-Z]{3} 24h\s*│\s*[\d,]+\.\d\d"),
+                          ("average order value", r"\w+ [A-Z]{3} 24h\s*│\s*[\d,]+\.\d\d"),
+                          ("repeat-purchase rate", r"\w+ 30d\s*│\s*\d+\.\d%"), ("cart abandonment", r"\w+ 24h\s*│\s*\d+\.\d%"),
+                          ("time to first purchase p50 / p90", r"\w+ 7d\s*│\s*[\d.]+[smhd] / [\d.]+[smhd]")):
         assert re.search(rf"│ {family}\s*│ {value}", summary), f"no {family} in the summary"
+    # plausible complaints (issue 19): a few percent of the customers, the open ones far fewer, a spike flagged
+    rates = {t: (int(c.replace(",", "")), int(a.replace(",", ""))) for t, c, a in
+             re.findall(r"complaint rate (\w+)\s*│ ([\d,]+) of ([\d,]+) active customers", out)}
+    assert set(rates) == tenants, rates
+    open_complaints = defaultdict(int)
+    for tenant, count in re.findall(r"│ complaints open\s*│ (\w+) \w+\s*│\s*([\d,]+)", summary):
+        open_complaints[tenant] += int(count.replace(",", ""))
+    for tenant, (complained, active) in rates.items():
+        assert 0 < complained < 0.03 * active and open_complaints[tenant] < 0.02 * active, (tenant, rates, open_complaints)
+    assert re.search(r"│ complaint spike\s*│ \w+\s*│\s*1", summary), "no complaint spike"
     rows = int(re.search(r"ClickHouse rows: events\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     assert rows > 0
     assert_all_gone(out)

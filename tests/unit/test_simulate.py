@@ -4,6 +4,7 @@ from collections import Counter, defaultdict
 
 import pytest
 
+from pipeline.money import minor_unit
 from pipeline.partitioner import event_key
 from pipeline.registry import EVENT_SCHEMAS, BundledRegistry
 from pipeline.simulate import BAD_KINDS, SPIKE_MS, JsonlWriter, Simulator, read_jsonl, run_simulation
@@ -207,3 +208,76 @@ def test_silent_customers_start_nothing_after_their_time():
     late = [(s, e) for s, e in quiet if e["event_time"] >= silent_at + 24 * 3600_000 and e["customer_id"] in silent]
     assert all(s == "complaints" and e["event_type"] != "opened" for s, e in late)
     assert any(e["customer_id"] in silent for _, e in before)
+
+
+def test_orders_are_valid_in_several_currencies_of_one_tenant_and_some_are_sent_twice(clean):
+    purchases = [e for s, e in clean if e["event_type"] == "purchase"]
+    assert purchases and all(check_fields("web", e, RULES) is None for e in purchases)
+    currencies = defaultdict(set)
+    for e in purchases:
+        currencies[e["tenant"]].add(e["currency"])
+        digits = minor_unit(e["currency"])
+        assert round(e["revenue"], digits) == e["revenue"] > 0  # to the currency's minor unit
+    assert currencies["acme"] == {"EUR", "USD", "JPY", "BRL"} and currencies["globex"] == {"USD"}
+    copies = Counter(e["order_id"] for e in purchases)
+    resent = sum(n - 1 for n in copies.values())
+    assert 0.01 * len(copies) < resent < 0.06 * len(copies)  # ~3 % under a new event id, same amount
+    by_order = defaultdict(set)
+    for e in purchases:
+        by_order[e["order_id"]].add((e["revenue"], e["currency"], e["customer_id"], e["anonymous_id"]))
+    assert all(len(v) == 1 for v in by_order.values())
+    # repeat buyers: some customers order several times within the 55 hours
+    per_customer = Counter(e["customer_id"] for e in purchases if e["customer_id"] and copies[e["order_id"]] == 1)
+    assert sum(n >= 2 for n in per_customer.values()) > 0.2 * len(per_customer)
+
+
+def test_joining_customers_sign_up_first_and_established_ones_never(clean):
+    sim = run(count=1)[0]
+    joining = {c.id for c in sim.customers if c.signs_up}
+    assert 0.25 * len(sim.customers) < len(joining) < 0.35 * len(sim.customers)
+    first: dict = {}
+    for source, event in clean:
+        if event["customer_id"]:
+            first.setdefault(event["customer_id"], (source, event["event_type"]))
+    signed = {e["customer_id"] for _, e in clean if e["event_type"] == "signup"}
+    assert signed and signed <= joining
+    assert all(first[c] == ("web", "signup") for c in signed)
+
+
+def test_weekly_cohorts_come_back_less_week_by_week():
+    """Customers grouped by the week of their first event: the share active again falls with the weeks."""
+    week = 7 * 86_400_000
+    sim = Simulator(seed=3, customers=1500, start_ms=START, join_span_ms=8 * week, joining_share=0.5)
+    active, first = defaultdict(set), {}
+    for _, e in sim.events(until_ms=START + 10 * week, rate=120_000 / (10 * 7 * 86_400)):
+        if e["customer_id"]:
+            w = (e["event_time"] - START) // week
+            first.setdefault(e["customer_id"], w)
+            active[e["customer_id"]].add(w)
+    cohorts = defaultdict(list)
+    for customer, w in first.items():
+        if 1 <= w <= 4:  # joined in the run (week 0 holds the established customers too)
+            cohorts[w].append(customer)
+
+    def back(k):
+        members = [c for w, cs in cohorts.items() for c in cs]
+        return sum(first[c] + k in active[c] for c in members) / len(members)
+
+    assert back(1) > back(2) > back(4) > 0.2 and back(1) - back(4) > 0.15
+
+
+def test_complaints_at_a_realistic_pace_with_a_spike():
+    """With complaint_rate, complaints come at a few percent of the customers a month whatever the event rate,
+    and a spike multiplies that pace."""
+    day = 86_400_000
+    spike = START + 9 * day
+    sim = Simulator(seed=8, customers=20_000, start_ms=START, complaint_rate=0.04, spike_at_ms=spike,
+                    spike_ms=3_600_000, spike_factor=15)
+    events = list(sim.events(until_ms=START + 10 * day, rate=0.05))  # one event every 20 s
+    opened = [e["event_time"] for s, e in events if s == "complaints" and e["event_type"] == "opened"]
+    normal = sum(t < spike or t >= spike + 3_600_000 for t in opened) / (10 * day - 3_600_000) * 30 * day
+    assert 0.03 * 20_000 < normal < 0.05 * 20_000  # 4 % of the customers a month
+    during = sum(spike <= t < spike + 3_600_000 for t in opened)
+    assert during > 8 * normal / (30 * 24)  # 15 times the hour's usual (~1.1), with room for chance
+    assert sum(e["event_type"] == "opened" for s, e in run(count=5000, rate=1000.0, complaint_rate=0.04)[1]
+               if s == "complaints") <= 2  # 5 seconds of events: the pace does not follow the event rate

@@ -100,3 +100,34 @@ def test_unknown_tenant_against_the_allow_list():
 
 def test_without_an_allow_list_every_tenant_is_accepted(rules):
     assert not rules.tenants and reason(rules, "web", web(tenant="anything-at-all")) is None
+
+
+def purchase(**over):
+    return web(**{"event_type": "purchase", "order_id": "o-1", "revenue": 59.9, "currency": "EUR", **over})
+
+
+@pytest.mark.parametrize("over,field", [
+    ({"order_id": None}, "order_id"),
+    ({"order_id": ""}, "order_id"),
+    ({"revenue": None}, "revenue"),
+    ({"revenue": -0.01}, "revenue"),
+    ({"revenue": float("nan")}, "revenue"),
+    ({"revenue": float("inf")}, "revenue"),
+    ({"revenue": 1e300}, "revenue"),
+    ({"currency": None}, "currency"),
+    ({"currency": "EURO"}, "currency"),
+    ({"currency": "eur"}, "currency"),
+    ({"currency": "XAU"}, "currency"),  # gold: ISO 4217, but no minor unit
+    ({"currency": "ZZZ"}, "currency"),
+])
+def test_a_purchase_is_a_valid_order_or_invalid_value_naming_the_field(rules, over, field):
+    rejection = check_fields("web", purchase(**over), rules)
+    assert rejection.reason == INVALID_VALUE
+    assert rejection.error.startswith(field) and "purchase" in rejection.error
+
+
+def test_valid_purchases_and_orders_only_on_purchases(rules):
+    for over in ({}, {"revenue": 0.0}, {"revenue": 1500.0, "currency": "JPY"}, {"revenue": 1.234, "currency": "KWD"},
+                 {"customer_id": None, "anonymous_id": "anon-1"}):
+        assert reason(rules, "web", purchase(**over)) is None
+    assert reason(rules, "web", web(event_type="checkout_started", revenue=-5.0, currency="??")) is None  # not an order

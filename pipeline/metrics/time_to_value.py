@@ -1,0 +1,212 @@
+"""Time to value: how long a customer takes from signup (or their first event) to their first purchase.
+
+Per known customer (anonymous visitors have no signup to count from), by event time. The **start** is
+the customer's earliest web ``signup`` if it came at or before their first purchase, else their earliest
+event; the **first purchase** is their earliest web ``purchase``. The time to value is measured once, when
+the first purchase is seen, from what has arrived by then (with the rest of its batch): a signup or
+purchase arriving later with an earlier time does not measure it again, as for the funnel conversion
+time. Both times are those the pipeline saw: a customer whose first event predates the pipeline (or
+the core's memory, ``forget`` after their last day with an event) is measured from the first one it saw.
+
+Exported as
+
+- ``cx_time_to_first_purchase_seconds{tenant}``: a histogram, observed once per customer (1 min … 90 days);
+- ``cx_first_purchases{tenant,window}``: customers whose first purchase is in the window (``CXP_WINDOWS``);
+- ``cx_time_to_first_purchase_exact_seconds{tenant,window,quantile}``: the exact 0.5 and 0.9 quantiles of
+  their times, as ClickHouse's ``quantileExact`` takes them (the element at index ⌊q·n⌋ of the sorted times).
+
+State per partition: per customer seen in the last ``forget``, their first event, signup and first
+purchase times (a Python object each). ``customer_firsts`` has one row per customer, latest version wins,
+rewritten when these change and on the first event of each new day, so its ``last_event_ms`` is in the day
+of the customer's last event: the rebuild reads it back, and forgets by whole days as the live state does.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Iterable, Optional, Sequence
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.metrics_core import Metric
+from pydantic import AfterValidator, Field
+
+from pipeline.config import Duration, Section, positive
+from pipeline.metrics.base import Batch, Instrument, MetricCore, Output, Restore
+from pipeline.metrics.lastseen import MINUTE_MS
+from pipeline.tables import ROWS
+
+DAY_MS = 86_400_000
+QUANTILES = (0.5, 0.9)
+SWEEP_MS = 3_600_000  # forget customers at most once per hour of event time
+HISTOGRAM = "cx_time_to_first_purchase_seconds"
+BUCKETS = (60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0, 14 * 86400.0, 30 * 86400.0,
+           90 * 86400.0)
+FirstsRow = ROWS["customer_firsts"]
+
+
+class TimeToValueSettings(Section):
+    prefix = "time_to_value_"
+    forget: Annotated[Duration, AfterValidator(positive)] = Field(
+        Duration("90d"), description="A customer with no event for this long (whole days of event time) is forgotten "
+        "by the time-to-value core: if they come back, their first event then is their start.")
+
+
+def exact_quantile(values: list[float], q: float) -> float:
+    """``quantileExact(q)``: the element at index ⌊q·n⌋ of the sorted values (the last one for q = 1)."""
+    ordered = sorted(values)
+    return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+class Journey:
+    __slots__ = ("first_ms", "signup_ms", "purchase_ms", "ttv_ms", "last_ms", "updated_ms", "written", "written_day")
+
+    def __init__(self, first_ms: int):
+        self.first_ms = self.last_ms = first_ms
+        self.signup_ms = self.purchase_ms = self.ttv_ms = 0  # 0: none (yet)
+        self.updated_ms = 0
+        self.written: Optional[tuple] = None  # content of the row last written or restored
+        self.written_day = -1  # day of last_ms in that row
+
+    def content(self) -> tuple[int, int, int, int]:
+        return self.first_ms, self.signup_ms, self.purchase_ms, self.ttv_ms
+
+
+@dataclass
+class ValueState:
+    partition: int
+    customers: dict[tuple[str, str], Journey] = field(default_factory=dict)
+    dirty: dict[tuple[str, str], None] = field(default_factory=dict)  # in order of arrival
+    measured: list[tuple[int, str, int]] = field(default_factory=list)  # (first purchase ms, tenant, time to value ms)
+    clock_ms: int = 0
+    swept_ms: int = 0
+
+
+@dataclass
+class TimeToValueCore(MetricCore[ValueState]):
+    windows_ms: dict[str, int]
+    forget_ms: int
+    name = "time_to_value"
+    Settings = TimeToValueSettings
+    tables = ("customer_firsts",)
+    instruments = (Instrument(HISTOGRAM, "histogram", "Time from a customer's signup (else first event) to their "
+                              "first purchase, observed once per customer.", ("tenant",), BUCKETS),)
+
+    @classmethod
+    def configure(cls, section: TimeToValueSettings, stream: Any) -> "TimeToValueCore":
+        return cls(stream.window_ms, section.forget.ms)
+
+    def new_state(self, partition: int) -> ValueState:
+        return ValueState(partition)
+
+    def add(self, state: ValueState, batch: Batch, out: Output) -> None:
+        customers, dirty = state.customers, state.dirty
+        bought: dict[tuple[str, str], int] = {}
+        for source, event in zip(batch.sources, batch.events):
+            customer_id = event.get("customer_id")
+            if customer_id is None:
+                continue
+            key, at = (event["tenant"], customer_id), event["event_time"]
+            journey = customers.get(key)
+            if journey is None:
+                journey = customers[key] = Journey(at)
+            elif at < journey.first_ms:
+                journey.first_ms = at
+            elif at > journey.last_ms:
+                journey.last_ms = at
+            dirty[key] = None
+            if source == "web":
+                kind = event["event_type"]
+                if kind == "signup" and (not journey.signup_ms or at < journey.signup_ms):
+                    journey.signup_ms = at
+                elif kind == "purchase" and not journey.purchase_ms and at < bought.get(key, at + 1):
+                    bought[key] = at
+        for key, at in bought.items():
+            journey = customers[key]
+            start = journey.signup_ms if 0 < journey.signup_ms <= at else journey.first_ms
+            journey.purchase_ms, journey.ttv_ms = at, at - start
+            state.measured.append((at, key[0], journey.ttv_ms))
+            out.observe(HISTOGRAM, (key[0],), journey.ttv_ms / 1000)
+
+    def tick(self, state: ValueState, clock_ms: int, out: Output) -> None:
+        state.clock_ms = max(state.clock_ms, clock_ms)
+        rows = out.rows["customer_firsts"]
+        for key in state.dirty:
+            journey = state.customers[key]
+            content, day = journey.content(), journey.last_ms // DAY_MS
+            if content == journey.written and day == journey.written_day:
+                continue
+            journey.written, journey.written_day = content, day
+            journey.updated_ms = max(journey.updated_ms + 1, state.clock_ms)
+            nullable = lambda ms: ms or None  # noqa: E731
+            rows.append(FirstsRow(
+                tenant=key[0], customer_id=key[1], first_event_ms=journey.first_ms, signup_ms=nullable(journey.signup_ms),
+                first_purchase_ms=nullable(journey.purchase_ms),
+                time_to_value_ms=journey.ttv_ms if journey.purchase_ms else None, last_event_ms=journey.last_ms,
+                updated_ms=journey.updated_ms, kafka_partition=state.partition))
+        state.dirty.clear()
+        if state.clock_ms - state.swept_ms >= SWEEP_MS:
+            self._sweep(state)
+
+    def _sweep(self, state: ValueState) -> None:
+        """Forget customers whose last day with an event is ``forget`` behind, and times out of every window."""
+        oldest_day = (state.clock_ms - self.forget_ms) // DAY_MS
+        for key in [key for key, journey in state.customers.items() if journey.last_ms // DAY_MS < oldest_day]:
+            del state.customers[key]
+        oldest_minute = (state.clock_ms - max(self.windows_ms.values())) // MINUTE_MS
+        state.measured = [m for m in state.measured if m[0] // MINUTE_MS > oldest_minute]
+        state.swept_ms = state.clock_ms
+
+    def restores(self) -> Sequence[Restore]:
+        return (Restore("customers", "customer_firsts", ("tenant", "customer_id", "first_event_ms", "signup_ms",
+                                                         "first_purchase_ms", "time_to_value_ms", "last_event_ms",
+                                                         "updated_ms"),
+                        "last_event_ms", self.forget_ms + DAY_MS, final=True),)
+
+    def restore(self, state: ValueState, name: str, rows: list, clock_ms: int) -> None:
+        state.clock_ms = max(state.clock_ms, clock_ms)
+        state.swept_ms = max(state.swept_ms, state.clock_ms)
+        oldest_day = (state.clock_ms - self.forget_ms) // DAY_MS
+        for row in rows:
+            if int(row.last_event_ms) // DAY_MS < oldest_day:
+                continue
+            journey = Journey(int(row.first_event_ms))
+            journey.signup_ms, journey.purchase_ms = int(row.signup_ms or 0), int(row.first_purchase_ms or 0)
+            journey.ttv_ms, journey.last_ms = int(row.time_to_value_ms or 0), int(row.last_event_ms)
+            journey.updated_ms, journey.written, journey.written_day = \
+                int(row.updated_ms), journey.content(), journey.last_ms // DAY_MS
+            state.customers[(row.tenant, row.customer_id)] = journey
+            if journey.purchase_ms:
+                state.measured.append((journey.purchase_ms, row.tenant, journey.ttv_ms))
+
+    # -- reading ---------------------------------------------------------------------------------
+    def times(self, states: Sequence[ValueState], clocks: Sequence[int]) -> dict[tuple[str, str], list[float]]:
+        """(tenant, window) -> the times to value in seconds of the first purchases in the window."""
+        out: dict[tuple[str, str], list[float]] = {}
+        for state, clock_ms in zip(states, clocks):
+            for label, window in self.windows_ms.items():
+                start = (clock_ms - window) // MINUTE_MS
+                for at, tenant, ttv_ms in state.measured:
+                    if at // MINUTE_MS > start:
+                        out.setdefault((tenant, label), []).append(ttv_ms / 1000)
+        return out
+
+    def describe(self) -> Iterable[Metric]:
+        return self._families()
+
+    def collect(self, states: Sequence[ValueState], clocks: Sequence[int]) -> Iterable[Metric]:
+        count_g, quantile_g = families = self._families()
+        for (tenant, window), seconds in sorted(self.times(states, clocks).items()):
+            count_g.add_metric([tenant, window], len(seconds))
+            for q in QUANTILES:
+                quantile_g.add_metric([tenant, window, str(q)], exact_quantile(seconds, q))
+        return families
+
+    @staticmethod
+    def _families() -> list[Metric]:
+        return [
+            GaugeMetricFamily("cx_first_purchases", "Customers whose first purchase is in the window.",
+                              labels=["tenant", "window"]),
+            GaugeMetricFamily("cx_time_to_first_purchase_exact_seconds", "Exact quantiles (ClickHouse quantileExact) "
+                              "of the time from signup (else first event) to first purchase, of the first purchases in "
+                              "the window, of this worker (fleet: tenant_quantile:cx_time_to_first_purchase_seconds:"
+                              "estimate24h, from the histogram).", labels=["tenant", "window", "quantile"]),
+        ]
