@@ -18,7 +18,9 @@ from pipeline.metrics.complaints import ComplaintCore
 from pipeline.metrics.engagement import EngagementCore
 from pipeline.metrics.followups import FollowupCore
 from pipeline.metrics.funnels import FunnelCore
+from pipeline.metrics.retention import RetentionCore
 from pipeline.metrics.segments import SegmentCore
+from pipeline.metrics.subscriptions import SubscriptionCore
 from pipeline.metrics.surveys import SurveyCore
 
 if TYPE_CHECKING:
@@ -35,6 +37,8 @@ CORE_CLASSES: tuple[type[MetricCore], ...] = (
     FollowupCore,
     ActionCore,
     ChatbotCore,
+    RetentionCore,
+    SubscriptionCore,
 )
 
 
