@@ -41,6 +41,7 @@ from pydantic import Field
 
 from pipeline.config import Duration, Section, Windows
 from pipeline.metrics.base import Batch, Equals, MetricCore, Output, Restore
+from pipeline.metrics.segments import MAX_LABEL_CHARS, OTHER, UNKNOWN
 from pipeline.metrics.windows import RollingCounts
 from pipeline.tables import COLUMNS, ROWS
 
@@ -51,8 +52,6 @@ MOVEMENTS = ("new", "expansion", "contraction", "churned")
 NEW, EXPANSION, CONTRACTION, CHURNED = range(4)
 MINOR_PER_UNIT = 100
 LTV_WINDOW = "30d"
-OTHER, UNKNOWN = "other", "unknown"
-MAX_LABEL_CHARS = 64
 SubscriptionRow = ROWS["subscriptions"]
 
 
