@@ -5,7 +5,7 @@ A **subscription event** is a CRM ``subscription_started``, ``_renewed``, ``_upg
 ``mrr``. Money is exact: ``mrr`` (an Avro double) is converted once, here, to integer hundredths of the
 currency unit from its shortest decimal form (19.99 -> 1999; a third decimal is rounded half to even), and
 every sum is of those integers. CRM events carry no currency: one currency per tenant is assumed. A
-non-cancelling event without a finite, non-negative ``mrr`` is not taken (validation should refuse it).
+negative or non-finite ``mrr`` is dead-lettered by validation; a non-cancelling event without one is not taken.
 
 A customer's events are ordered by (event time, event id). The **current** subscription is the latest one;
 the customer is **paying** while its MRR is above 0 (``cx_subscription_paying_customers`` and
