@@ -1,8 +1,10 @@
 """``cxp demo``: broker, worker and simulator on one machine, key numbers live, a summary at the end.
 
-First a few days of simulated history are backfilled as fast as the worker takes them, so the 1h, 24h
-and 7d windows differ and funnels, complaints and churn have a past; then the same customers go live
-at the chosen rate, with a complaint spike a little into the live phase, while you watch.
+First three weeks of simulated history are backfilled as fast as the worker takes them, so the 1h, 24h
+and 7d windows differ, funnels, complaints and churn have a past, and weekly cohorts have ended weeks to
+show retention for (the default 22 days hold at least two ended weeks after the first cohort's week);
+then the same customers go live at the chosen rate, with a complaint spike a little into the live
+phase, while you watch.
 Every process the demo starts it also stops. With no URLs configured, the broker is a local Tansu
 and ClickHouse is embedded chdb, both under ``<data_dir>/demo`` which each run starts afresh.
 """
@@ -69,6 +71,12 @@ FAMILIES = (
     ("complaint spike", "cx_complaint_spike", ("tenant",), "{:.0f}", {}),
     ("complaint SLA breaches", "cx_complaint_sla_breaches_total", ("tenant", "priority", "stage"), "{:,.0f}", {}),
     ("actions sent", "cx_actions_total", ("tenant", "kind"), "{:,.0f}", {}),
+    ("retention, week +age", "cx_retention_ratio", ("tenant", "age"), "{:.1%}", {}),
+    ("MRR", "cx_subscription_mrr", ("tenant", "plan"), "{:,.2f}", {}),
+    ("paying customers", "cx_subscription_paying_customers", ("tenant", "plan"), "{:,.0f}", {}),
+    ("MRR churned, 30d", "cx_subscription_mrr_movement", ("tenant",), "{:,.2f}",
+     {"window": "30d", "movement": "churned"}),
+    ("LTV", "cx_subscription_ltv", ("tenant",), "{:,.2f}", {}),
 )
 
 
@@ -167,7 +175,7 @@ def stop_on_signals() -> None:
 
 
 def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_rate: float,
-             web_port: Optional[int] = None, history_ms: int = 3 * DAY_MS, history_events: int = 150_000) -> int:
+             web_port: Optional[int] = None, history_ms: int = 22 * DAY_MS, history_events: int = 150_000) -> int:
     from pipeline.kafka_security import kafka_python_config
     from pipeline.producer import EventProducer
     from pipeline.registry import make_registry

@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 def test_demo_runs_to_a_summary(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
     env.update(CXP_DATA_DIR=str(tmp_path), COLUMNS="200")
-    result = subprocess.run([sys.executable, "-m", "runtime.cli", "demo", "--history", "2d", "--history-events",
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "demo", "--history", "22d", "--history-events",
                              "20000", "--duration", "8", "--rate", "800"],
                             capture_output=True, text=True, timeout=240, env=env)
     out = result.stdout + result.stderr
@@ -41,8 +41,13 @@ def test_demo_runs_to_a_summary(tmp_path):
                           ("churn risk", r"\w+ \w+\s*│\s*[\d,]+"), ("complaints open", r"\w+ \w+\s*│\s*[\d,]+"),
                           ("complaint spike", r"\w+\s*│\s*[01]"),
                           ("complaint first response p50 / p90", r"\w+\s*│\s*[\d.]+[smhd] / [\d.]+[smhd]"),
-                          ("actions sent", r"\w+ \w+\s*│\s*[\d,]+")):
+                          ("actions sent", r"\w+ \w+\s*│\s*[\d,]+"), ("MRR", r"\w+ \w+\s*│\s*[\d,]+\.\d\d"),
+                          ("paying customers", r"\w+ \w+\s*│\s*[\d,]+"), ("LTV", r"\w+\s*│\s*[\d,]+\.\d\d")):
         assert re.search(rf"│ {family}\s*│ {value}", summary), f"no {family} in the summary"
+    # 22 days hold two ended weeks after the first cohort's: ages 1 and 2, a share of each cohort
+    retention = {(t, int(a)): float(v) for t, a, v in
+                 re.findall(r"│ retention, week \+age\s*│ (\w+) (\d)\s*│\s*(\d+\.\d)%", summary)}
+    assert {(t, a) for t in tenants for a in (1, 2)} <= set(retention) and all(0 < v < 100 for v in retention.values())
     rows = int(re.search(r"ClickHouse rows: events\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     assert rows > 0
     assert_all_gone(out)
