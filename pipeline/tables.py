@@ -148,6 +148,22 @@ _TABLES = (
         ("tenant", "String"), ("customer_id", "String"), ("kind", "String"), ("evidence_id", "String"),
         ("evidence_ms", "Int64"), ("detail", "String"), ("kafka_partition", "UInt16"),
     ), "ReplacingMergeTree() ORDER BY (tenant, customer_id, kind, evidence_id)"),
+    # One row per customer: the week of their first event and the weeks +0..+8 after it they were active in
+    # (bit k of active_weeks). The cohort matrix is a GROUP BY away; the retention core is rebuilt from it.
+    # version grows with every change of the row (pipeline/metrics/retention.py).
+    Table("retention", (
+        ("tenant", "String"), ("customer_id", "String"), ("cohort_week", "DateTime"), ("first_ms", "Int64"),
+        ("active_weeks", "UInt16"), ("version", "UInt64"), ("kafka_partition", "UInt16"),
+    ), "ReplacingMergeTree(version) ORDER BY (tenant, customer_id)"),
+    # One row per CRM subscription event the subscriptions core took, mrr in hundredths (exact). mrr_before
+    # and held are the core's bookkeeping for its restore (the MRR before the event, and whether it is the
+    # customer's latest, held in memory); the reproducing queries recompute both from the event columns.
+    Table("subscriptions", (
+        ("tenant", "String"), ("customer_id", "String"), ("event_id", "String"), ("event_type", "String"),
+        ("event_time", "DateTime"), ("event_ms", "Int64"), ("plan", "Nullable(String)"),
+        ("mrr_minor", "Nullable(Int64)"), ("mrr_before_minor", "Int64"), ("held", "UInt8"), ("updated_ms", "Int64"),
+        ("kafka_partition", "UInt16"),
+    ), "ReplacingMergeTree(updated_ms) ORDER BY (tenant, customer_id, event_ms, event_id)"),
 )
 
 TABLES: dict[str, Table] = {table.name: table for table in _TABLES}

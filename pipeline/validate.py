@@ -1,6 +1,7 @@
 """The bad-input rules (docs/contract.md) for one decoded event. Pure: no I/O, no clock of its own."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Iterable, Optional
 
@@ -94,6 +95,9 @@ def check_fields(source: str, event: dict, rules: Rules) -> Optional[Rejection]:
         rejection = check_order(event)
         if rejection is not None:
             return rejection
+    mrr = event.get("mrr")
+    if mrr is not None and not (math.isfinite(mrr) and mrr >= 0):
+        return Rejection(INVALID_VALUE, f"mrr {mrr!r} is not a finite amount of 0 or more")
     survey = event.get("survey")
     if survey is not None:
         bounds = SCORE_RANGES.get(survey.get("kind"))

@@ -340,13 +340,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("demo", help="run broker, worker and simulator together and show the numbers live",
-                       description="Backfills a few days of simulated history, then goes live at --rate with a "
+                       description="Backfills three weeks of simulated history, then goes live at --rate with a "
                        "complaint spike a little later. With nothing configured, starts a local Tansu broker and "
                        "embedded ClickHouse under the data folder; pointed at Kafka/ClickHouse URLs, uses those.")
     kafka(p)
     p.add_argument("--clickhouse-url", help="use this ClickHouse server instead of embedded chdb")
-    p.add_argument("--history", default="3d", help="simulated history backfilled before going live (default 3d, "
-                   "at most 60d; 0: none)")
+    p.add_argument("--history", default="22d", help="simulated history backfilled before going live (default 22d: "
+                   "retention needs ended weeks; at most 60d; 0: none)")
     p.add_argument("--history-events", type=int, default=150_000, help="events in that history (default 150000)")
     p.add_argument("--duration", type=float, default=60.0, help="seconds to run live (default 60; Ctrl-C stops early)")
     p.add_argument("--rate", type=float, default=2000.0, help="simulated events per second (default 2000)")

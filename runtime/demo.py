@@ -1,12 +1,13 @@
 """``cxp demo``: broker, worker and simulator on one machine, key numbers live, a summary at the end.
 
-First a few days of simulated history are backfilled as fast as the worker takes them, so the 1h, 24h
-and 7d windows differ and funnels, complaints and churn have a past; then the same customers go live
-at the chosen rate while you watch. The numbers are meant to look like a real shop's: 20,000 customers
-(some joining, most coming back less as the weeks pass), orders in the customers' currencies, and
-complaints from about 2 % of the customers a month, whatever the event rate, with a surge (30 times
-the usual pace, as an outage would bring: some 8 an hour per tenant, where the spike test wants at least
-5 in its hour) from 75 minutes before going live to the end.
+First three weeks of simulated history are backfilled as fast as the worker takes them, so the 1h, 24h
+and 7d windows differ, funnels, complaints and churn have a past, and weekly cohorts have ended weeks to
+show retention for (the default 22 days hold at least two ended weeks after the first cohort's week);
+then the same customers go live at the chosen rate while you watch. The numbers are meant to look like
+a real shop's: 20,000 customers (some joining, most coming back less as the weeks pass), orders in the
+customers' currencies, and complaints from about 2 % of the customers a month, whatever the event rate,
+with a surge (30 times the usual pace, as an outage would bring: some 8 an hour per tenant, where the
+spike test wants at least 5 in its hour) from 75 minutes before going live to the end.
 Every process the demo starts it also stops. With no URLs configured, the broker is a local Tansu
 and ClickHouse is embedded chdb, both under ``<data_dir>/demo`` which each run starts afresh.
 """
@@ -87,8 +88,12 @@ FAMILIES = (
     ("cart abandonment", "cx_cart_abandonment_ratio", ("tenant", "window"), "{:.1%}", {}),
     ("carts open", "cx_carts_open", ("tenant",), "{:,.0f}", {}),
     ("first purchases", "cx_first_purchases", ("tenant", "window"), "{:,.0f}", {"window": "7d"}),
-    # Cohort retention (issue 18, point 3) goes here once its core is registered: the share of each weekly
-    # cohort active in week +1, e.g. ("retention, week +1", <its ratio family>, ("tenant", <age label>), "{:.1%}", {...}).
+    ("retention, week +age", "cx_retention_ratio", ("tenant", "age"), "{:.1%}", {}),
+    ("MRR", "cx_subscription_mrr", ("tenant", "plan"), "{:,.2f}", {}),
+    ("paying customers", "cx_subscription_paying_customers", ("tenant", "plan"), "{:,.0f}", {}),
+    ("MRR churned, 30d", "cx_subscription_mrr_movement", ("tenant",), "{:,.2f}",
+     {"window": "30d", "movement": "churned"}),
+    ("LTV", "cx_subscription_ltv", ("tenant",), "{:,.2f}", {}),
 )
 
 
@@ -216,7 +221,7 @@ def stop_on_signals() -> None:
 
 
 def run_demo(settings: Settings, duration_s: float, rate: float, seed: int, bad_rate: float,
-             web_port: Optional[int] = None, history_ms: int = 3 * DAY_MS, history_events: int = 150_000) -> int:
+             web_port: Optional[int] = None, history_ms: int = 22 * DAY_MS, history_events: int = 150_000) -> int:
     from pipeline.kafka_security import kafka_python_config
     from pipeline.producer import EventProducer
     from pipeline.registry import make_registry

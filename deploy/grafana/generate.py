@@ -29,6 +29,10 @@ CLICKHOUSE = DataSourceRef(type_val="grafana-clickhouse-datasource", uid="clickh
 TENANT = 'tenant=~"$tenant"'
 TENANT_WINDOW = 'tenant=~"$tenant", window=~"$window"'
 TENANTS_SQL = "tenant IN (${tenant:singlequote})"
+# Shares of a cohort active in weeks +1..+8, NULL until that week is over (cohort_week is its Monday).
+RETENTION_WEEKS = ",\n       ".join(
+    f"if(toUInt32(cohort_week) + {k + 1} * 604800 <= toUInt32(now()), round(countIf(bitTest(active_weeks, {k})) / count(), "
+    f"3), NULL) AS week_{k}" for k in range(1, 9))
 LAST_VALUE = common.ReduceDataOptions().calcs(["lastNotNull"])
 LEGEND = common.VizLegendOptions().show_legend(True).display_mode(LegendDisplayMode.LIST).placement(
     LegendPlacement.BOTTOM)
@@ -265,6 +269,44 @@ WHERE $__timeFilter(purchased_at)
 GROUP BY tenant
 ORDER BY tenant"""), width=12,
             description="Customers whose first purchase is in the dashboard range, as measured when it was seen."))
+        .with_row(dashboard.Row("Retention and subscriptions"))
+        .with_panel(bars("Weekly retention by week after the first event", prom(
+            f"tenant_age:cx_retention:ratio{{{TENANT}}}", "{{tenant}} week +{{age}}", instant=True),
+            unit="percentunit", description="Of the customers of the 4 latest weekly cohorts whose week +N has "
+                                            "ended, the share with an event in that week (cohort: the week of the "
+                                            "first event, Monday to Monday UTC)."))
+        .with_panel(grid("Cohort retention matrix (ClickHouse)", sql(f"""
+SELECT tenant, toDate(cohort_week) AS cohort, count() AS customers,
+       {RETENTION_WEEKS}
+FROM cx.retention FINAL
+WHERE {TENANTS_SQL} AND toUInt32(cohort_week) >= toUInt32(now()) - 13 * 604800
+GROUP BY tenant, cohort_week
+ORDER BY tenant, cohort"""), width=16,
+            description="The last 13 weekly cohorts: customers by the week of their first event, and the share "
+                        "active in each week after it (empty until that week is over)."))
+        .with_panel(series("MRR by plan", prom(f"tenant_plan:cx_subscription_mrr:sum{{{TENANT}}}", "{{tenant}} {{plan}}"),
+                           description="Monthly recurring revenue of the paying customers by their current plan, "
+                                       "in the CRM's currency (summed exactly in hundredths)."))
+        .with_panel(series("Paying customers by plan", prom(
+            f"tenant_plan:cx_subscription_paying_customers:sum{{{TENANT}}}", "{{tenant}} {{plan}}")))
+        .with_panel(bars("MRR moved in 30 days", prom(
+            f'tenant_window_movement:cx_subscription_mrr_movement:sum{{{TENANT}, window="30d"}}',
+            "{{tenant}} {{movement}}", instant=True),
+            description="new: from no MRR; expansion: upgrades; contraction: downgrades; churned: the MRR the "
+                        "customers who cancelled paid."))
+        .with_panel(series("Upgrades and downgrades (30 days)", prom(
+            f'tenant_window_movement:cx_subscription_changes:sum{{{TENANT}, window="30d", '
+            f'movement=~"expansion|contraction"}}', "{{tenant}} {{movement}}"),
+            description="Subscription events that raised (expansion) or lowered (contraction) a customer's MRR."))
+        .with_panel(single("ARPU (MRR per paying customer)", prom(
+            f"tenant:cx_subscription_arpu:mean{{{TENANT}}}", "{{tenant}}")))
+        .with_panel(single("Churn rate (30 days)", prom(
+            f'tenant_window:cx_subscription_churn:ratio{{{TENANT}, window="30d"}}', "{{tenant}}"), unit="percentunit",
+            description="Churned / (paying now + churned): churn events over the paying spells of the 30 days."))
+        .with_panel(single("LTV (ARPU / monthly churn)", prom(
+            f"tenant:cx_subscription_ltv:estimate{{{TENANT}}}", "{{tenant}}"), width=8,
+            description="MRR per paying customer times the expected lifetime in months; no value while nobody "
+                        "churned in 30 days."))
         .with_row(dashboard.Row("Complaints"))
         .with_panel(series("Complaints open by priority", prom(
             f"tenant_priority:cx_complaints_open:sum{{{TENANT}}}", "{{tenant}} {{priority}}")))

@@ -20,7 +20,9 @@ from pipeline.metrics.engagement import EngagementCore
 from pipeline.metrics.followups import FollowupCore
 from pipeline.metrics.funnels import FunnelCore
 from pipeline.metrics.orders import OrdersCore
+from pipeline.metrics.retention import RetentionCore
 from pipeline.metrics.segments import SegmentCore
+from pipeline.metrics.subscriptions import SubscriptionCore
 from pipeline.metrics.surveys import SurveyCore
 from pipeline.metrics.time_to_value import TimeToValueCore
 
@@ -41,6 +43,8 @@ CORE_CLASSES: tuple[type[MetricCore], ...] = (
     OrdersCore,
     CartCore,
     TimeToValueCore,
+    RetentionCore,
+    SubscriptionCore,
 )
 
 

@@ -1,7 +1,8 @@
 """Every dashboard query against real servers: a Prometheus with the shipped recording rules scraping a real
 `cxp worker`, and the ClickHouse 18.16 server the worker writes to.
 
-Input: two days of seeded simulator traffic (surveys, funnels, complaints, CRM changes), with duplicates
+Input: two days of seeded simulator traffic (surveys, funnels, complaints, CRM changes), after four sparser
+weeks of the same customers (weekly retention and 30-day subscription figures need them), with duplicates
 and invalid records mixed in, sent by a foreign client (kafka-python + plain fastavro) after Prometheus
 has scraped the idle worker once, so rates and histogram quantiles see the increase. Variables are filled
 in the way Grafana does ($tenant -> a tenant of the input, $window -> 24h) and ClickHouse macros the way
@@ -37,6 +38,7 @@ RULES = REPO / "deploy/prometheus/recording_rules.yml"
 DAY = 86_400_000
 PARTITIONS = 4
 N_EVENTS = 6000
+HISTORY_EVENTS = 3000
 VARIABLES = {"tenant": ["acme"], "window": ["24h"]}
 # SLA targets the simulator's handling times often miss, so two days of input breach some for every tenant
 # (the defaults are rarely missed by its exponential delays); read by the complaints core.
@@ -46,7 +48,12 @@ TIGHT_SLA = "urgent=5m/30m,high=10m/1h,normal=30m/3h,low=1h/6h"
 def inputs(now_ms: int) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]:
     """Two days of the simulator's events in two halves; the second also repeats every 50th event of the
     first and carries 20 invalid ones. Prometheus scrapes between the halves, so every source's counters
-    are seen growing (a counter first scraped at its final value has a rate of 0)."""
+    are seen growing (a counter first scraped at its final value has a rate of 0). Four sparser weeks of the
+    same customers come first, so weekly retention has cohorts whose weeks +1 and later are over and the
+    subscription panels have 30 days of changes."""
+    past = Simulator(seed=6, customers=400, start_ms=now_ms - 30 * DAY)
+    history = [(s, e) for s, e in past.events(count=HISTORY_EVENTS, rate=HISTORY_EVENTS / (28 * 86_400))
+               if e["event_time"] <= now_ms - 2 * DAY]
     sim = Simulator(seed=5, customers=400, start_ms=now_ms - 2 * DAY, spike_at_ms=now_ms - 3 * 3_600_000)
     events = [(s, e) for s, e in sim.events(count=N_EVENTS, rate=N_EVENTS / (2 * 86_400)) if e["event_time"] <= now_ms]
     crm = next(e for s, e in events if s == "crm")
@@ -54,7 +61,7 @@ def inputs(now_ms: int) -> tuple[list[tuple[str, dict]], list[tuple[str, dict]]]
                             survey={"kind": "NPS", "score": 42, "comment": None, "touchpoint": None}))
                for _ in range(20)]
     half = len(events) // 2
-    return events[:half], events[half:] + events[:half:50] + invalid
+    return history + events[:half], events[half:] + events[:half:50] + invalid
 
 
 def produce(bootstrap: str, prefix: str, events: list[tuple[str, dict]]) -> None:

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 def test_demo_runs_to_a_summary(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("CXP_")}
     env.update(CXP_DATA_DIR=str(tmp_path), COLUMNS="200")
-    result = subprocess.run([sys.executable, "-m", "runtime.cli", "demo", "--history", "2d", "--history-events",
+    result = subprocess.run([sys.executable, "-m", "runtime.cli", "demo", "--history", "22d", "--history-events",
                              "20000", "--duration", "8", "--rate", "800"],
                             capture_output=True, text=True, timeout=240, env=env)
     out = result.stdout + result.stderr
@@ -45,7 +45,9 @@ def test_demo_runs_to_a_summary(tmp_path):
                           ("actions sent", r"\w+ \w+\s*│\s*[\d,]+"), ("revenue", r"\w+ [A-Z]{3} 24h\s*│\s*[\d,]+\.\d\d"),
                           ("average order value", r"\w+ [A-Z]{3} 24h\s*│\s*[\d,]+\.\d\d"),
                           ("repeat-purchase rate", r"\w+ 30d\s*│\s*\d+\.\d%"), ("cart abandonment", r"\w+ 24h\s*│\s*\d+\.\d%"),
-                          ("time to first purchase p50 / p90", r"\w+ 7d\s*│\s*[\d.]+[smhd] / [\d.]+[smhd]")):
+                          ("time to first purchase p50 / p90", r"\w+ 7d\s*│\s*[\d.]+[smhd] / [\d.]+[smhd]"),
+                          ("MRR", r"\w+ \w+\s*│\s*[\d,]+\.\d\d"), ("paying customers", r"\w+ \w+\s*│\s*[\d,]+"),
+                          ("LTV", r"\w+\s*│\s*[\d,]+\.\d\d")):
         assert re.search(rf"│ {family}\s*│ {value}", summary), f"no {family} in the summary"
     # plausible complaints (issue 19): a few percent of the customers, the open ones far fewer, a spike flagged
     rates = {t: (int(c.replace(",", "")), int(a.replace(",", ""))) for t, c, a in
@@ -57,6 +59,10 @@ def test_demo_runs_to_a_summary(tmp_path):
     for tenant, (complained, active) in rates.items():
         assert 0 < complained < 0.03 * active and open_complaints[tenant] < 0.02 * active, (tenant, rates, open_complaints)
     assert re.search(r"│ complaint spike\s*│ \w+\s*│\s*1", summary), "no complaint spike"
+    # 22 days hold two ended weeks after the first cohort's: ages 1 and 2, a share of each cohort
+    retention = {(t, int(a)): float(v) for t, a, v in
+                 re.findall(r"│ retention, week \+age\s*│ (\w+) (\d)\s*│\s*(\d+\.\d)%", summary)}
+    assert {(t, a) for t in tenants for a in (1, 2)} <= set(retention) and all(0 < v < 100 for v in retention.values())
     rows = int(re.search(r"ClickHouse rows: events\s*│\s*([\d,]+)", out).group(1).replace(",", ""))
     assert rows > 0
     assert_all_gone(out)

@@ -48,7 +48,7 @@ SERIES = exported_series()
 # Prometheus' own per-target series: only the rules may read it (WorkerDown, job:up:sum).
 PROMETHEUS_SERIES = {"up"}
 SPEC_TABLES = {"events", "survey_responses", "complaints", "funnel_progress", "churn_signals", "metric_snapshots",
-               "dead_letters", "orders", "customer_firsts"}
+               "dead_letters", "orders", "customer_firsts", "retention"}
 ID_LABELS = ("customer_id", "session_id", "complaint_id", "event_id", "anonymous_id", "conversation_id")
 
 PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset",

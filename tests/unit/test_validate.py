@@ -41,6 +41,8 @@ def test_valid_events_pass(rules):
     assert reason(rules, "web", web(customer_id=None, anonymous_id="anon-1")) is None
     survey = {"kind": "NPS", "score": 10, "comment": None, "touchpoint": None}
     assert reason(rules, "crm", web(event_type="survey_response", survey=survey)) is None
+    assert reason(rules, "crm", web(event_type="subscription_started", plan="pro", mrr=0.0)) is None
+    assert check_fields("crm", web(event_type="subscription_started", mrr=-5.0), rules).error.startswith("mrr ")
 
 
 @pytest.mark.parametrize("source,over", [
@@ -64,6 +66,9 @@ def test_missing_field(rules, source, over):
     ("web", {"event_type": "survey_response", "survey": {"kind": "CSAT", "score": 0}}),
     ("web", {"event_type": "survey_response", "survey": {"kind": "CES", "score": 8}}),
     ("complaints", {"event_type": "opened", "complaint_id": "k1", "priority": "whenever"}),
+    ("crm", {"event_type": "subscription_started", "mrr": -0.01}),
+    ("crm", {"event_type": "subscription_renewed", "mrr": float("nan")}),
+    ("crm", {"event_type": "subscription_upgraded", "mrr": float("inf")}),
 ])
 def test_invalid_value(rules, source, over):
     assert reason(rules, source, web(**over)) == INVALID_VALUE
