@@ -134,13 +134,13 @@ def metrics_table(samples: dict, title: str) -> Table:
 
 
 def complaint_rates(samples: dict, history_ms: int) -> dict[str, tuple[int, int, float]]:
-    """tenant -> (customers with a complaint opened in the last 7 days, customers active in them, that share
-    scaled to 30 days: the monthly pace, as the history may be shorter than 7 days)."""
+    """tenant -> (customers with a complaint opened in the last 30 days, customers active in them, that share
+    as a monthly pace: scaled to 30 days when the history is shorter)."""
     def by_tenant(name: str) -> dict[str, float]:
-        return {labels["tenant"]: value for labels, value in samples.get(name, []) if labels.get("window") == "7d"}
+        return {labels["tenant"]: value for labels, value in samples.get(name, []) if labels.get("window") == "30d"}
 
     complained, active = by_tenant("cx_complaint_customers"), by_tenant("cx_active_customers")
-    days = max(min(history_ms / DAY_MS, 7.0), 1.0)
+    days = max(min(history_ms / DAY_MS, 30.0), 1.0)
     return {tenant: (int(complained.get(tenant, 0)), int(n), complained.get(tenant, 0) / n * 30 / days)
             for tenant, n in sorted(active.items()) if n}
 
@@ -339,7 +339,7 @@ def _summary(samples: dict, rows: dict[str, int], produced: int, history: int, s
         table.add_row(f"ClickHouse rows: {name}", f"{count:,}")
     table.add_row("simulator injected", ", ".join(f"{k}={v}" for k, v in sorted(sim_stats.items())) or "-")
     for tenant, (complained, active, monthly) in complaint_rates(samples, history_ms).items():
-        table.add_row(f"complaint rate {tenant}", f"{complained:,} of {active:,} active customers in 7d "
+        table.add_row(f"complaint rate {tenant}", f"{complained:,} of {active:,} active customers in 30d "
                                                   f"({monthly:.1%} a month at this pace)")
     console.print(table)
     console.print(metrics_table(samples, "CX metrics at the end, by event-time window"))

@@ -50,14 +50,16 @@ def test_demo_runs_to_a_summary(tmp_path):
                           ("LTV", r"\w+\s*│\s*[\d,]+\.\d\d")):
         assert re.search(rf"│ {family}\s*│ {value}", summary), f"no {family} in the summary"
     # plausible complaints (issue 19): a few percent of the customers, the open ones far fewer, a spike flagged
-    rates = {t: (int(c.replace(",", "")), int(a.replace(",", ""))) for t, c, a in
-             re.findall(r"complaint rate (\w+)\s*│ ([\d,]+) of ([\d,]+) active customers", out)}
+    rates = {t: (int(c.replace(",", "")), int(a.replace(",", "")), float(m) / 100) for t, c, a, m in
+             re.findall(r"complaint rate (\w+)\s*│ ([\d,]+) of ([\d,]+) active customers in 30d \(([\d.]+)% a month",
+                        out)}
     assert set(rates) == tenants, rates
     open_complaints = defaultdict(int)
     for tenant, count in re.findall(r"│ complaints open\s*│ (\w+) \w+\s*│\s*([\d,]+)", summary):
         open_complaints[tenant] += int(count.replace(",", ""))
-    for tenant, (complained, active) in rates.items():
-        assert 0 < complained < 0.03 * active and open_complaints[tenant] < 0.02 * active, (tenant, rates, open_complaints)
+    for tenant, (complained, active, monthly) in rates.items():
+        assert 0 < complained and monthly == pytest.approx(complained / active * 30 / 22, abs=1e-3), rates
+        assert monthly < 0.10 and open_complaints[tenant] < 0.02 * active, (tenant, rates, open_complaints)
     assert re.search(r"│ complaint spike\s*│ \w+\s*│\s*1", summary), "no complaint spike"
     # 22 days hold two ended weeks after the first cohort's: ages 1 and 2, a share of each cohort
     retention = {(t, int(a)): float(v) for t, a, v in
