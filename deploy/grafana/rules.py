@@ -43,8 +43,8 @@ def raw_inputs(rule: str, rules: dict[str, str]) -> set[str]:
 
 
 def missing_rule_expr(rule: str, rules: dict[str, str]) -> str:
-    """1 while the scraped series the rule is computed from exist but the rule has no series (Prometheus does not
-    evaluate it: the rule file is not loaded, or an older copy of it), else 0. A rule whose inputs have no
-    series either (no sink error yet, say) is not missing, only without data."""
-    inputs = "|".join(sorted(raw_inputs(rule, rules)))
-    return f'(absent({rule}) and on () count({{__name__=~"{inputs}"}})) or on () vector(0)'
+    """1 while every scraped series the rule is computed from exists but the rule has no series (Prometheus
+    does not evaluate it: the rule file is not loaded, or an older copy of it), else 0. A rule with an input
+    that has no series (no sink error yet, say) is not missing, only without data."""
+    present = "".join(f' and on () count({{__name__="{name}"}})' for name in sorted(raw_inputs(rule, rules)))
+    return f"(absent({rule}){present}) or on () vector(0)"

@@ -251,3 +251,19 @@ def test_every_recording_rule_the_panels_read_is_defined_and_checked(path):
     assert {t["legendFormat"] for t in check["targets"]} == rules_read(others)
     for target in check["targets"]:  # each one looks for its own rule
         assert metric_names(target["expr"]) == {target["legendFormat"]}, target["expr"]
+
+
+# ------------------------------------------------------------------------------------------ pictures
+
+def test_every_dashboard_row_has_its_picture_and_every_embedded_picture_exists():
+    """python -m deploy.grafana.render --out docs/img/ draws one picture per row; rerun it after adding a row."""
+    from deploy.grafana.queries import row_picture, rows
+
+    repo = DEPLOY.parent
+    embedded = {(page.parent / link).resolve() for page in (repo / "README.md", DEPLOY / "README.md")
+                for link in re.findall(r"!\[[^\]]*\]\(([^)]+\.png)\)", page.read_text(encoding="utf-8"))}
+    assert embedded and all(path.exists() for path in embedded), sorted(p for p in embedded if not p.exists())
+    for path in PROVISIONED:
+        for title, _ in rows(load(path)):
+            picture = repo / "docs" / "img" / row_picture(path.name, title)
+            assert picture.exists() and picture.resolve() in embedded, f"{path.name} row {title!r}: no {picture.name}"
