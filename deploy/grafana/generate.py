@@ -38,8 +38,8 @@ from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
 from grafana_foundation_sdk.models.common import BigValueColorMode, BigValueTextMode, LegendDisplayMode, LegendPlacement
 from grafana_foundation_sdk.models.dashboard import (
-    DashboardCursorSync, DashboardLinkType, DataSourceRef, DynamicConfigValue, Threshold, ThresholdsConfig,
-    ThresholdsMode, ValueMap, ValueMappingResult, VariableOption, VariableRefresh, VariableSort)
+    DashboardCursorSync, DashboardLinkType, DataSourceRef, DynamicConfigValue, Threshold, ThresholdsMode,
+    ValueMap, ValueMappingResult, VariableOption, VariableRefresh, VariableSort)
 
 from deploy.grafana.rules import metric_names, missing_rule_expr, recording_rules
 
