@@ -4,6 +4,19 @@
 
 The JSON files are committed (Grafana provisions them from deploy/grafana/dashboards); a unit test
 fails when they differ from what this module writes, so edit this file and run it again.
+
+Data sources: every panel, target and query variable names its data source through a datasource template
+variable (`${ds_prometheus}`, `${ds_clickhouse}`), never by uid. That is the one scheme that works both ways a
+dashboard gets into Grafana: file provisioning loads the JSON as it is (it does not evaluate `__inputs`, so a
+panel holding `${DS_PROMETHEUS}` would stay broken), and an import maps `__inputs` onto the variables'
+defaults. Hence two copies of each dashboard:
+  dashboards/  provisioned (provisioning/dashboards): the variables default to the uids of
+               provisioning/datasources/datasources.yml;
+  import/      Grafana's export-for-sharing form (Dashboards > New > Import): `__inputs` asks for one data
+               source per type and becomes the variables' default; `__requires` names Grafana and the plugins.
+A user can switch either variable on the dashboard. Each dashboard links to the others, and ends with a
+"Recording rules" row that lists the rules of deploy/prometheus/recording_rules.yml its panels read and
+flags any that Prometheus is not recording (deploy/grafana/rules.py).
 PromQL reads the fleet-wide recording rules of deploy/prometheus/recording_rules.yml where one exists
 (ratios computed after summing counts over workers); ClickHouse SQL (grafana-clickhouse-datasource)
 gives history and exact percentiles, in the dialect ClickHouse 18.16 accepts.
@@ -11,21 +24,56 @@ gives history and exact percentiles, in the dialect ClickHouse 18.16 accepts.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import string
+from dataclasses import dataclass
 from pathlib import Path
+
+import yaml
 
 from grafana_foundation_sdk.builders import bargauge, common, dashboard, prometheus, stat, table, timeseries
 from grafana_foundation_sdk.cog import builder as cogbuilder
 from grafana_foundation_sdk.cog import variants as cogvariants
 from grafana_foundation_sdk.cog.encoder import JSONEncoder
-from grafana_foundation_sdk.models.common import LegendDisplayMode, LegendPlacement
+from grafana_foundation_sdk.models.common import BigValueColorMode, BigValueTextMode, LegendDisplayMode, LegendPlacement
 from grafana_foundation_sdk.models.dashboard import (
-    DashboardCursorSync, DataSourceRef, DynamicConfigValue, VariableOption, VariableRefresh, VariableSort)
+    DashboardCursorSync, DashboardLinkType, DataSourceRef, DynamicConfigValue, Threshold, ThresholdsMode,
+    ValueMap, ValueMappingResult, VariableOption, VariableRefresh, VariableSort)
 
-OUT = Path(__file__).resolve().parent / "dashboards"
-PROMETHEUS = DataSourceRef(type_val="prometheus", uid="prometheus")
-CLICKHOUSE = DataSourceRef(type_val="grafana-clickhouse-datasource", uid="clickhouse")
+from deploy.grafana.rules import metric_names, missing_rule_expr, recording_rules
+
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "dashboards"  # provisioned
+IMPORT_OUT = HERE / "import"  # for Grafana's import
+PROVISIONED_SOURCES = HERE / "provisioning" / "datasources" / "datasources.yml"
+COMPOSE = HERE.parent / "docker-compose.yml"  # its Grafana image is the version the dashboards are made for
+
+
+@dataclass(frozen=True)
+class Source:
+    """A data source type the dashboards read, always through the datasource template variable ``variable``."""
+    variable: str
+    plugin_id: str
+    plugin_name: str
+    plugin_version: str  # for __requires: the plugin version the queries are written for
+
+    @property
+    def ref(self) -> DataSourceRef:
+        return DataSourceRef(type_val=self.plugin_id, uid=f"${{{self.variable}}}")
+
+    @property
+    def input_name(self) -> str:
+        """The __inputs entry an import asks for (Grafana's exporter names them DS_<NAME>)."""
+        return "DS_" + self.variable.removeprefix("ds_").upper()
+
+
+PROMETHEUS_SOURCE = Source("ds_prometheus", "prometheus", "Prometheus", "1.0.0")
+CLICKHOUSE_SOURCE = Source("ds_clickhouse", "grafana-clickhouse-datasource", "ClickHouse", "4.0.0")
+SOURCES = (PROMETHEUS_SOURCE, CLICKHOUSE_SOURCE)
+PROMETHEUS = PROMETHEUS_SOURCE.ref
+PANEL_NAMES = {"timeseries": "Time series", "stat": "Stat", "bargauge": "Bar gauge", "table": "Table"}  # __requires
+CLICKHOUSE = CLICKHOUSE_SOURCE.ref
 TENANT = 'tenant=~"$tenant"'
 TENANT_WINDOW = 'tenant=~"$tenant", window=~"$window"'
 TENANTS_SQL = "tenant IN (${tenant:singlequote})"
@@ -71,9 +119,16 @@ def sql(text: str, time_series: bool = False) -> ClickHouseSQL:
     return ClickHouseSQL(text.strip(), time_series)
 
 
+def ref_ids():
+    """A, B, ..., Z, AA, AB, ...: Grafana's refIds, as many as a panel has targets."""
+    for length in itertools.count(1):
+        for letters in itertools.product(string.ascii_uppercase, repeat=length):
+            yield "".join(letters)
+
+
 def with_targets(panel, targets, width: int, height: int, description: str):
     """Targets get refIds A, B, ...; every panel names its data source (Prometheus unless all SQL)."""
-    for ref_id, target in zip(string.ascii_uppercase, targets):
+    for ref_id, target in zip(ref_ids(), targets):
         panel = panel.with_target(target.ref_id(ref_id))
     source = CLICKHOUSE if all(isinstance(t, ClickHouseSQL) for t in targets) else PROMETHEUS
     panel = panel.datasource(source).span(width).height(height)
@@ -409,27 +464,139 @@ LIMIT 50""")))
 DASHBOARDS = {"cx-overview.json": cx_overview, "cx-pipeline-health.json": pipeline_health}
 
 
-def render_json(build) -> str:
-    """The dashboard's JSON; panels (rows included) numbered 1, 2, ... in layout order."""
-    model = json.loads(json.dumps(build().build(), cls=JSONEncoder))
+def as_json(board: dashboard.Dashboard) -> dict:
+    return json.loads(json.dumps(board.build(), cls=JSONEncoder))
+
+
+def prometheus_targets(model: dict) -> list[dict]:
+    return [target for panel in model["panels"] for target in panel.get("targets", []) if "expr" in target]
+
+
+def rule_check(model: dict):
+    """A stat per recording rule the dashboard's panels read: "missing" when the series it is computed from
+    exist but it has none (Prometheus does not evaluate it), else "ok". None when the panels read no rule."""
+    rules = recording_rules()
+    read = set().union(*(metric_names(target["expr"]) for target in prometheus_targets(model)))
+    needed = [rule for rule in rules if rule in read]  # in the rule file's order
+    if not needed:
+        return None
+    states = ValueMap({"0": ValueMappingResult(text="ok", color="green", index=0),
+                       "1": ValueMappingResult(text="missing", color="red", index=1)})
+    panel = (stat.Panel().title("Recording rules this dashboard reads").reduce_options(LAST_VALUE)
+             .mappings([states]).color_mode(BigValueColorMode.BACKGROUND).text_mode(BigValueTextMode.VALUE_AND_NAME)
+             .thresholds(dashboard.ThresholdsConfig().mode(ThresholdsMode.ABSOLUTE).steps(
+                 [Threshold(value=None, color="green"), Threshold(value=1, color="red")])))
+    targets = [prom(missing_rule_expr(rule, rules), rule, instant=True) for rule in needed]
+    return with_targets(panel, targets, 24, 2 + 2 * -(-len(needed) // 4), description=(
+        "The recording rules of deploy/prometheus/recording_rules.yml that the panels above read. \"missing\": "
+        "the series the rule is computed from exist but the rule has none, so the Prometheus this dashboard reads does not "
+        "evaluate it; add recording_rules.yml to its rule_files (deploy/prometheus/prometheus.yml) and reload. "
+        "Panels built on a missing rule show No data."))
+
+
+def datasource_variable(source: Source, default: VariableOption) -> dict:
+    variable = (dashboard.DatasourceVariable(source.variable).label(f"{source.plugin_name} data source")
+                .type(source.plugin_id).current(default))
+    return as_json(variable)
+
+
+def provisioned(source: Source) -> VariableOption:
+    """The provisioned data source of the source's type (provisioning/datasources), the variable's default."""
+    shipped = [ds for ds in yaml.safe_load(PROVISIONED_SOURCES.read_text(encoding="utf-8"))["datasources"]
+               if ds["type"] == source.plugin_id]
+    if len(shipped) != 1:
+        raise ValueError(f"{PROVISIONED_SOURCES} must provision one {source.plugin_id} data source, not {len(shipped)}")
+    return VariableOption(selected=True, text=shipped[0]["name"], value=shipped[0]["uid"])
+
+
+def links(own_uid: str) -> list[dict]:
+    """A link to every other dashboard, keeping the time range and the variables (the data sources among them)."""
+    others = [as_json(build()) for build in DASHBOARDS.values()]
+    return [as_json(dashboard.DashboardLink(other["title"]).type(DashboardLinkType.LINK).url(f"/d/{other['uid']}")
+                    .icon("dashboard").tooltip(other["description"]).keep_time(True).include_vars(True))
+            for other in others if other["uid"] != own_uid]
+
+
+def sources_used(model: dict) -> list[Source]:
+    refs = [target["datasource"] for panel in model["panels"] for target in panel.get("targets", [])]
+    return [source for source in SOURCES if any(ref == source.ref.to_json() for ref in refs)]
+
+
+def requires(model: dict, used: list[Source]) -> list[dict]:
+    """Grafana's __requires: the Grafana version, the data source plugins and the panel plugins, sorted by id."""
+    grafana_version = yaml.safe_load(COMPOSE.read_text(encoding="utf-8"))["services"]["grafana"]["image"].split(":")[1]
+    found = {"grafana": {"type": "grafana", "id": "grafana", "name": "Grafana", "version": grafana_version}}
+    for source in used:
+        found[source.plugin_id] = {"type": "datasource", "id": source.plugin_id, "name": source.plugin_name,
+                                   "version": source.plugin_version}
+    for panel_type in {panel["type"] for panel in model["panels"]} - {"row"}:
+        found[panel_type] = {"type": "panel", "id": panel_type, "name": PANEL_NAMES.get(panel_type, panel_type),
+                             "version": grafana_version}  # core panels carry Grafana's version
+    return [found[key] for key in sorted(found)]
+
+
+def lay_out(panels: list[dict]) -> None:
+    """Panels left to right on Grafana's 24-column grid, a panel that does not fit starting the next line, and
+    each row on a line of its own (the SDK lets a panel run past column 24, which Grafana then moves)."""
+    x = y = line_height = 0
+    for panel in panels:
+        width, height = panel["gridPos"]["w"], panel["gridPos"]["h"]
+        if panel["type"] == "row" or x + width > 24:
+            x, y, line_height = 0, y + line_height, 0
+        panel["gridPos"].update(x=x, y=y)
+        x, line_height = x + width, max(line_height, height)
+        if panel["type"] == "row":
+            x, y, line_height = 0, y + height, 0
+
+
+def dashboard_model(build, importable: bool = False) -> dict:
+    """The dashboard's JSON model: its rows, the recording-rule check, a datasource variable per data source
+    type its panels read (default: the provisioned one, or for an import the __inputs entry), links to the
+    other dashboards; panels (rows included) numbered 1, 2, ... in layout order."""
+    board = build()
+    check = rule_check(as_json(board))
+    if check is not None:
+        board = board.with_row(dashboard.Row("Recording rules")).with_panel(check)
+    model = as_json(board)
+    lay_out(model["panels"])
     for panel_id, panel in enumerate(model["panels"], start=1):
         panel["id"] = panel_id
-    return json.dumps(model, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+    used = sources_used(model)
+    defaults = {source.variable: VariableOption(selected=True, text=f"${{{source.input_name}}}",
+                                                value=f"${{{source.input_name}}}") if importable
+                else provisioned(source) for source in used}
+    model.setdefault("templating", {})["list"] = [datasource_variable(source, defaults[source.variable])
+                                                   for source in used] + model["templating"].get("list", [])
+    model["links"] = links(model["uid"])
+    if importable:
+        model["__inputs"] = [{"name": source.input_name, "label": source.plugin_name, "description": "",
+                              "type": "datasource", "pluginId": source.plugin_id, "pluginName": source.plugin_name}
+                             for source in used]
+        model["__requires"] = requires(model, used)
+    return model
 
 
-def generate(out: Path = OUT) -> list[Path]:
-    out.mkdir(parents=True, exist_ok=True)
+def render_json(build, importable: bool = False) -> str:
+    return json.dumps(dashboard_model(build, importable), indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def generate(out: Path = OUT, import_out: Path = IMPORT_OUT) -> list[Path]:
     written = []
-    for name, build in DASHBOARDS.items():
-        (out / name).write_text(render_json(build), encoding="utf-8")
-        written.append(out / name)
+    for folder, importable in ((out, False), (import_out, True)):
+        folder.mkdir(parents=True, exist_ok=True)
+        for name, build in DASHBOARDS.items():
+            (folder / name).write_text(render_json(build, importable), encoding="utf-8")
+            written.append(folder / name)
     return written
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m deploy.grafana.generate", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=OUT, help=f"folder for the JSON files (default: {OUT})")
-    for path in generate(parser.parse_args(argv).out):
+    parser.add_argument("--out", type=Path, default=OUT, help=f"folder for the provisioned JSON (default: {OUT})")
+    parser.add_argument("--import-out", type=Path, default=IMPORT_OUT,
+                        help=f"folder for the JSON to import into another Grafana (default: {IMPORT_OUT})")
+    args = parser.parse_args(argv)
+    for path in generate(args.out, args.import_out):
         print(path)
 
 

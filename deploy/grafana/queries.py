@@ -44,6 +44,25 @@ def queries(dashboard: dict) -> Iterator[Query]:
                 yield Query(dashboard["uid"], panel["title"], panel["type"], target["refId"], "sql", target["rawSql"])
 
 
+def rows(dashboard: dict) -> list[tuple[str, list[dict]]]:
+    """(row title, its panels) in layout order; panels before the first row under ""."""
+    found: list[tuple[str, list[dict]]] = []
+    for panel in dashboard["panels"]:
+        if panel["type"] == "row":
+            found.append((panel["title"], []))
+        elif found:
+            found[-1][1].append(panel)
+        else:
+            found.append(("", [panel]))
+    return [(title, panels) for title, panels in found if panels]
+
+
+def row_picture(dashboard_file: str, row_title: str) -> str:
+    """The file name render.py gives a row's picture: cx-overview.json, "Churn risk" -> cx-overview-churn-risk.png"""
+    stem = dashboard_file.removesuffix(".json")
+    return f"{stem}-{re.sub(r'[^a-z0-9]+', '-', row_title.lower()).strip('-')}.png"
+
+
 def promql(expr: str, variables: Mapping[str, Sequence[str]], rate_interval: str = "1m") -> str:
     """Variables as Grafana formats them for Prometheus: several values as a regex alternation."""
     expr = expr.replace("$__rate_interval", rate_interval)

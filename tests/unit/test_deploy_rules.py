@@ -15,6 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy.grafana.rules import metric_names
+
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 PROM = DEPLOY / "prometheus"
 GRAFANA = DEPLOY / "grafana"
@@ -51,9 +53,6 @@ SPEC_TABLES = {"events", "survey_responses", "complaints", "funnel_progress", "c
                "dead_letters", "orders", "customer_firsts", "retention"}
 ID_LABELS = ("customer_id", "session_id", "complaint_id", "event_id", "anonymous_id", "conversation_id")
 
-PROMQL_KEYWORDS = {"and", "or", "unless", "by", "without", "on", "ignoring", "group_left", "group_right", "offset",
-                   "bool", "inf", "nan", "atan2", "start", "end"}
-
 
 # ------------------------------------------------------------------------------------------ helpers
 
@@ -88,20 +87,6 @@ def recording_rule_names() -> set[str]:
 
 def alert_names() -> set[str]:
     return {rule["alert"] for rule in rules("alert")}
-
-
-def metric_names(expr: str) -> set[str]:
-    """Metric names a PromQL expression selects (functions, keywords, label names and durations removed)."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"|\'(?:[^\'\\]|\\.)*\'|`[^`]*`', '""', expr)  # strings (label values)
-    expr = re.sub(r"\{[^{}]*\}", " ", expr)  # label matchers
-    expr = re.sub(r"\[[^\[\]]*\]", " ", expr)  # ranges and subqueries
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^()]*\)", " ", expr)  # label lists
-    names = set()
-    for match in re.finditer(r"\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[a-zA-Z]*|([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", expr):
-        name, is_call = match.group(1), match.group(2)
-        if name and not is_call and name.lower() not in PROMQL_KEYWORDS:
-            names.add(name)
-    return names
 
 
 def walk_panels(panels: list[dict]):
@@ -341,15 +326,17 @@ DASHBOARD_CONTENT = {
 
 def test_every_dashboard_is_checked_for_content():
     assert {path.name for path in DASHBOARDS} == set(DASHBOARD_CONTENT)
+    assert {path.name for path in (GRAFANA / "import").glob("*.json")} == set(DASHBOARD_CONTENT)
 
 
 def test_committed_dashboards_are_the_generators_output():
     """Edit deploy/grafana/generate.py and run `python -m deploy.grafana.generate`; never the JSON by hand."""
     from deploy.grafana.generate import DASHBOARDS as GENERATED, render_json
 
-    stale = [name for name, build in GENERATED.items()
-             if not (GRAFANA / "dashboards" / name).exists()
-             or (GRAFANA / "dashboards" / name).read_text(encoding="utf-8") != render_json(build)]
+    stale = [f"{folder}/{name}" for name, build in GENERATED.items()
+             for folder, importable in (("dashboards", False), ("import", True))
+             if not (GRAFANA / folder / name).exists()
+             or (GRAFANA / folder / name).read_text(encoding="utf-8") != render_json(build, importable)]
     assert not stale, f"{stale} differ from the generator: run `python -m deploy.grafana.generate`"
 
 
@@ -359,15 +346,7 @@ def test_dashboard_structure(path):
     assert dashboard["uid"] and dashboard["title"]
     variables, words = DASHBOARD_CONTENT[path.name]
     assert variables <= {v["name"] for v in dashboard["templating"].get("list", [])}
-    provisioned = load_yaml(GRAFANA / "provisioning" / "datasources" / "datasources.yml")["datasources"]
-    uids = {ds["uid"]: ds["type"] for ds in provisioned}
-    panel_ids = set()
-    for panel in walk_panels(dashboard["panels"]):
-        assert panel["id"] not in panel_ids, f"duplicate panel id {panel['id']}"
-        panel_ids.add(panel["id"])
-        for target in panel.get("targets", []):
-            ds = target.get("datasource") or panel["datasource"]
-            assert uids.get(ds["uid"]) == ds["type"], f"{panel['title']}: datasource {ds} is not provisioned"
+    # ids, grid positions, variables and data sources are checked as Grafana's import would: test_dashboard_import.py
     titles = " ".join(p.get("title", "") for p in walk_panels(dashboard["panels"])).lower()
     for word in words:
         assert word in titles, f"no panel about {word!r}"
