@@ -61,6 +61,8 @@ class RollingCounts:
         self.width = width
         self.largest_ms = max(windows_ms.values())
         self._series: dict[Hashable, _Series] = {}
+        self.clock_ms = -(2**62)  # the latest clock the windows were moved to: totals are right from it on
+        self._pruned = -(2**62)  # buckets up to this minute are gone (prune)
 
     def __len__(self) -> int:
         return len(self._series)
@@ -69,12 +71,15 @@ class RollingCounts:
         self.add_bucket(key, event_ms // BUCKET_MS, counts)
 
     def add_bucket(self, key: Hashable, minute: int, counts: Sequence[int]) -> None:
+        if minute <= self._pruned:
+            return  # outside every window already (prune would drop it next)
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(self.windows_ms, self.width)
         series.add(minute, counts)
 
     def _advance(self, clock_ms: int) -> None:
+        self.clock_ms = max(self.clock_ms, clock_ms)
         for label, window in self.windows_ms.items():
             start = (clock_ms - window) // BUCKET_MS
             for series in self._series.values():
@@ -86,12 +91,18 @@ class RollingCounts:
         return {(key, label): list(acc) for key, series in self._series.items() for label, acc in series.sums.items()}
 
     def prune(self, clock_ms: int) -> None:
-        """Drop buckets older than the largest window, and keys left with none."""
+        """Drop buckets older than the largest window, and keys left with none. Only the minutes the
+        largest window left since the last prune are visited (add_bucket keeps none older)."""
         self._advance(clock_ms)
         oldest = (clock_ms - self.largest_ms) // BUCKET_MS
+        if oldest <= self._pruned:
+            return
+        passed = oldest - self._pruned
         for key in list(self._series):
-            series = self._series[key]
-            for minute in [m for m in series.buckets if m <= oldest]:
-                del series.buckets[minute]
-            if not series.buckets:
+            buckets = self._series[key].buckets
+            for minute in range(self._pruned + 1, oldest + 1) if passed <= len(buckets) else \
+                    [m for m in buckets if m <= oldest]:
+                buckets.pop(minute, None)
+            if not buckets:
                 del self._series[key]
+        self._pruned = oldest
