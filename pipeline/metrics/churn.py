@@ -30,6 +30,7 @@ level last signalled). A customer without events for ``forget`` (90 days) is dro
 from __future__ import annotations
 
 import heapq
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterable, Optional, Sequence
@@ -381,7 +382,7 @@ class ChurnCore(MetricCore[ChurnState]):
         key = customer_key(tenant, customer_id)
         c = state.customers.get(key)
         if c is None:
-            c = state.customers[key] = Customer(customer_id, tenant, key)
+            c = state.customers[key] = Customer(customer_id, sys.intern(tenant), key)  # one name per tenant
             state.recount(tenant, None, c.level)
         return c
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import bisect
 import heapq
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -121,7 +122,10 @@ class FollowupCore(MetricCore[FollowupState]):
     def _remember(self, state: FollowupState, tenant: str, customer_id: str, answered_ms: int, score: int,
                   event_id: str) -> None:
         key = customer_key(tenant, customer_id)
-        _, answers = state.answers.setdefault(key, (tenant, []))
+        held = state.answers.get(key)
+        if held is None:
+            held = state.answers[key] = (sys.intern(tenant), [])  # one name per tenant
+        _, answers = held
         entry = (answered_ms, score, event_id)
         at = bisect.bisect_left(answers, entry)
         if at == len(answers) or answers[at] != entry:

@@ -24,6 +24,7 @@ there, and the ids of already observed conversions; it expires with them.
 from __future__ import annotations
 
 import heapq
+import sys
 from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -52,13 +53,13 @@ def conversion_buckets(funnels: Sequence[Funnel]) -> tuple[float, ...]:
 class _Track:
     """One customer in one funnel."""
 
-    __slots__ = ("events", "attempts", "converted", "stairs", "counted")
+    __slots__ = ("key", "events", "attempts", "converted", "counted")
 
-    def __init__(self):
+    def __init__(self, key: tuple[str, str, int]):
+        self.key = key  # (tenant, customer, funnel index): the one tuple the state's indexes share
         self.events: list[tuple[int, str, int]] = []  # (event_ms, event_id, step mask), in funnel order
         self.attempts: dict[int, list] = {}  # start_ms -> [level, step times, last row version]
-        self.converted: set[str] = set()  # event ids of last-step events already observed
-        self.stairs: Optional[tuple[list[int], list[int]]] = None  # starts, best level from each start on
+        self.converted: Optional[set[str]] = None  # event ids of last-step events already observed (None: none)
         self.counted = 0  # its level in each metric window as counted in FunnelState.reached (FunnelCore._pack)
 
     def oldest_ms(self) -> Optional[int]:
@@ -93,16 +94,17 @@ class _Track:
 
     def level_since(self, first_ms: int) -> int:
         """Best level of the attempts starting at or after first_ms."""
-        if self.stairs is None:
-            starts = sorted(self.attempts)
-            best, running = [0] * len(starts), 0
-            for i in range(len(starts) - 1, -1, -1):
-                running = max(running, self.attempts[starts[i]][0])
-                best[i] = running
-            self.stairs = (starts, best)
-        starts, best = self.stairs
-        i = bisect_left(starts, first_ms)
-        return best[i] if i < len(starts) else 0
+        return max((attempt[0] for start_ms, attempt in self.attempts.items() if start_ms >= first_ms), default=0)
+
+    def levels_since(self, firsts: Sequence[int]) -> list[int]:
+        """level_since of each of ``firsts``, in one pass over the attempts."""
+        best = [0] * len(firsts)
+        for start_ms, attempt in self.attempts.items():
+            level = attempt[0]
+            for w, first_ms in enumerate(firsts):
+                if start_ms >= first_ms and level > best[w]:
+                    best[w] = level
+        return best
 
 
 @dataclass
@@ -125,7 +127,8 @@ class FunnelState:
     def track(self, key: tuple[str, str, int], first_ms: int) -> _Track:
         track = self.tracks.get(key)
         if track is None:
-            track = self.tracks[key] = _Track()
+            key = (sys.intern(key[0]), key[1], key[2])  # a tenant's name once, not once per customer
+            track = self.tracks[key] = _Track(key)
             heapq.heappush(self.expiry, (first_ms, key))
             self.tracked[key[0], key[2]] = self.tracked.get((key[0], key[2]), 0) + 1
         return track
@@ -248,19 +251,19 @@ class FunnelCore(MetricCore[FunnelState]):
             attempt = attempts.get(start_ms)
             if attempt is None:
                 attempts[start_ms] = [level, times, 0]
-                state.started(key, start_ms)
+                state.started(track.key, start_ms)
             elif attempt[0] != level or attempt[1] != times:
                 attempt[0], attempt[1] = level, times
             else:
                 continue
             changed.add(start_ms)
-        if changed:
-            track.stairs = None
         return changed
 
     def _convert(self, track: _Track, funnel: Funnel, chain: list[int], out: Optional[Output], tenant: str) -> None:
         last_ms, last_id, _ = track.events[chain[-1]]
-        if last_id in track.converted:
+        if track.converted is None:
+            track.converted = set()
+        elif last_id in track.converted:
             return
         track.converted.add(last_id)
         if out is not None:
@@ -317,8 +320,8 @@ class FunnelCore(MetricCore[FunnelState]):
             del track.events[:bisect_left(track.events, (horizon,))]
             for start_ms in [s for s in track.attempts if s < horizon]:
                 del track.attempts[start_ms]
-            track.converted.intersection_update(event_id for _, event_id, _ in track.events)
-            track.stairs = None
+            if track.converted:
+                track.converted.intersection_update(event_id for _, event_id, _ in track.events)
             oldest = track.oldest_ms()
             if oldest is None:
                 self._recount(state, key, track, gone=True)
@@ -356,9 +359,8 @@ class FunnelCore(MetricCore[FunnelState]):
                     attempt = track.attempts.get(row.started_ms)
                     if attempt is None:
                         attempt = track.attempts[row.started_ms] = [0, (), 0]  # level 0: counts nowhere yet
-                        state.started(key, row.started_ms)
+                        state.started(track.key, row.started_ms)
                     attempt[2] = max(attempt[2], row.updated_ms)
-                    track.stairs = None
             return
         touched = set()
         for row in rows:
@@ -434,7 +436,7 @@ class FunnelCore(MetricCore[FunnelState]):
         """Bring the gauge's counts of one track up to date after its attempts changed (``gone``: deleted)."""
         bits = self._level_bits
         old = track.counted
-        new = 0 if gone else self._pack([track.level_since(first_ms) for first_ms in state.firsts])
+        new = 0 if gone else self._pack(track.levels_since(state.firsts))
         if gone:
             state.tracked[key[0], key[2]] -= 1
         if new == old:
