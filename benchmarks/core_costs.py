@@ -10,7 +10,7 @@ the SDK sends them; 1: one event per message) and fed to a ``Processor`` with ev
 worker configures it), ``--records`` records per ``process`` call. Encoded records are cached in
 ``--cache`` (default the system's temporary folder), since simulating millions of events takes minutes.
 
-Printed per core: seconds in ``add``, ``take`` and ``tick`` over the whole input, the median wall time of
+Printed per core: seconds in ``add``, ``take`` and ``tick`` over the whole input, the median wall and CPU time of
 its ``collect`` over the owned partitions at the end (``--scrapes`` of them; what a /metrics scrape holds
 the worker's event loop for), and the bytes its state holds (tracemalloc, by the file that allocated them,
 with ``--memory``). ``--profile`` adds a cProfile of the processing, top functions by own time.
@@ -65,6 +65,17 @@ def timed(seconds: dict, key: tuple, call: Callable) -> Callable:
         finally:
             seconds[key] += time.perf_counter() - started
     return wrapper
+
+
+def median_ms(call: Callable[[], object], times: int) -> tuple[float, float]:
+    """Median wall and CPU milliseconds of ``times`` calls (CPU time moves less with the machine's load)."""
+    walls, cpus = [], []
+    for _ in range(times):
+        started, cpu = time.perf_counter(), time.process_time()
+        call()
+        walls.append((time.perf_counter() - started) * 1000)
+        cpus.append((time.process_time() - cpu) * 1000)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,29 +133,27 @@ def main(argv: list[str] | None = None) -> int:
 
     states = processor.owned_states()
     clocks = [state.clock_ms for state in states]
-    print(f"{'core':<18}{'add s':>8}{'take s':>8}{'tick s':>8}{'collect ms':>12}{'samples':>9}")
-    total_collect = 0.0
+    print(f"{'core':<18}{'add s':>8}{'take s':>8}{'tick s':>8}{'collect ms':>12}{'CPU ms':>8}{'samples':>9}")
+    total_collect = total_cpu = 0.0
     for index, core in enumerate(processor.cores):
-        walls, samples = [], 0
-        for _ in range(args.scrapes):
-            started = time.perf_counter()
+        samples = 0
+
+        def scrape() -> None:
+            nonlocal samples
             families = list(core.collect([state.cores[index] for state in states], clocks))
-            walls.append((time.perf_counter() - started) * 1000)
             samples = sum(len(family.samples) for family in families)
-        collect_ms = statistics.median(walls)
-        total_collect += collect_ms
+
+        collect_ms, cpu_ms = median_ms(scrape, args.scrapes)
+        total_collect, total_cpu = total_collect + collect_ms, total_cpu + cpu_ms
         print(f"{core.name:<18}{seconds[(core.name, 'add')]:8.2f}{seconds[(core.name, 'take')]:8.2f}"
-              f"{seconds[(core.name, 'tick')]:8.2f}{collect_ms:12.2f}{samples:9}")
+              f"{seconds[(core.name, 'tick')]:8.2f}{collect_ms:12.2f}{cpu_ms:8.2f}{samples:9}")
     print(f"{'all cores':<18}{sum(v for (_, s), v in seconds.items() if s == 'add'):8.2f}"
           f"{sum(v for (_, s), v in seconds.items() if s == 'take'):8.2f}"
-          f"{sum(v for (_, s), v in seconds.items() if s == 'tick'):8.2f}{total_collect:12.2f}")
-    walls = []
-    for _ in range(args.scrapes):
-        started = time.perf_counter()
-        page = metrics.render()
-        walls.append((time.perf_counter() - started) * 1000)
-    print(f"whole /metrics page: {statistics.median(walls):.2f} ms (median of {args.scrapes}), {len(page):,} bytes, "
-          f"{len(page.splitlines()):,} lines")
+          f"{sum(v for (_, s), v in seconds.items() if s == 'tick'):8.2f}{total_collect:12.2f}{total_cpu:8.2f}")
+    page_ms, page_cpu_ms = median_ms(metrics.render, args.scrapes)
+    page = metrics.render()
+    print(f"whole /metrics page: {page_ms:.2f} ms, {page_cpu_ms:.2f} ms CPU (medians of {args.scrapes}), "
+          f"{len(page):,} bytes, {len(page.splitlines()):,} lines; load {os.getloadavg()[0]:.2f}")
     if profile:
         stats = pstats.Stats(profile)
         stats.sort_stats("tottime").print_stats(25)
