@@ -30,6 +30,7 @@ level last signalled). A customer without events for ``forget`` (90 days) is dro
 from __future__ import annotations
 
 import heapq
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterable, Optional, Sequence
@@ -343,6 +344,15 @@ class ChurnState:
     dirty: dict[tuple[str, str], Customer] = field(default_factory=dict)  # touched since the last tick, by (tenant, id)
     clock_ms: int = 0
     partition: int = 0  # the Kafka partition this state belongs to
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (tenant, level) -> customers: the gauge, kept
+
+    def recount(self, tenant: str, old: Optional[str], new: Optional[str]) -> None:
+        """Move one customer of ``tenant`` from level ``old`` to ``new`` in the kept gauge (None: not held)."""
+        counts = self.counts
+        if old is not None:
+            counts[tenant, old] -= 1
+        if new is not None:
+            counts[tenant, new] = counts.get((tenant, new), 0) + 1
 
 
 @dataclass
@@ -372,7 +382,8 @@ class ChurnCore(MetricCore[ChurnState]):
         key = customer_key(tenant, customer_id)
         c = state.customers.get(key)
         if c is None:
-            c = state.customers[key] = Customer(customer_id, tenant, key)
+            c = state.customers[key] = Customer(customer_id, sys.intern(tenant), key)  # one name per tenant
+            state.recount(tenant, None, c.level)
         return c
 
     def _touch(self, state: ChurnState, tenant: str, customer_id: str) -> Customer:
@@ -437,6 +448,7 @@ class ChurnCore(MetricCore[ChurnState]):
                 continue  # superseded by an earlier timer, or forgotten
             if state.clock_ms - c.last_ms >= self.config.forget_ms:
                 del state.customers[key]
+                state.recount(c.tenant, c.level, None)
                 continue
             self._evaluate(state, c, state.clock_ms, out)
 
@@ -469,6 +481,7 @@ class ChurnCore(MetricCore[ChurnState]):
             found = [Contribution("cancelled", 0.0, f"subscription cancelled on {day(c.cancelled_ms)}"), *found]
         reasons = [f"{f.signal} ({f.weight:g}): {f.evidence}" for f in found]
         previous, c.level, c.seq = c.level, level, c.seq + 1
+        state.recount(c.tenant, previous, level)
         out.rows["churn_signals"].append(SignalRow(
             customer_id=c.customer_id, tenant=c.tenant, score=score, level=level, reasons=reasons,
             signal_time=at_ms // 1000, signal_ms=at_ms, previous_level=previous, kafka_partition=state.partition,
@@ -526,6 +539,7 @@ class ChurnCore(MetricCore[ChurnState]):
                 else:
                     c.breached(int(row.evidence_ms), row.detail)
             elif name == "levels":
+                state.recount(c.tenant, c.level, row.level)
                 c.level, c.seq = row.level, int(row.seq)
         if name == "levels":  # the last one: score everyone at the next tick
             for key, c in state.customers.items():
@@ -535,6 +549,17 @@ class ChurnCore(MetricCore[ChurnState]):
     # -- reading ---------------------------------------------------------------------------------
     @staticmethod
     def levels(states: Sequence[ChurnState]) -> dict[tuple[str, str], int]:
+        """(tenant, level) -> customers held at that level (from the kept counts: no walk over customers)."""
+        out: dict[tuple[str, str], int] = {}
+        for state in states:
+            for key, n in state.counts.items():
+                if n:
+                    out[key] = out.get(key, 0) + n
+        return out
+
+    @staticmethod
+    def count_customers(states: Sequence[ChurnState]) -> dict[tuple[str, str], int]:
+        """The same from every customer (the plain recomputation the kept counts must equal)."""
         out: dict[tuple[str, str], int] = {}
         for state in states:
             for c in state.customers.values():

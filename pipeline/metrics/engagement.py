@@ -40,7 +40,15 @@ class EngagementState:
 
 
 def _counts(store: LastSeen, clock_ms: int, window_ms: int) -> dict[str, int]:
-    return store.count_since((clock_ms - window_ms) // MINUTE_MS)
+    """tenant -> customers seen in the window: from the store's running sums (its windows, keyed by length),
+    or counted over its customers for a clock before the one they were moved to (never at a scrape)."""
+    store.merge()
+    windows = store.windows
+    if windows is None or clock_ms < windows.clock_ms:
+        return store.count_since((clock_ms - window_ms) // MINUTE_MS)
+    counts = dict.fromkeys(store.tenant_names, 0)  # every tenant the store knows, as count_since gives them
+    counts.update((tenant, n) for (tenant, length), (n,) in windows.totals(clock_ms).items() if length == window_ms)
+    return counts
 
 
 class EngagementSettings(Section):
@@ -66,7 +74,8 @@ class EngagementCore(MetricCore[EngagementState]):
         return max(max(self.windows_ms.values()), STICKINESS[1])
 
     def new_state(self, partition: int) -> EngagementState:
-        return EngagementState()
+        windows = {ms: ms for ms in self.windows_ms.values()}  # keyed by length, as _counts reads them
+        return EngagementState(LastSeen({**windows, **{ms: ms for ms in STICKINESS}}), LastSeen(windows))
 
     def add(self, state: EngagementState, batch: Batch, out: Output) -> None:
         note = state.active.note
@@ -81,8 +90,9 @@ class EngagementCore(MetricCore[EngagementState]):
 
     def tick(self, state: EngagementState, clock_ms: int, out: Output) -> None:
         oldest = (clock_ms - self.retention_ms) // MINUTE_MS
-        state.active.expire(oldest)
-        state.complained.expire(oldest)
+        for store in (state.active, state.complained):
+            store.expire(oldest)
+            store.windows.prune(clock_ms)
 
     def restores(self) -> Sequence[Restore]:
         return (Restore("active", "events", ("tenant", "customer_id", "event_ms"), "event_ms", self.retention_ms,

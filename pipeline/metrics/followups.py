@@ -21,6 +21,8 @@ keyed by event id (idempotent), rebuilt from ``survey_responses``.
 from __future__ import annotations
 
 import bisect
+import heapq
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -60,6 +62,13 @@ class FollowupSettings(Section):
 class FollowupState:
     answers: dict[int, tuple[str, list[tuple[int, int, str]]]] = field(default_factory=dict)  # key -> tenant, answers
     clock_ms: int = 0
+    # The gauge, kept as answers arrive and the window moves: (tenant, outcome) -> detractor answers after
+    # ``counted_after``; ``leaving``: heap of (ms, score, event id, key) of those answers, to find the ones the
+    # window leaves; ``newest_ms``: the latest answer held (the gauge also bounds answers by the clock)
+    counts: dict[tuple[str, str], int] = field(default_factory=dict)
+    counted_after: int = -(2**62)
+    leaving: list[tuple[int, int, str, int]] = field(default_factory=list)
+    newest_ms: int = 0
 
 
 @dataclass
@@ -113,13 +122,46 @@ class FollowupCore(MetricCore[FollowupState]):
     def _remember(self, state: FollowupState, tenant: str, customer_id: str, answered_ms: int, score: int,
                   event_id: str) -> None:
         key = customer_key(tenant, customer_id)
-        _, answers = state.answers.setdefault(key, (tenant, []))
+        held = state.answers.get(key)
+        if held is None:
+            held = state.answers[key] = (sys.intern(tenant), [])  # one name per tenant
+        _, answers = held
         entry = (answered_ms, score, event_id)
         at = bisect.bisect_left(answers, entry)
         if at == len(answers) or answers[at] != entry:
+            # a new answer is judged itself and judges the customer's answer before it: recount the customer
+            after = state.counted_after
+            self._recount(state, tenant, answers, after, -1)
             answers.insert(at, entry)
+            self._recount(state, tenant, answers, after, 1)
+            state.newest_ms = max(state.newest_ms, answered_ms)
+            if answered_ms > after and is_detractor(score):
+                heapq.heappush(state.leaving, (answered_ms, score, event_id, key))
+
+    @staticmethod
+    def _recount(state: FollowupState, tenant: str, answers: list[tuple[int, int, str]], after: int, sign: int) -> None:
+        """Add (sign 1) or take away (-1) the outcomes of a customer's detractor answers after ``after``."""
+        if answers and answers[-1][0] > after:
+            counts = state.counts
+            for answered_ms, outcome in outcomes(answers[bisect.bisect_right(answers, (after, 1 << 31, "")):]):
+                counts[tenant, outcome] = counts.get((tenant, outcome), 0) + sign
+
+    def _move_window(self, state: FollowupState, clock_ms: int) -> None:
+        """Take the detractor answers the window leaves out of the kept gauge, with their outcome now."""
+        after = clock_ms - self.recovery_window_ms
+        if after <= state.counted_after:
+            return
+        leaving, counts = state.leaving, state.counts
+        while leaving and leaving[0][0] <= after:
+            answered_ms, score, event_id, key = heapq.heappop(leaving)
+            tenant, answers = state.answers[key]
+            at = bisect.bisect_left(answers, (answered_ms, score, event_id))
+            outcome = outcomes(answers[at:at + 2])[0][1]
+            counts[tenant, outcome] -= 1
+        state.counted_after = after
 
     def tick(self, state: FollowupState, clock_ms: int, out: Output) -> None:
+        self._move_window(state, clock_ms)
         if clock_ms // 3_600_000 <= state.clock_ms // 3_600_000:
             return  # expire hourly: totals() applies the window exactly, this only frees memory
         state.clock_ms = clock_ms
@@ -138,12 +180,29 @@ class FollowupCore(MetricCore[FollowupState]):
 
     def restore(self, state: FollowupState, name: str, rows: list, clock_ms: int) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
+        self._move_window(state, clock_ms)
         for tenant, customer_id, event_ms, score, event_id in rows:
             self._remember(state, tenant, customer_id, int(event_ms), int(score), event_id)
 
     # -- reading ---------------------------------------------------------------------------------
     def totals(self, states: Sequence[FollowupState], clocks: Sequence[int]) -> dict[tuple[str, str], int]:
-        """(tenant, outcome) -> detractor follow-ups answered within the recovery window."""
+        """(tenant, outcome) -> detractor follow-ups answered within the recovery window: the kept gauge, its
+        window moved on to the clock (the last tick's at a scrape: nothing moves); counted afresh for a clock
+        before the kept one or before an answer held (possible after a restore only)."""
+        out: dict[tuple[str, str], int] = {}
+        for state, clock_ms in zip(states, clocks):
+            if clock_ms - self.recovery_window_ms < state.counted_after or state.newest_ms > clock_ms:
+                counted = self.count_answers([state], [clock_ms])
+            else:
+                self._move_window(state, clock_ms)
+                counted = state.counts
+            for key, n in counted.items():
+                if n:
+                    out[key] = out.get(key, 0) + n
+        return out
+
+    def count_answers(self, states: Sequence[FollowupState], clocks: Sequence[int]) -> dict[tuple[str, str], int]:
+        """The same from every customer's answers (the plain recomputation the kept gauge must equal)."""
         out: dict[tuple[str, str], int] = {}
         for state, clock_ms in zip(states, clocks):
             oldest = clock_ms - self.recovery_window_ms

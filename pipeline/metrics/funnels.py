@@ -24,6 +24,7 @@ there, and the ids of already observed conversions; it expires with them.
 from __future__ import annotations
 
 import heapq
+import sys
 from bisect import bisect_left
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -52,13 +53,14 @@ def conversion_buckets(funnels: Sequence[Funnel]) -> tuple[float, ...]:
 class _Track:
     """One customer in one funnel."""
 
-    __slots__ = ("events", "attempts", "converted", "stairs")
+    __slots__ = ("key", "events", "attempts", "converted", "counted")
 
-    def __init__(self):
+    def __init__(self, key: tuple[str, str, int]):
+        self.key = key  # (tenant, customer, funnel index): the one tuple the state's indexes share
         self.events: list[tuple[int, str, int]] = []  # (event_ms, event_id, step mask), in funnel order
         self.attempts: dict[int, list] = {}  # start_ms -> [level, step times, last row version]
-        self.converted: set[str] = set()  # event ids of last-step events already observed
-        self.stairs: Optional[tuple[list[int], list[int]]] = None  # starts, best level from each start on
+        self.converted: Optional[set[str]] = None  # event ids of last-step events already observed (None: none)
+        self.counted = 0  # its level in each metric window as counted in FunnelState.reached (FunnelCore._pack)
 
     def oldest_ms(self) -> Optional[int]:
         """Time of the oldest event or attempt held; None when empty."""
@@ -92,16 +94,17 @@ class _Track:
 
     def level_since(self, first_ms: int) -> int:
         """Best level of the attempts starting at or after first_ms."""
-        if self.stairs is None:
-            starts = sorted(self.attempts)
-            best, running = [0] * len(starts), 0
-            for i in range(len(starts) - 1, -1, -1):
-                running = max(running, self.attempts[starts[i]][0])
-                best[i] = running
-            self.stairs = (starts, best)
-        starts, best = self.stairs
-        i = bisect_left(starts, first_ms)
-        return best[i] if i < len(starts) else 0
+        return max((attempt[0] for start_ms, attempt in self.attempts.items() if start_ms >= first_ms), default=0)
+
+    def levels_since(self, firsts: Sequence[int]) -> list[int]:
+        """level_since of each of ``firsts``, in one pass over the attempts."""
+        best = [0] * len(firsts)
+        for start_ms, attempt in self.attempts.items():
+            level = attempt[0]
+            for w, first_ms in enumerate(firsts):
+                if start_ms >= first_ms and level > best[w]:
+                    best[w] = level
+        return best
 
 
 @dataclass
@@ -112,13 +115,29 @@ class FunnelState:
     expiry: list[tuple[int, tuple[str, str, int]]] = field(default_factory=list)
     clock_ms: int = 0
     partition: int = 0
+    # The gauge, kept up to date as attempts change and the windows move, so that a scrape reads it and
+    # never the tracks: (tenant, funnel index) -> per metric window, customers at >= step 1..n, counted at
+    # the windows' first milliseconds ``firsts`` (FunnelCore._firsts); ``tracked``: tracks per (tenant, index)
+    reached: dict[tuple[str, int], list[list[int]]] = field(default_factory=dict)
+    tracked: dict[tuple[str, int], int] = field(default_factory=dict)
+    firsts: tuple[int, ...] = ()
+    # start minute -> keys of tracks with an attempt starting then: the tracks a moving window boundary passes
+    starts: dict[int, list[tuple[str, str, int]]] = field(default_factory=dict)
 
     def track(self, key: tuple[str, str, int], first_ms: int) -> _Track:
         track = self.tracks.get(key)
         if track is None:
-            track = self.tracks[key] = _Track()
+            key = (sys.intern(key[0]), key[1], key[2])  # a tenant's name once, not once per customer
+            track = self.tracks[key] = _Track(key)
             heapq.heappush(self.expiry, (first_ms, key))
+            self.tracked[key[0], key[2]] = self.tracked.get((key[0], key[2]), 0) + 1
         return track
+
+    def started(self, key: tuple[str, str, int], start_ms: int) -> None:
+        """Note a new attempt of the track ``key``, for the window boundaries to find (none will, when it
+        starts before every window: boundaries only move on)."""
+        if start_ms >= min(self.firsts):
+            self.starts.setdefault(start_ms // BUCKET_MS, []).append(key)
 
 
 class FunnelSettings(Section):
@@ -159,6 +178,7 @@ class FunnelCore(MetricCore[FunnelState]):
                 dispatch.setdefault(event_type, []).append((index, funnel, tuple(candidates)))
         self._dispatch = dispatch
         self.longest_window_ms = max(funnel.window_ms for funnel in self.funnels)
+        self._level_bits = max(len(funnel.steps) for funnel in self.funnels).bit_length()
 
     @classmethod
     def configure(cls, section: FunnelSettings, stream) -> "FunnelCore":
@@ -166,7 +186,7 @@ class FunnelCore(MetricCore[FunnelState]):
         return cls(load_funnels(section.file), stream.window_ms, stream.max_lateness.ms)
 
     def new_state(self, partition: int) -> FunnelState:
-        return FunnelState(partition=partition)
+        return FunnelState(partition=partition, firsts=self._firsts(0))
 
     # -- input ------------------------------------------------------------------------------
     @staticmethod
@@ -203,14 +223,17 @@ class FunnelCore(MetricCore[FunnelState]):
                     # millisecond can change; any other step event may change every attempt that can
                     # reach it: those starting within the conversion window before it.
                     first_ms = event_ms if mask == 1 else event_ms - funnel.window_ms
-                    changed[key].update(self._reassess(track, funnel, first_ms, event_ms, out, key[0]))
+                    changed[key].update(self._reassess(state, key, track, funnel, first_ms, event_ms, out))
         for key, starts in changed.items():
             self._emit(state, key, starts, out)
+            if starts:
+                self._recount(state, key, state.tracks[key])
 
-    def _reassess(self, track: _Track, funnel: Funnel, first_ms: int, last_ms: int,
-                  out: Optional[Output], tenant: str) -> set[int]:
+    def _reassess(self, state: FunnelState, key: tuple[str, str, int], track: _Track, funnel: Funnel, first_ms: int,
+                  last_ms: int, out: Optional[Output]) -> set[int]:
         """Recompute the attempts starting in [first_ms, last_ms]; observe new conversions into out
         (None: mark them observed silently). Returns the start times whose attempt changed."""
+        tenant = key[0]
         events, steps, window_ms, chain_from = track.events, len(funnel.steps), funnel.window_ms, track.chain
         best: dict[int, list[int]] = {}
         for i in range(bisect_left(events, (first_ms,)), bisect_left(events, (last_ms + 1,))):
@@ -228,18 +251,19 @@ class FunnelCore(MetricCore[FunnelState]):
             attempt = attempts.get(start_ms)
             if attempt is None:
                 attempts[start_ms] = [level, times, 0]
+                state.started(track.key, start_ms)
             elif attempt[0] != level or attempt[1] != times:
                 attempt[0], attempt[1] = level, times
             else:
                 continue
             changed.add(start_ms)
-        if changed:
-            track.stairs = None
         return changed
 
     def _convert(self, track: _Track, funnel: Funnel, chain: list[int], out: Optional[Output], tenant: str) -> None:
         last_ms, last_id, _ = track.events[chain[-1]]
-        if last_id in track.converted:
+        if track.converted is None:
+            track.converted = set()
+        elif last_id in track.converted:
             return
         track.converted.add(last_id)
         if out is not None:
@@ -286,6 +310,7 @@ class FunnelCore(MetricCore[FunnelState]):
 
     def tick(self, state: FunnelState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
+        self._move_windows(state, clock_ms)
         horizon = self.horizon_ms(state.clock_ms)
         while state.expiry and state.expiry[0][0] < horizon:
             _, key = heapq.heappop(state.expiry)
@@ -295,12 +320,14 @@ class FunnelCore(MetricCore[FunnelState]):
             del track.events[:bisect_left(track.events, (horizon,))]
             for start_ms in [s for s in track.attempts if s < horizon]:
                 del track.attempts[start_ms]
-            track.converted.intersection_update(event_id for _, event_id, _ in track.events)
-            track.stairs = None
+            if track.converted:
+                track.converted.intersection_update(event_id for _, event_id, _ in track.events)
             oldest = track.oldest_ms()
             if oldest is None:
+                self._recount(state, key, track, gone=True)
                 del state.tracks[key]
             else:
+                self._recount(state, key, track)
                 heapq.heappush(state.expiry, (oldest, key))
 
     # -- restore ----------------------------------------------------------------------------
@@ -322,14 +349,18 @@ class FunnelCore(MetricCore[FunnelState]):
         """Rebuild without emitting rows or observing conversions: whatever the events table holds
         was completely delivered (it is written last), conversions included."""
         state.clock_ms = max(state.clock_ms, clock_ms)
+        self._move_windows(state, state.clock_ms)
         index_of = {funnel.name: i for i, funnel in enumerate(self.funnels)}
         if name == "funnel_versions":
             for row in rows:
                 if row.funnel in index_of:
-                    track = state.track((row.tenant, row.customer_id, index_of[row.funnel]), row.started_ms)
-                    attempt = track.attempts.setdefault(row.started_ms, [0, (), 0])
+                    key = (row.tenant, row.customer_id, index_of[row.funnel])
+                    track = state.track(key, row.started_ms)
+                    attempt = track.attempts.get(row.started_ms)
+                    if attempt is None:
+                        attempt = track.attempts[row.started_ms] = [0, (), 0]  # level 0: counts nowhere yet
+                        state.started(track.key, row.started_ms)
                     attempt[2] = max(attempt[2], row.updated_ms)
-                    track.stairs = None
             return
         touched = set()
         for row in rows:
@@ -342,7 +373,8 @@ class FunnelCore(MetricCore[FunnelState]):
                     touched.add(key)
         for key in touched:
             track, funnel = state.tracks[key], self.funnels[key[2]]
-            self._reassess(track, funnel, track.events[0][0], track.events[-1][0], None, key[0])
+            self._reassess(state, key, track, funnel, track.events[0][0], track.events[-1][0], None)
+            self._recount(state, key, track)
 
     # -- scrape -----------------------------------------------------------------------------
     def describe(self) -> Iterable[Metric]:
@@ -362,14 +394,99 @@ class FunnelCore(MetricCore[FunnelState]):
         """(tenant, funnel index, window) -> customers who reached at least step 1..n."""
         totals: dict[tuple[str, int, str], list[int]] = {}
         for state, clock_ms in zip(states, clocks):
-            firsts = {label: self.window_first_ms(clock_ms, window) for label, window in self.windows_ms.items()}
-            for (tenant, _, index), track in state.tracks.items():
-                steps = len(self.funnels[index].steps)
-                for label, first_ms in firsts.items():
-                    counts = totals.setdefault((tenant, index, label), [0] * steps)
-                    for k in range(track.level_since(first_ms)):
-                        counts[k] += 1
+            for (tenant, index, label), counts in self._reached(state, clock_ms).items():
+                acc = totals.setdefault((tenant, index, label), [0] * len(counts))
+                for k, n in enumerate(counts):
+                    acc[k] += n
         return totals
+
+    def _reached(self, state: FunnelState, clock_ms: int) -> dict[tuple[str, int, str], list[int]]:
+        """One partition's counts at ``clock_ms``: the kept gauge, its windows moved on to that clock first (the
+        scrape's clock is the last tick's, so nothing moves); a clock before the kept one is counted afresh."""
+        firsts = self._firsts(clock_ms)
+        if firsts < state.firsts:
+            return self.count_tracks(state, clock_ms)
+        self._move_windows(state, clock_ms)
+        labels = tuple(self.windows_ms)
+        out = {}
+        for (tenant, index), n in state.tracked.items():
+            if n:
+                reached = state.reached.get((tenant, index))
+                for w, label in enumerate(labels):
+                    out[(tenant, index, label)] = list(reached[w]) if reached else [0] * len(self.funnels[index].steps)
+        return out
+
+    def count_tracks(self, state: FunnelState, clock_ms: int) -> dict[tuple[str, int, str], list[int]]:
+        """The same counts from every track (the plain recomputation the kept gauge must equal)."""
+        totals: dict[tuple[str, int, str], list[int]] = {}
+        firsts = {label: self.window_first_ms(clock_ms, window) for label, window in self.windows_ms.items()}
+        for (tenant, _, index), track in state.tracks.items():
+            steps = len(self.funnels[index].steps)
+            for label, first_ms in firsts.items():
+                counts = totals.setdefault((tenant, index, label), [0] * steps)
+                for k in range(track.level_since(first_ms)):
+                    counts[k] += 1
+        return totals
+
+    # -- the kept gauge ---------------------------------------------------------------------
+    def _firsts(self, clock_ms: int) -> tuple[int, ...]:
+        return tuple(self.window_first_ms(clock_ms, window) for window in self.windows_ms.values())
+
+    def _recount(self, state: FunnelState, key: tuple[str, str, int], track: _Track, gone: bool = False) -> None:
+        """Bring the gauge's counts of one track up to date after its attempts changed (``gone``: deleted)."""
+        bits = self._level_bits
+        old = track.counted
+        new = 0 if gone else self._pack(track.levels_since(state.firsts))
+        if gone:
+            state.tracked[key[0], key[2]] -= 1
+        if new == old:
+            return
+        track.counted = new
+        reached = state.reached.get((key[0], key[2]))
+        if reached is None:
+            steps = len(self.funnels[key[2]].steps)
+            reached = state.reached[key[0], key[2]] = [[0] * steps for _ in state.firsts]
+        mask = (1 << bits) - 1
+        for w, counts in enumerate(reached):
+            was, now = old >> (w * bits) & mask, new >> (w * bits) & mask
+            for k in range(now, was):
+                counts[k] -= 1
+            for k in range(was, now):
+                counts[k] += 1
+
+    def _pack(self, levels: Sequence[int]) -> int:
+        """Levels per window as one int (a small one: no object per track when all are 0 and few windows)."""
+        packed = 0
+        for w, level in enumerate(levels):
+            packed |= level << (w * self._level_bits)
+        return packed
+
+    def _move_windows(self, state: FunnelState, clock_ms: int) -> None:
+        """Move the windows' boundaries on to ``clock_ms``: only the tracks with an attempt starting in the
+        minutes a boundary passes can change their count. Minutes every window has left are forgotten."""
+        firsts = self._firsts(clock_ms)
+        old = state.firsts
+        if firsts <= old:
+            return
+        starts, passed = state.starts, set()
+        oldest_kept = min(firsts) // BUCKET_MS
+        for was, now in zip(old, firsts):
+            first, last = was // BUCKET_MS, now // BUCKET_MS  # the minutes [first, last) leave this window
+            minutes = range(first, last) if last - first <= len(starts) else [m for m in starts if first <= m < last]
+            for minute in minutes:
+                keys = starts.get(minute)
+                if keys:
+                    passed.update(keys)
+        dropped = oldest_kept - min(old) // BUCKET_MS  # no key is older than the oldest window's first (started)
+        for minute in range(oldest_kept - dropped, oldest_kept) if dropped <= len(starts) else \
+                [m for m in starts if m < oldest_kept]:
+            starts.pop(minute, None)
+        state.firsts = firsts
+        tracks = state.tracks
+        for key in passed:
+            track = tracks.get(key)
+            if track is not None:
+                self._recount(state, key, track)
 
     def levels(self, state: FunnelState, since_ms: int = -(2**62)) -> dict[tuple[str, str, str], int]:
         """(tenant, customer, funnel) -> best level of the attempts starting at or after since_ms."""

@@ -7,12 +7,19 @@ cannot raise the maximum twice). Customers are keyed by a 64-bit hash of (tenant
 
 Updates go to a small dict and are merged into the sorted arrays in bulk (``merge``), once per batch:
 inserting into a sorted numpy array one key at a time would copy the array each time.
+
+Given windows, it also keeps the number of customers per tenant and last minute in
+:class:`~pipeline.metrics.windows.RollingCounts` (a customer moves from their old minute to the new one
+in each merge), so the customers active in a window are read from running sums, never from the arrays.
 """
 from __future__ import annotations
+
+from typing import Hashable, Mapping, Optional
 
 import numpy as np
 
 from pipeline.dedup import id_hash
+from pipeline.metrics.windows import RollingCounts
 
 MINUTE_MS = 60_000
 
@@ -22,9 +29,11 @@ def customer_key(tenant: str, customer_id: str) -> int:
 
 
 class LastSeen:
-    __slots__ = ("keys", "minutes", "tenants", "tenant_names", "_tenant_index", "_pending", "_recent")
+    __slots__ = ("keys", "minutes", "tenants", "tenant_names", "_tenant_index", "_pending", "_recent", "windows")
 
-    def __init__(self) -> None:
+    def __init__(self, windows_ms: Optional[Mapping[Hashable, int]] = None) -> None:
+        # tenant -> customers by last minute, summed per window (None: no windows kept)
+        self.windows = RollingCounts(dict(windows_ms), 1) if windows_ms else None
         self.keys = np.empty(0, np.uint64)  # sorted
         self.minutes = np.empty(0, np.int32)  # epoch minutes: int32 lasts until the year 6053
         self.tenants = np.empty(0, np.uint16)  # index into tenant_names
@@ -65,11 +74,28 @@ class LastSeen:
         known = at < len(self.keys)
         known[known] = self.keys[at[known]] == keys[known]
         hit = at[known]
+        if self.windows is not None:
+            self._move(tenants, minutes, known, self.minutes[hit])
         self.minutes[hit] = np.maximum(self.minutes[hit], minutes[known])
         new = ~known
         self.keys = np.insert(self.keys, at[new], keys[new])
         self.minutes = np.insert(self.minutes, at[new], minutes[new])
         self.tenants = np.insert(self.tenants, at[new], tenants[new])
+
+    def _move(self, tenants: np.ndarray, minutes: np.ndarray, known: np.ndarray, was: np.ndarray) -> None:
+        """Count the merged customers in their new last minute, and the known ones that moved on no longer
+        in the minute they leave: one add per (tenant, minute) whose count changes."""
+        later = minutes[known] > was
+        moved = tenants[known][later].astype(np.int64)
+        codes = np.concatenate((tenants[~known].astype(np.int64) << 32 | minutes[~known].astype(np.int64),
+                                moved << 32 | minutes[known][later].astype(np.int64),
+                                moved << 32 | was[later].astype(np.int64)))
+        signs = np.ones(len(codes), np.int64)
+        signs[len(codes) - len(moved):] = -1
+        unique, inverse = np.unique(codes, return_inverse=True)
+        for code, n in zip(unique.tolist(), np.bincount(inverse, weights=signs).astype(np.int64).tolist()):
+            if n:
+                self.windows.add_bucket(self.tenant_names[code >> 32], code & 0xFFFFFFFF, (n,))
 
     def expire(self, oldest_minute: int) -> None:
         """Forget customers last seen at or before ``oldest_minute``."""
@@ -79,7 +105,7 @@ class LastSeen:
             self.keys, self.minutes, self.tenants = self.keys[keep], self.minutes[keep], self.tenants[keep]
 
     def count_since(self, start_minute: int) -> dict[str, int]:
-        """tenant -> customers whose last minute is after ``start_minute``."""
+        """tenant -> customers whose last minute is after ``start_minute``, from the arrays."""
         self.merge()
         counts = np.bincount(self.tenants[self.minutes > start_minute], minlength=len(self.tenant_names))
         return {tenant: int(n) for tenant, n in zip(self.tenant_names, counts)}

@@ -38,6 +38,12 @@ class SegmentSettings(Section):
         "summed as `other`, so a customer-supplied attribute can't explode the series count.")
 
 
+def _accumulate(into: dict[tuple, list[int]], key: tuple, counts: list[int]) -> None:
+    """Add count vectors per key (the first one is taken as it is: callers hand over copies)."""
+    held = into.get(key)
+    into[key] = counts if held is None else [a + b for a, b in zip(held, counts)]
+
+
 @dataclass
 class SegmentCore(MetricCore[RollingCounts]):
     windows_ms: dict[str, int]
@@ -82,12 +88,10 @@ class SegmentCore(MetricCore[RollingCounts]):
 
     def totals(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> dict[tuple[str, str, str, str, str], Totals]:
         """(tenant, kind, dimension, segment, window) -> Totals, capped per (tenant, dimension)."""
-        raw: dict[tuple, list[int]] = defaultdict(lambda: [0] * 5)
+        raw: dict[tuple, list[int]] = {}
         for state, clock_ms in zip(states, clocks):
             for ((tenant, kind, dimension, segment), window), counts in state.totals(clock_ms).items():
-                acc = raw[(tenant, kind, dimension, segment, window)]
-                for i, value in enumerate(counts):
-                    acc[i] += value
+                _accumulate(raw, (tenant, kind, dimension, segment, window), counts)
         largest = max(self.windows_ms, key=self.windows_ms.get)
         volume: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for (tenant, _, dimension, segment, window), counts in raw.items():
@@ -95,12 +99,11 @@ class SegmentCore(MetricCore[RollingCounts]):
                 volume[(tenant, dimension)][segment] += counts[0]
         kept = {key: set(sorted(by_segment, key=lambda s: (-by_segment[s], s))[:self.max_values])
                 for key, by_segment in volume.items()}
-        out: dict[tuple, Totals] = {}
+        capped: dict[tuple, list[int]] = {}
         for (tenant, kind, dimension, segment, window), counts in raw.items():
             label = segment if segment in kept.get((tenant, dimension), ()) else OTHER
-            key = (tenant, kind, dimension, label, window)
-            out[key] = out[key] + Totals.of(counts) if key in out else Totals.of(counts)
-        return out
+            _accumulate(capped, (tenant, kind, dimension, label, window), counts)
+        return {key: Totals.of(counts) for key, counts in capped.items()}
 
     def describe(self) -> Iterable[Metric]:
         return self._families()

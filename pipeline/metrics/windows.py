@@ -65,6 +65,8 @@ class RollingCounts:
         self.width = width
         self.largest_ms = max(windows_ms.values())
         self._series: dict[Hashable, _Series] = {}
+        self.clock_ms = -(2**62)  # the latest clock the windows were moved to: totals are right from it on
+        self._pruned = -(2**62)  # buckets up to this minute are gone (prune)
 
     def __len__(self) -> int:
         return len(self._series)
@@ -73,12 +75,15 @@ class RollingCounts:
         self.add_bucket(key, event_ms // BUCKET_MS, counts)
 
     def add_bucket(self, key: Hashable, minute: int, counts: Sequence[int]) -> None:
+        if minute <= self._pruned:
+            return  # outside every window already (prune would drop it next)
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(self.windows_ms, self.width)
         series.add(minute, counts)
 
     def _advance(self, clock_ms: int) -> None:
+        self.clock_ms = max(self.clock_ms, clock_ms)
         for label, window in self.windows_ms.items():
             start = (clock_ms - window) // BUCKET_MS
             for series in self._series.values():
@@ -90,12 +95,16 @@ class RollingCounts:
         return {(key, label): list(acc) for key, series in self._series.items() for label, acc in series.sums.items()}
 
     def prune(self, clock_ms: int) -> None:
-        """Drop buckets older than the largest window, and keys left with none."""
+        """Drop buckets older than the largest window, and keys left with none: nothing when the window has
+        not left a minute since the last prune, else each key's expired minutes from its heap."""
         self._advance(clock_ms)
         oldest = (clock_ms - self.largest_ms) // BUCKET_MS
+        if oldest <= self._pruned:
+            return
         for key in list(self._series):
             series = self._series[key]
             while series.minutes and series.minutes[0] <= oldest:
                 del series.buckets[heapq.heappop(series.minutes)]
             if not series.buckets:
                 del self._series[key]
+        self._pruned = oldest

@@ -146,6 +146,7 @@ def test_levels_scores_and_signals_follow_the_definition(raw, quiet_ticks):
             if level != levels[customer]:
                 changed[customer] = (levels[customer], level, score)
                 levels[customer] = level
+        assert churn.levels([state]) == churn.count_customers([state])  # the kept gauge
         rows = out.rows["churn_signals"]
         assert {(r.tenant, r.customer_id): (r.previous_level, r.level, r.score) for r in rows} == {
             k: (prev, new, pytest.approx(score)) for k, (prev, new, score) in changed.items()}
@@ -223,8 +224,21 @@ def test_restore_rebuilds_the_same_levels_without_signals():
     churn.tick(restored, clock, out)
     assert not out.rows["churn_signals"] and restored.partition == 3
     assert {c.customer_id: c.level for c in restored.customers.values()} == {"c1": "medium", "c2": "low"}
+    assert churn.levels([restored]) == churn.count_customers([restored]) == {("acme", "medium"): 1, ("acme", "low"): 1}
     for key, c in live.customers.items():
         assert present(restored.customers[key], clock + 2 * DAY, CONFIG) == present(c, clock + 2 * DAY, CONFIG)
+
+
+def test_forgotten_customers_leave_the_kept_gauge():
+    churn, state = core(), core().new_state(3)
+    step(churn, state, ("visit", ("acme", "c1"), T0, None), T0, 0)
+    step(churn, state, ("cancel", ("acme", "c2"), T0 + DAY, None), T0 + DAY, 1)
+    assert churn.levels([state]) == churn.count_customers([state]) == {("acme", "low"): 1, ("acme", "churned"): 1}
+    churn.tick(state, T0 + 90 * DAY, Output())  # c1 forgotten, c2 not yet
+    assert churn.levels([state]) == churn.count_customers([state]) == {("acme", "churned"): 1}
+    churn.tick(state, T0 + 200 * DAY, Output())
+    assert churn.levels([state]) == churn.count_customers([state]) == {}
+    assert list(churn.collect([state], [T0 + 200 * DAY]))[0].samples == []
 
 
 def test_unknown_weights_and_inverted_thresholds_are_refused():

@@ -54,6 +54,13 @@ def test_counts_equal_a_naive_distinct_count(messages, complaints, replay):
         for tenant in {"acme", "globex"}:
             got = core.totals([state], [clock]).get((tenant, label), (0, 0))
             assert got == (expected_active.get(tenant, 0), expected_complained.get(tenant, 0)), (tenant, label)
+    for later in (clock + DAY, clock + 8 * DAY, clock + 29 * DAY):  # the windows move on without events
+        for label, window in WINDOWS.items():
+            got = {tenant: active for (tenant, w), (active, _) in core.totals([state], [later]).items() if w == label}
+            assert {t: n for t, n in got.items() if n} == naive(events, later, window)
+    for label, window in WINDOWS.items():  # the clock of the last tick, now before the kept one: counted afresh
+        got = {tenant: active for (tenant, w), (active, _) in core.totals([state], [clock]).items() if w == label}
+        assert {t: n for t, n in got.items() if n} == naive(events, clock, window)
     month = naive(events, clock, 30 * DAY)
     expected_sticky = {t: naive(events, clock, DAY).get(t, 0) / n for t, n in month.items()}
     assert core.stickiness([state], [clock]) == expected_sticky

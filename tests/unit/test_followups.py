@@ -75,6 +75,10 @@ def test_recovery_counts_equal_a_recount(raw, replay):
         publish(state, [answer(event_id, score, t, customer=customer)])
         clock = max(clock, t)
         CORE.tick(state, clock, Output())
+        assert CORE.totals([state], [clock]) == CORE.count_answers([state], [clock])  # the kept gauge
+    for later in (clock + DAY, clock + 20 * DAY, clock + 40 * DAY):  # the window moves on without answers
+        assert CORE.totals([state], [later]) == CORE.count_answers([state], [later])
+    assert CORE.totals([state], [T0]) == CORE.count_answers([state], [T0])  # an earlier clock: counted afresh
     got = {outcome: n for (_, outcome), n in CORE.totals([state], [clock]).items()}
     assert got == recount(answers, clock)
     families = {f.name: f for f in CORE.collect([state], [clock])}

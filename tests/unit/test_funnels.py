@@ -259,6 +259,29 @@ def test_restore_from_the_events_table_continues_exactly(raw, seed, cut):
     assert core.at_least([restored], [restored.clock_ms]) == core.at_least([original], [original.clock_ms])
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.lists(event_strategy, min_size=1, max_size=14), st.integers(0, 10**6),
+       st.lists(st.integers(0, 4 * MIN), min_size=1, max_size=6))
+def test_kept_gauge_equals_counting_every_track(raw, seed, quiet_steps):
+    """The gauge kept per batch (what a scrape reads) equals counting every track afresh, after every
+    batch and as the clock moves on without events (window boundaries passing attempts, expiry)."""
+    _, messages = build_stream(raw, seed)
+    core = make_core()
+    state, out = core.new_state(3), Output()
+    for source, events in messages:
+        core.add(state, batch_of(source, 3, events), out)
+        clock = max([state.clock_ms] + [e["event_time"] for e in events])
+        core.tick(state, clock, out)
+        assert core.at_least([state], [clock]) == core.count_tracks(state, clock)
+    clock = state.clock_ms
+    for step in quiet_steps:
+        clock += step
+        core.tick(state, clock, out)
+        assert core.at_least([state], [clock]) == core.count_tracks(state, clock)
+    assert core.at_least([state], [clock + 5 * MIN]) == core.count_tracks(state, clock + 5 * MIN)  # read ahead
+    assert core.at_least([state], [T0]) == core.count_tracks(state, T0)  # an earlier clock: counted afresh
+
+
 # -- examples a CX analyst would ask about --------------------------------------------------------
 def run(events, funnels=FUNNELS):
     """Deliver (event_type, minute offset, event_id[, attrs]) for one customer, in the given order."""
