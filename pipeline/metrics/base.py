@@ -171,7 +171,8 @@ class Restore(NamedTuple):
     ``final``) of those partitions, whose ``time`` column is after ``clock - span_ms`` (every row when
     ``time`` is None), meeting every condition of ``where``. ``clock`` is the partition's stream time, or
     with ``clock_source`` the newest event time of that source in the partition (the clock lateness is
-    judged by). The core's ``restore`` gets them as named tuples of ``columns``. The sink turns this into SQL; the core never sees any."""
+    judged by). The core's ``restore`` gets them as named tuples of ``columns``. The sink turns this into
+    SQL; the core never sees any."""
 
     name: str
     table: str

@@ -69,6 +69,7 @@ RANK = {event_type: rank for rank, event_type in enumerate(LIFECYCLE)}
 OPEN = frozenset(("opened", "acknowledged", "escalated", "reopened"))
 ANSWERED = frozenset(("acknowledged", "resolved", "closed"))
 STAGES = ("first_response", "resolution")
+SOURCE = "complaints"  # the source (topic) of complaint events; its clock in a partition is the expiry clock
 OTHER = "other"
 DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0,
                     259200.0, 604800.0, 1209600.0)
@@ -248,7 +249,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
     def add(self, state: ComplaintState, batch: Batch, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, max(event["event_time"] for event in batch.events))
         for source, event, key in zip(batch.sources, batch.events, batch.hashes):
-            if source != "complaints":
+            if source != SOURCE:
                 continue
             state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
             cid = event.get("complaint_id")
@@ -397,7 +398,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
                    "event_types", "event_times_ms")
         return (Restore("open", "complaints", columns, None, where=(OneOf("status", tuple(sorted(OPEN))),), final=True),
                 Restore("settled", "complaints", columns, "last_event_ms", self.max_lateness_ms,
-                        where=(NoneOf("status", tuple(sorted(OPEN))),), final=True, clock_source="complaints"))
+                        where=(NoneOf("status", tuple(sorted(OPEN))),), final=True, clock_source=SOURCE))
 
     def restore(self, state: ComplaintState, name: str, rows: list, clock_ms: int) -> None:
         for (cid, tenant, customer, priority, category, channel, updated_ms, fr_breached, res_breached, folded,
