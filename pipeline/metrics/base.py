@@ -169,8 +169,10 @@ class Newest(NamedTuple):
 class Restore(NamedTuple):
     """What one core reads back for newly assigned partitions: rows of ``table`` (with ``FINAL`` when
     ``final``) of those partitions, whose ``time`` column is after ``clock - span_ms`` (every row when
-    ``time`` is None), meeting every condition of ``where``. The core's ``restore`` gets them as named
-    tuples of ``columns``. The sink turns this into SQL; the core never sees any."""
+    ``time`` is None), meeting every condition of ``where``. ``clock`` is the partition's stream time, or
+    with ``clock_source`` the newest event time of that source in the partition (the clock lateness is
+    judged by). The core's ``restore`` gets them as named tuples of ``columns``. The sink turns this into
+    SQL; the core never sees any."""
 
     name: str
     table: str
@@ -180,6 +182,7 @@ class Restore(NamedTuple):
     where: tuple[Condition, ...] = ()
     newest: Optional[Newest] = None
     final: bool = False
+    clock_source: Optional[str] = None
 
     def row_type(self) -> type:
         """The named tuple of ``columns`` that rows of this restore come as."""

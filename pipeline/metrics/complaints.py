@@ -39,9 +39,12 @@ are co-partitioned by customer). A partition that is behind, e.g. while a backlo
 so never judges its complaints by the time other partitions have reached; a quiet partition judges
 its deadlines when its next event comes. A restored partition starts from its newest complaint event.
 
-Expiry: a complaint that is not open is forgotten ``max_lateness`` after its last event (later events
-could not be older than that); open complaints are kept. An event for a forgotten complaint starts it
-afresh, known only by its new events.
+Expiry: a complaint that is not open is forgotten ``max_lateness`` after its last event, on the clock
+of the complaints source in the partition (the one the processor judges lateness by), so no event it
+already has can reach it again: the complaints topic may be consumed days behind the others, and a
+complaint forgotten by the partition's clock would be revived by its own late ``closed`` and its row
+replaced by one without its opening. Open complaints are kept. An event for a forgotten complaint
+starts it afresh, known only by its new events.
 """
 from __future__ import annotations
 
@@ -66,6 +69,7 @@ RANK = {event_type: rank for rank, event_type in enumerate(LIFECYCLE)}
 OPEN = frozenset(("opened", "acknowledged", "escalated", "reopened"))
 ANSWERED = frozenset(("acknowledged", "resolved", "closed"))
 STAGES = ("first_response", "resolution")
+SOURCE = "complaints"  # the source (topic) of complaint events; its clock in a partition is the expiry clock
 OTHER = "other"
 DURATION_BUCKETS = (60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 43200.0, 86400.0, 172800.0,
                     259200.0, 604800.0, 1209600.0)
@@ -207,6 +211,7 @@ class ComplaintState:
     expiries: list[tuple[int, str]] = field(default_factory=list)  # heap: (forget after ms, complaint id)
     backlog: Counter = field(default_factory=Counter)  # (tenant, priority) -> open complaints
     clock_ms: int = 0  # newest event time of the partition, any source
+    source_clock_ms: int = 0  # newest complaint event time of the partition: the expiry clock
 
 
 @dataclass
@@ -244,8 +249,9 @@ class ComplaintCore(MetricCore[ComplaintState]):
     def add(self, state: ComplaintState, batch: Batch, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, max(event["event_time"] for event in batch.events))
         for source, event, key in zip(batch.sources, batch.events, batch.hashes):
-            if source != "complaints":
+            if source != SOURCE:
                 continue
+            state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
             cid = event.get("complaint_id")
             if not cid or event["event_type"] not in RANK:
                 continue
@@ -290,7 +296,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
             if complaint is not None:
                 self._update(state, complaint, clock_ms, out)
         state.dirty.clear()
-        self._expire(state, clock_ms)
+        self._expire(state, state.source_clock_ms)
 
     def _update(self, state: ComplaintState, complaint: Complaint, clock_ms: int, out: Output) -> None:
         """Recompute a changed or due complaint; count its transitions, breaches, and write it if it changed."""
@@ -392,7 +398,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
                    "event_types", "event_times_ms")
         return (Restore("open", "complaints", columns, None, where=(OneOf("status", tuple(sorted(OPEN))),), final=True),
                 Restore("settled", "complaints", columns, "last_event_ms", self.max_lateness_ms,
-                        where=(NoneOf("status", tuple(sorted(OPEN))),), final=True))
+                        where=(NoneOf("status", tuple(sorted(OPEN))),), final=True, clock_source=SOURCE))
 
     def restore(self, state: ComplaintState, name: str, rows: list, clock_ms: int) -> None:
         for (cid, tenant, customer, priority, category, channel, updated_ms, fr_breached, res_breached, folded,
@@ -413,6 +419,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
             if not complaint.derived.is_open:
                 heapq.heappush(state.expiries, (events[-1].ms + self.max_lateness_ms, cid))
             state.clock_ms = max(state.clock_ms, events[-1].ms)
+            state.source_clock_ms = max(state.source_clock_ms, events[-1].ms)
 
     # -- reading ---------------------------------------------------------------------------------
     def describe(self) -> Iterable[Metric]:

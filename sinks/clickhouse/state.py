@@ -79,7 +79,9 @@ def read_partitions(backend: Backend, partitions: Sequence[int], cores: Sequence
         for spec in core.restores():
             row_type = spec.row_type()
             by_partition: dict[int, list] = defaultdict(list)
-            for row in backend.query(restore_sql(spec, db, clocks)):
+            ends = clocks if spec.clock_source is None else \
+                {p: restored.clocks.get(p, {}).get(spec.clock_source, 0) for p in clocks}
+            for row in backend.query(restore_sql(spec, db, ends)):
                 by_partition[int(row[0])].append(row_type(*row[1:]))
             by_name[spec.name] = dict(by_partition)
         restored.core_rows.append(by_name)

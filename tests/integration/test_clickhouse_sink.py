@@ -8,9 +8,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pipeline.dedup import id_hash
-from pipeline.tables import COLUMNS, TABLES
+from pipeline.metrics.complaints import ComplaintCore
+from pipeline.tables import COLUMNS, ROWS, TABLES
 from sinks.clickhouse.backend import ChdbBackend, OutdatedTables, open_backend
 from sinks.clickhouse.sink import ClickHouseSink, SinkError
+from sinks.clickhouse.state import read_partitions
 
 pytestmark = pytest.mark.integration
 T0 = 1_700_000_000  # 2023-11-14 22:13:20 UTC
@@ -162,6 +164,25 @@ def test_replay_does_not_double_documented_counts(any_backend):
     assert dict(got) == pytest.approx(expected_nps)
 
     assert any_backend.query(f"SELECT complaint_id, status, reopen_count FROM {db}.complaints FINAL") == [("k1", "resolved", 1)]
+
+
+def test_settled_complaints_are_restored_by_the_complaints_own_clock(any_backend):
+    """A partition whose web events are ten days ahead of its complaints: a complaint settled a day after
+    the newest complaint event's clock minus max_lateness may still get a valid event, so a restart reads
+    it back; one settled before that can get none and is not read."""
+    day, partition, sink = 86_400_000, 2, ClickHouseSink(any_backend)
+    start = T0 * 1000
+    sink.insert("events", [ROWS["events"](
+        event_id=f"e-{source}", source=source, event_type=kind, event_time=ms // 1000, event_ms=ms, tenant="acme",
+        customer_id="c1", anonymous_id=None, session_id=None, attr_keys=[], attr_values=[], kafka_partition=partition,
+        kafka_offset=0, id_hash=id_hash(f"e-{source}"))
+        for source, kind, ms in (("web", "page_view", start + 10 * day), ("complaints", "resolved", start + 2 * day))])
+    complaint = SAMPLES["complaints"][0]  # resolved, partition 2
+    sink.insert("complaints", [ROWS["complaints"](*complaint)._replace(complaint_id=cid, last_event_ms=last)
+                               for cid, last in (("recent", start + day), ("old", start - 6 * day))])
+    restored = read_partitions(any_backend, [partition], [ComplaintCore({}, 7 * day)], 60_000)
+    settled = restored.core_rows[0]["settled"]
+    assert [row.complaint_id for row in settled.get(partition, [])] == ["recent"]
 
 
 def test_one_attempt_and_a_clear_error(any_backend):

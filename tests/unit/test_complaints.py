@@ -262,8 +262,26 @@ def test_closed_complaints_expire_after_max_lateness_open_ones_stay():
     h.deliver(event("c", "opened", 0, 0))
     h.deliver(event("c", "closed", HOUR, 1))
     h.deliver(event("d", "opened", HOUR, 0))
-    h.tick(HOUR + LATENESS + 1)
-    assert set(h.states[0].complaints) == {"d"}
+    h.tick(HOUR + LATENESS + 1)  # other sources ahead: a complaint event up to max_lateness old is still valid
+    assert set(h.states[0].complaints) == {"c", "d"}
+    h.deliver(event("e", "opened", HOUR + LATENESS + 1, 0))  # the complaints' own clock moves past
+    assert set(h.states[0].complaints) == {"d", "e"}
+
+
+def test_a_late_event_of_a_settled_complaint_does_not_restart_it_when_the_topic_is_behind():
+    """The complaints topic consumed days behind the others (lateness is judged per topic-partition): its
+    ``closed`` comes when the partition's clock is past max_lateness after the resolution. The complaint is
+    still known, so its row keeps the opening (the complaint-rate query and restore read it) and it is not
+    counted as opened again."""
+    h = Harness()
+    h.deliver(event("c", "opened", 0, 0, customer="c-9"))
+    h.deliver(event("c", "resolved", HOUR, 1, customer="c-9"))
+    h.tick(HOUR + LATENESS + HOUR)  # web, chatbot, crm events of this partition
+    h.deliver(event("c", "closed", 2 * HOUR, 2, customer="c-9"))  # within max_lateness of the complaints' clock
+    row = h.latest_rows()["c"]
+    assert (row.status, row.opened_ms, row.resolved_ms, row.event_types) == \
+        ("closed", 0, HOUR, ["opened", "resolved", "closed"])
+    assert h.count("cx_complaints_opened") == 1  # counted with the ComplaintOpened fact, once
 
 
 def test_categories_are_capped_per_tenant():
