@@ -125,11 +125,11 @@ def metrics_table(samples: dict, title: str) -> Table:
     exact: dict[str, dict[str, float]] = defaultdict(dict)
     for labels, value in samples.get("cx_time_to_first_purchase_exact_seconds", []):
         if labels.get("window") == "7d":
-            exact[labels["tenant"]][labels["quantile"]] = value
+            exact[labels["tenant"]][labels["percentile"]] = value
     for tenant, quantiles in sorted(exact.items()):
-        if {"0.5", "0.9"} <= set(quantiles):
+        if {"50", "90"} <= set(quantiles):
             table.add_row("time to first purchase p50 / p90", f"{tenant} 7d",
-                          f"{duration(quantiles['0.5'])} / {duration(quantiles['0.9'])}")
+                          f"{duration(quantiles['50'])} / {duration(quantiles['90'])}")
     return table
 
 

@@ -12,7 +12,8 @@ Exported as
 
 - ``cx_time_to_first_purchase_seconds{tenant}``: a histogram, observed once per customer (1 min … 90 days);
 - ``cx_first_purchases{tenant,window}``: customers whose first purchase is in the window (``CXP_WINDOWS``);
-- ``cx_time_to_first_purchase_exact_seconds{tenant,window,quantile}``: the exact 0.5 and 0.9 quantiles of
+- ``cx_time_to_first_purchase_exact_seconds{tenant,window,percentile}``: the exact 50th and 90th percentiles
+  (0.5 and 0.9 quantiles) of
   their times, as ClickHouse's ``quantileExact`` takes them (the element at index ⌊q·n⌋ of the sorted times).
 
 State per partition: per customer seen in the last ``forget``, their first event, signup and first
@@ -36,6 +37,12 @@ from pipeline.tables import ROWS
 
 DAY_MS = 86_400_000
 QUANTILES = (0.5, 0.9)
+
+
+def percentile_label(q: float) -> str:
+    """The ``percentile`` label of quantile ``q`` ("50" for 0.5). Not ``quantile``: Prometheus keeps that
+    label for summaries, and a summary's ``_count`` may not fall as these windows slide."""
+    return f"{q * 100:g}"
 SWEEP_MS = 3_600_000  # forget customers at most once per hour of event time
 HISTOGRAM = "cx_time_to_first_purchase_seconds"
 BUCKETS = (60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0, 14 * 86400.0, 30 * 86400.0,
@@ -197,7 +204,7 @@ class TimeToValueCore(MetricCore[ValueState]):
         for (tenant, window), seconds in sorted(self.times(states, clocks).items()):
             count_g.add_metric([tenant, window], len(seconds))
             for q in QUANTILES:
-                quantile_g.add_metric([tenant, window, str(q)], exact_quantile(seconds, q))
+                quantile_g.add_metric([tenant, window, percentile_label(q)], exact_quantile(seconds, q))
         return families
 
     @staticmethod
@@ -208,5 +215,5 @@ class TimeToValueCore(MetricCore[ValueState]):
             GaugeMetricFamily("cx_time_to_first_purchase_exact_seconds", "Exact quantiles (ClickHouse quantileExact) "
                               "of the time from signup (else first event) to first purchase, of the first purchases in "
                               "the window, of this worker (fleet: tenant_quantile:cx_time_to_first_purchase_seconds:"
-                              "estimate24h, from the histogram).", labels=["tenant", "window", "quantile"]),
+                              "estimate24h, from the histogram).", labels=["tenant", "window", "percentile"]),
         ]

@@ -15,7 +15,7 @@ import pytest
 
 from pipeline.dedup import id_hash
 from pipeline.metrics.base import Batch, Output
-from pipeline.metrics.time_to_value import BUCKETS, HISTOGRAM, TimeToValueCore, exact_quantile
+from pipeline.metrics.time_to_value import BUCKETS, HISTOGRAM, TimeToValueCore, exact_quantile, percentile_label
 from pipeline.partitioner import event_key, partition_for
 from pipeline.simulate import Simulator
 from pipeline.tables import COLUMNS, ROWS
@@ -71,10 +71,10 @@ def test_histogram_and_exact_quantiles_equal_quantile_exact_over_the_raw_events(
     for tenant, times in observed.items():
         assert answers[tenant] == [exact_quantile(times, 0.5), exact_quantile(times, 0.9)], tenant
     # the exact quantile gauge says the same for the window that holds everything
-    gauge = {(s.labels["tenant"], s.labels["quantile"]): s.value
+    gauge = {(s.labels["tenant"], s.labels["percentile"]): s.value
              for family in core.collect(list(states.values()), [s.clock_ms for s in states.values()])
              if family.name == "cx_time_to_first_purchase_exact_seconds" for s in family.samples}
-    assert gauge == {(tenant, str(q)): value for tenant, quantiles in answers.items()
+    assert gauge == {(tenant, percentile_label(q)): value for tenant, quantiles in answers.items()
                      for q, value in zip((0.5, 0.9), quantiles)}
     # every time, not only two quantiles: the histogram's buckets count what the raw events put below each bound
     times_sql = sql.replace("quantilesExact(0.5, 0.9)(", "groupArray(", 1)
