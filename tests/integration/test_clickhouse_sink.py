@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pipeline.dedup import id_hash
+from pipeline.metrics.chatbot import ChatbotCore
 from pipeline.metrics.complaints import ComplaintCore
 from pipeline.tables import COLUMNS, ROWS, TABLES
 from sinks.clickhouse.backend import ChdbBackend, OutdatedTables, open_backend
@@ -166,23 +167,37 @@ def test_replay_does_not_double_documented_counts(any_backend):
     assert any_backend.query(f"SELECT complaint_id, status, reopen_count FROM {db}.complaints FINAL") == [("k1", "resolved", 1)]
 
 
-def test_settled_complaints_are_restored_by_the_complaints_own_clock(any_backend):
-    """A partition whose web events are ten days ahead of its complaints: a complaint settled a day after
-    the newest complaint event's clock minus max_lateness may still get a valid event, so a restart reads
-    it back; one settled before that can get none and is not read."""
+def _settled_complaint(cid: str, last_ms: int) -> tuple:
+    return ROWS["complaints"](*SAMPLES["complaints"][0])._replace(complaint_id=cid, last_event_ms=last_ms)  # resolved
+
+
+def _ended_conversation(cid: str, last_ms: int) -> tuple:
+    return ROWS["chatbot_conversations"](tenant="acme", conversation_id=cid, customer_id="c1", handoff_ms=None,
+                                         resolved_ms=last_ms, abandoned_ms=None, ended_ms=last_ms, outcome="contained",
+                                         last_event_ms=last_ms, updated_ms=last_ms, kafka_partition=2)
+
+
+@pytest.mark.parametrize("source, table, restore_name, key, row, core", [
+    ("complaints", "complaints", "settled", "complaint_id", _settled_complaint, lambda day: ComplaintCore({}, 7 * day)),
+    ("chatbot", "chatbot_conversations", "conversations", "conversation_id", _ended_conversation,
+     lambda day: ChatbotCore({"24h": day}, 7 * day)),
+], ids=["complaints", "chatbot"])
+def test_forgettable_state_is_restored_by_its_sources_own_clock(any_backend, source, table, restore_name, key, row,
+                                                                core):
+    """A partition whose web events are ten days ahead of this source's: an entity whose last event is a day
+    after the source's newest event time minus max_lateness may still get a valid event, so a restart reads
+    it back; one older than that can get none and is not read."""
     day, partition, sink = 86_400_000, 2, ClickHouseSink(any_backend)
     start = T0 * 1000
     sink.insert("events", [ROWS["events"](
-        event_id=f"e-{source}", source=source, event_type=kind, event_time=ms // 1000, event_ms=ms, tenant="acme",
+        event_id=f"e-{name}", source=name, event_type=kind, event_time=ms // 1000, event_ms=ms, tenant="acme",
         customer_id="c1", anonymous_id=None, session_id=None, attr_keys=[], attr_values=[], kafka_partition=partition,
-        kafka_offset=0, id_hash=id_hash(f"e-{source}"))
-        for source, kind, ms in (("web", "page_view", start + 10 * day), ("complaints", "resolved", start + 2 * day))])
-    complaint = SAMPLES["complaints"][0]  # resolved, partition 2
-    sink.insert("complaints", [ROWS["complaints"](*complaint)._replace(complaint_id=cid, last_event_ms=last)
-                               for cid, last in (("recent", start + day), ("old", start - 6 * day))])
-    restored = read_partitions(any_backend, [partition], [ComplaintCore({}, 7 * day)], 60_000)
-    settled = restored.core_rows[0]["settled"]
-    assert [row.complaint_id for row in settled.get(partition, [])] == ["recent"]
+        kafka_offset=0, id_hash=id_hash(f"e-{name}"))
+        for name, kind, ms in (("web", "page_view", start + 10 * day), (source, "resolved", start + 2 * day))])
+    sink.insert(table, [row(cid, last) for cid, last in (("recent", start + day), ("old", start - 6 * day))])
+    restored = read_partitions(any_backend, [partition], [core(day)], 60_000)
+    rows = restored.core_rows[0][restore_name]
+    assert [getattr(r, key) for r in rows.get(partition, [])] == ["recent"]
 
 
 def test_one_attempt_and_a_clear_error(any_backend):
