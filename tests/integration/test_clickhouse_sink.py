@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pipeline.dedup import id_hash
+from pipeline.metrics.carts import CartCore
 from pipeline.metrics.chatbot import ChatbotCore
 from pipeline.metrics.complaints import ComplaintCore
 from pipeline.tables import COLUMNS, ROWS, TABLES
@@ -177,23 +178,30 @@ def _ended_conversation(cid: str, last_ms: int) -> tuple:
                                          last_event_ms=last_ms, updated_ms=last_ms, kafka_partition=2)
 
 
+def _decided_cart(buyer: str, deadline_ms: int) -> tuple:
+    return ROWS["carts"](tenant="acme", buyer=buyer, customer_id=buyer, started_ms=deadline_ms - 86_400_000,
+                         deadline_ms=deadline_ms, outcome="abandoned", ended_ms=deadline_ms, updated_ms=deadline_ms,
+                         kafka_partition=2)
+
+
 @pytest.mark.parametrize("source, table, restore_name, key, row, core", [
     ("complaints", "complaints", "settled", "complaint_id", _settled_complaint, lambda day: ComplaintCore({}, 7 * day)),
     ("chatbot", "chatbot_conversations", "conversations", "conversation_id", _ended_conversation,
      lambda day: ChatbotCore({"24h": day}, 7 * day)),
-], ids=["complaints", "chatbot"])
+    ("web", "carts", "carts", "buyer", _decided_cart, lambda day: CartCore({"24h": day}, day, 7 * day)),
+], ids=["complaints", "chatbot", "carts"])
 def test_forgettable_state_is_restored_by_its_sources_own_clock(any_backend, source, table, restore_name, key, row,
                                                                 core):
-    """A partition whose web events are ten days ahead of this source's: an entity whose last event is a day
-    after the source's newest event time minus max_lateness may still get a valid event, so a restart reads
-    it back; one older than that can get none and is not read."""
+    """A partition whose events of another source are ten days ahead of this source's: an entity whose last
+    event is a day after the source's newest event time minus what the core keeps may still get a valid
+    event, so a restart reads it back; one older than that can get none and is not read."""
     day, partition, sink = 86_400_000, 2, ClickHouseSink(any_backend)
-    start = T0 * 1000
+    start, ahead = T0 * 1000, "crm"
     sink.insert("events", [ROWS["events"](
         event_id=f"e-{name}", source=name, event_type=kind, event_time=ms // 1000, event_ms=ms, tenant="acme",
         customer_id="c1", anonymous_id=None, session_id=None, attr_keys=[], attr_values=[], kafka_partition=partition,
         kafka_offset=0, id_hash=id_hash(f"e-{name}"))
-        for name, kind, ms in (("web", "page_view", start + 10 * day), (source, "resolved", start + 2 * day))])
+        for name, kind, ms in ((ahead, "note", start + 10 * day), (source, "resolved", start + 2 * day))])
     sink.insert(table, [row(cid, last) for cid, last in (("recent", start + day), ("old", start - 6 * day))])
     restored = read_partitions(any_backend, [partition], [core(day)], 60_000)
     rows = restored.core_rows[0][restore_name]
