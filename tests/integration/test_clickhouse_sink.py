@@ -11,6 +11,7 @@ from pipeline.dedup import id_hash
 from pipeline.metrics.carts import CartCore
 from pipeline.metrics.chatbot import ChatbotCore
 from pipeline.metrics.complaints import ComplaintCore
+from pipeline.metrics.subscriptions import SubscriptionCore
 from pipeline.tables import COLUMNS, ROWS, TABLES
 from sinks.clickhouse.backend import ChdbBackend, OutdatedTables, open_backend
 from sinks.clickhouse.sink import ClickHouseSink, SinkError
@@ -184,19 +185,27 @@ def _decided_cart(buyer: str, deadline_ms: int) -> tuple:
                          kafka_partition=2)
 
 
+def _superseded_subscription_event(event_id: str, event_ms: int) -> tuple:
+    return ROWS["subscriptions"](tenant="acme", customer_id="c1", event_id=event_id, event_type="subscription_renewed",
+                                 event_time=event_ms // 1000, event_ms=event_ms, plan="pro", mrr_minor=1999,
+                                 mrr_before_minor=1999, held=0, updated_ms=event_ms, kafka_partition=2)
+
+
 @pytest.mark.parametrize("source, table, restore_name, key, row, core", [
     ("complaints", "complaints", "settled", "complaint_id", _settled_complaint, lambda day: ComplaintCore({}, 7 * day)),
     ("chatbot", "chatbot_conversations", "conversations", "conversation_id", _ended_conversation,
      lambda day: ChatbotCore({"24h": day}, 7 * day)),
     ("web", "carts", "carts", "buyer", _decided_cart, lambda day: CartCore({"24h": day}, day, 7 * day)),
-], ids=["complaints", "chatbot", "carts"])
+    ("crm", "subscriptions", "recent", "event_id", _superseded_subscription_event,
+     lambda day: SubscriptionCore({"1d": day}, 20, 7 * day)),
+], ids=["complaints", "chatbot", "carts", "subscriptions"])
 def test_forgettable_state_is_restored_by_its_sources_own_clock(any_backend, source, table, restore_name, key, row,
                                                                 core):
     """A partition whose events of another source are ten days ahead of this source's: an entity whose last
     event is a day after the source's newest event time minus what the core keeps may still get a valid
     event, so a restart reads it back; one older than that can get none and is not read."""
     day, partition, sink = 86_400_000, 2, ClickHouseSink(any_backend)
-    start, ahead = T0 * 1000, "crm"
+    start, ahead = T0 * 1000, "web" if source == "crm" else "crm"
     sink.insert("events", [ROWS["events"](
         event_id=f"e-{name}", source=name, event_type=kind, event_time=ms // 1000, event_ms=ms, tenant="acme",
         customer_id="c1", anonymous_id=None, session_id=None, attr_keys=[], attr_values=[], kafka_partition=partition,
