@@ -11,6 +11,7 @@ from pipeline.dedup import id_hash
 from pipeline.metrics.carts import CartCore
 from pipeline.metrics.chatbot import ChatbotCore
 from pipeline.metrics.complaints import ComplaintCore
+from pipeline.metrics.orders import OrdersCore
 from pipeline.metrics.subscriptions import SubscriptionCore
 from pipeline.tables import COLUMNS, ROWS, TABLES
 from sinks.clickhouse.backend import ChdbBackend, OutdatedTables, open_backend
@@ -191,6 +192,12 @@ def _superseded_subscription_event(event_id: str, event_ms: int) -> tuple:
                                  mrr_before_minor=1999, held=0, updated_ms=event_ms, kafka_partition=2)
 
 
+def _order(order_id: str, order_ms: int) -> tuple:
+    return ROWS["orders"](tenant="acme", buyer="c1", order_id=order_id, customer_id="c1", order_time=order_ms // 1000,
+                          order_ms=order_ms, currency="EUR", amount_minor=1999, minor_unit=2, event_id=f"e-{order_id}",
+                          updated_ms=order_ms, kafka_partition=2)
+
+
 @pytest.mark.parametrize("source, table, restore_name, key, row, core", [
     ("complaints", "complaints", "settled", "complaint_id", _settled_complaint, lambda day: ComplaintCore({}, 7 * day)),
     ("chatbot", "chatbot_conversations", "conversations", "conversation_id", _ended_conversation,
@@ -198,7 +205,8 @@ def _superseded_subscription_event(event_id: str, event_ms: int) -> tuple:
     ("web", "carts", "carts", "buyer", _decided_cart, lambda day: CartCore({"24h": day}, day, 7 * day)),
     ("crm", "subscriptions", "recent", "event_id", _superseded_subscription_event,
      lambda day: SubscriptionCore({"1d": day}, 20, 7 * day)),
-], ids=["complaints", "chatbot", "carts", "subscriptions"])
+    ("web", "orders", "orders", "order_id", _order, lambda day: OrdersCore({"1d": day}, ("1d", day), 20, 7 * day)),
+], ids=["complaints", "chatbot", "carts", "subscriptions", "orders"])
 def test_forgettable_state_is_restored_by_its_sources_own_clock(any_backend, source, table, restore_name, key, row,
                                                                 core):
     """A partition whose events of another source are ten days ahead of this source's: an entity whose last
