@@ -95,13 +95,19 @@ def test_outcomes_follow_the_definition_in_any_order_and_a_replay_changes_nothin
     assert nonzero(core.totals([restored], [clock])) == nonzero(core.totals([state], [clock]))
 
 
-def test_a_late_handoff_moves_a_contained_conversation_and_the_ratio_follows():
-    core = ChatbotCore(WINDOWS, LATENESS)
+def resolved_at_t0(core: ChatbotCore) -> tuple:
+    """A state with conversation k resolved at T0, its output, and the resolution event."""
     state, out = core.new_state(0), Output()
     resolved = {"event_id": "r", "event_type": "conversation_resolved", "event_time": T0, "tenant": "acme",
                 "conversation_id": "k", "customer_id": "c"}
     core.add(state, Batch.of(0, [("chatbot", resolved)]), out)
     core.tick(state, T0, out)
+    return state, out, resolved
+
+
+def test_a_late_handoff_moves_a_contained_conversation_and_the_ratio_follows():
+    core = ChatbotCore(WINDOWS, LATENESS)
+    state, out, resolved = resolved_at_t0(core)
     assert core.totals([state], [T0])[("acme", "1h")] == [1, 0, 0]
     handoff = dict(resolved, event_id="h", event_type="handoff_requested", event_time=T0 - MIN)
     core.add(state, Batch.of(0, [("chatbot", handoff)]), out)
@@ -132,14 +138,9 @@ def test_conversations_are_forgotten_after_max_lateness_and_windows_slide():
 def test_a_late_event_of_an_ended_conversation_does_not_restart_it_when_the_topic_is_behind():
     """The chatbot topic consumed days behind the others (lateness is judged per topic-partition): a handoff
     comes when the partition's clock is past max_lateness after the conversation's end. The conversation is
-    still known, so its row keeps its resolution (latest wins in ClickHouse) and its count moves to
-    handed_off instead of vanishing from contained."""
+    still known, so its row (latest wins in ClickHouse) keeps its resolution and says handed_off."""
     core = ChatbotCore(WINDOWS, LATENESS)
-    state, out = core.new_state(0), Output()
-    resolved = {"event_id": "r", "event_type": "conversation_resolved", "event_time": T0, "tenant": "acme",
-                "conversation_id": "k", "customer_id": "c"}
-    core.add(state, Batch.of(0, [("chatbot", resolved)]), out)
-    core.tick(state, T0, out)
+    state, out, resolved = resolved_at_t0(core)
     core.tick(state, T0 + LATENESS + DAY, out)  # web, complaints, crm events of this partition
     handoff = dict(resolved, event_id="h", event_type="agent_joined", event_time=T0 + MIN)  # within max_lateness
     core.add(state, Batch.of(0, [("chatbot", handoff)]), out)
