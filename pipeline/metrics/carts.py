@@ -22,7 +22,10 @@ from the purchases in ``events``.
 
 State per partition: per buyer with a cart or an event in the last max lateness + ``abandon_after``, the
 open cart's start and the adds that joined it, the end of the last decided cart and the purchase times of
-that span. An add that joined the open cart before a purchase with an earlier time arrived starts the
+that span. That span is measured on the clock of the web source in the partition (the one the processor
+judges lateness by): the web topic may be consumed behind the partition's other sources and its events
+are still valid then; a buyer forgotten by the partition's clock would have a late add of a decided cart
+start a cart afresh, and a late add lose the purchase that converts it. An add that joined the open cart before a purchase with an earlier time arrived starts the
 next cart when that purchase converts this one, as it would have in time order.
 """
 from __future__ import annotations
@@ -44,6 +47,7 @@ from pipeline.tables import ROWS
 OUTCOMES = ("converted", "abandoned")
 OPEN = "open"
 ADD, PURCHASE = 0, 1  # an add sorts before a purchase of the same millisecond
+SOURCE = "web"  # the source (topic) of adds and purchases; its clock in a partition is the forgetting clock
 SWEEP_MS = 3_600_000  # forget idle buyers at most once per hour of event time
 CartRow = ROWS["carts"]
 NONE_JOINED: list[int] = []  # shared by every buyer without joined adds; never appended to (replaced by a new list)
@@ -83,7 +87,8 @@ class CartState:
     buyers: dict[tuple[str, str], Buyer] = field(default_factory=dict)
     deadlines: list[tuple[int, tuple[str, str], int]] = field(default_factory=list)  # heap: (deadline, buyer, start)
     pending: dict[tuple[str, str, int], tuple] = field(default_factory=dict)  # (tenant, buyer, start) -> newest row
-    clock_ms: int = 0
+    clock_ms: int = 0  # newest event time of the partition, any source: the deadlines' and windows' clock
+    source_clock_ms: int = 0  # newest web event time of the partition: the forgetting clock
     swept_ms: int = 0
 
 
@@ -111,8 +116,11 @@ class CartCore(MetricCore[CartState]):
     def add(self, state: CartState, batch: Batch, out: Output) -> None:
         by_buyer: dict[tuple[str, str], list[tuple[int, int, Optional[str]]]] = {}
         for source, event in zip(batch.sources, batch.events):
+            if source != SOURCE:
+                continue
+            state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
             kind = event["event_type"]
-            if source != "web" or kind not in ("add_to_cart", "purchase"):
+            if kind not in ("add_to_cart", "purchase"):
                 continue
             customer_id = event.get("customer_id")
             key = (event["tenant"], customer_id or event["anonymous_id"])
@@ -186,7 +194,7 @@ class CartCore(MetricCore[CartState]):
 
     def _sweep(self, state: CartState) -> None:
         """Forget what no late event can reach any more: old purchases, and idle buyers without an open cart."""
-        oldest = state.clock_ms - self.keep_ms
+        oldest = state.source_clock_ms - self.keep_ms
         for key in list(state.buyers):
             buyer = state.buyers[key]
             if not buyer.start and buyer.last_ms < oldest:
@@ -196,18 +204,24 @@ class CartCore(MetricCore[CartState]):
         state.swept_ms = state.clock_ms
 
     def restores(self) -> Sequence[Restore]:
+        # Carts and purchases end at the web clock: the kept span back on the clock lateness is judged by, and
+        # the windows back at least as far as on the partition's (never behind the web's). The adds joining
+        # an open cart: its deadline is judged on the partition's clock.
         span = max(max(self.windows_ms.values()), self.keep_ms)
         return (Restore("carts", "carts", ("tenant", "buyer", "customer_id", "started_ms", "outcome", "ended_ms",
-                                           "updated_ms"), "deadline_ms", span, final=True),
+                                           "updated_ms"), "deadline_ms", span, final=True, clock_source=SOURCE),
                 Restore("purchases", "events", ("tenant", "customer_id", "anonymous_id", "event_ms"), "event_ms",
-                        self.keep_ms, where=(Equals("source", "web"), Equals("event_type", "purchase"))),
+                        self.keep_ms, where=(Equals("source", SOURCE), Equals("event_type", "purchase")),
+                        clock_source=SOURCE),
                 Restore("adds", "events", ("tenant", "customer_id", "anonymous_id", "event_ms"), "event_ms",
-                        self.abandon_after_ms, where=(Equals("source", "web"), Equals("event_type", "add_to_cart"))))
+                        self.abandon_after_ms, where=(Equals("source", SOURCE), Equals("event_type", "add_to_cart"))))
 
     def restore(self, state: CartState, name: str, rows: list, clock_ms: int) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
         state.swept_ms = max(state.swept_ms, state.clock_ms)
         for row in rows:
+            if name != "carts":  # adds and purchases: web events; an abandoned cart's end is a deadline
+                state.source_clock_ms = max(state.source_clock_ms, int(row.event_ms))
             if name == "adds":  # after "carts": the adds that joined an open cart
                 buyer = state.buyers.get((row.tenant, row.customer_id or row.anonymous_id))
                 if buyer is not None and buyer.start and int(row.event_ms) > buyer.start:
@@ -224,6 +238,7 @@ class CartCore(MetricCore[CartState]):
             buyer = state.buyers.setdefault(key, Buyer(row.customer_id))
             buyer.updated_ms = max(buyer.updated_ms, int(row.updated_ms))
             start = int(row.started_ms)
+            state.source_clock_ms = max(state.source_clock_ms, start)  # an add's time
             if row.outcome == OPEN:
                 buyer.start = start
                 heapq.heappush(state.deadlines, (start + self.abandon_after_ms, key, start))

@@ -15,7 +15,11 @@ handed_off, a late earlier end moves its end time, in the windows too (the count
 minute and moved, not recounted).
 
 State per partition: each conversation's earliest handoff, resolution and abandonment times, kept until
-``max_lateness`` after its last event (later events would be too late), and rolling counts per end minute.
+``max_lateness`` after its last event on the clock of the chatbot source in the partition (the one the
+processor judges lateness by: later events would be too late), and rolling counts per end minute. The
+chatbot topic may be consumed days behind the partition's other sources and its events are still valid
+then; a conversation forgotten by the partition's clock would be restarted by its own late event and its
+row replaced by one without its earlier times.
 The ``chatbot_conversations`` table holds one row per conversation, latest state wins; the state is
 rebuilt from it, so a replayed event changes nothing and writes nothing.
 """
@@ -34,6 +38,7 @@ from pipeline.tables import ROWS
 
 OUTCOMES = ("contained", "handed_off", "abandoned")
 HANDOFF = frozenset(("handoff_requested", "agent_joined"))
+SOURCE = "chatbot"  # the source (topic) of chatbot events; its clock in a partition is the expiry clock
 ConversationRow = ROWS["chatbot_conversations"]
 
 
@@ -71,7 +76,8 @@ class ChatbotState:
     conversations: dict[tuple[str, str], Conversation] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)
     expiries: list[tuple[int, tuple[str, str]]] = field(default_factory=list)  # heap: (forget after ms, key)
-    clock_ms: int = 0
+    clock_ms: int = 0  # newest event time of the partition, any source: the windows' clock
+    source_clock_ms: int = 0  # newest chatbot event time of the partition: the expiry clock
 
 
 @dataclass
@@ -90,8 +96,9 @@ class ChatbotCore(MetricCore[ChatbotState]):
 
     def add(self, state: ChatbotState, batch: Batch, out: Output) -> None:
         for source, event in zip(batch.sources, batch.events):
-            if source != "chatbot":
+            if source != SOURCE:
                 continue
+            state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
             key = (event["tenant"], event["conversation_id"])
             c = state.conversations.get(key)
             if c is None:
@@ -119,10 +126,10 @@ class ChatbotCore(MetricCore[ChatbotState]):
             heapq.heappush(state.expiries, (c.last_ms + self.max_lateness_ms, key))
         state.dirty.clear()
         state.windows.prune(state.clock_ms)
-        while state.expiries and state.expiries[0][0] < state.clock_ms:
+        while state.expiries and state.expiries[0][0] < state.source_clock_ms:
             _, key = heapq.heappop(state.expiries)
             c = state.conversations.get(key)
-            if c is not None and c.last_ms + self.max_lateness_ms < state.clock_ms:
+            if c is not None and c.last_ms + self.max_lateness_ms < state.source_clock_ms:
                 del state.conversations[key]
 
     @staticmethod
@@ -152,11 +159,13 @@ class ChatbotCore(MetricCore[ChatbotState]):
             last_event_ms=c.last_ms, updated_ms=c.updated_ms, kafka_partition=partition)
 
     def restores(self) -> Sequence[Restore]:
+        # Ends at the chatbot clock: max_lateness back on the clock lateness is judged by, and the windows back
+        # at least as far as on the partition's clock (never behind the chatbot's).
         span = max(max(self.windows_ms.values()), self.max_lateness_ms)
         return (Restore("conversations", "chatbot_conversations", ("tenant", "conversation_id", "customer_id",
                                                                     "handoff_ms", "resolved_ms", "abandoned_ms",
                                                                     "last_event_ms", "updated_ms"),
-                        "last_event_ms", span, final=True),)
+                        "last_event_ms", span, final=True, clock_source=SOURCE),)
 
     def restore(self, state: ChatbotState, name: str, rows: list, clock_ms: int) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
@@ -167,6 +176,7 @@ class ChatbotCore(MetricCore[ChatbotState]):
             c.written = c.content()
             state.conversations[(c.tenant, c.conversation_id)] = c
             heapq.heappush(state.expiries, (c.last_ms + self.max_lateness_ms, (c.tenant, c.conversation_id)))
+            state.source_clock_ms = max(state.source_clock_ms, c.last_ms)
             self._count(state, c)
 
     # -- reading ---------------------------------------------------------------------------------

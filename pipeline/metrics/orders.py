@@ -7,7 +7,9 @@ else the anonymous visitor: the Kafka key, so every copy of it lands in one part
 purchase is sent, under the same or new event ids: the order is its earliest purchase event (ties: the
 smaller 64-bit hash of the event id, :func:`~pipeline.dedup.id_hash`), so the result does not depend on arrival order, and a re-sent copy with a later time
 changes nothing. An order id is remembered for ``memory`` (the largest window, at least the max
-lateness) after its time; a copy arriving later than that is a new order.
+lateness) after its time, on the clock of the web source in the partition (the one the processor judges
+lateness by: the web topic may be consumed behind the partition's other sources, and its events are still
+valid then); a copy arriving later than that is a new order.
 
 Money is integers: amounts in minor units (:mod:`pipeline.money`), summed exactly; a gauge divides by the
 minor unit once, at export. No currency conversion: every money series carries ``currency``, and at most
@@ -49,6 +51,7 @@ from pipeline.tables import ROWS
 
 OTHER = "other"
 SWEEP_MS = 3_600_000  # forget old orders at most once per hour of event time
+SOURCE = "web"  # the source (topic) of purchases; its clock in a partition is the orders' memory clock
 OrderRow = ROWS["orders"]
 
 
@@ -88,7 +91,8 @@ class OrdersState:
     active: LastSeen = field(default_factory=LastSeen)
     orders: dict[int, Order] = field(default_factory=dict)  # order_key -> order
     dirty: dict[int, tuple[str, str, str, Optional[str], str]] = field(default_factory=dict)  # key -> the row's strings
-    clock_ms: int = 0
+    clock_ms: int = 0  # newest event time of the partition, any source: the windows' clock
+    source_clock_ms: int = 0  # newest web event time of the partition: the clock orders are remembered by
     swept_ms: int = 0
 
 
@@ -121,8 +125,10 @@ class OrdersCore(MetricCore[OrdersState]):
             customer_id = event.get("customer_id")
             if customer_id is not None:
                 note(event["tenant"], customer_id, event["event_time"])
-            if source == "web" and event["event_type"] == "purchase":
-                self._purchase(state, event, tie)
+            if source == SOURCE:
+                state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
+                if event["event_type"] == "purchase":
+                    self._purchase(state, event, tie)
 
     def _purchase(self, state: OrdersState, event: dict, tie: int) -> None:
         tenant, customer_id, order_id = event["tenant"], event.get("customer_id"), event["order_id"]
@@ -156,15 +162,17 @@ class OrdersCore(MetricCore[OrdersState]):
         state.windows.prune(state.clock_ms)
         state.active.expire((state.clock_ms - max(self.windows_ms.values())) // MINUTE_MS)
         if state.clock_ms - state.swept_ms >= SWEEP_MS:
-            oldest = state.clock_ms - self.memory_ms
+            oldest = state.source_clock_ms - self.memory_ms
             for key in [key for key, order in state.orders.items() if order.ms < oldest]:
                 del state.orders[key]
             state.swept_ms = state.clock_ms
 
     def restores(self) -> Sequence[Restore]:
+        # orders end at the web clock: the memory back on the clock lateness is judged by, and the windows back
+        # at least as far as on the partition's (never behind the web's)
         return (Restore("orders", "orders", ("tenant", "buyer", "order_id", "customer_id", "order_ms", "event_id",
                                              "currency", "amount_minor", "updated_ms"),
-                        "order_ms", self.memory_ms, final=True),
+                        "order_ms", self.memory_ms, final=True, clock_source=SOURCE),
                 Restore("active", "events", ("tenant", "customer_id", "event_ms"), "event_ms",
                         max(self.windows_ms.values()), where=(NotNull("customer_id"),),
                         newest=Newest(("tenant", "customer_id"), "event_ms")))
@@ -182,6 +190,7 @@ class OrdersCore(MetricCore[OrdersState]):
             order = Order(row.tenant, customer, int(row.order_ms), id_hash(row.event_id), row.currency,
                           int(row.amount_minor), int(row.updated_ms))
             state.orders[order_key(row.tenant, row.buyer, row.order_id)] = order
+            state.source_clock_ms = max(state.source_clock_ms, order.ms)
             state.windows.add((order.tenant, order.currency), order.ms, (1, order.minor))
 
     # -- reading ---------------------------------------------------------------------------------

@@ -23,7 +23,10 @@ brings over their expected lifetime), absent while nobody churned in 30 days.
 
 State per partition: per customer their events of the last ``largest window + max lateness`` (a late event
 recomputes the movements after it) and always their latest; a customer who is not paying is forgotten once
-that latest is older than the span. The ``subscriptions`` table keeps each event with its MRR before and
+that latest is older than the span. The span is measured on the clock of the CRM source in the partition
+(the one the processor judges lateness by): the CRM topic may be consumed weeks behind the partition's other
+sources and its events are still valid then; by the partition's clock they would be dropped, a late
+cancellation leaving its customer paying. The ``subscriptions`` table keeps each event with its MRR before and
 whether it is the customer's latest held in memory, so the state is rebuilt from its rows.
 """
 from __future__ import annotations
@@ -45,6 +48,7 @@ from pipeline.metrics.segments import MAX_LABEL_CHARS, OTHER, UNKNOWN
 from pipeline.metrics.windows import RollingCounts
 from pipeline.tables import COLUMNS, ROWS
 
+SOURCE = "crm"  # the source (topic) of subscription events; its clock in a partition is the clock of the span
 CANCELLED = "subscription_cancelled"
 SUBSCRIPTION_EVENTS = frozenset(("subscription_started", "subscription_renewed", "subscription_upgraded",
                                  "subscription_downgraded", CANCELLED))
@@ -127,7 +131,8 @@ class SubscriptionState:
     plans: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (tenant, plan) -> [paying, MRR]
     dirty: set[tuple[str, str]] = field(default_factory=set)
     expiries: list[tuple[int, tuple[str, str]]] = field(default_factory=list)  # heap: (look again after ms, key)
-    clock_ms: int = 0
+    clock_ms: int = 0  # newest event time of the partition, any source: the windows' clock
+    source_clock_ms: int = 0  # newest CRM event time of the partition: the clock of the span held
 
 
 @dataclass
@@ -152,11 +157,13 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
         return SubscriptionState(partition, RollingCounts(self.windows_ms, 2 * len(MOVEMENTS)))
 
     def add(self, state: SubscriptionState, batch: Batch, out: Output) -> None:
-        oldest = state.clock_ms - self.span_ms
+        oldest = state.source_clock_ms - self.span_ms
         for source, event in zip(batch.sources, batch.events):
+            if source != SOURCE:
+                continue
+            state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
             kind = event["event_type"]
-            if source != "crm" or kind not in SUBSCRIPTION_EVENTS or event.get("customer_id") is None \
-                    or event["event_time"] <= oldest:
+            if kind not in SUBSCRIPTION_EVENTS or event.get("customer_id") is None or event["event_time"] <= oldest:
                 continue  # not a subscription event, or older than every event held (it can change no window)
             mrr = minor_units(event.get("mrr"))
             if mrr is None and kind != CANCELLED:
@@ -181,8 +188,8 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
             self._write(state, sub, rows)
         state.dirty.clear()
         state.windows.prune(state.clock_ms)
-        oldest = state.clock_ms - self.span_ms
-        while state.expiries and state.expiries[0][0] <= state.clock_ms:
+        oldest = state.source_clock_ms - self.span_ms
+        while state.expiries and state.expiries[0][0] <= state.source_clock_ms:
             _, key = heapq.heappop(state.expiries)
             sub = state.subscribers.get(key)
             if sub is None:
@@ -243,7 +250,9 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
 
     def restores(self) -> Sequence[Restore]:
         columns = tuple(column for column in COLUMNS["subscriptions"] if column not in ("event_time", "kafka_partition"))
-        return (Restore("recent", "subscriptions", columns, "event_ms", self.span_ms, final=True),
+        # ends at the CRM clock: the span back on the clock lateness is judged by, and the windows back at least as
+        # far as on the partition's (never behind the CRM's)
+        return (Restore("recent", "subscriptions", columns, "event_ms", self.span_ms, final=True, clock_source=SOURCE),
                 Restore("held", "subscriptions", columns, None, where=(Equals("held", 1),), final=True))
 
     def restore(self, state: SubscriptionState, name: str, rows: list, clock_ms: int) -> None:
@@ -261,6 +270,7 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
                             bool(row.held), int(row.updated_ms))
             change.written = (change.before, change.held)
             sub.changes.append(change)
+            state.source_clock_ms = max(state.source_clock_ms, change.event_ms)
             touched.add(key)
             heapq.heappush(state.expiries, (change.event_ms + self.span_ms, key))
         for key in touched:

@@ -8,7 +8,11 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from pipeline.dedup import id_hash
+from pipeline.metrics.carts import CartCore
+from pipeline.metrics.chatbot import ChatbotCore
 from pipeline.metrics.complaints import ComplaintCore
+from pipeline.metrics.orders import OrdersCore
+from pipeline.metrics.subscriptions import SubscriptionCore
 from pipeline.tables import COLUMNS, ROWS, TABLES
 from sinks.clickhouse.backend import ChdbBackend, OutdatedTables, open_backend
 from sinks.clickhouse.sink import ClickHouseSink, SinkError
@@ -166,23 +170,59 @@ def test_replay_does_not_double_documented_counts(any_backend):
     assert any_backend.query(f"SELECT complaint_id, status, reopen_count FROM {db}.complaints FINAL") == [("k1", "resolved", 1)]
 
 
-def test_settled_complaints_are_restored_by_the_complaints_own_clock(any_backend):
-    """A partition whose web events are ten days ahead of its complaints: a complaint settled a day after
-    the newest complaint event's clock minus max_lateness may still get a valid event, so a restart reads
-    it back; one settled before that can get none and is not read."""
+def _settled_complaint(cid: str, last_ms: int) -> tuple:
+    return ROWS["complaints"](*SAMPLES["complaints"][0])._replace(complaint_id=cid, last_event_ms=last_ms)  # resolved
+
+
+def _ended_conversation(cid: str, last_ms: int) -> tuple:
+    return ROWS["chatbot_conversations"](tenant="acme", conversation_id=cid, customer_id="c1", handoff_ms=None,
+                                         resolved_ms=last_ms, abandoned_ms=None, ended_ms=last_ms, outcome="contained",
+                                         last_event_ms=last_ms, updated_ms=last_ms, kafka_partition=2)
+
+
+def _decided_cart(buyer: str, deadline_ms: int) -> tuple:
+    return ROWS["carts"](tenant="acme", buyer=buyer, customer_id=buyer, started_ms=deadline_ms - 86_400_000,
+                         deadline_ms=deadline_ms, outcome="abandoned", ended_ms=deadline_ms, updated_ms=deadline_ms,
+                         kafka_partition=2)
+
+
+def _superseded_subscription_event(event_id: str, event_ms: int) -> tuple:
+    return ROWS["subscriptions"](tenant="acme", customer_id="c1", event_id=event_id, event_type="subscription_renewed",
+                                 event_time=event_ms // 1000, event_ms=event_ms, plan="pro", mrr_minor=1999,
+                                 mrr_before_minor=1999, held=0, updated_ms=event_ms, kafka_partition=2)
+
+
+def _order(order_id: str, order_ms: int) -> tuple:
+    return ROWS["orders"](tenant="acme", buyer="c1", order_id=order_id, customer_id="c1", order_time=order_ms // 1000,
+                          order_ms=order_ms, currency="EUR", amount_minor=1999, minor_unit=2, event_id=f"e-{order_id}",
+                          updated_ms=order_ms, kafka_partition=2)
+
+
+@pytest.mark.parametrize("source, table, restore_name, key, row, core", [
+    ("complaints", "complaints", "settled", "complaint_id", _settled_complaint, lambda day: ComplaintCore({}, 7 * day)),
+    ("chatbot", "chatbot_conversations", "conversations", "conversation_id", _ended_conversation,
+     lambda day: ChatbotCore({"24h": day}, 7 * day)),
+    ("web", "carts", "carts", "buyer", _decided_cart, lambda day: CartCore({"24h": day}, day, 7 * day)),
+    ("crm", "subscriptions", "recent", "event_id", _superseded_subscription_event,
+     lambda day: SubscriptionCore({"1d": day}, 20, 7 * day)),
+    ("web", "orders", "orders", "order_id", _order, lambda day: OrdersCore({"1d": day}, ("1d", day), 20, 7 * day)),
+], ids=["complaints", "chatbot", "carts", "subscriptions", "orders"])
+def test_forgettable_state_is_restored_by_its_sources_own_clock(any_backend, source, table, restore_name, key, row,
+                                                                core):
+    """A partition whose events of another source are ten days ahead of this source's: an entity whose last
+    event is a day after the source's newest event time minus what the core keeps may still get a valid
+    event, so a restart reads it back; one older than that can get none and is not read."""
     day, partition, sink = 86_400_000, 2, ClickHouseSink(any_backend)
-    start = T0 * 1000
+    start, ahead = T0 * 1000, "web" if source == "crm" else "crm"
     sink.insert("events", [ROWS["events"](
-        event_id=f"e-{source}", source=source, event_type=kind, event_time=ms // 1000, event_ms=ms, tenant="acme",
+        event_id=f"e-{name}", source=name, event_type=kind, event_time=ms // 1000, event_ms=ms, tenant="acme",
         customer_id="c1", anonymous_id=None, session_id=None, attr_keys=[], attr_values=[], kafka_partition=partition,
-        kafka_offset=0, id_hash=id_hash(f"e-{source}"))
-        for source, kind, ms in (("web", "page_view", start + 10 * day), ("complaints", "resolved", start + 2 * day))])
-    complaint = SAMPLES["complaints"][0]  # resolved, partition 2
-    sink.insert("complaints", [ROWS["complaints"](*complaint)._replace(complaint_id=cid, last_event_ms=last)
-                               for cid, last in (("recent", start + day), ("old", start - 6 * day))])
-    restored = read_partitions(any_backend, [partition], [ComplaintCore({}, 7 * day)], 60_000)
-    settled = restored.core_rows[0]["settled"]
-    assert [row.complaint_id for row in settled.get(partition, [])] == ["recent"]
+        kafka_offset=0, id_hash=id_hash(f"e-{name}"))
+        for name, kind, ms in ((ahead, "note", start + 10 * day), (source, "resolved", start + 2 * day))])
+    sink.insert(table, [row(cid, last) for cid, last in (("recent", start + day), ("old", start - 6 * day))])
+    restored = read_partitions(any_backend, [partition], [core(day)], 60_000)
+    rows = restored.core_rows[0][restore_name]
+    assert [getattr(r, key) for r in rows.get(partition, [])] == ["recent"]
 
 
 def test_one_attempt_and_a_clear_error(any_backend):

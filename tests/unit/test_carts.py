@@ -183,8 +183,28 @@ def test_idle_buyers_are_forgotten():
     state, out = carts.new_state(0), Output()
     carts.add(state, Batch.of(0, [("web", event(1, "add_to_cart", T0, "anon-9")), ("web", event(2, "purchase", T0 + MIN, "anon-9"))]), out)
     carts.tick(state, T0 + MIN, out)
-    carts.tick(state, T0 + LATENESS + T + 2 * HOUR, out)
+    carts.tick(state, T0 + LATENESS + T + 2 * HOUR, out)  # other sources ahead: a web event that old is still valid
+    assert set(state.buyers) == {("acme", "anon-9")}
+    later = T0 + LATENESS + T + 3 * HOUR  # the web's own clock moves past
+    carts.add(state, Batch.of(0, [("web", dict(event(3, "add_to_cart", later, "c2"), event_type="page_view"))]), out)
+    carts.tick(state, later, out)
     assert state.buyers == {}
+
+
+def test_a_late_add_of_a_decided_cart_starts_none_when_the_topic_is_behind():
+    """The web topic consumed days behind the others (lateness is judged per topic-partition): an add that
+    belongs to a converted cart comes when the partition's clock is past what the buyer is kept for. The
+    buyer is still known, so the add changes nothing, as in time order: no second cart, row or count."""
+    carts = core()
+    state, out = carts.new_state(0), Output()
+    carts.add(state, Batch.of(0, [("web", event(1, "add_to_cart", T0)), ("web", event(2, "purchase", T0 + MIN))]), out)
+    carts.tick(state, T0 + MIN, out)
+    clock = T0 + LATENESS + T + 2 * HOUR  # web, complaints, crm events of this partition
+    carts.tick(state, clock, out)
+    written = len(out.rows["carts"])
+    carts.add(state, Batch.of(0, [("web", event(3, "add_to_cart", T0 + MIN // 2))]), out)  # within max_lateness
+    carts.tick(state, clock + 1, out)
+    assert len(out.rows["carts"]) == written and carts.open_carts([state]) == {}
 
 
 def test_bytes_per_buyer():

@@ -95,13 +95,19 @@ def test_outcomes_follow_the_definition_in_any_order_and_a_replay_changes_nothin
     assert nonzero(core.totals([restored], [clock])) == nonzero(core.totals([state], [clock]))
 
 
-def test_a_late_handoff_moves_a_contained_conversation_and_the_ratio_follows():
-    core = ChatbotCore(WINDOWS, LATENESS)
+def resolved_at_t0(core: ChatbotCore) -> tuple:
+    """A state with conversation k resolved at T0, its output, and the resolution event."""
     state, out = core.new_state(0), Output()
     resolved = {"event_id": "r", "event_type": "conversation_resolved", "event_time": T0, "tenant": "acme",
                 "conversation_id": "k", "customer_id": "c"}
     core.add(state, Batch.of(0, [("chatbot", resolved)]), out)
     core.tick(state, T0, out)
+    return state, out, resolved
+
+
+def test_a_late_handoff_moves_a_contained_conversation_and_the_ratio_follows():
+    core = ChatbotCore(WINDOWS, LATENESS)
+    state, out, resolved = resolved_at_t0(core)
     assert core.totals([state], [T0])[("acme", "1h")] == [1, 0, 0]
     handoff = dict(resolved, event_id="h", event_type="handoff_requested", event_time=T0 - MIN)
     core.add(state, Batch.of(0, [("chatbot", handoff)]), out)
@@ -121,5 +127,24 @@ def test_conversations_are_forgotten_after_max_lateness_and_windows_slide():
     assert len(state.conversations) == 5 and core.totals([state], [T0 + 10 * MIN])[("acme", "1h")] == [0, 0, 5]
     core.tick(state, T0 + 2 * DAY, out)
     assert core.totals([state], [T0 + 2 * DAY]).get(("acme", "24h"), [0, 0, 0]) == [0, 0, 0]
+    core.tick(state, T0 + 8 * DAY, out)  # other sources ahead: a chatbot event up to max_lateness old is still valid
+    assert len(state.conversations) == 5
+    later = build([("acme", 9, "conversation_started", 8 * 24 * 60)])  # the chatbot's own clock moves past
+    core.add(state, Batch.of(0, [("chatbot", e) for e in later]), out)
     core.tick(state, T0 + 8 * DAY, out)
-    assert state.conversations == {}
+    assert set(state.conversations) == {("acme", "conv9")}
+
+
+def test_a_late_event_of_an_ended_conversation_does_not_restart_it_when_the_topic_is_behind():
+    """The chatbot topic consumed days behind the others (lateness is judged per topic-partition): a handoff
+    comes when the partition's clock is past max_lateness after the conversation's end. The conversation is
+    still known, so its row (latest wins in ClickHouse) keeps its resolution and says handed_off."""
+    core = ChatbotCore(WINDOWS, LATENESS)
+    state, out, resolved = resolved_at_t0(core)
+    core.tick(state, T0 + LATENESS + DAY, out)  # web, complaints, crm events of this partition
+    handoff = dict(resolved, event_id="h", event_type="agent_joined", event_time=T0 + MIN)  # within max_lateness
+    core.add(state, Batch.of(0, [("chatbot", handoff)]), out)
+    core.tick(state, T0 + LATENESS + DAY, out)
+    row = out.rows["chatbot_conversations"][-1]
+    assert (row.resolved_ms, row.handoff_ms, row.ended_ms, row.outcome) == (T0, T0 + MIN, T0, "handed_off")
+    assert row.updated_ms > out.rows["chatbot_conversations"][0].updated_ms

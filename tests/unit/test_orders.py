@@ -230,8 +230,28 @@ def test_orders_and_customers_are_forgotten_after_the_memory():
     state, out = orders.new_state(0), Output()
     orders.add(state, Batch.of(0, [("web", purchase("a", T0, "o1", 5.0))]), out)
     orders.tick(state, T0, out)
-    orders.tick(state, T0 + 31 * DAY, out)
-    assert state.orders == {} and len(state.active) == 0 and orders.totals([state], [T0 + 31 * DAY]) == {}
+    orders.tick(state, T0 + 31 * DAY, out)  # other sources ahead: a copy of the order may still come
+    assert len(state.orders) == 1 and len(state.active) == 0 and orders.totals([state], [T0 + 31 * DAY]) == {}
+    page_view = dict(purchase("b", T0 + 31 * DAY, "-", 0.0), event_type="page_view")  # the web's own clock moves past
+    orders.add(state, Batch.of(0, [("web", page_view)]), out)
+    orders.tick(state, T0 + 32 * DAY, out)
+    assert state.orders == {}
+
+
+def test_a_late_copy_of_an_order_is_no_new_order_when_the_topic_is_behind():
+    """The web topic consumed weeks behind the others (lateness is judged per topic-partition): a copy of an
+    order comes, within max lateness of the web's clock, when the partition's clock is past the memory after the
+    order. The order is still known: it is not counted again, and its row is not rewritten."""
+    orders = core()
+    state, out = orders.new_state(0), Output()
+    orders.add(state, Batch.of(0, [("web", purchase("a", T0, "o1", 5.0))]), out)
+    orders.tick(state, T0, out)
+    clock = T0 + 31 * DAY + HOUR  # crm, chatbot, complaints events of this partition
+    orders.tick(state, clock, out)
+    orders.add(state, Batch.of(0, [("web", purchase("a2", T0 + 2 * DAY, "o1", 5.0))]), out)  # re-sent 2 days later
+    orders.tick(state, clock, out)
+    assert len(out.rows["orders"]) == 1
+    assert orders.totals([state], [clock]) == {}  # the order is before the 30d window; its copy counts nowhere
 
 
 def test_bytes_per_customer():

@@ -221,11 +221,35 @@ def test_non_paying_customers_are_forgotten_after_the_span_and_paying_ones_kept(
     out, clock = feed(sub, state, events, random.Random(4))
     later = clock + sub.span_ms + MIN
     out = Output()
+    sub.tick(state, later, out)  # other sources ahead: a CRM event of the span is still valid
+    assert set(state.subscribers) == {("acme", "c1"), ("acme", "c2")}
+    sub.add(state, Batch.of(0, [("crm", dict(event(5, "acme", 3, "note_added", 0, 0.0, None), event_time=later))]),
+            out)  # the CRM's own clock moves past
     sub.tick(state, later, out)
     assert set(state.subscribers) == {("acme", "c1")} and len(state.subscribers[("acme", "c1")].changes) == 1
     assert [(r.event_id, r.held) for r in out.rows["subscriptions"]] == [("e0003", 0)]  # the forgotten one's row
     assert sub.plan_totals([state]) == {("acme", "basic"): [1, 1900]}
     assert nonzero(sub.movements([state], [later])) == {}
+
+
+def test_a_late_cancellation_ends_the_subscription_when_the_topic_is_behind():
+    """The CRM topic consumed weeks behind the others (lateness is judged per topic-partition): a cancellation
+    comes when the partition's clock is past the span held after it. It is valid, so it is taken: the customer
+    no longer pays, and their held row is the cancellation's."""
+    sub = core()
+    state, out = sub.new_state(0), Output()
+    feed(sub, state, [event(1, "acme", 1, "subscription_started", 0, 19.0, "basic")], random.Random(5))
+    clock = T0 + sub.span_ms + DAY  # web, chatbot, complaints events of this partition
+    sub.tick(state, clock, out)
+    cancelled = event(2, "acme", 1, CANCELLED, 60, 0.0, None)  # within max_lateness of the CRM clock
+    sub.add(state, Batch.of(0, [("crm", cancelled)]), out)
+    sub.tick(state, clock, out)
+    assert sub.plan_totals([state]) == {}
+    assert [(r.event_id, r.held) for r in newest(out.rows["subscriptions"]).values()] == [("e0001", 0), ("e0002", 1)]
+    later = T0 + sub.span_ms + 61 * MIN  # the CRM's own clock moves past the span: the non-payer is forgotten
+    sub.add(state, Batch.of(0, [("crm", dict(event(3, "acme", 2, "note_added", 0, 0.0, None), event_time=later))]), out)
+    sub.tick(state, clock, out)
+    assert state.subscribers == {}
 
 
 def test_plans_beyond_the_cap_are_summed_as_other():
