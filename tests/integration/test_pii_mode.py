@@ -181,4 +181,5 @@ def test_metrics_equal_those_without_the_mode(runs):
     plain, private = (comparable(runs[mode]["worker"].metrics()) for mode in ("plain", "pii"))
     names = {name for name, _ in plain}
     assert {"cx_nps", "cx_survey_responses", "cx_funnel_customers", "cxp_events_rejected_total"} <= names
-    assert private == plain
+    # Exact but for float rounding: a histogram's _sum adds its observations in the order batches happen to form.
+    assert private.keys() == plain.keys() and private == pytest.approx(plain, rel=1e-12, abs=0)
