@@ -38,7 +38,7 @@ MAX_ERROR_CHARS = 2000
 
 
 class Record(NamedTuple):
-    """One consumed Kafka message."""
+    """One consumed Kafka message (the worker hands over aiokafka's ConsumerRecords, which have these fields)."""
 
     topic: str
     partition: int
