@@ -2,6 +2,7 @@
 
     python -m benchmarks.fingerprint --out after.jsonl            # on the changed code
     python -m benchmarks.fingerprint --compare before.jsonl after.jsonl
+    python -m benchmarks.fingerprint --by-partition --batch-messages 2000 --out after.jsonl  # as fetches order them
 
 The input is seeded simulator traffic (10 days, duplicates and bad records) as Kafka records, one event per
 message for some and batch messages for others, processed in batches by the processor with every metric
