@@ -1,35 +1,67 @@
-"""The ingest agent: batches of input records through the processor into the delivery path.
+"""The ingest step: each fetch of input records through the processor into the delivery path.
 
-Records are taken without acking (``noack_take``); :class:`sinks.delivery.Delivery` acks them once
-everything they produced is durable. Records of partitions this worker no longer owns (fetched before
-a rebalance) are left alone: their new owner consumes them again.
+Faust's consumer hands over what one fetch returned (:mod:`runtime.batches`): per partition, many records
+at once, and the processor takes all of them in one call (the cores one ``add`` per partition). Records
+are not acked here: :class:`sinks.delivery.Delivery` acks them, per partition, once everything they
+produced is durable. Records of partitions this worker no longer owns, or fetched before a rebalance,
+are left alone: their owner consumes them again from the committed offset.
 """
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Callable, Iterator
 
-from pipeline.processor import Processor, Record
+from pipeline.processor import Processor
 from sinks.delivery import Delivery
 
 
-def register(app: Any, topics: Any, processor: Processor, delivery: Delivery, batch_max: int, batch_within: float,
-             ready: asyncio.Event) -> None:
-    """Attach the ingest agent and its flush timer to the Faust app. ``ready`` is set while the owned
-    partitions' state is rebuilt and current: nothing is processed during a rebalance or a rebuild."""
+class Ingest:
+    """``await ingest(generation, batches)`` for each fetch; ``batches`` is ``[(tp, records)]``, the records
+    of one partition in offset order. ``ready`` is set while the owned partitions' state is rebuilt and
+    current: nothing is processed during a rebalance or a rebuild. ``generation()``: the consumer's."""
 
-    @app.agent(topics, name="ingest")
-    async def ingest(stream: Any) -> None:
-        delivery.acknowledge = stream.ack
-        async for events in stream.noack_take(batch_max, within=batch_within):
-            await ready.wait()
-            events = [event for event in events if processor.owns(event.message.partition)]
-            records = [Record(m.topic, m.partition, m.offset, m.key, m.value) for m in (e.message for e in events)]
-            delivery.add(processor.process(records, int(time.time() * 1000)), events)
-            await delivery.maybe_flush()
-            await delivery.wait_for_room()
+    def __init__(self, processor: Processor, delivery: Delivery, ready: asyncio.Event, generation: Callable[[], int],
+                 max_messages: int, max_bytes: int):
+        self.processor, self.delivery, self.ready, self.generation = processor, delivery, ready, generation
+        self.max_messages, self.max_bytes = max_messages, max_bytes
 
-    @app.timer(interval=min(0.25, batch_within))
+    async def __call__(self, generation: int, batches: list[tuple[Any, list[Any]]]) -> None:
+        await self.ready.wait()
+        if generation != self.generation():
+            return  # fetched before a rebalance: consumed again from the committed offsets
+        owned = [(tp, fetched) for tp, fetched in batches if self.processor.owns(tp.partition)]
+        for part in self._bounded(owned):
+            records, acks = [], []
+            for tp, fetched in part:
+                records.extend(fetched)  # aiokafka's ConsumerRecords have a Record's fields: no copy per record
+                acks.append((tp, [r.offset for r in fetched]))
+            self.delivery.add(self.processor.process(records, int(time.time() * 1000)), acks)
+            await self.delivery.maybe_flush()
+            await self.delivery.wait_for_room()
+
+    def _bounded(self, batches: list[tuple[Any, list[Any]]]) -> Iterator[list[tuple[Any, list[Any]]]]:
+        """The fetch in parts of at most ``max_messages`` messages and ``max_bytes`` of values (a larger
+        message alone), in order; a partition's records stay in offset order across the parts."""
+        part: list[tuple[Any, list[Any]]] = []
+        messages = size = 0
+        for tp, fetched in batches:
+            start = 0
+            for index, record in enumerate(fetched):
+                length = len(record.value or b"")
+                if messages and (messages + 1 > self.max_messages or size + length > self.max_bytes):
+                    if index > start:
+                        part.append((tp, fetched[start:index]))
+                    yield part
+                    part, messages, size, start = [], 0, 0, index
+                messages, size = messages + 1, size + length
+            part.append((tp, fetched[start:] if start else fetched))
+        if messages:
+            yield part
+
+def register_flush_timer(app: Any, delivery: Delivery, interval: float) -> None:
+    """Flush what is due even when no records arrive."""
+
+    @app.timer(interval=interval)
     async def flush_when_due() -> None:
         await delivery.maybe_flush()

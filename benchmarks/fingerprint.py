@@ -2,6 +2,7 @@
 
     python -m benchmarks.fingerprint --out after.jsonl            # on the changed code
     python -m benchmarks.fingerprint --compare before.jsonl after.jsonl
+    python -m benchmarks.fingerprint --by-partition --batch-messages 2000 --out after.jsonl  # as fetches order them
 
 The input is seeded simulator traffic (10 days, duplicates and bad records) as Kafka records, one event per
 message for some and batch messages for others, processed in batches by the processor with every metric
@@ -118,7 +119,7 @@ def fingerprints(processor: Processor, codec: Codec, batches: Iterable[list[Reco
         }
 
 
-def run(out_path: Path, seed: int, events: int, customers: int, batch_messages: int) -> None:
+def run(out_path: Path, seed: int, events: int, customers: int, batch_messages: int, by_partition: bool = False) -> None:
     settings = Settings()
     registry = BundledRegistry()
     codec = Codec(registry)
@@ -127,6 +128,8 @@ def run(out_path: Path, seed: int, events: int, customers: int, batch_messages: 
     processor.assign(range(PARTITIONS))
     stream = records(codec, seed, events, customers)
     batches = [stream[i:i + batch_messages] for i in range(0, len(stream), batch_messages)]
+    if by_partition:  # as the worker's fetches hand them over: each topic-partition's records together, in order
+        batches = [sorted(batch, key=lambda record: (record.topic, record.partition)) for batch in batches]
     with open(out_path, "w") as lines:
         for line in fingerprints(processor, codec, batches):
             lines.write(json.dumps(line) + "\n")
@@ -162,12 +165,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--events", type=int, default=60_000)
     parser.add_argument("--customers", type=int, default=600)
     parser.add_argument("--batch-messages", type=int, default=100, help="messages per processor batch")
+    parser.add_argument("--by-partition", action="store_true",
+                        help="each batch's records grouped by topic-partition (offset order kept), as a fetch gives them")
     args = parser.parse_args(argv)
     if args.compare:
         return compare(*args.compare)
     if not args.out:
         parser.error("give --out or --compare")
-    run(args.out, args.seed, args.events, args.customers, args.batch_messages)
+    run(args.out, args.seed, args.events, args.customers, args.batch_messages, args.by_partition)
     return 0
 
 

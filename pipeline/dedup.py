@@ -95,6 +95,29 @@ class Deduper:
         new[first[absent]] = True
         return new.tolist()
 
+    def seen(self, hashes: Sequence[int]) -> list[bool]:
+        """For each id: True if it is remembered. Reads only, so a caller can decide many calls of
+        :meth:`check` in advance (:meth:`pipeline.processor.Processor.process` does, per run of records)."""
+        if len(hashes) < SCALAR_CALL:
+            keys, stash, nblocks = memoryview(self._keys), self._stash, self._nblocks
+            found = []
+            for key in hashes:
+                key = int(key) or 1
+                first = ((key >> 32) * nblocks >> 32) * BLOCK
+                second = ((key & 0xFFFFFFFF) * nblocks >> 32) * BLOCK
+                found.append(key in keys[first:first + BLOCK].tolist() or key in keys[second:second + BLOCK].tolist()
+                             or key in stash)
+            return found
+        keys = np.maximum(np.asarray(hashes, dtype=np.uint64), 1)
+        present = (np.take(self._keys, self._windows(keys)) == keys[:, None]).any(axis=1)
+        if self._stash:
+            present |= np.fromiter((key in self._stash for key in keys.tolist()), bool, len(keys))
+        return present.tolist()
+
+    def keeps(self, time_ms: int) -> bool:
+        """Whether :meth:`check` remembers a new id of this time (older ones lie outside the horizon)."""
+        return time_ms // BUCKET_MS >= self._oldest_hour
+
     def restore(self, hashes: Sequence[int], times_ms: Sequence[int]) -> None:
         """Remember ids read back from ClickHouse (lists or numpy arrays); an id given twice keeps its
         latest hour. One sort and a few linear passes."""

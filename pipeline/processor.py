@@ -20,7 +20,7 @@ events rejected because others are ahead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Optional
 
 from pipeline.dedup import Deduper, id_hash
 from pipeline.messages import DeadLetter
@@ -38,7 +38,7 @@ MAX_ERROR_CHARS = 2000
 
 
 class Record(NamedTuple):
-    """One consumed Kafka message."""
+    """One consumed Kafka message (the worker hands over aiokafka's ConsumerRecords, which have these fields)."""
 
     topic: str
     partition: int
@@ -130,8 +130,8 @@ class Processor:
     def process(self, records: Iterable[Record], now_ms: int) -> Output:
         out = Output()
         batches: dict[int, Batch] = {}
-        for record in records:
-            self._process_record(record, now_ms, out, batches)
+        for run in _runs(records):
+            self._process_run(run, now_ms, out, batches)
         for partition, batch in batches.items():
             if batch.events:
                 self.rounds.add(self.partitions[partition].cores, batch, out)
@@ -140,8 +140,30 @@ class Processor:
             self.rounds.tick(state.cores, state.clock_ms, out)
         return out
 
-    def _process_record(self, record: Record, now_ms: int, out: Output, batches: dict[int, Batch]) -> None:
-        source = self.topic_sources[record.topic]
+    def _process_run(self, run: list[Record], now_ms: int, out: Output, batches: dict[int, Batch]) -> None:
+        """Records of one topic-partition, in offset order: decode, check fields and hash ids of all of
+        them, ask the dedup table about every id at once, then take each record in turn as if alone.
+
+        Record by record is the rule (:meth:`_accept`): its events are judged by the clocks as the records
+        before it left them, and dedup remembers its new ids at ``max(event_time, partition clock)``. Which
+        ids are new follows from the table before the run (``seen``) and the ids this run remembers
+        before them, so the run's :meth:`Deduper.check` calls are made as one, at its end."""
+        source = self.topic_sources[run[0].topic]
+        state = self.state(run[0].partition)
+        decoded = [(record, self._decode(record, source, now_ms, out)) for record in run]
+        candidates = [(record, events, is_batch, self._well_formed(record, source, events, is_batch, now_ms, out))
+                      for record, (events, is_batch) in decoded if events is not None]
+        hashes = [key for *_, checked in candidates for _, _, _, key in checked]
+        seen = iter(state.dedup.seen(hashes) if hashes else ())
+        remember: dict[int, int] = {}  # id -> time, of ids this run remembers
+        for record, events, is_batch, checked in candidates:
+            self._accept(record, source, state, events, is_batch, [item + (next(seen),) for item in checked],
+                         remember, now_ms, out, batches)
+        if remember:
+            state.dedup.check(list(remember), list(remember.values()))
+
+    def _decode(self, record: Record, source: str, now_ms: int, out: Output) -> tuple[Optional[list[dict]], bool]:
+        """The record's events and whether it is a batch message; (None, False) when rejected as undecodable."""
         try:
             if record.key is not None:
                 record.key.decode("utf-8")
@@ -151,45 +173,66 @@ class Processor:
                                        f"topic {record.topic}")
         except UnicodeDecodeError as exc:
             out.count("cxp_events_consumed", (source,))
-            return self._reject(record, source, None, None, Rejection(UNDECODABLE, f"key is not UTF-8: {exc}"), now_ms, out)
+            self._reject(record, source, None, None, Rejection(UNDECODABLE, f"key is not UTF-8: {exc}"), now_ms, out)
+            return None, False
         except UndecodableError as exc:
             out.count("cxp_events_consumed", (source,))
-            return self._reject(record, source, None, None, Rejection(UNDECODABLE, str(exc)), now_ms, out)
-        self._process_events(record, source, decoded.events, decoded.is_batch, now_ms, out, batches)
+            self._reject(record, source, None, None, Rejection(UNDECODABLE, str(exc)), now_ms, out)
+            return None, False
+        return decoded.events, decoded.is_batch
 
-    def _process_events(self, record: Record, source: str, events: list[dict], is_batch: bool, now_ms: int,
-                        out: Output, batches: dict[int, Batch]) -> None:
-        """Validate every event, dedup the valid ones in one call, write their rows, add them to the batch."""
-        state = self.state(record.partition)
+    def _well_formed(self, record: Record, source: str, events: list[dict], is_batch: bool, now_ms: int,
+                     out: Output) -> list[tuple[int, dict, dict, int]]:
+        """Events that pass every check but the clocks', as (index, event, event as kept, id hash); the
+        others are rejected. In PII mode the kept event (and so its id) is pseudonymised."""
+        rules, pii, checked = self.rules, self.pii, []
+        for index, event in enumerate(events):
+            rejection = check_fields(source, event, rules)
+            if rejection is not None:
+                self._reject(record, source, event, index if is_batch else None, rejection, now_ms, out)
+                continue
+            kept = event if pii is None else pii.apply(source, event)
+            checked.append((index, event, kept, id_hash(kept["event_id"])))
+        return checked
+
+    def _accept(self, record: Record, source: str, state: PartitionState, events: list[dict], is_batch: bool,
+                checked: list[tuple[int, dict, dict, int, bool]], remember: dict[int, int], now_ms: int, out: Output,
+                batches: dict[int, Batch]) -> None:
+        """Judge the record's well-formed events by the clocks, decide dedup as ``Deduper.check`` would for
+        the record alone (an id seen before, remembered earlier in the run, or repeated within the record is
+        a duplicate), write the new events' rows and add them to the batch."""
         rules, clock, own_clock = self.rules, state.clock_ms, state.source_clocks.get(source, 0)
         late_limit, future_limit = rules.time_bounds(now_ms, own_clock)
         valid = []
-        for index, event in enumerate(events):
-            rejection = check_fields(source, event, rules)
+        for index, event, kept, key, was_seen in checked:
             event_ms = event.get("event_time")
-            if rejection is None and (event_ms > future_limit or (late_limit is not None and event_ms < late_limit)):
+            if event_ms > future_limit or (late_limit is not None and event_ms < late_limit):
                 rejection = check_time(event_ms, rules, now_ms, own_clock)
-            if rejection is not None:
-                self._reject(record, source, event, index if is_batch else None, rejection, now_ms, out)
-            else:
-                valid.append(event if self.pii is None else self.pii.apply(source, event))
+                if rejection is not None:
+                    self._reject(record, source, event, index if is_batch else None, rejection, now_ms, out)
+                    continue
+            valid.append((kept, key, was_seen))
         out.count("cxp_events_consumed", (source,), len(events))
         if not valid:
             return
-        hashes = [id_hash(event["event_id"]) for event in valid]
-        # An id is remembered for the dedup horizon from when it was seen, on the partition's clock: an old
-        # (late) event is not forgotten at once.
-        new = state.dedup.check(hashes, [max(event["event_time"], clock) for event in valid])
         batch = batches.get(record.partition)
         if batch is None:
             batch = batches[record.partition] = Batch(record.partition, [], [], [])
         before = len(batch.events)
         rows = out.rows["events"]
         source_clock = self.source_clock_ms.get(source, 0)
-        for event, key, is_new in zip(valid, hashes, new):
+        dedup, in_record = state.dedup, set()
+        for event, key, was_seen in valid:
+            is_new = not (was_seen or key in remember or key in in_record)
+            in_record.add(key)
             if not is_new:
                 continue
             event_ms = event["event_time"]
+            # An id is remembered for the dedup horizon from when it was seen, on the partition's clock (as it
+            # was before this record): an old (late) event is not forgotten at once.
+            seen_ms = max(event_ms, state.clock_ms)
+            if dedup.keeps(seen_ms):
+                remember[key] = seen_ms
             clock, own_clock, source_clock = max(clock, event_ms), max(own_clock, event_ms), max(source_clock, event_ms)
             batch.sources.append(source)
             batch.events.append(event)
@@ -235,3 +278,15 @@ class Processor:
             received_at=now_ms // 1000, received_ms=now_ms, topic=record.topic, partition=record.partition,
             offset=record.offset, batch_index=-1 if batch_index is None else batch_index, reason=rejection.reason,
             error=error, key=key.decode("utf-8", "replace") if key is not None else None, payload=value))
+
+
+def _runs(records: Iterable[Record]) -> Iterator[list[Record]]:
+    """Consecutive records of one topic-partition, in order."""
+    run: list[Record] = []
+    for record in records:
+        if run and (record.partition != run[0].partition or record.topic != run[0].topic):
+            yield run
+            run = []
+        run.append(record)
+    if run:
+        yield run

@@ -120,10 +120,12 @@ class KafkaSettings(Section):
     session_timeout: PositiveDuration = Field(
         Duration("10s"), alias="session_timeout",
         description="Kafka consumer-group session timeout (group joins take about half).")
-    batch_max_messages: int = Field(100, ge=1, alias="batch_max_messages",
-                                    description="Kafka messages the worker processes per batch.")
-    batch_within: PositiveDuration = Field(Duration("0.2"), alias="batch_within",
-                                           description="How long the worker waits to fill a batch before processing it.")
+    batch_max_messages: int = Field(2_000, ge=1, alias="batch_max_messages",
+                                    description="Most Kafka messages the worker processes in one batch: a batch is "
+                                    "what one fetch returned, up to this and batch_max_bytes.")
+    batch_max_bytes: int = Field(256 * 1024, ge=1, alias="batch_max_bytes",
+                                 description="Most bytes of Kafka message values in one batch (a message larger "
+                                 "than this is a batch of its own).")
 
     @field_validator("topic_prefix", "app_id")
     @classmethod

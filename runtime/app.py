@@ -19,6 +19,7 @@ import faust
 from prometheus_client import CollectorRegistry
 
 from agents import ingest, snapshots
+from agents.ingest import Ingest
 from agents.collector import register as register_collector
 from agents.web_security import METRICS_PATH, PROGRESS_PATH, Guard
 from pipeline.kafka_security import faust_credentials
@@ -30,6 +31,7 @@ from pipeline.settings import Settings
 from pipeline.topics import input_topics, output_topics
 from pipeline.validate import Rules
 from pipeline.wire import Codec
+from runtime.batches import ack_all, batch_consumer_class
 from runtime.commits import COORDINATOR_LOGGER, CommitWatch
 from runtime.topics import ensure_topics
 from sinks.clickhouse.backend import connect
@@ -74,8 +76,8 @@ def build_app(settings: Settings) -> faust.App:
                       metrics.sink_errors)
 
     app = faust_app(settings)
+    ready = asyncio.Event()  # set once the owned partitions' state is rebuilt; cleared during a rebalance
     commits = CommitWatch(metrics, stall_s=settings.kafka.session_timeout.seconds)
-    app.transport.Consumer = commits.consumer_class()
     logging.getLogger(COORDINATOR_LOGGER).addFilter(commits.log_filter)
     prometheus.register(ConsumerLagCollector(lambda: app.consumer, topic_sources, commits.committed))
     delivery = Delivery(
@@ -86,10 +88,14 @@ def build_app(settings: Settings) -> faust.App:
         flush_interval=settings.sink.flush_interval.seconds)
     metrics.oldest_unacked.set_function(delivery.oldest_unacked_seconds)
 
-    ready = asyncio.Event()  # set once the owned partitions' state is rebuilt; cleared during a rebalance
-    topics = app.topic(*topic_sources, key_serializer="raw", value_serializer="raw")
-    ingest.register(app, topics, processor, delivery, settings.kafka.batch_max_messages,
-                    settings.kafka.batch_within.seconds, ready)
+    # Faust fetches and owns the group and the offsets; each fetch of the input topics goes to Ingest at once.
+    app.topics.add(app.topic(*topic_sources, key_serializer="raw", value_serializer="raw"))
+    app.transport.Consumer = batch_consumer_class(
+        commits.consumer_class(), topic_sources,
+        Ingest(processor, delivery, ready, generation=lambda: app.consumer_generation_id,
+               max_messages=settings.kafka.batch_max_messages, max_bytes=settings.kafka.batch_max_bytes))
+    delivery.acknowledge = lambda acks: ack_all(app.consumer, acks)
+    ingest.register_flush_timer(app, delivery, interval=0.2)  # a due flush waits at most this long
     snapshots.register(app, processor, delivery, settings.snapshot_interval.seconds)
     handle_rebalances(app, settings, processor, delivery, ready,
                       rebuild=lambda partitions: retrier.run("restore", run_blocking, read_partitions, backend,
@@ -143,6 +149,7 @@ def faust_app(settings: Settings) -> CxApp:
         key_serializer="raw",
         value_serializer="raw",
         stream_wait_empty=False,
+        broker_max_poll_records=kafka.batch_max_messages,  # records per fetch handed to Ingest
     )
 
 

@@ -19,10 +19,10 @@ publishes no fact) only hides input whose downstream rows are already durable. O
 are at least once: after such a crash they may be sent again, with the same content.
 
 Retries live in :class:`Retrier` and nowhere else (the partition rebuild uses it too): one attempt per
-step, then backoff and the agent held back (``wait_for_room``) until the step succeeds; Faust's bounded
-stream buffer then stops the fetching. (Pausing the partitions instead loses records: Faust drops those
-it fetched before the pause, after the consumer position moved past them, and later counts the hole as
-acked.) Every failed attempt counts in ``cxp_sink_errors_total{table}``; the first failure of an
+step, then backoff and the ingest held back (``wait_for_room``) until the step succeeds; the consumer's
+fetch loop waits for it, so nothing more is fetched. (Pausing the partitions instead loses records: Faust
+drops those it fetched before the pause, after the consumer position moved past them, and later counts
+the hole as acked.) Every failed attempt counts in ``cxp_sink_errors_total{table}``; the first failure of an
 incident is logged with the fix, and so is the recovery.
 """
 from __future__ import annotations
@@ -122,7 +122,7 @@ class Delivery:
         self.topic_names, self.metrics, self.retrier = topic_names, metrics, retrier
         self.flush_rows, self.flush_interval = flush_rows, flush_interval
         self._rank = {table: rank for rank, table in enumerate(table_order)}
-        self.acknowledge: Callable[[Any], Awaitable[Any]] = _no_ack  # set by the agent: acks one input record
+        self.acknowledge: Callable[[list[Any]], None] = _no_ack  # set by the app: acks the input records of a flush
         self._buffer, self._acks, self._since = Output(), [], None
         self._inflight_since: Optional[float] = None
         self._lock = asyncio.Lock()
@@ -182,8 +182,7 @@ class Delivery:
                 return False
             finally:
                 self._inflight_since = None
-            for record in acks:
-                await self.acknowledge(record)
+            self.acknowledge(acks)
             self.metrics.apply(out)
             return True
 
@@ -226,8 +225,8 @@ class Delivery:
         self.metrics.sink_rows.labels(table).inc(len(rows))
 
 
-async def _no_ack(record: Any) -> None:
-    raise RuntimeError("Delivery.acknowledge was not set by the agent")
+def _no_ack(acks: list[Any]) -> None:
+    raise RuntimeError("Delivery.acknowledge was not set by the app")
 
 
 def _log_failure(task: asyncio.Future) -> None:

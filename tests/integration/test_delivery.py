@@ -61,8 +61,8 @@ class Harness:
             done.set_result(None)
             return done
 
-        async def acknowledge(record):
-            self.acked.append(record)
+        def acknowledge(records):
+            self.acked.extend(records)
 
         self.delivery = Delivery(
             ClickHouseSink(self.backend), lambda f, *a: asyncio.get_running_loop().run_in_executor(executor, f, *a),

@@ -73,6 +73,9 @@ def test_matches_plain_recomputation(ops, horizon_ms):
                 oracle.remember(key, t)
         else:
             hashes, times = [key for key, _ in arg], [t for _, t in arg]
+            assert d.seen(hashes) == [oracle.remembered(key) for key in hashes]  # read only: check decides below
+            assert [d.keeps(t) for t in times] == [oracle.oldest_hour is None or t // BUCKET_MS >= oracle.oldest_hour
+                                                   for t in times]
             assert d.check(hashes, times) == oracle.check(hashes, times)
         assert len(d) == len(oracle)
 

@@ -3,6 +3,7 @@ from collections import Counter
 
 import pytest
 
+from pipeline.dedup import id_hash
 from pipeline.metrics.base import Restored
 from pipeline.metrics.surveys import SurveyCore
 from pipeline.partitioner import event_key, partition_for
@@ -186,3 +187,47 @@ def test_events_of_a_tenant_outside_the_allow_list_are_dead_lettered_and_never_c
     assert {row.error for row in letters} == {"tenant 'globex' is not in CXP_TENANTS (acme)"}
     assert {row.tenant for row in out.rows["events"]} == {"acme"}
     assert {tenant for tenant, _, _ in survey_totals(p)} == {"acme"}
+
+
+def test_a_run_of_records_is_decided_as_record_by_record():
+    """The records of one topic-partition are deduped in one go (``Deduper.seen``, then one ``check``); the
+    outcome must be what one ``process`` call per record gives: a repeat of an id remembered earlier in the
+    run is a duplicate (an old one too: it is remembered on the partition's clock), an event made late by
+    the clock that earlier records of the run moved is rejected, and a repeat inside one batch message is
+    a duplicate of its first occurrence."""
+    hour = 3_600_000
+    base = dict(Simulator(seed=4, customers=5, start_ms=NOW - hour).events(count=1, rate=1.0).__next__()[1],
+                tenant="acme", customer_id="c1", event_type="page_view", attributes={})
+    base.pop("survey", None)
+
+    def event(event_id: str, at_ms: int) -> dict:
+        return dict(base, event_id=event_id, event_time=at_ms)
+
+    recent, old_ms = NOW - hour, NOW - 3 * 86_400_000  # old: past the 1-day dedup horizon, within 7 days' lateness
+    messages = [[event("a", recent)], [event("b", recent + 1)], [event("a", recent)],  # a repeated: duplicate
+                [event("old", old_ms)], [event("old", old_ms)],
+                [event("far", NOW + 60_000)],  # moves the clock on: the next one is now too late
+                [event("late", NOW + 60_000 - 8 * 86_400_000)],
+                [event("c", recent), event("c", recent), event("d", recent)]]  # a batch message with a repeat
+    topic, partition = "cx.events.web", 0
+    as_records = [Record(topic, partition, offset, b"k",
+                         CODEC.encode_event("web", items[0]) if len(items) == 1 else CODEC.encode_batch("web", items))
+                  for offset, items in enumerate(messages)]
+
+    def outcome(out):
+        return ([row.event_id for row in out.rows["events"]],
+                sorted((row.offset, row.batch_index, row.reason) for row in out.rows["dead_letters"]),
+                {name: total(out, name) for name in ("cxp_events_consumed", "cxp_events_processed",
+                                                      "cxp_events_duplicate", "cxp_events_rejected")})
+
+    alone = processor()
+    one_by_one = [outcome(alone.process([record], NOW)) for record in as_records]
+    together = processor()
+    rows, letters, totals = outcome(together.process(as_records, NOW))
+    assert rows == [event_id for ids, _, _ in one_by_one for event_id in ids] == ["a", "b", "old", "far", "c", "d"]
+    assert letters == sorted(letter for _, ls, _ in one_by_one for letter in ls) and [reason for *_, reason in letters] == ["too_late"]
+    assert totals == {name: sum(t[name] for *_, t in one_by_one) for name in totals}
+    assert totals["cxp_events_duplicate"] == 3
+    assert together.partitions[partition].clock_ms == alone.partitions[partition].clock_ms
+    remembered = [id_hash(i) for i in ("a", "b", "c", "d", "far", "old", "never")]
+    assert together.partitions[partition].dedup.seen(remembered) == alone.partitions[partition].dedup.seen(remembered) == [True] * 6 + [False]

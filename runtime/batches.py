@@ -1,0 +1,133 @@
+"""Faust's consumer, fetching as before, but handing the records of the input topics over as batches.
+
+Faust delivers a fetched record through a chain of per-message steps (a ``Message`` and an ``Event`` per
+record, the conductor's lock, a stream queue, the stream iterator, an ack per record): at one event per
+Kafka message that chain, not the work on the event, bounded the worker. Here Faust still owns the group
+membership, the fetching (its Fetcher service runs :meth:`BatchConsumer._drain_messages`), the offsets
+and their commits, the rebalance callbacks and the web server; only the last step changes: each fetch
+(``getmany``: many records per partition) goes to one ``handle(generation, batches)`` call, and its
+records are acked per partition once their output is durable (:meth:`BatchConsumer.ack_offsets`).
+
+What Faust's drain loop does per message is kept, per batch: records at or past the partition's read
+offset only, gaps in the offsets registered so that commits can pass them, the read offset moved on, a
+commit after ``broker_commit_every`` acks. Records of other topics (Faust's internal ones) still take
+Faust's per-message path.
+"""
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable, Collection, Sequence
+
+from faust.transport.consumer import CONSUMER_FETCHING
+from faust.types.tuples import ack_lock
+from mode.utils.futures import notify
+
+# handle(generation, [(tp, records)]): the consumer generation of the fetch, then each partition's records
+# (aiokafka ConsumerRecords, in offset order).
+BatchHandler = Callable[[int, list[tuple[Any, list[Any]]]], Awaitable[None]]
+
+
+def batch_consumer_class(base: type, topics: Collection[str], handle: BatchHandler) -> type:
+    """A subclass of Faust's consumer class ``base`` that hands fetched records of ``topics`` to ``handle``."""
+    batch_topics = frozenset(topics)
+
+    class BatchConsumer(base):  # type: ignore[misc, valid-type]
+        def ack_offsets(self, tp: Any, offsets: Sequence[int]) -> None:
+            """Faust's ``Consumer.ack`` for many records of one partition: each offset counts once towards
+            the next commit (the commit takes the acked offsets up to the first gap)."""
+            if not self.app.topics.acks_enabled_for(tp.topic):
+                return
+            with ack_lock:
+                committed = self._committed_offset[tp]
+                index = self._acked_index[tp]
+                new = [offset for offset in offsets
+                       if (committed is None or offset >= committed) and offset not in index]
+                index.update(new)
+                self._acked[tp].extend(new)
+                self._n_acked += len(new)
+                notify(self._waiting_for_ack)
+
+        async def _drain_messages(self, fetcher: Any) -> None:  # noqa: C901 - Faust's loop, per batch
+            consumer_should_stop, fetcher_should_stop = self._stopped.is_set, fetcher._stopped.is_set
+            try:
+                while not (consumer_should_stop() or fetcher_should_stop()):
+                    self.diag.set_flag(CONSUMER_FETCHING)
+                    records, active = await self._wait_next_records(1.0)
+                    generation = self.app.consumer_generation_id
+                    await self.sleep(0)
+                    if not records or self.should_stop:
+                        continue
+                    if not self.flow_active:  # as Faust's getmany: a fetch while the flow is stopped
+                        await self.perform_seek()
+                        continue
+                    batches = []
+                    for tp, fetched in records.items():
+                        if active is not None and tp not in active and tp not in self._buffered_partitions:
+                            continue
+                        self.app.monitor.track_tp_end_offset(tp, self.highwater(tp))
+                        if tp.topic not in batch_topics:
+                            await self._one_by_one(tp, fetched)
+                            continue
+                        fetched = await self._unread(tp, fetched)
+                        if fetched:
+                            batches.append((tp, fetched))
+                    if batches:
+                        await self.wait_first(handle(generation, batches), self.suspend_flow.wait())
+                        for tp, fetched in batches:
+                            self._read_offset[tp] = fetched[-1].offset
+                    if self._commit_every is not None and self._n_acked >= self._commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    self.diag.unset_flag(CONSUMER_FETCHING)
+            except self.consumer_stopped_errors:
+                if self.transport.app.should_stop:
+                    self.log.info("Broker stopped consumer, shutting down...")
+                    return
+                raise
+            except asyncio.CancelledError:
+                if self.transport.app.should_stop:
+                    self.log.info("Consumer shutting down for user cancel.")
+                    return
+                raise
+            except Exception as exc:
+                self.log.exception("Drain messages raised: %r", exc)
+                raise
+            finally:
+                self.diag.unset_flag(CONSUMER_FETCHING)
+
+        async def _unread(self, tp: Any, fetched: list[Any]) -> list[Any]:
+            """The records Faust's loop would deliver (offset at or past the read offset), with the gaps
+            before and between them registered, as that loop does message by message."""
+            read = self._read_offset[tp]
+            if read is not None and fetched[0].offset < read:
+                fetched = [record for record in fetched if record.offset >= read]
+                if not fetched:
+                    return fetched
+            contiguous = fetched[-1].offset - fetched[0].offset == len(fetched) - 1
+            if self.app.topics.acks_enabled_for(tp.topic) and not (
+                    contiguous and not (read and fetched[0].offset - read > 1)):
+                previous = read
+                for record in fetched:
+                    if previous and record.offset - previous > 1:
+                        await self._add_gap(tp, previous + 1, record.offset)
+                    previous = record.offset
+            return fetched
+
+        async def _one_by_one(self, tp: Any, fetched: list[Any]) -> None:
+            """Faust's own path, message by message, for a topic that is not batched."""
+            for record in fetched:
+                read = self._read_offset[tp]
+                if read is not None and record.offset < read:
+                    continue
+                if read and record.offset - read > 1 and self.app.topics.acks_enabled_for(tp.topic):
+                    await self._add_gap(tp, read + 1, record.offset)
+                await self.wait_first(self.callback(self._to_message(tp, record)), self.suspend_flow.wait())
+                self._read_offset[tp] = record.offset
+
+    return BatchConsumer
+
+
+def ack_all(consumer: Any, acks: list[tuple[Any, Sequence[int]]]) -> None:
+    """Ack the records of one flush: ``acks`` is [(tp, offsets)] as :class:`agents.ingest.Ingest` made them."""
+    for tp, offsets in acks:
+        consumer.ack_offsets(tp, offsets)
