@@ -183,14 +183,10 @@ class RetentionCore(MetricCore[RetentionState]):
         return min(week_of(clock_ms) - AGES - self.cohorts, week_of(clock_ms - self.max_lateness_ms) - AGES)
 
     def add(self, state: RetentionState, batch: Batch, out: Output) -> None:
-        times: dict[tuple[str, str], list[int]] = {}
-        for event in batch.events:
-            customer_id = event.get("customer_id")
-            if customer_id is not None:
-                times.setdefault((event["tenant"], customer_id), []).append(event["event_time"])
-        if not times:
+        customers = batch.customers()
+        if not len(customers):
             return
-        keys = np.fromiter((customer_key(t, c) for t, c in times), np.uint64, len(times))
+        keys = customers.hashes()
         at, tracked = _found(state.keys, keys)
         _, member = _found(state.members, keys)
         if len(state.keys):  # every customer's values in three array reads, not one numpy scalar at a time
@@ -199,8 +195,8 @@ class RetentionCore(MetricCore[RetentionState]):
         else:
             known = iter(lambda: (0, 0, 0), None)
         rows, late = out.rows["retention"], []
-        for (tenant, customer_id), key, i, in_arrays, old, values in zip(
-                times, keys.tolist(), at.tolist(), tracked.tolist(), member.tolist(), known):
+        for (tenant, customer_id), times, key, i, in_arrays, old, values in zip(
+                customers.keys, customers.times, keys.tolist(), at.tolist(), tracked.tolist(), member.tolist(), known):
             fresh = state.fresh.get(key)
             if fresh is not None:
                 first, active, index = fresh
@@ -210,7 +206,7 @@ class RetentionCore(MetricCore[RetentionState]):
                 continue  # a customer of a dropped cohort: their row is final
             else:
                 first, active, index = None, 0, state.tenant(tenant)
-            new_first, new_active = fold(first, active, times[(tenant, customer_id)])
+            new_first, new_active = fold(first, active, times)
             if (new_first, new_active) == (first, active):
                 continue
             if first is not None:
