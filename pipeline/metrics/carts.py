@@ -115,10 +115,11 @@ class CartCore(MetricCore[CartState]):
 
     def add(self, state: CartState, batch: Batch, out: Output) -> None:
         by_buyer: dict[tuple[str, str], list[tuple[int, int, Optional[str]]]] = {}
-        for source, event in zip(batch.sources, batch.events):
-            if source != SOURCE:
-                continue
-            state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
+        events, _ = batch.of_source(SOURCE)
+        if not events:
+            return
+        state.source_clock_ms = max(state.source_clock_ms, max(event["event_time"] for event in events))
+        for event in events:
             kind = event["event_type"]
             if kind not in ("add_to_cart", "purchase"):
                 continue

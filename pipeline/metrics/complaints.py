@@ -248,9 +248,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ComplaintState, batch: Batch, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, max(event["event_time"] for event in batch.events))
-        for source, event, key in zip(batch.sources, batch.events, batch.hashes):
-            if source != SOURCE:
-                continue
+        for event, key in zip(*batch.of_source(SOURCE)):
             state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
             cid = event.get("complaint_id")
             if not cid or event["event_type"] not in RANK:

@@ -138,18 +138,17 @@ class TimeToValueCore(MetricCore[ValueState]):
 
     def tick(self, state: ValueState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
-        rows = out.rows["customer_firsts"]
+        rows, customers = out.rows["customer_firsts"], state.customers
         for key in state.dirty:
-            journey = state.customers[key]
+            journey = customers[key]
             content, day = journey.content(), journey.last_ms // DAY_MS
             if content == journey.written and day == journey.written_day:
                 continue
             journey.written, journey.written_day = content, day
             journey.updated_ms = max(journey.updated_ms + 1, state.clock_ms)
-            nullable = lambda ms: ms or None  # noqa: E731
             rows.append(FirstsRow(
-                tenant=key[0], customer_id=key[1], first_event_ms=journey.first_ms, signup_ms=nullable(journey.signup_ms),
-                first_purchase_ms=nullable(journey.purchase_ms),
+                tenant=key[0], customer_id=key[1], first_event_ms=journey.first_ms, signup_ms=journey.signup_ms or None,
+                first_purchase_ms=journey.purchase_ms or None,
                 time_to_value_ms=journey.ttv_ms if journey.purchase_ms else None, last_event_ms=journey.last_ms,
                 updated_ms=journey.updated_ms, kafka_partition=state.partition))
         state.dirty.clear()
