@@ -55,14 +55,15 @@ def week_start_ms(week: int) -> int:
 
 def fold(first_ms: Optional[int], active: int, times: Iterable[int]) -> tuple[int, int]:
     """A customer's (first event ms, active-weeks bits) after more events, in any order."""
+    first_week = None if first_ms is None else week_of(first_ms)
     for ms in times:
+        week = week_of(ms)
         if first_ms is None:
-            first_ms, active = ms, 1
+            first_ms, first_week, active = ms, week, 1
         elif ms < first_ms:
-            shift = week_of(first_ms) - week_of(ms)
-            first_ms, active = ms, ((active << shift) | 1) & ALL_WEEKS
+            first_ms, first_week, active = ms, week, ((active << (first_week - week)) | 1) & ALL_WEEKS
         else:
-            age = week_of(ms) - week_of(first_ms)
+            age = week - first_week
             if age <= AGES:
                 active |= 1 << age
     assert first_ms is not None
@@ -123,9 +124,11 @@ class RetentionState:
         counts = self.counts.get((tenant, cohort))
         if counts is None:
             counts = self.counts[(tenant, cohort)] = [0] * (AGES + 1)
-        for age in range(AGES + 1):
-            if active >> age & 1:
-                counts[age] += sign
+        active &= ALL_WEEKS
+        while active:  # each set bit (age), lowest first
+            low = active & -active
+            counts[low.bit_length() - 1] += sign
+            active ^= low
         if not counts[0]:
             del self.counts[(tenant, cohort)]
 
