@@ -52,6 +52,7 @@ import bisect
 import heapq
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
@@ -247,7 +248,7 @@ class ComplaintCore(MetricCore[ComplaintState]):
 
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ComplaintState, batch: Batch, out: Output) -> None:
-        state.clock_ms = max(state.clock_ms, max(event["event_time"] for event in batch.events))
+        state.clock_ms = max(state.clock_ms, max(map(itemgetter("event_time"), batch.events)))
         for event, key in zip(*batch.of_source(SOURCE)):
             state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
             cid = event.get("complaint_id")
