@@ -10,10 +10,11 @@ the SDK sends them; 1: one event per message) and fed to a ``Processor`` with ev
 worker configures it), ``--records`` records per ``process`` call. Encoded records are cached in
 ``--cache`` (default the system's temporary folder), since simulating millions of events takes minutes.
 
-Printed per core: seconds in ``add``, ``take`` and ``tick`` over the whole input (wall; CPU with ``--attribute``),
-the median wall and CPU time of its ``collect`` over the owned partitions at the end (``--scrapes`` of them; what a /metrics scrape holds
-the worker's event loop for), and the bytes its state holds (tracemalloc, by the file that allocated them,
-with ``--memory``). ``--profile`` adds a cProfile of the processing, top functions by own time.
+Printed per core: seconds in ``add``, ``take`` and ``tick`` over the whole input (wall; CPU with
+``--attribute``), the median wall and CPU time of its ``collect`` over the owned partitions at the end
+(``--scrapes`` of them; what a /metrics scrape holds the worker's event loop for), and the bytes its state
+holds (tracemalloc, by the file that allocated them, with ``--memory``). ``--profile`` adds a cProfile of
+the processing, top functions by own time.
 Ratios within one run are what to compare: the machine is shared.
 """
 from __future__ import annotations
