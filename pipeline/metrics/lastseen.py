@@ -5,8 +5,9 @@ A customer is "active in window W" when they had an event with ``t // 60000 > (c
 so one number per customer answers every window, and a replayed or late event changes nothing (it
 cannot raise the maximum twice). Customers are keyed by a 64-bit hash of (tenant, customer id).
 
-Updates go to a small dict and are merged into the sorted arrays in bulk (``merge``), once per batch:
-inserting into a sorted numpy array one key at a time would copy the array each time.
+A batch's customers are merged into the sorted arrays at once (``note_customers``); single updates
+(``note``) go to a small dict merged in bulk (``merge``): inserting into a sorted numpy array one key at a
+time would copy the array each time.
 
 Given windows, it also keeps the number of customers per tenant and last minute in
 :class:`~pipeline.metrics.windows.RollingCounts` (a customer moves from their old minute to the new one

@@ -43,7 +43,9 @@ def test_noting_a_batch_equals_noting_each_event(batches, collide):
     windows = {"1h": 3_600_000, "1d": 86_400_000}
     by_batch, by_event = LastSeen(windows), LastSeen(windows)
     real_key = lastseen.customer_key
-    fake_key = (lambda tenant, customer: real_key("acme", "c1" if customer == "c2" else customer)) if collide else real_key
+    def colliding_key(tenant, customer):  # every c2 shares the key of acme's c1
+        return real_key("acme", "c1" if customer == "c2" else customer)
+    fake_key = colliding_key if collide else real_key
     try:
         lastseen.customer_key = fake_key
         for items in batches:
