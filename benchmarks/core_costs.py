@@ -10,10 +10,11 @@ the SDK sends them; 1: one event per message) and fed to a ``Processor`` with ev
 worker configures it), ``--records`` records per ``process`` call. Encoded records are cached in
 ``--cache`` (default the system's temporary folder), since simulating millions of events takes minutes.
 
-Printed per core: seconds in ``add``, ``take`` and ``tick`` over the whole input, the median wall and CPU time of
-its ``collect`` over the owned partitions at the end (``--scrapes`` of them; what a /metrics scrape holds
-the worker's event loop for), and the bytes its state holds (tracemalloc, by the file that allocated them,
-with ``--memory``). ``--profile`` adds a cProfile of the processing, top functions by own time.
+Printed per core: seconds in ``add``, ``take`` and ``tick`` over the whole input (wall; CPU with
+``--attribute``), the median wall and CPU time of its ``collect`` over the owned partitions at the end
+(``--scrapes`` of them; what a /metrics scrape holds the worker's event loop for), and the bytes its state
+holds (tracemalloc, by the file that allocated them, with ``--memory``). ``--profile`` adds a cProfile of
+the processing, top functions by own time.
 Ratios within one run are what to compare: the machine is shared.
 """
 from __future__ import annotations
@@ -57,13 +58,13 @@ def load_records(codec: Codec, events: int, customers: int, per_message: int, ca
     return records, active
 
 
-def timed(seconds: dict, key: tuple, call: Callable) -> Callable:
+def timed(seconds: dict, key: tuple, call: Callable, clock: Callable[[], float] = time.perf_counter) -> Callable:
     def wrapper(*args):
-        started = time.perf_counter()
+        started = clock()
         try:
             return call(*args)
         finally:
-            seconds[key] += time.perf_counter() - started
+            seconds[key] += clock() - started
     return wrapper
 
 
@@ -89,6 +90,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrapes", type=int, default=5)
     parser.add_argument("--memory", action="store_true", help="tracemalloc the state (slows processing down)")
     parser.add_argument("--profile", action="store_true", help="cProfile the processing")
+    parser.add_argument("--attribute", action="store_true", help="CPU seconds per core, with the garbage collector "
+                        "held off inside each process() call and run between them: each core's own cost (by default a "
+                        "collection's pause counts for whichever core allocated when it was due)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()))
     args = parser.parse_args(argv)
 
@@ -100,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     seconds: dict = defaultdict(float)
     for core in processor.cores:
         for step in ("add", "take", "tick"):
-            setattr(core, step, timed(seconds, (core.name, step), getattr(core, step)))
+            setattr(core, step, timed(seconds, (core.name, step), getattr(core, step),
+                                      time.process_time if args.attribute else time.perf_counter))
     gc.collect()
     if args.memory:
         tracemalloc.start(1)
@@ -111,15 +116,23 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     if profile:
         profile.enable()
+    cpu = time.process_time()
     for i in range(0, len(records), args.records):
+        if args.attribute:
+            gc.disable()
         metrics.apply(processor.process(records[i:i + args.records], now))
+        if args.attribute:
+            gc.enable()
+            gc.collect()
+    cpu = time.process_time() - cpu
     if profile:
         profile.disable()
     elapsed = time.perf_counter() - started
     gc.collect()
     print(f"{args.events:,} events, {active:,} customers with events, {args.per_message} per message, "
           f"{len(records):,} records, {args.records} per call; load {os.getloadavg()[0]:.2f}")
-    print(f"processing: {elapsed:.2f} s, {args.events / elapsed:,.0f} ev/s")
+    print(f"processing: {elapsed:.2f} s, {args.events / elapsed:,.0f} ev/s, {cpu:.2f} s CPU"
+          f"{' (collections between calls included)' if args.attribute else ''}")
     if args.memory:
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()

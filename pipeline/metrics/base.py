@@ -39,28 +39,95 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, ClassVar, Generic, Iterable, Mapping, NamedTuple, Optional, Sequence, TypeVar, Union
 
+import numpy as np
 from prometheus_client.metrics_core import Metric
 
 from pipeline.config import Section
 from pipeline.dedup import id_hash
+from pipeline.metrics.lastseen import MINUTE_MS, customer_key
 
 State = TypeVar("State")
 ADD, TAKE, TICK = "add", "take", "tick"  # the phases a fact can be published in
 
 
-class Batch(NamedTuple):
-    """The valid, new events of one partition in one processor batch, in consumption order."""
+class Customers:
+    """A batch's events that have a customer, grouped by (tenant, customer id) once per batch, in the order each
+    customer first appears: what the cores that keep state per customer walk instead of every event (a batch of
+    the simulator's mix has about three events per customer)."""
 
-    partition: int
-    sources: list[str]  # web, chatbot, crm, complaints: the source of each event
-    events: list[dict]  # decoded Avro dicts; event_time is int epoch milliseconds
-    hashes: list[int]  # id_hash of each event's event_id
+    __slots__ = ("keys", "times", "_hashes", "_last_minutes")
+
+    def __init__(self, events: Sequence[dict]):
+        groups: dict[tuple[str, str], list[int]] = {}
+        for event in events:
+            customer_id = event.get("customer_id")
+            if customer_id is not None:
+                key = (event["tenant"], customer_id)
+                times = groups.get(key)
+                if times is None:
+                    groups[key] = [event["event_time"]]
+                else:
+                    times.append(event["event_time"])
+        self.keys: list[tuple[str, str]] = list(groups)
+        self.times: list[list[int]] = list(groups.values())  # each customer's event times, in batch order
+        self._hashes: Optional[np.ndarray] = None
+        self._last_minutes: Optional[np.ndarray] = None
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def hashes(self) -> np.ndarray:
+        """:func:`~pipeline.metrics.lastseen.customer_key` of each customer (uint64), hashed once per batch."""
+        if self._hashes is None:
+            self._hashes = np.fromiter((customer_key(tenant, customer_id) for tenant, customer_id in self.keys),
+                                       np.uint64, len(self.keys))
+        return self._hashes
+
+    def last_minutes(self) -> np.ndarray:
+        """Each customer's latest event minute (epoch minutes, int64)."""
+        if self._last_minutes is None:
+            self._last_minutes = np.fromiter(map(max, self.times), np.int64, len(self.times)) // MINUTE_MS
+        return self._last_minutes
+
+
+class Batch:
+    """The valid, new events of one partition in one processor batch, in consumption order, and views of them
+    that more than one core reads, computed once per batch (:meth:`customers`, :meth:`of_source`)."""
+
+    __slots__ = ("partition", "sources", "events", "hashes", "_customers", "_by_source")
+
+    def __init__(self, partition: int, sources: list[str], events: list[dict], hashes: list[int]):
+        self.partition = partition
+        self.sources = sources  # web, chatbot, crm, complaints: the source of each event
+        self.events = events  # decoded Avro dicts; event_time is int epoch milliseconds
+        self.hashes = hashes  # id_hash of each event's event_id
+        self._customers: Optional[Customers] = None
+        self._by_source: Optional[dict[str, tuple[list[dict], list[int]]]] = None
 
     @classmethod
     def of(cls, partition: int, items: Sequence[tuple[str, dict]]) -> "Batch":
         """From (source, event) pairs, hashing the ids here (the processor has them; tests and tools use this)."""
         return cls(partition, [source for source, _ in items], [event for _, event in items],
                    [id_hash(event["event_id"]) for _, event in items])
+
+    def customers(self) -> Customers:
+        """The events with a customer, grouped by customer (built on the first call; the batch is complete by then:
+        the processor hands it to the cores only once it has every event)."""
+        if self._customers is None:
+            self._customers = Customers(self.events)
+        return self._customers
+
+    def of_source(self, source: str) -> tuple[list[dict], list[int]]:
+        """The events of one source and their id hashes, in batch order (the batch split by source once)."""
+        if self._by_source is None:
+            self._by_source = {}
+            for name, event, key in zip(self.sources, self.events, self.hashes):
+                split = self._by_source.get(name)
+                if split is None:
+                    split = self._by_source[name] = ([], [])
+                split[0].append(event)
+                split[1].append(key)
+        return self._by_source.get(source, ([], []))
 
 
 class Facts:

@@ -50,7 +50,8 @@ ADD, PURCHASE = 0, 1  # an add sorts before a purchase of the same millisecond
 SOURCE = "web"  # the source (topic) of adds and purchases; its clock in a partition is the forgetting clock
 SWEEP_MS = 3_600_000  # forget idle buyers at most once per hour of event time
 CartRow = ROWS["carts"]
-NONE_JOINED: list[int] = []  # shared by every buyer without joined adds; never appended to (replaced by a new list)
+NO_TIMES: list[int] = []  # shared by every buyer without joined adds or purchases (fewer objects for the
+# garbage collector to walk); never appended to: replaced by a new list first
 
 
 def insert_once(times: list[int], at: int) -> None:
@@ -73,9 +74,9 @@ class Buyer:
     def __init__(self, customer_id: Optional[str]):
         self.customer_id = customer_id
         self.start = 0  # start of the open cart; 0: none open
-        self.joined: list[int] = NONE_JOINED  # sorted times of the adds after the start that joined the open cart
+        self.joined: list[int] = NO_TIMES  # sorted times of the adds after the start that joined the open cart
         self.closed_until = 0  # end of the last decided cart: adds and purchases up to it change nothing
-        self.purchases: list[int] = []  # sorted purchase times of the kept span
+        self.purchases: list[int] = NO_TIMES  # sorted purchase times of the kept span
         self.last_ms = 0  # newest event or cart time, for forgetting the buyer
         self.updated_ms = 0  # version of the buyer's newest cart row
 
@@ -115,10 +116,11 @@ class CartCore(MetricCore[CartState]):
 
     def add(self, state: CartState, batch: Batch, out: Output) -> None:
         by_buyer: dict[tuple[str, str], list[tuple[int, int, Optional[str]]]] = {}
-        for source, event in zip(batch.sources, batch.events):
-            if source != SOURCE:
-                continue
-            state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
+        events, _ = batch.of_source(SOURCE)
+        if not events:
+            return
+        state.source_clock_ms = max(state.source_clock_ms, max(event["event_time"] for event in events))
+        for event in events:
             kind = event["event_type"]
             if kind not in ("add_to_cart", "purchase"):
                 continue
@@ -144,8 +146,9 @@ class CartCore(MetricCore[CartState]):
                     buyer.joined = buyer.joined or []
                     insert_once(buyer.joined, at)
             elif at > buyer.closed_until:  # at or before it: part of a decided cart
-                self._start(state, key, buyer, at, NONE_JOINED)
+                self._start(state, key, buyer, at, NO_TIMES)
             return
+        buyer.purchases = buyer.purchases or []
         insert_once(buyer.purchases, at)
         if buyer.start and buyer.start <= at:
             self._end(state, key, buyer, OUTCOMES[0], at)
@@ -167,10 +170,10 @@ class CartCore(MetricCore[CartState]):
         state.windows.add(key[0], end_ms, counts)
         self._write(state, key, buyer, outcome, end_ms)
         later = buyer.joined[bisect.bisect_right(buyer.joined, end_ms):]
-        buyer.closed_until, buyer.start, buyer.joined = end_ms, 0, NONE_JOINED
+        buyer.closed_until, buyer.start, buyer.joined = end_ms, 0, NO_TIMES
         buyer.last_ms = max(buyer.last_ms, end_ms)
         if later:  # adds that joined before an earlier purchase arrived: the first starts the next cart
-            self._start(state, key, buyer, later[0], later[1:] or NONE_JOINED)
+            self._start(state, key, buyer, later[0], later[1:] or NO_TIMES)
 
     def _write(self, state: CartState, key: tuple[str, str], buyer: Buyer, outcome: str, end_ms: Optional[int]) -> None:
         buyer.updated_ms = max(buyer.updated_ms + 1, state.clock_ms)
@@ -231,6 +234,7 @@ class CartCore(MetricCore[CartState]):
             if name == "purchases":
                 key = (row.tenant, row.customer_id or row.anonymous_id)
                 buyer = state.buyers.setdefault(key, Buyer(row.customer_id))
+                buyer.purchases = buyer.purchases or []
                 insert_once(buyer.purchases, int(row.event_ms))
                 buyer.last_ms = max(buyer.last_ms, int(row.event_ms))
                 continue

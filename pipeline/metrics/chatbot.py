@@ -42,7 +42,7 @@ SOURCE = "chatbot"  # the source (topic) of chatbot events; its clock in a parti
 ConversationRow = ROWS["chatbot_conversations"]
 
 
-@dataclass
+@dataclass(slots=True)
 class Conversation:
     tenant: str
     conversation_id: str
@@ -57,10 +57,10 @@ class Conversation:
 
     def outcome(self) -> Optional[tuple[int, int]]:
         """(end ms, index into OUTCOMES), or None while open."""
-        ends = [ms for ms in (self.resolved_ms, self.abandoned_ms) if ms]
-        if not ends:
+        if not (self.resolved_ms or self.abandoned_ms):
             return None
-        end = min(ends)
+        end = min(self.resolved_ms, self.abandoned_ms) if self.resolved_ms and self.abandoned_ms else \
+            self.resolved_ms or self.abandoned_ms
         if self.handoff_ms:
             return end, 1
         return end, 0 if self.resolved_ms == end else 2
@@ -95,14 +95,16 @@ class ChatbotCore(MetricCore[ChatbotState]):
         return ChatbotState(partition, RollingCounts(self.windows_ms, len(OUTCOMES)))
 
     def add(self, state: ChatbotState, batch: Batch, out: Output) -> None:
-        for source, event in zip(batch.sources, batch.events):
-            if source != SOURCE:
-                continue
-            state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
+        events, _ = batch.of_source(SOURCE)
+        if not events:
+            return
+        state.source_clock_ms = max(state.source_clock_ms, max(event["event_time"] for event in events))
+        conversations, dirty = state.conversations, state.dirty
+        for event in events:
             key = (event["tenant"], event["conversation_id"])
-            c = state.conversations.get(key)
+            c = conversations.get(key)
             if c is None:
-                c = state.conversations[key] = Conversation(key[0], key[1], event.get("customer_id"))
+                c = conversations[key] = Conversation(key[0], key[1], event.get("customer_id"))
             ms, kind = event["event_time"], event["event_type"]
             if kind in HANDOFF:
                 c.handoff_ms = min(c.handoff_ms or ms, ms)
@@ -112,18 +114,20 @@ class ChatbotCore(MetricCore[ChatbotState]):
                 c.abandoned_ms = min(c.abandoned_ms or ms, ms)
             c.last_ms = max(c.last_ms, ms)
             c.customer_id = c.customer_id or event.get("customer_id")
-            state.dirty.add(key)
+            dirty.add(key)
 
     def tick(self, state: ChatbotState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
+        rows, conversations, expiries = out.rows["chatbot_conversations"], state.conversations, state.expiries
         for key in state.dirty:
-            c = state.conversations[key]
+            c = conversations[key]
             self._count(state, c)
-            if c.content() != c.written:
-                c.written = c.content()
+            content = c.content()
+            if content != c.written:
+                c.written = content
                 c.updated_ms = max(c.updated_ms + 1, state.clock_ms)
-                out.rows["chatbot_conversations"].append(self._row(c, state.partition))
-            heapq.heappush(state.expiries, (c.last_ms + self.max_lateness_ms, key))
+                rows.append(self._row(c, state.partition))
+            heapq.heappush(expiries, (c.last_ms + self.max_lateness_ms, key))
         state.dirty.clear()
         state.windows.prune(state.clock_ms)
         while state.expiries and state.expiries[0][0] < state.source_clock_ms:

@@ -52,6 +52,7 @@ import bisect
 import heapq
 from collections import Counter
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any, Iterable, NamedTuple, Optional, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
@@ -247,10 +248,8 @@ class ComplaintCore(MetricCore[ComplaintState]):
 
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ComplaintState, batch: Batch, out: Output) -> None:
-        state.clock_ms = max(state.clock_ms, max(event["event_time"] for event in batch.events))
-        for source, event, key in zip(batch.sources, batch.events, batch.hashes):
-            if source != SOURCE:
-                continue
+        state.clock_ms = max(state.clock_ms, max(map(itemgetter("event_time"), batch.events)))
+        for event, key in zip(*batch.of_source(SOURCE)):
             state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
             cid = event.get("complaint_id")
             if not cid or event["event_type"] not in RANK:

@@ -78,11 +78,7 @@ class EngagementCore(MetricCore[EngagementState]):
         return EngagementState(LastSeen({**windows, **{ms: ms for ms in STICKINESS}}), LastSeen(windows))
 
     def add(self, state: EngagementState, batch: Batch, out: Output) -> None:
-        note = state.active.note
-        for event in batch.events:
-            customer_id = event.get("customer_id")
-            if customer_id is not None:
-                note(event["tenant"], customer_id, event["event_time"])
+        state.active.note_customers(batch.customers())
 
     def take(self, state: EngagementState, facts: Facts, out: Output) -> None:
         for opened in facts.of(ComplaintOpened):

@@ -5,8 +5,9 @@ A customer is "active in window W" when they had an event with ``t // 60000 > (c
 so one number per customer answers every window, and a replayed or late event changes nothing (it
 cannot raise the maximum twice). Customers are keyed by a 64-bit hash of (tenant, customer id).
 
-Updates go to a small dict and are merged into the sorted arrays in bulk (``merge``), once per batch:
-inserting into a sorted numpy array one key at a time would copy the array each time.
+A batch's customers are merged into the sorted arrays at once (``note_customers``); single updates
+(``note``) go to a small dict merged in bulk (``merge``): inserting into a sorted numpy array one key at a
+time would copy the array each time.
 
 Given windows, it also keeps the number of customers per tenant and last minute in
 :class:`~pipeline.metrics.windows.RollingCounts` (a customer moves from their old minute to the new one
@@ -14,12 +15,15 @@ in each merge), so the customers active in a window are read from running sums, 
 """
 from __future__ import annotations
 
-from typing import Hashable, Mapping, Optional
+from typing import TYPE_CHECKING, Hashable, Mapping, Optional
 
 import numpy as np
 
 from pipeline.dedup import id_hash
 from pipeline.metrics.windows import RollingCounts
+
+if TYPE_CHECKING:
+    from pipeline.metrics.base import Customers
 
 MINUTE_MS = 60_000
 
@@ -62,6 +66,27 @@ class LastSeen:
         if seen is None or seen[0] < minute:
             self._pending[key] = (minute, index)
 
+    def note_customers(self, customers: "Customers") -> None:
+        """Every customer of a batch at their latest minute, merged at once (the batch has their keys hashed)."""
+        if not len(customers):
+            return
+        self.merge()
+        index = self._tenant_index
+        for tenant in dict.fromkeys(tenant for tenant, _ in customers.keys):  # new tenants in order of appearance
+            if tenant not in index:
+                index[tenant] = len(self.tenant_names)
+                self.tenant_names.append(tenant)
+        keys = customers.hashes()
+        order = np.argsort(keys)
+        keys = keys[order]
+        if len(keys) > 1 and not (keys[1:] != keys[:-1]).all():  # two customers share a 64-bit key: as note() does
+            for (tenant, customer_id), times in zip(customers.keys, customers.times):
+                self.note(tenant, customer_id, max(times))
+            self.merge()
+            return
+        tenants = np.fromiter((index[tenant] for tenant, _ in customers.keys), np.int64, len(keys))
+        self._merge_sorted(keys, customers.last_minutes()[order], tenants[order])
+
     def merge(self) -> None:
         if not self._pending:
             return
@@ -69,7 +94,11 @@ class LastSeen:
         values = np.array(list(self._pending.values()), np.int64).reshape(-1, 2)
         self._pending, self._recent = {}, {}
         order = np.argsort(keys)
-        keys, minutes, tenants = keys[order], values[order, 0].astype(np.int32), values[order, 1].astype(np.uint16)
+        self._merge_sorted(keys[order], values[order, 0], values[order, 1])
+
+    def _merge_sorted(self, keys: np.ndarray, minutes: np.ndarray, tenants: np.ndarray) -> None:
+        """Merge distinct, sorted keys with their last minutes and tenant indices into the arrays."""
+        minutes, tenants = minutes.astype(np.int32), tenants.astype(np.uint16)
         at = np.searchsorted(self.keys, keys)
         known = at < len(self.keys)
         known[known] = self.keys[at[known]] == keys[known]

@@ -120,15 +120,13 @@ class OrdersCore(MetricCore[OrdersState]):
         return OrdersState(partition, RollingCounts(self.windows_ms, 2))
 
     def add(self, state: OrdersState, batch: Batch, out: Output) -> None:
-        note = state.active.note
-        for source, event, tie in zip(batch.sources, batch.events, batch.hashes):
-            customer_id = event.get("customer_id")
-            if customer_id is not None:
-                note(event["tenant"], customer_id, event["event_time"])
-            if source == SOURCE:
-                state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
-                if event["event_type"] == "purchase":
-                    self._purchase(state, event, tie)
+        state.active.note_customers(batch.customers())
+        events, hashes = batch.of_source(SOURCE)
+        if events:
+            state.source_clock_ms = max(state.source_clock_ms, max(event["event_time"] for event in events))
+        for event, tie in zip(events, hashes):
+            if event["event_type"] == "purchase":
+                self._purchase(state, event, tie)
 
     def _purchase(self, state: OrdersState, event: dict, tie: int) -> None:
         tenant, customer_id, order_id = event["tenant"], event.get("customer_id"), event["order_id"]

@@ -55,14 +55,15 @@ def week_start_ms(week: int) -> int:
 
 def fold(first_ms: Optional[int], active: int, times: Iterable[int]) -> tuple[int, int]:
     """A customer's (first event ms, active-weeks bits) after more events, in any order."""
+    first_week = None if first_ms is None else week_of(first_ms)
     for ms in times:
+        week = week_of(ms)
         if first_ms is None:
-            first_ms, active = ms, 1
+            first_ms, first_week, active = ms, week, 1
         elif ms < first_ms:
-            shift = week_of(first_ms) - week_of(ms)
-            first_ms, active = ms, ((active << shift) | 1) & ALL_WEEKS
+            first_ms, first_week, active = ms, week, ((active << (first_week - week)) | 1) & ALL_WEEKS
         else:
-            age = week_of(ms) - week_of(first_ms)
+            age = week - first_week
             if age <= AGES:
                 active |= 1 << age
     assert first_ms is not None
@@ -123,9 +124,11 @@ class RetentionState:
         counts = self.counts.get((tenant, cohort))
         if counts is None:
             counts = self.counts[(tenant, cohort)] = [0] * (AGES + 1)
-        for age in range(AGES + 1):
-            if active >> age & 1:
-                counts[age] += sign
+        active &= ALL_WEEKS
+        while active:  # each set bit (age), lowest first
+            low = active & -active
+            counts[low.bit_length() - 1] += sign
+            active ^= low
         if not counts[0]:
             del self.counts[(tenant, cohort)]
 
@@ -183,14 +186,10 @@ class RetentionCore(MetricCore[RetentionState]):
         return min(week_of(clock_ms) - AGES - self.cohorts, week_of(clock_ms - self.max_lateness_ms) - AGES)
 
     def add(self, state: RetentionState, batch: Batch, out: Output) -> None:
-        times: dict[tuple[str, str], list[int]] = {}
-        for event in batch.events:
-            customer_id = event.get("customer_id")
-            if customer_id is not None:
-                times.setdefault((event["tenant"], customer_id), []).append(event["event_time"])
-        if not times:
+        customers = batch.customers()
+        if not len(customers):
             return
-        keys = np.fromiter((customer_key(t, c) for t, c in times), np.uint64, len(times))
+        keys = customers.hashes()
         at, tracked = _found(state.keys, keys)
         _, member = _found(state.members, keys)
         if len(state.keys):  # every customer's values in three array reads, not one numpy scalar at a time
@@ -199,8 +198,8 @@ class RetentionCore(MetricCore[RetentionState]):
         else:
             known = iter(lambda: (0, 0, 0), None)
         rows, late = out.rows["retention"], []
-        for (tenant, customer_id), key, i, in_arrays, old, values in zip(
-                times, keys.tolist(), at.tolist(), tracked.tolist(), member.tolist(), known):
+        for (tenant, customer_id), times, key, i, in_arrays, old, values in zip(
+                customers.keys, customers.times, keys.tolist(), at.tolist(), tracked.tolist(), member.tolist(), known):
             fresh = state.fresh.get(key)
             if fresh is not None:
                 first, active, index = fresh
@@ -210,7 +209,7 @@ class RetentionCore(MetricCore[RetentionState]):
                 continue  # a customer of a dropped cohort: their row is final
             else:
                 first, active, index = None, 0, state.tenant(tenant)
-            new_first, new_active = fold(first, active, times[(tenant, customer_id)])
+            new_first, new_active = fold(first, active, times)
             if (new_first, new_active) == (first, active):
                 continue
             if first is not None:

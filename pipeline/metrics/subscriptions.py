@@ -157,10 +157,9 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
         return SubscriptionState(partition, RollingCounts(self.windows_ms, 2 * len(MOVEMENTS)))
 
     def add(self, state: SubscriptionState, batch: Batch, out: Output) -> None:
-        oldest = state.source_clock_ms - self.span_ms
-        for source, event in zip(batch.sources, batch.events):
-            if source != SOURCE:
-                continue
+        span_ms = self.span_ms
+        oldest = state.source_clock_ms - span_ms
+        for event in batch.of_source(SOURCE)[0]:
             state.source_clock_ms = max(state.source_clock_ms, event["event_time"])
             kind = event["event_type"]
             if kind not in SUBSCRIPTION_EVENTS or event.get("customer_id") is None or event["event_time"] <= oldest:
@@ -177,7 +176,7 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
             bisect.insort(sub.changes, Change(event["event_time"], event["event_id"], kind, event.get("plan"), mrr),
                           key=lambda change: change.order)
             state.dirty.add(key)
-            heapq.heappush(state.expiries, (event["event_time"] + self.span_ms, key))
+            heapq.heappush(state.expiries, (event["event_time"] + span_ms, key))
 
     def tick(self, state: SubscriptionState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)

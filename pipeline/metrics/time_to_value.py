@@ -106,26 +106,29 @@ class TimeToValueCore(MetricCore[ValueState]):
 
     def add(self, state: ValueState, batch: Batch, out: Output) -> None:
         customers, dirty = state.customers, state.dirty
-        bought: dict[tuple[str, str], int] = {}
-        for source, event in zip(batch.sources, batch.events):
-            customer_id = event.get("customer_id")
-            if customer_id is None:
-                continue
-            key, at = (event["tenant"], customer_id), event["event_time"]
+        seen = batch.customers()
+        for key, times in zip(seen.keys, seen.times):
+            first, last = min(times), max(times)
             journey = customers.get(key)
             if journey is None:
-                journey = customers[key] = Journey(at)
-            elif at < journey.first_ms:
-                journey.first_ms = at
-            elif at > journey.last_ms:
-                journey.last_ms = at
+                journey = customers[key] = Journey(first)
+                journey.last_ms = last
+            else:
+                journey.first_ms = min(journey.first_ms, first)
+                journey.last_ms = max(journey.last_ms, last)
             dirty[key] = None
-            if source == "web":
-                kind = event["event_type"]
-                if kind == "signup" and (not journey.signup_ms or at < journey.signup_ms):
+        bought: dict[tuple[str, str], int] = {}
+        for event in batch.of_source("web")[0]:
+            kind, customer_id = event["event_type"], event.get("customer_id")
+            if kind not in ("signup", "purchase") or customer_id is None:
+                continue
+            key, at = (event["tenant"], customer_id), event["event_time"]
+            journey = customers[key]
+            if kind == "signup":
+                if not journey.signup_ms or at < journey.signup_ms:
                     journey.signup_ms = at
-                elif kind == "purchase" and not journey.purchase_ms and at < bought.get(key, at + 1):
-                    bought[key] = at
+            elif not journey.purchase_ms and at < bought.get(key, at + 1):
+                bought[key] = at
         for key, at in bought.items():
             journey = customers[key]
             start = journey.signup_ms if 0 < journey.signup_ms <= at else journey.first_ms
@@ -135,18 +138,17 @@ class TimeToValueCore(MetricCore[ValueState]):
 
     def tick(self, state: ValueState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
-        rows = out.rows["customer_firsts"]
+        rows, customers = out.rows["customer_firsts"], state.customers
         for key in state.dirty:
-            journey = state.customers[key]
+            journey = customers[key]
             content, day = journey.content(), journey.last_ms // DAY_MS
             if content == journey.written and day == journey.written_day:
                 continue
             journey.written, journey.written_day = content, day
             journey.updated_ms = max(journey.updated_ms + 1, state.clock_ms)
-            nullable = lambda ms: ms or None  # noqa: E731
             rows.append(FirstsRow(
-                tenant=key[0], customer_id=key[1], first_event_ms=journey.first_ms, signup_ms=nullable(journey.signup_ms),
-                first_purchase_ms=nullable(journey.purchase_ms),
+                tenant=key[0], customer_id=key[1], first_event_ms=journey.first_ms, signup_ms=journey.signup_ms or None,
+                first_purchase_ms=journey.purchase_ms or None,
                 time_to_value_ms=journey.ttv_ms if journey.purchase_ms else None, last_event_ms=journey.last_ms,
                 updated_ms=journey.updated_ms, kafka_partition=state.partition))
         state.dirty.clear()
