@@ -26,18 +26,21 @@ class Ingest:
         self.processor, self.delivery, self.ready, self.generation = processor, delivery, ready, generation
         self.max_messages, self.max_bytes = max_messages, max_bytes
 
-    async def __call__(self, generation: int, batches: list[tuple[Any, list[Any]]]) -> None:
+    async def __call__(self, generation: int, batches: list[tuple[Any, list[Any]]], caught_up: bool = False) -> None:
+        """``caught_up``: no fetched record waits behind these, so their output is flushed right after them
+        (:class:`sinks.delivery.Delivery`); else it may wait for more, up to the flush size or interval."""
         await self.ready.wait()
         if generation != self.generation():
             return  # fetched before a rebalance: consumed again from the committed offsets
         owned = [(tp, fetched) for tp, fetched in batches if self.processor.owns(tp.partition)]
-        for part in self._bounded(owned):
+        parts = list(self._bounded(owned))
+        for index, part in enumerate(parts, 1):
             records, acks = [], []
             for tp, fetched in part:
                 records.extend(fetched)  # aiokafka's ConsumerRecords have a Record's fields: no copy per record
                 acks.append((tp, [r.offset for r in fetched]))
             self.delivery.add(self.processor.process(records, int(time.time() * 1000)), acks)
-            await self.delivery.maybe_flush()
+            await self.delivery.maybe_flush(caught_up=caught_up and index == len(parts))
             await self.delivery.wait_for_room()
 
     def _bounded(self, batches: list[tuple[Any, list[Any]]]) -> Iterator[list[tuple[Any, list[Any]]]]:

@@ -234,9 +234,11 @@ class ClickHouseSettings(Section):
 
 class SinkSettings(Section):
     prefix = "sink_"
-    batch_rows: int = Field(50_000, ge=1, description="Buffered rows that trigger a ClickHouse flush.")
+    batch_rows: int = Field(50_000, ge=1, description="Buffered rows that trigger a ClickHouse flush while input "
+                            "waits to be processed (a worker that has caught up flushes at once).")
     flush_interval: PositiveDuration = Field(
-        Duration("1s"), description="Time after which buffered rows are flushed even if the batch is not full.")
+        Duration("1s"), description="Longest time buffered rows wait for a flush while input waits to be processed "
+        "(a worker that has caught up flushes at once, so this bounds the latency only under a backlog).")
     retry_backoff: PositiveDuration = Field(
         Duration("0.2"), description="First delay before a failed delivery (ClickHouse insert or topic send) is "
         "retried; it doubles per failure up to sink_retry_max_backoff. Input is held back meanwhile, never dropped.")

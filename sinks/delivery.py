@@ -111,8 +111,14 @@ Publish = Callable[[str, Optional[bytes], bytes], Awaitable[Awaitable[Any]]]
 class Delivery:
     """Outputs and the records they came from, waiting for one durable flush.
 
-    Flushes when ``flush_rows`` rows are buffered or the oldest waited ``flush_interval`` seconds, so
-    ClickHouse gets large inserts whatever the shape of the input messages.
+    Adaptive batching, as a Kafka producer's linger: a flush starts as soon as the consumer has caught up
+    (no fetched record waits behind the ones just processed: ``maybe_flush(caught_up=True)``), or when
+    ``flush_rows`` rows are buffered, or when the oldest has waited ``flush_interval`` seconds (the bound on
+    waiting under a steady backlog). Flushes run one at a time, in the background, while processing goes
+    on: what comes in meanwhile is the next flush, which starts when the running one ends if it is due by
+    then. So a worker that keeps up flushes what each fetch brought, about one flush's time after it came
+    in, and under load the batches grow by themselves, up to ``flush_rows``: large inserts for ClickHouse
+    whatever the shape of the input messages, and never more than one insert per table at a time.
     """
 
     def __init__(self, sink: ClickHouseSink, run_blocking: Callable[..., Awaitable[Any]], publish: Publish,
@@ -127,6 +133,7 @@ class Delivery:
         self._inflight_since: Optional[float] = None
         self._lock = asyncio.Lock()
         self._flushing: Optional[asyncio.Future] = None
+        self._caught_up = False  # the consumer's last word: no fetched record waits behind what it handed over
 
     # -- buffering ------------------------------------------------------------------------------
     def add(self, out: Output, acks: list[Any]) -> None:
@@ -147,14 +154,23 @@ class Delivery:
         return not (self._acks or buffer.rows or buffer.messages or buffer.counts or buffer.observations)
 
     def due(self) -> bool:
-        return self._since is not None and (
-            self.pending_rows() >= self.flush_rows or time.monotonic() - self._since >= self.flush_interval)
+        return self._since is not None and (self._caught_up or self.pending_rows() >= self.flush_rows
+                                            or time.monotonic() - self._since >= self.flush_interval)
 
-    async def maybe_flush(self) -> None:
-        """Start a flush in the background when one is due, so processing goes on meanwhile."""
+    async def maybe_flush(self, caught_up: Optional[bool] = None) -> None:
+        """Start a flush in the background when one is due, so processing goes on meanwhile. ``caught_up``:
+        the consumer says whether fetched records wait behind those it just handed over (None: no news)."""
+        if caught_up is not None:
+            self._caught_up = caught_up
         if (self._flushing is None or self._flushing.done()) and self.due():
-            self._flushing = asyncio.ensure_future(self.flush())
+            self._flushing = asyncio.ensure_future(self._flush_while_due())
             self._flushing.add_done_callback(_log_failure)
+
+    async def _flush_while_due(self) -> None:
+        """One flush, and the next at once while one is due: what came in during a flush of a worker that
+        has caught up waits for no timer."""
+        while await self.flush() and self.due():
+            pass
 
     async def wait_for_room(self) -> None:
         """Backpressure: past twice the flush size, wait for the running flush instead of buffering

@@ -11,6 +11,7 @@ Counts are exported next to every ratio, so sums over workers stay right (see de
 """
 from __future__ import annotations
 
+import math
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -92,38 +93,55 @@ class PipelineMetrics:
 
 class TextFormat:
     """The Prometheus text format (0.0.4), byte for byte what ``prometheus_client.generate_latest`` writes,
-    at a fraction of its cost: a page's label sets hardly change between scrapes, so each sample's
-    ``name{labels}`` is escaped once and reused while it stays on the page; only values are formatted per
-    scrape. That makes a scrape of the few thousand series of a busy worker cost a few ms (issue 17)."""
+    at a fraction of its cost: a page hardly changes between scrapes. Each family's samples and lines are
+    kept until the next render; a sample equal to the one at its place in the family last time (same name,
+    labels, value, timestamp) reuses its line, and any other reuses its escaped ``name{labels}`` if that
+    series was on the last page, so only changed values are formatted (issue 17)."""
 
     _SUFFIXES = ("_created", "_gsum", "_gcount")  # OpenMetrics-only samples, moved to their own family
 
     def __init__(self):
         self._prefixes: dict[tuple, str] = {}  # (sample name, label items) -> 'name{k="v",...} '
         self._headers: dict[tuple, str] = {}  # (name, type, documentation) -> the # HELP and # TYPE lines
+        self._families: dict[tuple, tuple[list, list]] = {}  # (name, type) -> (samples, [(suffix, line)])
 
     def render(self, families: Iterable[Metric]) -> bytes:
         output: list[str] = []
-        previous, prefixes = self._prefixes, {}
+        kept: dict[tuple, tuple[list, list]] = {}
         for metric in families:
             name, kind = metric.name, metric.type
-            extra: dict[str, list[str]] = {}
             output.append(self._header(name, kind, metric.documentation))
-            for sample in metric.samples:
-                key = (sample.name, tuple(sample.labels.items()))
-                prefix = prefixes.get(key) or previous.get(key) or self._prefix(sample.name, sample.labels)
-                prefixes[key] = prefix
-                line = f"{prefix}{floatToGoString(sample.value)}\n" if sample.timestamp is None else \
-                    f"{prefix}{floatToGoString(sample.value)} {int(float(sample.timestamp) * 1000):d}\n"
-                if sample.name != name and sample.name[len(name):] in self._SUFFIXES and sample.name.startswith(name):
-                    extra.setdefault(sample.name[len(name):], []).append(line)
-                else:
+            samples = metric.samples
+            before, before_lines = self._families.get((name, kind), ((), ()))
+            reusable = min(len(before), len(samples))
+            lines = [before_lines[at] if at < reusable and _same(sample, before[at]) else self._line(name, sample)
+                     for at, sample in enumerate(samples)]
+            kept[(name, kind)] = (samples, lines)
+            extra: dict[str, list[str]] = {}
+            for suffix, line in lines:
+                if suffix is None:
                     output.append(line)
-            for suffix, lines in sorted(extra.items()):
+                else:
+                    extra.setdefault(suffix, []).append(line)
+            for suffix, moved in sorted(extra.items()):
                 output.append(self._header(name + suffix, "gauge", metric.documentation, plain=True))
-                output.extend(lines)
-        self._prefixes = prefixes  # what left the page is forgotten
+                output.extend(moved)
+        self._families = kept  # what left the page is forgotten
+        if len(self._prefixes) > 2 * sum(len(samples) for samples, _ in kept.values()):
+            self._prefixes = {}  # label sets that left the page; those on it are escaped again once
         return "".join(output).encode("utf-8")
+
+    def _line(self, name: str, sample: Any) -> tuple[Optional[str], str]:
+        """(the OpenMetrics-only suffix that moves it to a family of its own, or None; the line)."""
+        key = (sample.name, tuple(sample.labels.items()))
+        prefix = self._prefixes.get(key)
+        if prefix is None:
+            prefix = self._prefixes[key] = self._prefix(sample.name, sample.labels)
+        line = f"{prefix}{floatToGoString(sample.value)}\n" if sample.timestamp is None else \
+            f"{prefix}{floatToGoString(sample.value)} {int(float(sample.timestamp) * 1000):d}\n"
+        suffix = sample.name[len(name):]
+        moved = sample.name != name and suffix in self._SUFFIXES and sample.name.startswith(name)
+        return (suffix if moved else None), line
 
     def _header(self, name: str, kind: str, documentation: str, plain: bool = False) -> str:
         key = (name, kind, documentation, plain)
@@ -144,6 +162,12 @@ class TextFormat:
             return f"{escape_metric_name(name)} "
         pairs = ",".join(f'{escape_label_name(k)}="{_escape(v, ALLOWUTF8, False)}"' for k, v in sorted(labels.items()))
         return f"{escape_metric_name(name)}{{{pairs}}} "
+
+
+def _same(sample: Any, before: Any) -> bool:
+    """Whether a sample renders as ``before`` did: equal, and not a zero whose sign changed (0.0 == -0.0,
+    but they print differently)."""
+    return sample == before and (sample.value != 0 or math.copysign(1.0, sample.value) == math.copysign(1.0, before.value))
 
 
 def _sum(instrument: Any) -> float:

@@ -162,3 +162,44 @@ def test_a_flush_that_gives_up_keeps_its_rows_and_merges_with_newer_ones(clickho
     assert asyncio.run(h.delivery.flush()) is True
     assert h.count("events") == 15 and h.count("survey_responses") == 15 and h.acked == ["a", "b"]
     assert h.sample("cxp_events_processed_total", source="web") == 15
+
+
+def test_a_caught_up_consumer_is_flushed_at_once_and_a_backlog_waits_for_a_fuller_batch(clickhouse_url):
+    """Adaptive batching: with records waiting behind a batch, a batch below the flush size waits (here the
+    interval is a minute); once the consumer has caught up it is flushed without waiting for any timer."""
+    h = Harness(clickhouse_url)
+
+    async def run() -> None:
+        h.delivery.add(batch(10), ["r1"])
+        await h.delivery.maybe_flush(caught_up=False)
+        assert not h.delivery.due() and h.delivery.pending_rows() == 20
+        h.delivery.add(batch(10, start=10), ["r2"])
+        await h.delivery.maybe_flush(caught_up=True)
+        await asyncio.sleep(0)  # the flush starts: it takes the buffer
+        assert h.delivery.pending_rows() == 0
+        await asyncio.shield(h.delivery._flushing)
+
+    asyncio.run(run())
+    assert h.count("events") == 20 and h.acked == ["r1", "r2"]
+
+
+def test_what_comes_in_during_a_flush_of_a_caught_up_worker_is_the_next_flush_without_a_timer(clickhouse_url):
+    """One flush at a time: the batch that arrives while one runs is flushed as soon as it ends, if the
+    consumer is still caught up; if records wait again by then, it stays buffered for a fuller batch."""
+    h = Harness(clickhouse_url)
+
+    async def run(still_caught_up: bool) -> None:
+        h.delivery.add(batch(10, start=len(h.acked) * 10), [f"r{len(h.acked)}"])
+        await h.delivery.maybe_flush(caught_up=True)
+        await asyncio.sleep(0)  # the flush starts: it takes the buffer
+        running = h.delivery._flushing
+        h.delivery.add(batch(10, start=1000 + len(h.acked) * 10), ["next"])
+        await h.delivery.maybe_flush(caught_up=still_caught_up)
+        assert h.delivery._flushing is running and not running.done()  # no second flush alongside
+        await asyncio.shield(running)
+
+    asyncio.run(run(still_caught_up=True))
+    assert h.acked == ["r0", "next"] and h.count("events") == 20 and h.delivery.pending_rows() == 0
+    h.acked.clear()
+    asyncio.run(run(still_caught_up=False))
+    assert h.acked == ["r0"] and h.delivery.pending_rows() == 20  # the second batch waits for more

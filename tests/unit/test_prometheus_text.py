@@ -72,3 +72,14 @@ def test_a_worker_page_after_every_core_ran():
         metrics.apply(processor.process(records[i:i + 10], 1_800_000_000_000))
         assert metrics.render() == generate_latest(metrics.registry)
     assert metrics.render().count(b"\n") > 300  # every core's families are on it
+
+
+def test_a_line_kept_from_the_last_render_is_not_reused_for_a_value_that_prints_differently():
+    registry, families, text = CollectorRegistry(), Families(), TextFormat()
+    registry.register(families)
+    for values in ([0.0, 1.0, 5.0], [-0.0, 1, 5.0], [-0.0, 1.0, 5.0 + 1e-12], [0.0, float("nan"), 5.0], [0.0, 2.0]):
+        gauge = GaugeMetricFamily("cx_signs", "zeros of either sign, equal floats and ints", labels=["k"])
+        for i, value in enumerate(values):
+            gauge.add_metric([str(i)], value)
+        families.families = [gauge]
+        assert text.render(registry.collect()) == generate_latest(registry)
