@@ -239,6 +239,10 @@ class SinkSettings(Section):
     flush_interval: PositiveDuration = Field(
         Duration("1s"), description="Longest time buffered rows wait for a flush while input waits to be processed "
         "(a worker that has caught up flushes at once, so this bounds the latency only under a backlog).")
+    min_flush_interval: Duration = Field(
+        Duration("0.2s"), description="Shortest time between the starts of two flushes, so a worker that keeps up "
+        "makes at most 1/this inserts per table per second (ClickHouse makes a part per insert and merges them in "
+        "the background); it adds at most this much latency.")
     retry_backoff: PositiveDuration = Field(
         Duration("0.2"), description="First delay before a failed delivery (ClickHouse insert or topic send) is "
         "retried; it doubles per failure up to sink_retry_max_backoff. Input is held back meanwhile, never dropped.")
@@ -246,6 +250,9 @@ class SinkSettings(Section):
 
     @model_validator(mode="after")
     def _check_order(self) -> "SinkSettings":
+        if self.min_flush_interval.ms > self.flush_interval.ms:
+            raise ValueError(f"{self.env_name('min_flush_interval')} ({self.min_flush_interval}) must not be above "
+                             f"{self.env_name('flush_interval')} ({self.flush_interval}): lower it")
         if self.retry_backoff.ms > self.retry_max_backoff.ms:
             raise ValueError(f"{self.env_name('retry_backoff')} ({self.retry_backoff}) must not be above "
                              f"{self.env_name('retry_max_backoff')} ({self.retry_max_backoff})")

@@ -85,7 +85,8 @@ def build_app(settings: Settings) -> faust.App:
         publish=lambda topic, key, value: app.producer.send(topic, key, value, None, None, None),
         topic_names=output_topics(settings.kafka), codec=codec, table_order=durable_order(processor.cores),
         metrics=metrics, retrier=retrier, flush_rows=settings.sink.batch_rows,
-        flush_interval=settings.sink.flush_interval.seconds)
+        flush_interval=settings.sink.flush_interval.seconds,
+        min_flush_interval=settings.sink.min_flush_interval.seconds)
     metrics.oldest_unacked.set_function(delivery.oldest_unacked_seconds)
 
     # Faust fetches and owns the group and the offsets; each fetch of the input topics goes to Ingest at once.

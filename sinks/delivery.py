@@ -119,14 +119,18 @@ class Delivery:
     then. So a worker that keeps up flushes what each fetch brought, about one flush's time after it came
     in, and under load the batches grow by themselves, up to ``flush_rows``: large inserts for ClickHouse
     whatever the shape of the input messages, and never more than one insert per table at a time.
+    Two flushes start at least ``min_flush_interval`` seconds apart: ClickHouse makes a part per insert and
+    merges them in the background, so a fast worker that keeps up must not insert many times a second.
     """
 
     def __init__(self, sink: ClickHouseSink, run_blocking: Callable[..., Awaitable[Any]], publish: Publish,
                  topic_names: dict[str, str], codec: Codec, table_order: Sequence[str], metrics: PipelineMetrics,
-                 retrier: Retrier, flush_rows: int, flush_interval: float):
+                 retrier: Retrier, flush_rows: int, flush_interval: float, min_flush_interval: float = 0.0):
         self.sink, self.run_blocking, self.publish, self.codec = sink, run_blocking, publish, codec
         self.topic_names, self.metrics, self.retrier = topic_names, metrics, retrier
         self.flush_rows, self.flush_interval = flush_rows, flush_interval
+        self.min_flush_interval = min_flush_interval
+        self._last_flush_start = float("-inf")
         self._rank = {table: rank for rank, table in enumerate(table_order)}
         self.acknowledge: Callable[[list[Any]], None] = _no_ack  # set by the app: acks the input records of a flush
         self._buffer, self._acks, self._since = Output(), [], None
@@ -168,9 +172,14 @@ class Delivery:
 
     async def _flush_while_due(self) -> None:
         """One flush, and the next at once while one is due: what came in during a flush of a worker that
-        has caught up waits for no timer."""
-        while await self.flush() and self.due():
-            pass
+        has caught up waits for no timer, only for ``min_flush_interval`` since the previous flush began."""
+        while True:
+            rest = self._last_flush_start + self.min_flush_interval - time.monotonic()
+            if rest > 0:
+                await asyncio.sleep(rest)  # what arrives meanwhile joins this flush
+            self._last_flush_start = time.monotonic()
+            if not (await self.flush() and self.due()):
+                return
 
     async def wait_for_room(self) -> None:
         """Backpressure: past twice the flush size, wait for the running flush instead of buffering

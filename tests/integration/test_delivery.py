@@ -203,3 +203,30 @@ def test_what_comes_in_during_a_flush_of_a_caught_up_worker_is_the_next_flush_wi
     h.acked.clear()
     asyncio.run(run(still_caught_up=False))
     assert h.acked == ["r0"] and h.delivery.pending_rows() == 20  # the second batch waits for more
+
+
+def test_flushes_of_a_caught_up_worker_start_at_least_the_minimum_interval_apart(clickhouse_url):
+    """CXP_SINK_MIN_FLUSH_INTERVAL: a worker that keeps up does not insert as often as its flushes end; what
+    arrives within the interval joins the next flush."""
+    h = Harness(clickhouse_url)
+    h.delivery.min_flush_interval = 0.5
+    starts: list[float] = []
+    flush = h.delivery.flush
+
+    async def timed_flush() -> bool:
+        starts.append(time.monotonic())
+        return await flush()
+
+    h.delivery.flush = timed_flush
+
+    async def run() -> None:
+        for n in range(3):
+            h.delivery.add(batch(10, start=n * 10), [f"r{n}"])
+            await h.delivery.maybe_flush(caught_up=True)
+            await asyncio.sleep(0.05)
+        await asyncio.shield(h.delivery._flushing)
+
+    asyncio.run(run())
+    assert h.acked == ["r0", "r1", "r2"] and h.count("events") == 30
+    assert len(starts) == 2  # r0 at once; r1 and r2 arrived within the interval and went together
+    assert starts[1] - starts[0] >= 0.5
