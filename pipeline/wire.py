@@ -101,7 +101,7 @@ class Codec:
             except Exception:  # noqa: BLE001 - Unreadable, or a foreign schema shaped unlike any we know
                 reader = None
             self._readers[schema] = reader
-        if reader is None:
+        if reader is None or type(data) is not bytes:  # a bytearray's slices would not be bytes
             return None
         try:
             record, end = reader(data, _HEADER.size)
