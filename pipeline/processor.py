@@ -219,7 +219,7 @@ class Processor:
         if batch is None:
             batch = batches[record.partition] = Batch(record.partition, [], [], [])
         before = len(batch.events)
-        rows = out.rows["events"]
+        rows, new_row = out.rows["events"], tuple.__new__
         source_clock = self.source_clock_ms.get(source, 0)
         dedup, in_record = state.dedup, set()
         for event, key, was_seen in valid:
@@ -238,12 +238,13 @@ class Processor:
             batch.events.append(event)
             batch.hashes.append(key)
             attributes = event.get("attributes") or {}
-            rows.append(EventRow(
-                event_id=event["event_id"], source=source, event_type=event["event_type"], event_time=event_ms // 1000,
-                event_ms=event_ms, tenant=event["tenant"], customer_id=event.get("customer_id"),
-                anonymous_id=event.get("anonymous_id"), session_id=event.get("session_id"),
-                attr_keys=list(attributes), attr_values=list(attributes.values()), kafka_partition=record.partition,
-                kafka_offset=record.offset, id_hash=key))
+            # The events row, its fields in EventRow's order, made without keyword parsing (which tripled
+            # the row's cost); attributes as tuples, so the garbage collector stops tracking the row the first
+            # time it looks at it, instead of walking it in every collection until the sink has taken it.
+            rows.append(new_row(EventRow, (
+                event["event_id"], source, event["event_type"], event_ms // 1000, event_ms, event["tenant"],
+                event.get("customer_id"), event.get("anonymous_id"), event.get("session_id"), tuple(attributes),
+                tuple(attributes.values()), record.partition, record.offset, key)))
         state.clock_ms, state.source_clocks[source] = clock, own_clock
         if source_clock:
             self.source_clock_ms[source] = source_clock

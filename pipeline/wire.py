@@ -13,6 +13,7 @@ from typing import NamedTuple, Optional
 
 from fastavro import schemaless_reader, schemaless_writer
 
+from pipeline.avro_reader import Reader, compile_reader
 from pipeline.messages import as_avro, schema_name
 from pipeline.registry import BATCH_SCHEMAS, EVENT_SCHEMAS, RegisteredSchema, SchemaRegistry
 
@@ -32,6 +33,7 @@ class Decoded(NamedTuple):
 class Codec:
     def __init__(self, registry: SchemaRegistry):
         self.registry = registry
+        self._readers: dict[RegisteredSchema, Optional[Reader]] = {}  # None: a schema left to fastavro
 
     def encode(self, schema_name: str, record: dict) -> bytes:
         """``record`` framed under the registry's id for ``schema_name``; timestamps as int millis (or datetimes)."""
@@ -81,6 +83,35 @@ class Codec:
             raise UndecodableError(f"unknown schema id {schema_id}: not in the schema registry") from None
         except ValueError as exc:
             raise UndecodableError(str(exc)) from None
+        record = self._read_fast(schema, data)
+        if record is None:
+            record = self._read(schema, schema_id, data)
+        if schema.is_batch:
+            return Decoded(schema, record["events"], True)
+        return Decoded(schema, [record], False)
+
+    def _read_fast(self, schema: RegisteredSchema, data: bytes) -> Optional[dict]:
+        """The record by the schema's compiled reader (:mod:`pipeline.avro_reader`); None when it has none
+        or cannot read these bytes exactly, so that fastavro decides and words the error."""
+        try:
+            reader = self._readers[schema]
+        except KeyError:
+            try:
+                reader = compile_reader(schema.decoder_parsed)
+            except Exception:  # noqa: BLE001 - Unreadable, or a foreign schema shaped unlike any we know
+                reader = None
+            self._readers[schema] = reader
+        if reader is None or type(data) is not bytes:  # a bytearray's slices would not be bytes
+            return None
+        try:
+            record, end = reader(data, _HEADER.size)
+        except Exception:  # noqa: BLE001 - any failure of the fast path is fastavro's to judge
+            return None
+        return record if end == len(data) else None
+
+    @staticmethod
+    def _read(schema: RegisteredSchema, schema_id: int, data: bytes) -> dict:
+        """The record by fastavro, or UndecodableError saying what is wrong with the bytes."""
         body = io.BytesIO(data)
         body.seek(_HEADER.size)
         try:
@@ -93,9 +124,7 @@ class Codec:
         if body.tell() != len(data):
             raise UndecodableError(f"{len(data) - body.tell()} trailing bytes after the {schema.name} body "
                                    f"(schema id {schema_id}): corrupt message, or written with another schema")
-        if schema.is_batch:
-            return Decoded(schema, record["events"], True)
-        return Decoded(schema, [record], False)
+        return record
 
 
 def _avro_long(value: int) -> bytes:
