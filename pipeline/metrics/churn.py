@@ -32,6 +32,7 @@ from __future__ import annotations
 import heapq
 import sys
 import time
+from array import array
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterable, Optional, Sequence
 
@@ -143,16 +144,19 @@ class ChurnSettings(Section):
 
 
 class Customer:
-    """What the score needs about one customer; times are epoch ms, 0 for never."""
+    """What the score needs about one customer; times are epoch ms, 0 for never. At rest a customer lives in
+    the columns of :class:`ChurnState`; this object is loaded from them while a batch touches the customer
+    or a timer scores them, and stored back."""
 
-    __slots__ = ("customer_id", "tenant", "key", "level", "seq", "due_ms", "last_ms", "days", "nps_ms", "nps_score",
-                 "complaints", "breach", "downgrade_ms", "abandoned_ms", "handoff_ms", "resolved_ms", "cancelled_ms",
-                 "started_ms")
+    __slots__ = ("customer_id", "tenant", "key", "slot", "level", "seq", "due_ms", "last_ms", "days", "nps_ms",
+                 "nps_score", "complaints", "breach", "downgrade_ms", "abandoned_ms", "handoff_ms", "resolved_ms",
+                 "cancelled_ms", "started_ms")
 
     def __init__(self, customer_id: str, tenant: str, key: Optional[int] = None):
         self.customer_id, self.tenant, self.level, self.seq = customer_id, tenant, "low", 0  # seq: signals so far
-        # customer_key(tenant, customer_id): the ChurnState.customers key, hashed once
+        # customer_key(tenant, customer_id): the ChurnState.slots key, hashed once
         self.key = customer_key(tenant, customer_id) if key is None else key
+        self.slot = -1  # its place in the ChurnState columns (-1: none yet)
         self.due_ms = self.last_ms = self.days = self.nps_ms = self.nps_score = 0
         self.complaints: tuple = ()  # the two latest distinct (opened ms, complaint id)
         self.breach: Optional[tuple[int, str]] = None  # latest (ms, what happened)
@@ -337,14 +341,86 @@ def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
     return clock_ms + cfg.forget_ms if best is None else best
 
 
+KEY_BITS = 64  # a timer is one int, due_ms << KEY_BITS | customer key: ordered as (due ms, key)
+KEY_MASK = (1 << KEY_BITS) - 1
+LEVEL_CODES = {level: code for code, level in enumerate(LEVELS)}
+TIMES, SMALL = 9, 4  # the columns' ints per customer: Customer times in `times`, level code, seq, days, NPS score
+
+
 @dataclass
 class ChurnState:
-    customers: dict[int, Customer] = field(default_factory=dict)
-    timers: list[tuple[int, int]] = field(default_factory=list)  # heap of (due ms, customer key)
-    dirty: dict[tuple[str, str], Customer] = field(default_factory=dict)  # touched since the last tick, by (tenant, id)
+    """The customers in columns, one slot each (no Python object per customer or per number): ``times`` holds
+    each slot's 9 times and ``small`` its level code, sequence, day bits and NPS score, in the order of
+    :meth:`load`; the two latest complaints and the latest breach, which few customers have, are kept by slot."""
+
+    slots: dict[int, int] = field(default_factory=dict)  # customer key -> slot
+    ids: list[Optional[str]] = field(default_factory=list)  # customer id per slot (None: a free slot)
+    tenants: list[Optional[str]] = field(default_factory=list)  # interned tenant name per slot
+    times: array = field(default_factory=lambda: array("q"))
+    small: array = field(default_factory=lambda: array("i"))
+    complaints: dict[int, tuple] = field(default_factory=dict)  # slot -> Customer.complaints, when any
+    breaches: dict[int, tuple[int, str]] = field(default_factory=dict)  # slot -> Customer.breach, when any
+    free: list[int] = field(default_factory=list)  # slots of forgotten customers, reused first
+    timers: list[int] = field(default_factory=list)  # heap of due ms << KEY_BITS | customer key
+    dirty: dict[tuple[str, str], Customer] = field(default_factory=dict)  # loaded, touched since the last tick
     clock_ms: int = 0
     partition: int = 0  # the Kafka partition this state belongs to
     counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (tenant, level) -> customers: the gauge, kept
+
+    def load(self, slot: int, key: int) -> Customer:
+        c = Customer.__new__(Customer)
+        c.customer_id, c.tenant, c.key, c.slot = self.ids[slot], self.tenants[slot], key, slot
+        (c.due_ms, c.last_ms, c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms, c.resolved_ms, c.cancelled_ms,
+         c.started_ms) = self.times[TIMES * slot:TIMES * slot + TIMES]
+        level, c.seq, c.days, c.nps_score = self.small[SMALL * slot:SMALL * slot + SMALL]
+        c.level = LEVELS[level]
+        c.complaints = self.complaints.get(slot, ())
+        c.breach = self.breaches.get(slot)
+        return c
+
+    def store(self, c: Customer) -> None:
+        """Write a loaded (or new) customer back to the columns, taking a slot for a new one."""
+        times = (c.due_ms, c.last_ms, c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms, c.resolved_ms,
+                 c.cancelled_ms, c.started_ms)
+        small = (LEVEL_CODES[c.level], c.seq, c.days, c.nps_score)
+        slot = c.slot
+        if slot < 0:
+            if self.free:
+                slot = c.slot = self.free.pop()
+                self.ids[slot], self.tenants[slot] = c.customer_id, c.tenant
+            else:
+                slot = c.slot = len(self.ids)
+                self.ids.append(c.customer_id)
+                self.tenants.append(c.tenant)
+                self.times.extend(times)
+                self.small.extend(small)
+            self.slots[c.key] = slot
+        self.times[TIMES * slot:TIMES * slot + TIMES] = array("q", times)
+        self.small[SMALL * slot:SMALL * slot + SMALL] = array("i", small)
+        for kept, value in ((self.complaints, c.complaints), (self.breaches, c.breach)):
+            if value:
+                kept[slot] = value
+            else:
+                kept.pop(slot, None)
+
+    def forget(self, key: int) -> None:
+        slot = self.slots.pop(key)
+        self.recount(self.tenants[slot], LEVELS[self.small[SMALL * slot]], None)
+        self.ids[slot] = self.tenants[slot] = None
+        self.complaints.pop(slot, None)
+        self.breaches.pop(slot, None)
+        self.free.append(slot)
+
+    def due_ms(self, slot: int) -> int:
+        return self.times[TIMES * slot]
+
+    def last_ms(self, slot: int) -> int:
+        return self.times[TIMES * slot + 1]
+
+    def customers(self) -> dict[int, Customer]:
+        """Every customer held, loaded (those touched since the last tick as they are now): for reading."""
+        loaded = {c.key: c for c in self.dirty.values()}
+        return {key: loaded.get(key) or self.load(slot, key) for key, slot in self.slots.items()}
 
     def recount(self, tenant: str, old: Optional[str], new: Optional[str]) -> None:
         """Move one customer of ``tenant`` from level ``old`` to ``new`` in the kept gauge (None: not held)."""
@@ -378,19 +454,22 @@ class ChurnCore(MetricCore[ChurnState]):
     def new_state(self, partition: int) -> ChurnState:
         return ChurnState(partition=partition)
 
-    def _customer(self, state: ChurnState, tenant: str, customer_id: str) -> Customer:
-        key = customer_key(tenant, customer_id)
-        c = state.customers.get(key)
-        if c is None:
-            c = state.customers[key] = Customer(customer_id, sys.intern(tenant), key)  # one name per tenant
-            state.recount(tenant, None, c.level)
-        return c
-
-    def _touch(self, state: ChurnState, tenant: str, customer_id: str) -> Customer:
-        """The customer, marked dirty: one that is already dirty is found without hashing its key."""
+    def _touch(self, state: ChurnState, tenant: str, customer_id: str, create: bool = True) -> Optional[Customer]:
+        """The customer, loaded and marked dirty (stored back by ``tick``); one that is already dirty is found
+        without hashing its key. A new one is created, unless not ``create`` (then None)."""
         c = state.dirty.get((tenant, customer_id))
         if c is None:
-            c = state.dirty[(tenant, customer_id)] = self._customer(state, tenant, customer_id)
+            key = customer_key(tenant, customer_id)
+            slot = state.slots.get(key)
+            if slot is not None:
+                c = state.load(slot, key)
+            elif not create:
+                return None
+            else:
+                c = Customer(customer_id, sys.intern(tenant), key)  # one name per tenant
+                state.store(c)
+                state.recount(c.tenant, None, c.level)
+            state.dirty[(tenant, customer_id)] = c
         return c
 
     # -- input -----------------------------------------------------------------------------------
@@ -439,18 +518,21 @@ class ChurnCore(MetricCore[ChurnState]):
         state.clock_ms = max(state.clock_ms, clock_ms)
         for c in state.dirty.values():
             self._evaluate(state, c, state.clock_ms, out)
+            state.store(c)
         state.dirty.clear()
-        timers = state.timers
-        while timers and timers[0][0] <= state.clock_ms:
-            due, key = heapq.heappop(timers)
-            c = state.customers.get(key)
-            if c is None or c.due_ms != due:
+        timers, slots, limit = state.timers, state.slots, (state.clock_ms + 1) << KEY_BITS
+        while timers and timers[0] < limit:
+            timer = heapq.heappop(timers)
+            due, key = timer >> KEY_BITS, timer & KEY_MASK
+            slot = slots.get(key)
+            if slot is None or state.due_ms(slot) != due:
                 continue  # superseded by an earlier timer, or forgotten
-            if state.clock_ms - c.last_ms >= self.config.forget_ms:
-                del state.customers[key]
-                state.recount(c.tenant, c.level, None)
+            if state.clock_ms - state.last_ms(slot) >= self.config.forget_ms:
+                state.forget(key)
                 continue
+            c = state.load(slot, key)
             self._evaluate(state, c, state.clock_ms, out)
+            state.store(c)
 
     def _evaluate(self, state: ChurnState, c: Customer, clock_ms: int, out: Output) -> None:
         signals = present(c, clock_ms, self.config)
@@ -473,7 +555,7 @@ class ChurnCore(MetricCore[ChurnState]):
         due = next_change_ms(c, clock_ms, self.config)
         if c.due_ms <= clock_ms or due < c.due_ms:
             c.due_ms = due
-            heapq.heappush(state.timers, (due, c.key))
+            heapq.heappush(state.timers, due << KEY_BITS | c.key)
 
     def _emit(self, state: ChurnState, c: Customer, level: str, score: float, found: list[Contribution],
               at_ms: int, reached: int, out: Output) -> None:
@@ -517,16 +599,14 @@ class ChurnCore(MetricCore[ChurnState]):
     def restore(self, state: ChurnState, name: str, rows: list, clock_ms: int) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
         for row in rows:
-            if name == "seen":
-                self._customer(state, row.tenant, row.customer_id).seen(int(row.event_ms))
-                continue
-            c = state.customers.get(customer_key(row.tenant, row.customer_id))
-            if c is None and name == "levels":
-                # signalled, but its events are not durable yet (a flush torn after churn_signals): keep the
-                # level and sequence, so the replayed events continue it instead of signalling it again
-                c = self._customer(state, row.tenant, row.customer_id)
+            # "seen" makes the customers; one signalled but whose events are not durable yet (a flush torn
+            # after churn_signals) keeps its level and sequence, so the replayed events continue it instead
+            # of signalling it again; any other row of a customer without events within `forget` is forgotten
+            c = self._touch(state, row.tenant, row.customer_id, create=name in ("seen", "levels"))
             if c is None:
-                continue  # no event within `forget`: forgotten
+                continue
+            if name == "seen":
+                c.seen(int(row.event_ms))
             if name == "days":
                 c.seen(int(row.event_ms))
             elif name == "typed":
@@ -541,10 +621,13 @@ class ChurnCore(MetricCore[ChurnState]):
             elif name == "levels":
                 state.recount(c.tenant, c.level, row.level)
                 c.level, c.seq = row.level, int(row.seq)
+        for c in state.dirty.values():
+            state.store(c)
+        state.dirty.clear()
         if name == "levels":  # the last one: score everyone at the next tick
-            for key, c in state.customers.items():
-                c.due_ms = state.clock_ms
-                heapq.heappush(state.timers, (c.due_ms, key))
+            for key, slot in state.slots.items():
+                state.times[TIMES * slot] = state.clock_ms
+                heapq.heappush(state.timers, state.clock_ms << KEY_BITS | key)
 
     # -- reading ---------------------------------------------------------------------------------
     @staticmethod
@@ -562,7 +645,7 @@ class ChurnCore(MetricCore[ChurnState]):
         """The same from every customer (the plain recomputation the kept counts must equal)."""
         out: dict[tuple[str, str], int] = {}
         for state in states:
-            for c in state.customers.values():
+            for c in state.customers().values():
                 out[(c.tenant, c.level)] = out.get((c.tenant, c.level), 0) + 1
         return out
 
