@@ -30,9 +30,9 @@ level last signalled). A customer without events for ``forget`` (90 days) is dro
 from __future__ import annotations
 
 import heapq
+import struct
 import sys
 import time
-from array import array
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterable, Optional, Sequence
 
@@ -154,7 +154,7 @@ class Customer:
 
     def __init__(self, customer_id: str, tenant: str, key: Optional[int] = None):
         self.customer_id, self.tenant, self.level, self.seq = customer_id, tenant, "low", 0  # seq: signals so far
-        # customer_key(tenant, customer_id): the ChurnState.slots key, hashed once
+        # customer_key(tenant, customer_id): orders the timers of one due time, hashed once
         self.key = customer_key(tenant, customer_id) if key is None else key
         self.slot = -1  # its place in the ChurnState columns (-1: none yet)
         self.due_ms = self.last_ms = self.days = self.nps_ms = self.nps_score = 0
@@ -341,86 +341,109 @@ def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
     return clock_ms + cfg.forget_ms if best is None else best
 
 
-KEY_BITS = 64  # a timer is one int, due_ms << KEY_BITS | customer key: ordered as (due ms, key)
-KEY_MASK = (1 << KEY_BITS) - 1
+SLOT_BITS, KEY_BITS = 32, 64  # a timer is one int, due ms, customer key, slot: ordered as (due ms, key)
+SLOT_MASK, KEY_MASK = (1 << SLOT_BITS) - 1, (1 << KEY_BITS) - 1
 LEVEL_CODES = {level: code for code, level in enumerate(LEVELS)}
-TIMES, SMALL = 9, 4  # the columns' ints per customer: Customer times in `times`, level code, seq, days, NPS score
+# One customer's numbers in ChurnState.records, in the order of ChurnState.load: its nine times (due_ms first,
+# last_ms second), level code, seq, days, nps_score and its customer_key
+RECORD = struct.Struct("<9qbiibQ")
+_DUE_LAST = struct.Struct("<2q")
+_KEY_OFFSET = RECORD.size - 8
+
+
+def timer(due_ms: int, key: int, slot: int) -> int:
+    return (due_ms << KEY_BITS | key) << SLOT_BITS | slot
 
 
 @dataclass
 class ChurnState:
-    """The customers in columns, one slot each (no Python object per customer or per number): ``times`` holds
-    each slot's 9 times and ``small`` its level code, sequence, day bits and NPS score, in the order of
-    :meth:`load`; the two latest complaints and the latest breach, which few customers have, are kept by slot."""
+    """The customers in columns, one slot each (no Python object per customer or per number): ``records`` holds
+    each slot's numbers as one :data:`RECORD`; the two latest complaints and the latest breach, which few
+    customers have, are kept by slot."""
 
-    slots: dict[int, int] = field(default_factory=dict)  # customer key -> slot
+    slots: dict[str, dict[str, int]] = field(default_factory=dict)  # tenant -> customer id -> slot
     ids: list[Optional[str]] = field(default_factory=list)  # customer id per slot (None: a free slot)
     tenants: list[Optional[str]] = field(default_factory=list)  # interned tenant name per slot
-    times: array = field(default_factory=lambda: array("q"))
-    small: array = field(default_factory=lambda: array("i"))
+    records: bytearray = field(default_factory=bytearray)
     complaints: dict[int, tuple] = field(default_factory=dict)  # slot -> Customer.complaints, when any
     breaches: dict[int, tuple[int, str]] = field(default_factory=dict)  # slot -> Customer.breach, when any
     free: list[int] = field(default_factory=list)  # slots of forgotten customers, reused first
-    timers: list[int] = field(default_factory=list)  # heap of due ms << KEY_BITS | customer key
+    timers: list[int] = field(default_factory=list)  # heap of timer(due ms, customer key, slot)
     dirty: dict[tuple[str, str], Customer] = field(default_factory=dict)  # loaded, touched since the last tick
     clock_ms: int = 0
     partition: int = 0  # the Kafka partition this state belongs to
     counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (tenant, level) -> customers: the gauge, kept
 
-    def load(self, slot: int, key: int) -> Customer:
+    def __len__(self) -> int:
+        """Customers held (new ones touched since the last tick included)."""
+        return len(self.ids) - len(self.free) + sum(c.slot < 0 for c in self.dirty.values())
+
+    def slot(self, tenant: str, customer_id: str) -> Optional[int]:
+        by_id = self.slots.get(tenant)
+        return None if by_id is None else by_id.get(customer_id)
+
+    def load(self, slot: int) -> Customer:
         c = Customer.__new__(Customer)
-        c.customer_id, c.tenant, c.key, c.slot = self.ids[slot], self.tenants[slot], key, slot
+        c.customer_id, c.tenant, c.slot = self.ids[slot], self.tenants[slot], slot
         (c.due_ms, c.last_ms, c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms, c.resolved_ms, c.cancelled_ms,
-         c.started_ms) = self.times[TIMES * slot:TIMES * slot + TIMES]
-        level, c.seq, c.days, c.nps_score = self.small[SMALL * slot:SMALL * slot + SMALL]
+         c.started_ms, level, c.seq, c.days, c.nps_score, c.key) = RECORD.unpack_from(self.records, slot * RECORD.size)
         c.level = LEVELS[level]
         c.complaints = self.complaints.get(slot, ())
         c.breach = self.breaches.get(slot)
         return c
 
-    def store(self, c: Customer) -> None:
-        """Write a loaded (or new) customer back to the columns, taking a slot for a new one."""
-        times = (c.due_ms, c.last_ms, c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms, c.resolved_ms,
-                 c.cancelled_ms, c.started_ms)
-        small = (LEVEL_CODES[c.level], c.seq, c.days, c.nps_score)
-        slot = c.slot
-        if slot < 0:
-            if self.free:
-                slot = c.slot = self.free.pop()
-                self.ids[slot], self.tenants[slot] = c.customer_id, c.tenant
-            else:
-                slot = c.slot = len(self.ids)
-                self.ids.append(c.customer_id)
-                self.tenants.append(c.tenant)
-                self.times.extend(times)
-                self.small.extend(small)
-            self.slots[c.key] = slot
-        self.times[TIMES * slot:TIMES * slot + TIMES] = array("q", times)
-        self.small[SMALL * slot:SMALL * slot + SMALL] = array("i", small)
-        for kept, value in ((self.complaints, c.complaints), (self.breaches, c.breach)):
-            if value:
-                kept[slot] = value
-            else:
-                kept.pop(slot, None)
+    def place(self, c: Customer) -> None:
+        """Give a new customer a slot (its numbers are written by ``store``)."""
+        if self.free:
+            slot = c.slot = self.free.pop()
+            self.ids[slot], self.tenants[slot] = c.customer_id, c.tenant
+        else:
+            slot = c.slot = len(self.ids)
+            self.ids.append(c.customer_id)
+            self.tenants.append(c.tenant)
+            self.records.extend(bytes(RECORD.size))
+        self.slots.setdefault(c.tenant, {})[c.customer_id] = slot
 
-    def forget(self, key: int) -> None:
-        slot = self.slots.pop(key)
-        self.recount(self.tenants[slot], LEVELS[self.small[SMALL * slot]], None)
+    def store(self, c: Customer) -> None:
+        """Write a loaded (or new) customer back to the columns."""
+        if c.slot < 0:
+            self.place(c)
+        slot = c.slot
+        RECORD.pack_into(self.records, slot * RECORD.size, c.due_ms, c.last_ms, c.nps_ms, c.downgrade_ms,
+                         c.abandoned_ms, c.handoff_ms, c.resolved_ms, c.cancelled_ms, c.started_ms,
+                         LEVEL_CODES[c.level], c.seq, c.days, c.nps_score, c.key)
+        if c.complaints:
+            self.complaints[slot] = c.complaints
+        elif slot in self.complaints:
+            del self.complaints[slot]
+        if c.breach:
+            self.breaches[slot] = c.breach
+        elif slot in self.breaches:
+            del self.breaches[slot]
+
+    def forget(self, slot: int) -> None:
+        tenant = self.tenants[slot]
+        del self.slots[tenant][self.ids[slot]]
+        self.recount(tenant, LEVELS[RECORD.unpack_from(self.records, slot * RECORD.size)[9]], None)
         self.ids[slot] = self.tenants[slot] = None
         self.complaints.pop(slot, None)
         self.breaches.pop(slot, None)
         self.free.append(slot)
 
-    def due_ms(self, slot: int) -> int:
-        return self.times[TIMES * slot]
+    def due_and_last_ms(self, slot: int) -> tuple[int, int]:
+        return _DUE_LAST.unpack_from(self.records, slot * RECORD.size)
 
-    def last_ms(self, slot: int) -> int:
-        return self.times[TIMES * slot + 1]
+    def key(self, slot: int) -> Optional[int]:
+        """The customer_key of the customer in ``slot`` (None: a free slot)."""
+        return None if self.ids[slot] is None else int.from_bytes(
+            self.records[slot * RECORD.size + _KEY_OFFSET:(slot + 1) * RECORD.size], "little")
 
     def customers(self) -> dict[int, Customer]:
-        """Every customer held, loaded (those touched since the last tick as they are now): for reading."""
-        loaded = {c.key: c for c in self.dirty.values()}
-        return {key: loaded.get(key) or self.load(slot, key) for key, slot in self.slots.items()}
+        """Every customer held by customer_key, loaded (those touched since the last tick as they are now): for
+        reading."""
+        held = {c.key: c for c in (self.load(slot) for by_id in self.slots.values() for slot in by_id.values())}
+        held.update((c.key, c) for c in self.dirty.values())
+        return held
 
     def recount(self, tenant: str, old: Optional[str], new: Optional[str]) -> None:
         """Move one customer of ``tenant`` from level ``old`` to ``new`` in the kept gauge (None: not held)."""
@@ -455,19 +478,17 @@ class ChurnCore(MetricCore[ChurnState]):
         return ChurnState(partition=partition)
 
     def _touch(self, state: ChurnState, tenant: str, customer_id: str, create: bool = True) -> Optional[Customer]:
-        """The customer, loaded and marked dirty (stored back by ``tick``); one that is already dirty is found
-        without hashing its key. A new one is created, unless not ``create`` (then None)."""
+        """The customer, loaded and marked dirty (stored back by ``tick``). A new one is created, unless not
+        ``create`` (then None)."""
         c = state.dirty.get((tenant, customer_id))
         if c is None:
-            key = customer_key(tenant, customer_id)
-            slot = state.slots.get(key)
+            slot = state.slot(tenant, customer_id)
             if slot is not None:
-                c = state.load(slot, key)
+                c = state.load(slot)
             elif not create:
                 return None
             else:
-                c = Customer(customer_id, sys.intern(tenant), key)  # one name per tenant
-                state.store(c)
+                c = Customer(customer_id, sys.intern(tenant))  # one name per tenant; a slot when stored
                 state.recount(c.tenant, None, c.level)
             state.dirty[(tenant, customer_id)] = c
         return c
@@ -517,20 +538,24 @@ class ChurnCore(MetricCore[ChurnState]):
         would otherwise flip a level back and forth within the batch."""
         state.clock_ms = max(state.clock_ms, clock_ms)
         for c in state.dirty.values():
+            if c.slot < 0:
+                state.place(c)  # before its first timer
             self._evaluate(state, c, state.clock_ms, out)
             state.store(c)
         state.dirty.clear()
-        timers, slots, limit = state.timers, state.slots, (state.clock_ms + 1) << KEY_BITS
+        timers, limit = state.timers, (state.clock_ms + 1) << (KEY_BITS + SLOT_BITS)
         while timers and timers[0] < limit:
-            timer = heapq.heappop(timers)
-            due, key = timer >> KEY_BITS, timer & KEY_MASK
-            slot = slots.get(key)
-            if slot is None or state.due_ms(slot) != due:
-                continue  # superseded by an earlier timer, or forgotten
-            if state.clock_ms - state.last_ms(slot) >= self.config.forget_ms:
-                state.forget(key)
+            entry = heapq.heappop(timers)
+            due, slot = entry >> (KEY_BITS + SLOT_BITS), entry & SLOT_MASK
+            if state.key(slot) != entry >> SLOT_BITS & KEY_MASK:
+                continue  # forgotten (its slot free, or another customer's now)
+            due_ms, last_ms = state.due_and_last_ms(slot)
+            if due_ms != due:
+                continue  # superseded by an earlier timer
+            if state.clock_ms - last_ms >= self.config.forget_ms:
+                state.forget(slot)
                 continue
-            c = state.load(slot, key)
+            c = state.load(slot)
             self._evaluate(state, c, state.clock_ms, out)
             state.store(c)
 
@@ -555,7 +580,7 @@ class ChurnCore(MetricCore[ChurnState]):
         due = next_change_ms(c, clock_ms, self.config)
         if c.due_ms <= clock_ms or due < c.due_ms:
             c.due_ms = due
-            heapq.heappush(state.timers, due << KEY_BITS | c.key)
+            heapq.heappush(state.timers, timer(due, c.key, c.slot))
 
     def _emit(self, state: ChurnState, c: Customer, level: str, score: float, found: list[Contribution],
               at_ms: int, reached: int, out: Output) -> None:
@@ -625,9 +650,10 @@ class ChurnCore(MetricCore[ChurnState]):
             state.store(c)
         state.dirty.clear()
         if name == "levels":  # the last one: score everyone at the next tick
-            for key, slot in state.slots.items():
-                state.times[TIMES * slot] = state.clock_ms
-                heapq.heappush(state.timers, state.clock_ms << KEY_BITS | key)
+            for by_id in state.slots.values():
+                for slot in by_id.values():
+                    struct.pack_into("<q", state.records, slot * RECORD.size, state.clock_ms)  # due_ms
+                    heapq.heappush(state.timers, timer(state.clock_ms, state.key(slot), slot))
 
     # -- reading ---------------------------------------------------------------------------------
     @staticmethod

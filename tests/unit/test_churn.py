@@ -263,6 +263,6 @@ def test_bytes_per_customer():
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    per_customer = grown / len(state.slots)
+    per_customer = grown / len(state)
     print(f"churn state: {per_customer:.0f} bytes per customer")
     assert per_customer < 600
