@@ -344,11 +344,10 @@ def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
 SLOT_BITS, KEY_BITS = 32, 64  # a timer is one int, due ms, customer key, slot: ordered as (due ms, key)
 SLOT_MASK, KEY_MASK = (1 << SLOT_BITS) - 1, (1 << KEY_BITS) - 1
 LEVEL_CODES = {level: code for code, level in enumerate(LEVELS)}
-# One customer's numbers in ChurnState.records, in the order of ChurnState.load: its nine times (due_ms first,
-# last_ms second), level code, seq, days, nps_score and its customer_key
-RECORD = struct.Struct("<9qbiibQ")
-_DUE_LAST = struct.Struct("<2q")
-_KEY_OFFSET = RECORD.size - 8
+# One customer's numbers in ChurnState.records, in the order of ChurnState.load: its customer_key, its nine
+# times (due_ms and last_ms first: _HEAD), level code, seq, days and nps_score
+RECORD = struct.Struct("<Q9qbiib")
+_HEAD = struct.Struct("<Qqq")
 
 
 def timer(due_ms: int, key: int, slot: int) -> int:
@@ -385,8 +384,9 @@ class ChurnState:
     def load(self, slot: int) -> Customer:
         c = Customer.__new__(Customer)
         c.customer_id, c.tenant, c.slot = self.ids[slot], self.tenants[slot], slot
-        (c.due_ms, c.last_ms, c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms, c.resolved_ms, c.cancelled_ms,
-         c.started_ms, level, c.seq, c.days, c.nps_score, c.key) = RECORD.unpack_from(self.records, slot * RECORD.size)
+        (c.key, c.due_ms, c.last_ms, c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms, c.resolved_ms,
+         c.cancelled_ms, c.started_ms, level, c.seq, c.days, c.nps_score) = RECORD.unpack_from(self.records,
+                                                                                             slot * RECORD.size)
         c.level = LEVELS[level]
         c.complaints = self.complaints.get(slot, ())
         c.breach = self.breaches.get(slot)
@@ -409,9 +409,9 @@ class ChurnState:
         if c.slot < 0:
             self.place(c)
         slot = c.slot
-        RECORD.pack_into(self.records, slot * RECORD.size, c.due_ms, c.last_ms, c.nps_ms, c.downgrade_ms,
+        RECORD.pack_into(self.records, slot * RECORD.size, c.key, c.due_ms, c.last_ms, c.nps_ms, c.downgrade_ms,
                          c.abandoned_ms, c.handoff_ms, c.resolved_ms, c.cancelled_ms, c.started_ms,
-                         LEVEL_CODES[c.level], c.seq, c.days, c.nps_score, c.key)
+                         LEVEL_CODES[c.level], c.seq, c.days, c.nps_score)
         if c.complaints:
             self.complaints[slot] = c.complaints
         elif slot in self.complaints:
@@ -424,19 +424,18 @@ class ChurnState:
     def forget(self, slot: int) -> None:
         tenant = self.tenants[slot]
         del self.slots[tenant][self.ids[slot]]
-        self.recount(tenant, LEVELS[RECORD.unpack_from(self.records, slot * RECORD.size)[9]], None)
+        self.recount(tenant, LEVELS[RECORD.unpack_from(self.records, slot * RECORD.size)[10]], None)
         self.ids[slot] = self.tenants[slot] = None
         self.complaints.pop(slot, None)
         self.breaches.pop(slot, None)
         self.free.append(slot)
 
-    def due_and_last_ms(self, slot: int) -> tuple[int, int]:
-        return _DUE_LAST.unpack_from(self.records, slot * RECORD.size)
+    def store_due(self, c: Customer) -> None:
+        _HEAD.pack_into(self.records, c.slot * RECORD.size, c.key, c.due_ms, c.last_ms)
 
-    def key(self, slot: int) -> Optional[int]:
-        """The customer_key of the customer in ``slot`` (None: a free slot)."""
-        return None if self.ids[slot] is None else int.from_bytes(
-            self.records[slot * RECORD.size + _KEY_OFFSET:(slot + 1) * RECORD.size], "little")
+    def head(self, slot: int) -> tuple[int, int, int]:
+        """customer_key, due_ms and last_ms of the customer in ``slot``."""
+        return _HEAD.unpack_from(self.records, slot * RECORD.size)
 
     def customers(self) -> dict[int, Customer]:
         """Every customer held by customer_key, loaded (those touched since the last tick as they are now): for
@@ -547,17 +546,21 @@ class ChurnCore(MetricCore[ChurnState]):
         while timers and timers[0] < limit:
             entry = heapq.heappop(timers)
             due, slot = entry >> (KEY_BITS + SLOT_BITS), entry & SLOT_MASK
-            if state.key(slot) != entry >> SLOT_BITS & KEY_MASK:
+            key, due_ms, last_ms = state.head(slot)
+            if key != entry >> SLOT_BITS & KEY_MASK or state.ids[slot] is None:
                 continue  # forgotten (its slot free, or another customer's now)
-            due_ms, last_ms = state.due_and_last_ms(slot)
             if due_ms != due:
                 continue  # superseded by an earlier timer
             if state.clock_ms - last_ms >= self.config.forget_ms:
                 state.forget(slot)
                 continue
             c = state.load(slot)
+            level = c.level
             self._evaluate(state, c, state.clock_ms, out)
-            state.store(c)
+            if c.level == level:
+                state.store_due(c)  # all a re-score without a new level changes
+            else:
+                state.store(c)
 
     def _evaluate(self, state: ChurnState, c: Customer, clock_ms: int, out: Output) -> None:
         signals = present(c, clock_ms, self.config)
@@ -652,8 +655,9 @@ class ChurnCore(MetricCore[ChurnState]):
         if name == "levels":  # the last one: score everyone at the next tick
             for by_id in state.slots.values():
                 for slot in by_id.values():
-                    struct.pack_into("<q", state.records, slot * RECORD.size, state.clock_ms)  # due_ms
-                    heapq.heappush(state.timers, timer(state.clock_ms, state.key(slot), slot))
+                    key, _, last_ms = state.head(slot)
+                    _HEAD.pack_into(state.records, slot * RECORD.size, key, state.clock_ms, last_ms)  # due now
+                    heapq.heappush(state.timers, timer(state.clock_ms, key, slot))
 
     # -- reading ---------------------------------------------------------------------------------
     @staticmethod
