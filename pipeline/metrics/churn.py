@@ -30,6 +30,7 @@ level last signalled). A customer without events for ``forget`` (90 days) is dro
 from __future__ import annotations
 
 import heapq
+import struct
 import sys
 import time
 from dataclasses import dataclass, field
@@ -143,16 +144,19 @@ class ChurnSettings(Section):
 
 
 class Customer:
-    """What the score needs about one customer; times are epoch ms, 0 for never."""
+    """What the score needs about one customer; times are epoch ms, 0 for never. At rest a customer lives in
+    the columns of :class:`ChurnState`; this object is loaded from them while a batch touches the customer
+    or a timer scores them, and stored back."""
 
-    __slots__ = ("customer_id", "tenant", "key", "level", "seq", "due_ms", "last_ms", "days", "nps_ms", "nps_score",
-                 "complaints", "breach", "downgrade_ms", "abandoned_ms", "handoff_ms", "resolved_ms", "cancelled_ms",
-                 "started_ms")
+    __slots__ = ("customer_id", "tenant", "key", "slot", "level", "seq", "due_ms", "last_ms", "days", "nps_ms",
+                 "nps_score", "complaints", "breach", "downgrade_ms", "abandoned_ms", "handoff_ms", "resolved_ms",
+                 "cancelled_ms", "started_ms")
 
     def __init__(self, customer_id: str, tenant: str, key: Optional[int] = None):
         self.customer_id, self.tenant, self.level, self.seq = customer_id, tenant, "low", 0  # seq: signals so far
-        # customer_key(tenant, customer_id): the ChurnState.customers key, hashed once
+        # customer_key(tenant, customer_id): orders the timers of one due time, hashed once
         self.key = customer_key(tenant, customer_id) if key is None else key
+        self.slot = -1  # its place in the ChurnState columns (-1: none yet)
         self.due_ms = self.last_ms = self.days = self.nps_ms = self.nps_score = 0
         self.complaints: tuple = ()  # the two latest distinct (opened ms, complaint id)
         self.breach: Optional[tuple[int, str]] = None  # latest (ms, what happened)
@@ -337,14 +341,108 @@ def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
     return clock_ms + cfg.forget_ms if best is None else best
 
 
+SLOT_BITS, KEY_BITS = 32, 64  # a timer is one int, due ms, customer key, slot: ordered as (due ms, key)
+SLOT_MASK, KEY_MASK = (1 << SLOT_BITS) - 1, (1 << KEY_BITS) - 1
+LEVEL_CODES = {level: code for code, level in enumerate(LEVELS)}
+# One customer's numbers in ChurnState.records, in the order of ChurnState.load: its customer_key, its nine
+# times (due_ms and last_ms first: _HEAD), level code, seq, days and nps_score
+RECORD = struct.Struct("<Q9qbiib")
+_HEAD = struct.Struct("<Qqq")
+
+
+def timer(due_ms: int, key: int, slot: int) -> int:
+    return (due_ms << KEY_BITS | key) << SLOT_BITS | slot
+
+
 @dataclass
 class ChurnState:
-    customers: dict[int, Customer] = field(default_factory=dict)
-    timers: list[tuple[int, int]] = field(default_factory=list)  # heap of (due ms, customer key)
-    dirty: dict[tuple[str, str], Customer] = field(default_factory=dict)  # touched since the last tick, by (tenant, id)
+    """The customers in columns, one slot each (no Python object per customer or per number): ``records`` holds
+    each slot's numbers as one :data:`RECORD`; the two latest complaints and the latest breach, which few
+    customers have, are kept by slot."""
+
+    slots: dict[str, dict[str, int]] = field(default_factory=dict)  # tenant -> customer id -> slot
+    ids: list[Optional[str]] = field(default_factory=list)  # customer id per slot (None: a free slot)
+    tenants: list[Optional[str]] = field(default_factory=list)  # interned tenant name per slot
+    records: bytearray = field(default_factory=bytearray)
+    complaints: dict[int, tuple] = field(default_factory=dict)  # slot -> Customer.complaints, when any
+    breaches: dict[int, tuple[int, str]] = field(default_factory=dict)  # slot -> Customer.breach, when any
+    free: list[int] = field(default_factory=list)  # slots of forgotten customers, reused first
+    timers: list[int] = field(default_factory=list)  # heap of timer(due ms, customer key, slot)
+    dirty: dict[tuple[str, str], Customer] = field(default_factory=dict)  # loaded, touched since the last tick
     clock_ms: int = 0
     partition: int = 0  # the Kafka partition this state belongs to
     counts: dict[tuple[str, str], int] = field(default_factory=dict)  # (tenant, level) -> customers: the gauge, kept
+
+    def __len__(self) -> int:
+        """Customers held (new ones touched since the last tick included)."""
+        return len(self.ids) - len(self.free) + sum(c.slot < 0 for c in self.dirty.values())
+
+    def slot(self, tenant: str, customer_id: str) -> Optional[int]:
+        by_id = self.slots.get(tenant)
+        return None if by_id is None else by_id.get(customer_id)
+
+    def load(self, slot: int) -> Customer:
+        c = Customer.__new__(Customer)
+        c.customer_id, c.tenant, c.slot = self.ids[slot], self.tenants[slot], slot
+        (c.key, c.due_ms, c.last_ms, c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms, c.resolved_ms,
+         c.cancelled_ms, c.started_ms, level, c.seq, c.days, c.nps_score) = RECORD.unpack_from(self.records,
+                                                                                             slot * RECORD.size)
+        c.level = LEVELS[level]
+        c.complaints = self.complaints.get(slot, ())
+        c.breach = self.breaches.get(slot)
+        return c
+
+    def place(self, c: Customer) -> None:
+        """Give a new customer a slot (its numbers are written by ``store``)."""
+        if self.free:
+            slot = c.slot = self.free.pop()
+            self.ids[slot], self.tenants[slot] = c.customer_id, c.tenant
+        else:
+            slot = c.slot = len(self.ids)
+            self.ids.append(c.customer_id)
+            self.tenants.append(c.tenant)
+            self.records.extend(bytes(RECORD.size))
+        self.slots.setdefault(c.tenant, {})[c.customer_id] = slot
+
+    def store(self, c: Customer) -> None:
+        """Write a loaded (or new) customer back to the columns."""
+        if c.slot < 0:
+            self.place(c)
+        slot = c.slot
+        RECORD.pack_into(self.records, slot * RECORD.size, c.key, c.due_ms, c.last_ms, c.nps_ms, c.downgrade_ms,
+                         c.abandoned_ms, c.handoff_ms, c.resolved_ms, c.cancelled_ms, c.started_ms,
+                         LEVEL_CODES[c.level], c.seq, c.days, c.nps_score)
+        if c.complaints:
+            self.complaints[slot] = c.complaints
+        elif slot in self.complaints:
+            del self.complaints[slot]
+        if c.breach:
+            self.breaches[slot] = c.breach
+        elif slot in self.breaches:
+            del self.breaches[slot]
+
+    def forget(self, slot: int) -> None:
+        tenant = self.tenants[slot]
+        del self.slots[tenant][self.ids[slot]]
+        self.recount(tenant, LEVELS[RECORD.unpack_from(self.records, slot * RECORD.size)[10]], None)
+        self.ids[slot] = self.tenants[slot] = None
+        self.complaints.pop(slot, None)
+        self.breaches.pop(slot, None)
+        self.free.append(slot)
+
+    def store_due(self, c: Customer) -> None:
+        _HEAD.pack_into(self.records, c.slot * RECORD.size, c.key, c.due_ms, c.last_ms)
+
+    def head(self, slot: int) -> tuple[int, int, int]:
+        """customer_key, due_ms and last_ms of the customer in ``slot``."""
+        return _HEAD.unpack_from(self.records, slot * RECORD.size)
+
+    def customers(self) -> dict[int, Customer]:
+        """Every customer held by customer_key, loaded (those touched since the last tick as they are now): for
+        reading."""
+        held = {c.key: c for c in (self.load(slot) for by_id in self.slots.values() for slot in by_id.values())}
+        held.update((c.key, c) for c in self.dirty.values())
+        return held
 
     def recount(self, tenant: str, old: Optional[str], new: Optional[str]) -> None:
         """Move one customer of ``tenant`` from level ``old`` to ``new`` in the kept gauge (None: not held)."""
@@ -378,19 +476,20 @@ class ChurnCore(MetricCore[ChurnState]):
     def new_state(self, partition: int) -> ChurnState:
         return ChurnState(partition=partition)
 
-    def _customer(self, state: ChurnState, tenant: str, customer_id: str) -> Customer:
-        key = customer_key(tenant, customer_id)
-        c = state.customers.get(key)
-        if c is None:
-            c = state.customers[key] = Customer(customer_id, sys.intern(tenant), key)  # one name per tenant
-            state.recount(tenant, None, c.level)
-        return c
-
-    def _touch(self, state: ChurnState, tenant: str, customer_id: str) -> Customer:
-        """The customer, marked dirty: one that is already dirty is found without hashing its key."""
+    def _touch(self, state: ChurnState, tenant: str, customer_id: str, create: bool = True) -> Optional[Customer]:
+        """The customer, loaded and marked dirty (stored back by ``tick``). A new one is created, unless not
+        ``create`` (then None)."""
         c = state.dirty.get((tenant, customer_id))
         if c is None:
-            c = state.dirty[(tenant, customer_id)] = self._customer(state, tenant, customer_id)
+            slot = state.slot(tenant, customer_id)
+            if slot is not None:
+                c = state.load(slot)
+            elif not create:
+                return None
+            else:
+                c = Customer(customer_id, sys.intern(tenant))  # one name per tenant; a slot when stored
+                state.recount(c.tenant, None, c.level)
+            state.dirty[(tenant, customer_id)] = c
         return c
 
     # -- input -----------------------------------------------------------------------------------
@@ -438,19 +537,30 @@ class ChurnCore(MetricCore[ChurnState]):
         would otherwise flip a level back and forth within the batch."""
         state.clock_ms = max(state.clock_ms, clock_ms)
         for c in state.dirty.values():
+            if c.slot < 0:
+                state.place(c)  # before its first timer
             self._evaluate(state, c, state.clock_ms, out)
+            state.store(c)
         state.dirty.clear()
-        timers = state.timers
-        while timers and timers[0][0] <= state.clock_ms:
-            due, key = heapq.heappop(timers)
-            c = state.customers.get(key)
-            if c is None or c.due_ms != due:
-                continue  # superseded by an earlier timer, or forgotten
-            if state.clock_ms - c.last_ms >= self.config.forget_ms:
-                del state.customers[key]
-                state.recount(c.tenant, c.level, None)
+        timers, limit = state.timers, (state.clock_ms + 1) << (KEY_BITS + SLOT_BITS)
+        while timers and timers[0] < limit:
+            entry = heapq.heappop(timers)
+            due, slot = entry >> (KEY_BITS + SLOT_BITS), entry & SLOT_MASK
+            key, due_ms, last_ms = state.head(slot)
+            if key != entry >> SLOT_BITS & KEY_MASK or state.ids[slot] is None:
+                continue  # forgotten (its slot free, or another customer's now)
+            if due_ms != due:
+                continue  # superseded by an earlier timer
+            if state.clock_ms - last_ms >= self.config.forget_ms:
+                state.forget(slot)
                 continue
+            c = state.load(slot)
+            level = c.level
             self._evaluate(state, c, state.clock_ms, out)
+            if c.level == level:
+                state.store_due(c)  # all a re-score without a new level changes
+            else:
+                state.store(c)
 
     def _evaluate(self, state: ChurnState, c: Customer, clock_ms: int, out: Output) -> None:
         signals = present(c, clock_ms, self.config)
@@ -473,7 +583,7 @@ class ChurnCore(MetricCore[ChurnState]):
         due = next_change_ms(c, clock_ms, self.config)
         if c.due_ms <= clock_ms or due < c.due_ms:
             c.due_ms = due
-            heapq.heappush(state.timers, (due, c.key))
+            heapq.heappush(state.timers, timer(due, c.key, c.slot))
 
     def _emit(self, state: ChurnState, c: Customer, level: str, score: float, found: list[Contribution],
               at_ms: int, reached: int, out: Output) -> None:
@@ -517,16 +627,14 @@ class ChurnCore(MetricCore[ChurnState]):
     def restore(self, state: ChurnState, name: str, rows: list, clock_ms: int) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
         for row in rows:
-            if name == "seen":
-                self._customer(state, row.tenant, row.customer_id).seen(int(row.event_ms))
-                continue
-            c = state.customers.get(customer_key(row.tenant, row.customer_id))
-            if c is None and name == "levels":
-                # signalled, but its events are not durable yet (a flush torn after churn_signals): keep the
-                # level and sequence, so the replayed events continue it instead of signalling it again
-                c = self._customer(state, row.tenant, row.customer_id)
+            # "seen" makes the customers; one signalled but whose events are not durable yet (a flush torn
+            # after churn_signals) keeps its level and sequence, so the replayed events continue it instead
+            # of signalling it again; any other row of a customer without events within `forget` is forgotten
+            c = self._touch(state, row.tenant, row.customer_id, create=name in ("seen", "levels"))
             if c is None:
-                continue  # no event within `forget`: forgotten
+                continue
+            if name == "seen":
+                c.seen(int(row.event_ms))
             if name == "days":
                 c.seen(int(row.event_ms))
             elif name == "typed":
@@ -541,10 +649,15 @@ class ChurnCore(MetricCore[ChurnState]):
             elif name == "levels":
                 state.recount(c.tenant, c.level, row.level)
                 c.level, c.seq = row.level, int(row.seq)
+        for c in state.dirty.values():
+            state.store(c)
+        state.dirty.clear()
         if name == "levels":  # the last one: score everyone at the next tick
-            for key, c in state.customers.items():
-                c.due_ms = state.clock_ms
-                heapq.heappush(state.timers, (c.due_ms, key))
+            for by_id in state.slots.values():
+                for slot in by_id.values():
+                    key, _, last_ms = state.head(slot)
+                    _HEAD.pack_into(state.records, slot * RECORD.size, key, state.clock_ms, last_ms)  # due now
+                    heapq.heappush(state.timers, timer(state.clock_ms, key, slot))
 
     # -- reading ---------------------------------------------------------------------------------
     @staticmethod
@@ -562,7 +675,7 @@ class ChurnCore(MetricCore[ChurnState]):
         """The same from every customer (the plain recomputation the kept counts must equal)."""
         out: dict[tuple[str, str], int] = {}
         for state in states:
-            for c in state.customers.values():
+            for c in state.customers().values():
                 out[(c.tenant, c.level)] = out.get((c.tenant, c.level), 0) + 1
         return out
 

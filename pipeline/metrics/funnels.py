@@ -51,60 +51,92 @@ def conversion_buckets(funnels: Sequence[Funnel]) -> tuple[float, ...]:
 
 
 class _Track:
-    """One customer in one funnel."""
+    """One customer in one funnel, in a few flat containers (no object per event or attempt part):
+
+    * ``events``: one flat list ``[ms, event_id, step mask, ms, event_id, step mask, ...]`` in funnel order (time,
+      then event id); code addresses an event by its *position*, the index of its ms (a multiple of 3);
+    * ``attempts``: ``(start_ms, level, last row version, step-2 ms, ..., step-level ms)`` tuples sorted by start
+      (step 1's time is the start); a restored version without its events yet has level 0.
+    """
 
     __slots__ = ("key", "events", "attempts", "converted", "counted")
 
     def __init__(self, key: tuple[str, str, int]):
         self.key = key  # (tenant, customer, funnel index): the one tuple the state's indexes share
-        self.events: list[tuple[int, str, int]] = []  # (event_ms, event_id, step mask), in funnel order
-        self.attempts: dict[int, list] = {}  # start_ms -> [level, step times, last row version]
-        self.converted: Optional[set[str]] = None  # event ids of last-step events already observed (None: none)
+        self.events: list = []
+        self.attempts: list[tuple[int, ...]] = []
+        self.converted: Optional[tuple[str, ...]] = None  # event ids of last-step events already observed
         self.counted = 0  # its level in each metric window as counted in FunnelState.reached (FunnelCore._pack)
 
     def oldest_ms(self) -> Optional[int]:
         """Time of the oldest event or attempt held; None when empty."""
-        times = ([self.events[0][0]] if self.events else []) + ([min(self.attempts)] if self.attempts else [])
-        return min(times, default=None)
+        if self.events:
+            return min(self.events[0], self.attempts[0][0]) if self.attempts else self.events[0]
+        return self.attempts[0][0] if self.attempts else None
+
+    def position(self, ms: int) -> int:
+        """Position of the first event at or after ``ms`` (len(events) if none)."""
+        events = self.events
+        lo, hi = 0, len(events) // 3
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if events[3 * mid] < ms:
+                lo = mid + 1
+            else:
+                hi = mid
+        return 3 * lo
 
     def insert(self, event_ms: int, event_id: str, mask: int) -> bool:
         """Add one step event; False if this event id is already here (a replay)."""
-        i = bisect_left(self.events, (event_ms, event_id))
-        if i < len(self.events) and self.events[i][1] == event_id:
+        events = self.events
+        n = len(events)
+        if not n or events[n - 3] < event_ms or (events[n - 3] == event_ms and events[n - 2] < event_id):
+            events += (event_ms, event_id, mask)  # the usual case: after every event held
+            return True
+        lo, hi = 0, n // 3  # the first event at or after (event_ms, event_id)
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            ms = events[3 * mid]
+            if ms < event_ms or (ms == event_ms and events[3 * mid + 1] < event_id):
+                lo = mid + 1
+            else:
+                hi = mid
+        p = 3 * lo
+        if p < n and events[p + 1] == event_id:
             return False
-        self.events.insert(i, (event_ms, event_id, mask))
+        events[p:p] = (event_ms, event_id, mask)
         return True
 
-    def chain(self, i: int, steps: int, window_ms: int) -> list[int]:
-        """Indices of the greedy earliest attempt from step-1 event i; an exclusion event before
-        the next step ends it (every later attempt from i would have it between two steps)."""
+    def chain(self, p: int, steps: int, window_ms: int) -> list[int]:
+        """Positions of the greedy earliest attempt from the step-1 event at p; an exclusion event before
+        the next step ends it (every later attempt from p would have it between two steps)."""
         events = self.events
-        limit = events[i][0] + window_ms
-        chain, level = [i], 1
-        for j in range(i + 1, len(events)):
-            event_ms, _, mask = events[j]
-            if event_ms > limit or level == steps:
+        limit = events[p] + window_ms
+        chain, level = [p], 1
+        for q in range(p + 3, len(events), 3):
+            if events[q] > limit or level == steps:
                 break
+            mask = events[q + 2]
             if mask >> level & 1:
-                chain.append(j)
+                chain.append(q)
                 level += 1
             elif mask & EXCLUDED:
                 break
         return chain
 
+    def attempt(self, start_ms: int) -> Optional[int]:
+        """Index in ``attempts`` of the attempt starting at ``start_ms``, or None."""
+        i = bisect_left(self.attempts, (start_ms,))
+        return i if i < len(self.attempts) and self.attempts[i][0] == start_ms else None
+
     def level_since(self, first_ms: int) -> int:
         """Best level of the attempts starting at or after first_ms."""
-        return max((attempt[0] for start_ms, attempt in self.attempts.items() if start_ms >= first_ms), default=0)
+        attempts = self.attempts
+        return max([attempt[1] for attempt in attempts[bisect_left(attempts, (first_ms,)):]], default=0)
 
     def levels_since(self, firsts: Sequence[int]) -> list[int]:
-        """level_since of each of ``firsts``, in one pass over the attempts."""
-        best = [0] * len(firsts)
-        for start_ms, attempt in self.attempts.items():
-            level = attempt[0]
-            for w, first_ms in enumerate(firsts):
-                if start_ms >= first_ms and level > best[w]:
-                    best[w] = level
-        return best
+        """level_since of each of ``firsts``."""
+        return [self.level_since(first_ms) for first_ms in firsts]
 
 
 @dataclass
@@ -236,10 +268,10 @@ class FunnelCore(MetricCore[FunnelState]):
         tenant = key[0]
         events, steps, window_ms, chain_from = track.events, len(funnel.steps), funnel.window_ms, track.chain
         best: dict[int, list[int]] = {}
-        for i in range(bisect_left(events, (first_ms,)), bisect_left(events, (last_ms + 1,))):
-            start_ms, _, mask = events[i]
-            if mask & 1:
-                chain = chain_from(i, steps, window_ms)
+        for p in range(track.position(first_ms), track.position(last_ms + 1), 3):
+            if events[p + 2] & 1:
+                start_ms = events[p]
+                chain = chain_from(p, steps, window_ms)
                 if len(chain) > len(best.get(start_ms, ())):
                     best[start_ms] = chain
                 if len(chain) == steps:
@@ -247,25 +279,26 @@ class FunnelCore(MetricCore[FunnelState]):
         changed = set()
         attempts = track.attempts
         for start_ms, chain in best.items():
-            level, times = len(chain), tuple([events[j][0] for j in chain])
-            attempt = attempts.get(start_ms)
-            if attempt is None:
-                attempts[start_ms] = [level, times, 0]
+            later = tuple([events[q] for q in chain[1:]])  # the step times after the start
+            i = bisect_left(attempts, (start_ms,))
+            if i == len(attempts) or attempts[i][0] != start_ms:
+                attempts.insert(i, (start_ms, len(chain), 0) + later)
                 state.started(track.key, start_ms)
-            elif attempt[0] != level or attempt[1] != times:
-                attempt[0], attempt[1] = level, times
+            elif attempts[i][1] != len(chain) or attempts[i][3:] != later:
+                attempts[i] = (start_ms, len(chain), attempts[i][2]) + later
             else:
                 continue
             changed.add(start_ms)
         return changed
 
     def _convert(self, track: _Track, funnel: Funnel, chain: list[int], out: Optional[Output], tenant: str) -> None:
-        last_ms, last_id, _ = track.events[chain[-1]]
+        last_ms, last_id = track.events[chain[-1]], track.events[chain[-1] + 1]
         if track.converted is None:
-            track.converted = set()
+            track.converted = (last_id,)
         elif last_id in track.converted:
             return
-        track.converted.add(last_id)
+        else:
+            track.converted += (last_id,)
         if out is not None:
             start_ms = self._latest_start(track, funnel, chain)
             out.observe(CONVERSION_SECONDS, (tenant, funnel.name), (last_ms - start_ms) / 1000)
@@ -274,12 +307,13 @@ class FunnelCore(MetricCore[FunnelState]):
     def _latest_start(track: _Track, funnel: Funnel, chain: list[int]) -> int:
         """The latest step-1 event whose greedy attempt ends at the same last-step event."""
         steps, end = len(funnel.steps), chain[-1]
-        latest = track.events[chain[0]][0]
-        for i in range(chain[0] + 1, end):
-            if track.events[i][2] & 1:
-                other = track.chain(i, steps, funnel.window_ms)
+        events = track.events
+        latest = events[chain[0]]
+        for p in range(chain[0] + 3, end, 3):
+            if events[p + 2] & 1:
+                other = track.chain(p, steps, funnel.window_ms)
                 if len(other) == steps and other[-1] == end:
-                    latest = track.events[i][0]
+                    latest = events[p]
         return latest
 
     def _emit(self, state: FunnelState, key: tuple, starts: set[int], out: Output) -> None:
@@ -289,11 +323,12 @@ class FunnelCore(MetricCore[FunnelState]):
             return  # (and no empty funnel_progress entry in out.rows)
         pad, clock, attempts, rows = len(funnel.steps), state.clock_ms, track.attempts, out.rows["funnel_progress"]
         for start_ms in sorted(starts):
-            attempt = attempts[start_ms]
-            attempt[2] = max(clock, attempt[2] + 1)
-            level, times, version = attempt
+            i = track.attempt(start_ms)
+            _, level, version, *later = attempts[i]
+            version = max(clock, version + 1)
+            attempts[i] = (start_ms, level, version, *later)
             rows.append((funnel.name, tenant, customer, start_ms // 1000, start_ms, level,
-                         list(times) + [0] * (pad - level), version, state.partition))
+                         [start_ms, *later] + [0] * (pad - level), version, state.partition))
 
     # -- clock ------------------------------------------------------------------------------
     def horizon_ms(self, clock_ms: int) -> int:
@@ -317,11 +352,11 @@ class FunnelCore(MetricCore[FunnelState]):
             track = state.tracks.get(key)
             if track is None:
                 continue
-            del track.events[:bisect_left(track.events, (horizon,))]
-            for start_ms in [s for s in track.attempts if s < horizon]:
-                del track.attempts[start_ms]
+            del track.events[:track.position(horizon)]
+            del track.attempts[:bisect_left(track.attempts, (horizon,))]
             if track.converted:
-                track.converted.intersection_update(event_id for _, event_id, _ in track.events)
+                held = set(track.events[1::3])
+                track.converted = tuple(event_id for event_id in track.converted if event_id in held) or None
             oldest = track.oldest_ms()
             if oldest is None:
                 self._recount(state, key, track, gone=True)
@@ -356,11 +391,12 @@ class FunnelCore(MetricCore[FunnelState]):
                 if row.funnel in index_of:
                     key = (row.tenant, row.customer_id, index_of[row.funnel])
                     track = state.track(key, row.started_ms)
-                    attempt = track.attempts.get(row.started_ms)
-                    if attempt is None:
-                        attempt = track.attempts[row.started_ms] = [0, (), 0]  # level 0: counts nowhere yet
+                    i = bisect_left(track.attempts, (row.started_ms,))
+                    if i == len(track.attempts) or track.attempts[i][0] != row.started_ms:
+                        track.attempts.insert(i, (row.started_ms, 0, 0))  # level 0: counts nowhere yet
                         state.started(track.key, row.started_ms)
-                    attempt[2] = max(attempt[2], row.updated_ms)
+                    start_ms, level, version, *later = track.attempts[i]
+                    track.attempts[i] = (start_ms, level, max(version, row.updated_ms), *later)
             return
         touched = set()
         for row in rows:
@@ -373,7 +409,7 @@ class FunnelCore(MetricCore[FunnelState]):
                     touched.add(key)
         for key in touched:
             track, funnel = state.tracks[key], self.funnels[key[2]]
-            self._reassess(state, key, track, funnel, track.events[0][0], track.events[-1][0], None)
+            self._reassess(state, key, track, funnel, track.events[0], track.events[-3], None)
             self._recount(state, key, track)
 
     # -- scrape -----------------------------------------------------------------------------

@@ -139,7 +139,7 @@ def test_levels_scores_and_signals_follow_the_definition(raw, quiet_ticks):
         changed = {}
         for customer in [c for c in CUSTOMERS if histories[c]]:
             found, score, level = expected(histories[customer], clock)
-            c = next(c for c in state.customers.values() if (c.tenant, c.customer_id) == customer)
+            c = next(c for c in state.customers().values() if (c.tenant, c.customer_id) == customer)
             assert set(present(c, clock, CONFIG)) == found, (customer, histories[customer], clock)
             assert c.level == level, (customer, histories[customer], clock)
             assert sum(f.weight for f in contributions(c, clock, CONFIG)) == pytest.approx(score)
@@ -187,7 +187,7 @@ def test_complaint_facts_count_once_per_complaint_and_are_kept_as_evidence():
     churn, state = core(), core().new_state(3)
     for i, complaint in enumerate(("k1", "k1", "k2")):  # k1 twice: a replayed fact
         out = step(churn, state, ("complaint", ("acme", "c1"), T0 + i * 1000, complaint), T0 + i * 1000, i)
-    c = next(iter(state.customers.values()))
+    c = next(iter(state.customers().values()))
     assert [cid for _, cid in c.complaints] == ["k2", "k1"]
     assert present(c, T0 + 2000, CONFIG) == ["complaints"]
     assert out.rows["churn_evidence"][0][:5] == ("acme", "c1", "complaint_opened", "k2", T0 + 2000)
@@ -205,7 +205,7 @@ def test_restore_rebuilds_the_same_levels_without_signals():
         out = step(churn, live, o, o[2], i)
         rows.extend(out.rows["churn_signals"] + out.rows["churn_evidence"])
     clock = T0 + 5 * DAY
-    assert {c.customer_id: c.level for c in live.customers.values()} == {"c1": "medium", "c2": "low"}
+    assert {c.customer_id: c.level for c in live.customers().values()} == {"c1": "medium", "c2": "low"}
     restored = churn.new_state(3)
     seen = {("acme", "c1"): T0 + 2 * DAY, ("acme", "c2"): T0 + 5 * DAY}
     restore = {
@@ -223,10 +223,10 @@ def test_restore_rebuilds_the_same_levels_without_signals():
     out = Output()
     churn.tick(restored, clock, out)
     assert not out.rows["churn_signals"] and restored.partition == 3
-    assert {c.customer_id: c.level for c in restored.customers.values()} == {"c1": "medium", "c2": "low"}
+    assert {c.customer_id: c.level for c in restored.customers().values()} == {"c1": "medium", "c2": "low"}
     assert churn.levels([restored]) == churn.count_customers([restored]) == {("acme", "medium"): 1, ("acme", "low"): 1}
-    for key, c in live.customers.items():
-        assert present(restored.customers[key], clock + 2 * DAY, CONFIG) == present(c, clock + 2 * DAY, CONFIG)
+    for key, c in live.customers().items():
+        assert present(restored.customers()[key], clock + 2 * DAY, CONFIG) == present(c, clock + 2 * DAY, CONFIG)
 
 
 def test_forgotten_customers_leave_the_kept_gauge():
@@ -263,6 +263,6 @@ def test_bytes_per_customer():
     after = tracemalloc.take_snapshot()
     tracemalloc.stop()
     grown = sum(s.size_diff for s in after.compare_to(before, "filename"))
-    per_customer = grown / len(state.customers)
+    per_customer = grown / len(state)
     print(f"churn state: {per_customer:.0f} bytes per customer")
     assert per_customer < 600
