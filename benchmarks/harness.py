@@ -81,7 +81,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # units of the CPU times in /proc/PID/st
 # How often the harness reads a worker's /progress: every FAST_POLL_S while the worker joins its group
 # (it is idle then, and the start must be seen at once) and near the end (for the end time), otherwise
 # a quarter of the estimated time left, at most SLOW_POLL_S. LATENCY_POLL_S during the latency runs.
-FAST_POLL_S, SLOW_POLL_S, LATENCY_POLL_S = 0.05, 1.0, 0.05
+FAST_POLL_S, SLOW_POLL_S, LATENCY_POLL_S = 0.05, 1.0, 0.1
 LATENCY_LINGER_S = 0.05  # the SDK's default linger: a message of the latency input leaves this long after its first event
 KEEP_UP_S = 2.0  # a worker keeps up with an offered rate when the last event is counted within this of its send
 IDLE_BASELINE_S = 1.0  # how long measuring_cost watches an idle worker's CPU before timing requests
