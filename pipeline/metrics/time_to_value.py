@@ -17,12 +17,15 @@ Exported as
   their times, as ClickHouse's ``quantileExact`` takes them (the element at index ⌊q·n⌋ of the sorted times).
 
 State per partition: per customer seen in the last ``forget``, their first event, signup and first
-purchase times (a Python object each). ``customer_firsts`` has one row per customer, latest version wins,
+purchase times (a Python object each), and per window the first purchases in it (their times to value sorted per
+tenant, moved out as the clock passes them), so a scrape reads the counts and quantiles without a scan. ``customer_firsts`` has one row per customer, latest version wins,
 rewritten when these change and on the first event of each new day, so its ``last_event_ms`` is in the day
 of the customer's last event: the rebuild reads it back, and forgets by whole days as the live state does.
 """
 from __future__ import annotations
 
+import bisect
+import heapq
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterable, Optional, Sequence
 
@@ -59,8 +62,49 @@ class TimeToValueSettings(Section):
 
 def exact_quantile(values: list[float], q: float) -> float:
     """``quantileExact(q)``: the element at index ⌊q·n⌋ of the sorted values (the last one for q = 1)."""
-    ordered = sorted(values)
+    return sorted_quantile(sorted(values), q)
+
+
+def sorted_quantile(ordered: list[float], q: float) -> float:
+    """:func:`exact_quantile` of values sorted already."""
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+class Measured:
+    """The first purchases of each window, kept as they are measured and as the clock moves: per window a heap
+    of (purchase ms, tenant, time to value ms) to move out the purchases the window leaves, and per tenant their
+    times to value, sorted. A purchase at time t is in window W when ``t // 60000 > (clock - W) // 60000`` (the
+    rounding of :mod:`pipeline.metrics.windows`); the clock only moves forward."""
+
+    __slots__ = ("windows_ms", "starts", "heaps", "values")
+
+    def __init__(self, windows_ms: dict[str, int]):
+        self.windows_ms = windows_ms
+        self.starts = dict.fromkeys(windows_ms, -(2**62))  # minutes <= start are outside the window
+        self.heaps: dict[str, list[tuple[int, str, int]]] = {label: [] for label in windows_ms}
+        self.values: dict[str, dict[str, list[int]]] = {label: {} for label in windows_ms}
+
+    def add(self, at: int, tenant: str, ttv_ms: int) -> None:
+        entry = (at, tenant, ttv_ms)
+        for label, start in self.starts.items():
+            if at // MINUTE_MS > start:
+                heapq.heappush(self.heaps[label], entry)
+                bisect.insort(self.values[label].setdefault(tenant, []), ttv_ms)
+
+    def advance(self, clock_ms: int) -> None:
+        """Move every window to the clock, dropping the purchases it leaves."""
+        for label, window in self.windows_ms.items():
+            start = (clock_ms - window) // MINUTE_MS
+            if start <= self.starts[label]:
+                continue
+            self.starts[label] = start
+            heap, values = self.heaps[label], self.values[label]
+            while heap and heap[0][0] // MINUTE_MS <= start:
+                _, tenant, ttv_ms = heapq.heappop(heap)
+                times = values[tenant]
+                del times[bisect.bisect_left(times, ttv_ms)]
+                if not times:
+                    del values[tenant]
 
 
 class Journey:
@@ -80,9 +124,9 @@ class Journey:
 @dataclass
 class ValueState:
     partition: int
+    measured: Measured  # the first purchases per window
     customers: dict[tuple[str, str], Journey] = field(default_factory=dict)
     dirty: dict[tuple[str, str], None] = field(default_factory=dict)  # in order of arrival
-    measured: list[tuple[int, str, int]] = field(default_factory=list)  # (first purchase ms, tenant, time to value ms)
     clock_ms: int = 0
     swept_ms: int = 0
 
@@ -102,7 +146,7 @@ class TimeToValueCore(MetricCore[ValueState]):
         return cls(stream.window_ms, section.forget.ms)
 
     def new_state(self, partition: int) -> ValueState:
-        return ValueState(partition)
+        return ValueState(partition, Measured(self.windows_ms))
 
     def add(self, state: ValueState, batch: Batch, out: Output) -> None:
         customers, dirty = state.customers, state.dirty
@@ -133,7 +177,7 @@ class TimeToValueCore(MetricCore[ValueState]):
             journey = customers[key]
             start = journey.signup_ms if 0 < journey.signup_ms <= at else journey.first_ms
             journey.purchase_ms, journey.ttv_ms = at, at - start
-            state.measured.append((at, key[0], journey.ttv_ms))
+            state.measured.add(at, key[0], journey.ttv_ms)
             out.observe(HISTOGRAM, (key[0],), journey.ttv_ms / 1000)
 
     def tick(self, state: ValueState, clock_ms: int, out: Output) -> None:
@@ -152,16 +196,15 @@ class TimeToValueCore(MetricCore[ValueState]):
                 time_to_value_ms=journey.ttv_ms if journey.purchase_ms else None, last_event_ms=journey.last_ms,
                 updated_ms=journey.updated_ms, kafka_partition=state.partition))
         state.dirty.clear()
+        state.measured.advance(state.clock_ms)
         if state.clock_ms - state.swept_ms >= SWEEP_MS:
             self._sweep(state)
 
     def _sweep(self, state: ValueState) -> None:
-        """Forget customers whose last day with an event is ``forget`` behind, and times out of every window."""
+        """Forget customers whose last day with an event is ``forget`` behind."""
         oldest_day = (state.clock_ms - self.forget_ms) // DAY_MS
         for key in [key for key, journey in state.customers.items() if journey.last_ms // DAY_MS < oldest_day]:
             del state.customers[key]
-        oldest_minute = (state.clock_ms - max(self.windows_ms.values())) // MINUTE_MS
-        state.measured = [m for m in state.measured if m[0] // MINUTE_MS > oldest_minute]
         state.swept_ms = state.clock_ms
 
     def restores(self) -> Sequence[Restore]:
@@ -184,19 +227,22 @@ class TimeToValueCore(MetricCore[ValueState]):
                 int(row.updated_ms), journey.content(), journey.last_ms // DAY_MS
             state.customers[(row.tenant, row.customer_id)] = journey
             if journey.purchase_ms:
-                state.measured.append((journey.purchase_ms, row.tenant, journey.ttv_ms))
+                state.measured.add(journey.purchase_ms, row.tenant, journey.ttv_ms)
 
     # -- reading ---------------------------------------------------------------------------------
-    def times(self, states: Sequence[ValueState], clocks: Sequence[int]) -> dict[tuple[str, str], list[float]]:
-        """(tenant, window) -> the times to value in seconds of the first purchases in the window."""
-        out: dict[tuple[str, str], list[float]] = {}
+    @staticmethod
+    def times(states: Sequence[ValueState], clocks: Sequence[int]) -> dict[tuple[str, str], list[float]]:
+        """(tenant, window) -> the times to value in seconds of the first purchases in the window, sorted."""
+        out: dict[tuple[str, str], list[int]] = {}
         for state, clock_ms in zip(states, clocks):
-            for label, window in self.windows_ms.items():
-                start = (clock_ms - window) // MINUTE_MS
-                for at, tenant, ttv_ms in state.measured:
-                    if at // MINUTE_MS > start:
-                        out.setdefault((tenant, label), []).append(ttv_ms / 1000)
-        return out
+            state.measured.advance(clock_ms)
+            for label, tenants in state.measured.values.items():
+                for tenant, times in tenants.items():
+                    out.setdefault((tenant, label), []).extend(times)
+        if len(states) > 1:
+            for times in out.values():
+                times.sort()
+        return {key: [ms / 1000 for ms in times] for key, times in out.items()}
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
@@ -206,7 +252,7 @@ class TimeToValueCore(MetricCore[ValueState]):
         for (tenant, window), seconds in sorted(self.times(states, clocks).items()):
             count_g.add_metric([tenant, window], len(seconds))
             for q in QUANTILES:
-                quantile_g.add_metric([tenant, window, percentile_label(q)], exact_quantile(seconds, q))
+                quantile_g.add_metric([tenant, window, percentile_label(q)], sorted_quantile(seconds, q))
         return families
 
     @staticmethod
