@@ -65,7 +65,7 @@ def exact_quantile(values: list[float], q: float) -> float:
     return sorted_quantile(sorted(values), q)
 
 
-def sorted_quantile(ordered: list[float], q: float) -> float:
+def sorted_quantile(ordered: list, q: float):
     """:func:`exact_quantile` of values sorted already."""
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
@@ -231,28 +231,27 @@ class TimeToValueCore(MetricCore[ValueState]):
 
     # -- reading ---------------------------------------------------------------------------------
     @staticmethod
-    def times(states: Sequence[ValueState], clocks: Sequence[int]) -> dict[tuple[str, str], list[float]]:
-        """(tenant, window) -> the times to value in seconds of the first purchases in the window, sorted."""
+    def times(states: Sequence[ValueState], clocks: Sequence[int]) -> dict[tuple[str, str], list[int]]:
+        """(tenant, window) -> the times to value in ms of the first purchases in the window, sorted (of one
+        partition: its kept lists themselves, to read only)."""
         out: dict[tuple[str, str], list[int]] = {}
         for state, clock_ms in zip(states, clocks):
             state.measured.advance(clock_ms)
             for label, tenants in state.measured.values.items():
                 for tenant, times in tenants.items():
-                    out.setdefault((tenant, label), []).extend(times)
-        if len(states) > 1:
-            for times in out.values():
-                times.sort()
-        return {key: [ms / 1000 for ms in times] for key, times in out.items()}
+                    held = out.get((tenant, label))
+                    out[(tenant, label)] = times if held is None else sorted(held + times)
+        return out
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
     def collect(self, states: Sequence[ValueState], clocks: Sequence[int]) -> Iterable[Metric]:
         count_g, quantile_g = families = self._families()
-        for (tenant, window), seconds in sorted(self.times(states, clocks).items()):
-            count_g.add_metric([tenant, window], len(seconds))
+        for (tenant, window), times in sorted(self.times(states, clocks).items()):
+            count_g.add_metric([tenant, window], len(times))
             for q in QUANTILES:
-                quantile_g.add_metric([tenant, window, percentile_label(q)], sorted_quantile(seconds, q))
+                quantile_g.add_metric([tenant, window, percentile_label(q)], sorted_quantile(times, q) / 1000)
         return families
 
     @staticmethod

@@ -47,14 +47,14 @@ def measured(events: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
     return out
 
 
-def in_windows(purchases, clock: int) -> dict[tuple[str, str], list[float]]:
-    """(tenant, window) -> the sorted times to value (s) of the (purchase ms, tenant, time to value ms) in the
+def in_windows(purchases, clock: int) -> dict[tuple[str, str], list[int]]:
+    """(tenant, window) -> the sorted times to value (ms) of the (purchase ms, tenant, time to value ms) in the
     window at ``clock``, filtered over all of them: the recomputation the kept samples replace."""
     want: dict[tuple[str, str], list[float]] = {}
     for at, tenant, ms in purchases:
         for label, window in WINDOWS.items():
             if at // MIN > (clock - window) // MIN:
-                want.setdefault((tenant, label), []).append(ms / 1000)
+                want.setdefault((tenant, label), []).append(ms)
     return {key: sorted(times) for key, times in want.items()}
 
 
@@ -126,7 +126,7 @@ def test_the_kept_first_purchases_per_window_equal_a_filter_over_all_of_them_as_
         purchases.append((at, tenant, ttv_minutes * MIN))
         clock += forward * MIN + minute % 3
         kept.advance(clock)
-        assert {(tenant, label): [ms / 1000 for ms in times] for label, tenants in kept.values.items()
+        assert {(tenant, label): times for label, tenants in kept.values.items()
                 for tenant, times in tenants.items()} == in_windows(purchases, clock)
 
 
