@@ -17,9 +17,9 @@ Exported as
   their times, as ClickHouse's ``quantileExact`` takes them (the element at index ⌊q·n⌋ of the sorted times).
 
 State per partition: per customer seen in the last ``forget``, their first event, signup and first
-purchase times (a Python object each), and per window the first purchases in it (their times to value sorted per
-tenant, moved out as the clock passes them), so a scrape reads the counts and quantiles without a scan. ``customer_firsts`` has one row per customer, latest version wins,
-rewritten when these change and on the first event of each new day, so its ``last_event_ms`` is in the day
+purchase times (a Python object each), and per window the first purchases in it (their times to value
+sorted per tenant, moved out as the clock passes them), so a scrape reads the counts and quantiles
+without a scan. ``customer_firsts`` has one row per customer, latest version wins, rewritten when these change and on the first event of each new day, so its ``last_event_ms`` is in the day
 of the customer's last event: the rebuild reads it back, and forgets by whole days as the live state does.
 """
 from __future__ import annotations
@@ -62,12 +62,23 @@ class TimeToValueSettings(Section):
 
 def exact_quantile(values: list[float], q: float) -> float:
     """``quantileExact(q)``: the element at index ⌊q·n⌋ of the sorted values (the last one for q = 1)."""
-    return sorted_quantile(sorted(values), q)
-
-
-def sorted_quantile(ordered: list, q: float):
-    """:func:`exact_quantile` of values sorted already."""
+    ordered = sorted(values)
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
+
+
+def nth(parts: list[list[int]], k: int) -> int:
+    """The element at index ``k`` of the sorted union of sorted integer lists, without merging them: the
+    smallest value with more than ``k`` elements at or below it, found by bisecting the values."""
+    if len(parts) == 1:
+        return parts[0][k]
+    low, high = min(times[0] for times in parts), max(times[-1] for times in parts)
+    while low < high:
+        middle = (low + high) // 2
+        if sum(bisect.bisect_right(times, middle) for times in parts) > k:
+            high = middle
+        else:
+            low = middle + 1
+    return low
 
 
 class Measured:
@@ -99,11 +110,21 @@ class Measured:
                 continue
             self.starts[label] = start
             heap, values = self.heaps[label], self.values[label]
+            leaving: dict[str, list[int]] = {}
             while heap and heap[0][0] // MINUTE_MS <= start:
                 _, tenant, ttv_ms = heapq.heappop(heap)
-                times = values[tenant]
-                del times[bisect.bisect_left(times, ttv_ms)]
-                if not times:
+                leaving.setdefault(tenant, []).append(ttv_ms)
+            for tenant, gone in leaving.items():  # one pass over the tenant's times, not a deletion per purchase
+                gone.sort()
+                times, kept, i = values[tenant], [], 0
+                for ttv_ms in times:
+                    if i < len(gone) and gone[i] == ttv_ms:
+                        i += 1
+                    else:
+                        kept.append(ttv_ms)
+                if kept:
+                    values[tenant] = kept
+                else:
                     del values[tenant]
 
 
@@ -231,16 +252,15 @@ class TimeToValueCore(MetricCore[ValueState]):
 
     # -- reading ---------------------------------------------------------------------------------
     @staticmethod
-    def times(states: Sequence[ValueState], clocks: Sequence[int]) -> dict[tuple[str, str], list[int]]:
-        """(tenant, window) -> the times to value in ms of the first purchases in the window, sorted (of one
-        partition: its kept lists themselves, to read only)."""
-        out: dict[tuple[str, str], list[int]] = {}
+    def times(states: Sequence[ValueState], clocks: Sequence[int]) -> dict[tuple[str, str], list[list[int]]]:
+        """(tenant, window) -> per partition, the times to value in ms of the first purchases in the window,
+        sorted: the kept lists themselves, to read only."""
+        out: dict[tuple[str, str], list[list[int]]] = {}
         for state, clock_ms in zip(states, clocks):
             state.measured.advance(clock_ms)
             for label, tenants in state.measured.values.items():
                 for tenant, times in tenants.items():
-                    held = out.get((tenant, label))
-                    out[(tenant, label)] = times if held is None else sorted(held + times)
+                    out.setdefault((tenant, label), []).append(times)
         return out
 
     def describe(self) -> Iterable[Metric]:
@@ -248,10 +268,11 @@ class TimeToValueCore(MetricCore[ValueState]):
 
     def collect(self, states: Sequence[ValueState], clocks: Sequence[int]) -> Iterable[Metric]:
         count_g, quantile_g = families = self._families()
-        for (tenant, window), times in sorted(self.times(states, clocks).items()):
-            count_g.add_metric([tenant, window], len(times))
+        for (tenant, window), parts in sorted(self.times(states, clocks).items()):
+            n = sum(len(times) for times in parts)
+            count_g.add_metric([tenant, window], n)
             for q in QUANTILES:
-                quantile_g.add_metric([tenant, window, percentile_label(q)], sorted_quantile(times, q) / 1000)
+                quantile_g.add_metric([tenant, window, percentile_label(q)], nth(parts, min(int(q * n), n - 1)) / 1000)
         return families
 
     @staticmethod
