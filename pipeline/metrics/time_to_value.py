@@ -19,8 +19,9 @@ Exported as
 State per partition: per customer seen in the last ``forget``, their first event, signup and first
 purchase times (a Python object each), and per window the first purchases in it (their times to value
 sorted per tenant, moved out as the clock passes them), so a scrape reads the counts and quantiles
-without a scan. ``customer_firsts`` has one row per customer, latest version wins, rewritten when these change and on the first event of each new day, so its ``last_event_ms`` is in the day
-of the customer's last event: the rebuild reads it back, and forgets by whole days as the live state does.
+without a scan. ``customer_firsts`` has one row per customer, latest version wins, rewritten when these
+change and on the first event of each new day, so its ``last_event_ms`` is in the day of the customer's
+last event: the rebuild reads it back, and forgets by whole days as the live state does.
 """
 from __future__ import annotations
 
