@@ -88,9 +88,18 @@ class CartState:
     buyers: dict[tuple[str, str], Buyer] = field(default_factory=dict)
     deadlines: list[tuple[int, tuple[str, str], int]] = field(default_factory=list)  # heap: (deadline, buyer, start)
     pending: dict[tuple[str, str, int], tuple] = field(default_factory=dict)  # (tenant, buyer, start) -> newest row
+    open: dict[str, int] = field(default_factory=dict)  # tenant -> buyers with an open cart (kept for the scrape)
     clock_ms: int = 0  # newest event time of the partition, any source: the deadlines' and windows' clock
     source_clock_ms: int = 0  # newest web event time of the partition: the forgetting clock
     swept_ms: int = 0
+
+
+def _open(state: CartState, key: tuple[str, str], buyer: Buyer, start: int) -> None:
+    """Set the start of the buyer's open cart (0: none), keeping the tenant's count of open carts."""
+    change = bool(start) - bool(buyer.start)
+    if change:
+        state.open[key[0]] = state.open.get(key[0], 0) + change
+    buyer.start = start
 
 
 @dataclass
@@ -156,7 +165,8 @@ class CartCore(MetricCore[CartState]):
     def _start(self, state: CartState, key: tuple[str, str], buyer: Buyer, at: int, joined: list[int]) -> None:
         """A cart starts at ``at`` with the adds ``joined`` after it; bought already (a purchase seen before the
         add), it converts at once, and an add it had after that purchase starts the next one."""
-        buyer.start, buyer.joined = at, joined
+        _open(state, key, buyer, at)
+        buyer.joined = joined
         i = bisect.bisect_left(buyer.purchases, at)
         if i < len(buyer.purchases) and buyer.purchases[i] <= at + self.abandon_after_ms:
             self._end(state, key, buyer, OUTCOMES[0], buyer.purchases[i])
@@ -170,7 +180,8 @@ class CartCore(MetricCore[CartState]):
         state.windows.add(key[0], end_ms, counts)
         self._write(state, key, buyer, outcome, end_ms)
         later = buyer.joined[bisect.bisect_right(buyer.joined, end_ms):]
-        buyer.closed_until, buyer.start, buyer.joined = end_ms, 0, NO_TIMES
+        _open(state, key, buyer, 0)
+        buyer.closed_until, buyer.joined = end_ms, NO_TIMES
         buyer.last_ms = max(buyer.last_ms, end_ms)
         if later:  # adds that joined before an earlier purchase arrived: the first starts the next cart
             self._start(state, key, buyer, later[0], later[1:] or NO_TIMES)
@@ -244,7 +255,7 @@ class CartCore(MetricCore[CartState]):
             start = int(row.started_ms)
             state.source_clock_ms = max(state.source_clock_ms, start)  # an add's time
             if row.outcome == OPEN:
-                buyer.start = start
+                _open(state, key, buyer, start)
                 heapq.heappush(state.deadlines, (start + self.abandon_after_ms, key, start))
                 buyer.last_ms = max(buyer.last_ms, start)
             else:
@@ -269,12 +280,12 @@ class CartCore(MetricCore[CartState]):
 
     @staticmethod
     def open_carts(states: Sequence[CartState]) -> dict[str, int]:
+        """tenant -> open carts over the given partitions (tenants with none left out)."""
         out: dict[str, int] = {}
         for state in states:
-            for (tenant, _), buyer in state.buyers.items():
-                if buyer.start:
-                    out[tenant] = out.get(tenant, 0) + 1
-        return out
+            for tenant, n in state.open.items():
+                out[tenant] = out.get(tenant, 0) + n
+        return {tenant: n for tenant, n in out.items() if n}
 
     def describe(self) -> Iterable[Metric]:
         return self._families()

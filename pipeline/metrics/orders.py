@@ -28,10 +28,14 @@ The repeat-purchase rate: of the customers (anonymous visitors can't be recognis
 in ``repeat_window`` (30d), the share with two or more.
 
 State per partition: the orders of the memory (a small Python object each, keyed by a hash: the strings
-are in the rows), rolling counts per (tenant, currency) and minute, and the customers' last minutes. Rebuilt from ``orders`` (FINAL) and ``events``.
+are in the rows), rolling counts per (tenant, currency) and minute, the customers' last minutes and each
+buying customer's order minutes. A scrape reads only running sums: the customers per tenant and last
+minute, and per tenant the customers by the minute of their latest and of their second latest order, in
+:class:`~pipeline.metrics.windows.RollingCounts`. Rebuilt from ``orders`` (FINAL) and ``events``.
 """
 from __future__ import annotations
 
+import bisect
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
@@ -88,12 +92,40 @@ def order_key(tenant: str, buyer: str, order_id: str) -> int:
 class OrdersState:
     partition: int
     windows: RollingCounts  # key: (tenant, currency); per minute: orders, minor units
-    active: LastSeen = field(default_factory=LastSeen)
+    active: LastSeen  # customers' last minutes, with the customers per tenant and window kept
+    # key: tenant; per minute: customers whose latest order is in it, those whose second latest is (a customer
+    # has two orders in the repeat window exactly when their second latest is in it)
+    buying: RollingCounts
+    bought: dict[tuple[str, int], list[int]] = field(default_factory=dict)  # (tenant, customer) -> order minutes, sorted
     orders: dict[int, Order] = field(default_factory=dict)  # order_key -> order
     dirty: dict[int, tuple[str, str, str, Optional[str], str]] = field(default_factory=dict)  # key -> the row's strings
     clock_ms: int = 0  # newest event time of the partition, any source: the windows' clock
     source_clock_ms: int = 0  # newest web event time of the partition: the clock orders are remembered by
     swept_ms: int = 0
+
+
+def _rebuy(state: OrdersState, order: Order, bought: bool) -> None:
+    """A customer's order is now kept (``bought``) or no longer: their two latest order minutes move in
+    ``state.buying``."""
+    if not order.customer:
+        return  # an anonymous visitor is not recognised again
+    who = (order.tenant, order.customer)
+    minutes = state.bought.get(who) or []
+    top = minutes[-2:]
+    if bought:
+        bisect.insort(minutes, order.ms // MINUTE_MS)
+    else:
+        del minutes[bisect.bisect_left(minutes, order.ms // MINUTE_MS)]
+    if minutes:
+        state.bought[who] = minutes
+    else:
+        state.bought.pop(who, None)
+    now = minutes[-2:]
+    if now != top:
+        for rank, minute in enumerate(reversed(top)):  # rank 0: the latest, 1: the second latest
+            state.buying.add_bucket(order.tenant, minute, (-1, 0) if rank == 0 else (0, -1))
+        for rank, minute in enumerate(reversed(now)):
+            state.buying.add_bucket(order.tenant, minute, (1, 0) if rank == 0 else (0, 1))
 
 
 @dataclass
@@ -117,7 +149,8 @@ class OrdersCore(MetricCore[OrdersState]):
         return max(max(self.windows_ms.values()), self.repeat_window[1], self.max_lateness_ms)
 
     def new_state(self, partition: int) -> OrdersState:
-        return OrdersState(partition, RollingCounts(self.windows_ms, 2))
+        return OrdersState(partition, RollingCounts(self.windows_ms, 2), LastSeen(self.windows_ms),
+                           RollingCounts(dict((self.repeat_window,)), 2))
 
     def add(self, state: OrdersState, batch: Batch, out: Output) -> None:
         state.active.note_customers(batch.customers())
@@ -141,7 +174,9 @@ class OrdersCore(MetricCore[OrdersState]):
         if order is not None:  # an earlier copy: the order moves to its time and amount
             state.windows.add((order.tenant, order.currency), order.ms, (-1, -order.minor))
             new.updated_ms = order.updated_ms
+            _rebuy(state, order, False)
         state.orders[key] = new
+        _rebuy(state, new, True)
         state.windows.add((new.tenant, new.currency), ms, (1, new.minor))
         state.dirty[key] = (tenant, buyer, order_id, customer_id, event["event_id"])
 
@@ -159,10 +194,12 @@ class OrdersCore(MetricCore[OrdersState]):
         state.dirty.clear()
         state.windows.prune(state.clock_ms)
         state.active.expire((state.clock_ms - max(self.windows_ms.values())) // MINUTE_MS)
+        state.active.windows.prune(state.clock_ms)
+        state.buying.prune(state.clock_ms)
         if state.clock_ms - state.swept_ms >= SWEEP_MS:
             oldest = state.source_clock_ms - self.memory_ms
             for key in [key for key, order in state.orders.items() if order.ms < oldest]:
-                del state.orders[key]
+                _rebuy(state, state.orders.pop(key), False)
             state.swept_ms = state.clock_ms
 
     def restores(self) -> Sequence[Restore]:
@@ -187,7 +224,11 @@ class OrdersCore(MetricCore[OrdersState]):
             customer = customer_key(row.tenant, row.customer_id) if row.customer_id else 0
             order = Order(row.tenant, customer, int(row.order_ms), id_hash(row.event_id), row.currency,
                           int(row.amount_minor), int(row.updated_ms))
-            state.orders[order_key(row.tenant, row.buyer, row.order_id)] = order
+            key = order_key(row.tenant, row.buyer, row.order_id)
+            if key in state.orders:
+                _rebuy(state, state.orders[key], False)
+            state.orders[key] = order
+            _rebuy(state, order, True)
             state.source_clock_ms = max(state.source_clock_ms, order.ms)
             state.windows.add((order.tenant, order.currency), order.ms, (1, order.minor))
 
@@ -213,27 +254,26 @@ class OrdersCore(MetricCore[OrdersState]):
         return {tenant: set(sorted(counts, key=lambda c: (-counts[c], c))[:self.max_currencies])
                 for tenant, counts in volume.items()}
 
-    def active_customers(self, states: Sequence[OrdersState], clocks: Sequence[int]) -> dict[tuple[str, str], int]:
-        """(tenant, window) -> customers with an event in the window."""
+    @staticmethod
+    def active_customers(states: Sequence[OrdersState], clocks: Sequence[int]) -> dict[tuple[str, str], int]:
+        """(tenant, window) -> customers with an event in the window, from the kept counts."""
         out: Counter = Counter()
         for state, clock_ms in zip(states, clocks):
-            for label, window in self.windows_ms.items():
-                for tenant, n in state.active.count_since((clock_ms - window) // MINUTE_MS).items():
-                    out[(tenant, label)] += n
+            state.active.merge()
+            for (tenant, label), (n,) in state.active.windows.totals(clock_ms).items():
+                out[(tenant, label)] += n
         return {key: n for key, n in out.items() if n}
 
-    def buyers(self, states: Sequence[OrdersState], clocks: Sequence[int]) -> dict[str, tuple[int, int]]:
-        """tenant -> (customers with an order in the repeat window, those with two or more)."""
+    @staticmethod
+    def buyers(states: Sequence[OrdersState], clocks: Sequence[int]) -> dict[str, tuple[int, int]]:
+        """tenant -> (customers with an order in the repeat window, those with two or more), from the kept counts."""
         out: dict[str, list[int]] = {}
         for state, clock_ms in zip(states, clocks):
-            start = (clock_ms - self.repeat_window[1]) // MINUTE_MS
-            orders: Counter = Counter(
-                (o.tenant, o.customer) for o in state.orders.values() if o.customer and o.ms // MINUTE_MS > start)
-            for (tenant, _), n in orders.items():
+            for (tenant, _), (buying, repeat) in state.buying.totals(clock_ms).items():
                 acc = out.setdefault(tenant, [0, 0])
-                acc[0] += 1
-                acc[1] += n >= 2
-        return {tenant: (buying, repeat) for tenant, (buying, repeat) in out.items()}
+                acc[0] += buying
+                acc[1] += repeat
+        return {tenant: (buying, repeat) for tenant, (buying, repeat) in out.items() if buying}
 
     def describe(self) -> Iterable[Metric]:
         return self._families()

@@ -17,12 +17,16 @@ Exported as
   their times, as ClickHouse's ``quantileExact`` takes them (the element at index ⌊q·n⌋ of the sorted times).
 
 State per partition: per customer seen in the last ``forget``, their first event, signup and first
-purchase times (a Python object each). ``customer_firsts`` has one row per customer, latest version wins,
-rewritten when these change and on the first event of each new day, so its ``last_event_ms`` is in the day
-of the customer's last event: the rebuild reads it back, and forgets by whole days as the live state does.
+purchase times (a Python object each), and per window the first purchases in it (their times to value
+sorted per tenant, moved out as the clock passes them), so a scrape reads the counts and quantiles
+without a scan. ``customer_firsts`` has one row per customer, latest version wins, rewritten when these
+change and on the first event of each new day, so its ``last_event_ms`` is in the day of the customer's
+last event: the rebuild reads it back, and forgets by whole days as the live state does.
 """
 from __future__ import annotations
 
+import bisect
+import heapq
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Iterable, Optional, Sequence
 
@@ -63,6 +67,68 @@ def exact_quantile(values: list[float], q: float) -> float:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
+def nth(parts: list[list[int]], k: int) -> int:
+    """The element at index ``k`` of the sorted union of sorted integer lists, without merging them: the
+    smallest value with more than ``k`` elements at or below it, found by bisecting the values."""
+    if len(parts) == 1:
+        return parts[0][k]
+    low, high = min(times[0] for times in parts), max(times[-1] for times in parts)
+    while low < high:
+        middle = (low + high) // 2
+        if sum(bisect.bisect_right(times, middle) for times in parts) > k:
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
+class Measured:
+    """The first purchases of each window, kept as they are measured and as the clock moves: per window a heap
+    of (purchase ms, tenant, time to value ms) to move out the purchases the window leaves, and per tenant their
+    times to value, sorted. A purchase at time t is in window W when ``t // 60000 > (clock - W) // 60000`` (the
+    rounding of :mod:`pipeline.metrics.windows`); the clock only moves forward."""
+
+    __slots__ = ("windows_ms", "starts", "heaps", "values")
+
+    def __init__(self, windows_ms: dict[str, int]):
+        self.windows_ms = windows_ms
+        self.starts = dict.fromkeys(windows_ms, -(2**62))  # minutes <= start are outside the window
+        self.heaps: dict[str, list[tuple[int, str, int]]] = {label: [] for label in windows_ms}
+        self.values: dict[str, dict[str, list[int]]] = {label: {} for label in windows_ms}
+
+    def add(self, at: int, tenant: str, ttv_ms: int) -> None:
+        entry = (at, tenant, ttv_ms)
+        for label, start in self.starts.items():
+            if at // MINUTE_MS > start:
+                heapq.heappush(self.heaps[label], entry)
+                bisect.insort(self.values[label].setdefault(tenant, []), ttv_ms)
+
+    def advance(self, clock_ms: int) -> None:
+        """Move every window to the clock, dropping the purchases it leaves."""
+        for label, window in self.windows_ms.items():
+            start = (clock_ms - window) // MINUTE_MS
+            if start <= self.starts[label]:
+                continue
+            self.starts[label] = start
+            heap, values = self.heaps[label], self.values[label]
+            leaving: dict[str, list[int]] = {}
+            while heap and heap[0][0] // MINUTE_MS <= start:
+                _, tenant, ttv_ms = heapq.heappop(heap)
+                leaving.setdefault(tenant, []).append(ttv_ms)
+            for tenant, gone in leaving.items():  # one pass over the tenant's times, not a deletion per purchase
+                gone.sort()
+                times, kept, i = values[tenant], [], 0
+                for ttv_ms in times:
+                    if i < len(gone) and gone[i] == ttv_ms:
+                        i += 1
+                    else:
+                        kept.append(ttv_ms)
+                if kept:
+                    values[tenant] = kept
+                else:
+                    del values[tenant]
+
+
 class Journey:
     __slots__ = ("first_ms", "signup_ms", "purchase_ms", "ttv_ms", "last_ms", "updated_ms", "written", "written_day")
 
@@ -80,9 +146,9 @@ class Journey:
 @dataclass
 class ValueState:
     partition: int
+    measured: Measured  # the first purchases per window
     customers: dict[tuple[str, str], Journey] = field(default_factory=dict)
     dirty: dict[tuple[str, str], None] = field(default_factory=dict)  # in order of arrival
-    measured: list[tuple[int, str, int]] = field(default_factory=list)  # (first purchase ms, tenant, time to value ms)
     clock_ms: int = 0
     swept_ms: int = 0
 
@@ -102,7 +168,7 @@ class TimeToValueCore(MetricCore[ValueState]):
         return cls(stream.window_ms, section.forget.ms)
 
     def new_state(self, partition: int) -> ValueState:
-        return ValueState(partition)
+        return ValueState(partition, Measured(self.windows_ms))
 
     def add(self, state: ValueState, batch: Batch, out: Output) -> None:
         customers, dirty = state.customers, state.dirty
@@ -133,7 +199,7 @@ class TimeToValueCore(MetricCore[ValueState]):
             journey = customers[key]
             start = journey.signup_ms if 0 < journey.signup_ms <= at else journey.first_ms
             journey.purchase_ms, journey.ttv_ms = at, at - start
-            state.measured.append((at, key[0], journey.ttv_ms))
+            state.measured.add(at, key[0], journey.ttv_ms)
             out.observe(HISTOGRAM, (key[0],), journey.ttv_ms / 1000)
 
     def tick(self, state: ValueState, clock_ms: int, out: Output) -> None:
@@ -152,16 +218,15 @@ class TimeToValueCore(MetricCore[ValueState]):
                 time_to_value_ms=journey.ttv_ms if journey.purchase_ms else None, last_event_ms=journey.last_ms,
                 updated_ms=journey.updated_ms, kafka_partition=state.partition))
         state.dirty.clear()
+        state.measured.advance(state.clock_ms)
         if state.clock_ms - state.swept_ms >= SWEEP_MS:
             self._sweep(state)
 
     def _sweep(self, state: ValueState) -> None:
-        """Forget customers whose last day with an event is ``forget`` behind, and times out of every window."""
+        """Forget customers whose last day with an event is ``forget`` behind."""
         oldest_day = (state.clock_ms - self.forget_ms) // DAY_MS
         for key in [key for key, journey in state.customers.items() if journey.last_ms // DAY_MS < oldest_day]:
             del state.customers[key]
-        oldest_minute = (state.clock_ms - max(self.windows_ms.values())) // MINUTE_MS
-        state.measured = [m for m in state.measured if m[0] // MINUTE_MS > oldest_minute]
         state.swept_ms = state.clock_ms
 
     def restores(self) -> Sequence[Restore]:
@@ -184,18 +249,19 @@ class TimeToValueCore(MetricCore[ValueState]):
                 int(row.updated_ms), journey.content(), journey.last_ms // DAY_MS
             state.customers[(row.tenant, row.customer_id)] = journey
             if journey.purchase_ms:
-                state.measured.append((journey.purchase_ms, row.tenant, journey.ttv_ms))
+                state.measured.add(journey.purchase_ms, row.tenant, journey.ttv_ms)
 
     # -- reading ---------------------------------------------------------------------------------
-    def times(self, states: Sequence[ValueState], clocks: Sequence[int]) -> dict[tuple[str, str], list[float]]:
-        """(tenant, window) -> the times to value in seconds of the first purchases in the window."""
-        out: dict[tuple[str, str], list[float]] = {}
+    @staticmethod
+    def times(states: Sequence[ValueState], clocks: Sequence[int]) -> dict[tuple[str, str], list[list[int]]]:
+        """(tenant, window) -> per partition, the times to value in ms of the first purchases in the window,
+        sorted: the kept lists themselves, to read only."""
+        out: dict[tuple[str, str], list[list[int]]] = {}
         for state, clock_ms in zip(states, clocks):
-            for label, window in self.windows_ms.items():
-                start = (clock_ms - window) // MINUTE_MS
-                for at, tenant, ttv_ms in state.measured:
-                    if at // MINUTE_MS > start:
-                        out.setdefault((tenant, label), []).append(ttv_ms / 1000)
+            state.measured.advance(clock_ms)
+            for label, tenants in state.measured.values.items():
+                for tenant, times in tenants.items():
+                    out.setdefault((tenant, label), []).append(times)
         return out
 
     def describe(self) -> Iterable[Metric]:
@@ -203,10 +269,11 @@ class TimeToValueCore(MetricCore[ValueState]):
 
     def collect(self, states: Sequence[ValueState], clocks: Sequence[int]) -> Iterable[Metric]:
         count_g, quantile_g = families = self._families()
-        for (tenant, window), seconds in sorted(self.times(states, clocks).items()):
-            count_g.add_metric([tenant, window], len(seconds))
+        for (tenant, window), parts in sorted(self.times(states, clocks).items()):
+            n = sum(len(times) for times in parts)
+            count_g.add_metric([tenant, window], n)
             for q in QUANTILES:
-                quantile_g.add_metric([tenant, window, percentile_label(q)], exact_quantile(seconds, q))
+                quantile_g.add_metric([tenant, window, percentile_label(q)], nth(parts, min(int(q * n), n - 1)) / 1000)
         return families
 
     @staticmethod

@@ -92,6 +92,24 @@ def recount(events: list[dict], clock: int) -> tuple[dict, dict, dict]:
     return money, {k: len(v) for k, v in active.items()}, buyers
 
 
+def scanned(orders: OrdersCore, state, clock: int) -> tuple[dict, dict]:
+    """(tenant, window) -> active customers and tenant -> (purchasing, repeat) customers, counted over the state's
+    customers and orders at every call: the recomputation the kept counts replace."""
+    active = {(tenant, label): n for label, window in WINDOWS.items()
+              for tenant, n in state.active.count_since((clock - window) // MIN).items() if n}
+    start = (clock - orders.repeat_window[1]) // MIN
+    per_customer = Counter((o.tenant, o.customer) for o in state.orders.values() if o.customer and o.ms // MIN > start)
+    buyers: dict = {}
+    for (tenant, _), n in per_customer.items():
+        buying, repeat = buyers.get(tenant, (0, 0))
+        buyers[tenant] = (buying + 1, repeat + (n >= 2))
+    return active, buyers
+
+
+def kept(orders: OrdersCore, state, clock: int) -> tuple[dict, dict]:
+    return orders.active_customers([state], [clock]), orders.buyers([state], [clock])
+
+
 def gauges(orders: OrdersCore, states, clock: int) -> dict[str, dict[tuple, float]]:
     return {f.name: {tuple(s.labels.values()): s.value for s in f.samples}
             for f in orders.collect(states, [clock] * len(states))}
@@ -135,6 +153,7 @@ def test_each_order_counts_once_whatever_the_copies_and_their_order_and_a_replay
     assert orders.totals([state], [clock]) == money
     assert orders.active_customers([state], [clock]) == active
     assert orders.buyers([state], [clock]) == buyers
+    assert kept(orders, state, clock) == scanned(orders, state, clock)
     # the newest row of each order is its earliest purchase, in minor units
     latest = {}
     for row in out.rows["orders"]:
@@ -153,9 +172,15 @@ def test_each_order_counts_once_whatever_the_copies_and_their_order_and_a_replay
             key = (e["tenant"], e["customer_id"])
             last_seen[key] = max(last_seen.get(key, 0), e["event_time"])
     restore(orders, rebuilt, "active", [(t, c, ms) for (t, c), ms in last_seen.items()], clock)
+    assert kept(orders, rebuilt, clock) == scanned(orders, rebuilt, clock) == (active, buyers)
     again = feed(orders, rebuilt, shuffled[cut:] + shuffled[:cut], rng)
     assert again.row_count() == 0
     assert gauges(orders, [rebuilt], clock) == gauges(orders, [state], clock)
+    # the clock moves on (the windows, the expiry and the sweep with it): the kept counts follow it
+    for step in (MIN, HOUR, 7 * HOUR, 2 * DAY, 9 * DAY, 31 * DAY):
+        for s in (state, rebuilt):
+            orders.tick(s, clock + step, Output())
+            assert kept(orders, s, clock + step) == scanned(orders, s, clock + step)
 
 
 def test_gauges_divide_exact_sums_and_an_earlier_copy_moves_the_order():

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline.metrics.base import Batch, Output
-from pipeline.metrics.time_to_value import BUCKETS, HISTOGRAM, TimeToValueCore, exact_quantile
+from pipeline.metrics.time_to_value import BUCKETS, HISTOGRAM, Measured, TimeToValueCore, exact_quantile, nth
 from tests.unit.cores import restore
 
 MIN, HOUR, DAY = 60_000, 3_600_000, 86_400_000
@@ -47,6 +47,23 @@ def measured(events: list[dict]) -> dict[tuple[str, str], tuple[int, int]]:
     return out
 
 
+def in_windows(purchases, clock: int) -> dict[tuple[str, str], list[int]]:
+    """(tenant, window) -> the sorted times to value (ms) of the (purchase ms, tenant, time to value ms) in the
+    window at ``clock``, filtered over all of them: the recomputation the kept samples replace."""
+    want: dict[tuple[str, str], list[float]] = {}
+    for at, tenant, ms in purchases:
+        for label, window in WINDOWS.items():
+            if at // MIN > (clock - window) // MIN:
+                want.setdefault((tenant, label), []).append(ms)
+    return {key: sorted(times) for key, times in want.items()}
+
+
+def merged(ttv: TimeToValueCore, states, clock: int) -> dict[tuple[str, str], list[int]]:
+    """(tenant, window) -> the kept times of the partitions, merged and sorted."""
+    parts_of = ttv.times(states, [clock] * len(states))
+    return {key: sorted(ms for times in parts for ms in times) for key, parts in parts_of.items()}
+
+
 KINDS = [("web", "page_view"), ("web", "signup"), ("web", "purchase"), ("crm", "contact_logged"), ("web", "add_to_cart")]
 raw_events = st.lists(st.tuples(st.sampled_from(["acme", "globex"]), st.sampled_from(["c1", "c2", "c3", None]),
                                 st.sampled_from(KINDS), st.integers(0, 6 * 24 * 60)), min_size=1, max_size=40)
@@ -76,12 +93,8 @@ def test_in_time_order_each_customer_is_measured_once_as_defined_and_a_rebuild_o
         (tenant, ms / 1000) for (tenant, _), (_, ms) in truth.items())
     assert {name for name, _, _ in out.observations} <= {HISTOGRAM}
     clock = items[-1][1]["event_time"]
-    want: dict[tuple[str, str], list[float]] = {}
-    for (tenant, _), (at, ms) in truth.items():
-        for label, window in WINDOWS.items():
-            if at // MIN > (clock - window) // MIN:
-                want.setdefault((tenant, label), []).append(ms / 1000)
-    assert {k: sorted(v) for k, v in ttv.times([state], [clock]).items()} == {k: sorted(v) for k, v in want.items()}
+    purchases = [(at, tenant, ms) for (tenant, _), (at, ms) in truth.items()]
+    assert merged(ttv, [state], clock) == in_windows(purchases, clock)
     # rebuilt from the newest rows, then fed everything again: no observation, no row, the same gauges
     newest = {}
     for row in out.rows["customer_firsts"]:
@@ -93,11 +106,42 @@ def test_in_time_order_each_customer_is_measured_once_as_defined_and_a_rebuild_o
     restore(ttv, rebuilt, "customers", [(r.tenant, r.customer_id, r.first_event_ms, r.signup_ms, r.first_purchase_ms,
                                          r.time_to_value_ms, r.last_event_ms, r.updated_ms) for r in newest.values()],
             clock)
+    assert merged(ttv, [rebuilt], clock) == in_windows(purchases, clock)
     again = feed(ttv, rebuilt, items[cut:] + items[:cut], rng)
     assert again.observations == [] and again.row_count() == 0
     families = lambda s: {f.name: {tuple(x.labels.values()): x.value for x in f.samples}  # noqa: E731
                           for f in ttv.collect([s], [clock])}
     assert families(rebuilt) == families(state)
+    # two partitions: counts and exact quantiles over both
+    want = in_windows(purchases * 2, clock)
+    assert merged(ttv, [state, rebuilt], clock) == want
+    gauges = {f.name: {tuple(x.labels.values()): x.value for x in f.samples}
+              for f in ttv.collect([state, rebuilt], [clock] * 2)}
+    assert gauges["cx_first_purchases"] == {key: len(times) for key, times in want.items()}
+    assert gauges["cx_time_to_first_purchase_exact_seconds"] == {
+        (tenant, label, f"{q * 100:g}"): exact_quantile([ms / 1000 for ms in times], q)
+        for (tenant, label), times in want.items() for q in (0.5, 0.9)}
+    for step in (MIN, 59 * MIN, 5 * HOUR, DAY, 3 * DAY, 8 * DAY):  # the windows move with the clock
+        for s in (state, rebuilt):
+            ttv.tick(s, clock + step, Output())
+            assert merged(ttv, [s], clock + step) == in_windows(purchases, clock + step)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 3 * 24 * 60), st.sampled_from(["acme", "globex"]), st.integers(0, 5),
+                          st.integers(0, 12 * 60)), max_size=40))
+def test_the_kept_first_purchases_per_window_equal_a_filter_over_all_of_them_as_the_clock_moves(steps):
+    """Purchases (late ones too) and clock moves interleaved: after each, every window holds exactly the
+    purchases a filter over all of them finds, sorted."""
+    kept, purchases, clock = Measured(WINDOWS), [], T0
+    for minute, tenant, ttv_minutes, forward in steps:
+        at = T0 + minute * MIN - DAY + minute % 7  # up to a day before T0: some are outside a window when they come
+        kept.add(at, tenant, ttv_minutes * MIN)
+        purchases.append((at, tenant, ttv_minutes * MIN))
+        clock += forward * MIN + minute % 3
+        kept.advance(clock)
+        assert {(tenant, label): times for label, tenants in kept.values.items()
+                for tenant, times in tenants.items()} == in_windows(purchases, clock)
 
 
 def test_signup_wins_over_earlier_events_and_a_late_earlier_purchase_does_not_measure_again():
@@ -112,6 +156,15 @@ def test_signup_wins_over_earlier_events_and_a_late_earlier_purchase_does_not_me
     ttv.add(state, Batch.of(0, [event(6, "web", "purchase", T0 + 2 * HOUR)]), out)  # earlier, but late: measured already
     ttv.tick(state, T0 + 5 * HOUR, out)
     assert len(out.observations) == 2 and state.customers[("acme", "c1")].purchase_ms == T0 + 3 * HOUR
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.lists(st.integers(-5, 40), min_size=1, max_size=12), min_size=1, max_size=4), st.data())
+def test_the_nth_of_sorted_lists_is_the_nth_of_their_union(parts, data):
+    parts = [sorted(times) for times in parts]
+    union = sorted(ms for times in parts for ms in times)
+    k = data.draw(st.integers(0, len(union) - 1))
+    assert nth(parts, k) == union[k]
 
 
 def test_exact_quantiles_take_the_element_at_floor_q_n():
