@@ -2,6 +2,7 @@
 import datetime as dt
 import io
 import json
+import re
 import struct
 
 import fastavro
@@ -264,8 +265,8 @@ def _outcome(decode, data):
     try:
         decoded = decode(data)
         return decoded.schema.name, decoded.events, decoded.is_batch
-    except UndecodableError as exc:
-        return "undecodable", str(exc)
+    except UndecodableError as exc:  # fastavro names its BytesIO by address: one per decode, so left out
+        return "undecodable", re.sub(r" at 0x[0-9a-f]+", "", str(exc))
 
 
 class _FastavroOnly(Codec):
