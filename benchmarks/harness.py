@@ -167,27 +167,29 @@ def preload_single(bootstrap: str, prefix: str, events, codec: Codec) -> float:
 
 
 class Oracle:
-    """What a correct worker must report for an input, recomputed plainly (docs/contract.md, Time, minute-rounded windows)."""
+    """What a correct worker must report for an input, recomputed plainly (docs/contract.md, Time, minute-rounded
+    windows, each ending at the clock of the partition whose answers it holds: the largest event time there)."""
 
     def __init__(self, events):
         seen: set[str] = set()
         surveys = []
-        clock = 0
-        for _, e in events:
+        clocks: dict[int, int] = defaultdict(int)
+        for source, e in events:
             if e["event_id"] in seen:
                 continue
             seen.add(e["event_id"])
-            clock = max(clock, e["event_time"])
+            partition = partition_for(event_key(source, e), PARTITIONS)
+            clocks[partition] = max(clocks[partition], e["event_time"])
             survey = e.get("survey")
             if e["event_type"] == "survey_response" and survey and survey["kind"] == "NPS":
-                surveys.append((e["tenant"], survey["score"], e["event_time"]))
+                surveys.append((e["tenant"], survey["score"], e["event_time"], partition))
         self.distinct = len(seen)
         self.nps: dict[tuple[str, str], float] = {}
         self.responses: dict[tuple[str, str], int] = {}
         for label, w in WINDOWS.items():
             per: dict[str, list[int]] = defaultdict(list)
-            for tenant, score, t in surveys:
-                if t // 60_000 > (clock - w) // 60_000:
+            for tenant, score, t, partition in surveys:
+                if t // 60_000 > (clocks[partition] - w) // 60_000:
                     per[tenant].append(score)
             for tenant, scores in per.items():
                 promoters, detractors = sum(s >= 9 for s in scores), sum(s <= 6 for s in scores)

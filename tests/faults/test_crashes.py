@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from tests.faults.harness import (
     DAY,
     MINUTE,
+    Trickle,
     expected_counts,
     identity_holds,
     kill_hard,
@@ -32,12 +32,12 @@ pytestmark = pytest.mark.integration
 def test_sigkill_mid_stream_then_restart_loses_and_doubles_nothing(stage):
     work = with_sentinels(valid_workload(simulated(seed=101, count=15_000, end_ms=now_ms())), "end")
     worker = stage.worker().start()
-    with ThreadPoolExecutor(1) as sender:
-        sending = sender.submit(produce, stage.bootstrap, stage.prefix, work.messages)
-        wait_until(lambda: stage.tables.scalar("SELECT count() FROM {db}.events"), lambda n: n >= 2000, 120,
-                   "the first rows in ClickHouse")
-        kill_hard(worker.process)
-        sending.result()
+    # Spread over 20 s: a worker this fast would otherwise have stored all of it before the kill.
+    flowing = Trickle(stage.bootstrap, stage.prefix, work, seconds=20).start()
+    wait_until(lambda: stage.tables.scalar("SELECT count() FROM {db}.events"), lambda n: n >= 2000, 120,
+               "the first rows in ClickHouse")
+    kill_hard(worker.process)
+    flowing.join()
     assert stage.tables.counts()["events_uniq"] < len(work.valid), "the kill must land mid-stream"
 
     restarted = time.monotonic()
