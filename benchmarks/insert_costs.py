@@ -194,8 +194,10 @@ def flushes(rows: dict[str, list[tuple]], url: str, order: list[str], flush_even
     print(f"  per event: wall {totals[0] / events * 1e6:.1f}, client CPU {totals[1] / events * 1e6:.1f}, server "
           f"duration {totals[2] / events * 1e6:.1f}, server CPU {totals[3] / events * 1e6:.1f} µs; flush median "
           f"{statistics.median(flush_walls) * 1e3:.0f} ms wall")
-    NativeBackend(url, timeout=300).execute(f"DROP DATABASE {database}")  # slow with many parts
     backend.close()
+    admin = NativeBackend(url, timeout=300)  # a DROP of many parts is slow
+    admin.execute(f"DROP DATABASE {database}")
+    admin.close()
 
 
 def tables_at_once(rows: dict[str, list[tuple]], url: str, order: list[str], groups: list[list[str]],
