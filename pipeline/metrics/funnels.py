@@ -26,7 +26,6 @@ from __future__ import annotations
 import heapq
 import sys
 from bisect import bisect_left
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -105,6 +104,19 @@ class _Track:
         if p < n and events[p + 1] == event_id:
             return False
         events[p:p] = (event_ms, event_id, mask)
+        return True
+
+    def append(self, items: list) -> bool:
+        """Add a batch's step events (flat, as ``events``) when each is after every event held and the one
+        before it; False (nothing added) otherwise."""
+        events = self.events
+        last_ms, last_id = (events[-3], events[-2]) if events else (None, None)
+        for i in range(0, len(items), 3):
+            ms, event_id = items[i], items[i + 1]
+            if last_ms is not None and (ms < last_ms or (ms == last_ms and event_id <= last_id)):
+                return False
+            last_ms, last_id = ms, event_id
+        events += items
         return True
 
     def chain(self, p: int, steps: int, window_ms: int) -> list[int]:
@@ -231,8 +243,10 @@ class FunnelCore(MetricCore[FunnelState]):
         return mask
 
     def add(self, state: FunnelState, batch: Batch, out: Output) -> None:
-        changed: dict[tuple, set[int]] = defaultdict(set)
-        dispatch, mask_of, tracks = self._dispatch, self._mask, state.tracks
+        # The batch's step events grouped by track, in arrival order: each track is then reassessed once per
+        # batch (per interval of start times its events can change), not once per event.
+        pending: dict[tuple[str, str, int], list] = {}
+        dispatch, mask_of, clock = self._dispatch, self._mask, state.clock_ms
         for source, event in zip(batch.sources, batch.events):
             customer = event.get("customer_id")
             if customer is None:
@@ -241,25 +255,52 @@ class FunnelCore(MetricCore[FunnelState]):
             if funnels is None:
                 continue
             event_ms = event["event_time"]
-            if event_ms > state.clock_ms:
-                state.clock_ms = event_ms
-            for index, funnel, candidates in funnels:
+            if event_ms > clock:
+                clock = event_ms
+            for index, _, candidates in funnels:
                 mask = mask_of(candidates, source, event)
-                if not mask:
-                    continue
-                key = (event["tenant"], customer, index)
-                track = tracks.get(key) or state.track(key, event_ms)
-                if track.insert(event_ms, event["event_id"], mask):
-                    # An event that is only a step 1 cannot join or end another attempt (a chain takes
-                    # step k >= 2 or stops at an exclusion), so only the attempts starting at its own
-                    # millisecond can change; any other step event may change every attempt that can
-                    # reach it: those starting within the conversion window before it.
-                    first_ms = event_ms if mask == 1 else event_ms - funnel.window_ms
-                    changed[key].update(self._reassess(state, key, track, funnel, first_ms, event_ms, out))
-        for key, starts in changed.items():
-            self._emit(state, key, starts, out)
+                if mask:
+                    key = (event["tenant"], customer, index)
+                    items = pending.get(key)
+                    if items is None:
+                        pending[key] = [event_ms, event["event_id"], mask]
+                    else:
+                        items += (event_ms, event["event_id"], mask)
+        state.clock_ms = clock
+        tracks, funnels = state.tracks, self.funnels
+        for key, items in pending.items():
+            track = tracks.get(key) or state.track(key, items[0])
+            funnel = funnels[key[2]]
+            if track.append(items):
+                starts = set()
+                for first_ms, last_ms in self._spans(items, funnel.window_ms):
+                    starts.update(self._reassess(state, key, track, funnel, first_ms, last_ms, out))
+            else:  # an event before one held, or a replay: one event at a time, as each may reorder the track
+                starts = set()
+                for i in range(0, len(items), 3):
+                    event_ms, mask = items[i], items[i + 2]
+                    if track.insert(event_ms, items[i + 1], mask):
+                        first_ms = event_ms if mask == 1 else event_ms - funnel.window_ms
+                        starts.update(self._reassess(state, key, track, funnel, first_ms, event_ms, out))
             if starts:
-                self._recount(state, key, state.tracks[key])
+                self._emit(state, key, starts, out)
+                self._recount(state, key, track)
+
+    @staticmethod
+    def _spans(items: list, window_ms: int) -> list[tuple[int, int]]:
+        """The start times the events ``items`` (flat, as in a track) can change, as disjoint [first, last] spans.
+        An event that is only a step 1 cannot join or end another attempt (a chain takes step k >= 2 or stops
+        at an exclusion), so only the attempts starting at its own millisecond can change; any other step
+        event may change every attempt that can reach it: those starting within the conversion window before it."""
+        spans = sorted((ms if mask == 1 else ms - window_ms, ms) for ms, mask in zip(items[::3], items[2::3]))
+        merged = [list(spans[0])]
+        for first_ms, last_ms in spans[1:]:
+            if first_ms <= merged[-1][1] + 1:
+                if last_ms > merged[-1][1]:
+                    merged[-1][1] = last_ms
+            else:
+                merged.append([first_ms, last_ms])
+        return merged
 
     def _reassess(self, state: FunnelState, key: tuple[str, str, int], track: _Track, funnel: Funnel, first_ms: int,
                   last_ms: int, out: Optional[Output]) -> set[int]:
