@@ -494,23 +494,26 @@ class ChurnCore(MetricCore[ChurnState]):
 
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ChurnState, batch: Batch, out: Output) -> None:
-        touch = self._touch
+        """Each customer of the batch is touched once (the batch's customer view), with all their event times;
+        then the CRM and chatbot events that are evidence note their times."""
+        touch, dirty = self._touch, state.dirty
+        customers = batch.customers()
         clock = state.clock_ms
-        for source, event in zip(batch.sources, batch.events):
-            customer_id = event.get("customer_id")
-            if customer_id is None:
-                continue
-            c = touch(state, event["tenant"], customer_id)
-            event_ms = event["event_time"]
-            c.seen(event_ms)
-            times = CRM_TIMES if source == "crm" else CHAT_TIMES if source == "chatbot" else None
-            if times is not None:
-                attribute = times.get(event["event_type"])
-                if attribute:
-                    c.note_time(attribute, event_ms)
-            if event_ms > clock:
-                clock = event_ms
+        for (tenant, customer_id), times in zip(customers.keys, customers.times):
+            c = touch(state, tenant, customer_id)
+            for event_ms in times:
+                c.seen(event_ms)
+            latest = max(times)
+            if latest > clock:
+                clock = latest
         state.clock_ms = clock
+        for source, attributes in (("crm", CRM_TIMES), ("chatbot", CHAT_TIMES)):
+            for event in batch.of_source(source)[0]:
+                attribute = attributes.get(event["event_type"])
+                if attribute:
+                    customer_id = event.get("customer_id")
+                    if customer_id is not None:
+                        dirty[event["tenant"], customer_id].note_time(attribute, event["event_time"])
 
     def take(self, state: ChurnState, facts: Facts, out: Output) -> None:
         """NPS answers, complaints opened and SLA breaches: their customers become dirty."""
