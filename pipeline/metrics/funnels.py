@@ -147,8 +147,15 @@ class _Track:
         return max([attempt[1] for attempt in attempts[bisect_left(attempts, (first_ms,)):]], default=0)
 
     def levels_since(self, firsts: Sequence[int]) -> list[int]:
-        """level_since of each of ``firsts``."""
-        return [self.level_since(first_ms) for first_ms in firsts]
+        """level_since of each of ``firsts`` (one pass from the latest attempt back: each attempt is read once)."""
+        attempts, levels, best, end = self.attempts, {}, 0, len(self.attempts)
+        for first_ms in sorted(firsts, reverse=True):
+            i = bisect_left(attempts, (first_ms,))
+            if i < end:
+                best = max(best, max([attempt[1] for attempt in attempts[i:end]]))
+                end = i
+            levels[first_ms] = best
+        return [levels[first_ms] for first_ms in firsts]
 
 
 @dataclass
@@ -210,8 +217,9 @@ class FunnelCore(MetricCore[FunnelState]):
             CONVERSION_SECONDS, "histogram", "Time from the latest step-1 event to the last step, per conversion.",
             ("tenant", "funnel"), conversion_buckets(self.funnels)),)
         self._event_types = {step.event_type for funnel in self.funnels for step in funnel.steps + funnel.exclusions}
-        # event type -> [(funnel index, funnel, ((mask bit, step), ...))]: an event is matched only against
-        # the steps and exclusions of its own type, in the funnels that have any (same mask as Funnel.step_mask)
+        # event type -> [(funnel index, its mask when constant else 0, ((mask bit, step), ...))]: an event is
+        # matched only against the steps and exclusions of its own type, in the funnels that have any (same mask
+        # as Funnel.step_mask)
         dispatch: dict[str, list] = {}
         for index, funnel in enumerate(self.funnels):
             checks: dict[str, list] = {}
@@ -219,7 +227,10 @@ class FunnelCore(MetricCore[FunnelState]):
                     (EXCLUDED, exclusion) for exclusion in funnel.exclusions]:
                 checks.setdefault(step.event_type, []).append((bit, step))
             for event_type, candidates in checks.items():
-                dispatch.setdefault(event_type, []).append((index, funnel, tuple(candidates)))
+                # a step of this type without source or attribute conditions matches every event of it
+                constant = 0 if any(step.source or step.where for _, step in candidates) else \
+                    sum(bit for bit, _ in candidates)
+                dispatch.setdefault(event_type, []).append((index, constant, tuple(candidates)))
         self._dispatch = dispatch
         self.longest_window_ms = max(funnel.window_ms for funnel in self.funnels)
         self._level_bits = max(len(funnel.steps) for funnel in self.funnels).bit_length()
@@ -257,8 +268,8 @@ class FunnelCore(MetricCore[FunnelState]):
             event_ms = event["event_time"]
             if event_ms > clock:
                 clock = event_ms
-            for index, _, candidates in funnels:
-                mask = mask_of(candidates, source, event)
+            for index, constant, candidates in funnels:
+                mask = constant or mask_of(candidates, source, event)
                 if mask:
                     key = (event["tenant"], customer, index)
                     items = pending.get(key)
@@ -271,20 +282,28 @@ class FunnelCore(MetricCore[FunnelState]):
         for key, items in pending.items():
             track = tracks.get(key) or state.track(key, items[0])
             funnel = funnels[key[2]]
+            starts = set()
             if track.append(items):
-                starts = set()
-                for first_ms, last_ms in self._spans(items, funnel.window_ms):
+                # events after every one held only extend chains: no attempt's level falls, so the gauge's
+                # counts move by the changed attempts alone
+                if len(items) == 3:
+                    event_ms = items[0]
+                    spans = ((event_ms if items[2] == 1 else event_ms - funnel.window_ms, event_ms),)
+                else:
+                    spans = self._spans(items, funnel.window_ms)
+                for first_ms, last_ms in spans:
                     starts.update(self._reassess(state, key, track, funnel, first_ms, last_ms, out))
+                if starts:
+                    self._recount(state, key, track, raised=self._emit(state, key, starts, out))
             else:  # an event before one held, or a replay: one event at a time, as each may reorder the track
-                starts = set()
                 for i in range(0, len(items), 3):
                     event_ms, mask = items[i], items[i + 2]
                     if track.insert(event_ms, items[i + 1], mask):
                         first_ms = event_ms if mask == 1 else event_ms - funnel.window_ms
                         starts.update(self._reassess(state, key, track, funnel, first_ms, event_ms, out))
-            if starts:
-                self._emit(state, key, starts, out)
-                self._recount(state, key, track)
+                if starts:
+                    self._emit(state, key, starts, out)
+                    self._recount(state, key, track)
 
     @staticmethod
     def _spans(items: list, window_ms: int) -> list[tuple[int, int]]:
@@ -357,12 +376,12 @@ class FunnelCore(MetricCore[FunnelState]):
                     latest = events[p]
         return latest
 
-    def _emit(self, state: FunnelState, key: tuple, starts: set[int], out: Output) -> None:
+    def _emit(self, state: FunnelState, key: tuple, starts: set[int], out: Output) -> list[tuple[int, int]]:
+        """A funnel_progress row for each attempt starting at ``starts`` (not empty); returns their (start, level)."""
         tenant, customer, index = key
         funnel, track = self.funnels[index], state.tracks[key]
-        if not starts:
-            return  # (and no empty funnel_progress entry in out.rows)
         pad, clock, attempts, rows = len(funnel.steps), state.clock_ms, track.attempts, out.rows["funnel_progress"]
+        emitted = []
         for start_ms in sorted(starts):
             i = track.attempt(start_ms)
             _, level, version, *later = attempts[i]
@@ -370,6 +389,8 @@ class FunnelCore(MetricCore[FunnelState]):
             attempts[i] = (start_ms, level, version, *later)
             rows.append((funnel.name, tenant, customer, start_ms // 1000, start_ms, level,
                          [start_ms, *later] + [0] * (pad - level), version, state.partition))
+            emitted.append((start_ms, level))
+        return emitted
 
     # -- clock ------------------------------------------------------------------------------
     def horizon_ms(self, clock_ms: int) -> int:
@@ -509,11 +530,22 @@ class FunnelCore(MetricCore[FunnelState]):
     def _firsts(self, clock_ms: int) -> tuple[int, ...]:
         return tuple(self.window_first_ms(clock_ms, window) for window in self.windows_ms.values())
 
-    def _recount(self, state: FunnelState, key: tuple[str, str, int], track: _Track, gone: bool = False) -> None:
-        """Bring the gauge's counts of one track up to date after its attempts changed (``gone``: deleted)."""
+    def _recount(self, state: FunnelState, key: tuple[str, str, int], track: _Track, gone: bool = False,
+                 raised: Optional[Sequence[tuple[int, int]]] = None) -> None:
+        """Bring the gauge's counts of one track up to date after its attempts changed (``gone``: deleted;
+        ``raised``: only these (start, level) attempts changed, none to a lower level, so each window's level
+        is the higher of its counted one and theirs: no walk over the track's attempts)."""
         bits = self._level_bits
         old = track.counted
-        new = 0 if gone else self._pack(track.levels_since(state.firsts))
+        if gone:
+            new = 0
+        elif raised is None:
+            new = self._pack(track.levels_since(state.firsts))
+        else:
+            mask = (1 << bits) - 1
+            new = self._pack([max([old >> (w * bits) & mask] +
+                                  [level for start_ms, level in raised if start_ms >= first_ms])
+                              for w, first_ms in enumerate(state.firsts)])
         if gone:
             state.tracked[key[0], key[2]] -= 1
         if new == old:
