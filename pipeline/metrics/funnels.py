@@ -282,7 +282,6 @@ class FunnelCore(MetricCore[FunnelState]):
         for key, items in pending.items():
             track = tracks.get(key) or state.track(key, items[0])
             funnel = funnels[key[2]]
-            starts = set()
             if track.append(items):
                 # events after every one held only extend chains: no attempt's level falls, so the gauge's
                 # counts move by the changed attempts alone
@@ -291,18 +290,21 @@ class FunnelCore(MetricCore[FunnelState]):
                     spans = ((event_ms if items[2] == 1 else event_ms - funnel.window_ms, event_ms),)
                 else:
                     spans = self._spans(items, funnel.window_ms)
-                for first_ms, last_ms in spans:
-                    starts.update(self._reassess(state, key, track, funnel, first_ms, last_ms, out))
-                if starts:
-                    self._recount(state, key, track, raised=self._emit(state, key, starts, out))
+                changed: list[int] = []
+                for first_ms, last_ms in spans:  # in time order, so the indices found stay valid
+                    changed += self._reassess(state, key, track, funnel, first_ms, last_ms, out)
+                if changed:
+                    self._recount(state, key, track, raised=self._emit(state, key, track, changed, out))
             else:  # an event before one held, or a replay: one event at a time, as each may reorder the track
+                starts = set()
                 for i in range(0, len(items), 3):
                     event_ms, mask = items[i], items[i + 2]
                     if track.insert(event_ms, items[i + 1], mask):
                         first_ms = event_ms if mask == 1 else event_ms - funnel.window_ms
-                        starts.update(self._reassess(state, key, track, funnel, first_ms, event_ms, out))
+                        changed = self._reassess(state, key, track, funnel, first_ms, event_ms, out)
+                        starts.update([track.attempts[j][0] for j in changed])
                 if starts:
-                    self._emit(state, key, starts, out)
+                    self._emit(state, key, track, [track.attempt(start_ms) for start_ms in sorted(starts)], out)
                     self._recount(state, key, track)
 
     @staticmethod
@@ -322,9 +324,10 @@ class FunnelCore(MetricCore[FunnelState]):
         return merged
 
     def _reassess(self, state: FunnelState, key: tuple[str, str, int], track: _Track, funnel: Funnel, first_ms: int,
-                  last_ms: int, out: Optional[Output]) -> set[int]:
+                  last_ms: int, out: Optional[Output]) -> list[int]:
         """Recompute the attempts starting in [first_ms, last_ms]; observe new conversions into out
-        (None: mark them observed silently). Returns the start times whose attempt changed."""
+        (None: mark them observed silently). Returns the indices in ``track.attempts`` of the attempts that
+        changed, in start order (valid until an attempt is inserted before them)."""
         tenant = key[0]
         events, steps, window_ms, chain_from = track.events, len(funnel.steps), funnel.window_ms, track.chain
         best: dict[int, list[int]] = {}
@@ -336,7 +339,7 @@ class FunnelCore(MetricCore[FunnelState]):
                     best[start_ms] = chain
                 if len(chain) == steps:
                     self._convert(track, funnel, chain, out, tenant)
-        changed = set()
+        changed = []
         attempts = track.attempts
         for start_ms, chain in best.items():
             later = tuple([events[q] for q in chain[1:]])  # the step times after the start
@@ -348,7 +351,7 @@ class FunnelCore(MetricCore[FunnelState]):
                 attempts[i] = (start_ms, len(chain), attempts[i][2]) + later
             else:
                 continue
-            changed.add(start_ms)
+            changed.append(i)
         return changed
 
     def _convert(self, track: _Track, funnel: Funnel, chain: list[int], out: Optional[Output], tenant: str) -> None:
@@ -376,19 +379,22 @@ class FunnelCore(MetricCore[FunnelState]):
                     latest = events[p]
         return latest
 
-    def _emit(self, state: FunnelState, key: tuple, starts: set[int], out: Output) -> list[tuple[int, int]]:
-        """A funnel_progress row for each attempt starting at ``starts`` (not empty); returns their (start, level)."""
+    def _emit(self, state: FunnelState, key: tuple, track: _Track, indices: Sequence[int],
+              out: Output) -> list[tuple[int, int]]:
+        """A funnel_progress row for each attempt at ``indices`` of ``track.attempts`` (in start order);
+        returns their (start, level)."""
         tenant, customer, index = key
-        funnel, track = self.funnels[index], state.tracks[key]
-        pad, clock, attempts, rows = len(funnel.steps), state.clock_ms, track.attempts, out.rows["funnel_progress"]
+        funnel = self.funnels[index]
+        name, pad, clock, partition = funnel.name, len(funnel.steps), state.clock_ms, state.partition
+        attempts, rows = track.attempts, out.rows["funnel_progress"]
         emitted = []
-        for start_ms in sorted(starts):
-            i = track.attempt(start_ms)
-            _, level, version, *later = attempts[i]
-            version = max(clock, version + 1)
-            attempts[i] = (start_ms, level, version, *later)
-            rows.append((funnel.name, tenant, customer, start_ms // 1000, start_ms, level,
-                         [start_ms, *later] + [0] * (pad - level), version, state.partition))
+        for i in indices:
+            attempt = attempts[i]
+            start_ms, level, version, later = attempt[0], attempt[1], attempt[2], attempt[3:]
+            version = clock if clock > version else version + 1
+            attempts[i] = (start_ms, level, version) + later
+            rows.append((name, tenant, customer, start_ms // 1000, start_ms, level,
+                         [start_ms, *later] + [0] * (pad - level), version, partition))
             emitted.append((start_ms, level))
         return emitted
 
@@ -542,10 +548,14 @@ class FunnelCore(MetricCore[FunnelState]):
         elif raised is None:
             new = self._pack(track.levels_since(state.firsts))
         else:
-            mask = (1 << bits) - 1
-            new = self._pack([max([old >> (w * bits) & mask] +
-                                  [level for start_ms, level in raised if start_ms >= first_ms])
-                              for w, first_ms in enumerate(state.firsts)])
+            mask, new, shift = (1 << bits) - 1, old, 0
+            for first_ms in state.firsts:
+                was = old >> shift & mask
+                for start_ms, level in raised:
+                    if level > was and start_ms >= first_ms:
+                        new += (level - was) << shift
+                        was = level
+                shift += bits
         if gone:
             state.tracked[key[0], key[2]] -= 1
         if new == old:
