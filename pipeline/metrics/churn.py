@@ -68,6 +68,7 @@ LEVELS = ("low", "medium", "high", "churned")
 DAY_BITS = 29  # today and the 28 days before: the activity-drop comparison needs no more
 DAY_MASK = (1 << DAY_BITS) - 1
 MIN_BASELINE_DAYS = 2.0  # weekly active days before a drop can mean anything
+BASELINE_WEEKS = 3  # the weeks before the last 7 days whose mean is the baseline
 SignalRow, EvidenceRow = ROWS["churn_signals"], ROWS["churn_evidence"]
 CRM_TIMES = {"subscription_downgraded": "downgrade_ms", "subscription_cancelled": "cancelled_ms",
              "subscription_started": "started_ms"}
@@ -178,6 +179,19 @@ class Customer:
         if top - d < DAY_BITS:
             self.days |= 1 << (top - d)
 
+    def seen_all(self, times: Sequence[int]) -> None:
+        """``seen`` of each of ``times`` (the result does not depend on their order): the latest first, then the
+        day bits of the others."""
+        latest = max(times)
+        self.seen(latest)
+        top = self.last_ms // DAY_MS
+        days = self.days
+        for event_ms in times:
+            back = top - event_ms // DAY_MS
+            if back < DAY_BITS:
+                days |= 1 << back
+        self.days = days
+
     def active_days(self, first_day: int, last_day: int) -> int:
         """Days in [first_day, last_day] with an event (bit i of ``days`` is day top_day - i)."""
         top = self.last_ms // DAY_MS
@@ -225,7 +239,7 @@ def present(c: Customer, clock_ms: int, cfg: ChurnConfig) -> list[str]:
     if (c.abandoned_ms and clock_ms - c.abandoned_ms < memory) or (
             c.handoff_ms > c.resolved_ms and _unresolved_handoff(c, clock_ms, cfg)):
         found.append("chatbot")
-    if c.days:
+    if c.days.bit_count() >= BASELINE_WEEKS * MIN_BASELINE_DAYS:  # (fewer active days in all: no baseline)
         last_week, before = _activity(c, clock_ms)
         if before >= MIN_BASELINE_DAYS and last_week < cfg.drop * before:
             found.append("activity_drop")
@@ -239,7 +253,8 @@ def _unresolved_handoff(c: Customer, clock_ms: int, cfg: ChurnConfig) -> bool:
 def _activity(c: Customer, clock_ms: int) -> tuple[int, float]:
     """Active days in the last 7 full days, and the weekly mean of active days in the 3 weeks before."""
     today = clock_ms // DAY_MS
-    return c.active_days(today - 7, today - 1), c.active_days(today - 28, today - 8) / 3
+    baseline_first = today - 7 * (BASELINE_WEEKS + 1)
+    return c.active_days(today - 7, today - 1), c.active_days(baseline_first, today - 8) / BASELINE_WEEKS
 
 
 def evidence(c: Customer, signal: str, clock_ms: int, cfg: ChurnConfig) -> str:
@@ -334,11 +349,8 @@ def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
     today = clock_ms // DAY_MS
     if c.days and last // DAY_MS + DAY_BITS > today:
         candidates.append((today + 1) * DAY_MS)  # the activity-drop days move at midnight
-    best = None
-    for ms in candidates:
-        if ms > clock_ms and (best is None or ms < best):
-            best = ms
-    return clock_ms + cfg.forget_ms if best is None else best
+    later = [ms for ms in candidates if ms > clock_ms]
+    return min(later) if later else clock_ms + cfg.forget_ms
 
 
 SLOT_BITS, KEY_BITS = 32, 64  # a timer is one int, due ms, customer key, slot: ordered as (due ms, key)
@@ -494,23 +506,29 @@ class ChurnCore(MetricCore[ChurnState]):
 
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ChurnState, batch: Batch, out: Output) -> None:
-        touch = self._touch
+        """Each customer of the batch is touched once (the batch's customer view), with all their event times;
+        then the CRM and chatbot events that are evidence note their times."""
+        touch, dirty = self._touch, state.dirty
+        customers = batch.customers()
         clock = state.clock_ms
-        for source, event in zip(batch.sources, batch.events):
-            customer_id = event.get("customer_id")
-            if customer_id is None:
-                continue
-            c = touch(state, event["tenant"], customer_id)
-            event_ms = event["event_time"]
-            c.seen(event_ms)
-            times = CRM_TIMES if source == "crm" else CHAT_TIMES if source == "chatbot" else None
-            if times is not None:
-                attribute = times.get(event["event_type"])
-                if attribute:
-                    c.note_time(attribute, event_ms)
-            if event_ms > clock:
-                clock = event_ms
+        for (tenant, customer_id), times in zip(customers.keys, customers.times):
+            c = touch(state, tenant, customer_id)
+            if len(times) == 1:
+                latest = times[0]
+                c.seen(latest)
+            else:
+                latest = max(times)
+                c.seen_all(times)
+            if latest > clock:
+                clock = latest
         state.clock_ms = clock
+        for source, attributes in (("crm", CRM_TIMES), ("chatbot", CHAT_TIMES)):
+            for event in batch.of_source(source)[0]:
+                attribute = attributes.get(event["event_type"])
+                if attribute:
+                    customer_id = event.get("customer_id")
+                    if customer_id is not None:
+                        dirty[event["tenant"], customer_id].note_time(attribute, event["event_time"])
 
     def take(self, state: ChurnState, facts: Facts, out: Output) -> None:
         """NPS answers, complaints opened and SLA breaches: their customers become dirty."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 import heapq
 import sys
 from bisect import bisect_left
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -107,6 +106,19 @@ class _Track:
         events[p:p] = (event_ms, event_id, mask)
         return True
 
+    def append(self, items: list) -> bool:
+        """Add a batch's step events (flat, as ``events``) when each is after every event held and the one
+        before it; False (nothing added) otherwise."""
+        events = self.events
+        last_ms, last_id = (events[-3], events[-2]) if events else (None, None)
+        for i in range(0, len(items), 3):
+            ms, event_id = items[i], items[i + 1]
+            if last_ms is not None and (ms < last_ms or (ms == last_ms and event_id <= last_id)):
+                return False
+            last_ms, last_id = ms, event_id
+        events += items
+        return True
+
     def chain(self, p: int, steps: int, window_ms: int) -> list[int]:
         """Positions of the greedy earliest attempt from the step-1 event at p; an exclusion event before
         the next step ends it (every later attempt from p would have it between two steps)."""
@@ -135,8 +147,15 @@ class _Track:
         return max([attempt[1] for attempt in attempts[bisect_left(attempts, (first_ms,)):]], default=0)
 
     def levels_since(self, firsts: Sequence[int]) -> list[int]:
-        """level_since of each of ``firsts``."""
-        return [self.level_since(first_ms) for first_ms in firsts]
+        """level_since of each of ``firsts`` (one pass from the latest attempt back: each attempt is read once)."""
+        attempts, levels, best, end = self.attempts, {}, 0, len(self.attempts)
+        for first_ms in sorted(firsts, reverse=True):
+            i = bisect_left(attempts, (first_ms,))
+            if i < end:
+                best = max(best, max([attempt[1] for attempt in attempts[i:end]]))
+                end = i
+            levels[first_ms] = best
+        return [levels[first_ms] for first_ms in firsts]
 
 
 @dataclass
@@ -198,8 +217,9 @@ class FunnelCore(MetricCore[FunnelState]):
             CONVERSION_SECONDS, "histogram", "Time from the latest step-1 event to the last step, per conversion.",
             ("tenant", "funnel"), conversion_buckets(self.funnels)),)
         self._event_types = {step.event_type for funnel in self.funnels for step in funnel.steps + funnel.exclusions}
-        # event type -> [(funnel index, funnel, ((mask bit, step), ...))]: an event is matched only against
-        # the steps and exclusions of its own type, in the funnels that have any (same mask as Funnel.step_mask)
+        # event type -> [(funnel index, its mask when constant else 0, ((mask bit, step), ...))]: an event is
+        # matched only against the steps and exclusions of its own type, in the funnels that have any (same mask
+        # as Funnel.step_mask)
         dispatch: dict[str, list] = {}
         for index, funnel in enumerate(self.funnels):
             checks: dict[str, list] = {}
@@ -207,7 +227,10 @@ class FunnelCore(MetricCore[FunnelState]):
                     (EXCLUDED, exclusion) for exclusion in funnel.exclusions]:
                 checks.setdefault(step.event_type, []).append((bit, step))
             for event_type, candidates in checks.items():
-                dispatch.setdefault(event_type, []).append((index, funnel, tuple(candidates)))
+                # a step of this type without source or attribute conditions matches every event of it
+                constant = 0 if any(step.source or step.where for _, step in candidates) else \
+                    sum(bit for bit, _ in candidates)
+                dispatch.setdefault(event_type, []).append((index, constant, tuple(candidates)))
         self._dispatch = dispatch
         self.longest_window_ms = max(funnel.window_ms for funnel in self.funnels)
         self._level_bits = max(len(funnel.steps) for funnel in self.funnels).bit_length()
@@ -231,8 +254,10 @@ class FunnelCore(MetricCore[FunnelState]):
         return mask
 
     def add(self, state: FunnelState, batch: Batch, out: Output) -> None:
-        changed: dict[tuple, set[int]] = defaultdict(set)
-        dispatch, mask_of, tracks = self._dispatch, self._mask, state.tracks
+        # The batch's step events grouped by track, in arrival order: each track is then reassessed once per
+        # batch (per interval of start times its events can change), not once per event.
+        pending: dict[tuple[str, str, int], list] = {}
+        dispatch, mask_of, clock = self._dispatch, self._mask, state.clock_ms
         for source, event in zip(batch.sources, batch.events):
             customer = event.get("customer_id")
             if customer is None:
@@ -241,30 +266,68 @@ class FunnelCore(MetricCore[FunnelState]):
             if funnels is None:
                 continue
             event_ms = event["event_time"]
-            if event_ms > state.clock_ms:
-                state.clock_ms = event_ms
-            for index, funnel, candidates in funnels:
-                mask = mask_of(candidates, source, event)
-                if not mask:
-                    continue
-                key = (event["tenant"], customer, index)
-                track = tracks.get(key) or state.track(key, event_ms)
-                if track.insert(event_ms, event["event_id"], mask):
-                    # An event that is only a step 1 cannot join or end another attempt (a chain takes
-                    # step k >= 2 or stops at an exclusion), so only the attempts starting at its own
-                    # millisecond can change; any other step event may change every attempt that can
-                    # reach it: those starting within the conversion window before it.
-                    first_ms = event_ms if mask == 1 else event_ms - funnel.window_ms
-                    changed[key].update(self._reassess(state, key, track, funnel, first_ms, event_ms, out))
-        for key, starts in changed.items():
-            self._emit(state, key, starts, out)
-            if starts:
-                self._recount(state, key, state.tracks[key])
+            if event_ms > clock:
+                clock = event_ms
+            for index, constant, candidates in funnels:
+                mask = constant or mask_of(candidates, source, event)
+                if mask:
+                    key = (event["tenant"], customer, index)
+                    items = pending.get(key)
+                    if items is None:
+                        pending[key] = [event_ms, event["event_id"], mask]
+                    else:
+                        items += (event_ms, event["event_id"], mask)
+        state.clock_ms = clock
+        tracks, funnels = state.tracks, self.funnels
+        for key, items in pending.items():
+            track = tracks.get(key) or state.track(key, items[0])
+            funnel = funnels[key[2]]
+            if track.append(items):
+                # events after every one held only extend chains: no attempt's level falls, so the gauge's
+                # counts move by the changed attempts alone
+                if len(items) == 3:
+                    event_ms = items[0]
+                    spans = ((event_ms if items[2] == 1 else event_ms - funnel.window_ms, event_ms),)
+                else:
+                    spans = self._spans(items, funnel.window_ms)
+                changed: list[int] = []
+                for first_ms, last_ms in spans:  # in time order, so the indices found stay valid
+                    changed += self._reassess(state, key, track, funnel, first_ms, last_ms, out)
+                if changed:
+                    self._recount(state, key, track, raised=self._emit(state, key, track, changed, out))
+            else:  # an event before one held, or a replay: one event at a time, as each may reorder the track
+                starts = set()
+                for i in range(0, len(items), 3):
+                    event_ms, mask = items[i], items[i + 2]
+                    if track.insert(event_ms, items[i + 1], mask):
+                        first_ms = event_ms if mask == 1 else event_ms - funnel.window_ms
+                        changed = self._reassess(state, key, track, funnel, first_ms, event_ms, out)
+                        starts.update([track.attempts[j][0] for j in changed])
+                if starts:
+                    self._emit(state, key, track, [track.attempt(start_ms) for start_ms in sorted(starts)], out)
+                    self._recount(state, key, track)
+
+    @staticmethod
+    def _spans(items: list, window_ms: int) -> list[tuple[int, int]]:
+        """The start times the events ``items`` (flat, as in a track) can change, as disjoint [first, last] spans.
+        An event that is only a step 1 cannot join or end another attempt (a chain takes step k >= 2 or stops
+        at an exclusion), so only the attempts starting at its own millisecond can change; any other step
+        event may change every attempt that can reach it: those starting within the conversion window before it."""
+        spans = sorted((ms if mask == 1 else ms - window_ms, ms) for ms, mask in zip(items[::3], items[2::3]))
+        merged = [list(spans[0])]
+        for first_ms, last_ms in spans[1:]:
+            if first_ms <= merged[-1][1] + 1:
+                if last_ms > merged[-1][1]:
+                    merged[-1][1] = last_ms
+            else:
+                merged.append([first_ms, last_ms])
+        return merged
 
     def _reassess(self, state: FunnelState, key: tuple[str, str, int], track: _Track, funnel: Funnel, first_ms: int,
-                  last_ms: int, out: Optional[Output]) -> set[int]:
+                  last_ms: int, out: Optional[Output]) -> list[int]:
         """Recompute the attempts starting in [first_ms, last_ms]; observe new conversions into out
-        (None: mark them observed silently). Returns the start times whose attempt changed."""
+        (None: mark them observed silently). Returns the indices in ``track.attempts`` of the attempts that
+        changed, in start order (valid until an attempt is inserted before them)."""
         tenant = key[0]
         events, steps, window_ms, chain_from = track.events, len(funnel.steps), funnel.window_ms, track.chain
         best: dict[int, list[int]] = {}
@@ -276,7 +339,7 @@ class FunnelCore(MetricCore[FunnelState]):
                     best[start_ms] = chain
                 if len(chain) == steps:
                     self._convert(track, funnel, chain, out, tenant)
-        changed = set()
+        changed = []
         attempts = track.attempts
         for start_ms, chain in best.items():
             later = tuple([events[q] for q in chain[1:]])  # the step times after the start
@@ -288,7 +351,7 @@ class FunnelCore(MetricCore[FunnelState]):
                 attempts[i] = (start_ms, len(chain), attempts[i][2]) + later
             else:
                 continue
-            changed.add(start_ms)
+            changed.append(i)
         return changed
 
     def _convert(self, track: _Track, funnel: Funnel, chain: list[int], out: Optional[Output], tenant: str) -> None:
@@ -316,19 +379,24 @@ class FunnelCore(MetricCore[FunnelState]):
                     latest = events[p]
         return latest
 
-    def _emit(self, state: FunnelState, key: tuple, starts: set[int], out: Output) -> None:
+    def _emit(self, state: FunnelState, key: tuple, track: _Track, indices: Sequence[int],
+              out: Output) -> list[tuple[int, int]]:
+        """A funnel_progress row for each attempt at ``indices`` of ``track.attempts`` (in start order);
+        returns their (start, level)."""
         tenant, customer, index = key
-        funnel, track = self.funnels[index], state.tracks[key]
-        if not starts:
-            return  # (and no empty funnel_progress entry in out.rows)
-        pad, clock, attempts, rows = len(funnel.steps), state.clock_ms, track.attempts, out.rows["funnel_progress"]
-        for start_ms in sorted(starts):
-            i = track.attempt(start_ms)
-            _, level, version, *later = attempts[i]
-            version = max(clock, version + 1)
-            attempts[i] = (start_ms, level, version, *later)
-            rows.append((funnel.name, tenant, customer, start_ms // 1000, start_ms, level,
-                         [start_ms, *later] + [0] * (pad - level), version, state.partition))
+        funnel = self.funnels[index]
+        name, pad, clock, partition = funnel.name, len(funnel.steps), state.clock_ms, state.partition
+        attempts, rows = track.attempts, out.rows["funnel_progress"]
+        emitted = []
+        for i in indices:
+            attempt = attempts[i]
+            start_ms, level, version, later = attempt[0], attempt[1], attempt[2], attempt[3:]
+            version = clock if clock > version else version + 1
+            attempts[i] = (start_ms, level, version) + later
+            rows.append((name, tenant, customer, start_ms // 1000, start_ms, level,
+                         [start_ms, *later] + [0] * (pad - level), version, partition))
+            emitted.append((start_ms, level))
+        return emitted
 
     # -- clock ------------------------------------------------------------------------------
     def horizon_ms(self, clock_ms: int) -> int:
@@ -468,11 +536,26 @@ class FunnelCore(MetricCore[FunnelState]):
     def _firsts(self, clock_ms: int) -> tuple[int, ...]:
         return tuple(self.window_first_ms(clock_ms, window) for window in self.windows_ms.values())
 
-    def _recount(self, state: FunnelState, key: tuple[str, str, int], track: _Track, gone: bool = False) -> None:
-        """Bring the gauge's counts of one track up to date after its attempts changed (``gone``: deleted)."""
+    def _recount(self, state: FunnelState, key: tuple[str, str, int], track: _Track, gone: bool = False,
+                 raised: Optional[Sequence[tuple[int, int]]] = None) -> None:
+        """Bring the gauge's counts of one track up to date after its attempts changed (``gone``: deleted;
+        ``raised``: only these (start, level) attempts changed, none to a lower level, so each window's level
+        is the higher of its counted one and theirs: no walk over the track's attempts)."""
         bits = self._level_bits
         old = track.counted
-        new = 0 if gone else self._pack(track.levels_since(state.firsts))
+        if gone:
+            new = 0
+        elif raised is None:
+            new = self._pack(track.levels_since(state.firsts))
+        else:
+            mask, new, shift = (1 << bits) - 1, old, 0
+            for first_ms in state.firsts:
+                was = old >> shift & mask
+                for start_ms, level in raised:
+                    if level > was and start_ms >= first_ms:
+                        new += (level - was) << shift
+                        was = level
+                shift += bits
         if gone:
             state.tracked[key[0], key[2]] -= 1
         if new == old:

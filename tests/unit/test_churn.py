@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pipeline.metrics.base import Batch, Facts, Output
 from pipeline.metrics.churn import WEIGHTS as CHURN_WEIGHTS
-from pipeline.metrics.churn import ChurnConfig, ChurnCore, contributions, present
+from pipeline.metrics.churn import ChurnConfig, ChurnCore, Customer, contributions, present
 from pipeline.metrics.facts import ChurnLevelChanged, ComplaintOpened, SlaBreached, SurveyAnswered
 from pipeline.registry import BundledRegistry
 from pipeline.wire import Codec
@@ -266,3 +266,18 @@ def test_bytes_per_customer():
     per_customer = grown / len(state)
     print(f"churn state: {per_customer:.0f} bytes per customer")
     assert per_customer < 600
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.integers(0, 40 * DAY), min_size=1, max_size=8), st.one_of(st.just(None), st.integers(0, 40 * DAY)))
+def test_a_batch_of_times_sets_what_one_time_after_another_sets(times, earlier):
+    """``seen_all`` (a customer's times in one batch) leaves the latest time and the day bits of ``seen`` called
+    for each time in turn."""
+    one, together = Customer("c1", "acme", key=1), Customer("c1", "acme", key=1)
+    if earlier is not None:
+        one.seen(T0 + earlier)
+        together.seen(T0 + earlier)
+    for ms in times:
+        one.seen(T0 + ms)
+    together.seen_all([T0 + ms for ms in times])
+    assert (together.last_ms, together.days) == (one.last_ms, one.days)

@@ -18,7 +18,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.metrics.base import Output
+from pipeline.metrics.base import Batch, Output
 from pipeline.metrics.funnel_defs import FunnelConfigError, load_funnels, parse_funnels
 from pipeline.metrics.funnels import CONVERSION_SECONDS, FunnelCore, conversion_buckets
 from pipeline.settings import Settings
@@ -509,6 +509,40 @@ def test_exclusion_ends_an_attempt_brute_force(raw, seed):
                 counts[k] += 1
     got = {key: counts for key, counts in core.at_least([state], [clock]).items() if any(counts)}
     assert got == {key: counts for key, counts in expected.items() if any(counts)}
+
+
+# every funnel above in one core: one event matching two steps, sources, attributes, an exclusion
+ALL_FUNNELS = FUNNELS + parse_funnels({"funnels": [
+    {"name": "calm", "window": "4m", "steps": ["view", "pay"], "exclude": ["complaint"]}]})
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(
+    st.sampled_from(["acme", "globex"]), st.sampled_from(["c1", "c1", "c2", None]),
+    st.sampled_from(["view", "view", "cart", "pay", "complaint"]), st.one_of(st.integers(0, 3), st.integers(0, 40)),
+    st.sampled_from(["web", "crm"]), st.sampled_from(["pro", "free"]),
+), min_size=1, max_size=16), st.integers(0, 10**6), st.integers(1, 6))
+def test_one_reassessment_per_batch_equals_one_per_event(raw, seed, messages_per_batch):
+    """Batches of several messages, whose events of one track are reassessed together (or one at a time when
+    one arrives before an event held): the same attempts, conversions and counts as reassessing after every
+    event (each event its own ``add``, the batch's tick after the last)."""
+    _, messages = build_stream(raw, seed)
+    core = make_core(ALL_FUNNELS)
+    together, apart = core.new_state(3), core.new_state(3)
+    out_together, out_apart = Output(), Output()
+    for i in range(0, len(messages), messages_per_batch):
+        items = [(source, event) for source, events in messages[i:i + messages_per_batch] for event in events]
+        core.add(together, Batch.of(3, items), out_together)
+        for item in items:
+            core.add(apart, Batch.of(3, [item]), out_apart)
+        clock = max([together.clock_ms] + [event["event_time"] for _, event in items])
+        core.tick(together, clock, out_together)
+        core.tick(apart, clock, out_apart)
+        assert core.at_least([together], [clock]) == core.at_least([apart], [clock]) == core.count_tracks(together, clock)
+    rows = {key: {k: v for k, v in row.items() if k != "updated_ms"} for key, row in latest_rows(out_together).items()}
+    assert rows == {key: {k: v for k, v in row.items() if k != "updated_ms"}
+                    for key, row in latest_rows(out_apart).items()}
+    assert sorted(out_together.observations) == sorted(out_apart.observations)
 
 
 def test_exclusion_definitions():
