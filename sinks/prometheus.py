@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import math
 import time
+from array import array
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -35,6 +37,7 @@ if TYPE_CHECKING:
 disable_created_metrics()  # *_created series double the scrape size and no rule here uses them
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
+_VALUE = attrgetter("value")
 FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 PIPELINE_INSTRUMENTS = (
@@ -208,18 +211,27 @@ class TextFormat:
 class _Rendered:
     """One family's text on the last page, with the samples (a copy) and lines it was written from."""
 
-    __slots__ = ("documentation", "samples", "lines", "text", "zeros")
+    __slots__ = ("documentation", "samples", "lines", "text", "values")
 
     def __init__(self, documentation: str, samples: list, lines: list, text: str):
         self.documentation, self.samples, self.lines, self.text = documentation, samples, lines, text
-        self.zeros = [(at, math.copysign(1.0, sample.value)) for at, sample in enumerate(samples) if sample.value == 0]
+        self.values = _value_bytes(samples) if any(sample.value == 0 for sample in samples) else b""  # b"": no zero
 
     def renders(self, metric: Metric) -> bool:
         """Whether ``metric`` prints as this text: the same documentation and equal samples (compared in C,
-        each at once when it is the same object), with every zero of the same sign."""
+        each at once when it is the same object), and where a value was zero, a zero of the same sign (the
+        values' bytes as doubles tell -0.0 from 0.0)."""
         samples = metric.samples
         return (metric.documentation == self.documentation and samples == self.samples
-                and all(math.copysign(1.0, samples[at].value) == sign for at, sign in self.zeros))
+                and (self.values == b"" or self.values is not None and _value_bytes(samples) == self.values))
+
+
+def _value_bytes(samples: list) -> Optional[bytes]:
+    """The samples' values as doubles (None: a value that is not one; such a family is compared sample by sample)."""
+    try:
+        return array("d", map(_VALUE, samples)).tobytes()
+    except (TypeError, OverflowError):
+        return None
 
 
 def _same(sample: Any, before: Any) -> bool:
