@@ -215,7 +215,7 @@ class _Rendered:
 
     def __init__(self, documentation: str, samples: list, lines: list, text: str):
         self.documentation, self.samples, self.lines, self.text = documentation, samples, lines, text
-        self.values = _value_bytes(samples) if any(sample.value == 0 for sample in samples) else b""  # b"": no zero
+        self.values = _value_bytes(samples) if 0 in map(_VALUE, samples) else b""  # b"": no zero
 
     def renders(self, metric: Metric) -> bool:
         """Whether ``metric`` prints as this text: the same documentation and equal samples (compared in C,
