@@ -361,7 +361,9 @@ def measuring_cost(worker: Worker, done: Done, polls: int = 300, scrapes: int = 
     CPU (timers, heartbeats) measured just before; the polls' share of the worker's CPU during the run
     (done's polls x CPU per poll / done's worker CPU, both over the time the input was consumed); and the
     wall time of one /metrics request (median), the time a scrape holds the worker's event loop at this
-    state size."""
+    state size. Nothing changes between these scrapes, so they reuse the first one's families and text
+    (sinks/prometheus.py): this is an idle worker's scrape; ``benchmarks.core_costs`` also times a page after a
+    batch, the cores' ``collect`` included."""
     started = worker.cpu_seconds()
     time.sleep(IDLE_BASELINE_S)
     idle_per_s = (worker.cpu_seconds() - started) / IDLE_BASELINE_S

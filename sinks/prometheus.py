@@ -7,12 +7,17 @@ Two kinds of series:
 - gauges are computed at scrape time by :class:`CoreCollector` from the state of the partitions the
   worker owns: a revoked partition's series disappear with its state; :class:`ConsumerLagCollector`
   likewise reads the Kafka offsets of the owned partitions.
+A scrape does only the work of what changed since the last one: families whose inputs did not change (no
+batch or tick reached the cores, no delivered Output fed an instrument) are the last scrape's objects, and
+:class:`TextFormat` reuses the text of a family whose samples are the same.
 Counts are exported next to every ratio, so sums over workers stay right (see deploy/ recording rules).
 """
 from __future__ import annotations
 
 import math
 import time
+from array import array
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
@@ -32,6 +37,7 @@ if TYPE_CHECKING:
 disable_created_metrics()  # *_created series double the scrape size and no rule here uses them
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0]
+_VALUE = attrgetter("value")
 FLUSH_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 PIPELINE_INSTRUMENTS = (
@@ -59,20 +65,26 @@ class PipelineMetrics:
         self.oldest_unacked = Gauge("cxp_oldest_unacked_seconds", "Age of the oldest consumed record whose data is "
                                     "not yet durable (0 when none).", registry=registry)
         self._by_name = {spec.name: self._create(spec) for spec in (*PIPELINE_INSTRUMENTS, *core_instruments)}
+        self.applied = AppliedInstruments(self._by_name)
+        registry.register(self.applied)  # where the instruments would stand: the page's order is unchanged
         self._text = TextFormat()
 
-    def _create(self, spec: Instrument):
+    @staticmethod
+    def _create(spec: Instrument):
         if spec.kind == "counter":
-            return Counter(spec.name, spec.documentation, spec.labels, registry=self.registry)
+            return Counter(spec.name, spec.documentation, spec.labels, registry=None)
         return Histogram(spec.name, spec.documentation, spec.labels, buckets=spec.buckets or Histogram.DEFAULT_BUCKETS,
-                         registry=self.registry)
+                         registry=None)
 
     def apply(self, out: Output) -> None:
         """Counter increments and histogram observations of a batch whose data is now durable."""
+        changed = self.applied.changed
         for (name, labels), n in out.counts.items():
             self._by_name[name].labels(*labels).inc(n)
+            changed(name)
         for name, labels, value in out.observations:
             self._by_name[name].labels(*labels).observe(value)
+            changed(name)
 
     def render(self) -> bytes:
         return self._text.render(self.registry.collect())
@@ -91,45 +103,77 @@ class PipelineMetrics:
         }
 
 
+class AppliedInstruments(Collector):
+    """The instruments only :meth:`PipelineMetrics.apply` feeds, registered as one collector: each one's
+    families are kept from the scrape that collected them until ``apply`` changes it (prometheus_client
+    builds a sample per child and bucket, taking a lock for each value, on every collect)."""
+
+    def __init__(self, instruments: Mapping[str, Any]):
+        self.instruments = instruments
+        self._kept: dict[str, list[Metric]] = {}
+
+    def changed(self, name: str) -> None:
+        self._kept.pop(name, None)
+
+    def describe(self) -> Iterable[Metric]:
+        for instrument in self.instruments.values():
+            yield from instrument.describe()
+
+    def collect(self) -> Iterable[Metric]:
+        for name, instrument in self.instruments.items():
+            families = self._kept.get(name)
+            if families is None:
+                families = self._kept[name] = list(instrument.collect())
+            yield from families
+
+
 class TextFormat:
     """The Prometheus text format (0.0.4), byte for byte what ``prometheus_client.generate_latest`` writes,
     at a fraction of its cost: a page hardly changes between scrapes. Each family's samples and lines are
     kept until the next render; a sample equal to the one at its place in the family last time (same name,
     labels, value, timestamp) reuses its line, and any other reuses its escaped ``name{labels}`` if that
-    series was on the last page, so only changed values are formatted (issue 17)."""
+    series was on the last page, so only changed values are formatted (issue 17). A family whose samples
+    all equal last time's (a kept family object, or equal values) reuses its whole text."""
 
     _SUFFIXES = ("_created", "_gsum", "_gcount")  # OpenMetrics-only samples, moved to their own family
 
     def __init__(self):
         self._prefixes: dict[tuple, str] = {}  # (sample name, label items) -> 'name{k="v",...} '
         self._headers: dict[tuple, str] = {}  # (name, type, documentation) -> the # HELP and # TYPE lines
-        self._families: dict[tuple, tuple[list, list]] = {}  # (name, type) -> (samples, [(suffix, line)])
+        self._families: dict[tuple, _Rendered] = {}  # (name, type) -> what the last page wrote for it
 
     def render(self, families: Iterable[Metric]) -> bytes:
         output: list[str] = []
-        kept: dict[tuple, tuple[list, list]] = {}
+        kept: dict[tuple, _Rendered] = {}
         for metric in families:
-            name, kind = metric.name, metric.type
-            output.append(self._header(name, kind, metric.documentation))
-            samples = metric.samples
-            before, before_lines = self._families.get((name, kind), ((), ()))
-            reusable = min(len(before), len(samples))
-            lines = [before_lines[at] if at < reusable and _same(sample, before[at]) else self._line(name, sample)
-                     for at, sample in enumerate(samples)]
-            kept[(name, kind)] = (samples, lines)
-            extra: dict[str, list[str]] = {}
-            for suffix, line in lines:
-                if suffix is None:
-                    output.append(line)
-                else:
-                    extra.setdefault(suffix, []).append(line)
-            for suffix, moved in sorted(extra.items()):
-                output.append(self._header(name + suffix, "gauge", metric.documentation, plain=True))
-                output.extend(moved)
+            key = (metric.name, metric.type)
+            before = self._families.get(key)
+            if before is None or not before.renders(metric):
+                before = self._render(metric, before)
+            kept[key] = before
+            output.append(before.text)
         self._families = kept  # what left the page is forgotten
-        if len(self._prefixes) > 2 * sum(len(samples) for samples, _ in kept.values()):
+        if len(self._prefixes) > 2 * sum(len(family.samples) for family in kept.values()):
             self._prefixes = {}  # label sets that left the page; those on it are escaped again once
         return "".join(output).encode("utf-8")
+
+    def _render(self, metric: Metric, before: Optional["_Rendered"]) -> "_Rendered":
+        name, samples = metric.name, metric.samples
+        before_samples, before_lines = (before.samples, before.lines) if before is not None else ((), ())
+        reusable = min(len(before_samples), len(samples))
+        lines = [before_lines[at] if at < reusable and _same(sample, before_samples[at]) else self._line(name, sample)
+                 for at, sample in enumerate(samples)]
+        output = [self._header(name, metric.type, metric.documentation)]
+        extra: dict[str, list[str]] = {}
+        for suffix, line in lines:
+            if suffix is None:
+                output.append(line)
+            else:
+                extra.setdefault(suffix, []).append(line)
+        for suffix, moved in sorted(extra.items()):
+            output.append(self._header(name + suffix, "gauge", metric.documentation, plain=True))
+            output.extend(moved)
+        return _Rendered(metric.documentation, list(samples), lines, "".join(output))
 
     def _line(self, name: str, sample: Any) -> tuple[Optional[str], str]:
         """(the OpenMetrics-only suffix that moves it to a family of its own, or None; the line)."""
@@ -164,6 +208,32 @@ class TextFormat:
         return f"{escape_metric_name(name)}{{{pairs}}} "
 
 
+class _Rendered:
+    """One family's text on the last page, with the samples (a copy) and lines it was written from."""
+
+    __slots__ = ("documentation", "samples", "lines", "text", "values")
+
+    def __init__(self, documentation: str, samples: list, lines: list, text: str):
+        self.documentation, self.samples, self.lines, self.text = documentation, samples, lines, text
+        self.values = _value_bytes(samples) if 0 in map(_VALUE, samples) else b""  # b"": no zero
+
+    def renders(self, metric: Metric) -> bool:
+        """Whether ``metric`` prints as this text: the same documentation and equal samples (compared in C,
+        each at once when it is the same object), and where a value was zero, a zero of the same sign (the
+        values' bytes as doubles tell -0.0 from 0.0)."""
+        samples = metric.samples
+        return (metric.documentation == self.documentation and samples == self.samples
+                and (self.values == b"" or self.values is not None and _value_bytes(samples) == self.values))
+
+
+def _value_bytes(samples: list) -> Optional[bytes]:
+    """The samples' values as doubles (None: a value that is not one; such a family is compared sample by sample)."""
+    try:
+        return array("d", map(_VALUE, samples)).tobytes()
+    except (TypeError, OverflowError):
+        return None
+
+
 def _same(sample: Any, before: Any) -> bool:
     """Whether a sample renders as ``before`` did: equal, and not a zero whose sign changed (0.0 == -0.0,
     but they print differently)."""
@@ -176,11 +246,20 @@ def _sum(instrument: Any) -> float:
 
 
 class CoreCollector(Collector):
-    """Gauges at scrape time: each core's families over the owned partitions, and the event-time lag."""
+    """Gauges at scrape time: each core's families over the owned partitions, and the event-time lag.
+
+    A core's ``collect`` is a function of the owned partitions' states and clocks, and those states change
+    only in the processor's rounds (a batch's ``add`` and ``take``, a ``tick``) or when partitions are
+    assigned, revoked or restored (restore fills the states of newly assigned partitions, new objects). So
+    the cores' families are kept and handed out again until the rounds run, the owned states or a clock
+    change: a worker scraped while idle, or twice between two batches, runs no core."""
 
     def __init__(self, processor: "Processor", now: Callable[[], float] = time.time):
         self.processor = processor
         self.now = now
+        self._key: Optional[tuple] = None  # (rounds run, the states' ids, their clocks) of the kept families
+        self._states: list = []  # the states the key names, held so that their ids are not reused
+        self._families: list[Metric] = []
 
     def describe(self) -> Iterable[Metric]:
         for core in self.processor.cores:
@@ -191,8 +270,12 @@ class CoreCollector(Collector):
         processor = self.processor
         states = processor.owned_states()
         clocks = [state.clock_ms for state in states]
-        for index, core in enumerate(processor.cores):
-            yield from core.collect([state.cores[index] for state in states], clocks)
+        key = (processor.rounds.phases, [id(state) for state in states], clocks)
+        if key != self._key:
+            self._families = [family for index, core in enumerate(processor.cores)
+                              for family in core.collect([state.cores[index] for state in states], clocks)]
+            self._key, self._states = key, states
+        yield from self._families
         lag, now = self._lag_family(), self.now()
         if states:
             for source, clock_ms in sorted(processor.source_clock_ms.items()):

@@ -16,6 +16,7 @@ class Rounds:
             for fact in core.consumes:
                 consumers.setdefault(fact, []).append(index)
         self.consumers = {fact: tuple(indices) for fact, indices in consumers.items()}
+        self.phases = 0  # phases run so far: the cores' states changed only if this moved (a scrape's cache key)
 
     def add(self, states: Sequence[Any], batch: Batch, out: Output) -> None:
         self._phase(states, ADD, lambda core, state: core.add(state, batch, out), out)
@@ -24,6 +25,7 @@ class Rounds:
         self._phase(states, TICK, lambda core, state: core.tick(state, clock_ms, out), out)
 
     def _phase(self, states: Sequence[Any], phase: str, step: Callable[[MetricCore, Any], None], out: Output) -> None:
+        self.phases += 1
         inbox: dict[int, list] = {}
         for index, (core, state) in enumerate(zip(self.cores, states)):
             pending = inbox.pop(index, None)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from operator import add
 from typing import Annotated, Iterable, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
@@ -41,7 +42,7 @@ class SegmentSettings(Section):
 def _accumulate(into: dict[tuple, list[int]], key: tuple, counts: list[int]) -> None:
     """Add count vectors per key (the first one is taken as it is: callers hand over copies)."""
     held = into.get(key)
-    into[key] = counts if held is None else [a + b for a, b in zip(held, counts)]
+    into[key] = counts if held is None else list(map(add, held, counts))
 
 
 @dataclass
@@ -89,20 +90,28 @@ class SegmentCore(MetricCore[RollingCounts]):
     def totals(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> dict[tuple[str, str, str, str, str], Totals]:
         """(tenant, kind, dimension, segment, window) -> Totals, capped per (tenant, dimension)."""
         raw: dict[tuple, list[int]] = {}
-        for state, clock_ms in zip(states, clocks):
-            for ((tenant, kind, dimension, segment), window), counts in state.totals(clock_ms).items():
-                _accumulate(raw, (tenant, kind, dimension, segment, window), counts)
+        for state, clock_ms in zip(states, clocks):  # summed under the partitions' own keys, renamed once below
+            for key, counts in state.totals(clock_ms).items():
+                held = raw.get(key)
+                raw[key] = counts if held is None else list(map(add, held, counts))
+        raw = {(tenant, kind, dimension, segment, window): counts
+               for ((tenant, kind, dimension, segment), window), counts in raw.items()}
         largest = max(self.windows_ms, key=self.windows_ms.get)
         volume: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for (tenant, _, dimension, segment, window), counts in raw.items():
             if window == largest:
                 volume[(tenant, dimension)][segment] += counts[0]
-        kept = {key: set(sorted(by_segment, key=lambda s: (-by_segment[s], s))[:self.max_values])
-                for key, by_segment in volume.items()}
-        capped: dict[tuple, list[int]] = {}
-        for (tenant, kind, dimension, segment, window), counts in raw.items():
-            label = segment if segment in kept.get((tenant, dimension), ()) else OTHER
-            _accumulate(capped, (tenant, kind, dimension, label, window), counts)
+        # every series has a total in every window, the largest included: a (tenant, dimension) with no more
+        # segments than the cap keeps them all, and only the others are summed into ``other``
+        over = {key: set(sorted(by_segment, key=lambda s: (-by_segment[s], s))[:self.max_values])
+                for key, by_segment in volume.items() if len(by_segment) > self.max_values}
+        capped: dict[tuple, list[int]] = raw
+        if over:
+            capped = {}
+            for (tenant, kind, dimension, segment, window), counts in raw.items():
+                kept = over.get((tenant, dimension))
+                label = segment if kept is None or segment in kept else OTHER
+                _accumulate(capped, (tenant, kind, dimension, label, window), counts)
         return {key: Totals.of(counts) for key, counts in capped.items()}
 
     def describe(self) -> Iterable[Metric]:
@@ -110,14 +119,14 @@ class SegmentCore(MetricCore[RollingCounts]):
 
     def collect(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> Iterable[Metric]:
         responses, score, nps_g, csat_g, ces_g = families = self._families()
+        formulas = {"NPS": (nps_g, nps), "CSAT": (csat_g, csat_ratio), "CES": (ces_g, ces)}
         for (tenant, kind, dimension, segment, window), t in sorted(self.totals(states, clocks).items()):
-            labels = [tenant, window, dimension, segment]
             for name, count in zip(CLASSES[kind], t.classes):
                 responses.add_metric([tenant, kind, window, dimension, segment, name], count)
             score.add_metric([tenant, kind, window, dimension, segment], t.score_sum)
             if t.n:
-                gauge, formula = {"NPS": (nps_g, nps), "CSAT": (csat_g, csat_ratio), "CES": (ces_g, ces)}[kind]
-                gauge.add_metric(labels, formula(t))
+                gauge, formula = formulas[kind]
+                gauge.add_metric([tenant, window, dimension, segment], formula(t))
         return families
 
     @staticmethod

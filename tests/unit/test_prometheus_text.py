@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.parser import text_string_to_metric_families
 
 from benchmarks.harness import batch_records, make_events, processor_for
 from pipeline.registry import BundledRegistry
@@ -83,3 +84,57 @@ def test_a_line_kept_from_the_last_render_is_not_reused_for_a_value_that_prints_
             gauge.add_metric([str(i)], value)
         families.families = [gauge]
         assert text.render(registry.collect()) == generate_latest(registry)
+
+
+def parsed(text: bytes) -> dict[tuple, float]:
+    """(sample name, label items) -> value, from a page's text."""
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text.decode()) for sample in family.samples}
+
+
+class Uncached:
+    """The oracle page: every instrument collected afresh and every core's ``collect`` run, nothing kept."""
+
+    def __init__(self, metrics: PipelineMetrics, processor) -> None:
+        self.metrics, self.cores = metrics, CoreCollector(processor, now=lambda: 1_800_000_000.0)
+
+    def collect(self):
+        for instrument in self.metrics.applied.instruments.values():
+            yield from instrument.collect()
+        states = self.cores.processor.owned_states()
+        for index, core in enumerate(self.cores.processor.cores):
+            yield from core.collect([state.cores[index] for state in states], [state.clock_ms for state in states])
+
+
+def test_kept_families_follow_every_batch_apply_and_rebalance():
+    """The families kept between scrapes (the cores' until their rounds run or the owned states change, each
+    instrument's until ``apply`` feeds it) are what a page computed from scratch says, at every step."""
+    codec = Codec(BundledRegistry())
+    processor = processor_for(codec)
+    metrics = PipelineMetrics(CollectorRegistry(), instruments_of(processor.cores))
+    metrics.registry.register(CoreCollector(processor, now=lambda: 1_800_000_000.0))
+    oracle = CollectorRegistry()
+    oracle.register(Uncached(metrics, processor))
+    records = batch_records(make_events(3000, 150), codec, per_message=100)
+    now_ms = 1_800_000_000_000
+
+    def same_page() -> None:
+        page = parsed(metrics.render())
+        assert page == parsed(metrics.render())  # a second scrape, nothing changed in between
+        outside = {"cxp_event_time_lag_seconds", "cxp_commit_errors_total", "cxp_oldest_unacked_seconds"}  # not kept
+        assert {k: v for k, v in page.items() if k[0] not in outside} == parsed(generate_latest(oracle))
+
+    same_page()
+    for i in range(0, len(records), 5):
+        out = processor.process(records[i:i + 5], now_ms)
+        same_page()  # the cores moved, nothing applied yet: the instruments' kept families are still right
+        metrics.apply(out)
+        same_page()
+    processor.process([], now_ms + 3_600_000)  # no events: the rounds still tick the clocks on
+    same_page()
+    owned = processor.owned_partitions()
+    processor.revoke(forget=False)
+    same_page()  # nothing owned: no core series
+    processor.assign(owned[:1])
+    same_page()
+    assert any(name.startswith("cx_") for name, _ in parsed(metrics.render()))
