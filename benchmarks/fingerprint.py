@@ -3,9 +3,10 @@
     python -m benchmarks.fingerprint --out after.jsonl            # on the changed code
     python -m benchmarks.fingerprint --compare before.jsonl after.jsonl
     python -m benchmarks.fingerprint --by-partition --batch-messages 2000 --out after.jsonl  # as fetches order them
+    python -m benchmarks.fingerprint --one-per-message --by-partition --batch-messages 2000 --out after.jsonl
 
 The input is seeded simulator traffic (10 days, duplicates and bad records) as Kafka records, one event per
-message for some and batch messages for others, processed in batches by the processor with every metric
+message for some and batch messages for others (``--one-per-message``: every event its own message), processed in batches by the processor with every metric
 core. Per batch, one line: a hash of each table's rows, each topic's encoded messages, the counter deltas,
 the histogram observations, and every gauge family at the batch's end. Rows and messages are compared as
 multisets. ``funnel_progress`` is compared by the newest row per attempt without its version: it is
@@ -37,9 +38,10 @@ PARTITIONS = 4
 CHANGED_ON_PURPOSE = ("cx_complaint_customers", "cx_complaint_customer_ratio")
 
 
-def records(codec: Codec, seed: int, events: int, customers: int) -> list[Record]:
-    """Seeded events as records: per (topic, partition), runs of 1 to 20 events, a run of one as a single
-    event and longer runs as batch messages, in the simulator's order."""
+def records(codec: Codec, seed: int, events: int, customers: int, one_per_message: bool = False) -> list[Record]:
+    """Seeded events as records: per (topic, partition), runs of 1 to 20 events (of 1 with
+    ``one_per_message``), a run of one as a single event and longer runs as batch messages, in the
+    simulator's order."""
     rng = random.Random(seed)
     simulated = Simulator(seed=seed, customers=customers, start_ms=NOW - 10 * 86_400_000, bad_rate=0.03)
     items = list(simulated.events(count=events, rate=events / (10 * 86_400)))
@@ -50,7 +52,7 @@ def records(codec: Codec, seed: int, events: int, customers: int) -> list[Record
         tp = (f"cx.events.{source}", partition_for(event_key(source, event), PARTITIONS))
         run = pending.setdefault(tp, [])
         run.append((source, event))
-        if len(run) >= rng.randint(1, 20):
+        if one_per_message or len(run) >= rng.randint(1, 20):
             out.append(_record(codec, tp, offsets, run))
             pending[tp] = []
     out.extend(_record(codec, tp, offsets, run) for tp, run in pending.items() if run)
@@ -119,14 +121,15 @@ def fingerprints(processor: Processor, codec: Codec, batches: Iterable[list[Reco
         }
 
 
-def run(out_path: Path, seed: int, events: int, customers: int, batch_messages: int, by_partition: bool = False) -> None:
+def run(out_path: Path, seed: int, events: int, customers: int, batch_messages: int, by_partition: bool = False,
+        one_per_message: bool = False) -> None:
     settings = Settings()
     registry = BundledRegistry()
     codec = Codec(registry)
     processor = Processor(codec, Rules.from_registry(registry, settings.stream), input_topics(settings.kafka),
                           settings.stream.dedup_horizon.ms, build_cores(settings))
     processor.assign(range(PARTITIONS))
-    stream = records(codec, seed, events, customers)
+    stream = records(codec, seed, events, customers, one_per_message)
     batches = [stream[i:i + batch_messages] for i in range(0, len(stream), batch_messages)]
     if by_partition:  # as the worker's fetches hand them over: each topic-partition's records together, in order
         batches = [sorted(batch, key=lambda record: (record.topic, record.partition)) for batch in batches]
@@ -167,12 +170,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-messages", type=int, default=100, help="messages per processor batch")
     parser.add_argument("--by-partition", action="store_true",
                         help="each batch's records grouped by topic-partition (offset order kept), as a fetch gives them")
+    parser.add_argument("--one-per-message", action="store_true",
+                        help="every event its own Kafka message, as producers other than the SDK send them")
     args = parser.parse_args(argv)
     if args.compare:
         return compare(*args.compare)
     if not args.out:
         parser.error("give --out or --compare")
-    run(args.out, args.seed, args.events, args.customers, args.batch_messages, args.by_partition)
+    run(args.out, args.seed, args.events, args.customers, args.batch_messages, args.by_partition, args.one_per_message)
     return 0
 
 

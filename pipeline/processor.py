@@ -141,117 +141,122 @@ class Processor:
         return out
 
     def _process_run(self, run: list[Record], now_ms: int, out: Output, batches: dict[int, Batch]) -> None:
-        """Records of one topic-partition, in offset order: decode, check fields and hash ids of all of
-        them, ask the dedup table about every id at once, then take each record in turn as if alone.
+        """Records of one topic-partition, in offset order: decode all of them, check the fields and hash
+        the ids of all their events, ask the dedup table about every id at once, then take the events in
+        turn, each record's as if the record came alone (:meth:`_accept_run`).
 
-        Record by record is the rule (:meth:`_accept`): its events are judged by the clocks as the records
-        before it left them, and dedup remembers its new ids at ``max(event_time, partition clock)``. Which
-        ids are new follows from the table before the run (``seen``) and the ids this run remembers
-        before them, so the run's :meth:`Deduper.check` calls are made as one, at its end."""
-        source = self.topic_sources[run[0].topic]
-        state = self.state(run[0].partition)
-        decoded = [(record, self._decode(record, source, now_ms, out)) for record in run]
-        candidates = [(record, events, is_batch, self._well_formed(record, source, events, is_batch, now_ms, out))
-                      for record, (events, is_batch) in decoded if events is not None]
-        hashes = [key for *_, checked in candidates for _, _, _, key in checked]
-        seen = iter(state.dedup.seen(hashes) if hashes else ())
-        remember: dict[int, int] = {}  # id -> time, of ids this run remembers
-        for record, events, is_batch, checked in candidates:
-            self._accept(record, source, state, events, is_batch, [item + (next(seen),) for item in checked],
-                         remember, now_ms, out, batches)
-        if remember:
-            state.dedup.check(list(remember), list(remember.values()))
-
-    def _decode(self, record: Record, source: str, now_ms: int, out: Output) -> tuple[Optional[list[dict]], bool]:
-        """The record's events and whether it is a batch message; (None, False) when rejected as undecodable."""
-        try:
-            if record.key is not None:
-                record.key.decode("utf-8")
-            decoded = self.codec.decode(record.value)
-            if decoded.schema.source != source:
-                raise UndecodableError(f"schema {decoded.schema.name} (id {decoded.schema.id}) does not belong on "
-                                       f"topic {record.topic}")
-        except UnicodeDecodeError as exc:
-            out.count("cxp_events_consumed", (source,))
-            self._reject(record, source, None, None, Rejection(UNDECODABLE, f"key is not UTF-8: {exc}"), now_ms, out)
-            return None, False
-        except UndecodableError as exc:
-            out.count("cxp_events_consumed", (source,))
-            self._reject(record, source, None, None, Rejection(UNDECODABLE, str(exc)), now_ms, out)
-            return None, False
-        return decoded.events, decoded.is_batch
-
-    def _well_formed(self, record: Record, source: str, events: list[dict], is_batch: bool, now_ms: int,
-                     out: Output) -> list[tuple[int, dict, dict, int]]:
-        """Events that pass every check but the clocks', as (index, event, event as kept, id hash); the
-        others are rejected. In PII mode the kept event (and so its id) is pseudonymised."""
-        rules, pii, checked = self.rules, self.pii, []
-        for index, event in enumerate(events):
-            rejection = check_fields(source, event, rules)
-            if rejection is not None:
-                self._reject(record, source, event, index if is_batch else None, rejection, now_ms, out)
-                continue
-            kept = event if pii is None else pii.apply(source, event)
-            checked.append((index, event, kept, id_hash(kept["event_id"])))
-        return checked
-
-    def _accept(self, record: Record, source: str, state: PartitionState, events: list[dict], is_batch: bool,
-                checked: list[tuple[int, dict, dict, int, bool]], remember: dict[int, int], now_ms: int, out: Output,
-                batches: dict[int, Batch]) -> None:
-        """Judge the record's well-formed events by the clocks, decide dedup as ``Deduper.check`` would for
-        the record alone (an id seen before, remembered earlier in the run, or repeated within the record is
-        a duplicate), write the new events' rows and add them to the batch."""
-        rules, clock, own_clock = self.rules, state.clock_ms, state.source_clocks.get(source, 0)
-        late_limit, future_limit = rules.time_bounds(now_ms, own_clock)
-        valid = []
-        for index, event, kept, key, was_seen in checked:
-            event_ms = event.get("event_time")
-            if event_ms > future_limit or (late_limit is not None and event_ms < late_limit):
-                rejection = check_time(event_ms, rules, now_ms, own_clock)
+        Each step is one loop over the run's records or events, without calls per record: at one event per
+        Kafka message, a record's calls cost as much as its event. Rejections come in the order of the
+        steps: undecodable records, then events with bad fields, then events out of time."""
+        source, state = self.topic_sources[run[0].topic], self.state(run[0].partition)
+        decoded = self._decode_run(run, source, now_ms, out)
+        if not decoded:
+            return
+        rules, pii = self.rules, self.pii
+        checked, hashes, consumed = [], [], 0  # per well-formed event: (its record's position in decoded, ...), id hash
+        for position, (record, events, is_batch) in enumerate(decoded):
+            consumed += len(events)
+            for index, event in enumerate(events):
+                rejection = check_fields(source, event, rules)
                 if rejection is not None:
                     self._reject(record, source, event, index if is_batch else None, rejection, now_ms, out)
                     continue
-            valid.append((kept, key, was_seen))
-        out.count("cxp_events_consumed", (source,), len(events))
-        if not valid:
-            return
-        batch = batches.get(record.partition)
-        if batch is None:
-            batch = batches[record.partition] = Batch(record.partition, [], [], [])
-        before = len(batch.events)
-        rows, new_row = out.rows["events"], tuple.__new__
-        source_clock = self.source_clock_ms.get(source, 0)
-        dedup, in_record = state.dedup, set()
-        for event, key, was_seen in valid:
-            is_new = not (was_seen or key in remember or key in in_record)
-            in_record.add(key)
-            if not is_new:
+                kept = event if pii is None else pii.apply(source, event)  # PII mode: pseudonymised, so its id too
+                checked.append((position, index if is_batch else None, event, kept))
+                hashes.append(id_hash(kept["event_id"]))
+        out.count("cxp_events_consumed", (source,), consumed)
+        if checked:
+            self._accept_run(source, state, decoded, checked, hashes, now_ms, out, batches)
+
+    def _decode_run(self, run: list[Record], source: str, now_ms: int,
+                    out: Output) -> list[tuple[Record, list[dict], bool]]:
+        """(record, its events, whether it is a batch message) of each decodable record; the others are rejected."""
+        decode, decoded = self.codec.decode, []
+        for record in run:
+            try:
+                if record.key is not None:
+                    record.key.decode("utf-8")
+                schema, events, is_batch = decode(record.value)
+                if schema.source != source:
+                    raise UndecodableError(f"schema {schema.name} (id {schema.id}) does not belong on topic {record.topic}")
+            except UnicodeDecodeError as exc:
+                out.count("cxp_events_consumed", (source,))
+                self._reject(record, source, None, None, Rejection(UNDECODABLE, f"key is not UTF-8: {exc}"), now_ms, out)
                 continue
+            except UndecodableError as exc:
+                out.count("cxp_events_consumed", (source,))
+                self._reject(record, source, None, None, Rejection(UNDECODABLE, str(exc)), now_ms, out)
+                continue
+            decoded.append((record, events, is_batch))
+        return decoded
+
+    def _accept_run(self, source: str, state: PartitionState, decoded: list[tuple[Record, list[dict], bool]],
+                    checked: list[tuple[int, Optional[int], dict, dict]], hashes: list[int], now_ms: int,
+                    out: Output, batches: dict[int, Batch]) -> None:
+        """Judge the well-formed events by the clocks, decide dedup, write the new events' rows and add them
+        to the partition's batch, record by record: a record's events are judged by the clocks as the records
+        before it left them, and an id seen before, remembered earlier in the run or repeated within the
+        record is a duplicate. Dedup remembers a new id at ``max(event_time, partition clock)``. Which ids
+        are new follows from the table before the run (``seen``) and the ids this run remembers before
+        them, so the run's :meth:`Deduper.check` calls are made as one, at its end."""
+        rules, dedup = self.rules, state.dedup
+        clock, own_clock, source_clock = state.clock_ms, state.source_clocks.get(source, 0), self.source_clock_ms.get(source, 0)
+        rows, new_row, batch = out.rows["events"], tuple.__new__, None
+        remember: dict[int, int] = {}  # id -> time, of ids this run remembers
+        current, in_record = -1, None  # the position of the record being taken, and the ids it has had so far
+        valid = processed = 0
+        for (position, index, event, kept), key, was_seen in zip(checked, hashes, dedup.seen(hashes)):
+            if position != current:  # the next record: the clocks as the records before it left them
+                current, record_clock, record_own_clock = position, clock, own_clock
+                late_limit, future_limit = rules.time_bounds(now_ms, own_clock)
+                in_record = set() if index is not None else None  # a single event cannot repeat within its record
             event_ms = event["event_time"]
+            if event_ms > future_limit or (late_limit is not None and event_ms < late_limit):
+                rejection = check_time(event_ms, rules, now_ms, record_own_clock)
+                if rejection is not None:
+                    self._reject(decoded[position][0], source, event, index, rejection, now_ms, out)
+                    continue
+            valid += 1
+            if batch is None:
+                partition = decoded[position][0].partition
+                batch = batches.get(partition)
+                if batch is None:
+                    batch = batches[partition] = Batch(partition, [], [], [])
+            if in_record is None:
+                repeated = False
+            else:
+                repeated = key in in_record
+                in_record.add(key)
+            if was_seen or repeated or key in remember:
+                continue
             # An id is remembered for the dedup horizon from when it was seen, on the partition's clock (as it
             # was before this record): an old (late) event is not forgotten at once.
-            seen_ms = max(event_ms, state.clock_ms)
+            seen_ms = max(event_ms, record_clock)
             if dedup.keeps(seen_ms):
                 remember[key] = seen_ms
             clock, own_clock, source_clock = max(clock, event_ms), max(own_clock, event_ms), max(source_clock, event_ms)
+            processed += 1
+            record = decoded[position][0]
             batch.sources.append(source)
-            batch.events.append(event)
+            batch.events.append(kept)
             batch.hashes.append(key)
-            attributes = event.get("attributes") or {}
+            attributes = kept.get("attributes") or {}
             # The events row, its fields in EventRow's order, made without keyword parsing (which tripled
             # the row's cost); attributes as tuples, so the garbage collector stops tracking the row the first
             # time it looks at it, instead of walking it in every collection until the sink has taken it.
             rows.append(new_row(EventRow, (
-                event["event_id"], source, event["event_type"], event_ms // 1000, event_ms, event["tenant"],
-                event.get("customer_id"), event.get("anonymous_id"), event.get("session_id"), tuple(attributes),
+                kept["event_id"], source, kept["event_type"], event_ms // 1000, event_ms, kept["tenant"],
+                kept.get("customer_id"), kept.get("anonymous_id"), kept.get("session_id"), tuple(attributes),
                 tuple(attributes.values()), record.partition, record.offset, key)))
-        state.clock_ms, state.source_clocks[source] = clock, own_clock
-        if source_clock:
-            self.source_clock_ms[source] = source_clock
-        processed = len(batch.events) - before
-        out.count("cxp_events_processed", (source,), processed)
-        if processed < len(valid):
-            out.count("cxp_events_duplicate", (source,), len(valid) - processed)
+        if remember:
+            dedup.check(list(remember), list(remember.values()))
+        if valid:
+            state.clock_ms, state.source_clocks[source] = clock, own_clock
+            if source_clock:
+                self.source_clock_ms[source] = source_clock
+            out.count("cxp_events_processed", (source,), processed)
+            if processed < valid:
+                out.count("cxp_events_duplicate", (source,), valid - processed)
 
     def _reject(self, record: Record, source: str, event: Optional[dict], batch_index: Optional[int],
                 rejection: Rejection, now_ms: int, out: Output) -> None:

@@ -34,6 +34,7 @@ class Codec:
     def __init__(self, registry: SchemaRegistry):
         self.registry = registry
         self._readers: dict[RegisteredSchema, Optional[Reader]] = {}  # None: a schema left to fastavro
+        self._schemas: dict[bytes, RegisteredSchema] = {}  # by the 5 header bytes naming it
 
     def encode(self, schema_name: str, record: dict) -> bytes:
         """``record`` framed under the registry's id for ``schema_name``; timestamps as int millis (or datetimes)."""
@@ -69,6 +70,20 @@ class Codec:
     def decode(self, data: Optional[bytes]) -> Decoded:
         """The events of one message. A registry that cannot be reached raises SchemaRegistryError instead:
         that is not the message's fault, so it must not be dead-lettered."""
+        # A header read before names its schema directly: per message, the checks and the registry lookup
+        # cost as much as reading a small event.
+        schema = self._schemas.get(data[:_HEADER.size]) if type(data) is bytes else None
+        if schema is None:
+            schema = self._schema(data)
+        record = self._read_fast(schema, data)
+        if record is None:
+            record = self._read(schema, data)
+        if schema.is_batch:
+            return Decoded(schema, record["events"], True)
+        return Decoded(schema, [record], False)
+
+    def _schema(self, data: Optional[bytes]) -> RegisteredSchema:
+        """The writer's schema named by the message's header, or UndecodableError saying what is wrong."""
         if not data:
             raise UndecodableError("empty message value (a tombstone?): expected Confluent-framed Avro")
         if data[0] != 0:
@@ -83,12 +98,8 @@ class Codec:
             raise UndecodableError(f"unknown schema id {schema_id}: not in the schema registry") from None
         except ValueError as exc:
             raise UndecodableError(str(exc)) from None
-        record = self._read_fast(schema, data)
-        if record is None:
-            record = self._read(schema, schema_id, data)
-        if schema.is_batch:
-            return Decoded(schema, record["events"], True)
-        return Decoded(schema, [record], False)
+        self._schemas[bytes(data[:_HEADER.size])] = schema  # a schema id names one schema for good
+        return schema
 
     def _read_fast(self, schema: RegisteredSchema, data: bytes) -> Optional[dict]:
         """The record by the schema's compiled reader (:mod:`pipeline.avro_reader`); None when it has none
@@ -110,8 +121,9 @@ class Codec:
         return record if end == len(data) else None
 
     @staticmethod
-    def _read(schema: RegisteredSchema, schema_id: int, data: bytes) -> dict:
+    def _read(schema: RegisteredSchema, data: bytes) -> dict:
         """The record by fastavro, or UndecodableError saying what is wrong with the bytes."""
+        schema_id = _HEADER.unpack_from(data)[1]
         body = io.BytesIO(data)
         body.seek(_HEADER.size)
         try:

@@ -231,3 +231,25 @@ def test_a_run_of_records_is_decided_as_record_by_record():
     assert together.partitions[partition].clock_ms == alone.partitions[partition].clock_ms
     remembered = [id_hash(i) for i in ("a", "b", "c", "d", "far", "old", "never")]
     assert together.partitions[partition].dedup.seen(remembered) == alone.partitions[partition].dedup.seen(remembered) == [True] * 6 + [False]
+
+
+def test_the_events_of_one_record_are_judged_by_the_clocks_before_it():
+    """Lateness is judged by the clock as the records before a record left it, whatever an earlier event of
+    the same batch message moved it to; the next record is judged by the moved clock. In one run as alone."""
+    day = 86_400_000
+    base = dict(Simulator(seed=4, customers=5, start_ms=NOW - day).events(count=1, rate=1.0).__next__()[1],
+                tenant="acme", customer_id="c1", event_type="page_view", attributes={})
+    base.pop("survey", None)
+    messages = [[dict(base, event_id="x1", event_time=NOW - 10 * day)],
+                [dict(base, event_id="x2", event_time=NOW), dict(base, event_id="x3", event_time=NOW - 9 * day)],
+                [dict(base, event_id="x4", event_time=NOW - 9 * day)]]  # 9 days behind x2: too late (7 days allowed)
+    as_records = [Record("cx.events.web", 1, offset, b"k",
+                         CODEC.encode_event("web", items[0]) if len(items) == 1 else CODEC.encode_batch("web", items))
+                  for offset, items in enumerate(messages)]
+    alone = processor()
+    one_by_one = [alone.process([record], NOW) for record in as_records]
+    together = processor().process(as_records, NOW)
+    assert [row.event_id for row in together.rows["events"]] == ["x1", "x2", "x3"]
+    assert [(row.offset, row.reason) for row in together.rows["dead_letters"]] == [(2, "too_late")]
+    assert [row.event_id for out in one_by_one for row in out.rows["events"]] == ["x1", "x2", "x3"]
+    assert [(row.offset, row.reason) for out in one_by_one for row in out.rows["dead_letters"]] == [(2, "too_late")]
