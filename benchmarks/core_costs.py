@@ -13,8 +13,9 @@ worker configures it), ``--records`` records per ``process`` call. Encoded recor
 Printed per core: seconds in ``add``, ``take`` and ``tick`` over the whole input (wall; CPU with
 ``--attribute``), the median wall and CPU time of its ``collect`` over the owned partitions at the end
 (``--scrapes`` of them; what a /metrics scrape holds the worker's event loop for), and the bytes its state
-holds (tracemalloc, by the file that allocated them, with ``--memory``). ``--profile`` adds a cProfile of
-the processing, top functions by own time.
+holds (tracemalloc, by the file that allocated them, with ``--memory``; the strings and ints of the
+decoded events that the cores keep show as ``pipeline/avro_reader.py`` and ``<avro reader …>``).
+``--profile`` adds a cProfile of the processing, top functions by own time.
 Ratios within one run are what to compare: the machine is shared.
 """
 from __future__ import annotations
@@ -34,7 +35,7 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.harness import batch_records, make_events, processor_for
+from benchmarks.harness import STATE_FILTERS, batch_records, make_events, processor_for
 from pipeline.registry import BundledRegistry
 from pipeline.wire import Codec
 from prometheus_client import CollectorRegistry
@@ -140,13 +141,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory:
         after = tracemalloc.take_snapshot()
         tracemalloc.stop()
-        filters = [tracemalloc.Filter(True, str(ROOT / "pipeline" / "*"))]
-        diffs = after.filter_traces(filters).compare_to(before.filter_traces(filters), "filename")
+        diffs = after.filter_traces(STATE_FILTERS).compare_to(before.filter_traces(STATE_FILTERS), "filename")
         state = sum(d.size_diff for d in diffs)
-        print(f"state held by pipeline/: {state:,} B, {state / active:,.0f} B per customer")
-        for d in sorted(diffs, key=lambda d: -d.size_diff)[:10]:
+        print(f"state held by pipeline/ (and its compiled Avro readers): {state:,} B, {state / active:,.0f} B per customer")
+        for d in sorted(diffs, key=lambda d: -d.size_diff)[:12]:
             if d.size_diff > 0:
-                print(f"  {d.size_diff / active:8,.0f} B/customer  {Path(d.traceback[0].filename).relative_to(ROOT)}")
+                name = d.traceback[0].filename
+                print(f"  {d.size_diff / active:8,.0f} B/customer  {name.replace(str(ROOT) + '/', '')}")
 
     states = processor.owned_states()
     clocks = [state.clock_ms for state in states]

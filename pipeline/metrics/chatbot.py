@@ -52,7 +52,10 @@ class Conversation:
     abandoned_ms: int = 0  # earliest abandonment; 0: none
     last_ms: int = 0  # newest event
     updated_ms: int = 0  # version of the row last written or restored
-    written: Optional[tuple] = None  # content of the row last written or restored
+    # whether the row's content (customer id, the times) changed since it was last written or restored: each
+    # moves one way only (the customer id is set once, the earliest times move earlier, the newest later), so
+    # a change is never undone and a flag says what comparing with a copy of the row would
+    changed: bool = True
     counted: Optional[tuple[int, int]] = None  # (end ms, outcome index) as counted in the windows
 
     def outcome(self) -> Optional[tuple[int, int]]:
@@ -65,9 +68,6 @@ class Conversation:
             return end, 1
         return end, 0 if self.resolved_ms == end else 2
 
-    def content(self) -> tuple:
-        return self.customer_id, self.handoff_ms, self.resolved_ms, self.abandoned_ms, self.last_ms
-
 
 @dataclass
 class ChatbotState:
@@ -75,7 +75,9 @@ class ChatbotState:
     windows: RollingCounts  # key: tenant; counts per end minute: contained, handed off, abandoned
     conversations: dict[tuple[str, str], Conversation] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)
-    expiries: list[tuple[int, tuple[str, str]]] = field(default_factory=list)  # heap: (forget after ms, key)
+    # heap: (forget after ms, key), one entry per conversation, at or before the time it may be forgotten (its
+    # newest event then was its last): an entry due while the conversation has newer events is pushed again
+    expiries: list[tuple[int, tuple[str, str]]] = field(default_factory=list)
     clock_ms: int = 0  # newest event time of the partition, any source: the windows' clock
     source_clock_ms: int = 0  # newest chatbot event time of the partition: the expiry clock
 
@@ -103,17 +105,23 @@ class ChatbotCore(MetricCore[ChatbotState]):
         for event in events:
             key = (event["tenant"], event["conversation_id"])
             c = conversations.get(key)
+            ms, kind = event["event_time"], event["event_type"]
             if c is None:
                 c = conversations[key] = Conversation(key[0], key[1], event.get("customer_id"))
-            ms, kind = event["event_time"], event["event_type"]
+                heapq.heappush(state.expiries, (ms + self.max_lateness_ms, key))
             if kind in HANDOFF:
-                c.handoff_ms = min(c.handoff_ms or ms, ms)
+                if not c.handoff_ms or ms < c.handoff_ms:
+                    c.handoff_ms, c.changed = ms, True
             elif kind == "conversation_resolved":
-                c.resolved_ms = min(c.resolved_ms or ms, ms)
+                if not c.resolved_ms or ms < c.resolved_ms:
+                    c.resolved_ms, c.changed = ms, True
             elif kind == "conversation_abandoned":
-                c.abandoned_ms = min(c.abandoned_ms or ms, ms)
-            c.last_ms = max(c.last_ms, ms)
-            c.customer_id = c.customer_id or event.get("customer_id")
+                if not c.abandoned_ms or ms < c.abandoned_ms:
+                    c.abandoned_ms, c.changed = ms, True
+            if ms > c.last_ms:
+                c.last_ms, c.changed = ms, True
+            if not c.customer_id and event.get("customer_id"):
+                c.customer_id, c.changed = event["customer_id"], True
             dirty.add(key)
 
     def tick(self, state: ChatbotState, clock_ms: int, out: Output) -> None:
@@ -122,19 +130,21 @@ class ChatbotCore(MetricCore[ChatbotState]):
         for key in state.dirty:
             c = conversations[key]
             self._count(state, c)
-            content = c.content()
-            if content != c.written:
-                c.written = content
+            if c.changed:
+                c.changed = False
                 c.updated_ms = max(c.updated_ms + 1, state.clock_ms)
                 rows.append(self._row(c, state.partition))
-            heapq.heappush(expiries, (c.last_ms + self.max_lateness_ms, key))
         state.dirty.clear()
         state.windows.prune(state.clock_ms)
-        while state.expiries and state.expiries[0][0] < state.source_clock_ms:
-            _, key = heapq.heappop(state.expiries)
-            c = state.conversations.get(key)
-            if c is not None and c.last_ms + self.max_lateness_ms < state.source_clock_ms:
-                del state.conversations[key]
+        while expiries and expiries[0][0] < state.source_clock_ms:
+            _, key = heapq.heappop(expiries)
+            c = conversations.get(key)
+            if c is None:
+                continue
+            if c.last_ms + self.max_lateness_ms < state.source_clock_ms:
+                del conversations[key]
+            else:  # it had newer events: due later
+                heapq.heappush(expiries, (c.last_ms + self.max_lateness_ms, key))
 
     @staticmethod
     def _count(state: ChatbotState, c: Conversation) -> None:
@@ -177,9 +187,11 @@ class ChatbotCore(MetricCore[ChatbotState]):
             c = Conversation(row.tenant, row.conversation_id, row.customer_id, int(row.handoff_ms or 0),
                              int(row.resolved_ms or 0), int(row.abandoned_ms or 0), int(row.last_event_ms),
                              int(row.updated_ms))
-            c.written = c.content()
-            state.conversations[(c.tenant, c.conversation_id)] = c
-            heapq.heappush(state.expiries, (c.last_ms + self.max_lateness_ms, (c.tenant, c.conversation_id)))
+            c.changed = False
+            key = (c.tenant, c.conversation_id)
+            if key not in state.conversations:  # else its entry is in the heap already
+                heapq.heappush(state.expiries, (c.last_ms + self.max_lateness_ms, key))
+            state.conversations[key] = c
             state.source_clock_ms = max(state.source_clock_ms, c.last_ms)
             self._count(state, c)
 

@@ -155,7 +155,7 @@ def test_signup_wins_over_earlier_events_and_a_late_earlier_purchase_does_not_me
     assert out.observations == [(HISTOGRAM, ("acme",), 7200.0), (HISTOGRAM, ("acme",), 0.0)]
     ttv.add(state, Batch.of(0, [event(6, "web", "purchase", T0 + 2 * HOUR)]), out)  # earlier, but late: measured already
     ttv.tick(state, T0 + 5 * HOUR, out)
-    assert len(out.observations) == 2 and state.customers[("acme", "c1")].purchase_ms == T0 + 3 * HOUR
+    assert len(out.observations) == 2 and state.customers.get("acme", "c1").purchase_ms == T0 + 3 * HOUR
 
 
 @settings(max_examples=200, deadline=None)
@@ -182,9 +182,9 @@ def test_customers_are_forgotten_by_whole_days_and_rows_come_once_a_day():
     assert len(out.rows["customer_firsts"]) == 2  # the first event, then the first of the next day
     day = (T0 + DAY) // DAY * DAY
     ttv.tick(state, day + FORGET + DAY - 1, out)
-    assert ("acme", "c1") in state.customers
+    assert state.customers.get("acme", "c1") is not None
     ttv.tick(state, day + FORGET + DAY + HOUR, out)  # swept at most once an hour of event time
-    assert state.customers == {}
+    assert len(state.customers) == 0 and state.customers.get("acme", "c1") is None
 
 
 def test_bytes_per_customer():
@@ -204,4 +204,4 @@ def test_bytes_per_customer():
     tracemalloc.stop()
     per_customer = sum(s.size_diff for s in after.compare_to(before, "filename")) / len(state.customers)
     print(f"time-to-value state: {per_customer:.0f} bytes per customer")
-    assert per_customer < 600
+    assert per_customer < 300  # 510 with an object and a row tuple per customer

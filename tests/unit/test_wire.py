@@ -248,6 +248,17 @@ def test_compiled_reader_reads_blocks_with_byte_sizes():
     assert compile_reader(parsed)(data, 0) == _fastavro(parsed, data) == ({"a": ["x", "y", "z"], "m": {"k": 2}}, len(data))
 
 
+def test_compiled_reader_interns_tenant_and_customer_id():
+    """Two events decoded apart share one string per tenant and per customer id (the cores keep them per
+    customer); other strings are their own copies."""
+    event = {"event_id": "e-1", "event_type": "page_view", "event_time": 1_700_000_000_000, "tenant": "acme-" + "x" * 3,
+             "customer_id": "customer-" + "7" * 4, "session_id": "s-" + "1" * 6, "attributes": {}}
+    first, second = (CODEC.decode(CODEC.encode_event("web", dict(event, event_id=f"e-{i}"))).events[0] for i in (1, 2))
+    assert (first["tenant"], first["customer_id"]) == (event["tenant"], event["customer_id"])
+    assert first["tenant"] is second["tenant"] and first["customer_id"] is second["customer_id"]
+    assert first["session_id"] == second["session_id"] and first["session_id"] is not second["session_id"]
+
+
 def _mutations():
     """A valid message of any bundled schema, then cut, extended or with one byte overwritten."""
     record = st.sampled_from(sorted(BUNDLED_IDS)).flatmap(lambda name: st.tuples(st.just(name), STRATEGIES[name]))
