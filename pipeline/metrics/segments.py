@@ -92,8 +92,7 @@ class SegmentCore(MetricCore[RollingCounts]):
         raw: dict[tuple, list[int]] = {}
         for state, clock_ms in zip(states, clocks):  # summed under the partitions' own keys, renamed once below
             for key, counts in state.totals(clock_ms).items():
-                held = raw.get(key)
-                raw[key] = counts if held is None else list(map(add, held, counts))
+                _accumulate(raw, key, counts)
         raw = {(tenant, kind, dimension, segment, window): counts
                for ((tenant, kind, dimension, segment), window), counts in raw.items()}
         largest = max(self.windows_ms, key=self.windows_ms.get)
