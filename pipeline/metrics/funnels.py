@@ -35,6 +35,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from pydantic import Field, field_validator
 
 from pipeline.config import Section
+from pipeline.dedup import EventIdKey, id_before, id_key
 from pipeline.metrics.base import Batch, Instrument, MetricCore, Newest, NotNull, OneOf, Output, Restore
 from pipeline.metrics.funnel_defs import EXCLUDED, Funnel, load_funnels
 
@@ -52,8 +53,9 @@ def conversion_buckets(funnels: Sequence[Funnel]) -> tuple[float, ...]:
 class _Track:
     """One customer in one funnel, in a few flat containers (no object per event or attempt part):
 
-    * ``events``: one flat list ``[ms, event_id, step mask, ms, event_id, step mask, ...]`` in funnel order (time,
-      then event id); code addresses an event by its *position*, the index of its ms (a multiple of 3);
+    * ``events``: one flat list ``[ms, id key, step mask, ms, id key, step mask, ...]`` in funnel order (time,
+      then event id); code addresses an event by its *position*, the index of its ms (a multiple of 3); an id key
+      is :func:`~pipeline.dedup.id_key` of the event id (ids are only compared here, never written);
     * ``attempts``: ``(start_ms, level, last row version, step-2 ms, ..., step-level ms)`` tuples sorted by start
       (step 1's time is the start); a restored version without its events yet has level 0.
     """
@@ -64,7 +66,7 @@ class _Track:
         self.key = key  # (tenant, customer, funnel index): the one tuple the state's indexes share
         self.events: list = []
         self.attempts: list[tuple[int, ...]] = []
-        self.converted: Optional[tuple[str, ...]] = None  # event ids of last-step events already observed
+        self.converted: Optional[tuple[EventIdKey, ...]] = None  # id keys of last-step events already observed
         self.counted = 0  # its level in each metric window as counted in FunnelState.reached (FunnelCore._pack)
 
     def oldest_ms(self) -> Optional[int]:
@@ -85,18 +87,18 @@ class _Track:
                 hi = mid
         return 3 * lo
 
-    def insert(self, event_ms: int, event_id: str, mask: int) -> bool:
-        """Add one step event; False if this event id is already here (a replay)."""
+    def insert(self, event_ms: int, event_id: EventIdKey, mask: int) -> bool:
+        """Add one step event (its id key); False if this event id is already here (a replay)."""
         events = self.events
         n = len(events)
-        if not n or events[n - 3] < event_ms or (events[n - 3] == event_ms and events[n - 2] < event_id):
+        if not n or events[n - 3] < event_ms or (events[n - 3] == event_ms and id_before(events[n - 2], event_id)):
             events += (event_ms, event_id, mask)  # the usual case: after every event held
             return True
         lo, hi = 0, n // 3  # the first event at or after (event_ms, event_id)
         while lo < hi:
             mid = (lo + hi) >> 1
             ms = events[3 * mid]
-            if ms < event_ms or (ms == event_ms and events[3 * mid + 1] < event_id):
+            if ms < event_ms or (ms == event_ms and id_before(events[3 * mid + 1], event_id)):
                 lo = mid + 1
             else:
                 hi = mid
@@ -113,7 +115,7 @@ class _Track:
         last_ms, last_id = (events[-3], events[-2]) if events else (None, None)
         for i in range(0, len(items), 3):
             ms, event_id = items[i], items[i + 1]
-            if last_ms is not None and (ms < last_ms or (ms == last_ms and event_id <= last_id)):
+            if last_ms is not None and (ms < last_ms or (ms == last_ms and not id_before(last_id, event_id))):
                 return False
             last_ms, last_id = ms, event_id
         events += items
@@ -274,9 +276,9 @@ class FunnelCore(MetricCore[FunnelState]):
                     key = (event["tenant"], customer, index)
                     items = pending.get(key)
                     if items is None:
-                        pending[key] = [event_ms, event["event_id"], mask]
+                        pending[key] = [event_ms, id_key(event["event_id"]), mask]
                     else:
-                        items += (event_ms, event["event_id"], mask)
+                        items += (event_ms, id_key(event["event_id"]), mask)
         state.clock_ms = clock
         tracks, funnels = state.tracks, self.funnels
         for key, items in pending.items():
@@ -473,7 +475,7 @@ class FunnelCore(MetricCore[FunnelState]):
                 mask = funnel.step_mask(row.source, event)
                 if mask:
                     key = (row.tenant, row.customer_id, index)
-                    state.track(key, row.event_ms).insert(row.event_ms, row.event_id, mask)
+                    state.track(key, row.event_ms).insert(row.event_ms, id_key(row.event_id), mask)
                     touched.add(key)
         for key in touched:
             track, funnel = state.tracks[key], self.funnels[key[2]]
