@@ -162,6 +162,13 @@ class _Track:
                 hi = mid
         return width * lo
 
+    def with_attempt(self, p: int, attempt: list[int]) -> list[int]:
+        """The attempts with ``attempt`` inserted at position p, in a new list of exactly their size: a track holds
+        a few attempts, which an insertion in place would leave in a list with room for twice as many."""
+        attempts = self.attempts
+        return attempt if not attempts else attempts + attempt if p == len(attempts) else \
+            attempts[:p] + attempt + attempts[p:]
+
     def attempt(self, start_ms: int) -> Optional[int]:
         """Position in ``attempts`` of the attempt starting at ``start_ms``, or None."""
         p = self.since(start_ms)
@@ -369,11 +376,8 @@ class FunnelCore(MetricCore[FunnelState]):
         for start_ms, chain in best.items():
             later = [events[q] for q in chain[1:]] + [0] * (steps - len(chain))  # the step times after the start
             p = track.since(start_ms)
-            if not attempts:
-                attempts = track.attempts = [start_ms, len(chain), 0, *later]
-                state.started(track.key, start_ms)
-            elif p == len(attempts) or attempts[p] != start_ms:
-                attempts[p:p] = [start_ms, len(chain), 0, *later]
+            if p == len(attempts) or attempts[p] != start_ms:
+                attempts = track.attempts = track.with_attempt(p, [start_ms, len(chain), 0] + later)
                 state.started(track.key, start_ms)
             elif attempts[p + 1] != len(chain) or attempts[p + 3:p + width] != later:
                 attempts[p + 1] = len(chain)
@@ -488,11 +492,8 @@ class FunnelCore(MetricCore[FunnelState]):
                                         len(self.funnels[index].steps) + 2)
                     attempts, p = track.attempts, track.since(row.started_ms)
                     if p == len(attempts) or attempts[p] != row.started_ms:
-                        new = [row.started_ms] + [0] * (track.width - 1)  # level 0: counts nowhere yet
-                        if attempts:
-                            attempts[p:p] = new
-                        else:
-                            attempts = track.attempts = new
+                        # level 0: counts nowhere yet
+                        attempts = track.attempts = track.with_attempt(p, [row.started_ms] + [0] * (track.width - 1))
                         state.started(track.key, row.started_ms)
                     attempts[p + 2] = max(attempts[p + 2], row.updated_ms)
             return
