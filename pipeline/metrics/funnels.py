@@ -504,7 +504,8 @@ class FunnelCore(MetricCore[FunnelState]):
                 mask = funnel.step_mask(row.source, event)
                 if mask:
                     key = (row.tenant, row.customer_id, index)
-                    state.track(key, row.event_ms, len(funnel.steps) + 2).insert(row.event_ms, id_key(row.event_id), mask)
+                    track = state.track(key, row.event_ms, len(funnel.steps) + 2)
+                    track.insert(row.event_ms, id_key(row.event_id), mask)
                     touched.add(key)
         for key in touched:
             track, funnel = state.tracks[key], self.funnels[key[2]]
