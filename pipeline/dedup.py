@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import sys
-from typing import Sequence
+from typing import Sequence, Union
 
 import numpy as np
 from xxhash import xxh3_64_intdigest
@@ -41,6 +41,37 @@ _OFFSETS = np.arange(BLOCK)
 def id_hash(event_id: str) -> int:
     """Stable across processes and machines (unlike ``hash``), so ClickHouse can store it."""
     return xxh3_64_intdigest(event_id.encode())
+
+
+EventIdKey = Union[int, str]
+
+
+def id_key(event_id: str) -> EventIdKey:
+    """The event id in the form a core keeps when it only compares ids: a canonical (lowercase) UUID as its
+    128-bit int (48 bytes, not an 88-byte string), any other id as itself. Exact both ways (:func:`id_text`), so
+    equal ids have equal keys, and :func:`id_before` orders keys as their ids."""
+    if len(event_id) == 36 and event_id[8] == event_id[13] == event_id[18] == event_id[23] == "-":
+        digits = event_id.replace("-", "")
+        try:
+            value = int(digits, 16)
+        except ValueError:
+            return event_id
+        if len(digits) == 32 and f"{value:032x}" == digits:  # not "0x…", "+…", "_", spaces or capitals
+            return value
+    return event_id
+
+
+def id_text(key: EventIdKey) -> str:
+    """The event id an :func:`id_key` was made from."""
+    if type(key) is str:
+        return key
+    h = f"{key:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def id_before(a: EventIdKey, b: EventIdKey) -> bool:
+    """Whether the id of key ``a`` sorts before that of ``b`` (as strings; UUID keys compare as their ints)."""
+    return a < b if type(a) is type(b) else id_text(a) < id_text(b)
 
 
 class Deduper:

@@ -56,7 +56,7 @@ class Conversation:
     # moves one way only (the customer id is set once, the earliest times move earlier, the newest later), so
     # a change is never undone and a flag says what comparing with a copy of the row would
     changed: bool = True
-    counted: Optional[tuple[int, int]] = None  # (end ms, outcome index) as counted in the windows
+    counted: Optional[int] = None  # end ms << 2 | outcome index, as counted in the windows (one int, not a tuple)
 
     def outcome(self) -> Optional[tuple[int, int]]:
         """(end ms, index into OUTCOMES), or None while open."""
@@ -150,17 +150,18 @@ class ChatbotCore(MetricCore[ChatbotState]):
     def _count(state: ChatbotState, c: Conversation) -> None:
         """Move the conversation's count in the windows to its current end minute and outcome."""
         now = c.outcome()
-        if now == c.counted:
+        packed = None if now is None else now[0] << 2 | now[1]
+        if packed == c.counted:
             return
         if c.counted is not None:
             counts = [0] * len(OUTCOMES)
-            counts[c.counted[1]] = -1
-            state.windows.add(c.tenant, c.counted[0], counts)
+            counts[c.counted & 3] = -1
+            state.windows.add(c.tenant, c.counted >> 2, counts)
         if now is not None:
             counts = [0] * len(OUTCOMES)
             counts[now[1]] = 1
             state.windows.add(c.tenant, now[0], counts)
-        c.counted = now
+        c.counted = packed
 
     @staticmethod
     def _row(c: Conversation, partition: int) -> tuple:

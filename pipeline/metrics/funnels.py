@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import heapq
 import sys
-from bisect import bisect_left
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
@@ -35,12 +34,17 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from pydantic import Field, field_validator
 
 from pipeline.config import Section
+from pipeline.dedup import EventIdKey, id_before, id_key
 from pipeline.metrics.base import Batch, Instrument, MetricCore, Newest, NotNull, OneOf, Output, Restore
 from pipeline.metrics.funnel_defs import EXCLUDED, Funnel, load_funnels
 
 BUCKET_MS = 60_000
 CONVERSION_SECONDS = "cx_funnel_conversion_seconds"
 _LADDER_S = (10, 30, 60, 120, 300, 600, 1200, 1800, 3600, 7200, 14400, 28800, 43200, 86400, 172800, 345600, 604800)
+
+
+_NONE: list = []  # a new track's events and attempts until its first one (no empty list object per track): never
+# added to, replaced by a list of its own first
 
 
 def conversion_buckets(funnels: Sequence[Funnel]) -> tuple[float, ...]:
@@ -52,26 +56,30 @@ def conversion_buckets(funnels: Sequence[Funnel]) -> tuple[float, ...]:
 class _Track:
     """One customer in one funnel, in a few flat containers (no object per event or attempt part):
 
-    * ``events``: one flat list ``[ms, event_id, step mask, ms, event_id, step mask, ...]`` in funnel order (time,
-      then event id); code addresses an event by its *position*, the index of its ms (a multiple of 3);
-    * ``attempts``: ``(start_ms, level, last row version, step-2 ms, ..., step-level ms)`` tuples sorted by start
-      (step 1's time is the start); a restored version without its events yet has level 0.
+    * ``events``: one flat list ``[ms, id key, step mask, ms, id key, step mask, ...]`` in funnel order (time,
+      then event id); code addresses an event by its *position*, the index of its ms (a multiple of 3); an id key
+      is :func:`~pipeline.dedup.id_key` of the event id (ids are only compared here, never written);
+    * ``attempts``: one flat list of ``width`` numbers per attempt (the funnel's steps + 2), sorted by start:
+      ``[start_ms, level, last row version, step-2 ms, ..., step-n ms, ...]`` (step 1's time is the start; the
+      steps past the level are 0); code addresses an attempt by its position, a multiple of ``width``. A restored
+      version without its events yet has level 0.
     """
 
-    __slots__ = ("key", "events", "attempts", "converted", "counted")
+    __slots__ = ("key", "events", "attempts", "width", "converted", "counted")
 
-    def __init__(self, key: tuple[str, str, int]):
+    def __init__(self, key: tuple[str, str, int], width: int):
         self.key = key  # (tenant, customer, funnel index): the one tuple the state's indexes share
-        self.events: list = []
-        self.attempts: list[tuple[int, ...]] = []
-        self.converted: Optional[tuple[str, ...]] = None  # event ids of last-step events already observed
+        self.events: list = _NONE
+        self.attempts: list[int] = _NONE
+        self.width = width
+        self.converted: Optional[tuple[EventIdKey, ...]] = None  # id keys of last-step events already observed
         self.counted = 0  # its level in each metric window as counted in FunnelState.reached (FunnelCore._pack)
 
     def oldest_ms(self) -> Optional[int]:
         """Time of the oldest event or attempt held; None when empty."""
         if self.events:
-            return min(self.events[0], self.attempts[0][0]) if self.attempts else self.events[0]
-        return self.attempts[0][0] if self.attempts else None
+            return min(self.events[0], self.attempts[0]) if self.attempts else self.events[0]
+        return self.attempts[0] if self.attempts else None
 
     def position(self, ms: int) -> int:
         """Position of the first event at or after ``ms`` (len(events) if none)."""
@@ -85,18 +93,21 @@ class _Track:
                 hi = mid
         return 3 * lo
 
-    def insert(self, event_ms: int, event_id: str, mask: int) -> bool:
-        """Add one step event; False if this event id is already here (a replay)."""
+    def insert(self, event_ms: int, event_id: EventIdKey, mask: int) -> bool:
+        """Add one step event (its id key); False if this event id is already here (a replay)."""
         events = self.events
         n = len(events)
-        if not n or events[n - 3] < event_ms or (events[n - 3] == event_ms and events[n - 2] < event_id):
+        if not n:
+            self.events = [event_ms, event_id, mask]
+            return True
+        if events[n - 3] < event_ms or (events[n - 3] == event_ms and id_before(events[n - 2], event_id)):
             events += (event_ms, event_id, mask)  # the usual case: after every event held
             return True
         lo, hi = 0, n // 3  # the first event at or after (event_ms, event_id)
         while lo < hi:
             mid = (lo + hi) >> 1
             ms = events[3 * mid]
-            if ms < event_ms or (ms == event_ms and events[3 * mid + 1] < event_id):
+            if ms < event_ms or (ms == event_ms and id_before(events[3 * mid + 1], event_id)):
                 lo = mid + 1
             else:
                 hi = mid
@@ -113,10 +124,13 @@ class _Track:
         last_ms, last_id = (events[-3], events[-2]) if events else (None, None)
         for i in range(0, len(items), 3):
             ms, event_id = items[i], items[i + 1]
-            if last_ms is not None and (ms < last_ms or (ms == last_ms and event_id <= last_id)):
+            if last_ms is not None and (ms < last_ms or (ms == last_ms and not id_before(last_id, event_id))):
                 return False
             last_ms, last_id = ms, event_id
-        events += items
+        if events:
+            events += items
+        else:
+            self.events = items
         return True
 
     def chain(self, p: int, steps: int, window_ms: int) -> list[int]:
@@ -136,24 +150,42 @@ class _Track:
                 break
         return chain
 
+    def since(self, start_ms: int) -> int:
+        """Position of the first attempt starting at or after ``start_ms`` (len(attempts) if none)."""
+        attempts, width = self.attempts, self.width
+        lo, hi = 0, len(attempts) // width
+        while lo < hi:
+            mid = (lo + hi) >> 1
+            if attempts[width * mid] < start_ms:
+                lo = mid + 1
+            else:
+                hi = mid
+        return width * lo
+
+    def with_attempt(self, p: int, attempt: list[int]) -> list[int]:
+        """The attempts with ``attempt`` inserted at position p, in a new list of exactly their size: a track holds
+        a few attempts, which an insertion in place would leave in a list with room for twice as many."""
+        attempts = self.attempts
+        return attempt if not attempts else attempts + attempt if p == len(attempts) else \
+            attempts[:p] + attempt + attempts[p:]
+
     def attempt(self, start_ms: int) -> Optional[int]:
-        """Index in ``attempts`` of the attempt starting at ``start_ms``, or None."""
-        i = bisect_left(self.attempts, (start_ms,))
-        return i if i < len(self.attempts) and self.attempts[i][0] == start_ms else None
+        """Position in ``attempts`` of the attempt starting at ``start_ms``, or None."""
+        p = self.since(start_ms)
+        return p if p < len(self.attempts) and self.attempts[p] == start_ms else None
 
     def level_since(self, first_ms: int) -> int:
         """Best level of the attempts starting at or after first_ms."""
-        attempts = self.attempts
-        return max([attempt[1] for attempt in attempts[bisect_left(attempts, (first_ms,)):]], default=0)
+        return max(self.attempts[self.since(first_ms) + 1::self.width], default=0)
 
     def levels_since(self, firsts: Sequence[int]) -> list[int]:
         """level_since of each of ``firsts`` (one pass from the latest attempt back: each attempt is read once)."""
-        attempts, levels, best, end = self.attempts, {}, 0, len(self.attempts)
+        attempts, width, levels, best, end = self.attempts, self.width, {}, 0, len(self.attempts)
         for first_ms in sorted(firsts, reverse=True):
-            i = bisect_left(attempts, (first_ms,))
-            if i < end:
-                best = max(best, max([attempt[1] for attempt in attempts[i:end]]))
-                end = i
+            p = self.since(first_ms)
+            if p < end:
+                best = max(best, max(attempts[p + 1:end:width]))
+                end = p
             levels[first_ms] = best
         return [levels[first_ms] for first_ms in firsts]
 
@@ -175,11 +207,11 @@ class FunnelState:
     # start minute -> keys of tracks with an attempt starting then: the tracks a moving window boundary passes
     starts: dict[int, list[tuple[str, str, int]]] = field(default_factory=dict)
 
-    def track(self, key: tuple[str, str, int], first_ms: int) -> _Track:
+    def track(self, key: tuple[str, str, int], first_ms: int, width: int) -> _Track:
         track = self.tracks.get(key)
         if track is None:
             key = (sys.intern(key[0]), key[1], key[2])  # a tenant's name once, not once per customer
-            track = self.tracks[key] = _Track(key)
+            track = self.tracks[key] = _Track(key, width)
             heapq.heappush(self.expiry, (first_ms, key))
             self.tracked[key[0], key[2]] = self.tracked.get((key[0], key[2]), 0) + 1
         return track
@@ -274,14 +306,14 @@ class FunnelCore(MetricCore[FunnelState]):
                     key = (event["tenant"], customer, index)
                     items = pending.get(key)
                     if items is None:
-                        pending[key] = [event_ms, event["event_id"], mask]
+                        pending[key] = [event_ms, id_key(event["event_id"]), mask]
                     else:
-                        items += (event_ms, event["event_id"], mask)
+                        items += (event_ms, id_key(event["event_id"]), mask)
         state.clock_ms = clock
         tracks, funnels = state.tracks, self.funnels
         for key, items in pending.items():
-            track = tracks.get(key) or state.track(key, items[0])
             funnel = funnels[key[2]]
+            track = tracks.get(key) or state.track(key, items[0], len(funnel.steps) + 2)
             if track.append(items):
                 # events after every one held only extend chains: no attempt's level falls, so the gauge's
                 # counts move by the changed attempts alone
@@ -302,7 +334,7 @@ class FunnelCore(MetricCore[FunnelState]):
                     if track.insert(event_ms, items[i + 1], mask):
                         first_ms = event_ms if mask == 1 else event_ms - funnel.window_ms
                         changed = self._reassess(state, key, track, funnel, first_ms, event_ms, out)
-                        starts.update([track.attempts[j][0] for j in changed])
+                        starts.update([track.attempts[j] for j in changed])
                 if starts:
                     self._emit(state, key, track, [track.attempt(start_ms) for start_ms in sorted(starts)], out)
                     self._recount(state, key, track)
@@ -326,7 +358,7 @@ class FunnelCore(MetricCore[FunnelState]):
     def _reassess(self, state: FunnelState, key: tuple[str, str, int], track: _Track, funnel: Funnel, first_ms: int,
                   last_ms: int, out: Optional[Output]) -> list[int]:
         """Recompute the attempts starting in [first_ms, last_ms]; observe new conversions into out
-        (None: mark them observed silently). Returns the indices in ``track.attempts`` of the attempts that
+        (None: mark them observed silently). Returns the positions in ``track.attempts`` of the attempts that
         changed, in start order (valid until an attempt is inserted before them)."""
         tenant = key[0]
         events, steps, window_ms, chain_from = track.events, len(funnel.steps), funnel.window_ms, track.chain
@@ -340,18 +372,19 @@ class FunnelCore(MetricCore[FunnelState]):
                 if len(chain) == steps:
                     self._convert(track, funnel, chain, out, tenant)
         changed = []
-        attempts = track.attempts
+        attempts, width = track.attempts, track.width
         for start_ms, chain in best.items():
-            later = tuple([events[q] for q in chain[1:]])  # the step times after the start
-            i = bisect_left(attempts, (start_ms,))
-            if i == len(attempts) or attempts[i][0] != start_ms:
-                attempts.insert(i, (start_ms, len(chain), 0) + later)
+            later = [events[q] for q in chain[1:]] + [0] * (steps - len(chain))  # the step times after the start
+            p = track.since(start_ms)
+            if p == len(attempts) or attempts[p] != start_ms:
+                attempts = track.attempts = track.with_attempt(p, [start_ms, len(chain), 0] + later)
                 state.started(track.key, start_ms)
-            elif attempts[i][1] != len(chain) or attempts[i][3:] != later:
-                attempts[i] = (start_ms, len(chain), attempts[i][2]) + later
+            elif attempts[p + 1] != len(chain) or attempts[p + 3:p + width] != later:
+                attempts[p + 1] = len(chain)
+                attempts[p + 3:p + width] = later
             else:
                 continue
-            changed.append(i)
+            changed.append(p)
         return changed
 
     def _convert(self, track: _Track, funnel: Funnel, chain: list[int], out: Optional[Output], tenant: str) -> None:
@@ -379,22 +412,19 @@ class FunnelCore(MetricCore[FunnelState]):
                     latest = events[p]
         return latest
 
-    def _emit(self, state: FunnelState, key: tuple, track: _Track, indices: Sequence[int],
+    def _emit(self, state: FunnelState, key: tuple, track: _Track, positions: Sequence[int],
               out: Output) -> list[tuple[int, int]]:
-        """A funnel_progress row for each attempt at ``indices`` of ``track.attempts`` (in start order);
+        """A funnel_progress row for each attempt at ``positions`` of ``track.attempts`` (in start order);
         returns their (start, level)."""
         tenant, customer, index = key
-        funnel = self.funnels[index]
-        name, pad, clock, partition = funnel.name, len(funnel.steps), state.clock_ms, state.partition
-        attempts, rows = track.attempts, out.rows["funnel_progress"]
+        name, clock, partition = self.funnels[index].name, state.clock_ms, state.partition
+        attempts, width, rows = track.attempts, track.width, out.rows["funnel_progress"]
         emitted = []
-        for i in indices:
-            attempt = attempts[i]
-            start_ms, level, version, later = attempt[0], attempt[1], attempt[2], attempt[3:]
-            version = clock if clock > version else version + 1
-            attempts[i] = (start_ms, level, version) + later
+        for p in positions:
+            start_ms, level, version = attempts[p], attempts[p + 1], attempts[p + 2]
+            version = attempts[p + 2] = clock if clock > version else version + 1
             rows.append((name, tenant, customer, start_ms // 1000, start_ms, level,
-                         [start_ms, *later] + [0] * (pad - level), version, partition))
+                         [start_ms, *attempts[p + 3:p + width]], version, partition))
             emitted.append((start_ms, level))
         return emitted
 
@@ -421,7 +451,7 @@ class FunnelCore(MetricCore[FunnelState]):
             if track is None:
                 continue
             del track.events[:track.position(horizon)]
-            del track.attempts[:bisect_left(track.attempts, (horizon,))]
+            del track.attempts[:track.since(horizon)]
             if track.converted:
                 held = set(track.events[1::3])
                 track.converted = tuple(event_id for event_id in track.converted if event_id in held) or None
@@ -457,14 +487,15 @@ class FunnelCore(MetricCore[FunnelState]):
         if name == "funnel_versions":
             for row in rows:
                 if row.funnel in index_of:
-                    key = (row.tenant, row.customer_id, index_of[row.funnel])
-                    track = state.track(key, row.started_ms)
-                    i = bisect_left(track.attempts, (row.started_ms,))
-                    if i == len(track.attempts) or track.attempts[i][0] != row.started_ms:
-                        track.attempts.insert(i, (row.started_ms, 0, 0))  # level 0: counts nowhere yet
+                    index = index_of[row.funnel]
+                    track = state.track((row.tenant, row.customer_id, index), row.started_ms,
+                                        len(self.funnels[index].steps) + 2)
+                    attempts, p = track.attempts, track.since(row.started_ms)
+                    if p == len(attempts) or attempts[p] != row.started_ms:
+                        # level 0: counts nowhere yet
+                        attempts = track.attempts = track.with_attempt(p, [row.started_ms] + [0] * (track.width - 1))
                         state.started(track.key, row.started_ms)
-                    start_ms, level, version, *later = track.attempts[i]
-                    track.attempts[i] = (start_ms, level, max(version, row.updated_ms), *later)
+                    attempts[p + 2] = max(attempts[p + 2], row.updated_ms)
             return
         touched = set()
         for row in rows:
@@ -473,7 +504,8 @@ class FunnelCore(MetricCore[FunnelState]):
                 mask = funnel.step_mask(row.source, event)
                 if mask:
                     key = (row.tenant, row.customer_id, index)
-                    state.track(key, row.event_ms).insert(row.event_ms, row.event_id, mask)
+                    track = state.track(key, row.event_ms, len(funnel.steps) + 2)
+                    track.insert(row.event_ms, id_key(row.event_id), mask)
                     touched.add(key)
         for key in touched:
             track, funnel = state.tracks[key], self.funnels[key[2]]

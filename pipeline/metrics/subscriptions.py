@@ -43,6 +43,7 @@ from prometheus_client.metrics_core import Metric
 from pydantic import Field
 
 from pipeline.config import Duration, Section, Windows
+from pipeline.dedup import EventIdKey, id_key, id_text
 from pipeline.metrics.base import Batch, Equals, MetricCore, Output, Restore
 from pipeline.metrics.segments import MAX_LABEL_CHARS, OTHER, UNKNOWN
 from pipeline.metrics.windows import RollingCounts
@@ -97,7 +98,7 @@ class Change:
     """One subscription event of a customer."""
 
     event_ms: int
-    event_id: str
+    event_id: EventIdKey  # dedup.id_key of the event id (written back as id_text)
     event_type: str
     plan: Optional[str]
     mrr: Optional[int]  # hundredths, as the event carried it
@@ -107,11 +108,13 @@ class Change:
     written: Optional[tuple[int, bool]] = None  # (before, held) of that row
     counted: Optional[tuple[int, int, int]] = None  # (minute, movement, MRR moved) as counted in the windows
     after: int = field(init=False)  # the customer's MRR after it
-    order: tuple[int, str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.after = 0 if self.event_type == CANCELLED else self.mrr or 0
-        self.order = (self.event_ms, self.event_id)
+
+    def order(self) -> tuple[int, str]:
+        """A customer's changes are in time order, one millisecond's in event id order."""
+        return self.event_ms, id_text(self.event_id)
 
 
 @dataclass(slots=True)
@@ -169,12 +172,13 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
                 continue
             key = (event["tenant"], event["customer_id"])
             sub = state.subscribers.get(key)
+            event_id = id_key(event["event_id"])
             if sub is None:
                 sub = state.subscribers[key] = Subscriber(*key)
-            elif any(change.event_id == event["event_id"] for change in sub.changes):
+            elif any(change.event_id == event_id for change in sub.changes):
                 continue
-            bisect.insort(sub.changes, Change(event["event_time"], event["event_id"], kind, event.get("plan"), mrr),
-                          key=lambda change: change.order)
+            bisect.insort(sub.changes, Change(event["event_time"], event_id, kind, event.get("plan"), mrr),
+                          key=Change.order)
             state.dirty.add(key)
             heapq.heappush(state.expiries, (event["event_time"] + span_ms, key))
 
@@ -242,7 +246,7 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
                 continue
             change.written, change.version = content, max(change.version + 1, state.clock_ms)
             rows.append(SubscriptionRow(
-                tenant=sub.tenant, customer_id=sub.customer_id, event_id=change.event_id,
+                tenant=sub.tenant, customer_id=sub.customer_id, event_id=id_text(change.event_id),
                 event_type=change.event_type, event_time=change.event_ms // 1000, event_ms=change.event_ms,
                 plan=change.plan, mrr_minor=change.mrr, mrr_before_minor=change.before, held=int(change.held),
                 updated_ms=change.version, kafka_partition=state.partition))
@@ -260,11 +264,12 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
         for row in rows:
             key = (row.tenant, row.customer_id)
             sub = state.subscribers.get(key)
+            event_id = id_key(row.event_id)
             if sub is None:
                 sub = state.subscribers[key] = Subscriber(*key)
-            elif any(change.event_id == row.event_id for change in sub.changes):
+            elif any(change.event_id == event_id for change in sub.changes):
                 continue  # in both restores
-            change = Change(int(row.event_ms), row.event_id, row.event_type, row.plan,
+            change = Change(int(row.event_ms), event_id, row.event_type, row.plan,
                             None if row.mrr_minor is None else int(row.mrr_minor), int(row.mrr_before_minor),
                             bool(row.held), int(row.updated_ms))
             change.written = (change.before, change.held)
@@ -274,7 +279,7 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
             heapq.heappush(state.expiries, (change.event_ms + self.span_ms, key))
         for key in touched:
             sub = state.subscribers[key]
-            sub.changes.sort(key=lambda change: change.order)
+            sub.changes.sort(key=Change.order)
             sub.prior = sub.changes[0].before
             self._recount(state, sub)
 

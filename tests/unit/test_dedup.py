@@ -1,12 +1,14 @@
 """Deduper against a plain dict recomputation of its rule: after ``expire(clock)`` an id is a duplicate iff
 an earlier accepted (or restored) sighting has hour >= (clock - horizon) // BUCKET_MS, and a repeat within
 one call is a duplicate of its first occurrence. Calls of every size go through both probing paths."""
+import uuid
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from pipeline import dedup as dedup_module
-from pipeline.dedup import BUCKET_MS, MAX_SPAN, SCALAR_CALL, Deduper, id_hash
+from pipeline.dedup import BUCKET_MS, MAX_SPAN, SCALAR_CALL, Deduper, id_before, id_hash, id_key, id_text
 
 DAY = 86_400_000
 HOUR = BUCKET_MS
@@ -191,3 +193,29 @@ def test_expired_ids_still_in_their_slots_are_new_again():
     assert d.check(expired[100:], [clock] * 900) == [True] * 900
     assert [d.check([key], [clock])[0] for key in kept[:100].tolist()] == [False] * 100
     assert d.check(kept[100:], [clock] * 900) == [False] * 900
+
+
+# Event ids as producers send them: canonical UUIDs, their near misses (capitals, "0x", "+", "_", spaces, a dash
+# moved), and any other text.
+_HEX = "0123456789abcdefABCDEF"
+_UUIDS = st.builds(lambda v: str(uuid.UUID(int=v)), st.integers(0, 2**128 - 1))
+_NEAR = st.builds(lambda s, i, c: s[:i] + c + s[i + 1:], _UUIDS, st.integers(0, 35),
+                  st.sampled_from(list(_HEX) + ["-", "_", "+", " ", "x", "é"]))
+_IDS = st.one_of(_UUIDS, _NEAR, _UUIDS.map(str.upper), st.text(max_size=40), st.text(alphabet=_HEX + "-", max_size=40))
+
+
+@settings(max_examples=400, deadline=None)
+@given(_IDS, _IDS)
+def test_id_keys_are_exact_and_ordered_as_the_ids(a, b):
+    """id_key is undone by id_text, equal exactly when the ids are, and id_before orders keys as str orders ids."""
+    ka, kb = id_key(a), id_key(b)
+    assert id_text(ka) == a and id_text(kb) == b
+    assert (ka == kb) == (a == b)
+    assert id_before(ka, kb) == (a < b) and id_before(kb, ka) == (b < a)
+
+
+def test_a_canonical_uuid_is_kept_as_its_int():
+    event_id = str(uuid.uuid4())
+    assert id_key(event_id) == uuid.UUID(event_id).int
+    assert id_key(event_id.upper()) == event_id.upper()
+    assert id_key("0x" + event_id[2:]) == "0x" + event_id[2:]

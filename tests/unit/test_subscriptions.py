@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from pipeline.metrics.base import Batch, Output
 from pipeline.metrics.subscriptions import CANCELLED, MOVEMENTS, SubscriptionCore, minor_units
-from tests.unit.cores import restore
+from tests.unit.cores import mixed_event_id, restore
 
 MIN, DAY = 60_000, 86_400_000
 T0 = 1_780_000_000_000
@@ -93,7 +93,7 @@ def restore_rows(sub: SubscriptionCore, state, rows: list, clock: int) -> None:
 
 
 def event(i: int, tenant: str, customer: int, kind: str, minute: int, price: float, plan) -> dict:
-    return {"event_id": f"e{i:04d}", "event_type": kind, "event_time": T0 + minute * MIN, "tenant": tenant,
+    return {"event_id": mixed_event_id(i), "event_type": kind, "event_time": T0 + minute * MIN, "tenant": tenant,
             "customer_id": f"c{customer}", "plan": plan, "mrr": None if kind == CANCELLED and price == 0 else price,
             "account_id": None, "attributes": {}}
 
@@ -143,8 +143,8 @@ def test_a_late_upgrade_moves_the_next_event_and_rewrites_its_row():
     out, _ = feed(sub, state, [upgrade], random.Random(1), T0 + 120 * MIN)
     counts = sub.movements([state], [T0 + 120 * MIN])[("acme", "7d")]
     assert counts == [1, 1, 0, 1, 1900, 8000, 0, 9900]  # churned MRR is now the pro price
-    assert {(r.event_id, r.mrr_before_minor, r.held) for r in out.rows["subscriptions"]} == {("e0003", 1900, 0),
-                                                                                          ("e0002", 9900, 1)}
+    assert {(r.event_id, r.mrr_before_minor, r.held) for r in out.rows["subscriptions"]} == {
+        (upgrade["event_id"], 1900, 0), (cancel["event_id"], 9900, 1)}
 
 
 def test_mrr_sums_are_exact_to_the_cent_over_a_long_replay():
@@ -227,7 +227,8 @@ def test_non_paying_customers_are_forgotten_after_the_span_and_paying_ones_kept(
             out)  # the CRM's own clock moves past
     sub.tick(state, later, out)
     assert set(state.subscribers) == {("acme", "c1")} and len(state.subscribers[("acme", "c1")].changes) == 1
-    assert [(r.event_id, r.held) for r in out.rows["subscriptions"]] == [("e0003", 0)]  # the forgotten one's row
+    forgotten = [(mixed_event_id(3), 0)]  # the forgotten one's row
+    assert [(r.event_id, r.held) for r in out.rows["subscriptions"]] == forgotten
     assert sub.plan_totals([state]) == {("acme", "basic"): [1, 1900]}
     assert nonzero(sub.movements([state], [later])) == {}
 
@@ -245,7 +246,8 @@ def test_a_late_cancellation_ends_the_subscription_when_the_topic_is_behind():
     sub.add(state, Batch.of(0, [("crm", cancelled)]), out)
     sub.tick(state, clock, out)
     assert sub.plan_totals([state]) == {}
-    assert [(r.event_id, r.held) for r in newest(out.rows["subscriptions"]).values()] == [("e0001", 0), ("e0002", 1)]
+    assert [(r.event_id, r.held) for r in newest(out.rows["subscriptions"]).values()] == [
+        (mixed_event_id(1), 0), (mixed_event_id(2), 1)]
     later = T0 + sub.span_ms + 61 * MIN  # the CRM's own clock moves past the span: the non-payer is forgotten
     sub.add(state, Batch.of(0, [("crm", dict(event(3, "acme", 2, "note_added", 0, 0.0, None), event_time=later))]), out)
     sub.tick(state, clock, out)
@@ -269,7 +271,7 @@ def test_events_that_are_not_subscriptions_or_carry_no_price_are_not_taken():
               dict(event(3, "acme", 3, "subscription_started", 0, 19.0, "basic"), mrr=float("nan")),
               dict(event(4, "acme", 4, "subscription_started", 0, 19.0, "basic"), event_type="order_placed")]
     out, _ = feed(sub, state, events, random.Random(6))
-    assert [r.event_id for r in out.rows["subscriptions"]] == ["e0001"]
+    assert [r.event_id for r in out.rows["subscriptions"]] == [mixed_event_id(1)]
 
 
 def test_bytes_per_subscriber():
