@@ -55,9 +55,10 @@ class Customers:
     customer first appears: what the cores that keep state per customer walk instead of every event (a batch of
     the simulator's mix has about three events per customer)."""
 
-    __slots__ = ("keys", "times", "_hashes", "_sorted", "_tenants", "_firsts", "_lasts")
+    __slots__ = ("events", "keys", "times", "_hashes", "_sorted", "_tenants", "_firsts", "_lasts")
 
     def __init__(self, events: Sequence[dict]):
+        self.events = events  # the batch's, in order
         groups: dict[tuple[str, str], list[int]] = {}
         for event in events:
             customer_id = event.get("customer_id")

@@ -97,9 +97,11 @@ class LastSeen:
                 index[tenant] = len(self.tenant_names)
                 self.tenant_names.append(tenant)
         order, keys, distinct = customers.sorted_hashes()
-        if not distinct:  # two customers share a 64-bit key: as note() does
-            for (tenant, customer_id), times in zip(customers.keys, customers.times):
-                self.note(tenant, customer_id, max(times))
+        if not distinct:  # two customers share a 64-bit key: event by event, as note() keeps the first at a minute
+            for event in customers.events:
+                customer_id = event.get("customer_id")
+                if customer_id is not None:
+                    self.note(event["tenant"], customer_id, event["event_time"])
             self.merge()
             return
         tenants = np.array([index[tenant] for tenant in names], np.int64)[codes]
