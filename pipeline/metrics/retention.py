@@ -49,11 +49,6 @@ def week_of(ms: int) -> int:
     return (ms // DAY_MS + 3) // 7
 
 
-def _weeks(ms: np.ndarray) -> np.ndarray:
-    """:func:`week_of` of each element."""
-    return (ms // DAY_MS + 3) // 7
-
-
 def week_start_ms(week: int) -> int:
     return (week * 7 - 3) * DAY_MS
 
@@ -196,39 +191,28 @@ class RetentionCore(MetricCore[RetentionState]):
         keys = customers.hashes()
         at, tracked = _found(state.keys, keys)
         _, member = _found(state.members, keys)
-        if len(state.keys):  # every customer's values in array reads, not one numpy scalar at a time
+        if len(state.keys):  # every customer's values in three array reads, not one numpy scalar at a time
             at = np.minimum(at, len(state.keys) - 1)
-            first_ms, active = state.first_ms[at], state.active[at].astype(np.int64)
-            # A tracked customer whose batch adds nothing (no earlier event, only weeks already active or past
-            # the ages tracked) needs no step: most of a batch's known customers, found without a Python loop.
-            # (A tracked customer is never fresh: merge moves the fresh ones into the arrays.)
-            week = _weeks(customers.firsts())
-            age = week - _weeks(first_ms)
-            same = tracked & (customers.firsts() >= first_ms) & (week == _weeks(customers.lasts())) & (
-                (age > AGES) | ((active >> np.clip(age, 0, AGES)) & 1).astype(bool))
-            steps = np.flatnonzero(~same).tolist()
-            first_ms, active, tenants = first_ms.tolist(), active.tolist(), state.tenants[at].tolist()
+            known = zip(state.first_ms[at].tolist(), state.active[at].tolist(), state.tenants[at].tolist())
         else:
-            steps = range(len(customers))
-            first_ms = active = tenants = [0] * len(customers)
-        rows, late, keys, at, tracked, member = out.rows["retention"], [], keys.tolist(), at.tolist(), \
-            tracked.tolist(), member.tolist()
-        for j in steps:
-            key, i, in_arrays = keys[j], at[j], tracked[j]
+            known = iter(lambda: (0, 0, 0), None)
+        rows, late = out.rows["retention"], []
+        for (tenant, customer_id), times, key, i, in_arrays, old, values in zip(
+                customers.keys, customers.times, keys.tolist(), at.tolist(), tracked.tolist(), member.tolist(), known):
             fresh = state.fresh.get(key)
             if fresh is not None:
-                first, old_active, index = fresh
+                first, active, index = fresh
             elif in_arrays:
-                first, old_active, index = first_ms[j], active[j], tenants[j]
-            elif member[j]:
+                first, active, index = values
+            elif old:
                 continue  # a customer of a dropped cohort: their row is final
             else:
-                first, old_active, index = None, 0, state.tenant(customers.keys[j][0])
-            new_first, new_active = fold(first, old_active, customers.times[j])
-            if (new_first, new_active) == (first, old_active):
+                first, active, index = None, 0, state.tenant(tenant)
+            new_first, new_active = fold(first, active, times)
+            if (new_first, new_active) == (first, active):
                 continue
             if first is not None:
-                state.count(index, first, old_active, -1)
+                state.count(index, first, active, -1)
             state.count(index, new_first, new_active, 1)
             cohort = week_of(new_first)
             if cohort < state.oldest_week:
@@ -239,7 +223,6 @@ class RetentionCore(MetricCore[RetentionState]):
                 state.first_ms[i], state.active[i] = new_first, new_active
             else:
                 state.fresh[key] = [new_first, new_active, index]
-            tenant, customer_id = customers.keys[j]
             rows.append(RetentionRow(tenant=tenant, customer_id=customer_id, cohort_week=week_start_ms(cohort) // 1000,
                                      first_ms=new_first, active_weeks=new_active,
                                      version=row_version(new_first, new_active), kafka_partition=batch.partition))
