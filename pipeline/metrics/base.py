@@ -55,9 +55,10 @@ class Customers:
     customer first appears: what the cores that keep state per customer walk instead of every event (a batch of
     the simulator's mix has about three events per customer)."""
 
-    __slots__ = ("keys", "times", "_hashes", "_last_minutes")
+    __slots__ = ("events", "keys", "times", "_hashes", "_sorted", "_tenants", "_firsts", "_lasts")
 
     def __init__(self, events: Sequence[dict]):
+        self.events = events  # the batch's, in order
         groups: dict[tuple[str, str], list[int]] = {}
         for event in events:
             customer_id = event.get("customer_id")
@@ -71,7 +72,10 @@ class Customers:
         self.keys: list[tuple[str, str]] = list(groups)
         self.times: list[list[int]] = list(groups.values())  # each customer's event times, in batch order
         self._hashes: Optional[np.ndarray] = None
-        self._last_minutes: Optional[np.ndarray] = None
+        self._sorted: Optional[tuple[np.ndarray, np.ndarray, bool]] = None
+        self._tenants: Optional[tuple[list[str], np.ndarray]] = None
+        self._firsts: Optional[np.ndarray] = None
+        self._lasts: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.keys)
@@ -83,11 +87,40 @@ class Customers:
                                        np.uint64, len(self.keys))
         return self._hashes
 
+    def sorted_hashes(self) -> tuple[np.ndarray, np.ndarray, bool]:
+        """(the order that sorts :meth:`hashes`, the sorted hashes, whether they are distinct): what the cores
+        that keep customers in sorted arrays merge a batch by."""
+        if self._sorted is None:
+            hashes = self.hashes()
+            order = np.argsort(hashes)
+            ordered = hashes[order]
+            self._sorted = (order, ordered, bool((ordered[1:] != ordered[:-1]).all()))
+        return self._sorted
+
+    def tenants(self) -> tuple[list[str], np.ndarray]:
+        """(the batch's tenants in order of first appearance, each customer's tenant as an index into them)."""
+        if self._tenants is None:
+            index: dict[str, int] = {}
+            codes = np.fromiter((index.setdefault(tenant, len(index)) for tenant, _ in self.keys), np.int64,
+                                len(self.keys))
+            self._tenants = (list(index), codes)
+        return self._tenants
+
+    def firsts(self) -> np.ndarray:
+        """Each customer's earliest event time in the batch (epoch ms, int64)."""
+        if self._firsts is None:
+            self._firsts = np.fromiter(map(min, self.times), np.int64, len(self.times))
+        return self._firsts
+
+    def lasts(self) -> np.ndarray:
+        """Each customer's latest event time in the batch (epoch ms, int64)."""
+        if self._lasts is None:
+            self._lasts = np.fromiter(map(max, self.times), np.int64, len(self.times))
+        return self._lasts
+
     def last_minutes(self) -> np.ndarray:
         """Each customer's latest event minute (epoch minutes, int64)."""
-        if self._last_minutes is None:
-            self._last_minutes = np.fromiter(map(max, self.times), np.int64, len(self.times)) // MINUTE_MS
-        return self._last_minutes
+        return self.lasts() // MINUTE_MS
 
 
 class Batch:

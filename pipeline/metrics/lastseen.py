@@ -15,7 +15,7 @@ in each merge), so the customers active in a window are read from running sums, 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Hashable, Mapping, Optional
+from typing import TYPE_CHECKING, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -30,6 +30,25 @@ MINUTE_MS = 60_000
 
 def customer_key(tenant: str, customer_id: str) -> int:
     return id_hash(f"{tenant}\x1f{customer_id}")
+
+
+def insert_sorted(arrays: Sequence[np.ndarray], at: np.ndarray, values: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """``np.insert(array, at, new)`` for each array and its new values, with ``at`` sorted: the positions of
+    the merged arrays are worked out once for all of them (np.insert sorts and checks them per call, which
+    cost more than the copies at a batch's few hundred keys)."""
+    if not len(at):
+        return list(arrays)
+    size = len(arrays[0]) + len(at)
+    placed = at + np.arange(len(at))
+    kept = np.ones(size, bool)
+    kept[placed] = False
+    merged = []
+    for array, new in zip(arrays, values):
+        out = np.empty(size, array.dtype)
+        out[placed] = new
+        out[kept] = array
+        merged.append(out)
+    return merged
 
 
 class LastSeen:
@@ -72,19 +91,20 @@ class LastSeen:
             return
         self.merge()
         index = self._tenant_index
-        for tenant in dict.fromkeys(tenant for tenant, _ in customers.keys):  # new tenants in order of appearance
+        names, codes = customers.tenants()
+        for tenant in names:  # new tenants in order of appearance
             if tenant not in index:
                 index[tenant] = len(self.tenant_names)
                 self.tenant_names.append(tenant)
-        keys = customers.hashes()
-        order = np.argsort(keys)
-        keys = keys[order]
-        if len(keys) > 1 and not (keys[1:] != keys[:-1]).all():  # two customers share a 64-bit key: as note() does
-            for (tenant, customer_id), times in zip(customers.keys, customers.times):
-                self.note(tenant, customer_id, max(times))
+        order, keys, distinct = customers.sorted_hashes()
+        if not distinct:  # two customers share a 64-bit key: event by event, as note() keeps the first at a minute
+            for event in customers.events:
+                customer_id = event.get("customer_id")
+                if customer_id is not None:
+                    self.note(event["tenant"], customer_id, event["event_time"])
             self.merge()
             return
-        tenants = np.fromiter((index[tenant] for tenant, _ in customers.keys), np.int64, len(keys))
+        tenants = np.array([index[tenant] for tenant in names], np.int64)[codes]
         self._merge_sorted(keys, customers.last_minutes()[order], tenants[order])
 
     def merge(self) -> None:
@@ -107,9 +127,8 @@ class LastSeen:
             self._move(tenants, minutes, known, self.minutes[hit])
         self.minutes[hit] = np.maximum(self.minutes[hit], minutes[known])
         new = ~known
-        self.keys = np.insert(self.keys, at[new], keys[new])
-        self.minutes = np.insert(self.minutes, at[new], minutes[new])
-        self.tenants = np.insert(self.tenants, at[new], tenants[new])
+        self.keys, self.minutes, self.tenants = insert_sorted(
+            (self.keys, self.minutes, self.tenants), at[new], (keys[new], minutes[new], tenants[new]))
 
     def _move(self, tenants: np.ndarray, minutes: np.ndarray, known: np.ndarray, was: np.ndarray) -> None:
         """Count the merged customers in their new last minute, and the known ones that moved on no longer

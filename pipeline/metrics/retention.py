@@ -34,7 +34,7 @@ from pydantic import Field
 
 from pipeline.config import Section
 from pipeline.metrics.base import Batch, MetricCore, Output, Restore
-from pipeline.metrics.lastseen import customer_key
+from pipeline.metrics.lastseen import customer_key, insert_sorted
 from pipeline.tables import ROWS
 
 DAY_MS = 86_400_000
@@ -112,10 +112,9 @@ class RetentionState:
         order = np.argsort(keys)
         keys, values = keys[order], values[order]
         at = np.searchsorted(self.keys, keys)
-        self.keys = np.insert(self.keys, at, keys)
-        self.first_ms = np.insert(self.first_ms, at, values[:, 0])
-        self.active = np.insert(self.active, at, values[:, 1].astype(np.uint16))
-        self.tenants = np.insert(self.tenants, at, values[:, 2].astype(np.uint16))
+        self.keys, self.first_ms, self.active, self.tenants = insert_sorted(
+            (self.keys, self.first_ms, self.active, self.tenants), at,
+            (keys, values[:, 0], values[:, 1].astype(np.uint16), values[:, 2].astype(np.uint16)))
 
     def count(self, tenant: int, first_ms: int, active: int, sign: int) -> None:
         cohort = week_of(first_ms)
