@@ -11,12 +11,13 @@ partitions it owns, so across workers ``other`` may hold different segments; sum
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
-from operator import add
-from typing import Annotated, Iterable, Sequence
+from dataclasses import dataclass, field
+from operator import add, sub
+from typing import Annotated, Iterable, Optional, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 from pydantic import BeforeValidator, Field
 
 from pipeline.config import Section, split_list
@@ -39,10 +40,71 @@ class SegmentSettings(Section):
         "summed as `other`, so a customer-supplied attribute can't explode the series count.")
 
 
+def _sample(family: GaugeMetricFamily, labels: list[str], value: float) -> Sample:
+    """The sample ``family.add_metric`` makes, without keeping it in the family."""
+    family.add_metric(labels, value)
+    return family.samples.pop()
+
+
 def _accumulate(into: dict[tuple, list[int]], key: tuple, counts: list[int]) -> None:
     """Add count vectors per key (the first one is taken as it is: callers hand over copies)."""
     held = into.get(key)
     into[key] = counts if held is None else list(map(add, held, counts))
+
+
+class _MergedTotals:
+    """The owned partitions' totals summed per ((tenant, kind, dimension, segment), window), kept up to date
+    between scrapes instead of summed afresh (issue 17): a partition's totals are read again only when its
+    ``RollingCounts.version`` moved, and only their changes are added to the sums. A key is in ``sums`` while
+    some partition has it, with zeros as the partitions have them."""
+
+    def __init__(self):
+        self.sums: dict[tuple, list[int]] = {}
+        self._holders: dict[tuple, int] = {}  # key -> partitions that have it
+        self._read: dict[int, tuple[RollingCounts, int, dict]] = {}  # id(state) -> (state, version, totals read)
+        self._order: list[tuple] | None = []  # sums' keys sorted (None: keys came or went since)
+
+    def update(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> None:
+        read = self._read
+        owned = set()
+        for state, clock_ms in zip(states, clocks):
+            state.advance(clock_ms)
+            owned.add(id(state))
+            before = read.get(id(state))
+            if before is None or before[1] != state.version:
+                totals = state.current_totals()
+                self._replace(before[2] if before is not None else {}, totals)
+                read[id(state)] = (state, state.version, totals)
+        for gone in [key for key in read if key not in owned]:  # revoked partitions
+            self._replace(read.pop(gone)[2], {})
+
+    def order(self) -> list[tuple]:
+        if self._order is None:
+            self._order = sorted(self.sums)
+        return self._order
+
+    def _replace(self, old: dict[tuple, list[int]], new: dict[tuple, list[int]]) -> None:
+        """Take one partition's totals ``old`` out of the sums and put ``new`` in, key by key where they differ."""
+        sums, holders = self.sums, self._holders
+        for key, counts in new.items():
+            before = old.get(key)
+            if before is None:
+                held = sums.get(key)
+                if held is None:
+                    sums[key], holders[key] = list(counts), 1
+                    self._order = None
+                else:
+                    sums[key], holders[key] = list(map(add, held, counts)), holders[key] + 1
+            elif before != counts:
+                sums[key] = [total + now - was for total, now, was in zip(sums[key], counts, before)]  # new lists: a
+                # scrape may still hold the old ones
+        for key, before in old.items():
+            if key not in new:
+                if holders[key] == 1:
+                    del sums[key], holders[key]
+                    self._order = None
+                else:
+                    sums[key], holders[key] = list(map(sub, sums[key], before)), holders[key] - 1
 
 
 @dataclass
@@ -50,6 +112,8 @@ class SegmentCore(MetricCore[RollingCounts]):
     windows_ms: dict[str, int]
     dimensions: tuple[str, ...]  # attribute keys, and "source"
     max_values: int
+    _merged: _MergedTotals = field(default_factory=_MergedTotals, init=False, repr=False, compare=False)
+    _samples: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # series -> _made's entry
 
     name = "segments"
     Settings = SegmentSettings
@@ -89,44 +153,76 @@ class SegmentCore(MetricCore[RollingCounts]):
 
     def totals(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> dict[tuple[str, str, str, str, str], Totals]:
         """(tenant, kind, dimension, segment, window) -> Totals, capped per (tenant, dimension)."""
-        raw: dict[tuple, list[int]] = {}
-        for state, clock_ms in zip(states, clocks):  # summed under the partitions' own keys, renamed once below
-            for key, counts in state.totals(clock_ms).items():
-                _accumulate(raw, key, counts)
-        raw = {(tenant, kind, dimension, segment, window): counts
-               for ((tenant, kind, dimension, segment), window), counts in raw.items()}
+        return {key: Totals.of(counts) for key, counts in self._capped(states, clocks)}
+
+    def _capped(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> list[tuple[tuple, list[int]]]:
+        """(tenant, kind, dimension, segment, window) and its counts, capped per (tenant, dimension), sorted."""
+        merged = self._merged
+        merged.update(states, clocks)
         largest = max(self.windows_ms, key=self.windows_ms.get)
         volume: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for (tenant, _, dimension, segment, window), counts in raw.items():
+        for ((tenant, _, dimension, segment), window), counts in merged.sums.items():
             if window == largest:
                 volume[(tenant, dimension)][segment] += counts[0]
         # every series has a total in every window, the largest included: a (tenant, dimension) with no more
         # segments than the cap keeps them all, and only the others are summed into ``other``
         over = {key: set(sorted(by_segment, key=lambda s: (-by_segment[s], s))[:self.max_values])
                 for key, by_segment in volume.items() if len(by_segment) > self.max_values}
-        capped: dict[tuple, list[int]] = raw
-        if over:
-            capped = {}
-            for (tenant, kind, dimension, segment, window), counts in raw.items():
-                kept = over.get((tenant, dimension))
-                label = segment if kept is None or segment in kept else OTHER
-                _accumulate(capped, (tenant, kind, dimension, label, window), counts)
-        return {key: Totals.of(counts) for key, counts in capped.items()}
+        if not over:  # ((tenant, kind, dimension, segment), window) sorts as the labels do
+            return [((tenant, kind, dimension, segment, window), merged.sums[key])
+                    for key in merged.order() for (tenant, kind, dimension, segment), window in (key,)]
+        capped: dict[tuple, list[int]] = {}
+        for ((tenant, kind, dimension, segment), window), counts in merged.sums.items():
+            kept = over.get((tenant, dimension))
+            label = segment if kept is None or segment in kept else OTHER
+            _accumulate(capped, (tenant, kind, dimension, label, window), counts)
+        return sorted(capped.items())
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
     def collect(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> Iterable[Metric]:
-        responses, score, nps_g, csat_g, ces_g = families = self._families()
-        formulas = {"NPS": (nps_g, nps), "CSAT": (csat_g, csat_ratio), "CES": (ces_g, ces)}
-        for (tenant, kind, dimension, segment, window), t in sorted(self.totals(states, clocks).items()):
-            for name, count in zip(CLASSES[kind], t.classes):
-                responses.add_metric([tenant, kind, window, dimension, segment, name], count)
-            score.add_metric([tenant, kind, window, dimension, segment], t.score_sum)
-            if t.n:
-                gauge, formula = formulas[kind]
-                gauge.add_metric([tenant, window, dimension, segment], formula(t))
+        """The families, a series' samples made again only when its counts changed, with the label sets it
+        had (the text format then reuses the lines of the others and the escaped labels of these)."""
+        families = self._families()
+        responses, score = families[0].samples, families[1].samples
+        gauges = {"NPS": (families[2], nps), "CSAT": (families[3], csat_ratio), "CES": (families[4], ces)}
+        made, kept = self._samples, {}
+        for key, counts in self._capped(states, clocks):
+            counts = tuple(counts)
+            entry = made.get(key)
+            if entry is None or entry[0] != counts:
+                entry = self._made(families, gauges, key, counts, entry)
+            kept[key] = entry
+            _, by_class, score_sample, gauge_sample = entry
+            responses.extend(by_class)
+            score.append(score_sample)
+            if gauge_sample is not None:
+                gauges[key[1]][0].samples.append(gauge_sample)
+        self._samples = kept
         return families
+
+    @staticmethod
+    def _made(families: list[Metric], gauges: dict, key: tuple, counts: tuple, before: Optional[tuple]) -> tuple:
+        """(counts, the class samples, the score sample, the gauge's sample or None) of one series; the label
+        sets of ``before``, the series' entry at other counts, where it has them."""
+        tenant, kind, dimension, segment, window = key
+        t = Totals.of(counts)
+        family, formula = gauges[kind]
+        if before is None:
+            by_class = tuple(_sample(families[0], [tenant, kind, window, dimension, segment, name], count)
+                             for name, count in zip(CLASSES[kind], t.classes))
+            score = _sample(families[1], [tenant, kind, window, dimension, segment], t.score_sum)
+            gauge = _sample(family, [tenant, window, dimension, segment], formula(t)) if t.n else None
+            return counts, by_class, score, gauge
+        by_class = tuple(Sample(was.name, was.labels, count) for was, count in zip(before[1], t.classes))
+        score = Sample(before[2].name, before[2].labels, t.score_sum)
+        gauge = None
+        if t.n:
+            was = before[3]
+            gauge = Sample(was.name, was.labels, formula(t)) if was is not None else \
+                _sample(family, [tenant, window, dimension, segment], formula(t))
+        return counts, by_class, score, gauge
 
     @staticmethod
     def _families() -> list[Metric]:
@@ -140,3 +236,4 @@ class SegmentCore(MetricCore[RollingCounts]):
             GaugeMetricFamily("cx_segment_csat_ratio", "CSAT of a segment in the window (0..1).", labels=labels),
             GaugeMetricFamily("cx_segment_ces", "CES of a segment in the window.", labels=labels),
         ]
+

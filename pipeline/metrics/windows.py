@@ -12,6 +12,9 @@ A key's buckets are two flat containers, not an object per minute: its minutes, 
 to 43,200 minutes; a list per minute cost ~170 bytes and an object for the garbage collector to walk,
 this ~8 bytes per number). Events come mostly in time order, so a bucket is nearly always the last
 minute or a new one appended; a late minute is inserted. Pruning cuts the oldest minutes off the front.
+
+``version`` moves whenever a total may have changed (an add, a window's lower bound moving a minute, a key
+pruned away), so a reader can keep what it computed from the totals until it moves (issue 17: a scrape).
 """
 from __future__ import annotations
 
@@ -87,6 +90,8 @@ class RollingCounts:
         self._series: dict[Hashable, _Series] = {}
         self.clock_ms = -(2**62)  # the latest clock the windows were moved to: totals are right from it on
         self._pruned = -(2**62)  # buckets up to this minute are gone (prune)
+        self._starts = dict.fromkeys(windows_ms, -(2**62))  # each window's lower bound, as last advanced to
+        self.version = 0  # moves whenever a total may have changed
 
     def __len__(self) -> int:
         return len(self._series)
@@ -97,27 +102,37 @@ class RollingCounts:
     def add_bucket(self, key: Hashable, minute: int, counts: Sequence[int]) -> None:
         if minute <= self._pruned:
             return  # outside every window already (prune would drop it next)
+        self.version += 1
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(self.windows_ms, self.width)
         series.add(minute, counts)
 
-    def _advance(self, clock_ms: int) -> None:
+    def advance(self, clock_ms: int) -> None:
+        """Move the windows to this clock (never back)."""
         self.clock_ms = max(self.clock_ms, clock_ms)
+        starts = self._starts
         for label, window in self.windows_ms.items():
             start = (clock_ms - window) // BUCKET_MS
+            if start > starts[label]:
+                starts[label] = start
+                self.version += 1
             for series in self._series.values():
                 series.advance(label, start)
 
     def totals(self, clock_ms: int) -> dict[tuple[Hashable, str], list[int]]:
         """(key, window label) -> summed counts at this clock (copies)."""
-        self._advance(clock_ms)
+        self.advance(clock_ms)
+        return self.current_totals()
+
+    def current_totals(self) -> dict[tuple[Hashable, str], list[int]]:
+        """(key, window label) -> summed counts at the clock last advanced to (copies)."""
         return {(key, label): list(acc) for key, series in self._series.items() for label, acc in series.sums.items()}
 
     def prune(self, clock_ms: int) -> None:
         """Drop buckets older than the largest window, and keys left with none: nothing when the window has
         not left a minute since the last prune, else each key's expired minutes off the front."""
-        self._advance(clock_ms)
+        self.advance(clock_ms)
         oldest = (clock_ms - self.largest_ms) // BUCKET_MS
         if oldest <= self._pruned:
             return
@@ -126,4 +141,5 @@ class RollingCounts:
             series.prune(oldest)
             if not series.minutes:
                 del self._series[key]
+                self.version += 1
         self._pruned = oldest
