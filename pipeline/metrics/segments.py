@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from operator import add, sub
+from operator import add
 from typing import Annotated, Iterable, Optional, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
@@ -23,7 +23,7 @@ from pydantic import BeforeValidator, Field
 from pipeline.config import Section, split_list
 from pipeline.metrics.base import Facts, MetricCore, Output, Restore
 from pipeline.metrics.facts import SurveyAnswered
-from pipeline.metrics.windows import RollingCounts
+from pipeline.metrics.windows import RollingCounts, SummedTotals
 from pipeline.scores import CLASSES, Totals, ces, counts_of, csat_ratio, nps
 
 OTHER, UNKNOWN = "other", "unknown"
@@ -52,67 +52,12 @@ def _accumulate(into: dict[tuple, list[int]], key: tuple, counts: list[int]) -> 
     into[key] = counts if held is None else list(map(add, held, counts))
 
 
-class _MergedTotals:
-    """The owned partitions' totals summed per ((tenant, kind, dimension, segment), window), kept up to date
-    between scrapes instead of summed afresh (issue 17): a partition's totals are read again only when its
-    ``RollingCounts.version`` moved, and only their changes are added to the sums. A key is in ``sums`` while
-    some partition has it, with zeros as the partitions have them."""
-
-    def __init__(self):
-        self.sums: dict[tuple, list[int]] = {}
-        self._holders: dict[tuple, int] = {}  # key -> partitions that have it
-        self._read: dict[int, tuple[RollingCounts, int, dict]] = {}  # id(state) -> (state, version, totals read)
-        self._order: list[tuple] | None = []  # sums' keys sorted (None: keys came or went since)
-
-    def update(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> None:
-        read = self._read
-        owned = set()
-        for state, clock_ms in zip(states, clocks):
-            state.advance(clock_ms)
-            owned.add(id(state))
-            before = read.get(id(state))
-            if before is None or before[1] != state.version:
-                totals = state.current_totals()
-                self._replace(before[2] if before is not None else {}, totals)
-                read[id(state)] = (state, state.version, totals)
-        for gone in [key for key in read if key not in owned]:  # revoked partitions
-            self._replace(read.pop(gone)[2], {})
-
-    def order(self) -> list[tuple]:
-        if self._order is None:
-            self._order = sorted(self.sums)
-        return self._order
-
-    def _replace(self, old: dict[tuple, list[int]], new: dict[tuple, list[int]]) -> None:
-        """Take one partition's totals ``old`` out of the sums and put ``new`` in, key by key where they differ."""
-        sums, holders = self.sums, self._holders
-        for key, counts in new.items():
-            before = old.get(key)
-            if before is None:
-                held = sums.get(key)
-                if held is None:
-                    sums[key], holders[key] = list(counts), 1
-                    self._order = None
-                else:
-                    sums[key], holders[key] = list(map(add, held, counts)), holders[key] + 1
-            elif before != counts:
-                sums[key] = [total + now - was for total, now, was in zip(sums[key], counts, before)]  # new lists: a
-                # scrape may still hold the old ones
-        for key, before in old.items():
-            if key not in new:
-                if holders[key] == 1:
-                    del sums[key], holders[key]
-                    self._order = None
-                else:
-                    sums[key], holders[key] = list(map(sub, sums[key], before)), holders[key] - 1
-
-
 @dataclass
 class SegmentCore(MetricCore[RollingCounts]):
     windows_ms: dict[str, int]
     dimensions: tuple[str, ...]  # attribute keys, and "source"
     max_values: int
-    _merged: _MergedTotals = field(default_factory=_MergedTotals, init=False, repr=False, compare=False)
+    _merged: SummedTotals = field(default_factory=SummedTotals, init=False, repr=False, compare=False)
     _samples: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # series -> _made's entry
 
     name = "segments"

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
+from operator import add, sub
 from typing import Hashable, Sequence
 
 BUCKET_MS = 60_000
@@ -143,3 +144,60 @@ class RollingCounts:
                 del self._series[key]
                 self.version += 1
         self._pruned = oldest
+
+
+class SummedTotals:
+    """Several partitions' :class:`RollingCounts` totals summed per (key, window label), kept up to date between
+    reads instead of summed afresh (issue 17: a scrape): a partition's totals are read again only when its
+    ``version`` moved, and only their changes are added to the sums. A key is in ``sums`` while some
+    partition has it, with zeros as the partitions have them; a sum changed is a new list (a reader may hold the
+    old one). The partitions are held, so their ids stay theirs."""
+
+    def __init__(self):
+        self.sums: dict[tuple, list[int]] = {}
+        self._holders: dict[tuple, int] = {}  # key -> partitions that have it
+        self._read: dict[int, tuple[RollingCounts, int, dict]] = {}  # id(state) -> (state, version, totals read)
+        self._order: list[tuple] | None = []  # sums' keys sorted (None: keys came or went since)
+
+    def update(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> None:
+        """The sums over ``states`` (each moved to its clock), whatever partitions the last update summed."""
+        read = self._read
+        owned = set()
+        for state, clock_ms in zip(states, clocks):
+            state.advance(clock_ms)
+            owned.add(id(state))
+            before = read.get(id(state))
+            if before is None or before[1] != state.version:
+                totals = state.current_totals()
+                self._replace(before[2] if before is not None else {}, totals)
+                read[id(state)] = (state, state.version, totals)
+        for gone in [key for key in read if key not in owned]:  # revoked partitions
+            self._replace(read.pop(gone)[2], {})
+
+    def order(self) -> list[tuple]:
+        """The keys of ``sums``, sorted."""
+        if self._order is None:
+            self._order = sorted(self.sums)
+        return self._order
+
+    def _replace(self, old: dict[tuple, list[int]], new: dict[tuple, list[int]]) -> None:
+        """Take one partition's totals ``old`` out of the sums and put ``new`` in, key by key where they differ."""
+        sums, holders = self.sums, self._holders
+        for key, counts in new.items():
+            before = old.get(key)
+            if before is None:
+                held = sums.get(key)
+                if held is None:
+                    sums[key], holders[key] = list(counts), 1
+                    self._order = None
+                else:
+                    sums[key], holders[key] = list(map(add, held, counts)), holders[key] + 1
+            elif before != counts:
+                sums[key] = [total + now - was for total, now, was in zip(sums[key], counts, before)]
+        for key, before in old.items():
+            if key not in new:
+                if holders[key] == 1:
+                    del sums[key], holders[key]
+                    self._order = None
+                else:
+                    sums[key], holders[key] = list(map(sub, sums[key], before)), holders[key] - 1
