@@ -93,6 +93,7 @@ class RollingCounts:
         self._pruned = -(2**62)  # buckets up to this minute are gone (prune)
         self._starts = dict.fromkeys(windows_ms, -(2**62))  # each window's lower bound, as last advanced to
         self.version = 0  # moves whenever a total may have changed
+        self._lagging: list[_Series] = []  # series whose windows may start before ``_starts`` (new ones)
 
     def __len__(self) -> int:
         return len(self._series)
@@ -107,6 +108,7 @@ class RollingCounts:
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(self.windows_ms, self.width)
+            self._lagging.append(series)
         series.add(minute, counts)
 
     def advance(self, clock_ms: int) -> None:
@@ -118,8 +120,13 @@ class RollingCounts:
             if start > starts[label]:
                 starts[label] = start
                 self.version += 1
-            for series in self._series.values():
-                series.advance(label, start)
+                for series in self._series.values():
+                    series.advance(label, start)
+            else:  # the others are at this window's bound, or past this start
+                for series in self._lagging:
+                    series.advance(label, start)
+        self._lagging = [series for series in self._lagging
+                         if any(series.starts[label] < start for label, start in starts.items())]
 
     def totals(self, clock_ms: int) -> dict[tuple[Hashable, str], list[int]]:
         """(key, window label) -> summed counts at this clock (copies)."""
