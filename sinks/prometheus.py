@@ -162,13 +162,16 @@ class TextFormat:
         before_samples, before_lines, before_series = (before.samples, before.lines, before.series) \
             if before is not None else ((), (), ())
         reusable = min(len(before_samples), len(samples))
-        lines, series = [], []
+        lines, series, moved = [], [], []  # moved: the places of samples that go to a family of their own
         for at, sample in enumerate(samples):
             if at < reusable:
                 was = before_samples[at]
                 if sample is was or _same(sample, was):
+                    known = before_series[at]
                     lines.append(before_lines[at])
-                    series.append(before_series[at])
+                    series.append(known)
+                    if known[0] is not None:
+                        moved.append(at)
                     continue
                 # the series at this place last time is most often this one at another value
                 known = before_series[at] if sample.name == was.name and sample.labels == was.labels \
@@ -177,18 +180,21 @@ class TextFormat:
                 known = self._series(name, sample)
             series.append(known)
             suffix, prefix = known
-            lines.append((suffix, f"{prefix}{floatToGoString(sample.value)}\n" if sample.timestamp is None else
-                          f"{prefix}{floatToGoString(sample.value)} {int(float(sample.timestamp) * 1000):d}\n"))
-        output = [self._header(name, metric.type, metric.documentation)]
+            if suffix is not None:
+                moved.append(at)
+            lines.append(f"{prefix}{floatToGoString(sample.value)}\n" if sample.timestamp is None else
+                         f"{prefix}{floatToGoString(sample.value)} {int(float(sample.timestamp) * 1000):d}\n")
+        header = self._header(name, metric.type, metric.documentation)
+        if not moved:
+            return _Rendered(metric.documentation, list(samples), lines, series, header + "".join(lines))
         extra: dict[str, list[str]] = {}
-        for suffix, line in lines:
-            if suffix is None:
-                output.append(line)
-            else:
-                extra.setdefault(suffix, []).append(line)
-        for suffix, moved in sorted(extra.items()):
+        for at in moved:
+            extra.setdefault(series[at][0], []).append(lines[at])
+        moving = set(moved)
+        output = [header, *(line for at, line in enumerate(lines) if at not in moving)]
+        for suffix, moved_lines in sorted(extra.items()):
             output.append(self._header(name + suffix, "gauge", metric.documentation, plain=True))
-            output.extend(moved)
+            output.extend(moved_lines)
         return _Rendered(metric.documentation, list(samples), lines, series, "".join(output))
 
     def _series(self, name: str, sample: Any) -> tuple[Optional[str], str]:

@@ -59,6 +59,8 @@ class SegmentCore(MetricCore[RollingCounts]):
     max_values: int
     _merged: SummedTotals = field(default_factory=SummedTotals, init=False, repr=False, compare=False)
     _samples: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # series -> _made's entry
+    # (the summed keys in order, each with its labels, whether a (tenant, dimension) has more segments than the cap)
+    _layout: tuple = field(default=(None, [], False), init=False, repr=False, compare=False)
 
     name = "segments"
     Settings = SegmentSettings
@@ -104,6 +106,18 @@ class SegmentCore(MetricCore[RollingCounts]):
         """(tenant, kind, dimension, segment, window) and its counts, capped per (tenant, dimension), sorted."""
         merged = self._merged
         merged.update(states, clocks)
+        order = merged.order()
+        if order is not self._layout[0]:  # keys came or went: is any (tenant, dimension) over the cap now?
+            segments = defaultdict(set)
+            for (tenant, _, dimension, segment), _ in order:
+                segments[(tenant, dimension)].add(segment)
+            self._layout = (order, [((tenant, kind, dimension, segment, window), key) for key in order
+                                    for (tenant, kind, dimension, segment), window in (key,)],
+                            any(len(found) > self.max_values for found in segments.values()))
+        _, labelled, capping = self._layout
+        if not capping:  # ((tenant, kind, dimension, segment), window) sorts as the labels do
+            sums = merged.sums
+            return [(labels, sums[key]) for labels, key in labelled]
         largest = max(self.windows_ms, key=self.windows_ms.get)
         volume: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for ((tenant, _, dimension, segment), window), counts in merged.sums.items():
@@ -113,9 +127,6 @@ class SegmentCore(MetricCore[RollingCounts]):
         # segments than the cap keeps them all, and only the others are summed into ``other``
         over = {key: set(sorted(by_segment, key=lambda s: (-by_segment[s], s))[:self.max_values])
                 for key, by_segment in volume.items() if len(by_segment) > self.max_values}
-        if not over:  # ((tenant, kind, dimension, segment), window) sorts as the labels do
-            return [((tenant, kind, dimension, segment, window), merged.sums[key])
-                    for key in merged.order() for (tenant, kind, dimension, segment), window in (key,)]
         capped: dict[tuple, list[int]] = {}
         for ((tenant, kind, dimension, segment), window), counts in merged.sums.items():
             kept = over.get((tenant, dimension))
@@ -152,21 +163,20 @@ class SegmentCore(MetricCore[RollingCounts]):
         """(counts, the class samples, the score sample, the gauge's sample or None) of one series; the label
         sets of ``before``, the series' entry at other counts, where it has them."""
         tenant, kind, dimension, segment, window = key
-        t = Totals.of(counts)
         family, formula = gauges[kind]
+        t = Totals.of(counts)
+        classes, value = t.classes, (formula(t) if t.n else None)
         if before is None:
             by_class = tuple(_sample(families[0], [tenant, kind, window, dimension, segment, name], count)
-                             for name, count in zip(CLASSES[kind], t.classes))
+                             for name, count in zip(CLASSES[kind], classes))
             score = _sample(families[1], [tenant, kind, window, dimension, segment], t.score_sum)
-            gauge = _sample(family, [tenant, window, dimension, segment], formula(t)) if t.n else None
+            gauge = None if value is None else _sample(family, [tenant, window, dimension, segment], value)
             return counts, by_class, score, gauge
-        by_class = tuple(Sample(was.name, was.labels, count) for was, count in zip(before[1], t.classes))
+        by_class = tuple(Sample(was.name, was.labels, count) for was, count in zip(before[1], classes))
         score = Sample(before[2].name, before[2].labels, t.score_sum)
-        gauge = None
-        if t.n:
-            was = before[3]
-            gauge = Sample(was.name, was.labels, formula(t)) if was is not None else \
-                _sample(family, [tenant, window, dimension, segment], formula(t))
+        was = before[3]
+        gauge = None if value is None else Sample(was.name, was.labels, value) if was is not None else \
+            _sample(family, [tenant, window, dimension, segment], value)
         return counts, by_class, score, gauge
 
     @staticmethod
