@@ -12,9 +12,11 @@ worker configures it), ``--records`` records per ``process`` call. Encoded recor
 
 Printed per core: seconds in ``add``, ``take`` and ``tick`` over the whole input (wall; CPU with
 ``--attribute``), the median wall and CPU time of its ``collect`` over the owned partitions at the end
-(``--scrapes`` of them; what a /metrics scrape holds the worker's event loop for), and the bytes its state
-holds (tracemalloc, by the file that allocated them, with ``--memory``; the strings and ints of the
-decoded events that the cores keep show as ``pipeline/avro_reader.py`` and ``<avro reader …>``).
+(``--scrapes`` of them, nothing changed in between; a core may keep its families while its state is unchanged),
+its collect in each page after one more record (what a /metrics scrape of a busy worker holds the event loop
+for), and the bytes its state holds (tracemalloc, by the file that allocated them, with ``--memory``; the
+strings and ints of the decoded events that the cores keep show as ``pipeline/avro_reader.py`` and
+``<avro reader …>``).
 ``--profile`` adds a cProfile of the processing, top functions by own time.
 Ratios within one run are what to compare: the machine is shared.
 """
@@ -66,6 +68,16 @@ def timed(seconds: dict, key: tuple, call: Callable, clock: Callable[[], float] 
             return call(*args)
         finally:
             seconds[key] += clock() - started
+    return wrapper
+
+
+def busy_timed(into: list, collect: Callable) -> Callable:
+    """``collect``, appending the CPU milliseconds of each call (its families listed) to ``into``."""
+    def wrapper(*args):
+        started = time.process_time()
+        families = list(collect(*args))
+        into.append((time.process_time() - started) * 1000)
+        return families
     return wrapper
 
 
@@ -173,10 +185,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"whole /metrics page, nothing changed since the last: {page_ms:.2f} ms, {page_cpu_ms:.2f} ms CPU (medians of "
           f"{args.scrapes}), {len(page):,} bytes, {len(page.splitlines()):,} lines; load {os.getloadavg()[0]:.2f}")
     batches = iter(held_back)
+    busy: dict = defaultdict(list)  # core -> CPU ms of its collect in each page below
+    for core in processor.cores:
+        core.collect = busy_timed(busy[core.name], core.collect)
     after_ms, after_cpu_ms = median_ms(lambda: metrics.render(), args.scrapes,
                                        before=lambda: metrics.apply(processor.process([next(batches)], now)))
     print(f"whole /metrics page after one more record ({args.per_message} events) was processed and applied: "
           f"{after_ms:.2f} ms, {after_cpu_ms:.2f} ms CPU (medians of {args.scrapes}); load {os.getloadavg()[0]:.2f}")
+    print("  the cores' collect in those pages, CPU ms (medians): " + ", ".join(
+        f"{name} {statistics.median(ms):.2f}" for name, ms in sorted(busy.items(), key=lambda kv: -statistics.median(kv[1]))
+        if ms) + f"; all {sum(statistics.median(ms) for ms in busy.values() if ms):.2f}")
     if profile:
         stats = pstats.Stats(profile)
         stats.sort_stats("tottime").print_stats(25)

@@ -138,7 +138,7 @@ class TextFormat:
     _SUFFIXES = ("_created", "_gsum", "_gcount")  # OpenMetrics-only samples, moved to their own family
 
     def __init__(self):
-        self._prefixes: dict[tuple, str] = {}  # (sample name, label items) -> 'name{k="v",...} '
+        self._prefixes: dict[tuple, tuple] = {}  # (sample name, label items) -> (suffix, 'name{k="v",...} ')
         self._headers: dict[tuple, str] = {}  # (name, type, documentation) -> the # HELP and # TYPE lines
         self._families: dict[tuple, _Rendered] = {}  # (name, type) -> what the last page wrote for it
 
@@ -159,33 +159,54 @@ class TextFormat:
 
     def _render(self, metric: Metric, before: Optional["_Rendered"]) -> "_Rendered":
         name, samples = metric.name, metric.samples
-        before_samples, before_lines = (before.samples, before.lines) if before is not None else ((), ())
+        before_samples, before_lines, before_series = (before.samples, before.lines, before.series) \
+            if before is not None else ((), (), ())
         reusable = min(len(before_samples), len(samples))
-        lines = [before_lines[at] if at < reusable and _same(sample, before_samples[at]) else self._line(name, sample)
-                 for at, sample in enumerate(samples)]
-        output = [self._header(name, metric.type, metric.documentation)]
-        extra: dict[str, list[str]] = {}
-        for suffix, line in lines:
-            if suffix is None:
-                output.append(line)
+        lines, series, moved = [], [], []  # moved: the places of samples that go to a family of their own
+        for at, sample in enumerate(samples):
+            if at < reusable:
+                was = before_samples[at]
+                if sample is was or _same(sample, was):
+                    known = before_series[at]
+                    lines.append(before_lines[at])
+                    series.append(known)
+                    if known[0] is not None:
+                        moved.append(at)
+                    continue
+                # the series at this place last time is most often this one at another value
+                known = before_series[at] if sample.name == was.name and sample.labels == was.labels \
+                    else self._series(name, sample)
             else:
-                extra.setdefault(suffix, []).append(line)
-        for suffix, moved in sorted(extra.items()):
+                known = self._series(name, sample)
+            series.append(known)
+            suffix, prefix = known
+            if suffix is not None:
+                moved.append(at)
+            lines.append(f"{prefix}{floatToGoString(sample.value)}\n" if sample.timestamp is None else
+                         f"{prefix}{floatToGoString(sample.value)} {int(float(sample.timestamp) * 1000):d}\n")
+        header = self._header(name, metric.type, metric.documentation)
+        if not moved:
+            return _Rendered(metric.documentation, list(samples), lines, series, header + "".join(lines))
+        extra: dict[str, list[str]] = {}
+        for at in moved:
+            extra.setdefault(series[at][0], []).append(lines[at])
+        moving = set(moved)
+        output = [header, *(line for at, line in enumerate(lines) if at not in moving)]
+        for suffix, moved_lines in sorted(extra.items()):
             output.append(self._header(name + suffix, "gauge", metric.documentation, plain=True))
-            output.extend(moved)
-        return _Rendered(metric.documentation, list(samples), lines, "".join(output))
+            output.extend(moved_lines)
+        return _Rendered(metric.documentation, list(samples), lines, series, "".join(output))
 
-    def _line(self, name: str, sample: Any) -> tuple[Optional[str], str]:
-        """(the OpenMetrics-only suffix that moves it to a family of its own, or None; the line)."""
+    def _series(self, name: str, sample: Any) -> tuple[Optional[str], str]:
+        """(the OpenMetrics-only suffix that moves the sample to a family of its own, or None; its escaped
+        ``name{labels} ``), kept while the series is on the page."""
         key = (sample.name, tuple(sample.labels.items()))
-        prefix = self._prefixes.get(key)
-        if prefix is None:
-            prefix = self._prefixes[key] = self._prefix(sample.name, sample.labels)
-        line = f"{prefix}{floatToGoString(sample.value)}\n" if sample.timestamp is None else \
-            f"{prefix}{floatToGoString(sample.value)} {int(float(sample.timestamp) * 1000):d}\n"
-        suffix = sample.name[len(name):]
-        moved = sample.name != name and suffix in self._SUFFIXES and sample.name.startswith(name)
-        return (suffix if moved else None), line
+        known = self._prefixes.get(key)
+        if known is None:
+            suffix = sample.name[len(name):]
+            moved = sample.name != name and suffix in self._SUFFIXES and sample.name.startswith(name)
+            known = self._prefixes[key] = (suffix if moved else None), self._prefix(sample.name, sample.labels)
+        return known
 
     def _header(self, name: str, kind: str, documentation: str, plain: bool = False) -> str:
         key = (name, kind, documentation, plain)
@@ -209,12 +230,13 @@ class TextFormat:
 
 
 class _Rendered:
-    """One family's text on the last page, with the samples (a copy) and lines it was written from."""
+    """One family's text on the last page, with the samples (a copy) it was written from, and each one's line
+    and series (:meth:`TextFormat._series`)."""
 
-    __slots__ = ("documentation", "samples", "lines", "text", "values")
+    __slots__ = ("documentation", "samples", "lines", "series", "text", "values")
 
-    def __init__(self, documentation: str, samples: list, lines: list, text: str):
-        self.documentation, self.samples, self.lines, self.text = documentation, samples, lines, text
+    def __init__(self, documentation: str, samples: list, lines: list, series: list, text: str):
+        self.documentation, self.samples, self.lines, self.series, self.text = documentation, samples, lines, series, text
         self.values = _value_bytes(samples) if 0 in map(_VALUE, samples) else b""  # b"": no zero
 
     def renders(self, metric: Metric) -> bool:

@@ -34,7 +34,7 @@ import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Iterable, Sequence
+from typing import Iterable, Optional, Sequence
 
 import numpy as np
 from prometheus_client.core import GaugeMetricFamily
@@ -184,6 +184,13 @@ class SpikeTest:
 class SpikeState:
     counts: dict[str, dict[int, int]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(int)))
     clock_ms: int = 0
+    changes: int = 0  # changes of ``counts`` so far
+    changed: dict[str, int] = field(default_factory=dict)  # tenant -> ``changes`` at its counts' last change
+
+    def opened(self, tenant: str, minute: int) -> None:
+        self.counts[tenant][minute] += 1
+        self.changes += 1
+        self.changed[tenant] = self.changes
 
 
 class SpikeSettings(Section):
@@ -224,6 +231,8 @@ class SpikeSettings(Section):
 @dataclass
 class ComplaintSpikeCore(MetricCore[SpikeState]):
     test: SpikeTest
+    _kept: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # tenant -> (key, gauges)
+    _held: list = field(default_factory=list, init=False, repr=False, compare=False)
     name = "complaint_spikes"
     Settings = SpikeSettings
     consumes = (ComplaintOpened,)
@@ -237,14 +246,18 @@ class ComplaintSpikeCore(MetricCore[SpikeState]):
 
     def take(self, state: SpikeState, facts: Facts, out: Output) -> None:
         for opened in facts.of(ComplaintOpened):
-            state.counts[opened.tenant][opened.opened_ms // MINUTE_MS] += 1
+            state.opened(opened.tenant, opened.opened_ms // MINUTE_MS)
 
     def tick(self, state: SpikeState, clock_ms: int, out: Output) -> None:
         if clock_ms // (60 * MINUTE_MS) != state.clock_ms // (60 * MINUTE_MS):  # forget, once an hour
             oldest = clock_ms // MINUTE_MS - self.test.history
             for tenant, counts in list(state.counts.items()):
-                for minute in [m for m in counts if m <= oldest]:
+                forgotten = [m for m in counts if m <= oldest]
+                for minute in forgotten:
                     del counts[minute]
+                if forgotten:
+                    state.changes += 1
+                    state.changed[tenant] = state.changes
                 if not counts:
                     del state.counts[tenant]
         state.clock_ms = clock_ms
@@ -255,43 +268,51 @@ class ComplaintSpikeCore(MetricCore[SpikeState]):
 
     def restore(self, state: SpikeState, name: str, rows: list, clock_ms: int) -> None:
         for tenant, opened_ms in rows:
-            state.counts[tenant][int(opened_ms) // MINUTE_MS] += 1
+            state.opened(tenant, int(opened_ms) // MINUTE_MS)
         state.clock_ms = max(state.clock_ms, clock_ms)
 
     # -- reading ---------------------------------------------------------------------------------
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
-    def _openings(self, states: Sequence[SpikeState], clock_ms: int) -> dict[str, Openings]:
-        """Each tenant's openings over the partitions, in the minutes the flag reads; only tenants with an
-        opening within the test's lookback (the others have no series)."""
-        now = clock_ms // MINUTE_MS
-        parts: dict[str, list[tuple[np.ndarray, np.ndarray]]] = defaultdict(list)
-        for state in states:
-            for tenant, counts in state.counts.items():
-                parts[tenant].append((np.fromiter(counts.keys(), np.int64, len(counts)),
-                                      np.fromiter(counts.values(), np.int64, len(counts))))
-        found = {}
-        for tenant, arrays in parts.items():
-            minutes, counts = np.concatenate([m for m, _ in arrays]), np.concatenate([c for _, c in arrays])
-            read = (minutes > now - self.test.history) & (minutes <= now)
-            openings = Openings(minutes[read], counts[read])
-            if openings.between(now - self.test.lookback, now) > 0:
-                found[tenant] = openings
-        return found
+    def _openings(self, states: Sequence[SpikeState], tenant: str, now: int) -> Optional[Openings]:
+        """The tenant's openings over the partitions, in the minutes the flag reads; None without an opening
+        within the test's lookback (no series then)."""
+        arrays = [(np.fromiter(counts.keys(), np.int64, len(counts)), np.fromiter(counts.values(), np.int64, len(counts)))
+                  for counts in (state.counts.get(tenant) for state in states) if counts is not None]
+        minutes, counts = np.concatenate([m for m, _ in arrays]), np.concatenate([c for _, c in arrays])
+        read = (minutes > now - self.test.history) & (minutes <= now)
+        openings = Openings(minutes[read], counts[read])
+        return openings if openings.between(now - self.test.lookback, now) > 0 else None
+
+    def _gauges(self, states: Sequence[SpikeState], tenant: str, now: int) -> Optional[tuple[float, float, float]]:
+        """(spike, recent, expected: NaN without a baseline) of the tenant at minute ``now``; None: no series."""
+        openings = self._openings(states, tenant, now)
+        if openings is None:
+            return None
+        evaluation = self.test.evaluate(openings, np.arange(now - self.test.hold + 1, now + 1))
+        return (1.0 if self.test.held(evaluation.flagged)[-1] else 0.0, float(evaluation.recent[-1]),
+                float(evaluation.expected[-1]))
 
     def collect(self, states: Sequence[SpikeState], clocks: Sequence[int]) -> Iterable[Metric]:
-        # Openings are counted per absolute event-time minute, so the partitions' counts add up exactly; the
-        # minute tested is the newest partition's.
-        clock_ms = max(clocks, default=0)
+        """The gauges at the newest partition's minute. A tenant's are a function of that minute and its
+        openings alone (counted per absolute event-time minute, so the partitions' counts add up exactly): they
+        are kept from the last scrape while both stay as they were (issue 17), the openings told by each
+        partition's count of its changes to the tenant."""
+        now = max(clocks, default=0) // MINUTE_MS
         spike, recent, expected = families = self._families()
-        now = clock_ms // MINUTE_MS
-        for tenant, openings in sorted(self._openings(states, clock_ms).items()):
-            evaluation = self.test.evaluate(openings, np.arange(now - self.test.hold + 1, now + 1))
-            spike.add_metric([tenant], 1.0 if self.test.held(evaluation.flagged)[-1] else 0.0)
-            recent.add_metric([tenant], float(evaluation.recent[-1]))
-            if not np.isnan(evaluation.expected[-1]):
-                expected.add_metric([tenant], float(evaluation.expected[-1]))
+        kept = {}
+        for tenant in sorted({tenant for state in states for tenant in state.counts}):
+            key = (now, [(id(state), state.changed.get(tenant)) for state in states])
+            before = self._kept.get(tenant)
+            gauges = before[1] if before is not None and before[0] == key else self._gauges(states, tenant, now)
+            kept[tenant] = (key, gauges)
+            if gauges is not None:
+                spike.add_metric([tenant], gauges[0])
+                recent.add_metric([tenant], gauges[1])
+                if not math.isnan(gauges[2]):
+                    expected.add_metric([tenant], gauges[2])
+        self._kept, self._held = kept, list(states)  # the states are held so that their ids are not reused
         return families
 
     @staticmethod

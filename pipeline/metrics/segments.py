@@ -11,18 +11,19 @@ partitions it owns, so across workers ``other`` may hold different segments; sum
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from operator import add
-from typing import Annotated, Iterable, Sequence
+from typing import Annotated, Iterable, Optional, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.metrics_core import Metric
+from prometheus_client.samples import Sample
 from pydantic import BeforeValidator, Field
 
 from pipeline.config import Section, split_list
 from pipeline.metrics.base import Facts, MetricCore, Output, Restore
 from pipeline.metrics.facts import SurveyAnswered
-from pipeline.metrics.windows import RollingCounts
+from pipeline.metrics.windows import RollingCounts, SummedTotals
 from pipeline.scores import CLASSES, Totals, ces, counts_of, csat_ratio, nps
 
 OTHER, UNKNOWN = "other", "unknown"
@@ -39,6 +40,12 @@ class SegmentSettings(Section):
         "summed as `other`, so a customer-supplied attribute can't explode the series count.")
 
 
+def _sample(family: GaugeMetricFamily, labels: list[str], value: float) -> Sample:
+    """The sample ``family.add_metric`` makes, without keeping it in the family."""
+    family.add_metric(labels, value)
+    return family.samples.pop()
+
+
 def _accumulate(into: dict[tuple, list[int]], key: tuple, counts: list[int]) -> None:
     """Add count vectors per key (the first one is taken as it is: callers hand over copies)."""
     held = into.get(key)
@@ -50,6 +57,10 @@ class SegmentCore(MetricCore[RollingCounts]):
     windows_ms: dict[str, int]
     dimensions: tuple[str, ...]  # attribute keys, and "source"
     max_values: int
+    _merged: SummedTotals = field(default_factory=SummedTotals, init=False, repr=False, compare=False)
+    _samples: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # series -> _made's entry
+    # (the summed keys in order, each with its labels, whether a (tenant, dimension) has more segments than the cap)
+    _layout: tuple = field(default=(None, [], False), init=False, repr=False, compare=False)
 
     name = "segments"
     Settings = SegmentSettings
@@ -89,44 +100,84 @@ class SegmentCore(MetricCore[RollingCounts]):
 
     def totals(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> dict[tuple[str, str, str, str, str], Totals]:
         """(tenant, kind, dimension, segment, window) -> Totals, capped per (tenant, dimension)."""
-        raw: dict[tuple, list[int]] = {}
-        for state, clock_ms in zip(states, clocks):  # summed under the partitions' own keys, renamed once below
-            for key, counts in state.totals(clock_ms).items():
-                _accumulate(raw, key, counts)
-        raw = {(tenant, kind, dimension, segment, window): counts
-               for ((tenant, kind, dimension, segment), window), counts in raw.items()}
+        return {key: Totals.of(counts) for key, counts in self._capped(states, clocks)}
+
+    def _capped(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> list[tuple[tuple, list[int]]]:
+        """(tenant, kind, dimension, segment, window) and its counts, capped per (tenant, dimension), sorted."""
+        merged = self._merged
+        merged.update(states, clocks)
+        order = merged.order()
+        if order is not self._layout[0]:  # keys came or went: is any (tenant, dimension) over the cap now?
+            segments = defaultdict(set)
+            for (tenant, _, dimension, segment), _ in order:
+                segments[(tenant, dimension)].add(segment)
+            self._layout = (order, [((tenant, kind, dimension, segment, window), key) for key in order
+                                    for (tenant, kind, dimension, segment), window in (key,)],
+                            any(len(found) > self.max_values for found in segments.values()))
+        _, labelled, capping = self._layout
+        if not capping:  # ((tenant, kind, dimension, segment), window) sorts as the labels do
+            sums = merged.sums
+            return [(labels, sums[key]) for labels, key in labelled]
         largest = max(self.windows_ms, key=self.windows_ms.get)
         volume: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
-        for (tenant, _, dimension, segment, window), counts in raw.items():
+        for ((tenant, _, dimension, segment), window), counts in merged.sums.items():
             if window == largest:
                 volume[(tenant, dimension)][segment] += counts[0]
         # every series has a total in every window, the largest included: a (tenant, dimension) with no more
         # segments than the cap keeps them all, and only the others are summed into ``other``
         over = {key: set(sorted(by_segment, key=lambda s: (-by_segment[s], s))[:self.max_values])
                 for key, by_segment in volume.items() if len(by_segment) > self.max_values}
-        capped: dict[tuple, list[int]] = raw
-        if over:
-            capped = {}
-            for (tenant, kind, dimension, segment, window), counts in raw.items():
-                kept = over.get((tenant, dimension))
-                label = segment if kept is None or segment in kept else OTHER
-                _accumulate(capped, (tenant, kind, dimension, label, window), counts)
-        return {key: Totals.of(counts) for key, counts in capped.items()}
+        capped: dict[tuple, list[int]] = {}
+        for ((tenant, kind, dimension, segment), window), counts in merged.sums.items():
+            kept = over.get((tenant, dimension))
+            label = segment if kept is None or segment in kept else OTHER
+            _accumulate(capped, (tenant, kind, dimension, label, window), counts)
+        return sorted(capped.items())
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
     def collect(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> Iterable[Metric]:
-        responses, score, nps_g, csat_g, ces_g = families = self._families()
-        formulas = {"NPS": (nps_g, nps), "CSAT": (csat_g, csat_ratio), "CES": (ces_g, ces)}
-        for (tenant, kind, dimension, segment, window), t in sorted(self.totals(states, clocks).items()):
-            for name, count in zip(CLASSES[kind], t.classes):
-                responses.add_metric([tenant, kind, window, dimension, segment, name], count)
-            score.add_metric([tenant, kind, window, dimension, segment], t.score_sum)
-            if t.n:
-                gauge, formula = formulas[kind]
-                gauge.add_metric([tenant, window, dimension, segment], formula(t))
+        """The families, a series' samples made again only when its counts changed, with the label sets it
+        had (the text format then reuses the lines of the others and the escaped labels of these)."""
+        families = self._families()
+        responses, score = families[0].samples, families[1].samples
+        gauges = {"NPS": (families[2], nps), "CSAT": (families[3], csat_ratio), "CES": (families[4], ces)}
+        made, kept = self._samples, {}
+        for key, counts in self._capped(states, clocks):
+            counts = tuple(counts)
+            entry = made.get(key)
+            if entry is None or entry[0] != counts:
+                entry = self._made(families, gauges, key, counts, entry)
+            kept[key] = entry
+            _, by_class, score_sample, gauge_sample = entry
+            responses.extend(by_class)
+            score.append(score_sample)
+            if gauge_sample is not None:
+                gauges[key[1]][0].samples.append(gauge_sample)
+        self._samples = kept
         return families
+
+    @staticmethod
+    def _made(families: list[Metric], gauges: dict, key: tuple, counts: tuple, before: Optional[tuple]) -> tuple:
+        """(counts, the class samples, the score sample, the gauge's sample or None) of one series; the label
+        sets of ``before``, the series' entry at other counts, where it has them."""
+        tenant, kind, dimension, segment, window = key
+        family, formula = gauges[kind]
+        t = Totals.of(counts)
+        classes, value = t.classes, (formula(t) if t.n else None)
+        if before is None:
+            by_class = tuple(_sample(families[0], [tenant, kind, window, dimension, segment, name], count)
+                             for name, count in zip(CLASSES[kind], classes))
+            score = _sample(families[1], [tenant, kind, window, dimension, segment], t.score_sum)
+            gauge = None if value is None else _sample(family, [tenant, window, dimension, segment], value)
+            return counts, by_class, score, gauge
+        by_class = tuple(Sample(was.name, was.labels, count) for was, count in zip(before[1], classes))
+        score = Sample(before[2].name, before[2].labels, t.score_sum)
+        was = before[3]
+        gauge = None if value is None else Sample(was.name, was.labels, value) if was is not None else \
+            _sample(family, [tenant, window, dimension, segment], value)
+        return counts, by_class, score, gauge
 
     @staticmethod
     def _families() -> list[Metric]:
@@ -140,3 +191,4 @@ class SegmentCore(MetricCore[RollingCounts]):
             GaugeMetricFamily("cx_segment_csat_ratio", "CSAT of a segment in the window (0..1).", labels=labels),
             GaugeMetricFamily("cx_segment_ces", "CES of a segment in the window.", labels=labels),
         ]
+

@@ -21,7 +21,7 @@ from prometheus_client.metrics_core import Metric
 from pipeline.dedup import Deduper
 from pipeline.metrics.base import ADD, Batch, MetricCore, Output, Restore
 from pipeline.metrics.facts import SurveyAnswered
-from pipeline.metrics.windows import RollingCounts
+from pipeline.metrics.windows import RollingCounts, SummedTotals
 from pipeline.scores import CLASSES, FORMULAS, Totals, counts_of
 from pipeline.tables import ROWS
 
@@ -43,6 +43,7 @@ class SurveyState:
 class SurveyCore(MetricCore[SurveyState]):
     windows_ms: dict[str, int]
     largest_ms: int = field(init=False)
+    _summed: SummedTotals = field(default_factory=SummedTotals, init=False, repr=False, compare=False)
 
     name = "surveys"
     publishes = {SurveyAnswered: ADD}
@@ -108,9 +109,13 @@ class SurveyCore(MetricCore[SurveyState]):
         return self._families().values()
 
     def collect(self, states: Sequence[SurveyState], clocks: Sequence[int]) -> Iterable[Metric]:
+        """The gauges of :meth:`totals`, from the partitions' sums kept between scrapes (issue 17)."""
         families = self._families()
         responses, score = families["responses"], families["score"]
-        for (tenant, kind, window), t in sorted(self.totals(states, clocks).items()):
+        summed = self._summed
+        summed.update([state.windows for state in states], clocks)
+        for (tenant, kind), window in summed.order():
+            t = Totals.of(summed.sums[((tenant, kind), window)])
             for name, count in zip(CLASSES[kind], t.classes):
                 responses.add_metric([tenant, kind, window, name], count)
             score.add_metric([tenant, kind, window], t.score_sum)

@@ -12,11 +12,15 @@ A key's buckets are two flat containers, not an object per minute: its minutes, 
 to 43,200 minutes; a list per minute cost ~170 bytes and an object for the garbage collector to walk,
 this ~8 bytes per number). Events come mostly in time order, so a bucket is nearly always the last
 minute or a new one appended; a late minute is inserted. Pruning cuts the oldest minutes off the front.
+
+``version`` moves whenever a total may have changed (an add, a window's lower bound moving a minute, a key
+pruned away), so a reader can keep what it computed from the totals until it moves (issue 17: a scrape).
 """
 from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
+from operator import add, sub
 from typing import Hashable, Sequence
 
 BUCKET_MS = 60_000
@@ -87,6 +91,9 @@ class RollingCounts:
         self._series: dict[Hashable, _Series] = {}
         self.clock_ms = -(2**62)  # the latest clock the windows were moved to: totals are right from it on
         self._pruned = -(2**62)  # buckets up to this minute are gone (prune)
+        self._starts = dict.fromkeys(windows_ms, -(2**62))  # each window's lower bound, as last advanced to
+        self.version = 0  # moves whenever a total may have changed
+        self._lagging: list[_Series] = []  # series whose windows may start before ``_starts`` (new ones)
 
     def __len__(self) -> int:
         return len(self._series)
@@ -97,27 +104,43 @@ class RollingCounts:
     def add_bucket(self, key: Hashable, minute: int, counts: Sequence[int]) -> None:
         if minute <= self._pruned:
             return  # outside every window already (prune would drop it next)
+        self.version += 1
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(self.windows_ms, self.width)
+            self._lagging.append(series)
         series.add(minute, counts)
 
-    def _advance(self, clock_ms: int) -> None:
+    def advance(self, clock_ms: int) -> None:
+        """Move the windows to this clock (never back)."""
         self.clock_ms = max(self.clock_ms, clock_ms)
+        starts = self._starts
         for label, window in self.windows_ms.items():
             start = (clock_ms - window) // BUCKET_MS
-            for series in self._series.values():
-                series.advance(label, start)
+            if start > starts[label]:
+                starts[label] = start
+                self.version += 1
+                for series in self._series.values():
+                    series.advance(label, start)
+            else:  # the others are at this window's bound, or past this start
+                for series in self._lagging:
+                    series.advance(label, start)
+        self._lagging = [series for series in self._lagging
+                         if any(series.starts[label] < start for label, start in starts.items())]
 
     def totals(self, clock_ms: int) -> dict[tuple[Hashable, str], list[int]]:
         """(key, window label) -> summed counts at this clock (copies)."""
-        self._advance(clock_ms)
+        self.advance(clock_ms)
+        return self.current_totals()
+
+    def current_totals(self) -> dict[tuple[Hashable, str], list[int]]:
+        """(key, window label) -> summed counts at the clock last advanced to (copies)."""
         return {(key, label): list(acc) for key, series in self._series.items() for label, acc in series.sums.items()}
 
     def prune(self, clock_ms: int) -> None:
         """Drop buckets older than the largest window, and keys left with none: nothing when the window has
         not left a minute since the last prune, else each key's expired minutes off the front."""
-        self._advance(clock_ms)
+        self.advance(clock_ms)
         oldest = (clock_ms - self.largest_ms) // BUCKET_MS
         if oldest <= self._pruned:
             return
@@ -126,4 +149,62 @@ class RollingCounts:
             series.prune(oldest)
             if not series.minutes:
                 del self._series[key]
+                self.version += 1
         self._pruned = oldest
+
+
+class SummedTotals:
+    """Several partitions' :class:`RollingCounts` totals summed per (key, window label), kept up to date between
+    reads instead of summed afresh (issue 17: a scrape): a partition's totals are read again only when its
+    ``version`` moved, and only their changes are added to the sums. A key is in ``sums`` while some
+    partition has it, with zeros as the partitions have them; a sum changed is a new list (a reader may hold the
+    old one). The partitions are held, so their ids stay theirs."""
+
+    def __init__(self):
+        self.sums: dict[tuple, list[int]] = {}
+        self._holders: dict[tuple, int] = {}  # key -> partitions that have it
+        self._read: dict[int, tuple[RollingCounts, int, dict]] = {}  # id(state) -> (state, version, totals read)
+        self._order: list[tuple] | None = []  # sums' keys sorted (None: keys came or went since)
+
+    def update(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> None:
+        """The sums over ``states`` (each moved to its clock), whatever partitions the last update summed."""
+        read = self._read
+        owned = set()
+        for state, clock_ms in zip(states, clocks):
+            state.advance(clock_ms)
+            owned.add(id(state))
+            before = read.get(id(state))
+            if before is None or before[1] != state.version:
+                totals = state.current_totals()
+                self._replace(before[2] if before is not None else {}, totals)
+                read[id(state)] = (state, state.version, totals)
+        for gone in [key for key in read if key not in owned]:  # revoked partitions
+            self._replace(read.pop(gone)[2], {})
+
+    def order(self) -> list[tuple]:
+        """The keys of ``sums``, sorted."""
+        if self._order is None:
+            self._order = sorted(self.sums)
+        return self._order
+
+    def _replace(self, old: dict[tuple, list[int]], new: dict[tuple, list[int]]) -> None:
+        """Take one partition's totals ``old`` out of the sums and put ``new`` in, key by key where they differ."""
+        sums, holders = self.sums, self._holders
+        for key, counts in new.items():
+            before = old.get(key)
+            if before is None:
+                held = sums.get(key)
+                if held is None:
+                    sums[key], holders[key] = list(counts), 1
+                    self._order = None
+                else:
+                    sums[key], holders[key] = list(map(add, held, counts)), holders[key] + 1
+            elif before != counts:
+                sums[key] = [total + now - was for total, now, was in zip(sums[key], counts, before)]
+        for key, before in old.items():
+            if key not in new:
+                if holders[key] == 1:
+                    del sums[key], holders[key]
+                    self._order = None
+                else:
+                    sums[key], holders[key] = list(map(sub, sums[key], before)), holders[key] - 1

@@ -156,6 +156,7 @@ def test_gauges_equal_a_plain_recomputation_of_the_definition():
         late = [o for o in openings[fed:upto] if rng.random() < 0.02]
         feed(core, state, [opened(t, at, i) for i, (t, at) in enumerate(openings[fed:upto]) if (t, at) not in late],
              clock)
+        samples(core, [state], clock)  # a scrape in between: the core keeps a tenant's gauges until its openings change
         feed(core, state, [opened(t, at, -1) for t, at in late], clock)
         fed = upto
         got = samples(core, [state], clock)

@@ -93,16 +93,18 @@ def parsed(text: bytes) -> dict[tuple, float]:
 
 
 class Uncached:
-    """The oracle page: every instrument collected afresh and every core's ``collect`` run, nothing kept."""
+    """The oracle page: every instrument collected afresh and the ``collect`` of new core objects (configured
+    alike, so holding nothing from earlier scrapes) run over the owned states, nothing kept."""
 
-    def __init__(self, metrics: PipelineMetrics, processor) -> None:
-        self.metrics, self.cores = metrics, CoreCollector(processor, now=lambda: 1_800_000_000.0)
+    def __init__(self, metrics: PipelineMetrics, processor, codec: Codec) -> None:
+        self.metrics, self.processor, self.codec = metrics, processor, codec
 
     def collect(self):
         for instrument in self.metrics.applied.instruments.values():
             yield from instrument.collect()
-        states = self.cores.processor.owned_states()
-        for index, core in enumerate(self.cores.processor.cores):
+        states = self.processor.owned_states()
+        for index, core in enumerate(processor_for(self.codec).cores):
+            assert core.name == self.processor.cores[index].name
             yield from core.collect([state.cores[index] for state in states], [state.clock_ms for state in states])
 
 
@@ -114,7 +116,7 @@ def test_kept_families_follow_every_batch_apply_and_rebalance():
     metrics = PipelineMetrics(CollectorRegistry(), instruments_of(processor.cores))
     metrics.registry.register(CoreCollector(processor, now=lambda: 1_800_000_000.0))
     oracle = CollectorRegistry()
-    oracle.register(Uncached(metrics, processor))
+    oracle.register(Uncached(metrics, processor, codec))
     records = batch_records(make_events(3000, 150), codec, per_message=100)
     now_ms = 1_800_000_000_000
 

@@ -80,3 +80,40 @@ def test_restore_from_survey_rows_equals_live_state():
     restored = segments.new_state(0)
     restore(segments, restored, "answers", rows, clock)
     assert segments.totals([restored], [clock]) == segments.totals([live], [clock])
+
+
+@settings(max_examples=60, deadline=None)
+@given(answers, st.integers(1, 4), st.lists(st.sampled_from(["batch", "tick", "revoke", "assign"]), min_size=1, max_size=12))
+def test_kept_sums_and_samples_equal_a_new_core_at_every_step(items, max_values, steps):
+    """The core keeps the partitions' sums and the samples of unchanged series between scrapes; after any
+    mix of batches, clocks moving, a partition revoked and a new one assigned, its families are what a new
+    core (nothing kept) collects from the same states."""
+    surveys, segments = SurveyCore(WINDOWS), SegmentCore(WINDOWS, ("region", "plan", "source"), max_values)
+    owned = {p: (surveys.new_state(p), segments.new_state(p)) for p in (0, 1)}
+    clocks, pending, next_partition = {0: 0, 1: 0}, list(enumerate(items)), 2
+
+    def samples(core):
+        partitions = sorted(owned)
+        return [family.samples for family in core.collect([owned[p][1] for p in partitions],
+                                                          [clocks[p] for p in partitions])]
+
+    for step in steps:
+        if step == "batch" and pending:
+            taken, pending = pending[:len(items) // 4 + 1], pending[len(items) // 4 + 1:]
+            for i, (tenant, kind, score, t, source, region, plan) in taken:
+                p = sorted(owned)[i % len(owned)]
+                score = {"NPS": score, "CSAT": 1 + score % 5, "CES": 1 + score % 7}[kind]
+                event = {"event_id": f"e{i}", "event_time": t, "tenant": tenant, "survey": {"kind": kind, "score": score},
+                         "attributes": {k: v for k, v in (("region", region), ("plan", plan)) if v is not None}}
+                Rounds([surveys, segments]).add(list(owned[p]), Batch(p, [source], [event], [id_hash(f"e{i}")]), Output())
+                clocks[p] = max(clocks[p], t)
+        elif step == "tick":
+            for p in owned:
+                clocks[p] += DAY // 3
+                Rounds([surveys, segments]).tick(list(owned[p]), clocks[p], Output())
+        elif step == "revoke" and len(owned) > 1:
+            del owned[min(owned)]
+        elif step == "assign":
+            owned[next_partition] = (surveys.new_state(next_partition), segments.new_state(next_partition))
+            clocks[next_partition], next_partition = max(clocks.values()), next_partition + 1
+        assert samples(segments) == samples(SegmentCore(WINDOWS, ("region", "plan", "source"), max_values))

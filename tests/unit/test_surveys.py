@@ -112,18 +112,24 @@ def test_add_bucket_equals_adds():
 @settings(max_examples=200, deadline=None)
 @given(responses)
 def test_running_sums_match_recomputation_at_every_step(responses):
-    """Reading between additions, with the clock moving, late events and pruning, never drifts."""
+    """Reading between additions, with the clock moving, late events and pruning, never drifts; and the
+    windows' ``version`` (what a scrape keeps its sums by) moves whenever a total changed."""
     windows = SurveyWindows(WINDOWS)
     clock = 0
     seen = []
+    read = (None, None)  # (version, totals) at the last read
     for tenant, kind, score, t in responses:
         clock = max(clock, t)
         if clock - t > 7 * 86_400_000:
             continue  # too late: the worker rejects it before it reaches the windows
+        if read[0] == windows.counts.version:  # nothing added since: moving the clock alone
+            windows.counts.advance(clock)
+            assert windows.counts.version != read[0] or windows.counts.current_totals() == read[1]
         windows.add(tenant, kind, score, t)
         seen.append((tenant, kind, score, t))
         windows.prune(clock)
         assert_matches(windows.totals(clock), seen, clock)
+        read = (windows.counts.version, windows.counts.current_totals())
 
 
 def survey_event(event_id, score, t, tenant="acme", kind="NPS"):
