@@ -20,7 +20,7 @@ events rejected because others are ahead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 from pipeline.dedup import Deduper, id_hash
 from pipeline.messages import DeadLetter
@@ -128,9 +128,14 @@ class Processor:
 
     # -- processing -----------------------------------------------------------------------------
     def process(self, records: Iterable[Record], now_ms: int) -> Output:
+        return self.process_runs(_runs(records), now_ms)
+
+    def process_runs(self, runs: Iterable[Sequence[Record]], now_ms: int) -> Output:
+        """:meth:`process` for records already in runs: each run the records of one topic-partition in offset
+        order (a fetch hands them over so)."""
         out = Output()
         batches: dict[int, Batch] = {}
-        for run in _runs(records):
+        for run in runs:
             self._process_run(run, now_ms, out, batches)
         for partition, batch in batches.items():
             if batch.events:
@@ -140,7 +145,7 @@ class Processor:
             self.rounds.tick(state.cores, state.clock_ms, out)
         return out
 
-    def _process_run(self, run: list[Record], now_ms: int, out: Output, batches: dict[int, Batch]) -> None:
+    def _process_run(self, run: Sequence[Record], now_ms: int, out: Output, batches: dict[int, Batch]) -> None:
         """Records of one topic-partition, in offset order: decode all of them, check the fields and hash
         the ids of all their events, ask the dedup table about every id at once, then take the events in
         turn, each record's as if the record came alone (:meth:`_accept_run`).
@@ -168,7 +173,7 @@ class Processor:
         if checked:
             self._accept_run(source, state, decoded, checked, hashes, now_ms, out, batches)
 
-    def _decode_run(self, run: list[Record], source: str, now_ms: int,
+    def _decode_run(self, run: Sequence[Record], source: str, now_ms: int,
                     out: Output) -> list[tuple[Record, list[dict], bool]]:
         """(record, its events, whether it is a batch message) of each decodable record; the others are rejected."""
         decode, decoded = self.codec.decode, []
