@@ -37,9 +37,10 @@ class Ingest:
         owned = [(tp, fetched) for tp, fetched in batches if self.processor.owns(tp.partition)]
         parts = list(self._bounded(owned))
         for index, part in enumerate(parts, 1):
-            # aiokafka's ConsumerRecords have a Record's fields: no copy per record; each partition's records
-            # go to the processor as the run they are, and are acked as one run of offsets
-            self.delivery.add(self.processor.process_runs([fetched for _, fetched in part], int(time.time() * 1000)),
+            # each partition's records go to the processor as the run they are (no copy per record; the
+            # processor reads a record's offset, key and value) and are acked as one run of offsets
+            self.delivery.add(self.processor.process_runs([(tp.topic, tp.partition, fetched) for tp, fetched in part],
+                                                          int(time.time() * 1000)),
                               [(tp, fetched[0].offset, fetched[-1].offset) for tp, fetched in part])
             await self.delivery.maybe_flush(caught_up=caught_up and index == len(parts))
             await self.delivery.wait_for_room()

@@ -1,15 +1,21 @@
 """The batch consumer: when it tells the ingest that it has caught up (no record known to wait behind a fetch),
-and the offsets it commits for records acked as runs."""
+the offsets it commits for records acked as runs, and the records as aiokafka reads them."""
 import asyncio
+import inspect
 from collections import defaultdict, namedtuple
 from types import SimpleNamespace
 
+from aiokafka.consumer.fetcher import READ_UNCOMMITTED, Fetcher, FetchResult, PartitionRecords
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
+from aiokafka.record.memory_records import MemoryRecords
+from aiokafka.structs import ConsumerRecord, TopicPartition
 from faust.transport.consumer import Consumer as FaustConsumer
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from intervaltree import IntervalTree
 
-from runtime.batches import batch_consumer_class
+from runtime.batches import batch_consumer_class, record_as_read
 
 
 class Owned:
@@ -139,3 +145,24 @@ def test_acked_runs_commit_up_to_the_last_acked_record_as_acking_every_offset_do
                 assert [settled(consumer, A) for consumer in consumers] == [fetched[-1].offset + 1] * 2
 
     asyncio.run(consume())
+
+
+# -- records as aiokafka read them ------------------------------------------------------------------------------
+def test_aiokafka_hands_out_the_records_as_read_and_still_moves_its_position():
+    """The batch consumer sets ``_consumer_record`` on the ``PartitionRecords`` of each ``FetchResult`` that
+    ``Fetcher._records`` holds, before Faust's ``_fetch_records`` drains them: the installed aiokafka must still
+    look it up per record, and still move the fetch position past each record it hands out."""
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=0, is_transactional=0, producer_id=-1,
+                                        producer_epoch=-1, base_sequence=-1, batch_size=1 << 20)
+    for offset in range(3):
+        builder.append(offset, timestamp=1_700_000_000_000, key=b"k%d" % offset, value=b"v%d" % offset, headers=[])
+    tp = TopicPartition("in", 0)
+    records = PartitionRecords(tp, MemoryRecords(bytes(builder.build())), [], 1, None, None, True, READ_UNCOMMITTED)
+    records._consumer_record = record_as_read
+    first = next(records)
+    assert not isinstance(first, ConsumerRecord) and (first.offset, first.key, first.value) == (1, b"k1", b"v1")
+    assert records.next_fetch_offset == 2
+    assert [(r.offset, r.value) for r in records] == [(2, b"v2")] and records.next_fetch_offset == 3
+    assert "self._records" in inspect.getsource(Fetcher.fetched_records)
+    assert "_partition_records" in inspect.getsource(FetchResult.getall)
+    assert "self._fetch_records," in inspect.getsource(AIOKafkaConsumerThread.getmany)
