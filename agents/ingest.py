@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import time
+from bisect import bisect_right
+from itertools import accumulate
 from typing import Any, Callable, Iterator
 
 from pipeline.processor import Processor
@@ -35,30 +37,36 @@ class Ingest:
         owned = [(tp, fetched) for tp, fetched in batches if self.processor.owns(tp.partition)]
         parts = list(self._bounded(owned))
         for index, part in enumerate(parts, 1):
-            records, acks = [], []
-            for tp, fetched in part:
-                records.extend(fetched)  # aiokafka's ConsumerRecords have a Record's fields: no copy per record
-                acks.append((tp, [r.offset for r in fetched]))
-            self.delivery.add(self.processor.process(records, int(time.time() * 1000)), acks)
+            # each partition's records go to the processor as the run they are (no copy per record; the
+            # processor reads a record's offset, key and value) and are acked as one run of offsets
+            self.delivery.add(self.processor.process_runs([(tp.topic, tp.partition, fetched) for tp, fetched in part],
+                                                          int(time.time() * 1000)),
+                              [(tp, fetched[0].offset, fetched[-1].offset) for tp, fetched in part])
             await self.delivery.maybe_flush(caught_up=caught_up and index == len(parts))
             await self.delivery.wait_for_room()
 
     def _bounded(self, batches: list[tuple[Any, list[Any]]]) -> Iterator[list[tuple[Any, list[Any]]]]:
         """The fetch in parts of at most ``max_messages`` messages and ``max_bytes`` of values (a larger
-        message alone), in order; a partition's records stay in offset order across the parts."""
+        message alone), in order; a partition's records stay in offset order across the parts. A part is
+        cut only where the next record would not fit; the cuts are found by bisecting each partition's
+        running byte count, not by a step per record."""
+        max_messages, max_bytes = self.max_messages, self.max_bytes
         part: list[tuple[Any, list[Any]]] = []
         messages = size = 0
         for tp, fetched in batches:
-            start = 0
-            for index, record in enumerate(fetched):
-                length = len(record.value or b"")
-                if messages and (messages + 1 > self.max_messages or size + length > self.max_bytes):
-                    if index > start:
-                        part.append((tp, fetched[start:index]))
-                    yield part
-                    part, messages, size, start = [], 0, 0, index
-                messages, size = messages + 1, size + length
-            part.append((tp, fetched[start:] if start else fetched))
+            ends = list(accumulate([len(record.value or b"") for record in fetched]))  # bytes up to each record
+            start, count = 0, len(fetched)
+            while start < count:
+                before = ends[start - 1] if start else 0
+                stop = min(count, start + max_messages - messages, bisect_right(ends, before + max_bytes - size, start))
+                if stop == start:  # the next record does not fit
+                    if messages:
+                        yield part
+                        part, messages, size = [], 0, 0
+                        continue
+                    stop = start + 1  # a message larger than max_bytes, alone
+                part.append((tp, fetched if stop - start == count else fetched[start:stop]))
+                messages, size, start = messages + stop - start, size + ends[stop - 1] - before, stop
         if messages:
             yield part
 

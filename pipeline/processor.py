@@ -20,7 +20,7 @@ events rejected because others are ahead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, NamedTuple, Optional, Sequence
 
 from pipeline.dedup import Deduper, id_hash
 from pipeline.messages import DeadLetter
@@ -38,7 +38,8 @@ MAX_ERROR_CHARS = 2000
 
 
 class Record(NamedTuple):
-    """One consumed Kafka message (the worker hands over aiokafka's ConsumerRecords, which have these fields)."""
+    """One consumed Kafka message. The worker hands over runs of aiokafka's records instead (:meth:`Processor.
+    process_runs`), of which the processor reads ``offset``, ``key`` and ``value``."""
 
     topic: str
     partition: int
@@ -128,10 +129,16 @@ class Processor:
 
     # -- processing -----------------------------------------------------------------------------
     def process(self, records: Iterable[Record], now_ms: int) -> Output:
+        return self.process_runs(((run[0].topic, run[0].partition, run) for run in _runs(records)), now_ms)
+
+    def process_runs(self, runs: Iterable[tuple[str, int, Sequence[Any]]], now_ms: int) -> Output:
+        """:meth:`process` for records already in runs, as a fetch hands them over: (topic, partition, the
+        records of that topic-partition in offset order). Of a record only ``offset``, ``key`` and ``value``
+        are read."""
         out = Output()
         batches: dict[int, Batch] = {}
-        for run in _runs(records):
-            self._process_run(run, now_ms, out, batches)
+        for topic, partition, run in runs:
+            self._process_run(topic, partition, run, now_ms, out, batches)
         for partition, batch in batches.items():
             if batch.events:
                 self.rounds.add(self.partitions[partition].cores, batch, out)
@@ -140,7 +147,8 @@ class Processor:
             self.rounds.tick(state.cores, state.clock_ms, out)
         return out
 
-    def _process_run(self, run: list[Record], now_ms: int, out: Output, batches: dict[int, Batch]) -> None:
+    def _process_run(self, topic: str, partition: int, run: Sequence[Any], now_ms: int, out: Output,
+                     batches: dict[int, Batch]) -> None:
         """Records of one topic-partition, in offset order: decode all of them, check the fields and hash
         the ids of all their events, ask the dedup table about every id at once, then take the events in
         turn, each record's as if the record came alone (:meth:`_accept_run`).
@@ -148,8 +156,8 @@ class Processor:
         Each step is one loop over the run's records or events, without calls per record: at one event per
         Kafka message, a record's calls cost as much as its event. Rejections come in the order of the
         steps: undecodable records, then events with bad fields, then events out of time."""
-        source, state = self.topic_sources[run[0].topic], self.state(run[0].partition)
-        decoded = self._decode_run(run, source, now_ms, out)
+        source, state, where = self.topic_sources[topic], self.state(partition), (topic, partition)
+        decoded = self._decode_run(run, where, source, now_ms, out)
         if not decoded:
             return
         rules, pii = self.rules, self.pii
@@ -159,17 +167,17 @@ class Processor:
             for index, event in enumerate(events):
                 rejection = check_fields(source, event, rules)
                 if rejection is not None:
-                    self._reject(record, source, event, index if is_batch else None, rejection, now_ms, out)
+                    self._reject(where, record, source, event, index if is_batch else None, rejection, now_ms, out)
                     continue
                 kept = event if pii is None else pii.apply(source, event)  # PII mode: pseudonymised, so its id too
                 checked.append((position, index if is_batch else None, event, kept))
                 hashes.append(id_hash(kept["event_id"]))
         out.count("cxp_events_consumed", (source,), consumed)
         if checked:
-            self._accept_run(source, state, decoded, checked, hashes, now_ms, out, batches)
+            self._accept_run(where, source, state, decoded, checked, hashes, now_ms, out, batches)
 
-    def _decode_run(self, run: list[Record], source: str, now_ms: int,
-                    out: Output) -> list[tuple[Record, list[dict], bool]]:
+    def _decode_run(self, run: Sequence[Any], where: tuple[str, int], source: str, now_ms: int,
+                    out: Output) -> list[tuple[Any, list[dict], bool]]:
         """(record, its events, whether it is a batch message) of each decodable record; the others are rejected."""
         decode, decoded = self.codec.decode, []
         for record in run:
@@ -178,19 +186,21 @@ class Processor:
                     record.key.decode("utf-8")
                 schema, events, is_batch = decode(record.value)
                 if schema.source != source:
-                    raise UndecodableError(f"schema {schema.name} (id {schema.id}) does not belong on topic {record.topic}")
+                    raise UndecodableError(f"schema {schema.name} (id {schema.id}) does not belong on topic {where[0]}")
             except UnicodeDecodeError as exc:
                 out.count("cxp_events_consumed", (source,))
-                self._reject(record, source, None, None, Rejection(UNDECODABLE, f"key is not UTF-8: {exc}"), now_ms, out)
+                self._reject(where, record, source, None, None, Rejection(UNDECODABLE, f"key is not UTF-8: {exc}"),
+                             now_ms, out)
                 continue
             except UndecodableError as exc:
                 out.count("cxp_events_consumed", (source,))
-                self._reject(record, source, None, None, Rejection(UNDECODABLE, str(exc)), now_ms, out)
+                self._reject(where, record, source, None, None, Rejection(UNDECODABLE, str(exc)), now_ms, out)
                 continue
             decoded.append((record, events, is_batch))
         return decoded
 
-    def _accept_run(self, source: str, state: PartitionState, decoded: list[tuple[Record, list[dict], bool]],
+    def _accept_run(self, where: tuple[str, int], source: str, state: PartitionState,
+                    decoded: list[tuple[Any, list[dict], bool]],
                     checked: list[tuple[int, Optional[int], dict, dict]], hashes: list[int], now_ms: int,
                     out: Output, batches: dict[int, Batch]) -> None:
         """Judge the well-formed events by the clocks, decide dedup, write the new events' rows and add them
@@ -201,7 +211,7 @@ class Processor:
         them, so the run's :meth:`Deduper.check` calls are made as one, at its end."""
         rules, dedup = self.rules, state.dedup
         clock, own_clock, source_clock = state.clock_ms, state.source_clocks.get(source, 0), self.source_clock_ms.get(source, 0)
-        rows, new_row, batch = out.rows["events"], tuple.__new__, None
+        partition, rows, new_row, batch = where[1], out.rows["events"], tuple.__new__, None
         remember: dict[int, int] = {}  # id -> time, of ids this run remembers
         current, in_record = -1, None  # the position of the record being taken, and the ids it has had so far
         valid = processed = 0
@@ -214,11 +224,10 @@ class Processor:
             if event_ms > future_limit or (late_limit is not None and event_ms < late_limit):
                 rejection = check_time(event_ms, rules, now_ms, record_own_clock)
                 if rejection is not None:
-                    self._reject(decoded[position][0], source, event, index, rejection, now_ms, out)
+                    self._reject(where, decoded[position][0], source, event, index, rejection, now_ms, out)
                     continue
             valid += 1
             if batch is None:
-                partition = decoded[position][0].partition
                 batch = batches.get(partition)
                 if batch is None:
                     batch = batches[partition] = Batch(partition, [], [], [])
@@ -236,7 +245,6 @@ class Processor:
                 remember[key] = seen_ms
             clock, own_clock, source_clock = max(clock, event_ms), max(own_clock, event_ms), max(source_clock, event_ms)
             processed += 1
-            record = decoded[position][0]
             batch.sources.append(source)
             batch.events.append(kept)
             batch.hashes.append(key)
@@ -247,7 +255,7 @@ class Processor:
             rows.append(new_row(EventRow, (
                 kept["event_id"], source, kept["event_type"], event_ms // 1000, event_ms, kept["tenant"],
                 kept.get("customer_id"), kept.get("anonymous_id"), kept.get("session_id"), tuple(attributes),
-                tuple(attributes.values()), record.partition, record.offset, key)))
+                tuple(attributes.values()), partition, decoded[position][0].offset, key)))
         if remember:
             dedup.check(list(remember), list(remember.values()))
         if valid:
@@ -258,9 +266,11 @@ class Processor:
             if processed < valid:
                 out.count("cxp_events_duplicate", (source,), valid - processed)
 
-    def _reject(self, record: Record, source: str, event: Optional[dict], batch_index: Optional[int],
-                rejection: Rejection, now_ms: int, out: Output) -> None:
+    def _reject(self, where: tuple[str, int], record: Any, source: str, event: Optional[dict],
+                batch_index: Optional[int], rejection: Rejection, now_ms: int, out: Output) -> None:
+        """Dead-letter one record (``event``: one bad event of it); ``where``: its (topic, partition)."""
         out.count("cxp_events_rejected", (source, rejection.reason))
+        topic, partition = where
         key, original, error = record.key, record.value or b"", rejection.error
         if self.pii is not None:  # PII mode: no raw bytes; a decoded event is re-encoded pseudonymised below
             (key, event, error), original = self.pii.dead_letter(source, key, event, error), b""
@@ -277,11 +287,11 @@ class Processor:
             error += f" [original {len(original)} bytes, key {len(key or b'')} bytes: truncated to {limit}]"
         key, value = (key[:limit] if key is not None else None), original[:limit]
         out.send("deadletter", key, DeadLetter(
-            reason=rejection.reason, error=error, source_topic=record.topic, source_partition=record.partition,
+            reason=rejection.reason, error=error, source_topic=topic, source_partition=partition,
             source_offset=record.offset, batch_index=batch_index, original_key=key, original_value=value,
             received_time=now_ms, truncated=truncated, original_size=len(original)))
         out.rows["dead_letters"].append(DeadLetterRow(
-            received_at=now_ms // 1000, received_ms=now_ms, topic=record.topic, partition=record.partition,
+            received_at=now_ms // 1000, received_ms=now_ms, topic=topic, partition=partition,
             offset=record.offset, batch_index=-1 if batch_index is None else batch_index, reason=rejection.reason,
             error=error, key=key.decode("utf-8", "replace") if key is not None else None, payload=value))
 

@@ -18,6 +18,7 @@ from pipeline.messages import as_avro, schema_name
 from pipeline.registry import BATCH_SCHEMAS, EVENT_SCHEMAS, RegisteredSchema, SchemaRegistry
 
 _HEADER = struct.Struct(">BI")
+_new_tuple = tuple.__new__
 
 
 class UndecodableError(ValueError):
@@ -78,9 +79,10 @@ class Codec:
         record = self._read_fast(schema, data)
         if record is None:
             record = self._read(schema, data)
+        # tuple.__new__: a NamedTuple's own constructor is a Python function, a call per message
         if schema.is_batch:
-            return Decoded(schema, record["events"], True)
-        return Decoded(schema, [record], False)
+            return _new_tuple(Decoded, (schema, record["events"], True))
+        return _new_tuple(Decoded, (schema, [record], False))
 
     def _schema(self, data: Optional[bytes]) -> RegisteredSchema:
         """The writer's schema named by the message's header, or UndecodableError saying what is wrong."""

@@ -6,7 +6,8 @@ Kafka message that chain, not the work on the event, bounded the worker. Here Fa
 membership, the fetching (its Fetcher service runs :meth:`BatchConsumer._drain_messages`), the offsets
 and their commits, the rebalance callbacks and the web server; only the last step changes: each fetch
 (``getmany``: many records per partition) goes to one ``handle(generation, batches, caught_up)`` call, and
-its records are acked per partition once their output is durable (:meth:`BatchConsumer.ack_offsets`).
+its records are acked per partition, as one run of offsets, once their output is durable
+(:meth:`BatchConsumer.ack_run`; the commit reads the runs, not one offset each).
 ``caught_up`` says that no record is known to wait behind the fetch (:meth:`BatchConsumer._caught_up`):
 the delivery path then flushes at once instead of waiting for a fuller batch.
 
@@ -18,7 +19,7 @@ Faust's per-message path.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Collection, Sequence
+from typing import Any, Awaitable, Callable, Collection, Iterator, Optional
 
 from faust.transport.consumer import CONSUMER_FETCHING
 from faust.types.tuples import ack_lock
@@ -41,30 +42,88 @@ def batch_consumer_class(base: type, topics: Collection[str], handle: BatchHandl
     class BatchConsumer(base):  # type: ignore[misc, valid-type]
         def _new_consumer_thread(self) -> Any:
             thread = super()._new_consumer_thread()
-            create = thread._create_worker_consumer
+            create, fetch_records = thread._create_worker_consumer, thread._fetch_records
 
             def with_short_fetch_wait(transport: Any) -> Any:
                 consumer = create(transport)
                 consumer._fetch_max_wait_ms = FETCH_MAX_WAIT_MS  # read when the consumer starts its fetcher
                 return consumer
 
+            async def records_as_read(consumer: Any, *args: Any, **kwargs: Any) -> Any:
+                """Faust's fetch (in its consumer thread), with the records of the batched topics as aiokafka
+                read them from the fetch response: aiokafka makes a ``ConsumerRecord`` of 11 fields of each
+                record (``PartitionRecords._consumer_record``), which at one event per message cost about as
+                much as the rest of the consumer thread's work. The ingest and the processor read a record's
+                offset, key and value, which both kinds of record have, and take the topic and partition
+                from the fetch. (A fetch response that arrives while this call waits still gives
+                ConsumerRecords, until the next call.)"""
+                for tp, fetched in consumer._fetcher._records.items():
+                    records = getattr(fetched, "_partition_records", None)  # a FetchError has none
+                    if records is not None and tp.topic in batch_topics:
+                        records._consumer_record = record_as_read
+                return await fetch_records(consumer, *args, **kwargs)
+
             thread._create_worker_consumer = with_short_fetch_wait
+            thread._fetch_records = records_as_read
             return thread
 
-        def ack_offsets(self, tp: Any, offsets: Sequence[int]) -> None:
-            """Faust's ``Consumer.ack`` for many records of one partition: each offset counts once towards
-            the next commit (the commit takes the acked offsets up to the first gap)."""
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._acked_runs: dict[Any, list[tuple[int, int]]] = {}  # tp -> acked (first, last) offsets, batch topics
+
+        def ack_run(self, tp: Any, first: int, last: int) -> None:
+            """Faust's ``Consumer.ack`` for the records ``first``..``last`` of one partition, handed over in one
+            fetch: kept as one run, not one offset each. The offsets between them that hold no record are gaps
+            (:meth:`_unread` registered them), which the commit passes anyway. As Faust's ack, offsets below the
+            committed one are left out, and each acked offset counts towards ``broker_commit_every``."""
             if not self.app.topics.acks_enabled_for(tp.topic):
                 return
             with ack_lock:
                 committed = self._committed_offset[tp]
-                index = self._acked_index[tp]
-                new = [offset for offset in offsets
-                       if (committed is None or offset >= committed) and offset not in index]
-                index.update(new)
-                self._acked[tp].extend(new)
-                self._n_acked += len(new)
+                if committed is not None:
+                    if last < committed:
+                        return
+                    first = max(first, committed)
+                self._acked_runs.setdefault(tp, []).append((first, last))
+                self._n_acked += last - first + 1
                 notify(self._waiting_for_ack)
+
+        def _new_offset(self, tp: Any) -> Optional[int]:
+            """Faust's ``_new_offset`` over acked runs instead of a sorted list of every acked offset: the offset
+            after the first block of acked offsets and gaps, None while the committed offset is followed by a
+            hole (Faust's rule, which tolerates one missing offset there). The runs it covers are dropped."""
+            if tp.topic not in batch_topics:
+                return super()._new_offset(tp)
+            runs = self._acked_runs.get(tp)
+            if not runs:
+                return None
+            gaps = self._gap[tp]
+            if gaps:  # as Faust: the gaps up to the highest acked offset join the acked offsets
+                highest = max(last for _, last in runs)
+                filled = sorted(gaps.overlap(0, highest), key=lambda gap: gap.begin)
+                if filled:
+                    runs.extend((gap.begin, gap.end - 1) for gap in filled)
+                    gaps.chop(0, max(filled[-1].end - 1, highest + 1))
+            runs.sort()
+            committed = self._committed_offset[tp]
+            if committed and runs[0][0] - committed > 1:
+                return None
+            end, taken = runs[0][1], 1
+            while taken < len(runs) and runs[taken][0] <= end + 1:
+                end, taken = max(end, runs[taken][1]), taken + 1
+            del runs[:taken]
+            return end + 1
+
+        def _filter_tps_with_pending_acks(self, topics: Any = None) -> Iterator[Any]:
+            yield from super()._filter_tps_with_pending_acks(topics)
+            for tp in self._acked_runs:
+                if tp not in self._acked and (topics is None or tp in topics or tp.topic in topics):
+                    yield tp
+
+        async def on_partitions_revoked(self, revoked: set) -> None:
+            for tp in revoked:  # as Faust drops its acked offsets of revoked partitions
+                self._acked_runs.pop(tp, None)
+            await super().on_partitions_revoked(revoked)
 
         async def _drain_messages(self, fetcher: Any) -> None:  # noqa: C901 - Faust's loop, per batch
             consumer_should_stop, fetcher_should_stop = self._stopped.is_set, fetcher._stopped.is_set
@@ -169,7 +228,14 @@ def batch_consumer_class(base: type, topics: Collection[str], handle: BatchHandl
     return BatchConsumer
 
 
-def ack_all(consumer: Any, acks: list[tuple[Any, Sequence[int]]]) -> None:
-    """Ack the records of one flush: ``acks`` is [(tp, offsets)] as :class:`agents.ingest.Ingest` made them."""
-    for tp, offsets in acks:
-        consumer.ack_offsets(tp, offsets)
+def record_as_read(tp: Any, record: Any) -> Any:
+    """In place of aiokafka's ``PartitionRecords._consumer_record``: the record as read (offset, key, value,
+    timestamp, headers), without a ``ConsumerRecord`` around it."""
+    return record
+
+
+def ack_all(consumer: Any, acks: list[tuple[Any, int, int]]) -> None:
+    """Ack the records of one flush: ``acks`` is [(tp, first offset, last offset)] as
+    :class:`agents.ingest.Ingest` made them, one per partition per processor batch."""
+    for tp, first, last in acks:
+        consumer.ack_run(tp, first, last)
