@@ -224,10 +224,8 @@ class TimeToValueCore(MetricCore[ValueState]):
         customers, dirty = state.customers, state.dirty
         values = customers.values
         seen = batch.customers()
-        slots = customers.slots
         for key, first, last in zip(seen.keys, seen.firsts().tolist(), seen.lasts().tolist()):
-            by_id = slots.get(key[0])
-            slot = None if by_id is None else by_id.get(key[1])
+            slot = customers.slot(*key)
             if slot is None:
                 slot = customers.new(key[0], key[1], first, last)
             else:
