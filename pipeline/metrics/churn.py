@@ -512,32 +512,36 @@ class ChurnCore(MetricCore[ChurnState]):
             elif not create:
                 return None
             else:
-                c = Customer(customer_id, sys.intern(tenant))  # one name per tenant; a slot when stored
-                state.recount(c.tenant, None, c.level)
+                c = self._new(state, tenant, customer_id)
             state.dirty[(tenant, customer_id)] = c
+        return c
+
+    @staticmethod
+    def _new(state: ChurnState, tenant: str, customer_id: str, key: Optional[int] = None) -> Customer:
+        """A customer not held yet (``key``: their customer_key, when known), counted at their level; a slot when
+        stored."""
+        c = Customer(customer_id, sys.intern(tenant), key)  # one name per tenant
+        state.recount(c.tenant, None, c.level)
         return c
 
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ChurnState, batch: Batch, out: Output) -> None:
         """Each customer of the batch is touched once (the batch's customer view), with all their event times;
         then the CRM and chatbot events that are evidence note their times."""
-        dirty, slots, load = state.dirty, state.slots, state.load
+        dirty, slot_of, load = state.dirty, state.slot, state.load
         customers = batch.customers()
         hashes = None  # the view's customer_key of each customer, for the new ones (hashed once per batch anyway)
         clock = state.clock_ms
         for i, (key, times) in enumerate(zip(customers.keys, customers.times)):
             c = dirty.get(key)  # _touch, inline (the view's key is the (tenant, customer id) tuple dirty is keyed by)
             if c is None:
-                tenant, customer_id = key
-                by_id = slots.get(tenant)
-                slot = None if by_id is None else by_id.get(customer_id)
+                slot = slot_of(*key)
                 if slot is not None:
                     c = load(slot)
                 else:
                     if hashes is None:
                         hashes = customers.hashes().tolist()
-                    c = Customer(customer_id, sys.intern(tenant), hashes[i])
-                    state.recount(c.tenant, None, c.level)
+                    c = self._new(state, *key, hashes[i])
                 dirty[key] = c
             if len(times) == 1:
                 latest = times[0]
