@@ -333,24 +333,37 @@ def score_level(score: float, cfg: ChurnConfig) -> str:
 
 
 def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
-    """The earliest clock after ``clock_ms`` at which the clock alone may change the score, or forget them."""
+    """The earliest clock after ``clock_ms`` at which the clock alone may change the score, or forget them: the
+    earliest of the change times below that lies after ``clock_ms`` (runs once per scored customer, so no list)."""
     last, memory = c.last_ms, cfg.memory_ms
-    candidates = [last + cfg.inactivity_ms, last + cfg.forget_ms]
+    found = None
+    for ms in (last + cfg.inactivity_ms, last + cfg.forget_ms):
+        if ms > clock_ms and (found is None or ms < found):
+            found = ms
     for ms in (c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms):
         if ms:
-            candidates.append(ms + memory)
+            ms += memory
+            if ms > clock_ms and (found is None or ms < found):
+                found = ms
     for ms, _ in c.complaints:
         if ms:
-            candidates.append(ms + memory)
+            ms += memory
+            if ms > clock_ms and (found is None or ms < found):
+                found = ms
     if c.breach and c.breach[0]:
-        candidates.append(c.breach[0] + memory)
+        ms = c.breach[0] + memory
+        if ms > clock_ms and (found is None or ms < found):
+            found = ms
     if c.handoff_ms > c.resolved_ms:
-        candidates.append(c.handoff_ms + cfg.handoff_timeout_ms)
+        ms = c.handoff_ms + cfg.handoff_timeout_ms
+        if ms > clock_ms and (found is None or ms < found):
+            found = ms
     today = clock_ms // DAY_MS
     if c.days and last // DAY_MS + DAY_BITS > today:
-        candidates.append((today + 1) * DAY_MS)  # the activity-drop days move at midnight
-    later = [ms for ms in candidates if ms > clock_ms]
-    return min(later) if later else clock_ms + cfg.forget_ms
+        ms = (today + 1) * DAY_MS  # the activity-drop days move at midnight
+        if ms > clock_ms and (found is None or ms < found):
+            found = ms
+    return clock_ms + cfg.forget_ms if found is None else found
 
 
 SLOT_BITS, KEY_BITS = 32, 64  # a timer is one int, due ms, customer key, slot: ordered as (due ms, key)
@@ -499,20 +512,37 @@ class ChurnCore(MetricCore[ChurnState]):
             elif not create:
                 return None
             else:
-                c = Customer(customer_id, sys.intern(tenant))  # one name per tenant; a slot when stored
-                state.recount(c.tenant, None, c.level)
+                c = self._new(state, tenant, customer_id)
             state.dirty[(tenant, customer_id)] = c
+        return c
+
+    @staticmethod
+    def _new(state: ChurnState, tenant: str, customer_id: str, key: Optional[int] = None) -> Customer:
+        """A customer not held yet (``key``: their customer_key, when known), counted at their level; a slot when
+        stored."""
+        c = Customer(customer_id, sys.intern(tenant), key)  # one name per tenant
+        state.recount(c.tenant, None, c.level)
         return c
 
     # -- input -----------------------------------------------------------------------------------
     def add(self, state: ChurnState, batch: Batch, out: Output) -> None:
         """Each customer of the batch is touched once (the batch's customer view), with all their event times;
         then the CRM and chatbot events that are evidence note their times."""
-        touch, dirty = self._touch, state.dirty
+        dirty, slot_of, load = state.dirty, state.slot, state.load
         customers = batch.customers()
+        hashes = None  # the view's customer_key of each customer, for the new ones (hashed once per batch anyway)
         clock = state.clock_ms
-        for (tenant, customer_id), times in zip(customers.keys, customers.times):
-            c = touch(state, tenant, customer_id)
+        for i, (key, times) in enumerate(zip(customers.keys, customers.times)):
+            c = dirty.get(key)  # _touch, inline (the view's key is the (tenant, customer id) tuple dirty is keyed by)
+            if c is None:
+                slot = slot_of(*key)
+                if slot is not None:
+                    c = load(slot)
+                else:
+                    if hashes is None:
+                        hashes = customers.hashes().tolist()
+                    c = self._new(state, *key, hashes[i])
+                dirty[key] = c
             if len(times) == 1:
                 latest = times[0]
                 c.seen(latest)

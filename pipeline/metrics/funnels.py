@@ -317,6 +317,10 @@ class FunnelCore(MetricCore[FunnelState]):
             if track.append(items):
                 # events after every one held only extend chains: no attempt's level falls, so the gauge's
                 # counts move by the changed attempts alone
+                attempts, width = track.attempts, track.width
+                if items[2::3].count(1) * 3 == len(items) and (not attempts or attempts[-width] < items[0]):
+                    self._started_only(state, key, track, items, out)
+                    continue
                 if len(items) == 3:
                     event_ms = items[0]
                     spans = ((event_ms if items[2] == 1 else event_ms - funnel.window_ms, event_ms),)
@@ -338,6 +342,23 @@ class FunnelCore(MetricCore[FunnelState]):
                 if starts:
                     self._emit(state, key, track, [track.attempt(start_ms) for start_ms in sorted(starts)], out)
                     self._recount(state, key, track)
+
+    def _started_only(self, state: FunnelState, key: tuple[str, str, int], track: _Track, items: list,
+                      out: Output) -> None:
+        """What ``_reassess`` makes of appended events that are all only step-1 events and start after every attempt
+        held, without chaining: each of their milliseconds is a new attempt at level 1 (nothing after them to
+        chain, and a step-1 event extends or ends no other attempt), in time order, and nothing converts."""
+        attempts, width = track.attempts, track.width
+        first, new, pad, last_ms = len(attempts), [], [0] * (width - 3), None
+        for event_ms in items[::3]:
+            if event_ms != last_ms:
+                new += (event_ms, 1, 0)
+                new += pad
+                state.started(track.key, event_ms)
+                last_ms = event_ms
+        track.attempts = attempts + new  # a new list of exactly their size, as with_attempt makes
+        self._recount(state, key, track, raised=self._emit(state, key, track, range(first, len(track.attempts), width),
+                                                            out))
 
     @staticmethod
     def _spans(items: list, window_ms: int) -> list[tuple[int, int]]:

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from pipeline.metrics.base import Batch, Facts, Output
 from pipeline.metrics.churn import WEIGHTS as CHURN_WEIGHTS
-from pipeline.metrics.churn import ChurnConfig, ChurnCore, Customer, contributions, present
+from pipeline.metrics.churn import DAY_BITS, ChurnConfig, ChurnCore, Customer, contributions, next_change_ms, present
 from pipeline.metrics.facts import ChurnLevelChanged, ComplaintOpened, SlaBreached, SurveyAnswered
 from pipeline.registry import BundledRegistry
 from pipeline.wire import Codec
@@ -281,3 +281,30 @@ def test_a_batch_of_times_sets_what_one_time_after_another_sets(times, earlier):
         one.seen(T0 + ms)
     together.seen_all([T0 + ms for ms in times])
     assert (together.last_ms, together.days) == (one.last_ms, one.days)
+
+
+times_or_never = st.one_of(st.just(0), st.integers(-40 * DAY, 40 * DAY).map(lambda t: T0 + t))
+
+
+@settings(max_examples=300, deadline=None)
+@given(times_or_never, st.integers(0, (1 << DAY_BITS) - 1), st.lists(times_or_never, min_size=6, max_size=6),
+       st.lists(times_or_never, max_size=2), st.integers(-100 * DAY, 100 * DAY))
+def test_next_change_is_the_earliest_change_time_after_the_clock(last, days, times, complaints, clock):
+    """``next_change_ms`` (no list, min as it goes) against the plain reading: every time at which the clock alone
+    may change the score, the earliest after the clock, else the clock plus ``forget``."""
+    c = Customer("c1", "acme", key=1)
+    c.last_ms, c.days = last, days
+    c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms, c.resolved_ms, breach = times
+    c.complaints = tuple(sorted(((ms, f"k{i}") for i, ms in enumerate(complaints)), reverse=True))
+    c.breach = (breach, "late") if breach else None
+    clock = T0 + clock
+    memory = CONFIG.memory_ms
+    changes = [last + CONFIG.inactivity_ms, last + CONFIG.forget_ms]
+    changes += [ms + memory for ms in (c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms) if ms]
+    changes += [ms + memory for ms, _ in c.complaints if ms] + ([breach + memory] if breach else [])
+    if c.handoff_ms > c.resolved_ms:
+        changes.append(c.handoff_ms + CONFIG.handoff_timeout_ms)
+    if days and last // DAY + DAY_BITS > clock // DAY:
+        changes.append((clock // DAY + 1) * DAY)
+    after = [ms for ms in changes if ms > clock]
+    assert next_change_ms(c, clock, CONFIG) == (min(after) if after else clock + CONFIG.forget_ms)
