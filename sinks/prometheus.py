@@ -159,34 +159,37 @@ class TextFormat:
 
     def _render(self, metric: Metric, before: Optional["_Rendered"]) -> "_Rendered":
         name, samples = metric.name, metric.samples
-        before_samples, before_lines, before_series = (before.samples, before.lines, before.series) \
-            if before is not None else ((), (), ())
-        reusable = min(len(before_samples), len(samples))
         lines, series, moved = [], [], []  # moved: the places of samples that go to a family of their own
-        for at, sample in enumerate(samples):
-            if at < reusable:
-                was = before_samples[at]
-                if sample is was or _same(sample, was):
-                    known = before_series[at]
-                    lines.append(before_lines[at])
-                    series.append(known)
-                    if known[0] is not None:
-                        moved.append(at)
+        if before is not None:  # the lines of the samples that print as the one at their place last time
+            reusable = min(len(before.samples), len(samples))
+            lines, series = before.lines[:reusable], before.series[:reusable]
+            moved = [at for at in before.moved if at < reusable]
+            for at, sample, was in zip(range(reusable), samples, before.samples):
+                if sample is was:
                     continue
-                # the series at this place last time is most often this one at another value
-                known = before_series[at] if sample.name == was.name and sample.labels == was.labels \
-                    else self._series(name, sample)
-            else:
-                known = self._series(name, sample)
+                sample_name, labels, value, timestamp = sample[:4]
+                if value == was[2] and sample == was and (value or math.copysign(1.0, value) == math.copysign(1.0, was[2])):
+                    continue  # equal, and not a zero whose sign changed (0.0 == -0.0, printed otherwise)
+                known = series[at]
+                if sample_name != was[0] or labels != was[1]:  # most often the same series at another value
+                    known = series[at] = self._series(name, sample)
+                    if (known[0] is None) != (at not in moved):
+                        moved = sorted({*moved} ^ {at})
+                lines[at] = f"{known[1]}{_go(value)}\n" if timestamp is None else \
+                    f"{known[1]}{_go(value)} {int(float(timestamp) * 1000):d}\n"
+            samples_left = samples[reusable:]
+        else:
+            reusable, samples_left = 0, samples
+        for at, sample in enumerate(samples_left, reusable):
+            known = self._series(name, sample)
             series.append(known)
-            suffix, prefix = known
-            if suffix is not None:
+            if known[0] is not None:
                 moved.append(at)
-            lines.append(f"{prefix}{floatToGoString(sample.value)}\n" if sample.timestamp is None else
-                         f"{prefix}{floatToGoString(sample.value)} {int(float(sample.timestamp) * 1000):d}\n")
+            lines.append(f"{known[1]}{_go(sample.value)}\n" if sample.timestamp is None else
+                         f"{known[1]}{_go(sample.value)} {int(float(sample.timestamp) * 1000):d}\n")
         header = self._header(name, metric.type, metric.documentation)
         if not moved:
-            return _Rendered(metric.documentation, list(samples), lines, series, header + "".join(lines))
+            return _Rendered(metric.documentation, list(samples), lines, series, moved, header + "".join(lines))
         extra: dict[str, list[str]] = {}
         for at in moved:
             extra.setdefault(series[at][0], []).append(lines[at])
@@ -195,7 +198,7 @@ class TextFormat:
         for suffix, moved_lines in sorted(extra.items()):
             output.append(self._header(name + suffix, "gauge", metric.documentation, plain=True))
             output.extend(moved_lines)
-        return _Rendered(metric.documentation, list(samples), lines, series, "".join(output))
+        return _Rendered(metric.documentation, list(samples), lines, series, moved, "".join(output))
 
     def _series(self, name: str, sample: Any) -> tuple[Optional[str], str]:
         """(the OpenMetrics-only suffix that moves the sample to a family of its own, or None; its escaped
@@ -230,13 +233,14 @@ class TextFormat:
 
 
 class _Rendered:
-    """One family's text on the last page, with the samples (a copy) it was written from, and each one's line
-    and series (:meth:`TextFormat._series`)."""
+    """One family's text on the last page, with the samples (a copy) it was written from, each one's line and
+    series (:meth:`TextFormat._series`), and the places of the samples moved to a family of their own."""
 
-    __slots__ = ("documentation", "samples", "lines", "series", "text", "values")
+    __slots__ = ("documentation", "samples", "lines", "series", "moved", "text", "values")
 
-    def __init__(self, documentation: str, samples: list, lines: list, series: list, text: str):
+    def __init__(self, documentation: str, samples: list, lines: list, series: list, moved: list, text: str):
         self.documentation, self.samples, self.lines, self.series, self.text = documentation, samples, lines, series, text
+        self.moved = moved
         self.values = _value_bytes(samples) if 0 in map(_VALUE, samples) else b""  # b"": no zero
 
     def renders(self, metric: Metric) -> bool:
@@ -256,10 +260,14 @@ def _value_bytes(samples: list) -> Optional[bytes]:
         return None
 
 
-def _same(sample: Any, before: Any) -> bool:
-    """Whether a sample renders as ``before`` did: equal, and not a zero whose sign changed (0.0 == -0.0,
-    but they print differently)."""
-    return sample == before and (sample.value != 0 or math.copysign(1.0, sample.value) == math.copysign(1.0, before.value))
+def _go(value: Any) -> str:
+    """``floatToGoString(value)``: Python's repr of the float, but for values it writes otherwise (infinities,
+    NaN, and 1e6 or more, where Go switches to an exponent sooner), which it is asked for."""
+    if type(value) is float and -1e6 < value < 1e6:
+        return repr(value)
+    if type(value) is int and -1_000_000 < value < 1_000_000:
+        return repr(float(value))
+    return floatToGoString(value)
 
 
 def _sum(instrument: Any) -> float:
