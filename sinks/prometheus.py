@@ -14,9 +14,9 @@ Counts are exported next to every ratio, so sums over workers stay right (see de
 """
 from __future__ import annotations
 
-import math
 import time
 from array import array
+from math import copysign
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -168,8 +168,9 @@ class TextFormat:
                 if sample is was:
                     continue
                 sample_name, labels, value, timestamp = sample[:4]
-                if value == was[2] and sample == was and (value or math.copysign(1.0, value) == math.copysign(1.0, was[2])):
-                    continue  # equal, and not a zero whose sign changed (0.0 == -0.0, printed otherwise)
+                # equal, and not a zero whose sign changed (0.0 == -0.0, but they print differently)
+                if value == was[2] and sample == was and (value or copysign(1.0, value) == copysign(1.0, was[2])):
+                    continue
                 known = series[at]
                 if sample_name != was[0] or labels != was[1]:  # most often the same series at another value
                     known = series[at] = self._series(name, sample)
