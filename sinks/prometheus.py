@@ -27,6 +27,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import _escape, escape_label_name, escape_metric_name
 from prometheus_client.openmetrics.exposition import ALLOWUTF8
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from pipeline.metrics.base import Instrument, MetricCore, Output
@@ -78,13 +79,15 @@ class PipelineMetrics:
 
     def apply(self, out: Output) -> None:
         """Counter increments and histogram observations of a batch whose data is now durable."""
-        changed = self.applied.changed
+        fed = self.applied.fed
         for (name, labels), n in out.counts.items():
-            self._by_name[name].labels(*labels).inc(n)
-            changed(name)
+            child = self._by_name[name].labels(*labels)
+            child.inc(n)
+            fed(name, child)
         for name, labels, value in out.observations:
-            self._by_name[name].labels(*labels).observe(value)
-            changed(name)
+            child = self._by_name[name].labels(*labels)
+            child.observe(value)
+            fed(name, child)
 
     def render(self) -> bytes:
         return self._text.render(self.registry.collect())
@@ -105,15 +108,20 @@ class PipelineMetrics:
 
 class AppliedInstruments(Collector):
     """The instruments only :meth:`PipelineMetrics.apply` feeds, registered as one collector: each one's
-    families are kept from the scrape that collected them until ``apply`` changes it (prometheus_client
-    builds a sample per child and bucket, taking a lock for each value, on every collect)."""
+    family is kept from the scrape that collected it until ``apply`` feeds it, and then made again from the
+    kept samples of its children (label sets) that were not fed and prometheus_client's own samples of those
+    that were (its ``collect`` builds a sample per child and bucket, twice, formatting each bucket's bound and
+    taking a lock for each value, on every call)."""
 
     def __init__(self, instruments: Mapping[str, Any]):
         self.instruments = instruments
         self._kept: dict[str, list[Metric]] = {}
+        self._fed: dict[str, set[int]] = {}  # name -> ids of the children fed since its family was made
+        self._children: dict[str, dict[tuple, tuple]] = {}  # name -> label values -> (child, its samples)
 
-    def changed(self, name: str) -> None:
+    def fed(self, name: str, child: Any) -> None:
         self._kept.pop(name, None)
+        self._fed.setdefault(name, set()).add(id(child))  # the instrument holds its children: ids stay theirs
 
     def describe(self) -> Iterable[Metric]:
         for instrument in self.instruments.values():
@@ -123,8 +131,28 @@ class AppliedInstruments(Collector):
         for name, instrument in self.instruments.items():
             families = self._kept.get(name)
             if families is None:
-                families = self._kept[name] = list(instrument.collect())
+                families = self._kept[name] = self._collect(name, instrument)
             yield from families
+
+    def _collect(self, name: str, instrument: Any) -> list[Metric]:
+        """What ``instrument.collect()`` returns, with the samples of the children not fed since kept: per
+        child in the instrument's order, its ``_samples()`` named and labelled as its ``_multi_samples`` does."""
+        fed, kept = self._fed.pop(name, set()), self._children.get(name, {})
+        if not instrument._labelnames:
+            return list(instrument.collect())
+        with instrument._lock:
+            children = instrument._metrics.copy()
+        family, made = instrument._get_metric(), {}
+        for values, child in children.items():
+            entry = kept.get(values)
+            if entry is None or entry[0] is not child or id(child) in fed:
+                series = list(zip(instrument._labelnames, values))
+                entry = (child, [Sample(instrument._name + suffix, dict(series + list(labels.items())), *rest)
+                                 for suffix, labels, *rest in child._samples()])
+            made[values] = entry
+            family.samples.extend(entry[1])
+        self._children[name] = made
+        return [family]
 
 
 class TextFormat:
