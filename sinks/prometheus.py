@@ -14,9 +14,9 @@ Counts are exported next to every ratio, so sums over workers stay right (see de
 """
 from __future__ import annotations
 
-import math
 import time
 from array import array
+from math import copysign
 from operator import attrgetter
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping, Optional, Sequence
 
@@ -27,6 +27,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.openmetrics.exposition import _escape, escape_label_name, escape_metric_name
 from prometheus_client.openmetrics.exposition import ALLOWUTF8
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from pipeline.metrics.base import Instrument, MetricCore, Output
@@ -78,13 +79,15 @@ class PipelineMetrics:
 
     def apply(self, out: Output) -> None:
         """Counter increments and histogram observations of a batch whose data is now durable."""
-        changed = self.applied.changed
+        fed = self.applied.fed
         for (name, labels), n in out.counts.items():
-            self._by_name[name].labels(*labels).inc(n)
-            changed(name)
+            child = self._by_name[name].labels(*labels)
+            child.inc(n)
+            fed(name, child)
         for name, labels, value in out.observations:
-            self._by_name[name].labels(*labels).observe(value)
-            changed(name)
+            child = self._by_name[name].labels(*labels)
+            child.observe(value)
+            fed(name, child)
 
     def render(self) -> bytes:
         return self._text.render(self.registry.collect())
@@ -105,15 +108,20 @@ class PipelineMetrics:
 
 class AppliedInstruments(Collector):
     """The instruments only :meth:`PipelineMetrics.apply` feeds, registered as one collector: each one's
-    families are kept from the scrape that collected them until ``apply`` changes it (prometheus_client
-    builds a sample per child and bucket, taking a lock for each value, on every collect)."""
+    family is kept from the scrape that collected it until ``apply`` feeds it, and then made again from the
+    kept samples of its children (label sets) that were not fed and prometheus_client's own samples of those
+    that were (its ``collect`` builds a sample per child and bucket, twice, formatting each bucket's bound and
+    taking a lock for each value, on every call)."""
 
     def __init__(self, instruments: Mapping[str, Any]):
         self.instruments = instruments
         self._kept: dict[str, list[Metric]] = {}
+        self._fed: dict[str, set[int]] = {}  # name -> ids of the children fed since its family was made
+        self._children: dict[str, dict[tuple, tuple]] = {}  # name -> label values -> (child, its samples)
 
-    def changed(self, name: str) -> None:
+    def fed(self, name: str, child: Any) -> None:
         self._kept.pop(name, None)
+        self._fed.setdefault(name, set()).add(id(child))  # the instrument holds its children: ids stay theirs
 
     def describe(self) -> Iterable[Metric]:
         for instrument in self.instruments.values():
@@ -123,8 +131,28 @@ class AppliedInstruments(Collector):
         for name, instrument in self.instruments.items():
             families = self._kept.get(name)
             if families is None:
-                families = self._kept[name] = list(instrument.collect())
+                families = self._kept[name] = self._collect(name, instrument)
             yield from families
+
+    def _collect(self, name: str, instrument: Any) -> list[Metric]:
+        """What ``instrument.collect()`` returns, with the samples of the children not fed since kept: per
+        child in the instrument's order, its ``_samples()`` named and labelled as its ``_multi_samples`` does."""
+        fed, kept = self._fed.pop(name, set()), self._children.get(name, {})
+        if not instrument._labelnames:
+            return list(instrument.collect())
+        with instrument._lock:
+            children = instrument._metrics.copy()
+        family, made = instrument._get_metric(), {}
+        for values, child in children.items():
+            entry = kept.get(values)
+            if entry is None or entry[0] is not child or id(child) in fed:
+                series = list(zip(instrument._labelnames, values))
+                entry = (child, [Sample(instrument._name + suffix, dict(series + list(labels.items())), *rest)
+                                 for suffix, labels, *rest in child._samples()])
+            made[values] = entry
+            family.samples.extend(entry[1])
+        self._children[name] = made
+        return [family]
 
 
 class TextFormat:
@@ -159,34 +187,38 @@ class TextFormat:
 
     def _render(self, metric: Metric, before: Optional["_Rendered"]) -> "_Rendered":
         name, samples = metric.name, metric.samples
-        before_samples, before_lines, before_series = (before.samples, before.lines, before.series) \
-            if before is not None else ((), (), ())
-        reusable = min(len(before_samples), len(samples))
         lines, series, moved = [], [], []  # moved: the places of samples that go to a family of their own
-        for at, sample in enumerate(samples):
-            if at < reusable:
-                was = before_samples[at]
-                if sample is was or _same(sample, was):
-                    known = before_series[at]
-                    lines.append(before_lines[at])
-                    series.append(known)
-                    if known[0] is not None:
-                        moved.append(at)
+        if before is not None:  # the lines of the samples that print as the one at their place last time
+            reusable = min(len(before.samples), len(samples))
+            lines, series = before.lines[:reusable], before.series[:reusable]
+            moved = [at for at in before.moved if at < reusable]
+            for at, sample, was in zip(range(reusable), samples, before.samples):
+                if sample is was:
                     continue
-                # the series at this place last time is most often this one at another value
-                known = before_series[at] if sample.name == was.name and sample.labels == was.labels \
-                    else self._series(name, sample)
-            else:
-                known = self._series(name, sample)
+                sample_name, labels, value, timestamp = sample[:4]
+                # equal, and not a zero whose sign changed (0.0 == -0.0, but they print differently)
+                if value == was[2] and sample == was and (value or copysign(1.0, value) == copysign(1.0, was[2])):
+                    continue
+                known = series[at]
+                if sample_name != was[0] or labels != was[1]:  # most often the same series at another value
+                    known = series[at] = self._series(name, sample)
+                    if (known[0] is None) != (at not in moved):
+                        moved = sorted({*moved} ^ {at})
+                lines[at] = f"{known[1]}{_go(value)}\n" if timestamp is None else \
+                    f"{known[1]}{_go(value)} {int(float(timestamp) * 1000):d}\n"
+            samples_left = samples[reusable:]
+        else:
+            reusable, samples_left = 0, samples
+        for at, sample in enumerate(samples_left, reusable):
+            known = self._series(name, sample)
             series.append(known)
-            suffix, prefix = known
-            if suffix is not None:
+            if known[0] is not None:
                 moved.append(at)
-            lines.append(f"{prefix}{floatToGoString(sample.value)}\n" if sample.timestamp is None else
-                         f"{prefix}{floatToGoString(sample.value)} {int(float(sample.timestamp) * 1000):d}\n")
+            lines.append(f"{known[1]}{_go(sample.value)}\n" if sample.timestamp is None else
+                         f"{known[1]}{_go(sample.value)} {int(float(sample.timestamp) * 1000):d}\n")
         header = self._header(name, metric.type, metric.documentation)
         if not moved:
-            return _Rendered(metric.documentation, list(samples), lines, series, header + "".join(lines))
+            return _Rendered(metric.documentation, list(samples), lines, series, moved, header + "".join(lines))
         extra: dict[str, list[str]] = {}
         for at in moved:
             extra.setdefault(series[at][0], []).append(lines[at])
@@ -195,7 +227,7 @@ class TextFormat:
         for suffix, moved_lines in sorted(extra.items()):
             output.append(self._header(name + suffix, "gauge", metric.documentation, plain=True))
             output.extend(moved_lines)
-        return _Rendered(metric.documentation, list(samples), lines, series, "".join(output))
+        return _Rendered(metric.documentation, list(samples), lines, series, moved, "".join(output))
 
     def _series(self, name: str, sample: Any) -> tuple[Optional[str], str]:
         """(the OpenMetrics-only suffix that moves the sample to a family of its own, or None; its escaped
@@ -230,13 +262,14 @@ class TextFormat:
 
 
 class _Rendered:
-    """One family's text on the last page, with the samples (a copy) it was written from, and each one's line
-    and series (:meth:`TextFormat._series`)."""
+    """One family's text on the last page, with the samples (a copy) it was written from, each one's line and
+    series (:meth:`TextFormat._series`), and the places of the samples moved to a family of their own."""
 
-    __slots__ = ("documentation", "samples", "lines", "series", "text", "values")
+    __slots__ = ("documentation", "samples", "lines", "series", "moved", "text", "values")
 
-    def __init__(self, documentation: str, samples: list, lines: list, series: list, text: str):
+    def __init__(self, documentation: str, samples: list, lines: list, series: list, moved: list, text: str):
         self.documentation, self.samples, self.lines, self.series, self.text = documentation, samples, lines, series, text
+        self.moved = moved
         self.values = _value_bytes(samples) if 0 in map(_VALUE, samples) else b""  # b"": no zero
 
     def renders(self, metric: Metric) -> bool:
@@ -256,10 +289,14 @@ def _value_bytes(samples: list) -> Optional[bytes]:
         return None
 
 
-def _same(sample: Any, before: Any) -> bool:
-    """Whether a sample renders as ``before`` did: equal, and not a zero whose sign changed (0.0 == -0.0,
-    but they print differently)."""
-    return sample == before and (sample.value != 0 or math.copysign(1.0, sample.value) == math.copysign(1.0, before.value))
+def _go(value: Any) -> str:
+    """``floatToGoString(value)``: Python's repr of the float, but for values it writes otherwise (infinities,
+    NaN, and 1e6 or more, where Go switches to an exponent sooner), which it is asked for."""
+    if type(value) is float and -1e6 < value < 1e6:
+        return repr(value)
+    if type(value) is int and -1_000_000 < value < 1_000_000:
+        return repr(float(value))
+    return floatToGoString(value)
 
 
 def _sum(instrument: Any) -> float:

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from operator import add
+from itertools import chain, compress
+from operator import add, is_not, itemgetter
 from typing import Annotated, Iterable, Optional, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
@@ -58,9 +59,14 @@ class SegmentCore(MetricCore[RollingCounts]):
     dimensions: tuple[str, ...]  # attribute keys, and "source"
     max_values: int
     _merged: SummedTotals = field(default_factory=SummedTotals, init=False, repr=False, compare=False)
-    _samples: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # series -> _made's entry
-    # (the summed keys in order, each with its labels, whether a (tenant, dimension) has more segments than the cap)
+    # (the summed keys in order, their series, whether a (tenant, dimension) has more segments than the cap)
     _layout: tuple = field(default=(None, [], False), init=False, repr=False, compare=False)
+    # the last scrape's series, each one's _made entry and the counts list it was made from, and per kind the
+    # places of its series
+    _keys: list = field(default_factory=list, init=False, repr=False, compare=False)
+    _entries: list = field(default_factory=list, init=False, repr=False, compare=False)
+    _from: list = field(default_factory=list, init=False, repr=False, compare=False)
+    _kinds: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     name = "segments"
     Settings = SegmentSettings
@@ -100,10 +106,13 @@ class SegmentCore(MetricCore[RollingCounts]):
 
     def totals(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> dict[tuple[str, str, str, str, str], Totals]:
         """(tenant, kind, dimension, segment, window) -> Totals, capped per (tenant, dimension)."""
-        return {key: Totals.of(counts) for key, counts in self._capped(states, clocks)}
+        keys, sums = self._series(states, clocks)
+        return {key: Totals.of(counts) for key, counts in zip(keys, sums)}
 
-    def _capped(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> list[tuple[tuple, list[int]]]:
-        """(tenant, kind, dimension, segment, window) and its counts, capped per (tenant, dimension), sorted."""
+    def _series(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> tuple[list[tuple], list[list[int]]]:
+        """The series (tenant, kind, dimension, segment, window), capped per (tenant, dimension), sorted, and their
+        counts. While no (tenant, dimension) is over the cap, the series are the summed keys, the same list
+        object until keys come or go, and the counts the kept sums (a changed sum is a new list)."""
         merged = self._merged
         merged.update(states, clocks)
         order = merged.order()
@@ -111,13 +120,12 @@ class SegmentCore(MetricCore[RollingCounts]):
             segments = defaultdict(set)
             for (tenant, _, dimension, segment), _ in order:
                 segments[(tenant, dimension)].add(segment)
-            self._layout = (order, [((tenant, kind, dimension, segment, window), key) for key in order
-                                    for (tenant, kind, dimension, segment), window in (key,)],
+            self._layout = (order, [(tenant, kind, dimension, segment, window)
+                                    for (tenant, kind, dimension, segment), window in order],
                             any(len(found) > self.max_values for found in segments.values()))
-        _, labelled, capping = self._layout
+        _, series, capping = self._layout
         if not capping:  # ((tenant, kind, dimension, segment), window) sorts as the labels do
-            sums = merged.sums
-            return [(labels, sums[key]) for labels, key in labelled]
+            return series, list(map(merged.sums.__getitem__, order))
         largest = max(self.windows_ms, key=self.windows_ms.get)
         volume: dict[tuple[str, str], dict[str, int]] = defaultdict(lambda: defaultdict(int))
         for ((tenant, _, dimension, segment), window), counts in merged.sums.items():
@@ -132,30 +140,33 @@ class SegmentCore(MetricCore[RollingCounts]):
             kept = over.get((tenant, dimension))
             label = segment if kept is None or segment in kept else OTHER
             _accumulate(capped, (tenant, kind, dimension, label, window), counts)
-        return sorted(capped.items())
+        keys = sorted(capped)
+        return keys, [capped[key] for key in keys]
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
     def collect(self, states: Sequence[RollingCounts], clocks: Sequence[int]) -> Iterable[Metric]:
         """The families, a series' samples made again only when its counts changed, with the label sets it
-        had (the text format then reuses the lines of the others and the escaped labels of these)."""
+        had (the text format then reuses the lines of the others and the escaped labels of these). While the
+        series are the same list, only those whose counts are a new list are looked at."""
         families = self._families()
-        responses, score = families[0].samples, families[1].samples
         gauges = {"NPS": (families[2], nps), "CSAT": (families[3], csat_ratio), "CES": (families[4], ces)}
-        made, kept = self._samples, {}
-        for key, counts in self._capped(states, clocks):
-            counts = tuple(counts)
-            entry = made.get(key)
+        keys, sums = self._series(states, clocks)
+        if keys is not self._keys:  # series came or went (or are capped): the entries by series, where they were
+            made = dict(zip(self._keys, self._entries))
+            self._keys, self._entries, self._from = keys, [made.get(key) for key in keys], [None] * len(keys)
+            self._kinds = {kind: [at for at, key in enumerate(keys) if key[1] == kind] for kind in gauges}
+        entries = self._entries
+        for at in compress(range(len(sums)), map(is_not, sums, self._from)):
+            counts, entry = tuple(sums[at]), entries[at]
             if entry is None or entry[0] != counts:
-                entry = self._made(families, gauges, key, counts, entry)
-            kept[key] = entry
-            _, by_class, score_sample, gauge_sample = entry
-            responses.extend(by_class)
-            score.append(score_sample)
-            if gauge_sample is not None:
-                gauges[key[1]][0].samples.append(gauge_sample)
-        self._samples = kept
+                entries[at] = self._made(families, gauges, keys[at], counts, entry)
+        self._from = sums
+        families[0].samples.extend(chain.from_iterable(map(itemgetter(1), entries)))
+        families[1].samples.extend(map(itemgetter(2), entries))
+        for kind, (family, _) in gauges.items():  # a series with no answers has no gauge sample (None)
+            family.samples.extend(filter(None, map(itemgetter(3), map(entries.__getitem__, self._kinds[kind]))))
         return families
 
     @staticmethod

@@ -31,6 +31,7 @@ import heapq
 import sys
 from array import array
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import Annotated, Any, Callable, Iterable, NamedTuple, Optional, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
@@ -70,19 +71,43 @@ def exact_quantile(values: list[float], q: float) -> float:
     return ordered[min(int(q * len(ordered)), len(ordered) - 1)]
 
 
-def nth(parts: list[list[int]], k: int) -> int:
+def nth(parts: list[list[int]], k: int, near: Optional[int] = None) -> int:
     """The element at index ``k`` of the sorted union of sorted integer lists, without merging them: the
-    smallest value with more than ``k`` elements at or below it, found by bisecting the values."""
+    smallest value with more than ``k`` elements at or below it. From ``near`` (a guess: the last scrape's
+    answer) it is walked to value by value through the union, a few steps when a batch added or removed a
+    few values around it; else, or after ``WALK_STEPS``, found by bisecting the values."""
     if len(parts) == 1:
         return parts[0][k]
+    if near is not None:
+        found = _walk(parts, k, near)
+        if found is not None:
+            return found
     low, high = min(times[0] for times in parts), max(times[-1] for times in parts)
     while low < high:
         middle = (low + high) // 2
-        if sum(bisect.bisect_right(times, middle) for times in parts) > k:
+        if sum(map(bisect.bisect_right, parts, repeat(middle, len(parts)))) > k:
             high = middle
         else:
             low = middle + 1
     return low
+
+
+WALK_STEPS = 8
+
+
+def _walk(parts: list[list[int]], k: int, value: int) -> Optional[int]:
+    """:func:`nth` from ``value``: to the next smaller value of the union while more than ``k`` elements are
+    below it, to the next larger while ``k`` or fewer are at or below it (None: not within ``WALK_STEPS``)."""
+    for _ in range(WALK_STEPS):
+        lefts = list(map(bisect.bisect_left, parts, repeat(value, len(parts))))
+        if sum(lefts) > k:
+            value = max(times[i - 1] for times, i in zip(parts, lefts) if i)
+            continue
+        rights = list(map(bisect.bisect_right, parts, repeat(value, len(parts))))
+        if sum(rights) > k:
+            return value
+        value = min(times[i] for times, i in zip(parts, rights) if i < len(times))
+    return None
 
 
 class Measured:
@@ -207,6 +232,8 @@ class ValueState:
 class TimeToValueCore(MetricCore[ValueState]):
     windows_ms: dict[str, int]
     forget_ms: int
+    # (tenant, window, quantile) -> its value (ms) on the last scrape: where nth starts looking on the next
+    _near: dict = field(default_factory=dict, init=False, repr=False, compare=False)
     name = "time_to_value"
     Settings = TimeToValueSettings
     tables = ("customer_firsts",)
@@ -328,11 +355,15 @@ class TimeToValueCore(MetricCore[ValueState]):
 
     def collect(self, states: Sequence[ValueState], clocks: Sequence[int]) -> Iterable[Metric]:
         count_g, quantile_g = families = self._families()
+        near, found = self._near, {}
         for (tenant, window), parts in sorted(self.times(states, clocks).items()):
-            n = sum(len(times) for times in parts)
+            n = sum(map(len, parts))
             count_g.add_metric([tenant, window], n)
             for q in QUANTILES:
-                quantile_g.add_metric([tenant, window, percentile_label(q)], nth(parts, min(int(q * n), n - 1)) / 1000)
+                key = (tenant, window, q)
+                value = found[key] = nth(parts, min(int(q * n), n - 1), near.get(key))
+                quantile_g.add_metric([tenant, window, percentile_label(q)], value / 1000)
+        self._near = found
         return families
 
     @staticmethod

@@ -8,11 +8,12 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.utils import floatToGoString
 
 from benchmarks.harness import batch_records, make_events, processor_for
 from pipeline.registry import BundledRegistry
 from pipeline.wire import Codec
-from sinks.prometheus import CoreCollector, PipelineMetrics, TextFormat, instruments_of
+from sinks.prometheus import CoreCollector, PipelineMetrics, TextFormat, _go, instruments_of
 
 
 class Families:
@@ -84,6 +85,26 @@ def test_a_line_kept_from_the_last_render_is_not_reused_for_a_value_that_prints_
             gauge.add_metric([str(i)], value)
         families.families = [gauge]
         assert text.render(registry.collect()) == generate_latest(registry)
+
+
+def test_a_sample_that_moves_to_a_family_of_its_own_at_a_place_where_another_stood():
+    registry, families, text = CollectorRegistry(), Families(), TextFormat()
+    registry.register(families)
+    plain, created, gsum = ("cx_mixed", {"a": "1"}), ("cx_mixed_created", {}), ("cx_mixed_gsum", {"b": "2"})
+    for order in ([plain, created, gsum], [created, plain, gsum], [created, gsum, plain], [plain, gsum], [plain, plain],
+                  [gsum, created, plain, plain]):
+        mixed = Metric("cx_mixed", "OpenMetrics-only samples among the others", "gauge")
+        for i, (name, labels) in enumerate(order):
+            mixed.add_sample(name, {**labels, **({"i": str(i)} if name == "cx_mixed" else {})}, float(i))
+        families.families = [mixed]
+        assert text.render(registry.collect()) == generate_latest(registry)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True), st.integers(-10**20, 10**20), st.floats(-2e6, 2e6),
+                 st.sampled_from([1e6, -1e6, 999_999.9999999999, 1_000_000, -1_000_000, 999_999, 0, -0.0, 1e-7])))
+def test_a_value_is_written_as_prometheus_client_writes_it(value):
+    assert _go(value) == floatToGoString(value)
 
 
 def parsed(text: bytes) -> dict[tuple, float]:

@@ -158,13 +158,16 @@ def test_signup_wins_over_earlier_events_and_a_late_earlier_purchase_does_not_me
     assert len(out.observations) == 2 and state.customers.get("acme", "c1").purchase_ms == T0 + 3 * HOUR
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=400, deadline=None)
 @given(st.lists(st.lists(st.integers(-5, 40), min_size=1, max_size=12), min_size=1, max_size=4), st.data())
-def test_the_nth_of_sorted_lists_is_the_nth_of_their_union(parts, data):
+def test_the_nth_of_sorted_lists_is_the_nth_of_their_union_from_any_guess(parts, data):
+    """From no guess, and from any guess (in the union or not, near or far: the walk's steps run out)."""
     parts = [sorted(times) for times in parts]
     union = sorted(ms for times in parts for ms in times)
     k = data.draw(st.integers(0, len(union) - 1))
     assert nth(parts, k) == union[k]
+    for near in (data.draw(st.sampled_from(union)), data.draw(st.integers(-50, 90))):
+        assert nth(parts, k, near) == union[k], near
 
 
 def test_exact_quantiles_take_the_element_at_floor_q_n():
