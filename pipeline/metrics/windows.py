@@ -132,12 +132,7 @@ class RollingCounts:
     def add_bucket(self, key: Hashable, minute: int, counts: Sequence[int]) -> None:
         if minute <= self._pruned:
             return  # outside every window already (prune would drop it next)
-        self.version += 1
-        series = self._series.get(key)
-        if series is None:
-            series = self._series[key] = _Series(self.windows_ms, self.width)
-            self._lagging.append(series)
-        series.add(minute, counts)
+        self._changed(key).add(minute, counts)
 
     def add_buckets(self, key: Hashable, minutes: Sequence[int], counts: Sequence[Sequence[int]]) -> None:
         """:meth:`add_bucket` for each of several ascending minutes with its counts, at once."""
@@ -146,12 +141,16 @@ class RollingCounts:
             return
         if first:
             minutes, counts = minutes[first:], counts[first:]
+        self._changed(key).add_many(minutes, counts)
+
+    def _changed(self, key: Hashable) -> _Series:
+        """The key's series, about to change (made if new: its windows start before ours until advanced)."""
         self.version += 1
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(self.windows_ms, self.width)
             self._lagging.append(series)
-        series.add_many(minutes, counts)
+        return series
 
     def advance(self, clock_ms: int) -> None:
         """Move the windows to this clock (never back)."""
