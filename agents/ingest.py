@@ -24,9 +24,10 @@ class Ingest:
     current: nothing is processed during a rebalance or a rebuild. ``generation()``: the consumer's."""
 
     def __init__(self, processor: Processor, delivery: Delivery, ready: asyncio.Event, generation: Callable[[], int],
-                 max_messages: int, max_bytes: int):
+                 max_messages: int, max_bytes: int, after_batch: Callable[[], None] = lambda: None):
         self.processor, self.delivery, self.ready, self.generation = processor, delivery, ready, generation
         self.max_messages, self.max_bytes = max_messages, max_bytes
+        self.after_batch = after_batch  # the worker's garbage-collector policy (runtime/gc_policy.py)
 
     async def __call__(self, generation: int, batches: list[tuple[Any, list[Any]]], caught_up: bool = False) -> None:
         """``caught_up``: no fetched record waits behind these, so their output is flushed right after them
@@ -42,6 +43,7 @@ class Ingest:
             self.delivery.add(self.processor.process_runs([(tp.topic, tp.partition, fetched) for tp, fetched in part],
                                                           int(time.time() * 1000)),
                               [(tp, fetched[0].offset, fetched[-1].offset) for tp, fetched in part])
+            self.after_batch()
             await self.delivery.maybe_flush(caught_up=caught_up and index == len(parts))
             await self.delivery.wait_for_room()
 

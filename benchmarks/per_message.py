@@ -30,7 +30,7 @@ from pipeline.processor import Record
 from pipeline.registry import BundledRegistry
 from pipeline.settings import Settings
 from pipeline.wire import Codec
-from runtime.cli import WORKER_GC_THRESHOLDS
+from runtime.gc_policy import WORKER_GC_THRESHOLDS
 
 
 def single_records(events, codec: Codec) -> list[Record]:

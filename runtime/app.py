@@ -33,6 +33,7 @@ from pipeline.validate import Rules
 from pipeline.wire import Codec
 from runtime.batches import ack_all, batch_consumer_class
 from runtime.commits import COORDINATOR_LOGGER, CommitWatch
+from runtime.gc_policy import WORKER_GC
 from runtime.topics import ensure_topics
 from sinks.clickhouse.backend import connect
 from sinks.clickhouse.sink import ClickHouseSink
@@ -94,7 +95,8 @@ def build_app(settings: Settings) -> faust.App:
     app.transport.Consumer = batch_consumer_class(
         commits.consumer_class(), topic_sources,
         Ingest(processor, delivery, ready, generation=lambda: app.consumer_generation_id,
-               max_messages=settings.kafka.batch_max_messages, max_bytes=settings.kafka.batch_max_bytes))
+               max_messages=settings.kafka.batch_max_messages, max_bytes=settings.kafka.batch_max_bytes,
+               after_batch=WORKER_GC.after_batch))
     delivery.acknowledge = lambda acks: ack_all(app.consumer, acks)
     ingest.register_flush_timer(app, delivery, interval=0.2)  # a due flush waits at most this long
     snapshots.register(app, processor, delivery, settings.snapshot_interval.seconds)
@@ -178,6 +180,7 @@ def handle_rebalances(app: faust.App, settings: Settings, processor: Processor, 
             started = time.monotonic()
             restored = await rebuild(new)
             processor.restore(restored)
+            WORKER_GC.collect()  # the restored state, frozen: young collections never walk it
             log.info("partition state rebuilt from clickhouse", extra={
                 "partitions": new, "rows": restored.row_count(), "seconds": round(time.monotonic() - started, 3)})
         ready.set()

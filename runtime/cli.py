@@ -3,7 +3,6 @@ and an optional YAML file (--config or CXP_CONFIG_FILE); the flags below overrid
 from __future__ import annotations
 
 import argparse
-import gc
 import heapq
 import json
 import os
@@ -23,15 +22,9 @@ from rich.table import Table
 from pipeline.config import ENV_PREFIX, duration_ms
 from pipeline.settings import Settings, SettingsError
 from pipeline.validate import REASONS
+from runtime.gc_policy import WORKER_GC
 
 console = Console(stderr=True)
-
-
-# The worker's batches allocate tens of thousands of containers (decoded events, rows, the cores' updates)
-# that live until the batch or the flush ends. At Python's default 700 allocations per young collection
-# they are promoted to the old generation, and every few thousand events a full collection walks all the
-# state: ~30 % of the processing time (docs/performance.md, "The per-event path").
-WORKER_GC_THRESHOLDS = (20_000, 10, 10)
 
 
 def load_settings(args: argparse.Namespace, **overrides) -> Settings:
@@ -78,7 +71,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         import uvloop
 
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
-    gc.set_threshold(*WORKER_GC_THRESHOLDS)
+    WORKER_GC.start()
     app = build_app(settings)
     worker = BoundedWorker(app, loglevel=settings.log_level, shutdown_timeout=settings.shutdown_timeout.seconds,
                            logging_config=logging_config(settings.log_level, settings.log_format),

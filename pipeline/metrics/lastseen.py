@@ -132,18 +132,30 @@ class LastSeen:
 
     def _move(self, tenants: np.ndarray, minutes: np.ndarray, known: np.ndarray, was: np.ndarray) -> None:
         """Count the merged customers in their new last minute, and the known ones that moved on no longer
-        in the minute they leave: one add per (tenant, minute) whose count changes."""
+        in the minute they leave: the net change per (tenant, minute), added per tenant at once."""
         later = minutes[known] > was
         moved = tenants[known][later].astype(np.int64)
         codes = np.concatenate((tenants[~known].astype(np.int64) << 32 | minutes[~known].astype(np.int64),
                                 moved << 32 | minutes[known][later].astype(np.int64),
                                 moved << 32 | was[later].astype(np.int64)))
+        if not len(codes):
+            return
         signs = np.ones(len(codes), np.int64)
         signs[len(codes) - len(moved):] = -1
-        unique, inverse = np.unique(codes, return_inverse=True)
-        for code, n in zip(unique.tolist(), np.bincount(inverse, weights=signs).astype(np.int64).tolist()):
-            if n:
-                self.windows.add_bucket(self.tenant_names[code >> 32], code & 0xFFFFFFFF, (n,))
+        order = codes.argsort()
+        codes, signs = codes[order], signs[order]
+        starts = np.flatnonzero(np.concatenate(([True], codes[1:] != codes[:-1])))
+        net = np.add.reduceat(signs, starts)
+        changed = net != 0
+        codes, net = codes[starts][changed], net[changed]
+        if not len(codes):
+            return
+        tenant_codes = codes >> 32
+        bounds = [0, *(np.flatnonzero(tenant_codes[1:] != tenant_codes[:-1]) + 1).tolist(), len(codes)]
+        minutes_of, counts = (codes & 0xFFFFFFFF).tolist(), [(n,) for n in net.tolist()]
+        for start, end in zip(bounds, bounds[1:]):  # one run of ascending minutes per tenant
+            self.windows.add_buckets(self.tenant_names[int(tenant_codes[start])], minutes_of[start:end],
+                                     counts[start:end])
 
     def expire(self, oldest_minute: int) -> None:
         """Forget customers last seen at or before ``oldest_minute``."""

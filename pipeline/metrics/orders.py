@@ -39,6 +39,7 @@ import bisect
 import sys
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Iterable, Optional, Sequence
 
 from prometheus_client.core import GaugeMetricFamily
@@ -156,9 +157,8 @@ class OrdersCore(MetricCore[OrdersState]):
         state.active.note_customers(batch.customers())
         events, hashes = batch.of_source(SOURCE)
         if events:
-            state.source_clock_ms = max(state.source_clock_ms, max(event["event_time"] for event in events))
-        for event, tie in zip(events, hashes):
-            if event["event_type"] == "purchase":
+            state.source_clock_ms = max(state.source_clock_ms, max(map(itemgetter("event_time"), events)))
+            for event, tie in [(event, tie) for event, tie in zip(events, hashes) if event["event_type"] == "purchase"]:
                 self._purchase(state, event, tie)
 
     def _purchase(self, state: OrdersState, event: dict, tie: int) -> None:

@@ -73,7 +73,7 @@ def fold(first_ms: Optional[int], active: int, times: Iterable[int]) -> tuple[in
 def row_version(first_ms: int, active: int) -> int:
     """Grows with every change of a row: an earlier first event (by at least 16, more than the active weeks
     it can shift out) or, with the same first event, one more active week."""
-    return (FIRST_MS_CEILING - first_ms) * 16 + bin(active).count("1")
+    return (FIRST_MS_CEILING - first_ms) * 16 + active.bit_count()
 
 
 class RetentionSettings(Section):
@@ -196,9 +196,13 @@ class RetentionCore(MetricCore[RetentionState]):
             known = zip(state.first_ms[at].tolist(), state.active[at].tolist(), state.tenants[at].tolist())
         else:
             known = iter(lambda: (0, 0, 0), None)
-        rows, late = out.rows["retention"], []
-        for (tenant, customer_id), times, key, i, in_arrays, old, values in zip(
-                customers.keys, customers.times, keys.tolist(), at.tolist(), tracked.tolist(), member.tolist(), known):
+        firsts = customers.firsts()
+        first_weeks = ((firsts // DAY_MS + 3) // 7).tolist()  # week_of, for the batch at once
+        last_weeks = ((customers.lasts() // DAY_MS + 3) // 7).tolist()
+        rows, late, new_row, partition = out.rows["retention"], [], tuple.__new__, batch.partition
+        for (tenant, customer_id), times, key, i, in_arrays, old, values, batch_first, week, last_week in zip(
+                customers.keys, customers.times, keys.tolist(), at.tolist(), tracked.tolist(), member.tolist(), known,
+                firsts.tolist(), first_weeks, last_weeks):
             fresh = state.fresh.get(key)
             if fresh is not None:
                 first, active, index = fresh
@@ -208,13 +212,20 @@ class RetentionCore(MetricCore[RetentionState]):
                 continue  # a customer of a dropped cohort: their row is final
             else:
                 first, active, index = None, 0, state.tenant(tenant)
-            new_first, new_active = fold(first, active, times)
-            if (new_first, new_active) == (first, active):
+            # fold() without a step per event when the batch's events share one week, not before the first
+            if week != last_week or (first is not None and batch_first < first):
+                new_first, new_active = fold(first, active, times)
+                cohort = week_of(new_first)
+            elif first is None:
+                new_first, new_active, cohort = batch_first, 1, week
+            else:
+                new_first, cohort = first, week_of(first)
+                new_active = active | 1 << (week - cohort) if week - cohort <= AGES else active
+            if new_first == first and new_active == active:
                 continue
             if first is not None:
                 state.count(index, first, active, -1)
             state.count(index, new_first, new_active, 1)
-            cohort = week_of(new_first)
             if cohort < state.oldest_week:
                 late.append(key)  # an event older than every tracked cohort: the customer joins a dropped one
             if fresh is not None:
@@ -223,9 +234,9 @@ class RetentionCore(MetricCore[RetentionState]):
                 state.first_ms[i], state.active[i] = new_first, new_active
             else:
                 state.fresh[key] = [new_first, new_active, index]
-            rows.append(RetentionRow(tenant=tenant, customer_id=customer_id, cohort_week=week_start_ms(cohort) // 1000,
-                                     first_ms=new_first, active_weeks=new_active,
-                                     version=row_version(new_first, new_active), kafka_partition=batch.partition))
+            # RetentionRow's fields in order, made without keyword parsing (a row for every customer that changed)
+            rows.append(new_row(RetentionRow, (tenant, customer_id, week_start_ms(cohort) // 1000, new_first, new_active,
+                                               row_version(new_first, new_active), partition)))
         if late:
             state.make_members(late)
         elif len(state.fresh) > max(4096, len(state.keys) // 8):

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from array import array
 from bisect import bisect_left, bisect_right
+from itertools import accumulate
 from operator import add, sub
 from typing import Hashable, Sequence
 
@@ -60,6 +61,33 @@ class _Series:
                 acc = sums[label]
                 for i, value in nonzero:
                     acc[i] += value
+
+    def add_many(self, minutes: Sequence[int], counts: Sequence[Sequence[int]]) -> None:
+        """:meth:`add` for each of several ascending minutes and its counts, each window's sums updated once (from
+        the counts' sums over the minutes after the window's start, summed from the last minute back)."""
+        series, values, width = self.minutes, self.values, self.width
+        for minute, vector in zip(minutes, counts):
+            if series and series[-1] == minute:
+                at = (len(series) - 1) * width
+            elif not series or series[-1] < minute:
+                at = len(values)
+                series.append(minute)
+                values.extend([0] * width)
+            else:  # a late minute
+                i = bisect_left(series, minute)
+                at = i * width
+                if series[i] != minute:
+                    series.insert(i, minute)
+                    values[at:at] = [0] * width
+            for i, value in enumerate(vector):
+                values[at + i] += value
+        after = [list(accumulate(column[::-1]))[::-1] for column in zip(*counts)]  # per count: sums from a minute on
+        for label, start in self.starts.items():
+            first = bisect_right(minutes, start)
+            if first < len(minutes):
+                acc = self.sums[label]
+                for i, sums in enumerate(after):
+                    acc[i] += sums[first]
 
     def advance(self, label: str, start: int) -> None:
         """Move a window's lower bound forward, subtracting the buckets it leaves behind."""
@@ -104,12 +132,25 @@ class RollingCounts:
     def add_bucket(self, key: Hashable, minute: int, counts: Sequence[int]) -> None:
         if minute <= self._pruned:
             return  # outside every window already (prune would drop it next)
+        self._changed(key).add(minute, counts)
+
+    def add_buckets(self, key: Hashable, minutes: Sequence[int], counts: Sequence[Sequence[int]]) -> None:
+        """:meth:`add_bucket` for each of several ascending minutes with its counts, at once."""
+        first = bisect_right(minutes, self._pruned)
+        if first == len(minutes):
+            return
+        if first:
+            minutes, counts = minutes[first:], counts[first:]
+        self._changed(key).add_many(minutes, counts)
+
+    def _changed(self, key: Hashable) -> _Series:
+        """The key's series, about to change (made if new: its windows start before ours until advanced)."""
         self.version += 1
         series = self._series.get(key)
         if series is None:
             series = self._series[key] = _Series(self.windows_ms, self.width)
             self._lagging.append(series)
-        series.add(minute, counts)
+        return series
 
     def advance(self, clock_ms: int) -> None:
         """Move the windows to this clock (never back)."""
