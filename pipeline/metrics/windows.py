@@ -37,20 +37,23 @@ class _Series:
         self.sums = {label: [0] * width for label in labels}
         self.starts = {label: -(2**62) for label in labels}  # minutes <= start are outside the window
 
-    def add(self, minute: int, counts: Sequence[int]) -> None:
+    def _bucket(self, minute: int) -> int:
+        """Where the minute's counts start in ``values``, its bucket made (zeros) if new."""
         minutes, width = self.minutes, self.width
         if minutes and minutes[-1] == minute:
-            at = (len(minutes) - 1) * width
-        elif not minutes or minutes[-1] < minute:
-            at = len(self.values)
+            return (len(minutes) - 1) * width
+        if not minutes or minutes[-1] < minute:
             minutes.append(minute)
             self.values.extend([0] * width)
-        else:  # a late minute
-            i = bisect_left(minutes, minute)
-            at = i * width
-            if minutes[i] != minute:
-                minutes.insert(i, minute)
-                self.values[at:at] = [0] * width
+            return len(self.values) - width
+        i = bisect_left(minutes, minute)  # a late minute
+        if minutes[i] != minute:
+            minutes.insert(i, minute)
+            self.values[i * width:i * width] = [0] * width
+        return i * width
+
+    def add(self, minute: int, counts: Sequence[int]) -> None:
+        at = self._bucket(minute)
         nonzero = [(i, value) for i, value in enumerate(counts) if value]  # adding 0 changes nothing
         values = self.values
         for i, value in nonzero:
@@ -65,20 +68,9 @@ class _Series:
     def add_many(self, minutes: Sequence[int], counts: Sequence[Sequence[int]]) -> None:
         """:meth:`add` for each of several ascending minutes and its counts, each window's sums updated once (from
         the counts' sums over the minutes after the window's start, summed from the last minute back)."""
-        series, values, width = self.minutes, self.values, self.width
+        values, bucket = self.values, self._bucket
         for minute, vector in zip(minutes, counts):
-            if series and series[-1] == minute:
-                at = (len(series) - 1) * width
-            elif not series or series[-1] < minute:
-                at = len(values)
-                series.append(minute)
-                values.extend([0] * width)
-            else:  # a late minute
-                i = bisect_left(series, minute)
-                at = i * width
-                if series[i] != minute:
-                    series.insert(i, minute)
-                    values[at:at] = [0] * width
+            at = bucket(minute)
             for i, value in enumerate(vector):
                 values[at + i] += value
         after = [list(accumulate(column[::-1]))[::-1] for column in zip(*counts)]  # per count: sums from a minute on
