@@ -45,7 +45,8 @@ RetentionRow = ROWS["retention"]
 
 
 def week_of(ms: int) -> int:
-    """The ISO week (Monday to Monday, UTC) of an epoch millisecond, numbered from the one of 1970-01-01."""
+    """The ISO week (Monday to Monday, UTC) of an epoch millisecond, numbered from the one of 1970-01-01 (also
+    elementwise, of a numpy array of them)."""
     return (ms // DAY_MS + 3) // 7
 
 
@@ -197,8 +198,7 @@ class RetentionCore(MetricCore[RetentionState]):
         else:
             known = iter(lambda: (0, 0, 0), None)
         firsts = customers.firsts()
-        first_weeks = ((firsts // DAY_MS + 3) // 7).tolist()  # week_of, for the batch at once
-        last_weeks = ((customers.lasts() // DAY_MS + 3) // 7).tolist()
+        first_weeks, last_weeks = week_of(firsts).tolist(), week_of(customers.lasts()).tolist()  # for the batch at once
         rows, late, new_row, partition = out.rows["retention"], [], tuple.__new__, batch.partition
         for (tenant, customer_id), times, key, i, in_arrays, old, values, batch_first, week, last_week in zip(
                 customers.keys, customers.times, keys.tolist(), at.tolist(), tracked.tolist(), member.tolist(), known,
