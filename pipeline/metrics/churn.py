@@ -30,6 +30,7 @@ level last signalled). A customer without events for ``forget`` (90 days) is dro
 from __future__ import annotations
 
 import heapq
+import math
 import struct
 import sys
 import time
@@ -336,34 +337,24 @@ def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
     """The earliest clock after ``clock_ms`` at which the clock alone may change the score, or forget them: the
     earliest of the change times below that lies after ``clock_ms`` (runs once per scored customer, so no list)."""
     last, memory = c.last_ms, cfg.memory_ms
-    found = None
+    found = math.inf
     for ms in (last + cfg.inactivity_ms, last + cfg.forget_ms):
-        if ms > clock_ms and (found is None or ms < found):
+        if clock_ms < ms < found:
             found = ms
     for ms in (c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms):
-        if ms:
-            ms += memory
-            if ms > clock_ms and (found is None or ms < found):
-                found = ms
+        if ms and clock_ms < ms + memory < found:
+            found = ms + memory
     for ms, _ in c.complaints:
-        if ms:
-            ms += memory
-            if ms > clock_ms and (found is None or ms < found):
-                found = ms
-    if c.breach and c.breach[0]:
-        ms = c.breach[0] + memory
-        if ms > clock_ms and (found is None or ms < found):
-            found = ms
-    if c.handoff_ms > c.resolved_ms:
-        ms = c.handoff_ms + cfg.handoff_timeout_ms
-        if ms > clock_ms and (found is None or ms < found):
-            found = ms
+        if ms and clock_ms < ms + memory < found:
+            found = ms + memory
+    if c.breach and c.breach[0] and clock_ms < c.breach[0] + memory < found:
+        found = c.breach[0] + memory
+    if c.handoff_ms > c.resolved_ms and clock_ms < c.handoff_ms + cfg.handoff_timeout_ms < found:
+        found = c.handoff_ms + cfg.handoff_timeout_ms
     today = clock_ms // DAY_MS
-    if c.days and last // DAY_MS + DAY_BITS > today:
-        ms = (today + 1) * DAY_MS  # the activity-drop days move at midnight
-        if ms > clock_ms and (found is None or ms < found):
-            found = ms
-    return clock_ms + cfg.forget_ms if found is None else found
+    if c.days and last // DAY_MS + DAY_BITS > today and clock_ms < (today + 1) * DAY_MS < found:
+        found = (today + 1) * DAY_MS  # the activity-drop days move at midnight
+    return clock_ms + cfg.forget_ms if found == math.inf else found
 
 
 SLOT_BITS, KEY_BITS = 32, 64  # a timer is one int, due ms, customer key, slot: ordered as (due ms, key)
