@@ -189,6 +189,9 @@ class SpikeState:
 
     def opened(self, tenant: str, minute: int) -> None:
         self.counts[tenant][minute] += 1
+        self.tenant_changed(tenant)
+
+    def tenant_changed(self, tenant: str) -> None:
         self.changes += 1
         self.changed[tenant] = self.changes
 
@@ -256,8 +259,7 @@ class ComplaintSpikeCore(MetricCore[SpikeState]):
                 for minute in forgotten:
                     del counts[minute]
                 if forgotten:
-                    state.changes += 1
-                    state.changed[tenant] = state.changes
+                    state.tenant_changed(tenant)
                 if not counts:
                     del state.counts[tenant]
         state.clock_ms = clock_ms
