@@ -207,11 +207,12 @@ class FunnelState:
     # start minute -> keys of tracks with an attempt starting then: the tracks a moving window boundary passes
     starts: dict[int, list[tuple[str, str, int]]] = field(default_factory=dict)
 
-    def track(self, key: tuple[str, str, int], first_ms: int, width: int) -> _Track:
+    def track(self, key: tuple[str, str, int], first_ms: int, funnel: Funnel) -> _Track:
         track = self.tracks.get(key)
         if track is None:
             key = (sys.intern(key[0]), key[1], key[2])  # a tenant's name once, not once per customer
-            track = self.tracks[key] = _Track(key, width)
+            # an attempt: start, level, row version, then the times of steps 2..n
+            track = self.tracks[key] = _Track(key, len(funnel.steps) + 2)
             heapq.heappush(self.expiry, (first_ms, key))
             self.tracked[key[0], key[2]] = self.tracked.get((key[0], key[2]), 0) + 1
         return track
@@ -313,7 +314,7 @@ class FunnelCore(MetricCore[FunnelState]):
         tracks, funnels = state.tracks, self.funnels
         for key, items in pending.items():
             funnel = funnels[key[2]]
-            track = tracks.get(key) or state.track(key, items[0], len(funnel.steps) + 2)
+            track = tracks.get(key) or state.track(key, items[0], funnel)
             if track.append(items):
                 # events after every one held only extend chains: no attempt's level falls, so the gauge's
                 # counts move by the changed attempts alone
@@ -509,8 +510,7 @@ class FunnelCore(MetricCore[FunnelState]):
             for row in rows:
                 if row.funnel in index_of:
                     index = index_of[row.funnel]
-                    track = state.track((row.tenant, row.customer_id, index), row.started_ms,
-                                        len(self.funnels[index].steps) + 2)
+                    track = state.track((row.tenant, row.customer_id, index), row.started_ms, self.funnels[index])
                     attempts, p = track.attempts, track.since(row.started_ms)
                     if p == len(attempts) or attempts[p] != row.started_ms:
                         # level 0: counts nowhere yet
@@ -525,7 +525,7 @@ class FunnelCore(MetricCore[FunnelState]):
                 mask = funnel.step_mask(row.source, event)
                 if mask:
                     key = (row.tenant, row.customer_id, index)
-                    track = state.track(key, row.event_ms, len(funnel.steps) + 2)
+                    track = state.track(key, row.event_ms, funnel)
                     track.insert(row.event_ms, id_key(row.event_id), mask)
                     touched.add(key)
         for key in touched:
