@@ -492,9 +492,10 @@ class ChurnCore(MetricCore[ChurnState]):
     def new_state(self, partition: int) -> ChurnState:
         return ChurnState(partition=partition)
 
-    def _touch(self, state: ChurnState, tenant: str, customer_id: str, create: bool = True) -> Optional[Customer]:
+    def _touch(self, state: ChurnState, tenant: str, customer_id: str, create: bool = True,
+               key: Optional[int] = None) -> Optional[Customer]:
         """The customer, loaded and marked dirty (stored back by ``tick``). A new one is created, unless not
-        ``create`` (then None)."""
+        ``create`` (then None); ``key``: their customer_key, when known."""
         c = state.dirty.get((tenant, customer_id))
         if c is None:
             slot = state.slot(tenant, customer_id)
@@ -503,7 +504,7 @@ class ChurnCore(MetricCore[ChurnState]):
             elif not create:
                 return None
             else:
-                c = self._new(state, tenant, customer_id)
+                c = self._new(state, tenant, customer_id, key)
             state.dirty[(tenant, customer_id)] = c
         return c
 
@@ -519,21 +520,11 @@ class ChurnCore(MetricCore[ChurnState]):
     def add(self, state: ChurnState, batch: Batch, out: Output) -> None:
         """Each customer of the batch is touched once (the batch's customer view), with all their event times;
         then the CRM and chatbot events that are evidence note their times."""
-        dirty, slot_of, load = state.dirty, state.slot, state.load
-        customers = batch.customers()
-        hashes = None  # the view's customer_key of each customer, for the new ones (hashed once per batch anyway)
+        touch, customers = self._touch, batch.customers()
         clock = state.clock_ms
-        for i, (key, times) in enumerate(zip(customers.keys, customers.times)):
-            c = dirty.get(key)  # _touch, inline (the view's key is the (tenant, customer id) tuple dirty is keyed by)
-            if c is None:
-                slot = slot_of(*key)
-                if slot is not None:
-                    c = load(slot)
-                else:
-                    if hashes is None:
-                        hashes = customers.hashes().tolist()
-                    c = self._new(state, *key, hashes[i])
-                dirty[key] = c
+        # each customer's customer_key from the view (hashed once per batch, for the cores that read it), for new ones
+        for (tenant, customer_id), times, key in zip(customers.keys, customers.times, customers.hashes().tolist()):
+            c = touch(state, tenant, customer_id, key=key)
             if len(times) == 1:
                 latest = times[0]
                 c.seen(latest)
@@ -549,7 +540,7 @@ class ChurnCore(MetricCore[ChurnState]):
                 if attribute:
                     customer_id = event.get("customer_id")
                     if customer_id is not None:
-                        dirty[event["tenant"], customer_id].note_time(attribute, event["event_time"])
+                        state.dirty[event["tenant"], customer_id].note_time(attribute, event["event_time"])
 
     def take(self, state: ChurnState, facts: Facts, out: Output) -> None:
         """NPS answers, complaints opened and SLA breaches: their customers become dirty."""
