@@ -524,13 +524,13 @@ class ChurnCore(MetricCore[ChurnState]):
         touch, customers = self._touch, batch.customers()
         clock = state.clock_ms
         # each customer's customer_key from the view (hashed once per batch, for the cores that read it), for new ones
-        for (tenant, customer_id), times, key in zip(customers.keys, customers.times, customers.hashes().tolist()):
+        for (tenant, customer_id), times, key, first, latest in zip(
+                customers.keys, customers.times, customers.hashes().tolist(), customers.firsts().tolist(),
+                customers.lasts().tolist()):
             c = touch(state, tenant, customer_id, key=key)
-            if len(times) == 1:
-                latest = times[0]
-                c.seen(latest)
+            if first // DAY_MS == latest // DAY_MS:
+                c.seen(latest)  # all on the latest's day: its bit is all the others would set
             else:
-                latest = max(times)
                 c.seen_all(times)
             if latest > clock:
                 clock = latest

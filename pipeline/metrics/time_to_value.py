@@ -275,9 +275,9 @@ class TimeToValueCore(MetricCore[ValueState]):
             dirty[slot] = key
         values.extend(fresh)
         bought: dict[int, int] = {}  # slot -> time of the earliest purchase in the batch
-        for event in batch.of_source("web")[0]:
+        for event in [event for event in batch.of_source("web")[0] if event["event_type"] in ("signup", "purchase")]:
             kind, customer_id = event["event_type"], event.get("customer_id")
-            if kind not in ("signup", "purchase") or customer_id is None:
+            if customer_id is None:
                 continue
             slot, at = customers.slots[event["tenant"]][customer_id], event["event_time"]
             if kind == "signup":
