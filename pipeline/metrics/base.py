@@ -45,7 +45,7 @@ from prometheus_client.metrics_core import Metric
 
 from pipeline.config import Section
 from pipeline.dedup import id_hash
-from pipeline.metrics.lastseen import MINUTE_MS, customer_keys
+from pipeline.metrics.lastseen import MINUTE_MS, customer_key
 
 State = TypeVar("State")
 ADD, TAKE, TICK = "add", "take", "tick"  # the phases a fact can be published in
@@ -61,12 +61,11 @@ class Customers:
     def __init__(self, events: Sequence[dict]):
         self.events = events  # the batch's, in order
         groups: dict[tuple[str, str], list[int]] = {}
-        group = groups.get
         for event in events:
             customer_id = event.get("customer_id")
             if customer_id is not None:
                 key = (event["tenant"], customer_id)
-                times = group(key)
+                times = groups.get(key)
                 if times is None:
                     groups[key] = [event["event_time"]]
                 else:
@@ -85,7 +84,8 @@ class Customers:
     def hashes(self) -> np.ndarray:
         """:func:`~pipeline.metrics.lastseen.customer_key` of each customer (uint64), hashed once per batch."""
         if self._hashes is None:
-            self._hashes = np.fromiter(customer_keys(self.keys), np.uint64, len(self.keys))
+            self._hashes = np.fromiter((customer_key(tenant, customer_id) for tenant, customer_id in self.keys),
+                                       np.uint64, len(self.keys))
         return self._hashes
 
     def sorted_hashes(self) -> tuple[np.ndarray, np.ndarray, bool]:

@@ -15,7 +15,7 @@ in each merge), so the customers active in a window are read from running sums, 
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Hashable, Iterable, Iterator, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Hashable, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -28,16 +28,8 @@ if TYPE_CHECKING:
 MINUTE_MS = 60_000
 
 
-_JOINED = "\x1f".join  # (tenant, customer id) -> the text a customer_key hashes
-
-
 def customer_key(tenant: str, customer_id: str) -> int:
-    return id_hash(_JOINED((tenant, customer_id)))
-
-
-def customer_keys(pairs: Iterable[tuple[str, str]]) -> Iterator[int]:
-    """:func:`customer_key` of each (tenant, customer id), with no Python step per pair but the hash."""
-    return map(id_hash, map(_JOINED, pairs))
+    return id_hash(f"{tenant}\x1f{customer_id}")
 
 
 def insert_sorted(arrays: Sequence[np.ndarray], at: np.ndarray, values: Sequence[np.ndarray]) -> list[np.ndarray]:
