@@ -37,6 +37,7 @@ from __future__ import annotations
 from collections import Counter, defaultdict, namedtuple
 from dataclasses import dataclass, field
 from functools import lru_cache
+from operator import itemgetter
 from typing import Any, ClassVar, Generic, Iterable, Mapping, NamedTuple, Optional, Sequence, TypeVar, Union
 
 import numpy as np
@@ -100,10 +101,10 @@ class Customers:
     def tenants(self) -> tuple[list[str], np.ndarray]:
         """(the batch's tenants in order of first appearance, each customer's tenant as an index into them)."""
         if self._tenants is None:
-            index: dict[str, int] = {}
-            codes = np.fromiter((index.setdefault(tenant, len(index)) for tenant, _ in self.keys), np.int64,
-                                len(self.keys))
-            self._tenants = (list(index), codes)
+            tenants = list(map(itemgetter(0), self.keys))
+            names = list(dict.fromkeys(tenants))
+            index = {tenant: i for i, tenant in enumerate(names)}
+            self._tenants = (names, np.fromiter(map(index.__getitem__, tenants), np.int64, len(tenants)))
         return self._tenants
 
     def firsts(self) -> np.ndarray:

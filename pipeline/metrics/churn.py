@@ -341,16 +341,17 @@ def next_change_ms(c: Customer, clock_ms: int, cfg: ChurnConfig) -> int:
     for ms in (last + cfg.inactivity_ms, last + cfg.forget_ms):
         if clock_ms < ms < found:
             found = ms
-    for ms in (c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms):
-        if ms and clock_ms < ms + memory < found:
-            found = ms + memory
-    for ms, _ in c.complaints:
-        if ms and clock_ms < ms + memory < found:
-            found = ms + memory
-    if c.breach and c.breach[0] and clock_ms < c.breach[0] + memory < found:
-        found = c.breach[0] + memory
-    if c.handoff_ms > c.resolved_ms and clock_ms < c.handoff_ms + cfg.handoff_timeout_ms < found:
-        found = c.handoff_ms + cfg.handoff_timeout_ms
+    if c.nps_ms or c.downgrade_ms or c.abandoned_ms or c.handoff_ms or c.complaints or c.breach:  # most have none
+        for ms in (c.nps_ms, c.downgrade_ms, c.abandoned_ms, c.handoff_ms):
+            if ms and clock_ms < ms + memory < found:
+                found = ms + memory
+        for ms, _ in c.complaints:
+            if ms and clock_ms < ms + memory < found:
+                found = ms + memory
+        if c.breach and c.breach[0] and clock_ms < c.breach[0] + memory < found:
+            found = c.breach[0] + memory
+        if c.handoff_ms > c.resolved_ms and clock_ms < c.handoff_ms + cfg.handoff_timeout_ms < found:
+            found = c.handoff_ms + cfg.handoff_timeout_ms
     today = clock_ms // DAY_MS
     if c.days and last // DAY_MS + DAY_BITS > today and clock_ms < (today + 1) * DAY_MS < found:
         found = (today + 1) * DAY_MS  # the activity-drop days move at midnight
@@ -523,13 +524,13 @@ class ChurnCore(MetricCore[ChurnState]):
         touch, customers = self._touch, batch.customers()
         clock = state.clock_ms
         # each customer's customer_key from the view (hashed once per batch, for the cores that read it), for new ones
-        for (tenant, customer_id), times, key in zip(customers.keys, customers.times, customers.hashes().tolist()):
+        for (tenant, customer_id), times, key, first, latest in zip(
+                customers.keys, customers.times, customers.hashes().tolist(), customers.firsts().tolist(),
+                customers.lasts().tolist()):
             c = touch(state, tenant, customer_id, key=key)
-            if len(times) == 1:
-                latest = times[0]
-                c.seen(latest)
+            if first // DAY_MS == latest // DAY_MS:
+                c.seen(latest)  # all on the latest's day: its bit is all the others would set
             else:
-                latest = max(times)
                 c.seen_all(times)
             if latest > clock:
                 clock = latest
@@ -565,12 +566,13 @@ class ChurnCore(MetricCore[ChurnState]):
         """Score the customers the batch touched, then those whose timer is due, at the batch's clock.
         Once per batch, not per event: events of one batch arriving out of order across topics
         would otherwise flip a level back and forth within the batch."""
-        state.clock_ms = max(state.clock_ms, clock_ms)
+        state.clock_ms = clock_ms = max(state.clock_ms, clock_ms)
+        place, evaluate, store = state.place, self._evaluate, state.store
         for c in state.dirty.values():
             if c.slot < 0:
-                state.place(c)  # before its first timer
-            self._evaluate(state, c, state.clock_ms, out)
-            state.store(c)
+                place(c)  # before its first timer
+            evaluate(state, c, clock_ms, out)
+            store(c)
         state.dirty.clear()
         timers, limit = state.timers, (state.clock_ms + 1) << (KEY_BITS + SLOT_BITS)
         while timers and timers[0] < limit:

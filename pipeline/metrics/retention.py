@@ -25,6 +25,8 @@ active week), and the state is rebuilt from every row of the partition on assign
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import concat
 from typing import Any, Iterable, Optional, Sequence
 
 import numpy as np
@@ -33,7 +35,7 @@ from prometheus_client.metrics_core import Metric
 from pydantic import Field
 
 from pipeline.config import Section
-from pipeline.metrics.base import Batch, MetricCore, Output, Restore
+from pipeline.metrics.base import Batch, Customers, MetricCore, Output, Restore
 from pipeline.metrics.lastseen import customer_key, insert_sorted
 from pipeline.tables import ROWS
 
@@ -117,7 +119,8 @@ class RetentionState:
             (self.keys, self.first_ms, self.active, self.tenants), at,
             (keys, values[:, 0], values[:, 1].astype(np.uint16), values[:, 2].astype(np.uint16)))
 
-    def count(self, tenant: int, first_ms: int, active: int, sign: int) -> None:
+    def count(self, tenant: int, first_ms: int, active: int, by: int) -> None:
+        """Add ``by`` customers (negative: remove them) with this first event and these active weeks."""
         cohort = week_of(first_ms)
         if cohort < self.oldest_week:
             return
@@ -127,7 +130,7 @@ class RetentionState:
         active &= ALL_WEEKS
         while active:  # each set bit (age), lowest first
             low = active & -active
-            counts[low.bit_length() - 1] += sign
+            counts[low.bit_length() - 1] += by
             active ^= low
         if not counts[0]:
             del self.counts[(tenant, cohort)]
@@ -192,17 +195,28 @@ class RetentionCore(MetricCore[RetentionState]):
         keys = customers.hashes()
         at, tracked = _found(state.keys, keys)
         _, member = _found(state.members, keys)
+        firsts = customers.firsts()
+        first_weeks, last_weeks = week_of(firsts), week_of(customers.lasts())  # for the batch at once
+        rows, late, partition = out.rows["retention"], [], batch.partition
+        # customers the state has never seen, all of whose events share one week: added for the batch at once
+        # (unless two customers share a key, when the second must see the first)
+        first_seen = ~(tracked | member) & (first_weeks == last_weeks) & customers.sorted_hashes()[2]
+        if state.fresh:
+            first_seen &= ~np.fromiter(map(state.fresh.__contains__, keys.tolist()), bool, len(keys))
+        if first_seen.any():
+            self._add_first_seen(state, customers, np.flatnonzero(first_seen), rows, late, partition)
+        others = np.flatnonzero(~first_seen)
+        at = at[others]
         if len(state.keys):  # every customer's values in three array reads, not one numpy scalar at a time
             at = np.minimum(at, len(state.keys) - 1)
             known = zip(state.first_ms[at].tolist(), state.active[at].tolist(), state.tenants[at].tolist())
         else:
             known = iter(lambda: (0, 0, 0), None)
-        firsts = customers.firsts()
-        first_weeks, last_weeks = week_of(firsts).tolist(), week_of(customers.lasts()).tolist()  # for the batch at once
-        rows, late, new_row, partition = out.rows["retention"], [], tuple.__new__, batch.partition
-        for (tenant, customer_id), times, key, i, in_arrays, old, values, batch_first, week, last_week in zip(
-                customers.keys, customers.times, keys.tolist(), at.tolist(), tracked.tolist(), member.tolist(), known,
-                firsts.tolist(), first_weeks, last_weeks):
+        new_row, batch_keys, batch_times = tuple.__new__, customers.keys, customers.times
+        for i, key, j, in_arrays, old, values, batch_first, week, last_week in zip(
+                others.tolist(), keys[others].tolist(), at.tolist(), tracked[others].tolist(), member[others].tolist(),
+                known,
+                firsts[others].tolist(), first_weeks[others].tolist(), last_weeks[others].tolist()):
             fresh = state.fresh.get(key)
             if fresh is not None:
                 first, active, index = fresh
@@ -211,10 +225,10 @@ class RetentionCore(MetricCore[RetentionState]):
             elif old:
                 continue  # a customer of a dropped cohort: their row is final
             else:
-                first, active, index = None, 0, state.tenant(tenant)
+                first, active, index = None, 0, state.tenant(batch_keys[i][0])
             # fold() without a step per event when the batch's events share one week, not before the first
             if week != last_week or (first is not None and batch_first < first):
-                new_first, new_active = fold(first, active, times)
+                new_first, new_active = fold(first, active, batch_times[i])
                 cohort = week_of(new_first)
             elif first is None:
                 new_first, new_active, cohort = batch_first, 1, week
@@ -231,16 +245,43 @@ class RetentionCore(MetricCore[RetentionState]):
             if fresh is not None:
                 fresh[0], fresh[1] = new_first, new_active
             elif in_arrays:
-                state.first_ms[i], state.active[i] = new_first, new_active
+                state.first_ms[j], state.active[j] = new_first, new_active
             else:
                 state.fresh[key] = [new_first, new_active, index]
             # RetentionRow's fields in order, made without keyword parsing (a row for every customer that changed)
-            rows.append(new_row(RetentionRow, (tenant, customer_id, week_start_ms(cohort) // 1000, new_first, new_active,
+            rows.append(new_row(RetentionRow, (*batch_keys[i], week_start_ms(cohort) // 1000, new_first, new_active,
                                                row_version(new_first, new_active), partition)))
         if late:
             state.make_members(late)
         elif len(state.fresh) > max(4096, len(state.keys) // 8):
             state.merge()
+
+    @staticmethod
+    def _add_first_seen(state: RetentionState, customers: Customers, seen: np.ndarray, rows: list, late: list,
+                        partition: int) -> None:
+        """The batch's customers at ``seen``, new to the state, each with events in one week only: their first
+        event is the batch's earliest, their cohort its week, active at age 0 only (what the loop of ``add``
+        makes of each), counted per (tenant, cohort) and their rows made at once."""
+        names, codes = customers.tenants()
+        codes = codes[seen]
+        for code in dict.fromkeys(codes.tolist()):  # tenants new to the state, in order of appearance
+            state.tenant(names[code])
+        tenants = np.array([state.tenant_index.get(name, 0) for name in names], np.int64)[codes]
+        firsts = customers.firsts()[seen]
+        cohorts = week_of(firsts)
+        oldest = int(cohorts.min())  # a batch's weeks are few: (tenant, week) as one number
+        groups, sizes = np.unique(tenants << 32 | (cohorts - oldest), return_counts=True)
+        for group, size in zip(groups.tolist(), sizes.tolist()):
+            state.count(group >> 32, week_start_ms(oldest + (group & 0xFFFFFFFF)), 1, size)
+        keys = customers.hashes()[seen]
+        late.extend(keys[cohorts < state.oldest_week].tolist())  # they join dropped cohorts
+        first_list = firsts.tolist()
+        state.fresh.update(zip(keys.tolist(), map(list, zip(first_list, repeat(1), tenants.tolist()))))
+        # the rows' fields in order: (tenant, customer id) + the rest, each made without a Python step
+        rest = zip((week_start_ms(cohorts) // 1000).tolist(), first_list, repeat(1), row_version(firsts, 1).tolist(),
+                   repeat(partition))
+        rows.extend(map(tuple.__new__, repeat(RetentionRow),
+                        map(concat, map(customers.keys.__getitem__, seen.tolist()), rest)))
 
     def tick(self, state: RetentionState, clock_ms: int, out: Output) -> None:
         state.drop_before(self.oldest_week(clock_ms))

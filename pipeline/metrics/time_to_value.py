@@ -174,6 +174,11 @@ WIDTH = 8  # integers per customer: the Journey fields, the day of last_ms in th
 # each way: first and signup move earlier, purchase and time to value are set once, so a change is never undone)
 
 
+def new_journey(first_ms: int, last_ms: int) -> tuple[int, ...]:
+    """A new customer's WIDTH integers: written nowhere yet, so changed."""
+    return first_ms, 0, 0, 0, last_ms, 0, -1, 1
+
+
 class Journeys:
     """Every customer's journey in one ``array('q')`` of WIDTH integers per customer (a slot), found through
     tenant -> customer id -> slot: ~110 bytes a customer where an object with a row tuple cost ~330. The
@@ -193,9 +198,8 @@ class Journeys:
         return None if by_id is None else by_id.get(customer_id)
 
     def new(self, tenant: str, customer_id: str, first_ms: int, last_ms: int) -> int:
-        """A new customer: written nowhere yet, so changed."""
         slot = self.slots.setdefault(tenant, {})[customer_id] = len(self.values) // WIDTH
-        self.values.extend((first_ms, 0, 0, 0, last_ms, 0, -1, 1))
+        self.values.extend(new_journey(first_ms, last_ms))
         return slot
 
     def get(self, tenant: str, customer_id: str) -> Optional[Journey]:
@@ -249,12 +253,19 @@ class TimeToValueCore(MetricCore[ValueState]):
 
     def add(self, state: ValueState, batch: Batch, out: Output) -> None:
         customers, dirty = state.customers, state.dirty
-        values = customers.values
+        values, slots = customers.values, customers.slots
         seen = batch.customers()
+        fresh = []  # the new customers' values, appended at once (slots in order of appearance)
+        next_slot = len(values) // WIDTH
         for key, first, last in zip(seen.keys, seen.firsts().tolist(), seen.lasts().tolist()):
-            slot = customers.slot(*key)
-            if slot is None:
-                slot = customers.new(key[0], key[1], first, last)
+            by_id = slots.get(key[0])
+            if by_id is None:
+                by_id = slots[key[0]] = {}
+            slot = by_id.get(key[1])
+            if slot is None:  # Journeys.new, for the batch's new customers at once
+                slot = by_id[key[1]] = next_slot
+                next_slot += 1
+                fresh += new_journey(first, last)
             else:
                 at = slot * WIDTH
                 if first < values[at + FIRST]:
@@ -262,10 +273,11 @@ class TimeToValueCore(MetricCore[ValueState]):
                 if last > values[at + LAST]:
                     values[at + LAST] = last
             dirty[slot] = key
+        values.extend(fresh)
         bought: dict[int, int] = {}  # slot -> time of the earliest purchase in the batch
-        for event in batch.of_source("web")[0]:
+        for event in [event for event in batch.of_source("web")[0] if event["event_type"] in ("signup", "purchase")]:
             kind, customer_id = event["event_type"], event.get("customer_id")
-            if kind not in ("signup", "purchase") or customer_id is None:
+            if customer_id is None:
                 continue
             slot, at = customers.slots[event["tenant"]][customer_id], event["event_time"]
             if kind == "signup":
@@ -285,20 +297,22 @@ class TimeToValueCore(MetricCore[ValueState]):
 
     def tick(self, state: ValueState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
-        rows, values = out.rows["customer_firsts"], state.customers.values
+        values, clock, partition = state.customers.values, state.clock_ms, state.partition
+        append, new_row = out.rows["customer_firsts"].append, tuple.__new__
         for slot, (tenant, customer_id) in state.dirty.items():
             at = slot * WIDTH
             day = values[at + LAST] // DAY_MS
             if not values[at + CHANGED] and day == values[at + WRITTEN_DAY]:
                 continue
-            updated_ms = max(values[at + UPDATED] + 1, state.clock_ms)
+            updated_ms = values[at + UPDATED] + 1
+            if updated_ms < clock:
+                updated_ms = clock
             values[at + CHANGED], values[at + WRITTEN_DAY], values[at + UPDATED] = 0, day, updated_ms
             purchase_ms = values[at + PURCHASE]
-            rows.append(FirstsRow(
-                tenant=tenant, customer_id=customer_id, first_event_ms=values[at + FIRST],
-                signup_ms=values[at + SIGNUP] or None, first_purchase_ms=purchase_ms or None,
-                time_to_value_ms=values[at + TTV] if purchase_ms else None, last_event_ms=values[at + LAST],
-                updated_ms=updated_ms, kafka_partition=state.partition))
+            # FirstsRow's fields in order, made without keyword parsing (a row for most customers of a batch)
+            append(new_row(FirstsRow, (tenant, customer_id, values[at + FIRST], values[at + SIGNUP] or None,
+                                       purchase_ms or None, values[at + TTV] if purchase_ms else None,
+                                       values[at + LAST], updated_ms, partition)))
         state.dirty.clear()
         state.measured.advance(state.clock_ms)
         if state.clock_ms - state.swept_ms >= SWEEP_MS:
