@@ -109,9 +109,9 @@ class PipelineMetrics:
 class AppliedInstruments(Collector):
     """The instruments only :meth:`PipelineMetrics.apply` feeds, registered as one collector: each one's
     family is kept from the scrape that collected it until ``apply`` feeds it, and then made again from the
-    kept samples of its children (label sets) that were not fed and prometheus_client's own samples of those
-    that were (its ``collect`` builds a sample per child and bucket, twice, formatting each bucket's bound and
-    taking a lock for each value, on every call)."""
+    kept samples of its children (label sets) that were not fed and the new values of those that were (a fed
+    histogram child's unchanged buckets stay the kept objects; its ``collect`` builds a sample per child and
+    bucket, twice, formatting each bucket's bound and taking a lock for each value, on every call)."""
 
     def __init__(self, instruments: Mapping[str, Any]):
         self.instruments = instruments
