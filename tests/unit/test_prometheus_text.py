@@ -173,14 +173,17 @@ def test_a_fed_histogram_child_is_what_prometheus_client_makes_of_it():
     steps = [("h_plain", "a", 0.7, None), ("h_plain", "a", 0.7, None), ("h_plain", "b", 3, None),
              ("h_negative", "a", -2, None), ("h_negative", "a", 0.5, None), ("h_plain", "a", 0.2, {"trace": "x"}),
              ("h_plain", "a", 9, None), ("h_plain", "b", 4, None), ("h_plain", "b", -0.0, None)]
+    def by_series(families):
+        return {s.labels["k"] + s.name + s.labels.get("le", ""): s for family in families for s in family.samples}
+
     for name, key, value, exemplar in steps:
-        before = {s.labels["k"] + s.name + s.labels.get("le", ""): s for family in applied.collect() for s in family.samples}
+        before = by_series(applied.collect())
         child = applied.instruments[name].labels(key)
         child.observe(value, exemplar)
         applied.fed(name, child)
         families = list(applied.collect())
         assert families == [family for instrument in (plain, negative) for family in instrument.collect()]
         if (name, key, value) == ("h_plain", "b", 4):
-            after = {s.labels["k"] + s.name + s.labels.get("le", ""): s for family in families for s in family.samples}
+            after = by_series(families)
             assert after["bh_plain_bucket0.5"] is before["bh_plain_bucket0.5"]
             assert after["bh_plain_bucket5.0"] is not before["bh_plain_bucket5.0"]

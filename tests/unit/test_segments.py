@@ -143,7 +143,8 @@ def test_an_unchanged_count_keeps_its_sample_object_between_scrapes():
     assert after == by_labels(SegmentCore(WINDOWS, ("region",), 20))
     for window in WINDOWS:
         series = (("dimension", "region"), ("kind", "NPS"), ("segment", "eu"), ("tenant", "acme"), ("window", window))
-        responses = {c: ("cx_segment_responses", tuple(sorted(series + (("class", c),)))) for c in ("promoter", "passive")}
+        responses = {c: ("cx_segment_responses", tuple(sorted(series + (("class", c),))))
+                     for c in ("promoter", "passive")}
         assert after[responses["passive"]] is before[responses["passive"]]
         assert after[responses["promoter"]].value == 2 and before[responses["promoter"]].value == 1
         score = ("cx_segment_scores", series)
