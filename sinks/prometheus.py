@@ -109,9 +109,9 @@ class PipelineMetrics:
 class AppliedInstruments(Collector):
     """The instruments only :meth:`PipelineMetrics.apply` feeds, registered as one collector: each one's
     family is kept from the scrape that collected it until ``apply`` feeds it, and then made again from the
-    kept samples of its children (label sets) that were not fed and prometheus_client's own samples of those
-    that were (its ``collect`` builds a sample per child and bucket, twice, formatting each bucket's bound and
-    taking a lock for each value, on every call)."""
+    kept samples of its children (label sets) that were not fed and the new values of those that were (a fed
+    histogram child's unchanged buckets stay the kept objects; its ``collect`` builds a sample per child and
+    bucket, twice, formatting each bucket's bound and taking a lock for each value, on every call)."""
 
     def __init__(self, instruments: Mapping[str, Any]):
         self.instruments = instruments
@@ -136,7 +136,8 @@ class AppliedInstruments(Collector):
 
     def _collect(self, name: str, instrument: Any) -> list[Metric]:
         """What ``instrument.collect()`` returns, with the samples of the children not fed since kept: per
-        child in the instrument's order, its ``_samples()`` named and labelled as its ``_multi_samples`` does."""
+        child in the instrument's order, its ``_samples()`` named and labelled as its ``_multi_samples`` does; a
+        fed histogram child's from its kept samples and its values (:func:`_histogram_moved`)."""
         fed, kept = self._fed.pop(name, set()), self._children.get(name, {})
         if not instrument._labelnames:
             return list(instrument.collect())
@@ -145,7 +146,10 @@ class AppliedInstruments(Collector):
         family, made = instrument._get_metric(), {}
         for values, child in children.items():
             entry = kept.get(values)
-            if entry is None or entry[0] is not child or id(child) in fed:
+            if entry is not None and entry[0] is child and id(child) in fed:  # its values moved
+                samples = _histogram_moved(child, entry[1]) if type(child) is Histogram else None
+                entry = None if samples is None else (child, samples)
+            if entry is None or entry[0] is not child:
                 series = list(zip(instrument._labelnames, values))
                 entry = (child, [Sample(instrument._name + suffix, dict(series + list(labels.items())), *rest)
                                  for suffix, labels, *rest in child._samples()])
@@ -153,6 +157,30 @@ class AppliedInstruments(Collector):
             family.samples.extend(entry[1])
         self._children[name] = made
         return [family]
+
+
+def _histogram_moved(child: Histogram, kept: list[Sample]) -> Optional[list[Sample]]:
+    """A fed histogram child's samples as ``Histogram._child_samples`` makes them (cumulative buckets, then the
+    count, then the sum unless the first bound is negative), named and labelled as ``kept``, the same child's
+    samples when it was last collected (its bounds never change); each kept sample that holds its value again is
+    the kept object, which the text format skips unread. None where that is not the layout of ``kept`` (an
+    exemplar, or ``*_created`` samples)."""
+    bounds, buckets = child._upper_bounds, child._buckets
+    with_sum = bounds[0] >= 0
+    if len(kept) != len(bounds) + 1 + with_sum:
+        return None
+    made, acc = [], 0.0
+    for bucket, was in zip(buckets, kept):
+        if was.exemplar is not None or bucket.get_exemplar() is not None:
+            return None
+        acc += bucket.get()
+        made.append(was if was.value == acc else Sample(was.name, was.labels, acc))
+    was = kept[len(bounds)]
+    made.append(was if was.value == acc else Sample(was.name, was.labels, acc))
+    if with_sum:  # a sum of observations, never -0.0: an equal value prints alike
+        was, total = kept[-1], child._sum.get()
+        made.append(was if was.value == total else Sample(was.name, was.labels, total))
+    return made
 
 
 class TextFormat:

@@ -47,6 +47,17 @@ def _sample(family: GaugeMetricFamily, labels: list[str], value: float) -> Sampl
     return family.samples.pop()
 
 
+def _at(was: Sample, value: float) -> Sample:
+    """``was`` itself if it holds this value (a nonzero one: the sign of a zero prints), else its series at this
+    value: the text format skips a sample that is the same object as last page's without comparing it."""
+    if value and value == was[2]:
+        return was
+    return _new_sample(Sample, (was[0], was[1], value, None, None, None))
+
+
+_new_sample = tuple.__new__  # what Sample(name, labels, value) makes, without its keyword defaults (issue 17)
+
+
 def _accumulate(into: dict[tuple, list[int]], key: tuple, counts: list[int]) -> None:
     """Add count vectors per key (the first one is taken as it is: callers hand over copies)."""
     held = into.get(key)
@@ -183,12 +194,11 @@ class SegmentCore(MetricCore[RollingCounts]):
             score = _sample(families[1], [tenant, kind, window, dimension, segment], t.score_sum)
             gauge = None if value is None else _sample(family, [tenant, window, dimension, segment], value)
             return counts, by_class, score, gauge
-        by_class = tuple(Sample(was.name, was.labels, count) for was, count in zip(before[1], classes))
-        score = Sample(before[2].name, before[2].labels, t.score_sum)
+        by_class = tuple(map(_at, before[1], classes))
         was = before[3]
-        gauge = None if value is None else Sample(was.name, was.labels, value) if was is not None else \
+        gauge = None if value is None else _at(was, value) if was is not None else \
             _sample(family, [tenant, window, dimension, segment], value)
-        return counts, by_class, score, gauge
+        return counts, by_class, _at(before[2], t.score_sum), gauge
 
     @staticmethod
     def _families() -> list[Metric]:

@@ -13,7 +13,7 @@ from prometheus_client.utils import floatToGoString
 from benchmarks.harness import batch_records, make_events, processor_for
 from pipeline.registry import BundledRegistry
 from pipeline.wire import Codec
-from sinks.prometheus import CoreCollector, PipelineMetrics, TextFormat, _go, instruments_of
+from sinks.prometheus import AppliedInstruments, CoreCollector, PipelineMetrics, TextFormat, _go, instruments_of
 
 
 class Families:
@@ -161,3 +161,29 @@ def test_kept_families_follow_every_batch_apply_and_rebalance():
     processor.assign(owned[:1])
     same_page()
     assert any(name.startswith("cx_") for name, _ in parsed(metrics.render()))
+
+
+def test_a_fed_histogram_child_is_what_prometheus_client_makes_of_it():
+    """A fed histogram child's samples are made from its kept ones and its values: equal to the instrument's own
+    ``collect()`` after every observation (a negative first bound has no ``_sum``; an exemplar is
+    prometheus_client's to write), and a bucket the observation did not reach keeps its sample object."""
+    plain = Histogram("h_plain", "Plain.", ["k"], buckets=(0.5, 1, 5), registry=None)
+    negative = Histogram("h_negative", "A negative first bound.", ["k"], buckets=(-1, 0, 1), registry=None)
+    applied = AppliedInstruments({"h_plain": plain, "h_negative": negative})
+    steps = [("h_plain", "a", 0.7, None), ("h_plain", "a", 0.7, None), ("h_plain", "b", 3, None),
+             ("h_negative", "a", -2, None), ("h_negative", "a", 0.5, None), ("h_plain", "a", 0.2, {"trace": "x"}),
+             ("h_plain", "a", 9, None), ("h_plain", "b", 4, None), ("h_plain", "b", -0.0, None)]
+    def by_series(families):
+        return {s.labels["k"] + s.name + s.labels.get("le", ""): s for family in families for s in family.samples}
+
+    for name, key, value, exemplar in steps:
+        before = by_series(applied.collect())
+        child = applied.instruments[name].labels(key)
+        child.observe(value, exemplar)
+        applied.fed(name, child)
+        families = list(applied.collect())
+        assert families == [family for instrument in (plain, negative) for family in instrument.collect()]
+        if (name, key, value) == ("h_plain", "b", 4):
+            after = by_series(families)
+            assert after["bh_plain_bucket0.5"] is before["bh_plain_bucket0.5"]
+            assert after["bh_plain_bucket5.0"] is not before["bh_plain_bucket5.0"]

@@ -117,3 +117,35 @@ def test_kept_sums_and_samples_equal_a_new_core_at_every_step(items, max_values,
             owned[next_partition] = (surveys.new_state(next_partition), segments.new_state(next_partition))
             clocks[next_partition], next_partition = max(clocks.values()), next_partition + 1
         assert samples(segments) == samples(SegmentCore(WINDOWS, ("region", "plan", "source"), max_values))
+
+
+def test_an_unchanged_count_keeps_its_sample_object_between_scrapes():
+    """After a batch that adds a promoter to a segment, its passive count is unchanged: the core hands over last
+    scrape's sample object (the text format skips it unread), and new samples for the promoter count and the
+    score sum, which equal those of a new core."""
+    surveys, segments = SurveyCore(WINDOWS), SegmentCore(WINDOWS, ("region",), 20)
+    states = [surveys.new_state(0), segments.new_state(0)]
+
+    def answer(i, score):
+        event = {"event_id": f"e{i}", "event_time": 1_000 * i, "tenant": "acme", "attributes": {"region": "eu"},
+                 "survey": {"kind": "NPS", "score": score}}
+        Rounds([surveys, segments]).add(states, Batch(0, ["web"], [event], [id_hash(f"e{i}")]), Output())
+
+    def by_labels(core):
+        return {(s.name, tuple(sorted(s.labels.items()))): s
+                for family in core.collect([states[1]], [3_000]) for s in family.samples}
+
+    answer(0, 10)
+    answer(1, 8)
+    before = by_labels(segments)
+    answer(2, 9)
+    after = by_labels(segments)
+    assert after == by_labels(SegmentCore(WINDOWS, ("region",), 20))
+    for window in WINDOWS:
+        series = (("dimension", "region"), ("kind", "NPS"), ("segment", "eu"), ("tenant", "acme"), ("window", window))
+        responses = {c: ("cx_segment_responses", tuple(sorted(series + (("class", c),))))
+                     for c in ("promoter", "passive")}
+        assert after[responses["passive"]] is before[responses["passive"]]
+        assert after[responses["promoter"]].value == 2 and before[responses["promoter"]].value == 1
+        score = ("cx_segment_scores", series)
+        assert (before[score].value, after[score].value) == (18, 27)
