@@ -86,7 +86,8 @@ class CartState:
     partition: int
     windows: RollingCounts  # key: tenant; per end minute: converted, abandoned
     buyers: dict[tuple[str, str], Buyer] = field(default_factory=dict)
-    deadlines: list[tuple[int, tuple[str, str], int]] = field(default_factory=list)  # heap: (deadline, buyer, start)
+    # heap: (start, buyer) of the open carts, due at start + abandon_after (the start's own int, not a new sum)
+    deadlines: list[tuple[int, tuple[str, str]]] = field(default_factory=list)
     pending: dict[tuple[str, str, int], tuple] = field(default_factory=dict)  # (tenant, buyer, start) -> newest row
     open: dict[str, int] = field(default_factory=dict)  # tenant -> buyers with an open cart (kept for the scrape)
     clock_ms: int = 0  # newest event time of the partition, any source: the deadlines' and windows' clock
@@ -172,7 +173,7 @@ class CartCore(MetricCore[CartState]):
             self._end(state, key, buyer, OUTCOMES[0], buyer.purchases[i])
         else:
             self._write(state, key, buyer, OPEN, None)
-            heapq.heappush(state.deadlines, (at + self.abandon_after_ms, key, at))
+            heapq.heappush(state.deadlines, (at, key))
 
     def _end(self, state: CartState, key: tuple[str, str], buyer: Buyer, outcome: str, end_ms: int) -> None:
         counts = [0, 0]
@@ -195,11 +196,12 @@ class CartCore(MetricCore[CartState]):
 
     def tick(self, state: CartState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
-        while state.deadlines and state.deadlines[0][0] < state.clock_ms:
-            deadline, key, start = heapq.heappop(state.deadlines)
+        started_before = state.clock_ms - self.abandon_after_ms  # the carts of earlier starts are past their deadline
+        while state.deadlines and state.deadlines[0][0] < started_before:
+            start, key = heapq.heappop(state.deadlines)
             buyer = state.buyers.get(key)
             if buyer is not None and buyer.start == start:
-                self._end(state, key, buyer, OUTCOMES[1], deadline)
+                self._end(state, key, buyer, OUTCOMES[1], start + self.abandon_after_ms)
         out.rows["carts"].extend(state.pending.values())
         state.pending.clear()
         state.windows.prune(state.clock_ms)
@@ -256,7 +258,7 @@ class CartCore(MetricCore[CartState]):
             state.source_clock_ms = max(state.source_clock_ms, start)  # an add's time
             if row.outcome == OPEN:
                 _open(state, key, buyer, start)
-                heapq.heappush(state.deadlines, (start + self.abandon_after_ms, key, start))
+                heapq.heappush(state.deadlines, (start, key))
                 buyer.last_ms = max(buyer.last_ms, start)
             else:
                 end = int(row.ended_ms)

@@ -75,8 +75,9 @@ class ChatbotState:
     windows: RollingCounts  # key: tenant; counts per end minute: contained, handed off, abandoned
     conversations: dict[tuple[str, str], Conversation] = field(default_factory=dict)
     dirty: set[tuple[str, str]] = field(default_factory=set)
-    # heap: (forget after ms, key), one entry per conversation, at or before the time it may be forgotten (its
-    # newest event then was its last): an entry due while the conversation has newer events is pushed again
+    # heap: (event ms, key), one entry per conversation, forgotten max_lateness after that event ms at the earliest
+    # (its newest event then was its last; the event's own int, not a new sum): an entry due while the
+    # conversation has newer events is pushed again
     expiries: list[tuple[int, tuple[str, str]]] = field(default_factory=list)
     clock_ms: int = 0  # newest event time of the partition, any source: the windows' clock
     source_clock_ms: int = 0  # newest chatbot event time of the partition: the expiry clock
@@ -108,7 +109,7 @@ class ChatbotCore(MetricCore[ChatbotState]):
             ms, kind = event["event_time"], event["event_type"]
             if c is None:
                 c = conversations[key] = Conversation(key[0], key[1], event.get("customer_id"))
-                heapq.heappush(state.expiries, (ms + self.max_lateness_ms, key))
+                heapq.heappush(state.expiries, (ms, key))
             if kind in HANDOFF:
                 if not c.handoff_ms or ms < c.handoff_ms:
                     c.handoff_ms, c.changed = ms, True
@@ -136,15 +137,16 @@ class ChatbotCore(MetricCore[ChatbotState]):
                 rows.append(self._row(c, state.partition))
         state.dirty.clear()
         state.windows.prune(state.clock_ms)
-        while expiries and expiries[0][0] < state.source_clock_ms:
+        oldest = state.source_clock_ms - self.max_lateness_ms  # a conversation whose last event is before it goes
+        while expiries and expiries[0][0] < oldest:
             _, key = heapq.heappop(expiries)
             c = conversations.get(key)
             if c is None:
                 continue
-            if c.last_ms + self.max_lateness_ms < state.source_clock_ms:
+            if c.last_ms < oldest:
                 del conversations[key]
             else:  # it had newer events: due later
-                heapq.heappush(expiries, (c.last_ms + self.max_lateness_ms, key))
+                heapq.heappush(expiries, (c.last_ms, key))
 
     @staticmethod
     def _count(state: ChatbotState, c: Conversation) -> None:
@@ -191,7 +193,7 @@ class ChatbotCore(MetricCore[ChatbotState]):
             c.changed = False
             key = (c.tenant, c.conversation_id)
             if key not in state.conversations:  # else its entry is in the heap already
-                heapq.heappush(state.expiries, (c.last_ms + self.max_lateness_ms, key))
+                heapq.heappush(state.expiries, (c.last_ms, key))
             state.conversations[key] = c
             state.source_clock_ms = max(state.source_clock_ms, c.last_ms)
             self._count(state, c)
