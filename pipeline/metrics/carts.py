@@ -85,8 +85,9 @@ class Buyer:
 class CartState:
     partition: int
     windows: RollingCounts  # key: tenant; per end minute: converted, abandoned
-    buyers: dict[tuple[str, str], Buyer] = field(default_factory=dict)
-    deadlines: list[tuple[int, tuple[str, str], int]] = field(default_factory=list)  # heap: (deadline, buyer, start)
+    buyers: dict[str, dict[str, Buyer]] = field(default_factory=dict)  # tenant -> buyer -> state (no key tuple each)
+    # heap: (start, tenant, buyer) of the open carts, due at start + abandon_after (the start's own int, not a new sum)
+    deadlines: list[tuple[int, str, str]] = field(default_factory=list)
     pending: dict[tuple[str, str, int], tuple] = field(default_factory=dict)  # (tenant, buyer, start) -> newest row
     open: dict[str, int] = field(default_factory=dict)  # tenant -> buyers with an open cart (kept for the scrape)
     clock_ms: int = 0  # newest event time of the partition, any source: the deadlines' and windows' clock
@@ -138,9 +139,12 @@ class CartCore(MetricCore[CartState]):
             by_buyer.setdefault(key, []).append((event["event_time"], ADD if kind == "add_to_cart" else PURCHASE,
                                                  customer_id))
         for key, steps in by_buyer.items():
-            buyer = state.buyers.get(key)
+            of_tenant = state.buyers.get(key[0])
+            if of_tenant is None:
+                of_tenant = state.buyers[key[0]] = {}
+            buyer = of_tenant.get(key[1])
             if buyer is None:
-                buyer = state.buyers[key] = Buyer(steps[0][2])
+                buyer = of_tenant[key[1]] = Buyer(steps[0][2])
             for at, kind, customer_id in sorted(steps, key=lambda step: step[:2]):
                 buyer.customer_id = buyer.customer_id or customer_id
                 buyer.last_ms = max(buyer.last_ms, at)
@@ -172,7 +176,7 @@ class CartCore(MetricCore[CartState]):
             self._end(state, key, buyer, OUTCOMES[0], buyer.purchases[i])
         else:
             self._write(state, key, buyer, OPEN, None)
-            heapq.heappush(state.deadlines, (at + self.abandon_after_ms, key, at))
+            heapq.heappush(state.deadlines, (at, *key))
 
     def _end(self, state: CartState, key: tuple[str, str], buyer: Buyer, outcome: str, end_ms: int) -> None:
         counts = [0, 0]
@@ -195,11 +199,12 @@ class CartCore(MetricCore[CartState]):
 
     def tick(self, state: CartState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
-        while state.deadlines and state.deadlines[0][0] < state.clock_ms:
-            deadline, key, start = heapq.heappop(state.deadlines)
-            buyer = state.buyers.get(key)
+        started_before = state.clock_ms - self.abandon_after_ms  # the carts of earlier starts are past their deadline
+        while state.deadlines and state.deadlines[0][0] < started_before:
+            start, tenant, buyer_id = heapq.heappop(state.deadlines)
+            buyer = state.buyers.get(tenant, {}).get(buyer_id)
             if buyer is not None and buyer.start == start:
-                self._end(state, key, buyer, OUTCOMES[1], deadline)
+                self._end(state, (tenant, buyer_id), buyer, OUTCOMES[1], start + self.abandon_after_ms)
         out.rows["carts"].extend(state.pending.values())
         state.pending.clear()
         state.windows.prune(state.clock_ms)
@@ -209,12 +214,14 @@ class CartCore(MetricCore[CartState]):
     def _sweep(self, state: CartState) -> None:
         """Forget what no late event can reach any more: old purchases, and idle buyers without an open cart."""
         oldest = state.source_clock_ms - self.keep_ms
-        for key in list(state.buyers):
-            buyer = state.buyers[key]
-            if not buyer.start and buyer.last_ms < oldest:
-                del state.buyers[key]
-            elif buyer.purchases and buyer.purchases[0] < oldest:
-                del buyer.purchases[:bisect.bisect_left(buyer.purchases, oldest)]
+        for tenant, of_tenant in list(state.buyers.items()):
+            for buyer_id, buyer in list(of_tenant.items()):
+                if not buyer.start and buyer.last_ms < oldest:
+                    del of_tenant[buyer_id]
+                elif buyer.purchases and buyer.purchases[0] < oldest:
+                    del buyer.purchases[:bisect.bisect_left(buyer.purchases, oldest)]
+            if not of_tenant:
+                del state.buyers[tenant]
         state.swept_ms = state.clock_ms
 
     def restores(self) -> Sequence[Restore]:
@@ -237,26 +244,26 @@ class CartCore(MetricCore[CartState]):
             if name != "carts":  # adds and purchases: web events; an abandoned cart's end is a deadline
                 state.source_clock_ms = max(state.source_clock_ms, int(row.event_ms))
             if name == "adds":  # after "carts": the adds that joined an open cart
-                buyer = state.buyers.get((row.tenant, row.customer_id or row.anonymous_id))
+                buyer = state.buyers.get(row.tenant, {}).get(row.customer_id or row.anonymous_id)
                 if buyer is not None and buyer.start and int(row.event_ms) > buyer.start:
                     buyer.joined = buyer.joined or []
                     insert_once(buyer.joined, int(row.event_ms))
                 continue
             if name == "purchases":
-                key = (row.tenant, row.customer_id or row.anonymous_id)
-                buyer = state.buyers.setdefault(key, Buyer(row.customer_id))
+                buyer = state.buyers.setdefault(row.tenant, {}).setdefault(row.customer_id or row.anonymous_id,
+                                                                           Buyer(row.customer_id))
                 buyer.purchases = buyer.purchases or []
                 insert_once(buyer.purchases, int(row.event_ms))
                 buyer.last_ms = max(buyer.last_ms, int(row.event_ms))
                 continue
             key = (row.tenant, row.buyer)
-            buyer = state.buyers.setdefault(key, Buyer(row.customer_id))
+            buyer = state.buyers.setdefault(row.tenant, {}).setdefault(row.buyer, Buyer(row.customer_id))
             buyer.updated_ms = max(buyer.updated_ms, int(row.updated_ms))
             start = int(row.started_ms)
             state.source_clock_ms = max(state.source_clock_ms, start)  # an add's time
             if row.outcome == OPEN:
                 _open(state, key, buyer, start)
-                heapq.heappush(state.deadlines, (start + self.abandon_after_ms, key, start))
+                heapq.heappush(state.deadlines, (start, *key))
                 buyer.last_ms = max(buyer.last_ms, start)
             else:
                 end = int(row.ended_ms)

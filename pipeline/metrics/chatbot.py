@@ -73,11 +73,13 @@ class Conversation:
 class ChatbotState:
     partition: int
     windows: RollingCounts  # key: tenant; counts per end minute: contained, handed off, abandoned
-    conversations: dict[tuple[str, str], Conversation] = field(default_factory=dict)
-    dirty: set[tuple[str, str]] = field(default_factory=set)
-    # heap: (forget after ms, key), one entry per conversation, at or before the time it may be forgotten (its
-    # newest event then was its last): an entry due while the conversation has newer events is pushed again
-    expiries: list[tuple[int, tuple[str, str]]] = field(default_factory=list)
+    # tenant -> conversation id -> its state (nested: no (tenant, conversation id) tuple kept per conversation)
+    conversations: dict[str, dict[str, Conversation]] = field(default_factory=dict)
+    dirty: set[tuple[str, str]] = field(default_factory=set)  # (tenant, conversation id) of the batch
+    # heap: (event ms, tenant, conversation id), one entry per conversation, forgotten max_lateness after that event ms at the earliest
+    # (its newest event then was its last; the event's own int, not a new sum): an entry due while the
+    # conversation has newer events is pushed again
+    expiries: list[tuple[int, str, str]] = field(default_factory=list)
     clock_ms: int = 0  # newest event time of the partition, any source: the windows' clock
     source_clock_ms: int = 0  # newest chatbot event time of the partition: the expiry clock
 
@@ -103,12 +105,15 @@ class ChatbotCore(MetricCore[ChatbotState]):
         state.source_clock_ms = max(state.source_clock_ms, max(event["event_time"] for event in events))
         conversations, dirty = state.conversations, state.dirty
         for event in events:
-            key = (event["tenant"], event["conversation_id"])
-            c = conversations.get(key)
+            tenant, conversation_id = key = (event["tenant"], event["conversation_id"])
+            of_tenant = conversations.get(tenant)
+            if of_tenant is None:
+                of_tenant = conversations[tenant] = {}
+            c = of_tenant.get(conversation_id)
             ms, kind = event["event_time"], event["event_type"]
             if c is None:
-                c = conversations[key] = Conversation(key[0], key[1], event.get("customer_id"))
-                heapq.heappush(state.expiries, (ms + self.max_lateness_ms, key))
+                c = of_tenant[conversation_id] = Conversation(tenant, conversation_id, event.get("customer_id"))
+                heapq.heappush(state.expiries, (ms, tenant, conversation_id))
             if kind in HANDOFF:
                 if not c.handoff_ms or ms < c.handoff_ms:
                     c.handoff_ms, c.changed = ms, True
@@ -127,8 +132,8 @@ class ChatbotCore(MetricCore[ChatbotState]):
     def tick(self, state: ChatbotState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
         rows, conversations, expiries = out.rows["chatbot_conversations"], state.conversations, state.expiries
-        for key in state.dirty:
-            c = conversations[key]
+        for tenant, conversation_id in state.dirty:
+            c = conversations[tenant][conversation_id]
             self._count(state, c)
             if c.changed:
                 c.changed = False
@@ -136,15 +141,19 @@ class ChatbotCore(MetricCore[ChatbotState]):
                 rows.append(self._row(c, state.partition))
         state.dirty.clear()
         state.windows.prune(state.clock_ms)
-        while expiries and expiries[0][0] < state.source_clock_ms:
-            _, key = heapq.heappop(expiries)
-            c = conversations.get(key)
+        oldest = state.source_clock_ms - self.max_lateness_ms  # a conversation whose last event is before it goes
+        while expiries and expiries[0][0] < oldest:
+            _, tenant, conversation_id = heapq.heappop(expiries)
+            of_tenant = conversations.get(tenant)
+            c = None if of_tenant is None else of_tenant.get(conversation_id)
             if c is None:
                 continue
-            if c.last_ms + self.max_lateness_ms < state.source_clock_ms:
-                del conversations[key]
+            if c.last_ms < oldest:
+                del of_tenant[conversation_id]
+                if not of_tenant:
+                    del conversations[tenant]
             else:  # it had newer events: due later
-                heapq.heappush(expiries, (c.last_ms + self.max_lateness_ms, key))
+                heapq.heappush(expiries, (c.last_ms, tenant, conversation_id))
 
     @staticmethod
     def _count(state: ChatbotState, c: Conversation) -> None:
@@ -189,10 +198,10 @@ class ChatbotCore(MetricCore[ChatbotState]):
                              int(row.resolved_ms or 0), int(row.abandoned_ms or 0), int(row.last_event_ms),
                              int(row.updated_ms))
             c.changed = False
-            key = (c.tenant, c.conversation_id)
-            if key not in state.conversations:  # else its entry is in the heap already
-                heapq.heappush(state.expiries, (c.last_ms + self.max_lateness_ms, key))
-            state.conversations[key] = c
+            of_tenant = state.conversations.setdefault(c.tenant, {})
+            if c.conversation_id not in of_tenant:  # else its entry is in the heap already
+                heapq.heappush(state.expiries, (c.last_ms, c.tenant, c.conversation_id))
+            of_tenant[c.conversation_id] = c
             state.source_clock_ms = max(state.source_clock_ms, c.last_ms)
             self._count(state, c)
 

@@ -33,7 +33,6 @@ from pydantic import Field
 from pipeline.config import Duration, Section
 from pipeline.metrics.base import TAKE, Equals, Facts, MetricCore, NotNull, Output, Restore
 from pipeline.metrics.facts import ActionRequested, ChurnLevelChanged, SurveyAnswered, action_id
-from pipeline.metrics.lastseen import customer_key
 from pipeline.scores import is_detractor
 
 OUTCOMES = ("recovered", "not_recovered", "pending")
@@ -60,14 +59,16 @@ class FollowupSettings(Section):
 
 @dataclass
 class FollowupState:
-    answers: dict[int, tuple[str, list[tuple[int, int, str]]]] = field(default_factory=dict)  # key -> tenant, answers
+    # tenant -> customer id -> their (ms, score, event id) answers, in order (the ids interned: shared with the
+    # other cores, no hash, key tuple or pair per customer)
+    answers: dict[str, dict[str, list[tuple[int, int, str]]]] = field(default_factory=dict)
     clock_ms: int = 0
     # The gauge, kept as answers arrive and the window moves: (tenant, outcome) -> detractor answers after
-    # ``counted_after``; ``leaving``: heap of (ms, score, event id, key) of those answers, to find the ones the
+    # ``counted_after``; ``leaving``: heap of (ms, score, event id, tenant, customer id) of those answers, to find the ones the
     # window leaves; ``newest_ms``: the latest answer held (the gauge also bounds answers by the clock)
     counts: dict[tuple[str, str], int] = field(default_factory=dict)
     counted_after: int = -(2**62)
-    leaving: list[tuple[int, int, str, int]] = field(default_factory=list)
+    leaving: list[tuple[int, int, str, str, str]] = field(default_factory=list)
     newest_ms: int = 0
 
 
@@ -121,11 +122,13 @@ class FollowupCore(MetricCore[FollowupState]):
 
     def _remember(self, state: FollowupState, tenant: str, customer_id: str, answered_ms: int, score: int,
                   event_id: str) -> None:
-        key = customer_key(tenant, customer_id)
-        held = state.answers.get(key)
-        if held is None:
-            held = state.answers[key] = (sys.intern(tenant), [])  # one name per tenant
-        _, answers = held
+        tenant, customer_id = sys.intern(tenant), sys.intern(customer_id)  # restored ones too: one string each
+        customers = state.answers.get(tenant)
+        if customers is None:
+            customers = state.answers[tenant] = {}
+        answers = customers.get(customer_id)
+        if answers is None:
+            answers = customers[customer_id] = []
         entry = (answered_ms, score, event_id)
         at = bisect.bisect_left(answers, entry)
         if at == len(answers) or answers[at] != entry:
@@ -136,7 +139,7 @@ class FollowupCore(MetricCore[FollowupState]):
             self._recount(state, tenant, answers, after, 1)
             state.newest_ms = max(state.newest_ms, answered_ms)
             if answered_ms > after and is_detractor(score):
-                heapq.heappush(state.leaving, (answered_ms, score, event_id, key))
+                heapq.heappush(state.leaving, (answered_ms, score, event_id, tenant, customer_id))
 
     @staticmethod
     def _recount(state: FollowupState, tenant: str, answers: list[tuple[int, int, str]], after: int, sign: int) -> None:
@@ -153,8 +156,8 @@ class FollowupCore(MetricCore[FollowupState]):
             return
         leaving, counts = state.leaving, state.counts
         while leaving and leaving[0][0] <= after:
-            answered_ms, score, event_id, key = heapq.heappop(leaving)
-            tenant, answers = state.answers[key]
+            answered_ms, score, event_id, tenant, customer_id = heapq.heappop(leaving)
+            answers = state.answers[tenant][customer_id]
             at = bisect.bisect_left(answers, (answered_ms, score, event_id))
             outcome = outcomes(answers[at:at + 2])[0][1]
             counts[tenant, outcome] -= 1
@@ -166,12 +169,14 @@ class FollowupCore(MetricCore[FollowupState]):
             return  # expire hourly: totals() applies the window exactly, this only frees memory
         state.clock_ms = clock_ms
         oldest = clock_ms - self.recovery_window_ms
-        for key in list(state.answers):
-            tenant, answers = state.answers[key]
-            # answers before the window judge no detractor inside it: only later answers do
-            del answers[:bisect.bisect_right(answers, (oldest, 1 << 31, ""))]
-            if not answers:
-                del state.answers[key]
+        for tenant, customers in list(state.answers.items()):
+            for customer_id, answers in list(customers.items()):
+                # answers before the window judge no detractor inside it: only later answers do
+                del answers[:bisect.bisect_right(answers, (oldest, 1 << 31, ""))]
+                if not answers:
+                    del customers[customer_id]
+            if not customers:
+                del state.answers[tenant]
 
     def restores(self) -> Sequence[Restore]:
         return (Restore("answers", "survey_responses", ("tenant", "customer_id", "event_ms", "score", "event_id"),
@@ -206,10 +211,11 @@ class FollowupCore(MetricCore[FollowupState]):
         out: dict[tuple[str, str], int] = {}
         for state, clock_ms in zip(states, clocks):
             oldest = clock_ms - self.recovery_window_ms
-            for tenant, answers in state.answers.values():
-                for answered_ms, outcome in outcomes(answers):
-                    if oldest < answered_ms <= clock_ms:
-                        out[(tenant, outcome)] = out.get((tenant, outcome), 0) + 1
+            for tenant, customers in state.answers.items():
+                for answers in customers.values():
+                    for answered_ms, outcome in outcomes(answers):
+                        if oldest < answered_ms <= clock_ms:
+                            out[(tenant, outcome)] = out.get((tenant, outcome), 0) + 1
         return out
 
     def describe(self) -> Iterable[Metric]:

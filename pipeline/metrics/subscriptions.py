@@ -55,6 +55,7 @@ SUBSCRIPTION_EVENTS = frozenset(("subscription_started", "subscription_renewed",
                                  "subscription_downgraded", CANCELLED))
 MOVEMENTS = ("new", "expansion", "contraction", "churned")
 NEW, EXPANSION, CONTRACTION, CHURNED = range(4)
+MOVEMENT_BITS = 2  # a movement's index in the low bits of a counted change's int
 MINOR_PER_UNIT = 100
 LTV_WINDOW = "30d"
 SubscriptionRow = ROWS["subscriptions"]
@@ -105,8 +106,8 @@ class Change:
     before: int = 0  # MRR after the customer's previous event
     held: bool = False  # the customer's latest
     version: int = 0  # updated_ms of the row last written or restored
-    written: Optional[tuple[int, bool]] = None  # (before, held) of that row
-    counted: Optional[tuple[int, int, int]] = None  # (minute, movement, MRR moved) as counted in the windows
+    written: Optional[int] = None  # before << 1 | held of that row (one int, not a tuple)
+    counted: Optional[int] = None  # MRR moved << MOVEMENT_BITS | movement as counted in the windows, at the change's minute
     after: int = field(init=False)  # the customer's MRR after it
 
     def __post_init__(self) -> None:
@@ -133,7 +134,8 @@ class SubscriptionState:
     subscribers: dict[tuple[str, str], Subscriber] = field(default_factory=dict)
     plans: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # (tenant, plan) -> [paying, MRR]
     dirty: set[tuple[str, str]] = field(default_factory=set)
-    expiries: list[tuple[int, tuple[str, str]]] = field(default_factory=list)  # heap: (look again after ms, key)
+    # heap: (event ms, key), looked at again span_ms after that event ms (the event's own int, not a new sum)
+    expiries: list[tuple[int, tuple[str, str]]] = field(default_factory=list)
     clock_ms: int = 0  # newest event time of the partition, any source: the windows' clock
     source_clock_ms: int = 0  # newest CRM event time of the partition: the clock of the span held
 
@@ -180,7 +182,7 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
             bisect.insort(sub.changes, Change(event["event_time"], event_id, kind, event.get("plan"), mrr),
                           key=Change.order)
             state.dirty.add(key)
-            heapq.heappush(state.expiries, (event["event_time"] + span_ms, key))
+            heapq.heappush(state.expiries, (event["event_time"], key))
 
     def tick(self, state: SubscriptionState, clock_ms: int, out: Output) -> None:
         state.clock_ms = max(state.clock_ms, clock_ms)
@@ -192,7 +194,7 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
         state.dirty.clear()
         state.windows.prune(state.clock_ms)
         oldest = state.source_clock_ms - self.span_ms
-        while state.expiries and state.expiries[0][0] <= state.source_clock_ms:
+        while state.expiries and state.expiries[0][0] <= oldest:
             _, key = heapq.heappop(state.expiries)
             sub = state.subscribers.get(key)
             if sub is None:
@@ -211,12 +213,12 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
         for change in sub.changes:
             change.before, change.held = before, change is sub.changes[-1]
             moved = movement(before, change.after)
-            counted = None if moved is None else (change.event_ms // 60_000, *moved)
+            counted = None if moved is None else moved[1] << MOVEMENT_BITS | moved[0]
             if counted != change.counted:
                 if change.counted is not None:
-                    self._count(state, sub.tenant, change.counted, -1)
+                    self._count(state, sub.tenant, change.event_ms // 60_000, change.counted, -1)
                 if counted is not None:
-                    self._count(state, sub.tenant, counted, 1)
+                    self._count(state, sub.tenant, change.event_ms // 60_000, counted, 1)
                 change.counted = counted
             before = change.after
         latest = sub.changes[-1]
@@ -232,8 +234,8 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
             sub.paying = paying
 
     @staticmethod
-    def _count(state: SubscriptionState, tenant: str, counted: tuple[int, int, int], sign: int) -> None:
-        minute, index, amount = counted
+    def _count(state: SubscriptionState, tenant: str, minute: int, counted: int, sign: int) -> None:
+        index, amount = counted & (1 << MOVEMENT_BITS) - 1, counted >> MOVEMENT_BITS
         counts = [0] * (2 * len(MOVEMENTS))
         counts[index], counts[len(MOVEMENTS) + index] = sign, sign * amount
         state.windows.add_bucket(tenant, minute, counts)
@@ -241,7 +243,7 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
     @staticmethod
     def _write(state: SubscriptionState, sub: Subscriber, rows: list) -> None:
         for change in sub.changes:
-            content = (change.before, change.held)
+            content = change.before << 1 | change.held
             if content == change.written:
                 continue
             change.written, change.version = content, max(change.version + 1, state.clock_ms)
@@ -272,11 +274,11 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
             change = Change(int(row.event_ms), event_id, row.event_type, row.plan,
                             None if row.mrr_minor is None else int(row.mrr_minor), int(row.mrr_before_minor),
                             bool(row.held), int(row.updated_ms))
-            change.written = (change.before, change.held)
+            change.written = change.before << 1 | change.held
             sub.changes.append(change)
             state.source_clock_ms = max(state.source_clock_ms, change.event_ms)
             touched.add(key)
-            heapq.heappush(state.expiries, (change.event_ms + self.span_ms, key))
+            heapq.heappush(state.expiries, (change.event_ms, key))
         for key in touched:
             sub = state.subscribers[key]
             sub.changes.sort(key=Change.order)

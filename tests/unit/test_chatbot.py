@@ -124,15 +124,15 @@ def test_conversations_are_forgotten_after_max_lateness_and_windows_slide():
     events = build([("acme", i, "conversation_abandoned", i) for i in range(5)])
     core.add(state, Batch.of(0, [("chatbot", e) for e in events]), out)
     core.tick(state, T0 + 10 * MIN, out)
-    assert len(state.conversations) == 5 and core.totals([state], [T0 + 10 * MIN])[("acme", "1h")] == [0, 0, 5]
+    assert len(state.conversations["acme"]) == 5 and core.totals([state], [T0 + 10 * MIN])[("acme", "1h")] == [0, 0, 5]
     core.tick(state, T0 + 2 * DAY, out)
     assert core.totals([state], [T0 + 2 * DAY]).get(("acme", "24h"), [0, 0, 0]) == [0, 0, 0]
     core.tick(state, T0 + 8 * DAY, out)  # other sources ahead: a chatbot event up to max_lateness old is still valid
-    assert len(state.conversations) == 5
+    assert len(state.conversations["acme"]) == 5
     later = build([("acme", 9, "conversation_started", 8 * 24 * 60)])  # the chatbot's own clock moves past
     core.add(state, Batch.of(0, [("chatbot", e) for e in later]), out)
     core.tick(state, T0 + 8 * DAY, out)
-    assert set(state.conversations) == {("acme", "conv9")}
+    assert {tenant: set(of_tenant) for tenant, of_tenant in state.conversations.items()} == {"acme": {"conv9"}}
 
 
 def test_a_late_event_of_an_ended_conversation_does_not_restart_it_when_the_topic_is_behind():
