@@ -360,7 +360,8 @@ class FunnelCore(MetricCore[FunnelState]):
         held, without chaining: each of their milliseconds is a new attempt at level 1 (nothing after them to
         chain, and a step-1 event extends or ends no other attempt), in time order, and nothing converts."""
         attempts, width = track.attempts, track.width
-        starts = list(dict.fromkeys(items[::3]))  # one per millisecond, in time order (append checked the order)
+        # one per millisecond, in time order (append checked the order); most tracks append one event
+        starts = [items[0]] if len(items) == 3 else list(dict.fromkeys(items[::3]))
         tail, new = [1, 0] + [0] * (width - 3), []  # level 1, no row version yet, no later step
         for start_ms in starts:
             new.append(start_ms)
@@ -636,13 +637,15 @@ class FunnelCore(MetricCore[FunnelState]):
         if reached is None:
             steps = len(self.funnels[key[2]].steps)
             reached = state.reached[key[0], key[2]] = [[0] * steps for _ in state.firsts]
-        mask = (1 << bits) - 1
-        for w, counts in enumerate(reached):
-            was, now = old >> (w * bits) & mask, new >> (w * bits) & mask
-            for k in range(now, was):
-                counts[k] -= 1
-            for k in range(was, now):
-                counts[k] += 1
+        mask, shift = (1 << bits) - 1, 0
+        for counts in reached:
+            was, now = old >> shift & mask, new >> shift & mask
+            if was != now:
+                for k in range(now, was):
+                    counts[k] -= 1
+                for k in range(was, now):
+                    counts[k] += 1
+            shift += bits
 
     def _pack(self, levels: Sequence[int]) -> int:
         """Levels per window as one int (a small one: no object per track when all are 0 and few windows)."""
