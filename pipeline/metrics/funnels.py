@@ -25,8 +25,8 @@ from __future__ import annotations
 
 import heapq
 import sys
-from itertools import compress, repeat
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
