@@ -26,6 +26,7 @@ from __future__ import annotations
 import heapq
 import sys
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
@@ -217,11 +218,18 @@ class FunnelState:
             self.tracked[key[0], key[2]] = self.tracked.get((key[0], key[2]), 0) + 1
         return track
 
-    def started(self, key: tuple[str, str, int], start_ms: int) -> None:
-        """Note a new attempt of the track ``key``, for the window boundaries to find (none will, when it
-        starts before every window: boundaries only move on)."""
-        if start_ms >= min(self.firsts):
-            self.starts.setdefault(start_ms // BUCKET_MS, []).append(key)
+    def started(self, key: tuple[str, str, int], starts: Iterable[int]) -> None:
+        """Note new attempts of the track ``key`` (their start times), for the window boundaries to find (none
+        will, when one starts before every window: boundaries only move on). A minute lists a track once for its
+        attempts noted one after another."""
+        oldest, by_minute = min(self.firsts), self.starts
+        for start_ms in starts:
+            if start_ms >= oldest:
+                keys = by_minute.get(start_ms // BUCKET_MS)
+                if keys is None:
+                    by_minute[start_ms // BUCKET_MS] = [key]
+                elif keys[-1] is not key:
+                    keys.append(key)
 
 
 class FunnelSettings(Section):
@@ -291,13 +299,15 @@ class FunnelCore(MetricCore[FunnelState]):
         # batch (per interval of start times its events can change), not once per event.
         pending: dict[tuple[str, str, int], list] = {}
         dispatch, mask_of, clock = self._dispatch, self._mask, state.clock_ms
-        for source, event in zip(batch.sources, batch.events):
+        events, sources = batch.events, batch.sources
+        # the positions of the events of a step's or an exclusion's type, picked in C (most events are of none)
+        for i in compress(range(len(events)), map(dispatch.__contains__, map(dict.get, events, repeat("event_type")))):
+            event = events[i]
             customer = event.get("customer_id")
             if customer is None:
                 continue
-            funnels = dispatch.get(event.get("event_type"))
-            if funnels is None:
-                continue
+            funnels = dispatch[event["event_type"]]
+            source = sources[i]
             event_ms = event["event_time"]
             if event_ms > clock:
                 clock = event_ms
@@ -350,32 +360,41 @@ class FunnelCore(MetricCore[FunnelState]):
         held, without chaining: each of their milliseconds is a new attempt at level 1 (nothing after them to
         chain, and a step-1 event extends or ends no other attempt), in time order, and nothing converts."""
         attempts, width = track.attempts, track.width
-        first, new, pad, last_ms = len(attempts), [], [0] * (width - 3), None
-        for event_ms in items[::3]:
-            if event_ms != last_ms:
-                new += (event_ms, 1, 0)
-                new += pad
-                state.started(track.key, event_ms)
-                last_ms = event_ms
+        # one per millisecond, in time order (append checked the order); most tracks append one event
+        starts = [items[0]] if len(items) == 3 else list(dict.fromkeys(items[::3]))
+        tail, new = [1, 0] + [0] * (width - 3), []  # level 1, no row version yet, no later step
+        for start_ms in starts:
+            new.append(start_ms)
+            new += tail
+        state.started(track.key, starts)
         track.attempts = attempts + new  # a new list of exactly their size, as with_attempt makes
-        self._recount(state, key, track, raised=self._emit(state, key, track, range(first, len(track.attempts), width),
-                                                            out))
+        self._emit(state, key, track, range(len(attempts), len(track.attempts), width), out)
+        # every new attempt is at level 1, so the latest one counts in every window any of them does
+        self._recount(state, key, track, raised=((starts[-1], 1),))
 
     @staticmethod
     def _spans(items: list, window_ms: int) -> list[tuple[int, int]]:
-        """The start times the events ``items`` (flat, as in a track) can change, as disjoint [first, last] spans.
-        An event that is only a step 1 cannot join or end another attempt (a chain takes step k >= 2 or stops
-        at an exclusion), so only the attempts starting at its own millisecond can change; any other step
-        event may change every attempt that can reach it: those starting within the conversion window before it."""
-        spans = sorted((ms if mask == 1 else ms - window_ms, ms) for ms, mask in zip(items[::3], items[2::3]))
-        merged = [list(spans[0])]
-        for first_ms, last_ms in spans[1:]:
-            if first_ms <= merged[-1][1] + 1:
-                if last_ms > merged[-1][1]:
-                    merged[-1][1] = last_ms
+        """The start times the events ``items`` (flat, as in a track, in time order) can change, as disjoint
+        [first, last] spans in time order. An event that is only a step 1 cannot join or end another attempt (a
+        chain takes step k >= 2 or stops at an exclusion), so only the attempts starting at its own millisecond
+        can change; any other step event may change every attempt that can reach it: those starting within the
+        conversion window before it. Each event's span ends at its own time, so walked from the latest event
+        back, the spans' ends only fall: one pass merges them, no sort."""
+        spans: list[tuple[int, int]] = []
+        first_ms = last_ms = None
+        for p in range(len(items) - 3, -1, -3):
+            ms = items[p]
+            first = ms if items[p + 2] == 1 else ms - window_ms
+            if first_ms is not None and ms + 1 >= first_ms:  # overlaps or touches the span being merged
+                if first < first_ms:
+                    first_ms = first
             else:
-                merged.append([first_ms, last_ms])
-        return merged
+                if first_ms is not None:
+                    spans.append((first_ms, last_ms))
+                first_ms, last_ms = first, ms
+        spans.append((first_ms, last_ms))
+        spans.reverse()
+        return spans
 
     def _reassess(self, state: FunnelState, key: tuple[str, str, int], track: _Track, funnel: Funnel, first_ms: int,
                   last_ms: int, out: Optional[Output]) -> list[int]:
@@ -400,7 +419,7 @@ class FunnelCore(MetricCore[FunnelState]):
             p = track.since(start_ms)
             if p == len(attempts) or attempts[p] != start_ms:
                 attempts = track.attempts = track.with_attempt(p, [start_ms, len(chain), 0] + later)
-                state.started(track.key, start_ms)
+                state.started(track.key, (start_ms,))
             elif attempts[p + 1] != len(chain) or attempts[p + 3:p + width] != later:
                 attempts[p + 1] = len(chain)
                 attempts[p + 3:p + width] = later
@@ -515,7 +534,7 @@ class FunnelCore(MetricCore[FunnelState]):
                     if p == len(attempts) or attempts[p] != row.started_ms:
                         # level 0: counts nowhere yet
                         attempts = track.attempts = track.with_attempt(p, [row.started_ms] + [0] * (track.width - 1))
-                        state.started(track.key, row.started_ms)
+                        state.started(track.key, (row.started_ms,))
                     attempts[p + 2] = max(attempts[p + 2], row.updated_ms)
             return
         touched = set()
@@ -618,13 +637,15 @@ class FunnelCore(MetricCore[FunnelState]):
         if reached is None:
             steps = len(self.funnels[key[2]].steps)
             reached = state.reached[key[0], key[2]] = [[0] * steps for _ in state.firsts]
-        mask = (1 << bits) - 1
-        for w, counts in enumerate(reached):
-            was, now = old >> (w * bits) & mask, new >> (w * bits) & mask
-            for k in range(now, was):
-                counts[k] -= 1
-            for k in range(was, now):
-                counts[k] += 1
+        mask, shift = (1 << bits) - 1, 0
+        for counts in reached:
+            was, now = old >> shift & mask, new >> shift & mask
+            if was != now:
+                for k in range(now, was):
+                    counts[k] -= 1
+                for k in range(was, now):
+                    counts[k] += 1
+            shift += bits
 
     def _pack(self, levels: Sequence[int]) -> int:
         """Levels per window as one int (a small one: no object per track when all are 0 and few windows)."""
