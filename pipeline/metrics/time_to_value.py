@@ -198,9 +198,33 @@ class Journeys:
         return None if by_id is None else by_id.get(customer_id)
 
     def new(self, tenant: str, customer_id: str, first_ms: int, last_ms: int) -> int:
-        slot = self.slots.setdefault(tenant, {})[customer_id] = len(self.values) // WIDTH
+        slot = self.slots.setdefault(tenant, {})[customer_id] = len(self)
         self.values.extend(new_journey(first_ms, last_ms))
         return slot
+
+    def see(self, keys: Sequence[tuple[str, str]], firsts: Sequence[int], lasts: Sequence[int],
+            dirty: dict[int, tuple[str, str]]) -> None:
+        """A batch's customers, each with its first and last event ms: a new one gets the next slot (their values
+        appended at once, as :meth:`new` makes them), a known one moves its first (changed) and last. Each
+        one's slot goes into ``dirty``, mapped to its key."""
+        values, slots, fresh, next_slot = self.values, self.slots, [], len(self)
+        for key, first, last in zip(keys, firsts, lasts):
+            by_id = slots.get(key[0])
+            if by_id is None:
+                by_id = slots[key[0]] = {}
+            slot = by_id.get(key[1])
+            if slot is None:
+                slot = by_id[key[1]] = next_slot
+                next_slot += 1
+                fresh += new_journey(first, last)
+            else:
+                at = slot * WIDTH
+                if first < values[at + FIRST]:
+                    values[at + FIRST], values[at + CHANGED] = first, 1
+                if last > values[at + LAST]:
+                    values[at + LAST] = last
+            dirty[slot] = key
+        values.extend(fresh)
 
     def get(self, tenant: str, customer_id: str) -> Optional[Journey]:
         slot = self.slot(tenant, customer_id)
@@ -252,28 +276,9 @@ class TimeToValueCore(MetricCore[ValueState]):
         return ValueState(partition, Measured(self.windows_ms))
 
     def add(self, state: ValueState, batch: Batch, out: Output) -> None:
-        customers, dirty = state.customers, state.dirty
-        values, slots = customers.values, customers.slots
-        seen = batch.customers()
-        fresh = []  # the new customers' values, appended at once (slots in order of appearance)
-        next_slot = len(values) // WIDTH
-        for key, first, last in zip(seen.keys, seen.firsts().tolist(), seen.lasts().tolist()):
-            by_id = slots.get(key[0])
-            if by_id is None:
-                by_id = slots[key[0]] = {}
-            slot = by_id.get(key[1])
-            if slot is None:  # Journeys.new, for the batch's new customers at once
-                slot = by_id[key[1]] = next_slot
-                next_slot += 1
-                fresh += new_journey(first, last)
-            else:
-                at = slot * WIDTH
-                if first < values[at + FIRST]:
-                    values[at + FIRST], values[at + CHANGED] = first, 1
-                if last > values[at + LAST]:
-                    values[at + LAST] = last
-            dirty[slot] = key
-        values.extend(fresh)
+        customers, dirty, seen = state.customers, state.dirty, batch.customers()
+        customers.see(seen.keys, seen.firsts().tolist(), seen.lasts().tolist(), dirty)
+        values = customers.values
         bought: dict[int, int] = {}  # slot -> time of the earliest purchase in the batch
         for event in [event for event in batch.of_source("web")[0] if event["event_type"] in ("signup", "purchase")]:
             kind, customer_id = event["event_type"], event.get("customer_id")
