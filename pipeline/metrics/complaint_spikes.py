@@ -44,8 +44,8 @@ from pydantic import Field, model_validator
 from pipeline.config import Duration, Section
 from pipeline.metrics.base import Facts, MetricCore, Output, Restore
 from pipeline.metrics.facts import ComplaintOpened
+from pipeline.metrics.lastseen import MINUTE_MS
 
-MINUTE_MS = 60_000
 DAY_MINUTES, WEEK_MINUTES = 1440, 7 * 1440
 EWMA_WEIGHT = 0.3  # weight of the most recent day in the short-history baseline
 EWMA_DAYS = 7

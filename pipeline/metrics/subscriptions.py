@@ -45,6 +45,7 @@ from pydantic import Field
 from pipeline.config import Duration, Section, Windows
 from pipeline.dedup import EventIdKey, id_key, id_text
 from pipeline.metrics.base import Batch, Equals, MetricCore, Output, Restore
+from pipeline.metrics.lastseen import MINUTE_MS
 from pipeline.metrics.segments import MAX_LABEL_CHARS, OTHER, UNKNOWN
 from pipeline.metrics.windows import RollingCounts
 from pipeline.tables import COLUMNS, ROWS
@@ -216,9 +217,9 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
             counted = None if moved is None else moved[1] << MOVEMENT_BITS | moved[0]
             if counted != change.counted:
                 if change.counted is not None:
-                    self._count(state, sub.tenant, change.event_ms // 60_000, change.counted, -1)
+                    self._count(state, sub.tenant, change.event_ms, change.counted, -1)
                 if counted is not None:
-                    self._count(state, sub.tenant, change.event_ms // 60_000, counted, 1)
+                    self._count(state, sub.tenant, change.event_ms, counted, 1)
                 change.counted = counted
             before = change.after
         latest = sub.changes[-1]
@@ -234,11 +235,11 @@ class SubscriptionCore(MetricCore[SubscriptionState]):
             sub.paying = paying
 
     @staticmethod
-    def _count(state: SubscriptionState, tenant: str, minute: int, counted: int, sign: int) -> None:
+    def _count(state: SubscriptionState, tenant: str, event_ms: int, counted: int, sign: int) -> None:
         index, amount = counted & (1 << MOVEMENT_BITS) - 1, counted >> MOVEMENT_BITS
         counts = [0] * (2 * len(MOVEMENTS))
         counts[index], counts[len(MOVEMENTS) + index] = sign, sign * amount
-        state.windows.add_bucket(tenant, minute, counts)
+        state.windows.add_bucket(tenant, event_ms // MINUTE_MS, counts)
 
     @staticmethod
     def _write(state: SubscriptionState, sub: Subscriber, rows: list) -> None:
